@@ -1,0 +1,1 @@
+//! Cluster DNS for Switchyard (the `switchyard-dns` crate): the cluster zone and the forwarder.

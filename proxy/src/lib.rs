@@ -1,0 +1,1 @@
+//! Service proxy modes and the ingress router for Switchyard (the `switchyard-proxy` crate).

@@ -1,0 +1,139 @@
+//! The Kubernetes-compatible API server behind `switchyard server`.
+//!
+//! - [`http`]: TLS, authentication, routing, content negotiation;
+//! - [`registry`]: the verbs over the store, with kube-apiserver's semantics;
+//! - [`admission`]: defaulting, validation, ClusterIP/NodePort allocation;
+//! - [`watch`], [`table`], [`patch`], [`selectors`]: the parts of a request that need them;
+//! - [`discovery`]: discovery documents, `/version`, OpenAPI v3;
+//! - [`pki`]: the CA, serving certificate, tokens and kubeconfigs in the data directory.
+
+pub mod admission;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod resources;
+pub mod selectors;
+pub mod table;
+pub mod watch;
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::controllers::allocator::{Cidr, IpAllocator, PortAllocator};
+use crate::controllers::endpointslice;
+use crate::store::embedded::{EmbeddedStore, Retention};
+use crate::store::StoreError;
+use admission::{Admission, Allocators, Policy};
+use registry::Registry;
+use resources::by_kind;
+
+/// How `switchyard server` is configured.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub service_cidr: Cidr,
+    pub node_port_range: RangeInclusive<u16>,
+    pub allow_loopback_endpoints: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("credentials: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] error::ApiError),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started server: where it listens, where its kubeconfig is.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub registry: Arc<Registry>,
+}
+
+/// The URL clients use: a wildcard listen address is reached on loopback.
+fn client_host(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
+fn url(addr: SocketAddr) -> String {
+    match client_host(addr) {
+        IpAddr::V4(ip) => format!("https://{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),
+    }
+}
+
+/// The objects every cluster starts with.
+async fn bootstrap(registry: &Registry, config: &Config, addr: SocketAddr) -> Result<(), error::ApiError> {
+    let ns = by_kind("Namespace");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        registry.ensure(ns, None, json!({"metadata": {"name": name}})).await?;
+    }
+    let ip = registry.first_cluster_ip().to_string();
+    let svc = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]},
+    });
+    registry.ensure(by_kind("Service"), Some("default"), svc).await?;
+    // The endpoint of the `kubernetes` Service is this server, where its address can be one.
+    let host = client_host(addr);
+    if !host.is_loopback() || config.allow_loopback_endpoints {
+        let ty = if host.is_ipv4() { "IPv4" } else { "IPv6" };
+        let slice = json!({
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
+            "addressType": ty,
+            "endpoints": [{"addresses": [host.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}],
+        });
+        registry.ensure(by_kind("EndpointSlice"), Some("default"), slice).await?;
+    }
+    Ok(())
+}
+
+/// Opens the store, prepares credentials and bootstrap objects, and starts serving on
+/// `listener` until `shutdown` resolves.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Started, ServerError> {
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let host = client_host(addr);
+    let mut hosts = vec![host.to_string(), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    hosts.dedup();
+    let creds = pki::ensure(&config.data_dir, &hosts)?;
+    let kubeconfig = pki::write_kubeconfigs(&config.data_dir, &url(addr), &creds)?;
+
+    let store = EmbeddedStore::open(&config.data_dir.join("store.redb"), Retention::default())?;
+    let allocators = Allocators { ips: IpAllocator::new(config.service_cidr), ports: PortAllocator::new(config.node_port_range.clone()) };
+    let admission = Admission::new(Policy { allow_loopback_endpoints: config.allow_loopback_endpoints }, allocators);
+    let registry = Arc::new(Registry::new(Arc::new(store), admission));
+    registry.restore_allocations()?;
+
+    let api = Arc::new(http::Api {
+        registry: registry.clone(),
+        admin_token: creds.admin_token.clone(),
+        node_token: creds.node_token.clone(),
+        server_address: format!("{}:{}", host, addr.port()),
+        ready: Default::default(),
+    });
+    tokio::spawn(http::serve(api.clone(), listener, creds.tls.clone(), shutdown));
+    bootstrap(&registry, &config, addr).await?;
+    tokio::spawn(endpointslice::Controller::new(registry.clone()).run());
+    api.ready.store(true, Ordering::Release);
+    Ok(Started { addr, kubeconfig, registry })
+}

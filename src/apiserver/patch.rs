@@ -1,0 +1,370 @@
+//! Patches: JSON patch (RFC 6902), JSON merge patch (RFC 7386), strategic merge patch with the
+//! merge keys of the types we serve, and server-side apply.
+//!
+//! Server-side apply here merges the applied configuration like a strategic merge (associative
+//! lists by their key, other lists replaced), records what each manager applied in
+//! `metadata.managedFields` (FieldsV1), and removes fields a manager applied before and no longer
+//! applies. It does not detect conflicts between managers.
+
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+
+/// The patch formats, by request content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+impl PatchType {
+    pub fn from_content_type(ct: &str) -> Option<Self> {
+        match ct.split(';').next().unwrap_or("").trim() {
+            "application/json-patch+json" => Some(PatchType::Json),
+            "application/merge-patch+json" => Some(PatchType::Merge),
+            "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(PatchType::Apply),
+            _ => None,
+        }
+    }
+}
+
+/// The merge key of a list, by its path of field names from the object root; None for lists that
+/// are replaced whole. These are the `patchMergeKey`s of the Kubernetes types we serve.
+fn merge_key(path: &[&str]) -> Option<&'static str> {
+    let last2 = if path.len() >= 2 { [path[path.len() - 2], path[path.len() - 1]] } else { ["", path.last().copied().unwrap_or("")] };
+    Some(match (path, last2) {
+        (["metadata", "ownerReferences"], _) => "uid",
+        (["spec", "ports"], _) => "port",
+        (["spec", "containers" | "initContainers" | "ephemeralContainers"], _) => "name",
+        (["spec", "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates"], _) => "name",
+        (["spec", "hostAliases"], _) => "ip",
+        (["spec", "containers" | "initContainers", "ports"], _) => "containerPort",
+        (["spec", "containers" | "initContainers", "env"], _) => "name",
+        (["spec", "containers" | "initContainers", "volumeMounts"], _) => "mountPath",
+        (["spec", "containers" | "initContainers", "volumeDevices"], _) => "devicePath",
+        (["status", "podIPs"], _) => "ip",
+        (["status", "addresses"], _) => "type",
+        (_, ["status", "conditions"]) => "type",
+        _ => return None,
+    })
+}
+
+/// Lists of scalars that merge as sets.
+fn is_set_list(path: &[&str]) -> bool {
+    matches!(path, ["metadata", "finalizers"])
+}
+
+fn strip_directives(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip_directives(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_directives).collect()),
+        other => other.clone(),
+    }
+}
+
+fn smp_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut Vec<String>) -> Result<(), ApiError> {
+    if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
+        *orig = strip_directives(&Value::Object(patch.clone())).as_object().cloned().unwrap_or_default();
+        return Ok(());
+    }
+    for (k, v) in patch {
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(list)), Value::Array(remove)) = (orig.get_mut(field), v) {
+                list.retain(|x| !remove.contains(x));
+            }
+            continue;
+        }
+        if k.starts_with('$') {
+            continue;
+        }
+        path.push(k.clone());
+        match v {
+            Value::Null => {
+                orig.remove(k);
+            }
+            Value::Object(pm) if pm.get("$patch").and_then(Value::as_str) == Some("delete") => {
+                orig.remove(k);
+            }
+            Value::Object(pm) => match orig.get_mut(k) {
+                Some(Value::Object(om)) => smp_map(om, pm, path)?,
+                _ => {
+                    orig.insert(k.clone(), strip_directives(v));
+                }
+            },
+            Value::Array(pl) => {
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                if let Some(key) = merge_key(&p) {
+                    let mut list = match orig.remove(k) {
+                        Some(Value::Array(a)) => a,
+                        _ => Vec::new(),
+                    };
+                    smp_list(&mut list, pl, key, path)?;
+                    orig.insert(k.clone(), Value::Array(list));
+                } else if is_set_list(&p) {
+                    let list = orig.entry(k.clone()).or_insert_with(|| json!([]));
+                    if let Value::Array(a) = list {
+                        for x in pl {
+                            if !a.contains(x) {
+                                a.push(x.clone());
+                            }
+                        }
+                    }
+                } else {
+                    orig.insert(k.clone(), strip_directives(v));
+                }
+            }
+            other => {
+                orig.insert(k.clone(), other.clone());
+            }
+        }
+        path.pop();
+    }
+    // `$setElementOrder/<list>` gives the order of a merged list.
+    for (k, v) in patch {
+        if let (Some(field), Value::Array(order)) = (k.strip_prefix("$setElementOrder/"), v) {
+            if let Some(Value::Array(list)) = orig.get_mut(field) {
+                let rank = |item: &Value| order.iter().position(|o| o == item || (o.is_object() && o.as_object().is_some_and(|om| om.iter().all(|(ok, ov)| item.get(ok) == Some(ov))))).unwrap_or(usize::MAX);
+                list.sort_by_key(rank);
+            }
+        }
+    }
+    if let Some(Value::Array(keep)) = patch.get("$retainKeys") {
+        orig.retain(|k, _| keep.iter().any(|x| x.as_str() == Some(k)));
+    }
+    Ok(())
+}
+
+fn smp_list(orig: &mut Vec<Value>, patch: &[Value], key: &str, path: &mut Vec<String>) -> Result<(), ApiError> {
+    if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
+        *orig = patch.iter().filter(|p| p.get("$patch").is_none()).map(strip_directives).collect();
+        return Ok(());
+    }
+    for item in patch {
+        let Some(pm) = item.as_object() else {
+            orig.push(item.clone());
+            continue;
+        };
+        let Some(kv) = pm.get(key) else {
+            return Err(ApiError::bad_request(format!("map: {item} does not contain declared merge key: {key}")));
+        };
+        let pos = orig.iter().position(|o| o.get(key) == Some(kv));
+        if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
+            orig.retain(|o| o.get(key) != Some(kv));
+            continue;
+        }
+        match pos.and_then(|i| orig[i].as_object_mut()) {
+            Some(om) => smp_map(om, pm, path)?,
+            None => orig.push(strip_directives(item)),
+        }
+    }
+    Ok(())
+}
+
+/// Applies a strategic merge patch.
+pub fn strategic(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let (Some(o), Some(p)) = (orig.as_object(), patch.as_object()) else {
+        return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+    };
+    let mut out = o.clone();
+    smp_map(&mut out, p, &mut Vec::new())?;
+    Ok(Value::Object(out))
+}
+
+/// Applies a JSON merge patch.
+pub fn merge(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
+    if !patch.is_object() {
+        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+    }
+    let mut out = orig.clone();
+    json_patch::merge(&mut out, patch);
+    Ok(out)
+}
+
+/// Applies a JSON patch.
+pub fn json(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    let mut out = orig.clone();
+    json_patch::patch(&mut out, &ops).map_err(|e| ApiError::unprocessable_patch(e.to_string()))?;
+    Ok(out)
+}
+
+/// The FieldsV1 set of an applied configuration: every field it sets, lists with a merge key as
+/// `k:{"key":value}` entries.
+pub fn fields_v1(obj: &Value) -> Value {
+    fn walk(v: &Value, path: &mut Vec<String>) -> Value {
+        let mut out = Map::new();
+        let Some(m) = v.as_object() else { return Value::Object(out) };
+        for (k, child) in m {
+            if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
+                continue;
+            }
+            if path.len() == 1 && path[0] == "metadata" && !matches!(k.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences") {
+                continue;
+            }
+            path.push(k.clone());
+            let p: Vec<&str> = path.iter().map(String::as_str).collect();
+            let entry = match (child, merge_key(&p)) {
+                (Value::Object(_), _) => walk(child, path),
+                (Value::Array(items), Some(key)) => {
+                    let mut lm = Map::new();
+                    for item in items {
+                        if let Some(kv) = item.get(key) {
+                            let mut e = walk(item, path).as_object().cloned().unwrap_or_default();
+                            e.insert(".".into(), json!({}));
+                            lm.insert(format!("k:{}", json!({ key: kv })), Value::Object(e));
+                        }
+                    }
+                    Value::Object(lm)
+                }
+                _ => json!({}),
+            };
+            path.pop();
+            out.insert(format!("f:{k}"), entry);
+        }
+        Value::Object(out)
+    }
+    walk(obj, &mut Vec::new())
+}
+
+/// Removes from `live` what `old` (a FieldsV1 set) holds and `new` does not.
+fn prune(live: &mut Value, old: &Value, new: Option<&Value>, path: &mut Vec<String>) {
+    let (Some(om), Some(lm)) = (old.as_object(), live.as_object_mut()) else { return };
+    for (k, osub) in om {
+        let nsub = new.and_then(|n| n.get(k));
+        if let Some(field) = k.strip_prefix("f:") {
+            match nsub {
+                None => {
+                    lm.remove(field);
+                }
+                Some(n) => {
+                    path.push(field.to_string());
+                    if let Some(child) = lm.get_mut(field) {
+                        if child.is_array() {
+                            prune_list(child, osub, n, path);
+                        } else {
+                            prune(child, osub, Some(n), path);
+                        }
+                    }
+                    path.pop();
+                }
+            }
+        }
+    }
+}
+
+fn prune_list(list: &mut Value, old: &Value, new: &Value, path: &mut Vec<String>) {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let (Some(key), Some(items), Some(om)) = (merge_key(&p), list.as_array_mut(), old.as_object()) else { return };
+    for (k, osub) in om {
+        let Some(kv) = k.strip_prefix("k:").and_then(|j| serde_json::from_str::<Value>(j).ok()) else { continue };
+        let want = kv.get(key);
+        match new.get(k) {
+            None => items.retain(|i| i.get(key) != want),
+            Some(n) => {
+                if let Some(item) = items.iter_mut().find(|i| i.get(key) == want) {
+                    prune(item, osub, Some(n), path);
+                }
+            }
+        }
+    }
+}
+
+/// Server-side apply of `applied` by `manager` onto `live` (None when the object does not exist).
+pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, api_version: &str, now: &str) -> Result<Value, ApiError> {
+    if !applied.is_object() {
+        return Err(ApiError::bad_request("an apply patch must be an object"));
+    }
+    let new_set = fields_v1(applied);
+    let mut out = match live {
+        None => applied.clone(),
+        Some(live) => {
+            let mut base = live.clone();
+            let previous = live
+                .pointer("/metadata/managedFields")
+                .and_then(Value::as_array)
+                .and_then(|mf| {
+                    mf.iter().find(|e| {
+                        e.get("manager").and_then(Value::as_str) == Some(manager)
+                            && e.get("operation").and_then(Value::as_str) == Some("Apply")
+                    })
+                })
+                .and_then(|e| e.get("fieldsV1").cloned());
+            if let Some(prev) = previous {
+                prune(&mut base, &prev, Some(&new_set), &mut Vec::new());
+            }
+            strategic(&base, applied)?
+        }
+    };
+    let mut managed: Vec<Value> = live
+        .and_then(|l| l.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    managed.retain(|e| !(e.get("manager").and_then(Value::as_str) == Some(manager) && e.get("operation").and_then(Value::as_str) == Some("Apply")));
+    managed.push(json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": api_version,
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": new_set,
+    }));
+    if !out.get("metadata").is_some_and(Value::is_object) {
+        out["metadata"] = json!({});
+    }
+    out["metadata"]["managedFields"] = Value::Array(managed);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategic_merges_lists_by_key_and_honours_directives() {
+        let svc = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
+            "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}], "selector": {"app": "web"}}});
+        let patch = json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
+            "spec": {"$setElementOrder/ports": [{"port": 443}, {"port": 80}, {"port": 8080}],
+                     "ports": [{"port": 80, "targetPort": 8080}, {"port": 8080, "name": "alt"}, {"port": 443, "$patch": "delete"}]}});
+        let out = strategic(&svc, &patch).unwrap();
+        assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
+        assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
+        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "name": "http", "targetPort": 8080}, {"port": 8080, "name": "alt"}]));
+        let replaced = strategic(&svc, &json!({"spec": {"ports": [{"$patch": "replace"}, {"port": 1}]}})).unwrap();
+        assert_eq!(replaced["spec"]["ports"], json!([{"port": 1}]));
+        assert!(strategic(&svc, &json!({"spec": {"ports": [{"name": "nokey"}]}})).is_err());
+    }
+
+    #[test]
+    fn apply_removes_fields_the_manager_stopped_applying() {
+        let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1", "b": "2"}}, "data": {"x": "1", "y": "2"}});
+        let live = apply(None, &first, "kubectl", "v1", "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(live["metadata"]["managedFields"][0]["fieldsV1"]["f:data"], json!({"f:x": {}, "f:y": {}}));
+        let mut live2 = live.clone();
+        // Another writer adds a field the manager never applied: it must survive.
+        live2["data"]["z"] = json!("3");
+        let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1"}}, "data": {"x": "9"}});
+        let out = apply(Some(&live2), &second, "kubectl", "v1", "2026-01-01T00:00:01Z").unwrap();
+        assert_eq!(out["data"], json!({"x": "9", "z": "3"}));
+        assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
+        assert_eq!(out["metadata"]["managedFields"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn apply_prunes_associative_list_items() {
+        let first = json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "b"}]}});
+        let live = apply(None, &first, "m", "v1", "t").unwrap();
+        let out = apply(Some(&live), &json!({"spec": {"ports": [{"port": 81, "name": "b"}]}}), "m", "v1", "t").unwrap();
+        assert_eq!(out["spec"]["ports"], json!([{"port": 81, "name": "b"}]));
+    }
+}

@@ -1,0 +1,169 @@
+//! Credentials kept in the data directory: a CA made on first start, a serving certificate it
+//! signs on every start (so the names follow the listen address), the admin and node bearer
+//! tokens, and the kubeconfig files that carry them.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use rand::Rng;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("certificate generation: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+/// What the server needs to serve and authenticate.
+pub struct Credentials {
+    pub ca_pem: String,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub admin_token: String,
+    pub node_token: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes a file readable only by its owner.
+fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn read_or_create(path: &Path, make: impl FnOnce() -> Result<String, PkiError>) -> Result<String, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s = make()?;
+            write_private(path, &s)?;
+            Ok(s)
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "switchyard-ca");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params
+}
+
+/// Loads the credentials in `dir`, creating what is missing, and signs a serving certificate
+/// for `hosts` (DNS names or IP addresses).
+pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let ca_key_path = dir.join("ca.key");
+    let ca_key_pem = read_or_create(&ca_key_path, || Ok(KeyPair::generate()?.serialize_pem()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .map_err(|e| PkiError::Invalid { path: ca_key_path.clone(), what: e.to_string() })?;
+    let ca_cert_path = dir.join("ca.crt");
+    let ca_pem = match fs::read_to_string(&ca_cert_path) {
+        Ok(s) => s,
+        Err(_) => {
+            let pem = ca_params().self_signed(&ca_key)?.pem();
+            write_private(&ca_cert_path, &pem)?;
+            pem
+        }
+    };
+    let issuer = Issuer::new(ca_params(), ca_key);
+
+    let server_key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "switchyard-apiserver");
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    for h in hosts {
+        let san = match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(h.clone().try_into()?),
+        };
+        params.subject_alt_names.push(san);
+    }
+    let server_cert = params.signed_by(&server_key, &issuer)?;
+    write_private(&dir.join("server.crt"), &server_cert.pem())?;
+    write_private(&dir.join("server.key"), &server_key.serialize_pem())?;
+
+    let admin_token = read_or_create(&dir.join("admin-token"), || Ok(new_token()))?.trim().to_string();
+    let node_token = read_or_create(&dir.join("node-token"), || Ok(new_token()))?.trim().to_string();
+
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let chain = vec![server_cert.der().clone()];
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Credentials { ca_pem, tls: Arc::new(tls), admin_token, node_token })
+}
+
+/// A kubeconfig with one cluster, one user (a bearer token) and one context.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: switchyard\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: switchyard\n  context:\n    cluster: switchyard\n    user: {user}\n    namespace: default\ncurrent-context: switchyard\n"
+    )
+}
+
+/// Writes `DIR/admin.kubeconfig` and `DIR/node.kubeconfig` for a server reachable at `server`.
+pub fn write_kubeconfigs(dir: &Path, server: &str, creds: &Credentials) -> Result<PathBuf, PkiError> {
+    let admin = dir.join("admin.kubeconfig");
+    write_private(&admin, &kubeconfig(server, &creds.ca_pem, "admin", &creds.admin_token))?;
+    write_private(&dir.join("node.kubeconfig"), &kubeconfig(server, &creds.ca_pem, "node", &creds.node_token))?;
+    Ok(admin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_keeps_ca_and_tokens_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ensure(dir.path(), &["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let b = ensure(dir.path(), &["10.0.0.1".into()]).unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_eq!(a.admin_token, b.admin_token);
+        assert_ne!(a.admin_token, a.node_token);
+        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "private key readable by others");
+    }
+}

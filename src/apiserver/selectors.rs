@@ -1,0 +1,255 @@
+//! Label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!`exists) and field selectors, with
+//! kube-apiserver's syntax and the field labels it supports per kind.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::admission::names;
+use super::error::ApiError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    Equals(String),
+    NotEquals(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    NotExists,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Requirement {
+    key: String,
+    op: Op,
+}
+
+impl Requirement {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.key);
+        match &self.op {
+            Op::Equals(x) => v == Some(x),
+            Op::NotEquals(x) => v != Some(x),
+            Op::In(xs) => v.is_some_and(|v| xs.contains(v)),
+            Op::NotIn(xs) => v.is_none_or(|v| !xs.contains(v)),
+            Op::Exists => v.is_some(),
+            Op::NotExists => v.is_none(),
+        }
+    }
+}
+
+/// A parsed label selector; the empty selector matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<Requirement>);
+
+/// Splits at commas outside parentheses.
+fn split_top(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+fn bad(what: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("unable to parse requirement: {what}: {detail}"))
+}
+
+fn key(k: &str) -> Result<String, ApiError> {
+    let k = k.trim();
+    match names::qualified_name(k) {
+        Some(e) => Err(bad(&format!("key {k:?}"), e)),
+        None => Ok(k.to_string()),
+    }
+}
+
+fn value(v: &str) -> Result<String, ApiError> {
+    let v = v.trim();
+    match names::label_value(v) {
+        Some(e) => Err(bad(&format!("value {v:?}"), e)),
+        None => Ok(v.to_string()),
+    }
+}
+
+/// `key in (a, b)` / `key notin (a)`: the operator word must stand alone before the list.
+fn set_op(term: &str) -> Option<(&str, bool, &str)> {
+    let open = term.find('(')?;
+    let head = term[..open].trim_end();
+    let (k, word) = head.rsplit_once(char::is_whitespace)?;
+    let notin = match word {
+        "in" => false,
+        "notin" => true,
+        _ => return None,
+    };
+    Some((k, notin, &term[open..]))
+}
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let mut reqs = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(LabelSelector(reqs));
+        }
+        for term in split_top(s) {
+            let term = term.trim();
+            if term.is_empty() {
+                return Err(bad(s, "found empty requirement"));
+            }
+            let req = if let Some((k, notin, list)) = set_op(term) {
+                let inner = list
+                    .strip_prefix('(')
+                    .and_then(|l| l.strip_suffix(')'))
+                    .ok_or_else(|| bad(term, "expected a parenthesised list of values"))?;
+                let values = inner.split(',').map(value).collect::<Result<Vec<_>, _>>()?;
+                let op = if notin { Op::NotIn(values) } else { Op::In(values) };
+                Requirement { key: key(k)?, op }
+            } else if let Some(k) = term.strip_prefix('!') {
+                Requirement { key: key(k)?, op: Op::NotExists }
+            } else if let Some((k, v)) = term.split_once("!=") {
+                Requirement { key: key(k)?, op: Op::NotEquals(value(v)?) }
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                Requirement { key: key(k)?, op: Op::Equals(value(v)?) }
+            } else {
+                Requirement { key: key(term)?, op: Op::Exists }
+            };
+            reqs.push(req);
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|r| r.matches(labels))
+    }
+
+    /// Matches an object's `metadata.labels`.
+    pub fn matches_object(&self, obj: &Value) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        self.matches(&labels_of(obj))
+    }
+}
+
+pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
+    obj.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// The field labels kube-apiserver supports for a kind, beyond metadata.name and namespace.
+fn field_labels(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Pod" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "Secret" => &["type"],
+        "Namespace" => &["status.phase"],
+        "Node" => &["spec.unschedulable"],
+        _ => &[],
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    pub fn parse(kind: &str, s: &str) -> Result<Self, ApiError> {
+        let mut out = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(FieldSelector(out));
+        }
+        for term in s.split(',') {
+            let term = term.trim();
+            let (field, eq, v) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (f, true, v)
+            } else {
+                return Err(ApiError::bad_request(format!("invalid field selector: {term:?}: expected an operator (=, ==, !=)")));
+            };
+            let field = field.trim();
+            if !matches!(field, "metadata.name" | "metadata.namespace") && !field_labels(kind).contains(&field) {
+                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
+            }
+            out.push((field.to_string(), eq, v.trim().to_string()));
+        }
+        Ok(FieldSelector(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn matches_object(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(field, eq, want)| {
+            let ptr = format!("/{}", field.replace('.', "/"));
+            let have = match obj.pointer(&ptr) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(other) => other.to_string(),
+                None if field == "spec.unschedulable" || field == "spec.hostNetwork" => "false".into(),
+                None => String::new(),
+            };
+            (have == *want) == *eq
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let l = labels(&[("app", "web"), ("tier", "front")]);
+        let t = |s: &str| LabelSelector::parse(s).unwrap().matches(&l);
+        assert!(t("app=web"));
+        assert!(t("app==web,tier"));
+        assert!(!t("app!=web"));
+        assert!(t("app in (web, api)"));
+        assert!(!t("app notin (web)"));
+        assert!(t("env notin (prod)"));
+        assert!(t("!env"));
+        assert!(!t("!app"));
+        assert!(t("tier in (front),app"));
+        assert!(t(""));
+        assert!(LabelSelector::parse("app=we b").is_err());
+        assert!(LabelSelector::parse("app in web").is_err());
+        assert!(LabelSelector::parse("a,,b").is_err());
+    }
+
+    #[test]
+    fn field_selectors() {
+        let pod = serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}});
+        assert!(FieldSelector::parse("Pod", "spec.nodeName=n1").unwrap().matches_object(&pod));
+        assert!(FieldSelector::parse("Pod", "metadata.name!=q,metadata.namespace=ns").unwrap().matches_object(&pod));
+        assert!(!FieldSelector::parse("Pod", "spec.nodeName=n2").unwrap().matches_object(&pod));
+        assert!(FieldSelector::parse("Service", "spec.nodeName=n1").is_err());
+    }
+}

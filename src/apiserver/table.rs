@@ -1,0 +1,379 @@
+//! Server-side printing: `meta.k8s.io/v1` Tables with kube-apiserver's columns for each kind, as
+//! `kubectl get` asks for them (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::resources::Resource;
+
+/// (name, type, priority): priority 1 columns show with `-o wide`.
+type Column = (&'static str, &'static str, u8);
+
+fn columns(kind: &str) -> &'static [Column] {
+    match kind {
+        "Namespace" => &[("Name", "string", 0), ("Status", "string", 0), ("Age", "string", 0)],
+        "Service" => &[
+            ("Name", "string", 0),
+            ("Type", "string", 0),
+            ("Cluster-IP", "string", 0),
+            ("External-IP", "string", 0),
+            ("Port(s)", "string", 0),
+            ("Age", "string", 0),
+            ("Selector", "string", 1),
+        ],
+        "Pod" => &[
+            ("Name", "string", 0),
+            ("Ready", "string", 0),
+            ("Status", "string", 0),
+            ("Restarts", "string", 0),
+            ("Age", "string", 0),
+            ("IP", "string", 1),
+            ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
+        ],
+        "Node" => &[
+            ("Name", "string", 0),
+            ("Status", "string", 0),
+            ("Roles", "string", 0),
+            ("Age", "string", 0),
+            ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+        ],
+        "Secret" => &[("Name", "string", 0), ("Type", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
+        "ConfigMap" => &[("Name", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
+        "EndpointSlice" => &[
+            ("Name", "string", 0),
+            ("AddressType", "string", 0),
+            ("Ports", "string", 0),
+            ("Endpoints", "string", 0),
+            ("Age", "string", 0),
+        ],
+        "Ingress" => &[
+            ("Name", "string", 0),
+            ("Class", "string", 0),
+            ("Hosts", "string", 0),
+            ("Address", "string", 0),
+            ("Ports", "string", 0),
+            ("Age", "string", 0),
+        ],
+        "IngressClass" => &[("Name", "string", 0), ("Controller", "string", 0), ("Parameters", "string", 0), ("Age", "string", 0)],
+        "Lease" => &[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)],
+        _ => &[("Name", "string", 0), ("Age", "string", 0)],
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as the server writes it.
+fn parse_time(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// kube's `HumanDuration`.
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if h < 24 * 365 * 2 {
+        format!("{d}d")
+    } else if d / 365 < 8 {
+        format!("{}y{}d", d / 365, d % 365)
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+fn age(obj: &Value) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    match obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(parse_time) {
+        Some(t) => human_duration(now - t),
+        None => "<unknown>".into(),
+    }
+}
+
+fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
+    obj.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+fn or_none(v: String) -> String {
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v
+    }
+}
+
+fn arr<'a>(obj: &'a Value, ptr: &str) -> &'a [Value] {
+    obj.pointer(ptr).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+fn lb_addresses(obj: &Value) -> Vec<String> {
+    arr(obj, "/status/loadBalancer/ingress")
+        .iter()
+        .filter_map(|i| i.get("ip").or_else(|| i.get("hostname")).and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+fn service_cells(obj: &Value) -> Vec<Value> {
+    let ty = s(obj, "/spec/type");
+    let cluster_ip = or_none(s(obj, "/spec/clusterIP").to_string());
+    let mut external: Vec<String> = arr(obj, "/spec/externalIPs").iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let external = match ty {
+        "LoadBalancer" => {
+            external.extend(lb_addresses(obj));
+            if external.is_empty() {
+                "<pending>".to_string()
+            } else {
+                external.join(",")
+            }
+        }
+        "ExternalName" => s(obj, "/spec/externalName").to_string(),
+        _ => or_none(external.join(",")),
+    };
+    let ports: Vec<String> = arr(obj, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(np) => format!("{port}:{np}/{proto}"),
+                None => format!("{port}/{proto}"),
+            }
+        })
+        .collect();
+    let selector: Vec<String> = obj
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
+    vec![json!(ty), json!(cluster_ip), json!(external), json!(or_none(ports.join(","))), json!(age(obj)), json!(or_none(selector.join(",")))]
+}
+
+fn pod_cells(obj: &Value) -> Vec<Value> {
+    let statuses = arr(obj, "/status/containerStatuses");
+    let total = arr(obj, "/spec/containers").len();
+    let ready = statuses.iter().filter(|c| c.get("ready") == Some(&Value::Bool(true))).count();
+    let restarts: i64 = statuses.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum();
+    let mut status = if s(obj, "/status/reason").is_empty() { s(obj, "/status/phase").to_string() } else { s(obj, "/status/reason").to_string() };
+    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+        status = "Terminating".into();
+    }
+    vec![
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+        json!(age(obj)),
+        json!(or_none(s(obj, "/status/podIP").to_string())),
+        json!(or_none(s(obj, "/spec/nodeName").to_string())),
+        json!("<none>"),
+        json!("<none>"),
+    ]
+}
+
+fn node_cells(obj: &Value) -> Vec<Value> {
+    let ready = arr(obj, "/status/conditions").iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
+    let mut status = match ready.and_then(|c| c.get("status")).and_then(Value::as_str) {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if obj.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let roles: Vec<String> = obj
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string)).collect())
+        .unwrap_or_default();
+    let addr = |t: &str| {
+        or_none(
+            arr(obj, "/status/addresses")
+                .iter()
+                .filter(|a| a.get("type").and_then(Value::as_str) == Some(t))
+                .filter_map(|a| a.get("address").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    };
+    vec![
+        json!(status),
+        json!(or_none(roles.join(","))),
+        json!(age(obj)),
+        json!(s(obj, "/status/nodeInfo/kubeletVersion")),
+        json!(addr("InternalIP")),
+        json!(addr("ExternalIP")),
+    ]
+}
+
+fn endpointslice_cells(obj: &Value) -> Vec<Value> {
+    let ports: Vec<String> = arr(obj, "/ports").iter().filter_map(|p| p.get("port").and_then(Value::as_i64)).map(|p| p.to_string()).collect();
+    let addrs: Vec<&str> = arr(obj, "/endpoints").iter().flat_map(|e| arr(e, "/addresses")).filter_map(Value::as_str).collect();
+    let endpoints = if addrs.is_empty() {
+        "<unset>".to_string()
+    } else if addrs.len() > 3 {
+        format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+    } else {
+        addrs.join(",")
+    };
+    let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+    vec![json!(s(obj, "/addressType")), json!(ports), json!(endpoints), json!(age(obj))]
+}
+
+fn ingress_cells(obj: &Value) -> Vec<Value> {
+    let hosts: Vec<&str> = arr(obj, "/spec/rules").iter().filter_map(|r| r.get("host").and_then(Value::as_str)).collect();
+    let hosts = if hosts.is_empty() { "*".to_string() } else { hosts.join(",") };
+    let ports = if arr(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+    vec![
+        json!(or_none(s(obj, "/spec/ingressClassName").to_string())),
+        json!(hosts),
+        json!(lb_addresses(obj).join(",")),
+        json!(ports),
+        json!(age(obj)),
+    ]
+}
+
+fn count(obj: &Value, fields: &[&str]) -> usize {
+    fields.iter().filter_map(|f| obj.get(*f).and_then(Value::as_object)).map(|m| m.len()).sum()
+}
+
+/// The cells after the name.
+fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+    match kind {
+        "Namespace" => vec![json!(s(obj, "/status/phase")), json!(age(obj))],
+        "Service" => service_cells(obj),
+        "Pod" => pod_cells(obj),
+        "Node" => node_cells(obj),
+        "Secret" => vec![json!(s(obj, "/type")), json!(count(obj, &["data"])), json!(age(obj))],
+        "ConfigMap" => vec![json!(count(obj, &["data", "binaryData"])), json!(age(obj))],
+        "EndpointSlice" => endpointslice_cells(obj),
+        "Ingress" => ingress_cells(obj),
+        "IngressClass" => vec![json!(s(obj, "/spec/controller")), json!("<none>"), json!(age(obj))],
+        "Lease" => vec![json!(or_none(s(obj, "/spec/holderIdentity").to_string())), json!(age(obj))],
+        _ => vec![json!(age(obj))],
+    }
+}
+
+/// Whether the table rows carry the whole object, only its metadata, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
+    let mut c = vec![json!(s(obj, "/metadata/name"))];
+    c.extend(cells(r.kind, obj));
+    let object = match include {
+        IncludeObject::None => Value::Null,
+        IncludeObject::Object => obj.clone(),
+        IncludeObject::Metadata => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+        }),
+    };
+    json!({"cells": c, "object": object})
+}
+
+/// A Table of objects; `metadata` is the list metadata (resourceVersion, continue).
+pub fn table(r: &Resource, objs: &[Value], metadata: Value, include: IncludeObject) -> Value {
+    let defs: Vec<Value> = columns(r.kind)
+        .iter()
+        .map(|(name, ty, prio)| {
+            let format = if *name == "Name" { "name" } else { "" };
+            json!({"name": name, "type": ty, "format": format, "description": "", "priority": prio})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": defs,
+        "rows": objs.iter().map(|o| row(r, o, include)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::by_kind;
+
+    #[test]
+    fn durations_like_kubectl() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(3600 * 5 + 60 * 7), "5h7m");
+        assert_eq!(human_duration(86400 * 3 + 3600), "3d1h");
+        assert_eq!(parse_time("1970-01-02T00:00:01Z"), Some(86401));
+        assert_eq!(parse_time("2000-03-01T00:00:00Z"), Some(951_868_800));
+    }
+
+    #[test]
+    fn service_row() {
+        let svc = json!({"metadata": {"name": "web", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                     "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let t = table(by_kind("Service"), &[svc], json!({}), IncludeObject::Metadata);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "web");
+        assert_eq!(cells[2], "10.96.0.10");
+        assert_eq!(cells[3], "<none>");
+        assert_eq!(cells[4], "80:30080/TCP,53/UDP");
+        assert_eq!(cells[6], "app=web");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), cells.as_array().unwrap().len());
+    }
+}

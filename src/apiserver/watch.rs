@@ -1,0 +1,222 @@
+//! Watch: a stream of `{"type": ..., "object": ...}` lines for one resource (and namespace),
+//! from a resourceVersion or from the current state, with bookmarks, selectors, a timeout, and
+//! kube-apiserver's `410 Expired` error event when the revision is no longer in the history.
+//!
+//! Each watch is one task that reads the store's event feed and writes into a small channel the
+//! HTTP response drains; a watcher that cannot keep up is cut off rather than slowing writers, and
+//! resumes from its last resourceVersion like any kube client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use super::error::ApiError;
+use super::registry::decode;
+use super::resources::Resource;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::table::{self, IncludeObject};
+use crate::store::{Event, EventKind, KeyValue, RangeRequest, Store, StoreError};
+
+/// How events carry their objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Object,
+    Table(IncludeObject),
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub resource_version: Option<String>,
+    pub allow_bookmarks: bool,
+    pub send_initial_events: bool,
+    pub timeout: Duration,
+    pub format: Format,
+}
+
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+/// Lines a watch may hold for a slow client before it waits.
+const CHANNEL: usize = 256;
+
+struct Watcher {
+    r: &'static Resource,
+    prefix: String,
+    opts: WatchOptions,
+    tx: mpsc::Sender<Bytes>,
+}
+
+fn line(ty: &str, object: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(object.len() + 32);
+    b.put_slice(b"{\"type\":\"");
+    b.put_slice(ty.as_bytes());
+    b.put_slice(b"\",\"object\":");
+    b.put_slice(object);
+    b.put_slice(b"}\n");
+    b.freeze()
+}
+
+impl Watcher {
+    fn matches(&self, obj: &Value) -> bool {
+        self.opts.labels.matches_object(obj) && self.opts.fields.matches_object(obj)
+    }
+
+    fn filtered(&self) -> bool {
+        !self.opts.labels.is_empty() || !self.opts.fields.is_empty()
+    }
+
+    fn render(&self, kv: &KeyValue) -> Result<Bytes, ApiError> {
+        match self.opts.format {
+            Format::Object => Ok(kv.value.clone()),
+            Format::Table(include) => {
+                let obj = decode(kv)?;
+                let t = table::table(self.r, &[obj], json!({"resourceVersion": kv.mod_revision.to_string()}), include);
+                Ok(Bytes::from(serde_json::to_vec(&t).expect("json")))
+            }
+        }
+    }
+
+    /// The event type a client sees for a store event, if any: a change that moves an object into
+    /// or out of the selection is an ADDED or DELETED.
+    fn classify(&self, ev: &Event) -> Result<Option<&'static str>, ApiError> {
+        if !ev.kv.key.starts_with(&self.prefix) {
+            return Ok(None);
+        }
+        if !self.filtered() {
+            return Ok(Some(match (ev.kind, &ev.prev) {
+                (EventKind::Delete, _) => "DELETED",
+                (EventKind::Put, None) => "ADDED",
+                (EventKind::Put, Some(_)) => "MODIFIED",
+            }));
+        }
+        let was = match &ev.prev {
+            Some(p) => self.matches(&decode(p)?),
+            None => false,
+        };
+        if ev.kind == EventKind::Delete {
+            return Ok(was.then_some("DELETED"));
+        }
+        let is = self.matches(&decode(&ev.kv)?);
+        Ok(match (was, is) {
+            (false, true) => Some("ADDED"),
+            (true, true) => Some("MODIFIED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        })
+    }
+
+    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.r.kind, "apiVersion": self.r.api_version(), "metadata": meta});
+        line("BOOKMARK", &serde_json::to_vec(&obj).expect("json"))
+    }
+
+    async fn send(&self, b: Bytes) -> bool {
+        self.tx.send(b).await.is_ok()
+    }
+
+    async fn send_event(&self, ev: &Event) -> Result<bool, ApiError> {
+        match self.classify(ev)? {
+            Some(ty) => Ok(self.send(line(ty, &self.render(&ev.kv)?)).await),
+            None => Ok(true),
+        }
+    }
+
+    async fn run(self, store: Arc<dyn Store>, mut watch: crate::store::Watch, initial: Vec<KeyValue>, from: i64) {
+        let deadline = tokio::time::sleep(self.opts.timeout);
+        tokio::pin!(deadline);
+        let mut last = from;
+        for kv in &initial {
+            let keep = !self.filtered() || decode(kv).map(|o| self.matches(&o)).unwrap_or(false);
+            if keep {
+                let Ok(obj) = self.render(kv) else { return };
+                if !self.send(line("ADDED", &obj)).await {
+                    return;
+                }
+            }
+        }
+        if self.opts.send_initial_events && self.opts.allow_bookmarks && !self.send(self.bookmark(from, true)).await {
+            return;
+        }
+        for ev in std::mem::take(&mut watch.backlog) {
+            match self.send_event(&ev).await {
+                Ok(true) => last = ev.revision(),
+                _ => return,
+            }
+        }
+        last = last.max(watch.revision.min(store.revision()));
+        let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = self.tx.closed() => return,
+                _ = ticker.tick(), if self.opts.allow_bookmarks => {
+                    if !self.send(self.bookmark(last, false)).await {
+                        return;
+                    }
+                }
+                batch = watch.live.recv() => match batch {
+                    Ok(batch) => {
+                        for ev in batch.iter().filter(|e| e.revision() > last) {
+                            match self.send_event(ev).await {
+                                Ok(true) => {}
+                                _ => return,
+                            }
+                        }
+                        if let Some(ev) = batch.last() {
+                            last = last.max(ev.revision());
+                        }
+                    }
+                    // Too far behind: end the watch; the client resumes from its last revision.
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+fn expired(from: i64) -> Bytes {
+    let err = ApiError::gone(format!("too old resource version: {from}"));
+    line("ERROR", &serde_json::to_vec(&err.status()).expect("json"))
+}
+
+/// Starts a watch; the receiver yields the response body's lines and ends with the watch.
+pub fn start(store: Arc<dyn Store>, r: &'static Resource, ns: Option<&str>, opts: WatchOptions) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let prefix = r.scope_prefix(ns);
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let requested = match opts.resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(v) => Some(v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?),
+    };
+    let with_initial = requested.is_none() || opts.send_initial_events;
+    let from = match requested {
+        Some(rv) if !opts.send_initial_events => rv,
+        _ => store.revision(),
+    };
+    let watch = match store.watch(from) {
+        Ok(w) => w,
+        Err(StoreError::Compacted { .. }) => {
+            let _ = tx.try_send(expired(from));
+            return Ok(rx);
+        }
+        Err(e) => return Err(ApiError::internal(e.to_string())),
+    };
+    let initial = if with_initial {
+        store
+            .range(&RangeRequest { prefix: &prefix, revision: Some(from), ..Default::default() })
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .kvs
+    } else {
+        Vec::new()
+    };
+    let watcher = Watcher { r, prefix, opts, tx };
+    tokio::spawn(watcher.run(store, watch, initial, from));
+    Ok(rx)
+}

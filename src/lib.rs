@@ -1,0 +1,11 @@
+//! Switchyard: a Kubernetes-compatible networking and service-discovery data plane.
+//!
+//! This crate is the only one that knows Kubernetes. What lives where:
+//! - [`store`]: the etcd-shaped key-value store (trait) and its embedded redb backend;
+//! - [`apiserver`]: the Kubernetes-compatible API server — REST handlers, discovery, OpenAPI,
+//!   authentication, admission (validation and defaulting), watch;
+//! - [`controllers`]: ClusterIP/NodePort allocation and the EndpointSlice controller.
+
+pub mod apiserver;
+pub mod controllers;
+pub mod store;
