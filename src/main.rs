@@ -9,7 +9,11 @@ use switchyard::apiserver::{self, Config};
 use switchyard::controllers::allocator::{parse_port_range, Cidr};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Kubernetes-compatible networking and service discovery")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kubernetes-compatible networking and service discovery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,11 +45,13 @@ struct ServerArgs {
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    s.parse().map_err(|e: switchyard::controllers::allocator::CidrError| e.to_string())
+    s.parse()
+        .map_err(|e: switchyard::controllers::allocator::CidrError| e.to_string())
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -53,7 +59,9 @@ async fn shutdown_signal() {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     let config = Config {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -76,7 +84,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -54,10 +54,22 @@ pub fn api_group(group: &str) -> Option<Value> {
     })
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let served: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if served.is_empty() {
         return None;
     }
@@ -87,8 +99,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             }));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }
 
 /// The path under `/openapi/v3/` of each group-version: `api/v1`, `apis/<group>/v1`.
@@ -103,14 +121,25 @@ fn gv_paths() -> Vec<(String, &'static str)> {
 pub fn openapi_index() -> Value {
     let mut paths = Map::new();
     for (p, _) in gv_paths() {
-        let hash = format!("{:016X}", fnv(openapi_gv_doc(&p).map(|d| d.to_string()).unwrap_or_default().as_bytes()));
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+        let hash = format!(
+            "{:016X}",
+            fnv(openapi_gv_doc(&p)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+                .as_bytes())
+        );
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+        );
     }
     json!({"paths": paths})
 }
 
 fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn param(name: &str, location: &str) -> Value {
@@ -129,7 +158,10 @@ fn operation(r: &Resource, verb: &str, action: &str, query: &[&str], body: &[&st
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema_ref}}}},
     });
     if !body.is_empty() {
-        let content: Map<String, Value> = body.iter().map(|ct| (ct.to_string(), json!({"schema": {"type": "object"}}))).collect();
+        let content: Map<String, Value> = body
+            .iter()
+            .map(|ct| (ct.to_string(), json!({"schema": {"type": "object"}})))
+            .collect();
         op["requestBody"] = json!({"content": content, "required": true});
     }
     op
@@ -157,7 +189,11 @@ pub fn openapi_gv_doc(path: &str) -> Option<Value> {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group) {
-        let base = if r.namespaced { format!("/{path}/namespaces/{{namespace}}/{}", r.plural) } else { format!("/{path}/{}", r.plural) };
+        let base = if r.namespaced {
+            format!("/{path}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("/{path}/{}", r.plural)
+        };
         paths.insert(
             base.clone(),
             json!({

@@ -13,33 +13,62 @@ pub struct FieldError {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FieldErrorKind {
     Required(String),
-    Invalid { value: Value, detail: String },
-    NotSupported { value: Value, supported: Vec<&'static str> },
+    Invalid {
+        value: Value,
+        detail: String,
+    },
+    NotSupported {
+        value: Value,
+        supported: Vec<&'static str>,
+    },
     Duplicate(Value),
     Forbidden(String),
 }
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError { field: field.into(), kind: FieldErrorKind::Required(detail.into()) }
-    }
-    pub fn invalid(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
-            kind: FieldErrorKind::Invalid { value: value.into(), detail: detail.into() },
+            kind: FieldErrorKind::Required(detail.into()),
         }
     }
-    pub fn not_supported(field: impl Into<String>, value: impl Into<Value>, supported: &[&'static str]) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl Into<Value>,
+        detail: impl Into<String>,
+    ) -> Self {
         FieldError {
             field: field.into(),
-            kind: FieldErrorKind::NotSupported { value: value.into(), supported: supported.to_vec() },
+            kind: FieldErrorKind::Invalid {
+                value: value.into(),
+                detail: detail.into(),
+            },
+        }
+    }
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl Into<Value>,
+        supported: &[&'static str],
+    ) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::NotSupported {
+                value: value.into(),
+                supported: supported.to_vec(),
+            },
         }
     }
     pub fn duplicate(field: impl Into<String>, value: impl Into<Value>) -> Self {
-        FieldError { field: field.into(), kind: FieldErrorKind::Duplicate(value.into()) }
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Duplicate(value.into()),
+        }
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError { field: field.into(), kind: FieldErrorKind::Forbidden(detail.into()) }
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Forbidden(detail.into()),
+        }
     }
 
     fn reason(&self) -> &'static str {
@@ -54,13 +83,24 @@ impl FieldError {
 
     /// The message without the field path, as kube-apiserver puts it in a cause.
     fn body(&self) -> String {
-        let with = |head: String, detail: &str| if detail.is_empty() { head } else { format!("{head}: {detail}") };
+        let with = |head: String, detail: &str| {
+            if detail.is_empty() {
+                head
+            } else {
+                format!("{head}: {detail}")
+            }
+        };
         match &self.kind {
             FieldErrorKind::Required(d) => with("Required value".into(), d),
-            FieldErrorKind::Invalid { value, detail } => with(format!("Invalid value: {value}"), detail),
+            FieldErrorKind::Invalid { value, detail } => {
+                with(format!("Invalid value: {value}"), detail)
+            }
             FieldErrorKind::NotSupported { value, supported } => {
                 let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
-                format!("Unsupported value: {value}: supported values: {}", list.join(", "))
+                format!(
+                    "Unsupported value: {value}: supported values: {}",
+                    list.join(", ")
+                )
             }
             FieldErrorKind::Duplicate(value) => format!("Duplicate value: {value}"),
             FieldErrorKind::Forbidden(d) => with("Forbidden".into(), d),
@@ -86,7 +126,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
     fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
@@ -103,33 +148,65 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
     pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        let gr = if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") };
+        let gr = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
         Self::new(404, "NotFound", format!("{gr} \"{name}\" not found"))
             .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
     /// A path that names no resource the server serves.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        let gr = if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") };
-        Self::new(409, "AlreadyExists", format!("{gr} \"{name}\" already exists"))
-            .with_details(json!({"name": name, "group": group, "kind": plural}))
+        let gr = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{gr} \"{name}\" already exists"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
     pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Self {
-        let gr = if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") };
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"))
-            .with_details(json!({"name": name, "group": group, "kind": plural}))
+        let gr = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
     pub fn invalid(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        let joined = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
         let causes: Vec<Value> = errors
             .iter()
             .map(|e| json!({"reason": e.reason(), "message": e.body(), "field": e.field}))
             .collect();
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {joined}"))
-            .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {joined}"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
     }
     /// A patch that cannot be applied to the object (a JSON patch test or path that fails).
     pub fn unprocessable_patch(message: impl Into<String>) -> Self {
@@ -142,7 +219,11 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("the request body is larger than the limit of {limit} bytes"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {content_type:?})"))
@@ -151,7 +232,11 @@ impl ApiError {
         Self::new(504, "Timeout", message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
@@ -181,14 +266,29 @@ mod tests {
 
     #[test]
     fn invalid_message_matches_kube_apiserver() {
-        let one = ApiError::invalid("", "Service", "web", &[FieldError::invalid("spec.ports[0].port", 0, "must be between 1 and 65535, inclusive")]);
+        let one = ApiError::invalid(
+            "",
+            "Service",
+            "web",
+            &[FieldError::invalid(
+                "spec.ports[0].port",
+                0,
+                "must be between 1 and 65535, inclusive",
+            )],
+        );
         assert_eq!(one.message, "Service \"web\" is invalid: spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive");
-        assert_eq!(one.status()["details"]["causes"][0]["reason"], "FieldValueInvalid");
+        assert_eq!(
+            one.status()["details"]["causes"][0]["reason"],
+            "FieldValueInvalid"
+        );
         let two = ApiError::invalid(
             "",
             "Service",
             "web",
-            &[FieldError::required("spec.ports", ""), FieldError::not_supported("spec.type", "Bogus", &["ClusterIP", "NodePort"])],
+            &[
+                FieldError::required("spec.ports", ""),
+                FieldError::not_supported("spec.type", "Bogus", &["ClusterIP", "NodePort"]),
+            ],
         );
         assert_eq!(
             two.message,

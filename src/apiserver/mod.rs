@@ -55,7 +55,10 @@ pub enum ServerError {
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] error::ApiError),
     #[error("listening on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A started server: where it listens, where its kubeconfig is.
@@ -82,17 +85,25 @@ fn url(addr: SocketAddr) -> String {
 }
 
 /// The objects every cluster starts with.
-async fn bootstrap(registry: &Registry, config: &Config, addr: SocketAddr) -> Result<(), error::ApiError> {
+async fn bootstrap(
+    registry: &Registry,
+    config: &Config,
+    addr: SocketAddr,
+) -> Result<(), error::ApiError> {
     let ns = by_kind("Namespace");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        registry.ensure(ns, None, json!({"metadata": {"name": name}})).await?;
+        registry
+            .ensure(ns, None, json!({"metadata": {"name": name}}))
+            .await?;
     }
     let ip = registry.first_cluster_ip().to_string();
     let svc = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]},
     });
-    registry.ensure(by_kind("Service"), Some("default"), svc).await?;
+    registry
+        .ensure(by_kind("Service"), Some("default"), svc)
+        .await?;
     // The endpoint of the `kubernetes` Service is this server, where its address can be one.
     let host = client_host(addr);
     if !host.is_loopback() || config.allow_loopback_endpoints {
@@ -103,24 +114,48 @@ async fn bootstrap(registry: &Registry, config: &Config, addr: SocketAddr) -> Re
             "endpoints": [{"addresses": [host.to_string()], "conditions": {"ready": true}}],
             "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}],
         });
-        registry.ensure(by_kind("EndpointSlice"), Some("default"), slice).await?;
+        registry
+            .ensure(by_kind("EndpointSlice"), Some("default"), slice)
+            .await?;
     }
     Ok(())
 }
 
 /// Opens the store, prepares credentials and bootstrap objects, and starts serving on
 /// `listener` until `shutdown` resolves.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Started, ServerError> {
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Started, ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let host = client_host(addr);
-    let mut hosts = vec![host.to_string(), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut hosts = vec![
+        host.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     hosts.dedup();
     let creds = pki::ensure(&config.data_dir, &hosts)?;
     let kubeconfig = pki::write_kubeconfigs(&config.data_dir, &url(addr), &creds)?;
 
     let store = EmbeddedStore::open(&config.data_dir.join("store.redb"), Retention::default())?;
-    let allocators = Allocators { ips: IpAllocator::new(config.service_cidr), ports: PortAllocator::new(config.node_port_range.clone()) };
-    let admission = Admission::new(Policy { allow_loopback_endpoints: config.allow_loopback_endpoints }, allocators);
+    let allocators = Allocators {
+        ips: IpAllocator::new(config.service_cidr),
+        ports: PortAllocator::new(config.node_port_range.clone()),
+    };
+    let admission = Admission::new(
+        Policy {
+            allow_loopback_endpoints: config.allow_loopback_endpoints,
+        },
+        allocators,
+    );
     let registry = Arc::new(Registry::new(Arc::new(store), admission));
     registry.restore_allocations()?;
 
@@ -131,9 +166,18 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl std::futu
         server_address: format!("{}:{}", host, addr.port()),
         ready: Default::default(),
     });
-    tokio::spawn(http::serve(api.clone(), listener, creds.tls.clone(), shutdown));
+    tokio::spawn(http::serve(
+        api.clone(),
+        listener,
+        creds.tls.clone(),
+        shutdown,
+    ));
     bootstrap(&registry, &config, addr).await?;
     tokio::spawn(endpointslice::Controller::new(registry.clone()).run());
     api.ready.store(true, Ordering::Release);
-    Ok(Started { addr, kubeconfig, registry })
+    Ok(Started {
+        addr,
+        kubeconfig,
+        registry,
+    })
 }

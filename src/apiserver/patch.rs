@@ -25,7 +25,9 @@ impl PatchType {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
@@ -34,12 +36,18 @@ impl PatchType {
 /// The merge key of a list, by its path of field names from the object root; None for lists that
 /// are replaced whole. These are the `patchMergeKey`s of the Kubernetes types we serve.
 fn merge_key(path: &[&str]) -> Option<&'static str> {
-    let last2 = if path.len() >= 2 { [path[path.len() - 2], path[path.len() - 1]] } else { ["", path.last().copied().unwrap_or("")] };
+    let last2 = if path.len() >= 2 {
+        [path[path.len() - 2], path[path.len() - 1]]
+    } else {
+        ["", path.last().copied().unwrap_or("")]
+    };
     Some(match (path, last2) {
         (["metadata", "ownerReferences"], _) => "uid",
         (["spec", "ports"], _) => "port",
         (["spec", "containers" | "initContainers" | "ephemeralContainers"], _) => "name",
-        (["spec", "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates"], _) => "name",
+        (["spec", "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates"], _) => {
+            "name"
+        }
         (["spec", "hostAliases"], _) => "ip",
         (["spec", "containers" | "initContainers", "ports"], _) => "containerPort",
         (["spec", "containers" | "initContainers", "env"], _) => "name",
@@ -70,9 +78,16 @@ fn strip_directives(v: &Value) -> Value {
     }
 }
 
-fn smp_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut Vec<String>) -> Result<(), ApiError> {
+fn smp_map(
+    orig: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    path: &mut Vec<String>,
+) -> Result<(), ApiError> {
     if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
-        *orig = strip_directives(&Value::Object(patch.clone())).as_object().cloned().unwrap_or_default();
+        *orig = strip_directives(&Value::Object(patch.clone()))
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         return Ok(());
     }
     for (k, v) in patch {
@@ -131,7 +146,18 @@ fn smp_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut
     for (k, v) in patch {
         if let (Some(field), Value::Array(order)) = (k.strip_prefix("$setElementOrder/"), v) {
             if let Some(Value::Array(list)) = orig.get_mut(field) {
-                let rank = |item: &Value| order.iter().position(|o| o == item || (o.is_object() && o.as_object().is_some_and(|om| om.iter().all(|(ok, ov)| item.get(ok) == Some(ov))))).unwrap_or(usize::MAX);
+                let rank = |item: &Value| {
+                    order
+                        .iter()
+                        .position(|o| {
+                            o == item
+                                || (o.is_object()
+                                    && o.as_object().is_some_and(|om| {
+                                        om.iter().all(|(ok, ov)| item.get(ok) == Some(ov))
+                                    }))
+                        })
+                        .unwrap_or(usize::MAX)
+                };
                 list.sort_by_key(rank);
             }
         }
@@ -142,9 +168,21 @@ fn smp_map(orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut
     Ok(())
 }
 
-fn smp_list(orig: &mut Vec<Value>, patch: &[Value], key: &str, path: &mut Vec<String>) -> Result<(), ApiError> {
-    if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        *orig = patch.iter().filter(|p| p.get("$patch").is_none()).map(strip_directives).collect();
+fn smp_list(
+    orig: &mut Vec<Value>,
+    patch: &[Value],
+    key: &str,
+    path: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    if patch
+        .iter()
+        .any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        *orig = patch
+            .iter()
+            .filter(|p| p.get("$patch").is_none())
+            .map(strip_directives)
+            .collect();
         return Ok(());
     }
     for item in patch {
@@ -153,7 +191,9 @@ fn smp_list(orig: &mut Vec<Value>, patch: &[Value], key: &str, path: &mut Vec<St
             continue;
         };
         let Some(kv) = pm.get(key) else {
-            return Err(ApiError::bad_request(format!("map: {item} does not contain declared merge key: {key}")));
+            return Err(ApiError::bad_request(format!(
+                "map: {item} does not contain declared merge key: {key}"
+            )));
         };
         let pos = orig.iter().position(|o| o.get(key) == Some(kv));
         if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
@@ -171,7 +211,9 @@ fn smp_list(orig: &mut Vec<Value>, patch: &[Value], key: &str, path: &mut Vec<St
 /// Applies a strategic merge patch.
 pub fn strategic(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
     let (Some(o), Some(p)) = (orig.as_object(), patch.as_object()) else {
-        return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "a strategic merge patch must be a JSON object",
+        ));
     };
     let mut out = o.clone();
     smp_map(&mut out, p, &mut Vec::new())?;
@@ -193,7 +235,9 @@ pub fn json(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
     let mut out = orig.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| ApiError::unprocessable_patch(e.to_string()))?;
+    json_patch::patch(&mut out, &ops).map_err(|e| {
+        ApiError::unprocessable_patch(format!("the JSON patch cannot be applied: {e}"))
+    })?;
     Ok(out)
 }
 
@@ -202,12 +246,20 @@ pub fn json(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
 pub fn fields_v1(obj: &Value) -> Value {
     fn walk(v: &Value, path: &mut Vec<String>) -> Value {
         let mut out = Map::new();
-        let Some(m) = v.as_object() else { return Value::Object(out) };
+        let Some(m) = v.as_object() else {
+            return Value::Object(out);
+        };
         for (k, child) in m {
             if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
                 continue;
             }
-            if path.len() == 1 && path[0] == "metadata" && !matches!(k.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences") {
+            if path.len() == 1
+                && path[0] == "metadata"
+                && !matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                )
+            {
                 continue;
             }
             path.push(k.clone());
@@ -237,7 +289,9 @@ pub fn fields_v1(obj: &Value) -> Value {
 
 /// Removes from `live` what `old` (a FieldsV1 set) holds and `new` does not.
 fn prune(live: &mut Value, old: &Value, new: Option<&Value>, path: &mut Vec<String>) {
-    let (Some(om), Some(lm)) = (old.as_object(), live.as_object_mut()) else { return };
+    let (Some(om), Some(lm)) = (old.as_object(), live.as_object_mut()) else {
+        return;
+    };
     for (k, osub) in om {
         let nsub = new.and_then(|n| n.get(k));
         if let Some(field) = k.strip_prefix("f:") {
@@ -263,9 +317,17 @@ fn prune(live: &mut Value, old: &Value, new: Option<&Value>, path: &mut Vec<Stri
 
 fn prune_list(list: &mut Value, old: &Value, new: &Value, path: &mut Vec<String>) {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
-    let (Some(key), Some(items), Some(om)) = (merge_key(&p), list.as_array_mut(), old.as_object()) else { return };
+    let (Some(key), Some(items), Some(om)) = (merge_key(&p), list.as_array_mut(), old.as_object())
+    else {
+        return;
+    };
     for (k, osub) in om {
-        let Some(kv) = k.strip_prefix("k:").and_then(|j| serde_json::from_str::<Value>(j).ok()) else { continue };
+        let Some(kv) = k
+            .strip_prefix("k:")
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+        else {
+            continue;
+        };
         let want = kv.get(key);
         match new.get(k) {
             None => items.retain(|i| i.get(key) != want),
@@ -279,7 +341,13 @@ fn prune_list(list: &mut Value, old: &Value, new: &Value, path: &mut Vec<String>
 }
 
 /// Server-side apply of `applied` by `manager` onto `live` (None when the object does not exist).
-pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, api_version: &str, now: &str) -> Result<Value, ApiError> {
+pub fn apply(
+    live: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    api_version: &str,
+    now: &str,
+) -> Result<Value, ApiError> {
     if !applied.is_object() {
         return Err(ApiError::bad_request("an apply patch must be an object"));
     }
@@ -309,7 +377,10 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, api_version: 
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    managed.retain(|e| !(e.get("manager").and_then(Value::as_str) == Some(manager) && e.get("operation").and_then(Value::as_str) == Some("Apply")));
+    managed.retain(|e| {
+        !(e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply"))
+    });
     managed.push(json!({
         "manager": manager,
         "operation": "Apply",
@@ -339,8 +410,15 @@ mod tests {
         let out = strategic(&svc, &patch).unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
         assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
-        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "name": "http", "targetPort": 8080}, {"port": 8080, "name": "alt"}]));
-        let replaced = strategic(&svc, &json!({"spec": {"ports": [{"$patch": "replace"}, {"port": 1}]}})).unwrap();
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "name": "http", "targetPort": 8080}, {"port": 8080, "name": "alt"}])
+        );
+        let replaced = strategic(
+            &svc,
+            &json!({"spec": {"ports": [{"$patch": "replace"}, {"port": 1}]}}),
+        )
+        .unwrap();
         assert_eq!(replaced["spec"]["ports"], json!([{"port": 1}]));
         assert!(strategic(&svc, &json!({"spec": {"ports": [{"name": "nokey"}]}})).is_err());
     }
@@ -349,22 +427,43 @@ mod tests {
     fn apply_removes_fields_the_manager_stopped_applying() {
         let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1", "b": "2"}}, "data": {"x": "1", "y": "2"}});
         let live = apply(None, &first, "kubectl", "v1", "2026-01-01T00:00:00Z").unwrap();
-        assert_eq!(live["metadata"]["managedFields"][0]["fieldsV1"]["f:data"], json!({"f:x": {}, "f:y": {}}));
+        assert_eq!(
+            live["metadata"]["managedFields"][0]["fieldsV1"]["f:data"],
+            json!({"f:x": {}, "f:y": {}})
+        );
         let mut live2 = live.clone();
         // Another writer adds a field the manager never applied: it must survive.
         live2["data"]["z"] = json!("3");
         let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1"}}, "data": {"x": "9"}});
-        let out = apply(Some(&live2), &second, "kubectl", "v1", "2026-01-01T00:00:01Z").unwrap();
+        let out = apply(
+            Some(&live2),
+            &second,
+            "kubectl",
+            "v1",
+            "2026-01-01T00:00:01Z",
+        )
+        .unwrap();
         assert_eq!(out["data"], json!({"x": "9", "z": "3"}));
         assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
-        assert_eq!(out["metadata"]["managedFields"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["metadata"]["managedFields"].as_array().unwrap().len(),
+            1
+        );
     }
 
     #[test]
     fn apply_prunes_associative_list_items() {
-        let first = json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "b"}]}});
+        let first =
+            json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "b"}]}});
         let live = apply(None, &first, "m", "v1", "t").unwrap();
-        let out = apply(Some(&live), &json!({"spec": {"ports": [{"port": 81, "name": "b"}]}}), "m", "v1", "t").unwrap();
+        let out = apply(
+            Some(&live),
+            &json!({"spec": {"ports": [{"port": 81, "name": "b"}]}}),
+            "m",
+            "v1",
+            "t",
+        )
+        .unwrap();
         assert_eq!(out["spec"]["ports"], json!([{"port": 81, "name": "b"}]));
     }
 }

@@ -18,7 +18,10 @@ use rcgen::{
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Cert(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -36,7 +39,10 @@ pub struct Credentials {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a file readable only by its owner.
@@ -55,7 +61,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn read_or_create(path: &Path, make: impl FnOnce() -> Result<String, PkiError>) -> Result<String, PkiError> {
+fn read_or_create(
+    path: &Path,
+    make: impl FnOnce() -> Result<String, PkiError>,
+) -> Result<String, PkiError> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(s),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -78,7 +87,11 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, "switchyard-ca");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     params
@@ -90,8 +103,10 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let ca_key_path = dir.join("ca.key");
     let ca_key_pem = read_or_create(&ca_key_path, || Ok(KeyPair::generate()?.serialize_pem()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)
-        .map_err(|e| PkiError::Invalid { path: ca_key_path.clone(), what: e.to_string() })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Invalid {
+        path: ca_key_path.clone(),
+        what: e.to_string(),
+    })?;
     let ca_cert_path = dir.join("ca.crt");
     let ca_pem = match fs::read_to_string(&ca_cert_path) {
         Ok(s) => s,
@@ -122,17 +137,28 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
     write_private(&dir.join("server.crt"), &server_cert.pem())?;
     write_private(&dir.join("server.key"), &server_key.serialize_pem())?;
 
-    let admin_token = read_or_create(&dir.join("admin-token"), || Ok(new_token()))?.trim().to_string();
-    let node_token = read_or_create(&dir.join("node-token"), || Ok(new_token()))?.trim().to_string();
+    let admin_token = read_or_create(&dir.join("admin-token"), || Ok(new_token()))?
+        .trim()
+        .to_string();
+    let node_token = read_or_create(&dir.join("node-token"), || Ok(new_token()))?
+        .trim()
+        .to_string();
 
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
     let chain = vec![server_cert.der().clone()];
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Credentials { ca_pem, tls: Arc::new(tls), admin_token, node_token })
+    Ok(Credentials {
+        ca_pem,
+        tls: Arc::new(tls),
+        admin_token,
+        node_token,
+    })
 }
 
 /// A kubeconfig with one cluster, one user (a bearer token) and one context.
@@ -144,10 +170,20 @@ pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String
 }
 
 /// Writes `DIR/admin.kubeconfig` and `DIR/node.kubeconfig` for a server reachable at `server`.
-pub fn write_kubeconfigs(dir: &Path, server: &str, creds: &Credentials) -> Result<PathBuf, PkiError> {
+pub fn write_kubeconfigs(
+    dir: &Path,
+    server: &str,
+    creds: &Credentials,
+) -> Result<PathBuf, PkiError> {
     let admin = dir.join("admin.kubeconfig");
-    write_private(&admin, &kubeconfig(server, &creds.ca_pem, "admin", &creds.admin_token))?;
-    write_private(&dir.join("node.kubeconfig"), &kubeconfig(server, &creds.ca_pem, "node", &creds.node_token))?;
+    write_private(
+        &admin,
+        &kubeconfig(server, &creds.ca_pem, "admin", &creds.admin_token),
+    )?;
+    write_private(
+        &dir.join("node.kubeconfig"),
+        &kubeconfig(server, &creds.ca_pem, "node", &creds.node_token),
+    )?;
     Ok(admin)
 }
 
@@ -163,7 +199,10 @@ mod tests {
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.admin_token, b.admin_token);
         assert_ne!(a.admin_token, a.node_token);
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "private key readable by others");
     }
 }

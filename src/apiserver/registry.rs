@@ -83,7 +83,10 @@ pub struct Registry {
 
 /// RFC 3339 in UTC with second precision, as `metav1.Time` is written.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719468;
@@ -95,7 +98,12 @@ pub fn rfc3339(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 pub fn now() -> String {
@@ -106,14 +114,24 @@ fn new_uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     // A version-4 UUID.
-    format!("{}-{}-4{}-{:x}{}-{}", &h[0..8], &h[8..12], &h[13..16], (b[8] & 0x3) | 0x8, &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        (b[8] & 0x3) | 0x8,
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 fn random_suffix() -> String {
     // kube-apiserver's alphabet for generated names: no vowels, no look-alikes.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Encodes an object for the store, its `resourceVersion` the revision of the write.
@@ -125,27 +143,34 @@ fn encoder(mut obj: Value) -> Encoder {
 }
 
 pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
-    serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
 }
 
 fn store_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::Compacted { requested, compacted } => ApiError::gone(format!(
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::gone(format!(
             "too old resource version: {requested} ({compacted})"
         )),
-        StoreError::FutureRevision { requested, current } => {
-            ApiError::timeout(format!("Too large resource version: {requested}, current: {current}"))
-        }
+        StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
+            "Too large resource version: {requested}, current: {current}"
+        )),
         other => ApiError::internal(other.to_string()),
     }
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn parse_rv(s: &str) -> Result<i64, ApiError> {
-    s.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+    s.parse::<i64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
 }
 
 /// The object without what the server changes on every write, to see whether a write changes
@@ -190,7 +215,13 @@ impl Registry {
     /// Rebuilds the allocators from the stored Services.
     pub fn restore_allocations(&self) -> Result<(), ApiError> {
         let svc = resources::by_kind("Service");
-        let all = self.store.range(&RangeRequest { prefix: &svc.prefix(), ..Default::default() }).map_err(store_error)?;
+        let all = self
+            .store
+            .range(&RangeRequest {
+                prefix: &svc.prefix(),
+                ..Default::default()
+            })
+            .map_err(store_error)?;
         for kv in &all.kvs {
             self.admission.restore(&Admission::held(svc, &decode(kv)?));
         }
@@ -206,12 +237,23 @@ impl Registry {
         kv.ok_or_else(|| ApiError::not_found(r.group, r.plural, name))
     }
 
-    pub fn list(&self, r: &Resource, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    pub fn list(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let prefix = r.scope_prefix(ns);
         let (mut start, mut at) = (None, None);
         if let Some(tok) = opts.continue_token.as_deref().filter(|t| !t.is_empty()) {
-            if opts.resource_version.as_deref().is_some_and(|v| !v.is_empty()) {
-                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            if opts
+                .resource_version
+                .as_deref()
+                .is_some_and(|v| !v.is_empty())
+            {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
             }
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(tok)
@@ -221,24 +263,38 @@ impl Registry {
                 .ok_or_else(|| ApiError::bad_request("continue key is not valid: the token is malformed or names another resource"))?;
             start = Some(raw.start);
             at = Some(raw.rv);
-        } else if let Some(rv) = opts.resource_version.as_deref().filter(|v| !v.is_empty() && *v != "0") {
+        } else if let Some(rv) = opts
+            .resource_version
+            .as_deref()
+            .filter(|v| !v.is_empty() && *v != "0")
+        {
             let rv = parse_rv(rv)?;
             match opts.resource_version_match.as_deref() {
                 Some("Exact") => at = Some(rv),
                 None | Some("") | Some("NotOlderThan") => {
                     let current = self.store.revision();
                     if rv > current {
-                        return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {current}")));
+                        return Err(ApiError::timeout(format!(
+                            "Too large resource version: {rv}, current: {current}"
+                        )));
                     }
                 }
-                Some(other) => return Err(ApiError::bad_request(format!("unsupported resourceVersionMatch {other:?}"))),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "unsupported resourceVersionMatch {other:?}"
+                    )))
+                }
             }
         }
         let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();
         let mut items = Vec::new();
         let mut revision = at;
         loop {
-            let chunk = if opts.limit == 0 { 0 } else { (opts.limit - items.len()).max(if filtered { 256 } else { 0 }) };
+            let chunk = if opts.limit == 0 {
+                0
+            } else {
+                (opts.limit - items.len()).max(if filtered { 256 } else { 0 })
+            };
             let page = self
                 .store
                 .range(&RangeRequest { prefix: &prefix, start_after: start.as_deref(), limit: chunk, revision })
@@ -266,15 +322,24 @@ impl Registry {
             }
             let more = page.more || !consumed_all;
             if !more {
-                return Ok(ListResult { items, revision: page.revision, continue_token: None });
+                return Ok(ListResult {
+                    items,
+                    revision: page.revision,
+                    continue_token: None,
+                });
             }
             if opts.limit != 0 && items.len() == opts.limit {
-                let token = ContinueToken { rv: page.revision, start: start.unwrap_or_default() };
+                let token = ContinueToken {
+                    rv: page.revision,
+                    start: start.unwrap_or_default(),
+                };
                 let raw = serde_json::to_vec(&token).expect("json");
                 return Ok(ListResult {
                     items,
                     revision: page.revision,
-                    continue_token: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)),
+                    continue_token: Some(
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+                    ),
                 });
             }
         }
@@ -282,9 +347,16 @@ impl Registry {
 
     /// Decodes a request body into the resource's type: kind and apiVersion checked, fields the
     /// type does not know reported (or refused under `Strict`).
-    pub fn decode_input(&self, r: &Resource, mut obj: Value, opts: &WriteOptions) -> Result<(Value, Vec<String>), ApiError> {
+    pub fn decode_input(
+        &self,
+        r: &Resource,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let Some(m) = obj.as_object_mut() else {
-            return Err(ApiError::bad_request("the request body must be a JSON or YAML object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON or YAML object",
+            ));
         };
         let want_version = r.api_version();
         match m.get("apiVersion").and_then(Value::as_str) {
@@ -297,16 +369,30 @@ impl Registry {
         }
         match m.get("kind").and_then(Value::as_str) {
             Some(k) if k != r.kind => {
-                return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", r.kind)))
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    r.kind
+                )))
             }
             _ => {}
         }
         m.insert("apiVersion".into(), json!(want_version));
         m.insert("kind".into(), json!(r.kind));
-        let (out, unknown) = (r.normalize)(obj).map_err(|e| ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", r.kind, r.version, r.kind)))?;
-        let warnings: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let (out, unknown) = (r.normalize)(obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                r.kind, r.version, r.kind
+            ))
+        })?;
+        let warnings: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         match opts.field_validation {
-            FieldValidation::Strict if !warnings.is_empty() => Err(ApiError::bad_request(format!("strict decoding error: {}", warnings.join(", ")))),
+            FieldValidation::Strict if !warnings.is_empty() => Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                warnings.join(", ")
+            ))),
             FieldValidation::Ignore => Ok((out, Vec::new())),
             _ => Ok((out, warnings)),
         }
@@ -316,10 +402,19 @@ impl Registry {
         if !r.namespaced {
             return Ok(());
         }
-        let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required for namespaced resources"))?;
+        let ns = ns.ok_or_else(|| {
+            ApiError::bad_request("a namespace is required for namespaced resources")
+        })?;
         let nsr = resources::by_kind("Namespace");
-        let kv = self.store.get(&nsr.key(None, ns)).0.ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
-        if decode(&kv)?.pointer("/metadata/deletionTimestamp").is_some() {
+        let kv = self
+            .store
+            .get(&nsr.key(None, ns))
+            .0
+            .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
+        if decode(&kv)?
+            .pointer("/metadata/deletionTimestamp")
+            .is_some()
+        {
             return Err(ApiError::forbidden(format!(
                 "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 r.group_resource(),
@@ -331,17 +426,32 @@ impl Registry {
     /// The IngressClass marked default, newest first, for Ingresses that name none.
     fn default_ingress_class(&self) -> Option<String> {
         let ic = resources::by_kind("IngressClass");
-        let all = self.store.range(&RangeRequest { prefix: &ic.prefix(), ..Default::default() }).ok()?;
+        let all = self
+            .store
+            .range(&RangeRequest {
+                prefix: &ic.prefix(),
+                ..Default::default()
+            })
+            .ok()?;
         all.kvs
             .iter()
             .filter_map(|kv| decode(kv).ok())
-            .filter(|o| o.pointer("/metadata/annotations/ingressclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true"))
+            .filter(|o| {
+                o.pointer("/metadata/annotations/ingressclass.kubernetes.io~1is-default-class")
+                    .and_then(Value::as_str)
+                    == Some("true")
+            })
             .max_by_key(|o| meta_str(o, "creationTimestamp").unwrap_or("").to_string())
             .and_then(|o| meta_str(&o, "name").map(str::to_string))
     }
 
     /// What kube-apiserver's strategies do to a new object before validation.
-    fn prepare_create(&self, r: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+    fn prepare_create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
         if !obj.get("metadata").is_some_and(Value::is_object) {
             obj["metadata"] = json!({});
         }
@@ -359,13 +469,27 @@ impl Registry {
         } else {
             meta.remove("namespace");
         }
-        if meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty() {
-            if let Some(g) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            if let Some(g) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|g| !g.is_empty())
+            {
                 let name = format!("{g}{}", random_suffix());
                 meta.insert("name".into(), json!(name));
             }
         }
-        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(f);
         }
         meta.insert("uid".into(), json!(new_uid()));
@@ -399,7 +523,13 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn create(&self, r: &Resource, ns: Option<&str>, body: Value, opts: &WriteOptions) -> Result<Written, ApiError> {
+    pub async fn create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         let (mut obj, warnings) = self.decode_input(r, body, opts)?;
         self.prepare_create(r, ns, &mut obj)?;
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
@@ -408,15 +538,32 @@ impl Registry {
         let key = r.key(ns, &name);
         if opts.dry_run {
             self.admission.release(&claims);
-            return Ok(Written { object: encoder(obj)(0), warnings, created: true });
+            return Ok(Written {
+                object: encoder(obj)(0),
+                warnings,
+                created: true,
+            });
         }
-        let result = self.store.txn(vec![Op::Put { key, precondition: Precondition::Absent, value: encoder(obj) }]).await;
+        let result = self
+            .store
+            .txn(vec![Op::Put {
+                key,
+                precondition: Precondition::Absent,
+                value: encoder(obj),
+            }])
+            .await;
         match result {
-            Ok(mut kvs) => Ok(Written { object: kvs.remove(0).value, warnings, created: true }),
+            Ok(mut kvs) => Ok(Written {
+                object: kvs.remove(0).value,
+                warnings,
+                created: true,
+            }),
             Err(e) => {
                 self.admission.release(&claims);
                 Err(match e {
-                    StoreError::Conflict { .. } => ApiError::already_exists(r.group, r.plural, &name),
+                    StoreError::Conflict { .. } => {
+                        ApiError::already_exists(r.group, r.plural, &name)
+                    }
                     other => store_error(other),
                 })
             }
@@ -465,19 +612,38 @@ impl Registry {
             let claims = self.admission.update(r, &old, &mut new)?;
             if comparable(&new) == comparable(&old) {
                 self.admission.release(&claims.taken);
-                return Ok(Written { object: kv.value, warnings, created: false });
+                return Ok(Written {
+                    object: kv.value,
+                    warnings,
+                    created: false,
+                });
             }
             if opts.dry_run {
                 self.admission.release(&claims.taken);
-                return Ok(Written { object: encoder(new)(kv.mod_revision), warnings, created: false });
+                return Ok(Written {
+                    object: encoder(new)(kv.mod_revision),
+                    warnings,
+                    created: false,
+                });
             }
             let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-                && new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
+                && new
+                    .pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty);
             let precondition = Precondition::ModRevision(kv.mod_revision);
             let op = if finalized {
-                Op::Delete { key: key.clone(), precondition, tombstone: encoder(new) }
+                Op::Delete {
+                    key: key.clone(),
+                    precondition,
+                    tombstone: encoder(new),
+                }
             } else {
-                Op::Put { key: key.clone(), precondition, value: encoder(new) }
+                Op::Put {
+                    key: key.clone(),
+                    precondition,
+                    value: encoder(new),
+                }
             };
             match self.store.txn(vec![op]).await {
                 Ok(mut kvs) => {
@@ -485,7 +651,11 @@ impl Registry {
                     if finalized {
                         self.admission.release(&Admission::held(r, &old));
                     }
-                    return Ok(Written { object: kvs.remove(0).value, warnings, created: false });
+                    return Ok(Written {
+                        object: kvs.remove(0).value,
+                        warnings,
+                        created: false,
+                    });
                 }
                 Err(StoreError::Conflict { .. }) if expected.is_none() => {
                     self.admission.release(&claims.taken);
@@ -505,7 +675,13 @@ impl Registry {
 
     /// Carries the system fields over from `old`, keeps the part the request may not change, and
     /// counts generations.
-    fn prepare_update(&self, r: &Resource, old: &Value, new: &mut Value, part: Part) -> Result<(), ApiError> {
+    fn prepare_update(
+        &self,
+        r: &Resource,
+        old: &Value,
+        new: &mut Value,
+        part: Part,
+    ) -> Result<(), ApiError> {
         if part == Part::Status {
             let status = new.get("status").cloned();
             *new = old.clone();
@@ -522,7 +698,15 @@ impl Registry {
             new["metadata"] = json!({});
         }
         let meta = new["metadata"].as_object_mut().expect("object");
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
             match old_meta.get(f) {
                 Some(v) => meta.insert(f.into(), v.clone()),
                 None => meta.remove(f),
@@ -534,11 +718,26 @@ impl Registry {
             }
         }
         if old_meta.contains_key("deletionTimestamp") {
-            let before: Vec<&Value> = old_meta.get("finalizers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
-            let added = meta.get("finalizers").and_then(Value::as_array).is_some_and(|a| a.iter().any(|f| !before.contains(&f)));
+            let before: Vec<&Value> = old_meta
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let added = meta
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|f| !before.contains(&f)));
             if added {
                 let nm = meta_str(old, "name").unwrap_or_default();
-                return Err(ApiError::invalid(r.group, r.kind, nm, &[super::error::FieldError::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+                return Err(ApiError::invalid(
+                    r.group,
+                    r.kind,
+                    nm,
+                    &[super::error::FieldError::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
             }
         }
         if r.status {
@@ -550,14 +749,25 @@ impl Registry {
             }
         }
         if r.generation && spec_of(old) != spec_of(new) {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             new["metadata"]["generation"] = json!(g + 1);
         }
         Ok(())
     }
 
     /// PUT: replaces the object (or its status).
-    pub async fn update(&self, r: &Resource, ns: Option<&str>, name: &str, body: Value, part: Part, opts: &WriteOptions) -> Result<Written, ApiError> {
+    pub async fn update(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         if let Some(m) = body.get("metadata").and_then(Value::as_object) {
             if r.namespaced {
                 if let (Some(bns), Some(ns)) = (m.get("namespace").and_then(Value::as_str), ns) {
@@ -567,11 +777,21 @@ impl Registry {
                 }
             }
         }
-        self.guaranteed_update(r, ns, name, part, opts, |old| Ok(old.map(|_| body.clone()))).await
+        self.guaranteed_update(r, ns, name, part, opts, |old| Ok(old.map(|_| body.clone())))
+            .await
     }
 
     /// PATCH in any of the four formats; an apply patch creates the object if it is missing.
-    pub async fn patch(&self, r: &Resource, ns: Option<&str>, name: &str, ty: PatchType, body: Value, part: Part, opts: &WriteOptions) -> Result<Written, ApiError> {
+    pub async fn patch(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        ty: PatchType,
+        body: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         let manager = opts.field_manager.clone();
         if ty == PatchType::Apply && manager.as_deref().unwrap_or("").is_empty() {
             return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
@@ -580,7 +800,13 @@ impl Registry {
         self.guaranteed_update(r, ns, name, part, opts, |old| {
             let Some(old) = old else {
                 if ty == PatchType::Apply {
-                    let mut obj = patch::apply(None, &body, manager.as_deref().unwrap_or_default(), &api_version, &now())?;
+                    let mut obj = patch::apply(
+                        None,
+                        &body,
+                        manager.as_deref().unwrap_or_default(),
+                        &api_version,
+                        &now(),
+                    )?;
                     if meta_str(&obj, "name").is_none() {
                         obj["metadata"]["name"] = json!(name);
                     }
@@ -592,7 +818,13 @@ impl Registry {
                 PatchType::Json => patch::json(old, &body)?,
                 PatchType::Merge => patch::merge(old, &body)?,
                 PatchType::Strategic => patch::strategic(old, &body)?,
-                PatchType::Apply => patch::apply(Some(old), &body, manager.as_deref().unwrap_or_default(), &api_version, &now())?,
+                PatchType::Apply => patch::apply(
+                    Some(old),
+                    &body,
+                    manager.as_deref().unwrap_or_default(),
+                    &api_version,
+                    &now(),
+                )?,
             };
             Ok(Some(out))
         })
@@ -601,13 +833,27 @@ impl Registry {
 
     /// DELETE: removes the object, or marks it for deletion while finalizers remain (and, for a
     /// namespace, deletes its content first).
-    pub fn delete<'a>(self: &'a Arc<Self>, r: &'static Resource, ns: Option<&'a str>, name: &'a str, opts: &'a DeleteOptions) -> BoxFuture<'a, Result<Bytes, ApiError>> {
+    pub fn delete<'a>(
+        self: &'a Arc<Self>,
+        r: &'static Resource,
+        ns: Option<&'a str>,
+        name: &'a str,
+        opts: &'a DeleteOptions,
+    ) -> BoxFuture<'a, Result<Bytes, ApiError>> {
         Box::pin(self.delete_inner(r, ns, name, opts))
     }
 
-    async fn delete_inner(self: &Arc<Self>, r: &'static Resource, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Bytes, ApiError> {
+    async fn delete_inner(
+        self: &Arc<Self>,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Bytes, ApiError> {
         if r.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
-            return Err(ApiError::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
         }
         let key = r.key(ns, name);
         loop {
@@ -627,27 +873,54 @@ impl Registry {
             if opts.dry_run {
                 return Ok(kv.value);
             }
-            let finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            let finalizers = obj
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
             let graceful = r.kind == "Pod"
                 && obj.pointer("/spec/nodeName").is_some()
-                && opts.grace_period_seconds.or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(0) > 0;
+                && opts
+                    .grace_period_seconds
+                    .or_else(|| {
+                        obj.pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
+                    .unwrap_or(0)
+                    > 0;
             if r.kind == "Namespace" || finalizers || graceful {
                 if obj.pointer("/metadata/deletionTimestamp").is_some() {
                     return Ok(kv.value);
                 }
                 let grace = if graceful {
-                    opts.grace_period_seconds.or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(0)
+                    opts.grace_period_seconds
+                        .or_else(|| {
+                            obj.pointer("/spec/terminationGracePeriodSeconds")
+                                .and_then(Value::as_i64)
+                        })
+                        .unwrap_or(0)
                 } else {
                     0
                 };
-                obj["metadata"]["deletionTimestamp"] = json!(rfc3339(SystemTime::now() + Duration::from_secs(grace as u64)));
+                obj["metadata"]["deletionTimestamp"] = json!(rfc3339(
+                    SystemTime::now() + Duration::from_secs(grace as u64)
+                ));
                 obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 if r.kind == "Namespace" {
                     obj["status"]["phase"] = json!("Terminating");
                 }
-                match self.store.txn(vec![Op::Put { key: key.clone(), precondition: Precondition::ModRevision(kv.mod_revision), value: encoder(obj) }]).await {
+                match self
+                    .store
+                    .txn(vec![Op::Put {
+                        key: key.clone(),
+                        precondition: Precondition::ModRevision(kv.mod_revision),
+                        value: encoder(obj),
+                    }])
+                    .await
+                {
                     Ok(mut kvs) => {
-                        let uid = meta_str(&decode(&kvs[0])?, "uid").unwrap_or_default().to_string();
+                        let uid = meta_str(&decode(&kvs[0])?, "uid")
+                            .unwrap_or_default()
+                            .to_string();
                         let (ns, name) = (ns.map(str::to_string), name.to_string());
                         if r.kind == "Namespace" {
                             let me = self.clone();
@@ -658,7 +931,11 @@ impl Registry {
                             // grace period is over.
                             tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_secs(grace as u64)).await;
-                                let opts = DeleteOptions { grace_period_seconds: Some(0), uid: Some(uid), ..Default::default() };
+                                let opts = DeleteOptions {
+                                    grace_period_seconds: Some(0),
+                                    uid: Some(uid),
+                                    ..Default::default()
+                                };
                                 let _ = me.delete(r, ns.as_deref(), &name, &opts).await;
                             });
                         }
@@ -669,7 +946,15 @@ impl Registry {
                 }
             }
             let tombstone = encoder(obj.clone());
-            match self.store.txn(vec![Op::Delete { key: key.clone(), precondition: Precondition::ModRevision(kv.mod_revision), tombstone }]).await {
+            match self
+                .store
+                .txn(vec![Op::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                    tombstone,
+                }])
+                .await
+            {
                 Ok(mut kvs) => {
                     self.admission.release(&Admission::held(r, &obj));
                     return Ok(kvs.remove(0).value);
@@ -682,14 +967,21 @@ impl Registry {
 
     /// Deletes everything in a terminating namespace, then the namespace itself.
     async fn finalize_namespace(self: Arc<Self>, name: &str, uid: &str) {
-        let now_opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
+        let now_opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
         for _attempt in 0..600 {
             let mut left = 0;
             for r in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-                let Ok(list) = self.list(r, Some(name), &ListOptions::default()) else { continue };
+                let Ok(list) = self.list(r, Some(name), &ListOptions::default()) else {
+                    continue;
+                };
                 for item in list.items {
                     left += 1;
-                    let Ok(obj) = serde_json::from_slice::<Value>(&item) else { continue };
+                    let Ok(obj) = serde_json::from_slice::<Value>(&item) else {
+                        continue;
+                    };
                     if let Some(n) = meta_str(&obj, "name") {
                         if let Err(e) = self.delete(r, Some(name), n, &now_opts).await {
                             tracing::debug!(namespace = name, object = n, error = %e, "namespace cleanup");
@@ -707,7 +999,14 @@ impl Registry {
         if let (Some(kv), _) = self.store.get(&key) {
             let Ok(obj) = decode(&kv) else { return };
             if meta_str(&obj, "uid") == Some(uid) {
-                let _ = self.store.txn(vec![Op::Delete { key, precondition: Precondition::ModRevision(kv.mod_revision), tombstone: encoder(obj) }]).await;
+                let _ = self
+                    .store
+                    .txn(vec![Op::Delete {
+                        key,
+                        precondition: Precondition::ModRevision(kv.mod_revision),
+                        tombstone: encoder(obj),
+                    }])
+                    .await;
             }
         }
     }
@@ -733,8 +1032,14 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T09:46:40Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            "2026-11-18T11:06:40Z"
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+/// Decodes into the typed k8s-openapi object and back: the object as Kubernetes writes it, and
+/// the paths of fields the type does not know.
+pub type Normalize = fn(Value) -> Result<(Value, Vec<String>), String>;
+
 /// One served resource.
 #[derive(Debug)]
 pub struct Resource {
@@ -23,9 +27,7 @@ pub struct Resource {
     pub status: bool,
     /// Writes to the spec bump `metadata.generation`.
     pub generation: bool,
-    /// Decodes into the typed k8s-openapi object and back: the object as Kubernetes writes it,
-    /// and the paths of fields the type does not know.
-    pub normalize: fn(Value) -> Result<(Value, Vec<String>), String>,
+    pub normalize: Normalize,
 }
 
 impl Resource {
@@ -68,7 +70,9 @@ impl Resource {
     }
 }
 
-fn roundtrip<K: DeserializeOwned + Serialize>(input: Value) -> Result<(Value, Vec<String>), String> {
+fn roundtrip<K: DeserializeOwned + Serialize>(
+    input: Value,
+) -> Result<(Value, Vec<String>), String> {
     let typed: K = serde_json::from_value(input.clone()).map_err(|e| e.to_string())?;
     let output = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();
@@ -81,7 +85,11 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match o.get(k) {
                     Some(ov) => unknown_fields(v, ov, &p, out),
                     None if !v.is_null() => out.push(p),
@@ -141,11 +149,16 @@ pub fn groups() -> Vec<&'static str> {
 }
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub fn by_kind(kind: &str) -> &'static Resource {
-    RESOURCES.iter().find(|r| r.kind == kind).expect("served kind")
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind)
+        .expect("served kind")
 }
 
 #[cfg(test)]
@@ -165,7 +178,8 @@ mod tests {
         assert_eq!(unknown, ["metadata.bogus", "spec.ports[0].nope"]);
         assert!(out["metadata"].get("bogus").is_none());
         assert_eq!(out["spec"]["selector"]["app"], "x");
-        let err = (svc.normalize)(json!({"metadata": {"name": "a"}, "spec": {"ports": "80"}})).unwrap_err();
+        let err = (svc.normalize)(json!({"metadata": {"name": "a"}, "spec": {"ports": "80"}}))
+            .unwrap_err();
         assert!(err.contains("invalid type"), "{err}");
     }
 }

@@ -111,16 +111,32 @@ impl LabelSelector {
                     .and_then(|l| l.strip_suffix(')'))
                     .ok_or_else(|| bad(term, "expected a parenthesised list of values"))?;
                 let values = inner.split(',').map(value).collect::<Result<Vec<_>, _>>()?;
-                let op = if notin { Op::NotIn(values) } else { Op::In(values) };
+                let op = if notin {
+                    Op::NotIn(values)
+                } else {
+                    Op::In(values)
+                };
                 Requirement { key: key(k)?, op }
             } else if let Some(k) = term.strip_prefix('!') {
-                Requirement { key: key(k)?, op: Op::NotExists }
+                Requirement {
+                    key: key(k)?,
+                    op: Op::NotExists,
+                }
             } else if let Some((k, v)) = term.split_once("!=") {
-                Requirement { key: key(k)?, op: Op::NotEquals(value(v)?) }
+                Requirement {
+                    key: key(k)?,
+                    op: Op::NotEquals(value(v)?),
+                }
             } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                Requirement { key: key(k)?, op: Op::Equals(value(v)?) }
+                Requirement {
+                    key: key(k)?,
+                    op: Op::Equals(value(v)?),
+                }
             } else {
-                Requirement { key: key(term)?, op: Op::Exists }
+                Requirement {
+                    key: key(term)?,
+                    op: Op::Exists,
+                }
             };
             reqs.push(req);
         }
@@ -147,7 +163,11 @@ impl LabelSelector {
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -187,11 +207,17 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid field selector: {term:?}: expected an operator (=, ==, !=)")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: {term:?}: expected an operator (=, ==, !=)"
+                )));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") && !field_labels(kind).contains(&field) {
-                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
+            if !matches!(field, "metadata.name" | "metadata.namespace")
+                && !field_labels(kind).contains(&field)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field}"
+                )));
             }
             out.push((field.to_string(), eq, v.trim().to_string()));
         }
@@ -209,7 +235,9 @@ impl FieldSelector {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Bool(b)) => b.to_string(),
                 Some(other) => other.to_string(),
-                None if field == "spec.unschedulable" || field == "spec.hostNetwork" => "false".into(),
+                None if field == "spec.unschedulable" || field == "spec.hostNetwork" => {
+                    "false".into()
+                }
                 None => String::new(),
             };
             (have == *want) == *eq
@@ -222,7 +250,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -247,9 +278,17 @@ mod tests {
     #[test]
     fn field_selectors() {
         let pod = serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}});
-        assert!(FieldSelector::parse("Pod", "spec.nodeName=n1").unwrap().matches_object(&pod));
-        assert!(FieldSelector::parse("Pod", "metadata.name!=q,metadata.namespace=ns").unwrap().matches_object(&pod));
-        assert!(!FieldSelector::parse("Pod", "spec.nodeName=n2").unwrap().matches_object(&pod));
+        assert!(FieldSelector::parse("Pod", "spec.nodeName=n1")
+            .unwrap()
+            .matches_object(&pod));
+        assert!(
+            FieldSelector::parse("Pod", "metadata.name!=q,metadata.namespace=ns")
+                .unwrap()
+                .matches_object(&pod)
+        );
+        assert!(!FieldSelector::parse("Pod", "spec.nodeName=n2")
+            .unwrap()
+            .matches_object(&pod));
         assert!(FieldSelector::parse("Service", "spec.nodeName=n1").is_err());
     }
 }

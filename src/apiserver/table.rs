@@ -12,7 +12,11 @@ type Column = (&'static str, &'static str, u8);
 
 fn columns(kind: &str) -> &'static [Column] {
     match kind {
-        "Namespace" => &[("Name", "string", 0), ("Status", "string", 0), ("Age", "string", 0)],
+        "Namespace" => &[
+            ("Name", "string", 0),
+            ("Status", "string", 0),
+            ("Age", "string", 0),
+        ],
         "Service" => &[
             ("Name", "string", 0),
             ("Type", "string", 0),
@@ -42,8 +46,17 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Internal-IP", "string", 1),
             ("External-IP", "string", 1),
         ],
-        "Secret" => &[("Name", "string", 0), ("Type", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
-        "ConfigMap" => &[("Name", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
+        "Secret" => &[
+            ("Name", "string", 0),
+            ("Type", "string", 0),
+            ("Data", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        "ConfigMap" => &[
+            ("Name", "string", 0),
+            ("Data", "integer", 0),
+            ("Age", "string", 0),
+        ],
         "EndpointSlice" => &[
             ("Name", "string", 0),
             ("AddressType", "string", 0),
@@ -59,8 +72,17 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Ports", "string", 0),
             ("Age", "string", 0),
         ],
-        "IngressClass" => &[("Name", "string", 0), ("Controller", "string", 0), ("Parameters", "string", 0), ("Age", "string", 0)],
-        "Lease" => &[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)],
+        "IngressClass" => &[
+            ("Name", "string", 0),
+            ("Controller", "string", 0),
+            ("Parameters", "string", 0),
+            ("Age", "string", 0),
+        ],
+        "Lease" => &[
+            ("Name", "string", 0),
+            ("Holder", "string", 0),
+            ("Age", "string", 0),
+        ],
         _ => &[("Name", "string", 0), ("Age", "string", 0)],
     }
 }
@@ -126,8 +148,15 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn age(obj: &Value) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    match obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(parse_time) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+    {
         Some(t) => human_duration(now - t),
         None => "<unknown>".into(),
     }
@@ -146,20 +175,30 @@ fn or_none(v: String) -> String {
 }
 
 fn arr<'a>(obj: &'a Value, ptr: &str) -> &'a [Value] {
-    obj.pointer(ptr).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    obj.pointer(ptr)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 fn lb_addresses(obj: &Value) -> Vec<String> {
     arr(obj, "/status/loadBalancer/ingress")
         .iter()
-        .filter_map(|i| i.get("ip").or_else(|| i.get("hostname")).and_then(Value::as_str).map(str::to_string))
+        .filter_map(|i| {
+            i.get("ip")
+                .or_else(|| i.get("hostname"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .collect()
 }
 
 fn service_cells(obj: &Value) -> Vec<Value> {
     let ty = s(obj, "/spec/type");
     let cluster_ip = or_none(s(obj, "/spec/clusterIP").to_string());
-    let mut external: Vec<String> = arr(obj, "/spec/externalIPs").iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let mut external: Vec<String> = arr(obj, "/spec/externalIPs")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
     let external = match ty {
         "LoadBalancer" => {
             external.extend(lb_addresses(obj));
@@ -186,17 +225,38 @@ fn service_cells(obj: &Value) -> Vec<Value> {
     let selector: Vec<String> = obj
         .pointer("/spec/selector")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default();
-    vec![json!(ty), json!(cluster_ip), json!(external), json!(or_none(ports.join(","))), json!(age(obj)), json!(or_none(selector.join(",")))]
+    vec![
+        json!(ty),
+        json!(cluster_ip),
+        json!(external),
+        json!(or_none(ports.join(","))),
+        json!(age(obj)),
+        json!(or_none(selector.join(","))),
+    ]
 }
 
 fn pod_cells(obj: &Value) -> Vec<Value> {
     let statuses = arr(obj, "/status/containerStatuses");
     let total = arr(obj, "/spec/containers").len();
-    let ready = statuses.iter().filter(|c| c.get("ready") == Some(&Value::Bool(true))).count();
-    let restarts: i64 = statuses.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum();
-    let mut status = if s(obj, "/status/reason").is_empty() { s(obj, "/status/phase").to_string() } else { s(obj, "/status/reason").to_string() };
+    let ready = statuses
+        .iter()
+        .filter(|c| c.get("ready") == Some(&Value::Bool(true)))
+        .count();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+        .sum();
+    let mut status = if s(obj, "/status/reason").is_empty() {
+        s(obj, "/status/phase").to_string()
+    } else {
+        s(obj, "/status/reason").to_string()
+    };
     if obj.pointer("/metadata/deletionTimestamp").is_some() {
         status = "Terminating".into();
     }
@@ -213,7 +273,9 @@ fn pod_cells(obj: &Value) -> Vec<Value> {
 }
 
 fn node_cells(obj: &Value) -> Vec<Value> {
-    let ready = arr(obj, "/status/conditions").iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
+    let ready = arr(obj, "/status/conditions")
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
     let mut status = match ready.and_then(|c| c.get("status")).and_then(Value::as_str) {
         Some("True") => "Ready".to_string(),
         Some("False") => "NotReady".to_string(),
@@ -225,7 +287,14 @@ fn node_cells(obj: &Value) -> Vec<Value> {
     let roles: Vec<String> = obj
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string)).collect())
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| {
+                    k.strip_prefix("node-role.kubernetes.io/")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let addr = |t: &str| {
         or_none(
@@ -248,8 +317,16 @@ fn node_cells(obj: &Value) -> Vec<Value> {
 }
 
 fn endpointslice_cells(obj: &Value) -> Vec<Value> {
-    let ports: Vec<String> = arr(obj, "/ports").iter().filter_map(|p| p.get("port").and_then(Value::as_i64)).map(|p| p.to_string()).collect();
-    let addrs: Vec<&str> = arr(obj, "/endpoints").iter().flat_map(|e| arr(e, "/addresses")).filter_map(Value::as_str).collect();
+    let ports: Vec<String> = arr(obj, "/ports")
+        .iter()
+        .filter_map(|p| p.get("port").and_then(Value::as_i64))
+        .map(|p| p.to_string())
+        .collect();
+    let addrs: Vec<&str> = arr(obj, "/endpoints")
+        .iter()
+        .flat_map(|e| arr(e, "/addresses"))
+        .filter_map(Value::as_str)
+        .collect();
     let endpoints = if addrs.is_empty() {
         "<unset>".to_string()
     } else if addrs.len() > 3 {
@@ -257,14 +334,34 @@ fn endpointslice_cells(obj: &Value) -> Vec<Value> {
     } else {
         addrs.join(",")
     };
-    let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
-    vec![json!(s(obj, "/addressType")), json!(ports), json!(endpoints), json!(age(obj))]
+    let ports = if ports.is_empty() {
+        "<unset>".to_string()
+    } else {
+        ports.join(",")
+    };
+    vec![
+        json!(s(obj, "/addressType")),
+        json!(ports),
+        json!(endpoints),
+        json!(age(obj)),
+    ]
 }
 
 fn ingress_cells(obj: &Value) -> Vec<Value> {
-    let hosts: Vec<&str> = arr(obj, "/spec/rules").iter().filter_map(|r| r.get("host").and_then(Value::as_str)).collect();
-    let hosts = if hosts.is_empty() { "*".to_string() } else { hosts.join(",") };
-    let ports = if arr(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+    let hosts: Vec<&str> = arr(obj, "/spec/rules")
+        .iter()
+        .filter_map(|r| r.get("host").and_then(Value::as_str))
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "*".to_string()
+    } else {
+        hosts.join(",")
+    };
+    let ports = if arr(obj, "/spec/tls").is_empty() {
+        "80"
+    } else {
+        "80, 443"
+    };
     vec![
         json!(or_none(s(obj, "/spec/ingressClassName").to_string())),
         json!(hosts),
@@ -275,7 +372,11 @@ fn ingress_cells(obj: &Value) -> Vec<Value> {
 }
 
 fn count(obj: &Value, fields: &[&str]) -> usize {
-    fields.iter().filter_map(|f| obj.get(*f).and_then(Value::as_object)).map(|m| m.len()).sum()
+    fields
+        .iter()
+        .filter_map(|f| obj.get(*f).and_then(Value::as_object))
+        .map(|m| m.len())
+        .sum()
 }
 
 /// The cells after the name.
@@ -285,12 +386,23 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
         "Service" => service_cells(obj),
         "Pod" => pod_cells(obj),
         "Node" => node_cells(obj),
-        "Secret" => vec![json!(s(obj, "/type")), json!(count(obj, &["data"])), json!(age(obj))],
+        "Secret" => vec![
+            json!(s(obj, "/type")),
+            json!(count(obj, &["data"])),
+            json!(age(obj)),
+        ],
         "ConfigMap" => vec![json!(count(obj, &["data", "binaryData"])), json!(age(obj))],
         "EndpointSlice" => endpointslice_cells(obj),
         "Ingress" => ingress_cells(obj),
-        "IngressClass" => vec![json!(s(obj, "/spec/controller")), json!("<none>"), json!(age(obj))],
-        "Lease" => vec![json!(or_none(s(obj, "/spec/holderIdentity").to_string())), json!(age(obj))],
+        "IngressClass" => vec![
+            json!(s(obj, "/spec/controller")),
+            json!("<none>"),
+            json!(age(obj)),
+        ],
+        "Lease" => vec![
+            json!(or_none(s(obj, "/spec/holderIdentity").to_string())),
+            json!(age(obj)),
+        ],
         _ => vec![json!(age(obj))],
     }
 }
@@ -366,7 +478,12 @@ mod tests {
         let svc = json!({"metadata": {"name": "web", "creationTimestamp": "2020-01-01T00:00:00Z"},
             "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
                      "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
-        let t = table(by_kind("Service"), &[svc], json!({}), IncludeObject::Metadata);
+        let t = table(
+            by_kind("Service"),
+            &[svc],
+            json!({}),
+            IncludeObject::Metadata,
+        );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "web");
         assert_eq!(cells[2], "10.96.0.10");
@@ -374,6 +491,9 @@ mod tests {
         assert_eq!(cells[4], "80:30080/TCP,53/UDP");
         assert_eq!(cells[6], "app=web");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), cells.as_array().unwrap().len());
+        assert_eq!(
+            t["columnDefinitions"].as_array().unwrap().len(),
+            cells.as_array().unwrap().len()
+        );
     }
 }

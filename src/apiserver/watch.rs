@@ -73,7 +73,12 @@ impl Watcher {
             Format::Object => Ok(kv.value.clone()),
             Format::Table(include) => {
                 let obj = decode(kv)?;
-                let t = table::table(self.r, &[obj], json!({"resourceVersion": kv.mod_revision.to_string()}), include);
+                let t = table::table(
+                    self.r,
+                    &[obj],
+                    json!({"resourceVersion": kv.mod_revision.to_string()}),
+                    include,
+                );
                 Ok(Bytes::from(serde_json::to_vec(&t).expect("json")))
             }
         }
@@ -113,7 +118,8 @@ impl Watcher {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.r.kind, "apiVersion": self.r.api_version(), "metadata": meta});
+        let obj =
+            json!({"kind": self.r.kind, "apiVersion": self.r.api_version(), "metadata": meta});
         line("BOOKMARK", &serde_json::to_vec(&obj).expect("json"))
     }
 
@@ -128,7 +134,13 @@ impl Watcher {
         }
     }
 
-    async fn run(self, store: Arc<dyn Store>, mut watch: crate::store::Watch, initial: Vec<KeyValue>, from: i64) {
+    async fn run(
+        self,
+        store: Arc<dyn Store>,
+        mut watch: crate::store::Watch,
+        initial: Vec<KeyValue>,
+        from: i64,
+    ) {
         let deadline = tokio::time::sleep(self.opts.timeout);
         tokio::pin!(deadline);
         let mut last = from;
@@ -141,7 +153,10 @@ impl Watcher {
                 }
             }
         }
-        if self.opts.send_initial_events && self.opts.allow_bookmarks && !self.send(self.bookmark(from, true)).await {
+        if self.opts.send_initial_events
+            && self.opts.allow_bookmarks
+            && !self.send(self.bookmark(from, true)).await
+        {
             return;
         }
         for ev in std::mem::take(&mut watch.backlog) {
@@ -188,12 +203,20 @@ fn expired(from: i64) -> Bytes {
 }
 
 /// Starts a watch; the receiver yields the response body's lines and ends with the watch.
-pub fn start(store: Arc<dyn Store>, r: &'static Resource, ns: Option<&str>, opts: WatchOptions) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+pub fn start(
+    store: Arc<dyn Store>,
+    r: &'static Resource,
+    ns: Option<&str>,
+    opts: WatchOptions,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let prefix = r.scope_prefix(ns);
     let (tx, rx) = mpsc::channel(CHANNEL);
     let requested = match opts.resource_version.as_deref() {
         None | Some("") | Some("0") => None,
-        Some(v) => Some(v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?),
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?,
+        ),
     };
     let with_initial = requested.is_none() || opts.send_initial_events;
     let from = match requested {
@@ -210,13 +233,22 @@ pub fn start(store: Arc<dyn Store>, r: &'static Resource, ns: Option<&str>, opts
     };
     let initial = if with_initial {
         store
-            .range(&RangeRequest { prefix: &prefix, revision: Some(from), ..Default::default() })
+            .range(&RangeRequest {
+                prefix: &prefix,
+                revision: Some(from),
+                ..Default::default()
+            })
             .map_err(|e| ApiError::internal(e.to_string()))?
             .kvs
     } else {
         Vec::new()
     };
-    let watcher = Watcher { r, prefix, opts, tx };
+    let watcher = Watcher {
+        r,
+        prefix,
+        opts,
+        tx,
+    };
     tokio::spawn(watcher.run(store, watch, initial, from));
     Ok(rx)
 }

@@ -28,7 +28,9 @@ pub enum CidrError {
 impl FromStr for Cidr {
     type Err = CidrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, p) = s.split_once('/').ok_or_else(|| CidrError::Syntax(s.into()))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| CidrError::Syntax(s.into()))?;
         let addr: IpAddr = a.parse().map_err(|_| CidrError::Syntax(s.into()))?;
         let prefix: u8 = p.parse().map_err(|_| CidrError::Syntax(s.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -99,7 +101,11 @@ struct Bitmap {
 
 impl Bitmap {
     fn new(size: usize) -> Self {
-        Bitmap { bits: vec![0; size.div_ceil(64)], size, used: 0 }
+        Bitmap {
+            bits: vec![0; size.div_ceil(64)],
+            size,
+            used: 0,
+        }
     }
     fn get(&self, i: usize) -> bool {
         self.bits[i / 64] & (1 << (i % 64)) != 0
@@ -159,10 +165,21 @@ const MAX_IPS: u128 = 1 << 20;
 
 impl IpAllocator {
     pub fn new(cidr: Cidr) -> Self {
-        let total: u128 = if cidr.host_bits() >= 127 { u128::MAX } else { 1u128 << cidr.host_bits() };
-        let reserved_end = if cidr.addr.is_ipv4() && total > 2 { 1 } else { 0 };
+        let total: u128 = if cidr.host_bits() >= 127 {
+            u128::MAX
+        } else {
+            1u128 << cidr.host_bits()
+        };
+        let reserved_end = if cidr.addr.is_ipv4() && total > 2 {
+            1
+        } else {
+            0
+        };
         let usable = total.saturating_sub(1 + reserved_end).min(MAX_IPS);
-        IpAllocator { cidr, map: Bitmap::new(usable as usize) }
+        IpAllocator {
+            cidr,
+            map: Bitmap::new(usable as usize),
+        }
     }
 
     pub fn cidr(&self) -> Cidr {
@@ -211,7 +228,10 @@ pub struct PortAllocator {
 impl PortAllocator {
     pub fn new(range: RangeInclusive<u16>) -> Self {
         let size = (*range.end() as usize + 1).saturating_sub(*range.start() as usize);
-        PortAllocator { range, map: Bitmap::new(size) }
+        PortAllocator {
+            range,
+            map: Bitmap::new(size),
+        }
     }
 
     pub fn range(&self) -> &RangeInclusive<u16> {
@@ -246,11 +266,21 @@ impl PortAllocator {
 
 /// Parses `30000-32767`.
 pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a port range (expected FIRST-LAST)"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("{s:?}: {a:?} is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("{s:?}: {b:?} is not a port"))?;
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range (expected FIRST-LAST)"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {a:?} is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {b:?} is not a port"))?;
     if a == 0 || a > b {
-        return Err(format!("{s:?}: the range must be non-empty and start at 1 or above"));
+        return Err(format!(
+            "{s:?}: the range must be non-empty and start at 1 or above"
+        ));
     }
     Ok(a..=b)
 }
@@ -265,7 +295,10 @@ mod tests {
         assert!(c.contains("10.111.255.254".parse().unwrap()));
         assert!(!c.contains("10.112.0.1".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
-        assert_eq!("10.96.0.1/12".parse::<Cidr>(), Err(CidrError::HostBits("10.96.0.1/12".into())));
+        assert_eq!(
+            "10.96.0.1/12".parse::<Cidr>(),
+            Err(CidrError::HostBits("10.96.0.1/12".into()))
+        );
         assert!("10.96.0.0/33".parse::<Cidr>().is_err());
         assert!("fd00::/64".parse::<Cidr>().is_ok());
     }
@@ -275,10 +308,22 @@ mod tests {
         let mut a = IpAllocator::new("10.0.0.0/30".parse().unwrap());
         let mut got = vec![a.allocate_next().unwrap(), a.allocate_next().unwrap()];
         got.sort();
-        assert_eq!(got, ["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
+        assert_eq!(
+            got,
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
         assert_eq!(a.allocate_next(), Err(AllocError::Full));
-        assert!(matches!(a.allocate("10.0.0.3".parse().unwrap()), Err(AllocError::OutOfRange(_))));
-        assert_eq!(a.allocate("10.0.0.1".parse().unwrap()), Err(AllocError::IpTaken));
+        assert!(matches!(
+            a.allocate("10.0.0.3".parse().unwrap()),
+            Err(AllocError::OutOfRange(_))
+        ));
+        assert_eq!(
+            a.allocate("10.0.0.1".parse().unwrap()),
+            Err(AllocError::IpTaken)
+        );
         a.release("10.0.0.1".parse().unwrap());
         assert_eq!(a.allocate("10.0.0.1".parse().unwrap()), Ok(()));
     }

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::apiserver::error::ApiError;
-use crate::apiserver::registry::{decode, DeleteOptions, ListOptions, Part, Registry, WriteOptions};
+use crate::apiserver::registry::{
+    decode, DeleteOptions, ListOptions, Part, Registry, WriteOptions,
+};
 use crate::apiserver::resources::{by_kind, Resource};
 use crate::apiserver::selectors::{labels_of, LabelSelector};
 use crate::store::{Event, Store};
@@ -46,7 +48,11 @@ fn selector(svc: &Value) -> Option<BTreeMap<String, String>> {
     if sel.is_empty() {
         return None;
     }
-    Some(sel.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+    Some(
+        sel.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
 }
 
 fn selects(sel: &BTreeMap<String, String>, pod: &Value) -> bool {
@@ -62,7 +68,12 @@ fn resolve_port(target: Option<&Value>, port: i64, protocol: &str, pod: &Value) 
             .pointer("/spec/containers")
             .and_then(Value::as_array)?
             .iter()
-            .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
+            .flat_map(|c| {
+                c.get("ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+            })
             .find(|p| {
                 p.get("name").and_then(Value::as_str) == Some(name)
                     && p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == protocol
@@ -75,7 +86,11 @@ fn resolve_port(target: Option<&Value>, port: i64, protocol: &str, pod: &Value) 
 fn pod_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True"))))
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True"))
+            })
+        })
 }
 
 /// The endpoint for one address of a Pod.
@@ -111,10 +126,18 @@ fn pod_ips(pod: &Value) -> Vec<String> {
     let mut ips: Vec<String> = pod
         .pointer("/status/podIPs")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|p| p.get("ip").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("ip").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if ips.is_empty() {
-        ips.extend(pod.pointer("/status/podIP").and_then(Value::as_str).map(str::to_string));
+        ips.extend(
+            pod.pointer("/status/podIP")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        );
     }
     ips
 }
@@ -131,7 +154,11 @@ fn group_ports(group: &GroupKey) -> Value {
 fn desired(svc: &Value, pods: &[Value]) -> BTreeMap<GroupKey, BTreeMap<String, Value>> {
     let mut out: BTreeMap<GroupKey, BTreeMap<String, Value>> = BTreeMap::new();
     let Some(sel) = selector(svc) else { return out };
-    let svc_ports = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let svc_ports = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for pod in pods {
         let phase = pod.pointer("/status/phase").and_then(Value::as_str);
         if !selects(&sel, pod) || matches!(phase, Some("Succeeded" | "Failed")) {
@@ -152,15 +179,27 @@ fn desired(svc: &Value, pods: &[Value]) -> BTreeMap<GroupKey, BTreeMap<String, V
             .collect();
         for ip in pod_ips(pod) {
             let ty = if ip.contains(':') { "IPv6" } else { "IPv4" };
-            out.entry((ty.to_string(), Value::Array(ports.clone()).to_string())).or_default().insert(ip.clone(), endpoint(svc, pod, &ip));
+            out.entry((ty.to_string(), Value::Array(ports.clone()).to_string()))
+                .or_default()
+                .insert(ip.clone(), endpoint(svc, pod, &ip));
         }
     }
     out
 }
 
-fn slice_object(svc: &Value, name: Option<&str>, ty: &str, ports: &Value, endpoints: Vec<Value>) -> Value {
+fn slice_object(
+    svc: &Value,
+    name: Option<&str>,
+    ty: &str,
+    ports: &Value,
+    endpoints: Vec<Value>,
+) -> Value {
     let (ns, svc_name) = name_ns(svc).unwrap_or_default();
-    let mut labels = svc.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut labels = svc
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     labels.insert(SERVICE_NAME_LABEL.into(), json!(svc_name));
     labels.insert(MANAGED_BY_LABEL.into(), json!(MANAGED_BY));
     let mut meta = json!({
@@ -196,33 +235,63 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(registry: Arc<Registry>) -> Self {
-        let kinds = Kinds { svc: by_kind("Service"), pod: by_kind("Pod"), slice: by_kind("EndpointSlice") };
+        let kinds = Kinds {
+            svc: by_kind("Service"),
+            pod: by_kind("Pod"),
+            slice: by_kind("EndpointSlice"),
+        };
         Controller { registry, kinds }
     }
 
-    fn objects(&self, r: &Resource, ns: Option<&str>, labels: &str) -> Result<Vec<Value>, ApiError> {
-        let opts = ListOptions { labels: LabelSelector::parse(labels)?, ..Default::default() };
+    fn objects(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        labels: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let opts = ListOptions {
+            labels: LabelSelector::parse(labels)?,
+            ..Default::default()
+        };
         let list = self.registry.list(r, ns, &opts)?;
-        list.items.iter().map(|b| serde_json::from_slice(b).map_err(|e| ApiError::internal(e.to_string()))).collect()
+        list.items
+            .iter()
+            .map(|b| serde_json::from_slice(b).map_err(|e| ApiError::internal(e.to_string())))
+            .collect()
     }
 
     /// The Services an event touches.
     fn affected(&self, ev: &Event, out: &mut BTreeSet<ServiceKey>) {
         let key = &ev.kv.key;
-        let objs = [Some(&ev.kv), ev.prev.as_ref()].into_iter().flatten().filter_map(|kv| decode(kv).ok());
+        let objs = [Some(&ev.kv), ev.prev.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|kv| decode(kv).ok());
         if key.starts_with(&self.kinds.svc.prefix()) {
             out.extend(objs.filter_map(|o| name_ns(&o)));
         } else if key.starts_with(&self.kinds.slice.prefix()) {
             for o in objs {
-                let managed = o.pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by").and_then(Value::as_str) == Some(MANAGED_BY);
-                if let (true, Some(svc), Some((ns, _))) = (managed, o.pointer("/metadata/labels/kubernetes.io~1service-name").and_then(Value::as_str), name_ns(&o)) {
+                let managed = o
+                    .pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by")
+                    .and_then(Value::as_str)
+                    == Some(MANAGED_BY);
+                if let (true, Some(svc), Some((ns, _))) = (
+                    managed,
+                    o.pointer("/metadata/labels/kubernetes.io~1service-name")
+                        .and_then(Value::as_str),
+                    name_ns(&o),
+                ) {
                     out.insert((ns, svc.to_string()));
                 }
             }
         } else if key.starts_with(&self.kinds.pod.prefix()) {
             let pods: Vec<Value> = objs.collect();
-            let Some((ns, _)) = pods.first().and_then(name_ns) else { return };
-            let Ok(services) = self.objects(self.kinds.svc, Some(&ns), "") else { return };
+            let Some((ns, _)) = pods.first().and_then(name_ns) else {
+                return;
+            };
+            let Ok(services) = self.objects(self.kinds.svc, Some(&ns), "") else {
+                return;
+            };
             for svc in services {
                 if let Some(sel) = selector(&svc) {
                     if pods.iter().any(|p| selects(&sel, p)) {
@@ -240,8 +309,15 @@ impl Controller {
             Err(e) if e.code == 404 => None,
             Err(e) => return Err(e),
         };
-        let existing = self.objects(self.kinds.slice, Some(ns), &format!("{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"))?;
-        let managed = svc.as_ref().is_some_and(|s| selector(s).is_some() && s.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName"));
+        let existing = self.objects(
+            self.kinds.slice,
+            Some(ns),
+            &format!("{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"),
+        )?;
+        let managed = svc.as_ref().is_some_and(|s| {
+            selector(s).is_some()
+                && s.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName")
+        });
         let Some(svc) = svc.filter(|_| managed) else {
             for s in &existing {
                 self.delete_slice(ns, s).await?;
@@ -257,7 +333,10 @@ impl Controller {
         let mut room: Vec<(GroupKey, Value)> = Vec::new();
         for s in &existing {
             let group: GroupKey = (
-                s.get("addressType").and_then(Value::as_str).unwrap_or("").to_string(),
+                s.get("addressType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 s.get("ports").cloned().unwrap_or(json!([])).to_string(),
             );
             let Some(eps) = want.get_mut(&group) else {
@@ -265,7 +344,12 @@ impl Controller {
                 continue;
             };
             let mut mine = Vec::new();
-            for ep in s.get("endpoints").and_then(Value::as_array).into_iter().flatten() {
+            for ep in s
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(addr) = ep.pointer("/addresses/0").and_then(Value::as_str) {
                     if let Some(new) = eps.remove(addr) {
                         mine.push(new);
@@ -284,11 +368,29 @@ impl Controller {
         // New endpoints fill slices with room, then reused or new slices.
         for (group, eps) in want {
             for (_, ep) in eps {
-                match room.iter_mut().find(|(g, s)| *g == group && s["endpoints"].as_array().is_some_and(|a| a.len() < MAX_PER_SLICE)) {
+                match room.iter_mut().find(|(g, s)| {
+                    *g == group
+                        && s["endpoints"]
+                            .as_array()
+                            .is_some_and(|a| a.len() < MAX_PER_SLICE)
+                }) {
                     Some((_, s)) => s["endpoints"].as_array_mut().expect("array").push(ep),
                     None => {
-                        let reuse = unused.pop().and_then(|u| u.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string));
-                        room.push((group.clone(), slice_object(&svc, reuse.as_deref(), &group.0, &group_ports(&group), vec![ep])));
+                        let reuse = unused.pop().and_then(|u| {
+                            u.pointer("/metadata/name")
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                        });
+                        room.push((
+                            group.clone(),
+                            slice_object(
+                                &svc,
+                                reuse.as_deref(),
+                                &group.0,
+                                &group_ports(&group),
+                                vec![ep],
+                            ),
+                        ));
                         kept += 1;
                     }
                 }
@@ -297,8 +399,18 @@ impl Controller {
         writes.extend(room.into_iter().map(|(_, s)| s));
         // A Service with no endpoints keeps one empty placeholder slice.
         if kept == 0 {
-            let reuse = unused.pop().and_then(|u| u.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string));
-            writes.push(slice_object(&svc, reuse.as_deref(), "IPv4", &json!([]), Vec::new()));
+            let reuse = unused.pop().and_then(|u| {
+                u.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+            writes.push(slice_object(
+                &svc,
+                reuse.as_deref(),
+                "IPv4",
+                &json!([]),
+                Vec::new(),
+            ));
         }
         for s in unused {
             self.delete_slice(ns, s).await?;
@@ -309,23 +421,50 @@ impl Controller {
         Ok(())
     }
 
-    async fn write_slice(&self, ns: &str, existing: &[Value], slice: Value) -> Result<(), ApiError> {
+    async fn write_slice(
+        &self,
+        ns: &str,
+        existing: &[Value],
+        slice: Value,
+    ) -> Result<(), ApiError> {
         let opts = WriteOptions::default();
         match slice.pointer("/metadata/name").and_then(Value::as_str) {
-            None => self.registry.create(self.kinds.slice, Some(ns), slice, &opts).await.map(drop),
+            None => self
+                .registry
+                .create(self.kinds.slice, Some(ns), slice, &opts)
+                .await
+                .map(drop),
             Some(name) => {
-                let current = existing.iter().find(|e| e.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
+                let current = existing
+                    .iter()
+                    .find(|e| e.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
                 if current.is_some_and(|c| content(c) == content(&slice)) {
                     return Ok(());
                 }
-                self.registry.update(self.kinds.slice, Some(ns), name, slice.clone(), Part::Main, &opts).await.map(drop)
+                self.registry
+                    .update(
+                        self.kinds.slice,
+                        Some(ns),
+                        name,
+                        slice.clone(),
+                        Part::Main,
+                        &opts,
+                    )
+                    .await
+                    .map(drop)
             }
         }
     }
 
     async fn delete_slice(&self, ns: &str, slice: &Value) -> Result<(), ApiError> {
-        let Some(name) = slice.pointer("/metadata/name").and_then(Value::as_str) else { return Ok(()) };
-        match self.registry.delete(self.kinds.slice, Some(ns), name, &DeleteOptions::default()).await {
+        let Some(name) = slice.pointer("/metadata/name").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        match self
+            .registry
+            .delete(self.kinds.slice, Some(ns), name, &DeleteOptions::default())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code == 404 => Ok(()),
             Err(e) => Err(e),
@@ -406,9 +545,15 @@ mod tests {
         assert_eq!(d.len(), 1);
         let ((ty, ports), eps) = d.into_iter().next().unwrap();
         assert_eq!(ty, "IPv4");
-        assert_eq!(serde_json::from_str::<Value>(&ports).unwrap(), json!([{"name": "h", "protocol": "TCP", "port": 8080}]));
+        assert_eq!(
+            serde_json::from_str::<Value>(&ports).unwrap(),
+            json!([{"name": "h", "protocol": "TCP", "port": 8080}])
+        );
         assert_eq!(eps.keys().collect::<Vec<_>>(), ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(eps["10.0.0.1"]["conditions"], json!({"ready": true, "serving": true, "terminating": false}));
+        assert_eq!(
+            eps["10.0.0.1"]["conditions"],
+            json!({"ready": true, "serving": true, "terminating": false})
+        );
         assert_eq!(eps["10.0.0.2"]["conditions"]["ready"], false);
         assert_eq!(eps["10.0.0.1"]["nodeName"], "n1");
     }
@@ -423,7 +568,10 @@ mod tests {
         p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         let d = desired(&svc, &[p]);
         let eps = d.values().next().unwrap();
-        assert_eq!(eps["10.0.0.9"]["conditions"], json!({"ready": false, "serving": true, "terminating": true}));
+        assert_eq!(
+            eps["10.0.0.9"]["conditions"],
+            json!({"ready": false, "serving": true, "terminating": true})
+        );
         assert_eq!(eps["10.0.0.9"]["hostname"], "db-0");
     }
 }

@@ -44,7 +44,10 @@ pub struct Retention {
 impl Default for Retention {
     fn default() -> Self {
         // etcd's API server compacts every 5 minutes.
-        Retention { window: Duration::from_secs(300), max_events: 200_000 }
+        Retention {
+            window: Duration::from_secs(300),
+            max_events: 200_000,
+        }
     }
 }
 
@@ -71,11 +74,27 @@ struct TxnRequest {
     reply: oneshot::Sender<Result<Vec<KeyValue>, StoreError>>,
 }
 
+/// The way to the committer thread. Dropping the last one ends the thread and waits for it, so
+/// the file is closed when the store is gone.
+struct Writer {
+    tx: Option<mpsc::UnboundedSender<TxnRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The default store. Cheap to clone; the committer thread ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    writes: mpsc::UnboundedSender<TxnRequest>,
+    writer: Arc<Writer>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -109,16 +128,32 @@ impl EmbeddedStore {
     pub fn open(path: &Path, retention: Retention) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(backend)?;
         let (map, revision) = load(&db)?;
-        let state = State { map, revision, history: VecDeque::new(), compacted: revision };
+        let state = State {
+            map,
+            revision,
+            history: VecDeque::new(),
+            compacted: revision,
+        };
         let (events, _) = broadcast::channel(WATCH_BUFFER);
-        let shared = Arc::new(Shared { state: RwLock::new(state), events });
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            events,
+        });
         let (writes, rx) = mpsc::unbounded_channel();
-        let committer = Committer { db, shared: shared.clone(), retention };
-        std::thread::Builder::new()
+        let committer = Committer {
+            db,
+            shared: shared.clone(),
+            retention,
+        };
+        let thread = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend)?;
-        Ok(EmbeddedStore { shared, writes })
+        let writer = Arc::new(Writer {
+            tx: Some(writes),
+            thread: Some(thread),
+        });
+        Ok(EmbeddedStore { shared, writer })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -137,7 +172,11 @@ fn load(db: &Database) -> Result<(BTreeMap<String, KeyValue>, i64), StoreError> 
     let read = db.begin_read().map_err(backend)?;
     let kv = read.open_table(KV).map_err(backend)?;
     let meta = read.open_table(META).map_err(backend)?;
-    let mut revision = meta.get(REVISION_KEY).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    let mut revision = meta
+        .get(REVISION_KEY)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     let mut map = BTreeMap::new();
     for entry in kv.iter().map_err(backend)? {
         let (k, v) = entry.map_err(backend)?;
@@ -162,10 +201,16 @@ impl Store for EmbeddedStore {
         let state = self.read();
         let at = req.revision.unwrap_or(state.revision);
         if at > state.revision {
-            return Err(StoreError::FutureRevision { requested: at, current: state.revision });
+            return Err(StoreError::FutureRevision {
+                requested: at,
+                current: state.revision,
+            });
         }
         if at < state.compacted {
-            return Err(StoreError::Compacted { requested: at, compacted: state.compacted });
+            return Err(StoreError::Compacted {
+                requested: at,
+                compacted: state.compacted,
+            });
         }
         let lower = match req.start_after {
             Some(k) if k >= req.prefix => Bound::Excluded(k),
@@ -197,7 +242,11 @@ impl Store for EmbeddedStore {
             merged.extend(undo);
             Box::new(merged.into_values().flatten())
         };
-        let limit = if req.limit == 0 { usize::MAX } else { req.limit };
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit
+        };
         let mut kvs = Vec::new();
         let mut more = false;
         for v in values {
@@ -207,12 +256,21 @@ impl Store for EmbeddedStore {
             }
             kvs.push(v.clone());
         }
-        Ok(RangeResult { kvs, revision: at, more })
+        Ok(RangeResult {
+            kvs,
+            revision: at,
+            more,
+        })
     }
 
     fn txn(&self, ops: Vec<Op>) -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.writes.send(TxnRequest { ops, reply });
+        let sent = self
+            .writer
+            .tx
+            .as_ref()
+            .ok_or(())
+            .and_then(|tx| tx.send(TxnRequest { ops, reply }).map_err(drop));
         Box::pin(async move {
             sent.map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
@@ -222,14 +280,25 @@ impl Store for EmbeddedStore {
     fn watch(&self, from: i64) -> Result<Watch, StoreError> {
         let state = self.read();
         if from < state.compacted {
-            return Err(StoreError::Compacted { requested: from, compacted: state.compacted });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted: state.compacted,
+            });
         }
         // Subscribing under the read lock: the committer publishes under the write lock, so no
         // batch falls between the backlog and the live feed.
         let live = self.shared.events.subscribe();
         let first = state.history.partition_point(|(_, e)| e.revision() <= from);
-        let backlog = state.history.range(first..).map(|(_, e)| e.clone()).collect();
-        Ok(Watch { backlog, live, revision: state.revision })
+        let backlog = state
+            .history
+            .range(first..)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Ok(Watch {
+            backlog,
+            live,
+            revision: state.revision,
+        })
     }
 }
 
@@ -265,7 +334,14 @@ impl Committer {
     fn current(&self, batch: &Batch, key: &str) -> Option<KeyValue> {
         match batch.overlay.get(key) {
             Some(v) => v.clone(),
-            None => self.shared.state.read().unwrap_or_else(|p| p.into_inner()).map.get(key).cloned(),
+            None => self
+                .shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .get(key)
+                .cloned(),
         }
     }
 
@@ -302,7 +378,11 @@ impl Committer {
                         create_revision: current.as_ref().map_or(revision, |c| c.create_revision),
                         mod_revision: revision,
                     };
-                    events.push(Arc::new(Event { kind: EventKind::Put, kv: kv.clone(), prev: current }));
+                    events.push(Arc::new(Event {
+                        kind: EventKind::Put,
+                        kv: kv.clone(),
+                        prev: current,
+                    }));
                     local.insert(key, Some(kv.clone()));
                     results.push(kv);
                 }
@@ -314,7 +394,11 @@ impl Committer {
                         create_revision: prev.create_revision,
                         mod_revision: revision,
                     };
-                    events.push(Arc::new(Event { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) }));
+                    events.push(Arc::new(Event {
+                        kind: EventKind::Delete,
+                        kv: kv.clone(),
+                        prev: Some(prev),
+                    }));
                     local.insert(key, None);
                     results.push(kv);
                 }
@@ -327,7 +411,15 @@ impl Committer {
     }
 
     fn commit(&self, requests: Vec<TxnRequest>) {
-        let mut batch = Batch { revision: self.shared.state.read().unwrap_or_else(|p| p.into_inner()).revision, ..Batch::default() };
+        let mut batch = Batch {
+            revision: self
+                .shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .revision,
+            ..Batch::default()
+        };
         let mut replies = Vec::with_capacity(requests.len());
         for req in requests {
             match self.apply(&mut batch, req.ops) {
@@ -360,7 +452,8 @@ impl Committer {
             for (key, value) in &batch.overlay {
                 match value {
                     Some(v) => {
-                        kv.insert(key.as_str(), encode_record(v).as_slice()).map_err(backend)?;
+                        kv.insert(key.as_str(), encode_record(v).as_slice())
+                            .map_err(backend)?;
                     }
                     None => {
                         kv.remove(key.as_str()).map_err(backend)?;
@@ -406,11 +499,19 @@ mod tests {
     use super::*;
 
     fn put(key: &str, pre: Precondition, value: &'static str) -> Op {
-        Op::Put { key: key.into(), precondition: pre, value: Box::new(move |_| Bytes::from_static(value.as_bytes())) }
+        Op::Put {
+            key: key.into(),
+            precondition: pre,
+            value: Box::new(move |_| Bytes::from_static(value.as_bytes())),
+        }
     }
 
     fn del(key: &str, pre: Precondition) -> Op {
-        Op::Delete { key: key.into(), precondition: pre, tombstone: Box::new(|_| Bytes::new()) }
+        Op::Delete {
+            key: key.into(),
+            precondition: pre,
+            tombstone: Box::new(|_| Bytes::new()),
+        }
     }
 
     fn open(dir: &Path) -> EmbeddedStore {
@@ -421,17 +522,38 @@ mod tests {
     async fn cas_and_revisions() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        let a = s.txn(vec![put("/a", Precondition::Absent, "1")]).await.unwrap();
+        let a = s
+            .txn(vec![put("/a", Precondition::Absent, "1")])
+            .await
+            .unwrap();
         assert_eq!(a[0].mod_revision, 1);
-        let err = s.txn(vec![put("/a", Precondition::Absent, "2")]).await.unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { current: Some(_), .. }));
-        let err = s.txn(vec![put("/a", Precondition::ModRevision(7), "2")]).await.unwrap_err();
+        let err = s
+            .txn(vec![put("/a", Precondition::Absent, "2")])
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Conflict {
+                current: Some(_),
+                ..
+            }
+        ));
+        let err = s
+            .txn(vec![put("/a", Precondition::ModRevision(7), "2")])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }));
-        let b = s.txn(vec![put("/a", Precondition::ModRevision(1), "2")]).await.unwrap();
+        let b = s
+            .txn(vec![put("/a", Precondition::ModRevision(1), "2")])
+            .await
+            .unwrap();
         assert_eq!((b[0].create_revision, b[0].mod_revision), (1, 2));
         // A failed transaction applies none of its ops.
         let err = s
-            .txn(vec![put("/b", Precondition::Absent, "x"), del("/missing", Precondition::Exists)])
+            .txn(vec![
+                put("/b", Precondition::Absent, "x"),
+                del("/missing", Precondition::Exists),
+            ])
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }));
@@ -445,25 +567,63 @@ mod tests {
         {
             let s = open(dir.path());
             for k in ["/r/a", "/r/b", "/r/c", "/x"] {
-                s.txn(vec![put(k, Precondition::Absent, "v")]).await.unwrap();
+                s.txn(vec![put(k, Precondition::Absent, "v")])
+                    .await
+                    .unwrap();
             }
             // rev 4: a b c x
-            s.txn(vec![del("/r/b", Precondition::Exists)]).await.unwrap(); // 5
-            s.txn(vec![put("/r/a", Precondition::Exists, "w")]).await.unwrap(); // 6
-            s.txn(vec![put("/r/d", Precondition::Absent, "v")]).await.unwrap(); // 7
-            let now = s.range(&RangeRequest { prefix: "/r/", ..Default::default() }).unwrap();
+            s.txn(vec![del("/r/b", Precondition::Exists)])
+                .await
+                .unwrap(); // 5
+            s.txn(vec![put("/r/a", Precondition::Exists, "w")])
+                .await
+                .unwrap(); // 6
+            s.txn(vec![put("/r/d", Precondition::Absent, "v")])
+                .await
+                .unwrap(); // 7
+            let now = s
+                .range(&RangeRequest {
+                    prefix: "/r/",
+                    ..Default::default()
+                })
+                .unwrap();
             let keys: Vec<_> = now.kvs.iter().map(|k| k.key.as_str()).collect();
             assert_eq!(keys, ["/r/a", "/r/c", "/r/d"]);
-            let past = s.range(&RangeRequest { prefix: "/r/", revision: Some(4), ..Default::default() }).unwrap();
-            let keys: Vec<_> = past.kvs.iter().map(|k| (k.key.as_str(), k.value.clone())).collect();
-            assert_eq!(keys, [("/r/a", Bytes::from("v")), ("/r/b", Bytes::from("v")), ("/r/c", Bytes::from("v"))]);
+            let past = s
+                .range(&RangeRequest {
+                    prefix: "/r/",
+                    revision: Some(4),
+                    ..Default::default()
+                })
+                .unwrap();
+            let keys: Vec<_> = past
+                .kvs
+                .iter()
+                .map(|k| (k.key.as_str(), k.value.clone()))
+                .collect();
+            assert_eq!(
+                keys,
+                [
+                    ("/r/a", Bytes::from("v")),
+                    ("/r/b", Bytes::from("v")),
+                    ("/r/c", Bytes::from("v"))
+                ]
+            );
             let page = s
-                .range(&RangeRequest { prefix: "/r/", start_after: Some("/r/a"), limit: 1, revision: Some(4) })
+                .range(&RangeRequest {
+                    prefix: "/r/",
+                    start_after: Some("/r/a"),
+                    limit: 1,
+                    revision: Some(4),
+                })
                 .unwrap();
             assert_eq!(page.kvs[0].key, "/r/b");
             assert!(page.more);
             let w = s.watch(5).unwrap();
-            assert_eq!(w.backlog.iter().map(|e| e.revision()).collect::<Vec<_>>(), [6, 7]);
+            assert_eq!(
+                w.backlog.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+                [6, 7]
+            );
         }
         let s = open(dir.path());
         assert_eq!(s.revision(), 7);
@@ -482,7 +642,10 @@ mod tests {
         for i in 0..64 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.txn(vec![put(&format!("/k/{i}"), Precondition::Absent, "v")]).await.unwrap()[0].mod_revision
+                s.txn(vec![put(&format!("/k/{i}"), Precondition::Absent, "v")])
+                    .await
+                    .unwrap()[0]
+                    .mod_revision
             }));
         }
         let mut revs = Vec::new();

@@ -40,7 +40,9 @@ fn check_ip(ty: &str, s: &str, policy: &Policy) -> Option<String> {
     }
     let link_local = match ip {
         IpAddr::V4(v) => v.is_link_local() || v.octets()[..3] == [224, 0, 0],
-        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80 || (v.segments()[0] & 0xff0f) == 0xff02,
+        IpAddr::V6(v) => {
+            (v.segments()[0] & 0xffc0) == 0xfe80 || (v.segments()[0] & 0xff0f) == 0xff02
+        }
     };
     link_local.then(|| "may not be in the link-local range (169.254.0.0/16, fe80::/10)".into())
 }
@@ -52,16 +54,33 @@ pub(super) fn validate(obj: &Value, policy: &Policy, errs: &mut Vec<FieldError>)
     } else if !ADDRESS_TYPES.contains(&ty) {
         errs.push(FieldError::not_supported("addressType", ty, ADDRESS_TYPES));
     }
-    let endpoints = obj.get("endpoints").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let endpoints = obj
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
     if endpoints.len() > MAX_ENDPOINTS {
-        errs.push(FieldError::invalid("endpoints", endpoints.len(), format!("must have at most {MAX_ENDPOINTS} items")));
+        errs.push(FieldError::invalid(
+            "endpoints",
+            endpoints.len(),
+            format!("must have at most {MAX_ENDPOINTS} items"),
+        ));
     }
     for (i, ep) in endpoints.iter().enumerate() {
-        let addrs = ep.get("addresses").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+        let addrs = ep
+            .get("addresses")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
         if addrs.is_empty() {
-            errs.push(FieldError::required(format!("endpoints[{i}].addresses"), "must contain at least 1 address"));
+            errs.push(FieldError::required(
+                format!("endpoints[{i}].addresses"),
+                "must contain at least 1 address",
+            ));
         } else if addrs.len() > MAX_ADDRESSES {
-            errs.push(FieldError::invalid(format!("endpoints[{i}].addresses"), addrs.len(), format!("must have at most {MAX_ADDRESSES} items")));
+            errs.push(FieldError::invalid(
+                format!("endpoints[{i}].addresses"),
+                addrs.len(),
+                format!("must have at most {MAX_ADDRESSES} items"),
+            ));
         }
         for (j, a) in addrs.iter().enumerate() {
             let s = a.as_str().unwrap_or("");
@@ -74,28 +93,57 @@ pub(super) fn validate(obj: &Value, policy: &Policy, errs: &mut Vec<FieldError>)
             check(errs, &field, s, problem);
         }
         if let Some(h) = ep.get("hostname").and_then(Value::as_str) {
-            check(errs, &format!("endpoints[{i}].hostname"), h, names::dns1123_label(h));
+            check(
+                errs,
+                &format!("endpoints[{i}].hostname"),
+                h,
+                names::dns1123_label(h),
+            );
         }
         if let Some(n) = ep.get("nodeName").and_then(Value::as_str) {
-            check(errs, &format!("endpoints[{i}].nodeName"), n, names::dns1123_subdomain(n));
+            check(
+                errs,
+                &format!("endpoints[{i}].nodeName"),
+                n,
+                names::dns1123_subdomain(n),
+            );
         }
     }
     let mut seen = HashSet::new();
-    for (i, p) in obj.get("ports").and_then(Value::as_array).map_or(&[][..], Vec::as_slice).iter().enumerate() {
+    for (i, p) in obj
+        .get("ports")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .enumerate()
+    {
         let name = p.get("name").and_then(Value::as_str).unwrap_or("");
         if !name.is_empty() {
-            check(errs, &format!("ports[{i}].name"), name, names::dns1123_label(name));
+            check(
+                errs,
+                &format!("ports[{i}].name"),
+                name,
+                names::dns1123_label(name),
+            );
         }
         if !seen.insert(name) {
             errs.push(FieldError::duplicate(format!("ports[{i}].name"), name));
         }
         let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
         if !PROTOCOLS.contains(&proto) {
-            errs.push(FieldError::not_supported(format!("ports[{i}].protocol"), proto, PROTOCOLS));
+            errs.push(FieldError::not_supported(
+                format!("ports[{i}].protocol"),
+                proto,
+                PROTOCOLS,
+            ));
         }
         if let Some(port) = p.get("port").and_then(Value::as_i64) {
             if !(0..=65535).contains(&port) {
-                errs.push(FieldError::invalid(format!("ports[{i}].port"), port, "must be between 0 and 65535, inclusive"));
+                errs.push(FieldError::invalid(
+                    format!("ports[{i}].port"),
+                    port,
+                    "must be between 0 and 65535, inclusive",
+                ));
             }
         }
     }

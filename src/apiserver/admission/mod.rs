@@ -82,7 +82,10 @@ const DATA_MAX: usize = 1024 * 1024;
 fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     let name = str_at(obj, "/metadata/name").unwrap_or("");
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         let problem = match r.kind {
             "Service" => names::dns1035_label(name),
@@ -95,13 +98,26 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
         for (k, v) in labels {
             check(errs, "metadata.labels", k, names::qualified_name(k));
             let v = v.as_str().unwrap_or("");
-            check(errs, &format!("metadata.labels.{k}"), v, names::label_value(v));
+            check(
+                errs,
+                &format!("metadata.labels.{k}"),
+                v,
+                names::label_value(v),
+            );
         }
     }
-    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(ann) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         let mut total = 0;
         for (k, v) in ann {
-            check(errs, "metadata.annotations", k, names::qualified_name(&k.to_lowercase()));
+            check(
+                errs,
+                "metadata.annotations",
+                k,
+                names::qualified_name(&k.to_lowercase()),
+            );
             total += k.len() + v.as_str().map_or(0, str::len);
         }
         if total > ANNOTATIONS_MAX {
@@ -112,7 +128,10 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             ));
         }
     }
-    if let Some(fins) = obj.pointer("/metadata/finalizers").and_then(Value::as_array) {
+    if let Some(fins) = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+    {
         for f in fins.iter().filter_map(Value::as_str) {
             check(errs, "metadata.finalizers", f, names::qualified_name(f));
         }
@@ -124,7 +143,9 @@ fn validate_data_keys(obj: &Value, fields: &[&str], errs: &mut Vec<FieldError>) 
     for field in fields {
         if let Some(m) = obj.get(*field).and_then(Value::as_object) {
             for (k, v) in m {
-                let ok = !k.is_empty() && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+                let ok = !k.is_empty()
+                    && k.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
                 if !ok || k == "." || k == ".." {
                     errs.push(FieldError::invalid(
                         format!("{field}[{k}]"),
@@ -137,7 +158,11 @@ fn validate_data_keys(obj: &Value, fields: &[&str], errs: &mut Vec<FieldError>) 
         }
     }
     if total > DATA_MAX {
-        errs.push(FieldError::invalid("data", "", format!("Too long: must have at most {DATA_MAX} bytes")));
+        errs.push(FieldError::invalid(
+            "data",
+            "",
+            format!("Too long: must have at most {DATA_MAX} bytes"),
+        ));
     }
 }
 
@@ -153,11 +178,19 @@ fn validate_secret(obj: &mut Value, errs: &mut Vec<FieldError>) {
         if let Value::Object(d) = data {
             for (k, v) in sd {
                 let text = v.as_str().unwrap_or_default();
-                d.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+                d.insert(
+                    k,
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+                );
             }
         }
     }
-    if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() {
+    if obj
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
         obj["type"] = json!("Opaque");
     }
     validate_data_keys(obj, &["data"], errs);
@@ -168,7 +201,10 @@ fn validate_secret(obj: &mut Value, errs: &mut Vec<FieldError>) {
         _ => &[],
     };
     for k in needs {
-        if obj.pointer(&format!("/data/{}", k.replace('/', "~1"))).is_none() {
+        if obj
+            .pointer(&format!("/data/{}", k.replace('/', "~1")))
+            .is_none()
+        {
             errs.push(FieldError::required(format!("data[{k}]"), ""));
         }
     }
@@ -177,11 +213,19 @@ fn validate_secret(obj: &mut Value, errs: &mut Vec<FieldError>) {
 fn validate_ingress_class(obj: &Value, errs: &mut Vec<FieldError>) {
     match str_at(obj, "/spec/controller") {
         None | Some("") => errs.push(FieldError::required("spec.controller", "")),
-        Some(c) if c.len() > 250 => errs.push(FieldError::invalid("spec.controller", c, "must be no more than 250 characters")),
+        Some(c) if c.len() > 250 => errs.push(FieldError::invalid(
+            "spec.controller",
+            c,
+            "must be no more than 250 characters",
+        )),
         Some(c) => {
             let (domain, _) = c.split_once('/').unwrap_or((c, ""));
             if !c.contains('/') || names::dns1123_subdomain(domain).is_some() {
-                errs.push(FieldError::invalid("spec.controller", c, "must be a domain-prefixed path (such as \"acme.io/foo\")"));
+                errs.push(FieldError::invalid(
+                    "spec.controller",
+                    c,
+                    "must be a domain-prefixed path (such as \"acme.io/foo\")",
+                ));
             }
         }
     }
@@ -195,7 +239,11 @@ fn validate_node(obj: &Value, errs: &mut Vec<FieldError>) {
     }
     for c in cidrs {
         if c.parse::<crate::controllers::allocator::Cidr>().is_err() {
-            errs.push(FieldError::invalid("spec.podCIDRs", c, "must be a valid CIDR"));
+            errs.push(FieldError::invalid(
+                "spec.podCIDRs",
+                c,
+                "must be a valid CIDR",
+            ));
         }
     }
 }
@@ -204,7 +252,11 @@ fn validate_node(obj: &Value, errs: &mut Vec<FieldError>) {
 fn immutable(old: &Value, new: &Value, ptr: &str, field: &str, errs: &mut Vec<FieldError>) {
     let (o, n) = (old.pointer(ptr), new.pointer(ptr));
     if o.is_some() && o != n {
-        errs.push(FieldError::invalid(field, n.cloned().unwrap_or(Value::Null), "field is immutable"));
+        errs.push(FieldError::invalid(
+            field,
+            n.cloned().unwrap_or(Value::Null),
+            "field is immutable",
+        ));
     }
 }
 
@@ -213,7 +265,10 @@ fn validate_immutable_data(old: &Value, new: &Value, errs: &mut Vec<FieldError>)
     if old.get("immutable") == Some(&Value::Bool(true)) {
         for f in ["data", "binaryData", "immutable"] {
             if old.get(f) != new.get(f) {
-                errs.push(FieldError::forbidden(f, "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    f,
+                    "field is immutable when `immutable` is set",
+                ));
             }
         }
     }
@@ -221,7 +276,10 @@ fn validate_immutable_data(old: &Value, new: &Value, errs: &mut Vec<FieldError>)
 
 impl Admission {
     pub fn new(policy: Policy, allocators: Allocators) -> Self {
-        Admission { policy, allocators: Mutex::new(allocators) }
+        Admission {
+            policy,
+            allocators: Mutex::new(allocators),
+        }
     }
 
     fn allocators(&self) -> std::sync::MutexGuard<'_, Allocators> {
@@ -238,7 +296,14 @@ impl Admission {
                 service::validate(obj, &mut errs);
                 invalid(r, obj, errs)?;
                 let mut a = self.allocators();
-                return service::allocate(&mut a, obj, None).map_err(|e| ApiError::invalid(r.group, r.kind, str_at(obj, "/metadata/name").unwrap_or(""), &e));
+                return service::allocate(&mut a, obj, None).map_err(|e| {
+                    ApiError::invalid(
+                        r.group,
+                        r.kind,
+                        str_at(obj, "/metadata/name").unwrap_or(""),
+                        &e,
+                    )
+                });
             }
             "Pod" => {
                 pod::default(obj);
@@ -260,7 +325,12 @@ impl Admission {
     }
 
     /// Defaults and validates an update of `old` to `new`.
-    pub fn update(&self, r: &Resource, old: &Value, new: &mut Value) -> Result<UpdateClaims, ApiError> {
+    pub fn update(
+        &self,
+        r: &Resource,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<UpdateClaims, ApiError> {
         let mut errs = Vec::new();
         validate_meta(r, new, &mut errs);
         match r.kind {
@@ -271,13 +341,27 @@ impl Admission {
                 service::validate_update(old, new, &mut errs);
                 invalid(r, new, errs)?;
                 let mut a = self.allocators();
-                let taken = service::allocate(&mut a, new, Some(old))
-                    .map_err(|e| ApiError::invalid(r.group, r.kind, str_at(new, "/metadata/name").unwrap_or(""), &e))?;
+                let taken = service::allocate(&mut a, new, Some(old)).map_err(|e| {
+                    ApiError::invalid(
+                        r.group,
+                        r.kind,
+                        str_at(new, "/metadata/name").unwrap_or(""),
+                        &e,
+                    )
+                })?;
                 let held = service::claims(new);
                 let freed = service::claims(old);
                 let freed = Claims {
-                    ips: freed.ips.into_iter().filter(|i| !held.ips.contains(i)).collect(),
-                    ports: freed.ports.into_iter().filter(|p| !held.ports.contains(p)).collect(),
+                    ips: freed
+                        .ips
+                        .into_iter()
+                        .filter(|i| !held.ips.contains(i))
+                        .collect(),
+                    ports: freed
+                        .ports
+                        .into_iter()
+                        .filter(|p| !held.ports.contains(p))
+                        .collect(),
                 };
                 return Ok(UpdateClaims { taken, freed });
             }

@@ -15,9 +15,14 @@ fn default_container(c: &mut serde_json::Map<String, Value>) {
     let tag = image.rsplit('/').next().unwrap_or("");
     let latest = !tag.contains(':') || tag.ends_with(":latest");
     let digest = image.contains('@');
-    let policy = if latest && !digest { "Always" } else { "IfNotPresent" };
+    let policy = if latest && !digest {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
     c.entry("imagePullPolicy").or_insert(json!(policy));
-    c.entry("terminationMessagePath").or_insert(json!("/dev/termination-log"));
+    c.entry("terminationMessagePath")
+        .or_insert(json!("/dev/termination-log"));
     c.entry("terminationMessagePolicy").or_insert(json!("File"));
     c.entry("resources").or_insert(json!({}));
     if let Some(Value::Array(ports)) = c.get_mut("ports") {
@@ -34,13 +39,17 @@ pub(super) fn default(obj: &mut Value) {
     let spec = obj["spec"].as_object_mut().expect("object");
     spec.entry("restartPolicy").or_insert(json!("Always"));
     spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
-    spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
-    spec.entry("schedulerName").or_insert(json!("default-scheduler"));
+    spec.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
+    spec.entry("schedulerName")
+        .or_insert(json!("default-scheduler"));
     spec.entry("securityContext").or_insert(json!({}));
     spec.entry("enableServiceLinks").or_insert(json!(true));
     for list in ["containers", "initContainers"] {
         if let Some(Value::Array(cs)) = spec.get_mut(list) {
-            cs.iter_mut().filter_map(Value::as_object_mut).for_each(default_container);
+            cs.iter_mut()
+                .filter_map(Value::as_object_mut)
+                .for_each(default_container);
         }
     }
 }
@@ -52,7 +61,12 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
     }
     let mut seen = HashSet::new();
     for list in ["initContainers", "containers"] {
-        let Some(cs) = obj.pointer(&format!("/spec/{list}")).and_then(Value::as_array) else { continue };
+        let Some(cs) = obj
+            .pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
         for (i, c) in cs.iter().enumerate() {
             let f = |s: &str| format!("spec.{list}[{i}].{s}");
             let name = c.get("name").and_then(Value::as_str).unwrap_or("");
@@ -64,19 +78,38 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
                     errs.push(FieldError::duplicate(f("name"), name));
                 }
             }
-            if c.get("image").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
+            if c.get("image")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .is_empty()
+            {
                 errs.push(FieldError::required(f("image"), ""));
             }
             let mut port_names = HashSet::new();
-            for (j, p) in c.get("ports").and_then(Value::as_array).map_or(&[][..], Vec::as_slice).iter().enumerate() {
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .enumerate()
+            {
                 let pf = |s: &str| format!("spec.{list}[{i}].ports[{j}].{s}");
                 let cp = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&cp) {
-                    errs.push(FieldError::invalid(pf("containerPort"), cp, "must be between 1 and 65535, inclusive"));
+                    errs.push(FieldError::invalid(
+                        pf("containerPort"),
+                        cp,
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
                 if let Some(hp) = p.get("hostPort").and_then(Value::as_i64) {
                     if !(0..=65535).contains(&hp) {
-                        errs.push(FieldError::invalid(pf("hostPort"), hp, "must be between 0 and 65535, inclusive"));
+                        errs.push(FieldError::invalid(
+                            pf("hostPort"),
+                            hp,
+                            "must be between 0 and 65535, inclusive",
+                        ));
                     }
                 }
                 let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
@@ -92,7 +125,10 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             }
         }
     }
-    for (ptr, field) in [("/spec/hostname", "spec.hostname"), ("/spec/subdomain", "spec.subdomain")] {
+    for (ptr, field) in [
+        ("/spec/hostname", "spec.hostname"),
+        ("/spec/subdomain", "spec.subdomain"),
+    ] {
         if let Some(v) = obj.pointer(ptr).and_then(Value::as_str) {
             check(errs, field, v, names::dns1123_label(v));
         }
@@ -104,13 +140,21 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
         for (i, ip) in ips.iter().enumerate() {
             let s = ip.get("ip").and_then(Value::as_str).unwrap_or("");
             if s.parse::<std::net::IpAddr>().is_err() {
-                errs.push(FieldError::invalid(format!("status.podIPs[{i}].ip"), s, "must be a valid IP address"));
+                errs.push(FieldError::invalid(
+                    format!("status.podIPs[{i}].ip"),
+                    s,
+                    "must be a valid IP address",
+                ));
             }
         }
     }
     if let Some(s) = obj.pointer("/status/podIP").and_then(Value::as_str) {
         if s.parse::<std::net::IpAddr>().is_err() {
-            errs.push(FieldError::invalid("status.podIP", s, "must be a valid IP address"));
+            errs.push(FieldError::invalid(
+                "status.podIP",
+                s,
+                "must be a valid IP address",
+            ));
         }
     }
 }

@@ -23,7 +23,8 @@ fn needs_cluster_ip(obj: &Value) -> bool {
 
 fn needs_node_ports(obj: &Value) -> bool {
     matches!(svc_type(obj), "NodePort" | "LoadBalancer")
-        && !(svc_type(obj) == "LoadBalancer" && obj.pointer("/spec/allocateLoadBalancerNodePorts") == Some(&Value::Bool(false)))
+        && !(svc_type(obj) == "LoadBalancer"
+            && obj.pointer("/spec/allocateLoadBalancerNodePorts") == Some(&Value::Bool(false)))
 }
 
 fn needs_health_check_port(obj: &Value) -> bool {
@@ -35,7 +36,9 @@ fn is_headless(obj: &Value) -> bool {
 }
 
 fn ports(obj: &Value) -> &[Value] {
-    obj.pointer("/spec/ports").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    obj.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 pub(super) fn default(obj: &mut Value) {
@@ -53,14 +56,17 @@ pub(super) fn default(obj: &mut Value) {
         }
     }
     if ty != "ExternalName" {
-        spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+        spec.entry("internalTrafficPolicy")
+            .or_insert(json!("Cluster"));
     }
     let external = matches!(ty.as_str(), "NodePort" | "LoadBalancer");
     if external {
-        spec.entry("externalTrafficPolicy").or_insert(json!("Cluster"));
+        spec.entry("externalTrafficPolicy")
+            .or_insert(json!("Cluster"));
     }
     if ty == "LoadBalancer" {
-        spec.entry("allocateLoadBalancerNodePorts").or_insert(json!(true));
+        spec.entry("allocateLoadBalancerNodePorts")
+            .or_insert(json!(true));
     }
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
@@ -91,7 +97,12 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             None | Some("") => errs.push(FieldError::required("spec.externalName", "")),
             Some(n) => {
                 let trimmed = n.strip_suffix('.').unwrap_or(n);
-                check(errs, "spec.externalName", n, names::dns1123_subdomain(trimmed));
+                check(
+                    errs,
+                    "spec.externalName",
+                    n,
+                    names::dns1123_subdomain(trimmed),
+                );
             }
         }
     } else if ports(obj).is_empty() && cluster_ip != "None" {
@@ -105,7 +116,11 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
         ));
     }
     if cluster_ip == "None" && matches!(ty, "NodePort" | "LoadBalancer") {
-        errs.push(FieldError::invalid("spec.clusterIPs[0]", "None", format!("may not be set to 'None' for {ty} services")));
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            "None",
+            format!("may not be set to 'None' for {ty} services"),
+        ));
     }
     let multi = ports(obj).len() > 1;
     let mut names_seen = HashSet::new();
@@ -126,30 +141,52 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
         }
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            errs.push(FieldError::invalid(f("port"), port, "must be between 1 and 65535, inclusive"));
+            errs.push(FieldError::invalid(
+                f("port"),
+                port,
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
         if !PROTOCOLS.contains(&proto) {
             errs.push(FieldError::not_supported(f("protocol"), proto, PROTOCOLS));
         }
         if !port_proto.insert((port, proto)) {
-            errs.push(FieldError::duplicate(f(""), json!({"port": port, "protocol": proto})));
+            errs.push(FieldError::duplicate(
+                f(""),
+                json!({"port": port, "protocol": proto}),
+            ));
         }
         match p.get("targetPort") {
             Some(Value::Number(n)) => {
                 let n = n.as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    errs.push(FieldError::invalid(f("targetPort"), n, "must be between 1 and 65535, inclusive"));
+                    errs.push(FieldError::invalid(
+                        f("targetPort"),
+                        n,
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
             Some(Value::String(s)) => check(errs, &f("targetPort"), s, names::iana_svc_name(s)),
             _ => {}
         }
-        if let Some(np) = p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
+        if let Some(np) = p
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0)
+        {
             if !matches!(ty, "NodePort" | "LoadBalancer") {
-                errs.push(FieldError::forbidden(f("nodePort"), format!("may not be used when `type` is '{ty}'")));
+                errs.push(FieldError::forbidden(
+                    f("nodePort"),
+                    format!("may not be used when `type` is '{ty}'"),
+                ));
             } else if !(1..=65535).contains(&np) {
-                errs.push(FieldError::invalid(f("nodePort"), np, "must be between 1 and 65535, inclusive"));
+                errs.push(FieldError::invalid(
+                    f("nodePort"),
+                    np,
+                    "must be between 1 and 65535, inclusive",
+                ));
             } else if !node_ports.insert((np, proto)) {
                 errs.push(FieldError::duplicate(f("nodePort"), np));
             }
@@ -159,29 +196,55 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
         for (k, v) in sel {
             check(errs, "spec.selector", k, names::qualified_name(k));
             let v = v.as_str().unwrap_or("");
-            check(errs, &format!("spec.selector.{k}"), v, names::label_value(v));
+            check(
+                errs,
+                &format!("spec.selector.{k}"),
+                v,
+                names::label_value(v),
+            );
         }
     }
     let affinity = str_at(obj, "/spec/sessionAffinity").unwrap_or("None");
     if !["None", "ClientIP"].contains(&affinity) {
-        errs.push(FieldError::not_supported("spec.sessionAffinity", affinity, &["ClientIP", "None"]));
+        errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            affinity,
+            &["ClientIP", "None"],
+        ));
     }
-    if let Some(t) = obj.pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds").and_then(Value::as_i64) {
+    if let Some(t) = obj
+        .pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
+        .and_then(Value::as_i64)
+    {
         if affinity != "ClientIP" {
-            errs.push(FieldError::forbidden("spec.sessionAffinityConfig", "must not be set when `sessionAffinity` is None"));
+            errs.push(FieldError::forbidden(
+                "spec.sessionAffinityConfig",
+                "must not be set when `sessionAffinity` is None",
+            ));
         } else if !(1..=86400).contains(&t) {
-            errs.push(FieldError::invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", t, "must be greater than 0 and less than 86400"));
+            errs.push(FieldError::invalid(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                t,
+                "must be greater than 0 and less than 86400",
+            ));
         }
     }
     if let Some(ips) = obj.pointer("/spec/externalIPs").and_then(Value::as_array) {
         for (i, ip) in ips.iter().enumerate() {
             let s = ip.as_str().unwrap_or("");
             if s.parse::<IpAddr>().is_err() {
-                errs.push(FieldError::invalid(format!("spec.externalIPs[{i}]"), s, "must be a valid IP address"));
+                errs.push(FieldError::invalid(
+                    format!("spec.externalIPs[{i}]"),
+                    s,
+                    "must be a valid IP address",
+                ));
             }
         }
     }
-    for (ptr, field) in [("/spec/internalTrafficPolicy", "spec.internalTrafficPolicy"), ("/spec/externalTrafficPolicy", "spec.externalTrafficPolicy")] {
+    for (ptr, field) in [
+        ("/spec/internalTrafficPolicy", "spec.internalTrafficPolicy"),
+        ("/spec/externalTrafficPolicy", "spec.externalTrafficPolicy"),
+    ] {
         if let Some(v) = str_at(obj, ptr) {
             if !["Cluster", "Local"].contains(&v) {
                 errs.push(FieldError::not_supported(field, v, &["Cluster", "Local"]));
@@ -190,9 +253,16 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
     }
     if str_at(obj, "/spec/externalTrafficPolicy").is_some()
         && !matches!(ty, "NodePort" | "LoadBalancer")
-        && obj.pointer("/spec/externalIPs").and_then(Value::as_array).is_none_or(Vec::is_empty)
+        && obj
+            .pointer("/spec/externalIPs")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
     {
-        errs.push(FieldError::invalid("spec.externalTrafficPolicy", str_at(obj, "/spec/externalTrafficPolicy").unwrap_or(""), "may only be set for externally-accessible services"));
+        errs.push(FieldError::invalid(
+            "spec.externalTrafficPolicy",
+            str_at(obj, "/spec/externalTrafficPolicy").unwrap_or(""),
+            "may only be set for externally-accessible services",
+        ));
     }
 }
 
@@ -200,7 +270,10 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
 /// `patchAllocatedValues`), and what the new type no longer uses is dropped if the client did not
 /// change it (`dropTypeDependentFields`).
 pub(super) fn carry_allocations(old: &Value, new: &mut Value) {
-    if needs_cluster_ip(old) && needs_cluster_ip(new) && str_at(new, "/spec/clusterIP").unwrap_or("").is_empty() {
+    if needs_cluster_ip(old)
+        && needs_cluster_ip(new)
+        && str_at(new, "/spec/clusterIP").unwrap_or("").is_empty()
+    {
         for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
             if let Some(v) = old.pointer(&format!("/spec/{f}")) {
                 new["spec"][f] = v.clone();
@@ -219,16 +292,33 @@ pub(super) fn carry_allocations(old: &Value, new: &mut Value) {
         .iter()
         .filter_map(|p| {
             let np = p.get("nodePort")?.as_i64()?;
-            Some((p.get("port")?.as_i64()?, p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string(), np))
+            Some((
+                p.get("port")?.as_i64()?,
+                p.get("protocol")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TCP")
+                    .to_string(),
+                np,
+            ))
         })
         .collect();
     let keep = needs_node_ports(new);
     if let Some(Value::Array(ports)) = new.pointer_mut("/spec/ports") {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
-            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
-            let old_np = old_ports.iter().find(|(op, opr, _)| *op == port && *opr == proto).map(|o| o.2);
-            let cur = p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0);
+            let proto = p
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP")
+                .to_string();
+            let old_np = old_ports
+                .iter()
+                .find(|(op, opr, _)| *op == port && *opr == proto)
+                .map(|o| o.2);
+            let cur = p
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .filter(|n| *n != 0);
             match (keep, cur, old_np) {
                 (true, None, Some(np)) => {
                     p.insert("nodePort".into(), json!(np));
@@ -245,7 +335,9 @@ pub(super) fn carry_allocations(old: &Value, new: &mut Value) {
         if let Some(hc) = hc {
             new["spec"]["healthCheckNodePort"] = hc;
         }
-    } else if !needs_health_check_port(new) && new.pointer("/spec/healthCheckNodePort") == hc.as_ref() {
+    } else if !needs_health_check_port(new)
+        && new.pointer("/spec/healthCheckNodePort") == hc.as_ref()
+    {
         if let Some(spec) = new["spec"].as_object_mut() {
             spec.remove("healthCheckNodePort");
         }
@@ -254,9 +346,16 @@ pub(super) fn carry_allocations(old: &Value, new: &mut Value) {
 
 pub(super) fn validate_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
     if needs_cluster_ip(old) && needs_cluster_ip(new) {
-        let (o, n) = (str_at(old, "/spec/clusterIP"), str_at(new, "/spec/clusterIP"));
+        let (o, n) = (
+            str_at(old, "/spec/clusterIP"),
+            str_at(new, "/spec/clusterIP"),
+        );
         if o != n {
-            errs.push(FieldError::invalid("spec.clusterIPs[0]", n.unwrap_or(""), "may not change once set"));
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                n.unwrap_or(""),
+                "may not change once set",
+            ));
         }
     }
 }
@@ -264,17 +363,32 @@ pub(super) fn validate_update(old: &Value, new: &Value, errs: &mut Vec<FieldErro
 fn alloc_error(field: &str, value: impl Into<Value>, e: AllocError) -> FieldError {
     let value = value.into();
     match e {
-        AllocError::IpTaken | AllocError::OutOfRange(_) => {
-            FieldError::invalid(field, value.clone(), format!("failed to allocate IP {}: {e}", value.as_str().unwrap_or_default()))
+        AllocError::IpTaken | AllocError::OutOfRange(_) => FieldError::invalid(
+            field,
+            value.clone(),
+            format!(
+                "failed to allocate IP {}: {e}",
+                value.as_str().unwrap_or_default()
+            ),
+        ),
+        AllocError::PortTaken | AllocError::PortOutOfRange(_) => {
+            FieldError::invalid(field, value, e.to_string())
         }
-        AllocError::PortTaken | AllocError::PortOutOfRange(_) => FieldError::invalid(field, value, e.to_string()),
-        AllocError::Full => FieldError::invalid(field, value, "range is full: no free addresses or ports remain"),
+        AllocError::Full => FieldError::invalid(
+            field,
+            value,
+            "range is full: no free addresses or ports remain",
+        ),
     }
 }
 
 /// Takes the ClusterIP and NodePorts the Service needs and writes them into it. On update
 /// (`old` given) what the old object already holds is not taken again. On error nothing is kept.
-pub(super) fn allocate(a: &mut Allocators, obj: &mut Value, old: Option<&Value>) -> Result<Claims, Vec<FieldError>> {
+pub(super) fn allocate(
+    a: &mut Allocators,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<Claims, Vec<FieldError>> {
     let held = old.map(claims).unwrap_or_default();
     let mut taken = Claims::default();
     let result = allocate_into(a, obj, &held, &mut taken);
@@ -289,13 +403,26 @@ pub(super) fn allocate(a: &mut Allocators, obj: &mut Value, old: Option<&Value>)
     result.map(|()| taken)
 }
 
-fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut Claims) -> Result<(), Vec<FieldError>> {
-    let family = if a.ips.cidr().addr.is_ipv4() { "IPv4" } else { "IPv6" };
+fn allocate_into(
+    a: &mut Allocators,
+    obj: &mut Value,
+    held: &Claims,
+    taken: &mut Claims,
+) -> Result<(), Vec<FieldError>> {
+    let family = if a.ips.cidr().addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
     if needs_cluster_ip(obj) {
         if let Some(fams) = obj.pointer("/spec/ipFamilies").and_then(Value::as_array) {
             for (i, f) in fams.iter().enumerate() {
                 if f.as_str() != Some(family) {
-                    return Err(vec![FieldError::invalid(format!("spec.ipFamilies[{i}]"), f.clone(), "not configured on this cluster")]);
+                    return Err(vec![FieldError::invalid(
+                        format!("spec.ipFamilies[{i}]"),
+                        f.clone(),
+                        "not configured on this cluster",
+                    )]);
                 }
             }
         }
@@ -303,14 +430,25 @@ fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut
         let ip = match requested.as_str() {
             "None" => "None".to_string(),
             "" => {
-                let ip = a.ips.allocate_next().map_err(|e| vec![alloc_error("spec.clusterIPs", "", e)])?;
+                let ip = a
+                    .ips
+                    .allocate_next()
+                    .map_err(|e| vec![alloc_error("spec.clusterIPs", "", e)])?;
                 taken.ips.push(ip);
                 ip.to_string()
             }
             s => {
-                let ip: IpAddr = s.parse().map_err(|_| vec![FieldError::invalid("spec.clusterIPs[0]", s, "must be a valid IP address")])?;
+                let ip: IpAddr = s.parse().map_err(|_| {
+                    vec![FieldError::invalid(
+                        "spec.clusterIPs[0]",
+                        s,
+                        "must be a valid IP address",
+                    )]
+                })?;
                 if !held.ips.contains(&ip) {
-                    a.ips.allocate(ip).map_err(|e| vec![alloc_error("spec.clusterIPs[0]", s, e)])?;
+                    a.ips
+                        .allocate(ip)
+                        .map_err(|e| vec![alloc_error("spec.clusterIPs[0]", s, e)])?;
                     taken.ips.push(ip);
                 }
                 ip.to_string()
@@ -327,7 +465,10 @@ fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut
         let mut mine: Vec<u16> = Vec::new();
         if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
             for (i, p) in ports.iter_mut().enumerate() {
-                let want = p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0);
+                let want = p
+                    .get("nodePort")
+                    .and_then(Value::as_i64)
+                    .filter(|n| *n != 0);
                 match want {
                     None => match a.ports.allocate_next() {
                         Ok(n) => {
@@ -335,7 +476,9 @@ fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut
                             mine.push(n);
                             p["nodePort"] = json!(n);
                         }
-                        Err(e) => errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), 0, e)),
+                        Err(e) => {
+                            errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), 0, e))
+                        }
                     },
                     Some(n) => {
                         let n = n as u16;
@@ -348,7 +491,9 @@ fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut
                                 taken.ports.push(n);
                                 mine.push(n);
                             }
-                            Err(e) => errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), n, e)),
+                            Err(e) => {
+                                errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), n, e))
+                            }
                         }
                     }
                 }
@@ -359,14 +504,22 @@ fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut
         }
     }
     if needs_health_check_port(obj) {
-        match obj.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64) {
+        match obj
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+        {
             Some(n) if held.ports.contains(&(n as u16)) => {}
             Some(n) => {
-                a.ports.allocate(n as u16).map_err(|e| vec![alloc_error("spec.healthCheckNodePort", n, e)])?;
+                a.ports
+                    .allocate(n as u16)
+                    .map_err(|e| vec![alloc_error("spec.healthCheckNodePort", n, e)])?;
                 taken.ports.push(n as u16);
             }
             None => {
-                let n = a.ports.allocate_next().map_err(|e| vec![alloc_error("spec.healthCheckNodePort", 0, e)])?;
+                let n = a
+                    .ports
+                    .allocate_next()
+                    .map_err(|e| vec![alloc_error("spec.healthCheckNodePort", 0, e)])?;
                 taken.ports.push(n);
                 obj["spec"]["healthCheckNodePort"] = json!(n);
             }
@@ -379,7 +532,8 @@ fn allocate_into(a: &mut Allocators, obj: &mut Value, held: &Claims, taken: &mut
 pub(super) fn claims(obj: &Value) -> Claims {
     let mut c = Claims::default();
     if needs_cluster_ip(obj) && !is_headless(obj) {
-        c.ips.extend(str_at(obj, "/spec/clusterIP").and_then(|s| s.parse::<IpAddr>().ok()));
+        c.ips
+            .extend(str_at(obj, "/spec/clusterIP").and_then(|s| s.parse::<IpAddr>().ok()));
     }
     for p in ports(obj) {
         if let Some(n) = p.get("nodePort").and_then(Value::as_u64) {
@@ -388,7 +542,10 @@ pub(super) fn claims(obj: &Value) -> Claims {
             }
         }
     }
-    if let Some(n) = obj.pointer("/spec/healthCheckNodePort").and_then(Value::as_u64) {
+    if let Some(n) = obj
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+    {
         c.ports.push(n as u16);
     }
     c

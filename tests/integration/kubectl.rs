@@ -1,0 +1,552 @@
+//! kubectl flows: apply (create, re-apply, multi-document, directory), get in its output formats,
+//! label/annotate/patch, server-side apply, describe, delete, get --raw, get -w, and the
+//! EndpointSlice controller and allocators as kubectl users see them.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{eventually, Server};
+
+/// A Service, a Pod and an Ingress as the Kubernetes documentation shows them.
+const DOCS_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 9376
+";
+const DOCS_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: nginx
+  labels:
+    app.kubernetes.io/name: MyApp
+spec:
+  containers:
+  - name: nginx
+    image: nginx:1.14.2
+    ports:
+    - containerPort: 80
+";
+const DOCS_INGRESS: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: minimal-ingress
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /
+spec:
+  ingressClassName: nginx-example
+  rules:
+  - http:
+      paths:
+      - path: /testpath
+        pathType: Prefix
+        backend:
+          service:
+            name: test
+            port:
+              number: 80
+";
+
+#[test]
+fn apply_directory_reapply_and_change() {
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        format!("{DOCS_SERVICE}---\n{DOCS_POD}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ingress.yaml"), DOCS_INGRESS).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = s.ok(&["apply", "-f", d]);
+    for want in [
+        "service/my-service created",
+        "pod/nginx created",
+        "ingress.networking.k8s.io/minimal-ingress created",
+    ] {
+        assert!(out.contains(want), "{out}");
+    }
+    let out = s.ok(&["apply", "-f", d]);
+    assert_eq!(out.matches("unchanged").count(), 3, "{out}");
+    let svc = s.json(&["get", "svc", "my-service"]);
+    let rv = svc["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(svc["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .starts_with("10."));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 9376);
+    assert_eq!(svc["metadata"]["generation"], 1);
+
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        format!(
+            "{}---\n{DOCS_POD}",
+            DOCS_SERVICE.replace("port: 80", "port: 8080")
+        ),
+    )
+    .unwrap();
+    let out = s.ok(&["apply", "-f", d]);
+    assert!(out.contains("service/my-service configured"), "{out}");
+    let svc2 = s.json(&["get", "svc", "my-service"]);
+    assert_eq!(
+        svc2["spec"]["ports"].as_array().unwrap().len(),
+        1,
+        "the old port must be gone: {svc2}"
+    );
+    assert_eq!(svc2["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(
+        svc2["spec"]["clusterIP"], svc["spec"]["clusterIP"],
+        "ClusterIP kept across apply"
+    );
+    assert_eq!(svc2["metadata"]["generation"], 2);
+    assert_ne!(svc2["metadata"]["resourceVersion"].as_str().unwrap(), rv);
+    let ing = s.json(&["get", "ingress", "minimal-ingress"]);
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["pathType"],
+        "Prefix"
+    );
+}
+
+#[test]
+fn get_output_formats_and_selectors() {
+    let s = Server::start(&[]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!("{DOCS_SERVICE}---\n{DOCS_POD}"),
+    );
+    let table = s.ok(&["get", "svc"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    assert!(
+        table.contains("my-service") && table.contains("80/TCP"),
+        "{table}"
+    );
+    let wide = s.ok(&["get", "svc", "-o", "wide"]);
+    assert!(
+        wide.contains("SELECTOR") && wide.contains("app.kubernetes.io/name=MyApp"),
+        "{wide}"
+    );
+    let yaml = s.ok(&["get", "svc", "my-service", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Service") && yaml.contains("clusterIP:"),
+        "{yaml}"
+    );
+    s.ok(&["label", "pod", "nginx", "tier=front"]);
+    let names = s.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "tier in (front,back),app.kubernetes.io/name",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(names.trim(), "pod/nginx");
+    let none = s.ok(&["get", "pods", "-l", "tier!=front", "-o", "name"]);
+    assert_eq!(none.trim(), "");
+    let all = s.ok(&["get", "svc", "-A"]);
+    assert!(
+        all.lines().next().unwrap().starts_with("NAMESPACE"),
+        "{all}"
+    );
+    assert!(
+        all.contains("kubernetes") && all.contains("my-service"),
+        "{all}"
+    );
+    let raw: Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/services?limit=1",
+    ]))
+    .unwrap();
+    assert_eq!(raw["kind"], "ServiceList");
+    assert_eq!(raw["items"].as_array().unwrap().len(), 1);
+    assert!(raw["metadata"]["continue"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    let version: Value = serde_json::from_str(&s.ok(&["get", "--raw", "/version"])).unwrap();
+    assert_eq!(version["major"], "1");
+}
+
+#[test]
+fn label_annotate_and_every_patch_type() {
+    let s = Server::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], DOCS_SERVICE);
+    s.ok(&["label", "svc", "my-service", "tier=web"]);
+    s.ok(&["annotate", "svc", "my-service", "owner=team-a"]);
+    s.ok(&[
+        "patch",
+        "svc",
+        "my-service",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+    ]);
+    s.ok(&[
+        "patch",
+        "svc",
+        "my-service",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/env","value":"prod"}]"#,
+    ]);
+    // Strategic merge: ports merge by port number instead of replacing the list.
+    s.ok(&["patch", "svc", "my-service", "-p", r#"{"spec":{"ports":[{"name":"extra","port":9000,"protocol":"TCP"},{"name":"main","port":80,"protocol":"TCP"}]}}"#]);
+    let svc = s.json(&["get", "svc", "my-service"]);
+    assert_eq!(svc["metadata"]["labels"]["tier"], "web");
+    assert_eq!(svc["metadata"]["labels"]["env"], "prod");
+    assert_eq!(svc["metadata"]["annotations"]["owner"], "team-a");
+    assert_eq!(svc["spec"]["sessionAffinity"], "ClientIP");
+    assert_eq!(
+        svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+        10800
+    );
+    let ports: Vec<i64> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert!(ports.contains(&80) && ports.contains(&9000));
+    let kept = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 80)
+        .unwrap();
+    assert_eq!(
+        kept["targetPort"], 9376,
+        "strategic merge keeps the fields it does not name"
+    );
+    let (ok, _, err) = s.kubectl(&[
+        "patch",
+        "svc",
+        "my-service",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/type","value":"NodePort"}]"#,
+    ]);
+    assert!(!ok && err.contains("cannot be applied"), "{err}");
+}
+
+#[test]
+fn server_side_apply_owns_and_prunes_fields() {
+    let s = Server::start(&[]);
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels: {a: \"1\"}\ndata:\n  x: \"1\"\n  y: \"2\"\n";
+    let out = s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(out.contains("serverside-applied"), "{out}");
+    // Another manager adds a key; the applier later drops one of its own.
+    s.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"z":"3"}}"#,
+    ]);
+    s.ok_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &cm.replace("  y: \"2\"\n", ""),
+    );
+    let got = s.json(&["get", "cm", "settings", "--show-managed-fields"]);
+    assert_eq!(got["data"], serde_json::json!({"x": "1", "z": "3"}));
+    let managers: Vec<&str> = got["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"kubectl"), "{managers:?}");
+}
+
+#[test]
+fn describe_delete_and_watch() {
+    let s = Server::start(&[]);
+    let mut w = s
+        .kubectl_cmd(&["get", "svc", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut wout = w.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = wout.read_to_string(&mut buf);
+        buf
+    });
+    s.ok_stdin(&["apply", "-f", "-"], DOCS_SERVICE);
+    s.ok(&["label", "svc", "my-service", "x=y"]);
+    let d = s.ok(&["describe", "svc", "my-service"]);
+    assert!(
+        d.contains("Name:") && d.contains("my-service") && d.contains("TargetPort:"),
+        "{d}"
+    );
+    let out = s.ok(&["delete", "svc", "my-service"]);
+    assert!(out.contains("\"my-service\" deleted"), "{out}");
+    let (ok, _, err) = s.kubectl(&["get", "svc", "my-service"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let seen = reader.join().unwrap();
+    for ev in ["ADDED", "MODIFIED", "DELETED"] {
+        assert!(
+            seen.lines()
+                .any(|l| l.starts_with(ev) && l.contains("my-service")),
+            "no {ev} in:\n{seen}"
+        );
+    }
+}
+
+#[test]
+fn endpointslices_follow_pods() {
+    let s = Server::start(&[]);
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], svc);
+    for (i, ready) in [(1, true), (2, true), (3, false)] {
+        let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{i}, labels: {{app: web}}}}\nspec:\n  nodeName: node-a\n  containers: [{{name: c, image: nginx, ports: [{{name: http, containerPort: 8080}}]}}]\n");
+        s.ok_stdin(&["apply", "-f", "-"], &pod);
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"10.244.0.{i}","podIPs":[{{"ip":"10.244.0.{i}"}}],"conditions":[{{"type":"Ready","status":"{}"}}]}}}}"#,
+            if ready { "True" } else { "False" }
+        );
+        s.ok(&[
+            "patch",
+            "pod",
+            &format!("web-{i}"),
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+    let slices = eventually(Duration::from_secs(10), || {
+        let l = s.json(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ]);
+        let eps = l["items"][0]["endpoints"].as_array().map_or(0, Vec::len);
+        (eps == 3).then_some(l)
+    });
+    let slice = &slices["items"][0];
+    assert_eq!(slices["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        slice["ports"][0]["port"], 8080,
+        "named targetPort resolved against the container port"
+    );
+    assert_eq!(
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    let ready = |addr: &str| {
+        slice["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["addresses"][0] == addr)
+            .unwrap()["conditions"]["ready"]
+            .clone()
+    };
+    assert_eq!(ready("10.244.0.1"), true);
+    assert_eq!(ready("10.244.0.3"), false);
+    assert_eq!(slice["endpoints"][0]["nodeName"], "node-a");
+    // Deleting a pod (no grace period) takes its endpoint away.
+    s.ok(&["delete", "pod", "web-2", "--grace-period=0", "--force"]);
+    eventually(Duration::from_secs(10), || {
+        let l = s.json(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ]);
+        let addrs: Vec<String> = l["items"][0]["endpoints"]
+            .as_array()?
+            .iter()
+            .map(|e| e["addresses"][0].as_str().unwrap().to_string())
+            .collect();
+        (!addrs.contains(&"10.244.0.2".to_string()) && addrs.len() == 2).then_some(())
+    });
+    // Deleting the Service takes its slices away.
+    s.ok(&["delete", "svc", "web"]);
+    eventually(Duration::from_secs(10), || {
+        s.json(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn allocation_rules() {
+    let s = Server::start(&[
+        "--service-cidr",
+        "10.100.0.0/24",
+        "--node-port-range",
+        "30000-30010",
+    ]);
+    let np = "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30005}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], np);
+    let svc = s.json(&["get", "svc", "np"]);
+    assert!(svc["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.100.0."));
+    assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30005);
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], &np.replace("name: np", "name: np2"));
+    assert!(
+        !ok && err.contains("provided port is already allocated"),
+        "{err}"
+    );
+    let (ok, _, err) = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &np.replace("name: np", "name: np3")
+            .replace("30005", "31000"),
+    );
+    assert!(!ok && err.contains("valid range"), "{err}");
+    let fixed = "apiVersion: v1\nkind: Service\nmetadata: {name: fixed}\nspec:\n  clusterIP: 10.100.0.50\n  ports: [{port: 80}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], fixed);
+    let (ok, _, err) = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &fixed.replace("name: fixed", "name: fixed2"),
+    );
+    assert!(
+        !ok && err.contains("provided IP is already allocated"),
+        "{err}"
+    );
+    let (ok, _, err) = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &fixed
+            .replace("name: fixed", "name: outside")
+            .replace("10.100.0.50", "10.200.0.1"),
+    );
+    assert!(!ok && err.contains("valid range"), "{err}");
+    let (ok, _, err) = s.kubectl(&[
+        "patch",
+        "svc",
+        "fixed",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.100.0.51","clusterIPs":["10.100.0.51"]}}"#,
+    ]);
+    assert!(!ok && err.contains("may not change once set"), "{err}");
+    // Deleting frees the address and the port for reuse.
+    s.ok(&["delete", "svc", "fixed", "np"]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &fixed.replace("name: fixed", "name: fixed2"),
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &np.replace("name: np", "name: np2"));
+    let headless = "apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec:\n  clusterIP: None\n  selector: {app: db}\n";
+    s.ok_stdin(&["apply", "-f", "-"], headless);
+    assert_eq!(
+        s.json(&["get", "svc", "h"])["spec"]["clusterIPs"],
+        serde_json::json!(["None"])
+    );
+    let ext = "apiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec:\n  type: ExternalName\n  externalName: db.example.com\n";
+    s.ok_stdin(&["apply", "-f", "-"], ext);
+    assert!(s.json(&["get", "svc", "e"])["spec"]
+        .get("clusterIP")
+        .is_none());
+}
+
+#[test]
+fn finalizers_and_namespace_lifecycle() {
+    let s = Server::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/hold]}\ndata: {a: b}\n");
+    s.ok(&["delete", "cm", "held", "--wait=false"]);
+    let cm = s.json(&["get", "cm", "held"]);
+    assert!(cm["metadata"]["deletionTimestamp"].is_string(), "{cm}");
+    let (ok, _, err) = s.kubectl(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/finalizers/-","value":"example.com/more"}]"#,
+    ]);
+    assert!(!ok && err.contains("no new finalizers"), "{err}");
+    s.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let (ok, _, err) = s.kubectl(&["get", "cm", "held"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-n", "nowhere", "-f", "-"], DOCS_SERVICE);
+    assert!(
+        !ok && err.contains("namespaces \"nowhere\" not found"),
+        "{err}"
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n",
+    );
+    s.ok_stdin(&["apply", "-n", "team", "-f", "-"], DOCS_SERVICE);
+    s.ok(&["delete", "namespace", "team", "--timeout=20s"]);
+    let (ok, _, _) = s.kubectl(&["get", "ns", "team"]);
+    assert!(!ok, "namespace still there");
+    let (ok, out, _) = s.kubectl(&["get", "svc", "-A", "-o", "name"]);
+    assert!(ok && !out.contains("my-service"), "{out}");
+    let (ok, _, err) = s.kubectl(&["delete", "ns", "default"]);
+    assert!(!ok && err.contains("may not be deleted"), "{err}");
+}
+
+#[test]
+fn tokens_authenticate_and_the_node_role_is_limited() {
+    let s = Server::start(&[]);
+    let node = s.token("node-token");
+    let as_node = |args: &[&str]| {
+        let mut a = vec!["--token", node.as_str()];
+        a.extend(args);
+        s.kubectl(&a)
+    };
+    let (ok, out, _) = as_node(&["get", "svc"]);
+    assert!(ok && out.contains("kubernetes"), "{out}");
+    let (ok, _, err) = as_node(&["delete", "svc", "kubernetes"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let (ok, _, err) = s.kubectl_stdin(&["--token", &node, "apply", "-f", "-"], DOCS_SERVICE);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let nodeobj = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus:\n  conditions: [{type: Ready, status: \"True\"}]\n";
+    let (ok, _, err) = s.kubectl_stdin(&["--token", &node, "apply", "-f", "-"], nodeobj);
+    assert!(ok, "{err}");
+    let lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: node-a, namespace: kube-node-lease}\nspec: {holderIdentity: node-a, leaseDurationSeconds: 40}\n";
+    let (ok, _, err) = s.kubectl_stdin(&["--token", &node, "apply", "-f", "-"], lease);
+    assert!(ok, "{err}");
+    assert!(s.ok(&["get", "nodes"]).contains("Ready"));
+    let (ok, _, err) = s.kubectl(&["--token", "not-a-token", "get", "svc"]);
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: a real `switchyard server` driven by the real kubectl and kube-rs.
+
+mod bad_input;
+mod client;
+mod crash;
+mod kubectl;
+mod support;
+mod watch;

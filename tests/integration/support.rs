@@ -1,0 +1,207 @@
+//! Starting a real `switchyard server` for a test, and driving it with kubectl and kube-rs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process with its own data directory, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+/// A free loopback port (for a server that must come back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(dir: &Path, listen: &str, extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(bin())
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", listen])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start switchyard server");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("server output");
+    let addr = line
+        .trim()
+        .rsplit("https://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"));
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in out.lines() {});
+    (child, addr)
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, addr) = spawn(dir.path(), "127.0.0.1:0", extra);
+        Server {
+            child,
+            addr,
+            dir,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Starts on a fixed address (so a restart comes back where clients expect it).
+    pub fn start_at(port: u16, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, addr) = spawn(dir.path(), &format!("127.0.0.1:{port}"), extra);
+        Server {
+            child,
+            addr,
+            dir,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// kill -9, then start again on the same data directory and address.
+    pub fn crash_and_restart(&mut self, extra: &[&str]) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (child, addr) = spawn(self.dir.path(), &self.addr.to_string(), extra);
+        assert_eq!(addr, self.addr);
+        self.child = child;
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    pub fn token(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args);
+        c
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.kubectl_stdin(args, "")
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        let mut child = self
+            .kubectl_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().unwrap();
+        (
+            status.success(),
+            String::from_utf8_lossy(&stdout).into_owned(),
+            String::from_utf8_lossy(&stderr).into_owned(),
+        )
+    }
+
+    /// Runs kubectl and fails the test if it fails; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args);
+        assert!(ok, "kubectl {args:?} failed: {err}{out}");
+        out
+    }
+
+    pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
+        let (ok, out, err) = self.kubectl_stdin(args, stdin);
+        assert!(ok, "kubectl {args:?} failed: {err}{out}");
+        out
+    }
+
+    /// `kubectl get ... -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns Some, for at most `limit` (a bound on waiting, not a timing check).
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,173 @@
+//! Watch semantics: resuming from a resourceVersion without synthetic events, 410 Expired for a
+//! compacted revision, bookmarks, timeouts, selectors, and kube-rs watchers that survive a server
+//! restart.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::watcher;
+
+use crate::support::{eventually_async, free_port, Server};
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .unwrap()
+}
+
+async fn next_event(
+    stream: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin),
+) -> WatchEvent<ConfigMap> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event")
+        .expect("stream open")
+        .expect("event ok")
+}
+
+#[tokio::test]
+async fn resume_from_revision_and_selectors() {
+    let s = Server::start(&[]);
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    let a = cms
+        .create(
+            &PostParams::default(),
+            &cm("a", serde_json::json!({"w": "yes"})),
+        )
+        .await
+        .unwrap();
+    let rv = a.metadata.resource_version.clone().unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("b", serde_json::json!({"w": "no"})),
+    )
+    .await
+    .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("c", serde_json::json!({"w": "yes"})),
+    )
+    .await
+    .unwrap();
+    // From rv: only what came after, no synthetic ADDED for "a".
+    let mut stream = cms
+        .watch(&WatchParams::default().labels("w=yes"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match next_event(&mut stream).await {
+        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
+        other => panic!("{other:?}"),
+    }
+    // A label change that leaves the selection is a DELETED for this watcher.
+    cms.patch(
+        "c",
+        &Default::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"w": "no"}}})),
+    )
+    .await
+    .unwrap();
+    match next_event(&mut stream).await {
+        WatchEvent::Deleted(o) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn initial_events_bookmark_and_timeout() {
+    let s = Server::start(&[]);
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    cms.create(&PostParams::default(), &cm("x", serde_json::json!({})))
+        .await
+        .unwrap();
+    let wp = WatchParams::default().initial_events().timeout(2);
+    let events: Vec<WatchEvent<ConfigMap>> = cms
+        .watch(&wp, "0")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&events[0], WatchEvent::Added(o) if o.metadata.name.as_deref() == Some("x")),
+        "{events:?}"
+    );
+    match &events[1] {
+        WatchEvent::Bookmark(b) => assert_eq!(
+            b.metadata
+                .annotations
+                .get("k8s.io/initial-events-end")
+                .map(String::as_str),
+            Some("true")
+        ),
+        other => panic!("expected the initial-events-end bookmark, got {other:?}"),
+    }
+    // The stream ended by itself after timeoutSeconds.
+    assert_eq!(events.len(), 2);
+}
+
+#[tokio::test]
+async fn too_old_revision_is_410_and_kube_watcher_recovers_after_restart() {
+    let port = free_port();
+    let mut s = Server::start_at(port, &[]);
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    let first = cms
+        .create(&PostParams::default(), &cm("before", serde_json::json!({})))
+        .await
+        .unwrap();
+    let old_rv = first.metadata.resource_version.clone().unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("before2", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen2 = seen.clone();
+    let w = watcher(cms.clone(), watcher::Config::default());
+    let task = tokio::spawn(async move {
+        let mut w = w.boxed();
+        while let Some(ev) = w.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                seen2.lock().unwrap().push(o.metadata.name.unwrap());
+            }
+        }
+    });
+    eventually_async(Duration::from_secs(10), || async {
+        seen.lock()
+            .unwrap()
+            .contains(&"before2".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // The restart drops every watch and the event history: old revisions are gone.
+    s.crash_and_restart(&[]);
+    let events: Vec<WatchEvent<ConfigMap>> = cms
+        .watch(&WatchParams::default().timeout(2), &old_rv)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    match &events[0] {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410 Expired, got {other:?}"),
+    }
+    cms.create(&PostParams::default(), &cm("after", serde_json::json!({})))
+        .await
+        .unwrap();
+    eventually_async(Duration::from_secs(30), || async {
+        seen.lock()
+            .unwrap()
+            .contains(&"after".to_string())
+            .then_some(())
+    })
+    .await;
+    task.abort();
+    assert!(cms.list(&ListParams::default()).await.unwrap().items.len() >= 3);
+}
