@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::discovery;
 use super::error::ApiError;
-use super::patch::PatchType;
+use super::patch::{Patch, PatchType};
 use super::registry::{DeleteOptions, FieldValidation, ListOptions, Part, Registry, WriteOptions};
 use super::resources::{self, Resource};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -299,37 +299,27 @@ impl Api {
         let segs: Vec<&str> = path.split('/').skip(1).collect();
         let get = req.method() == Method::GET;
         match segs.as_slice() {
-            ["api"] if get => {
-                return Ok(value_response(
-                    StatusCode::OK,
-                    &discovery::api_versions(&self.server_address),
-                ))
-            }
+            ["api"] if get => Ok(value_response(
+                StatusCode::OK,
+                &discovery::api_versions(&self.server_address),
+            )),
             ["apis"] if get => Ok(value_response(StatusCode::OK, &discovery::api_groups())),
-            ["api", "v1"] if get => {
-                return Ok(value_response(
-                    StatusCode::OK,
-                    &discovery::resource_list("", "v1").expect("core"),
-                ))
-            }
-            ["apis", g] if get => {
-                return discovery::api_group(g)
-                    .map(|v| value_response(StatusCode::OK, &v))
-                    .ok_or_else(ApiError::no_route)
-            }
-            ["apis", g, v] if get => {
-                return discovery::resource_list(g, v)
-                    .map(|v| value_response(StatusCode::OK, &v))
-                    .ok_or_else(ApiError::no_route)
-            }
+            ["api", "v1"] if get => Ok(value_response(
+                StatusCode::OK,
+                &discovery::resource_list("", "v1").expect("core"),
+            )),
+            ["apis", g] if get => discovery::api_group(g)
+                .map(|v| value_response(StatusCode::OK, &v))
+                .ok_or_else(ApiError::no_route),
+            ["apis", g, v] if get => discovery::resource_list(g, v)
+                .map(|v| value_response(StatusCode::OK, &v))
+                .ok_or_else(ApiError::no_route),
             ["openapi", "v3"] if get => {
-                return Ok(value_response(StatusCode::OK, &discovery::openapi_index()))
+                Ok(value_response(StatusCode::OK, &discovery::openapi_index()))
             }
-            ["openapi", "v3", rest @ ..] if get => {
-                return discovery::openapi_gv_doc(&rest.join("/"))
-                    .map(|v| value_response(StatusCode::OK, &v))
-                    .ok_or_else(ApiError::no_route)
-            }
+            ["openapi", "v3", rest @ ..] if get => discovery::openapi_gv_doc(&rest.join("/"))
+                .map(|v| value_response(StatusCode::OK, &v))
+                .ok_or_else(ApiError::no_route),
             ["api", "v1", rest @ ..] => {
                 let t = route("", "v1", rest)?;
                 self.resource(req, role, t).await
@@ -571,8 +561,10 @@ impl Api {
                                 r,
                                 ns,
                                 t.name.as_deref().unwrap_or_default(),
-                                ty,
-                                parse_body(&ct, &body)?,
+                                Patch {
+                                    ty,
+                                    body: parse_body(&ct, &body)?,
+                                },
                                 t.part,
                                 &opts,
                             )

@@ -33,6 +33,13 @@ impl PatchType {
     }
 }
 
+/// A patch as a request carries it.
+#[derive(Clone, Debug)]
+pub struct Patch {
+    pub ty: PatchType,
+    pub body: Value,
+}
+
 /// The merge key of a list, by its path of field names from the object root; None for lists that
 /// are replaced whole. These are the `patchMergeKey`s of the Kubernetes types we serve.
 fn merge_key(path: &[&str]) -> Option<&'static str> {

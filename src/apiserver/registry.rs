@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::admission::Admission;
 use super::error::ApiError;
-use super::patch::{self, PatchType};
+use super::patch::{self, Patch, PatchType};
 use super::resources::{self, Resource};
 use super::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Encoder, KeyValue, Op, Precondition, RangeRequest, Store, StoreError};
@@ -787,11 +787,11 @@ impl Registry {
         r: &Resource,
         ns: Option<&str>,
         name: &str,
-        ty: PatchType,
-        body: Value,
+        patch: Patch,
         part: Part,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        let Patch { ty, body } = patch;
         let manager = opts.field_manager.clone();
         if ty == PatchType::Apply && manager.as_deref().unwrap_or("").is_empty() {
             return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
