@@ -1,1 +1,522 @@
-fn main() {}
+//! Control-plane benchmark: `switchyard server` side by side with etcd on this machine.
+//!
+//! Prints, in one run:
+//! - creates/s with 1 and with 32 concurrent clients (ConfigMaps through the API; etcd puts of
+//!   the same size with the same concurrency through etcd-client, etcd durable on loopback);
+//! - LIST of 10,000 Services, p50/p99;
+//! - watch delivery latency to 100 watchers while writing (write sent -> event read), p50/p99;
+//! - server RSS with 10,000 Services and 100,000 endpoints (10,000 EndpointSlices x 10).
+//!
+//! Usage: apiserver-bench --switchyard target/release/switchyard [--etcd /usr/bin/etcd]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use switchyard_bench::Samples;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+#[derive(Parser)]
+struct Args {
+    /// The switchyard binary (build it with --release).
+    #[arg(long, default_value = "target/release/switchyard")]
+    switchyard: PathBuf,
+    /// The etcd binary (Debian's etcd-server).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// Creates per concurrency level.
+    #[arg(long, default_value_t = 3000)]
+    creates: usize,
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    #[arg(long, default_value_t = 10)]
+    endpoints_per_service: usize,
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One keep-alive HTTPS/1.1 connection to the API server with the admin token.
+struct Conn {
+    tx: SendRequest<Full<Bytes>>,
+    token: Arc<String>,
+}
+
+#[derive(Clone)]
+struct Target {
+    port: u16,
+    tls: TlsConnector,
+    token: Arc<String>,
+}
+
+impl Target {
+    async fn connect(&self) -> Result<Conn> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let tls = self.tls.connect(name, tcp).await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            tx,
+            token: self.token.clone(),
+        })
+    }
+}
+
+impl Conn {
+    async fn request(&mut self, method: &str, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
+        self.tx.ready().await?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let resp = self.tx.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    async fn create(&mut self, path: &str, body: String) -> Result<()> {
+        let (status, resp) = self.request("POST", path, Bytes::from(body)).await?;
+        if status != 201 {
+            bail!("create {path}: {status} {}", String::from_utf8_lossy(&resp));
+        }
+        Ok(())
+    }
+}
+
+fn configmap(name: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"app":"bench"}}}},"data":{{"payload":"{}"}}}}"#,
+        "x".repeat(200)
+    )
+}
+
+fn service(i: usize) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}","labels":{{"app":"bench"}}}},"spec":{{"ports":[{{"name":"http","port":80,"targetPort":8080}}]}}}}"#
+    )
+}
+
+fn slice(i: usize, n: usize) -> String {
+    let eps: Vec<String> = (0..n)
+        .map(|e| {
+            let ip = 10 * 65536 * 256 + i * n + e + 1;
+            let addr = format!(
+                "{}.{}.{}.{}",
+                ip >> 24,
+                (ip >> 16) & 255,
+                (ip >> 8) & 255,
+                ip & 255
+            );
+            format!(
+                r#"{{"addresses":["{addr}"],"conditions":{{"ready":true}},"nodeName":"node-{}"}}"#,
+                e % 4
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"svc-{i}-abc","labels":{{"kubernetes.io/service-name":"svc-{i}"}}}},"addressType":"IPv4","ports":[{{"name":"http","port":8080,"protocol":"TCP"}}],"endpoints":[{}]}}"#,
+        eps.join(",")
+    )
+}
+
+/// Runs `total` operations over `clients` concurrent workers; returns ops/s.
+async fn run_parallel<F, Fut>(clients: usize, total: usize, make: F) -> Result<f64>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<
+            Output = Result<
+                Box<dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send>,
+            >,
+        > + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (next, make) = (next.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut op = make(c).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                op(i).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn api_creates(target: &Target, clients: usize, total: usize, prefix: &str) -> Result<f64> {
+    let (target, prefix) = (target.clone(), prefix.to_string());
+    run_parallel(clients, total, move |_| {
+        let (target, prefix) = (target.clone(), prefix.clone());
+        async move {
+            let conn = Arc::new(tokio::sync::Mutex::new(target.connect().await?));
+            let op: Box<
+                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
+            > = Box::new(move |i| {
+                let (conn, prefix) = (conn.clone(), prefix.clone());
+                Box::pin(async move {
+                    conn.lock()
+                        .await
+                        .create(
+                            "/api/v1/namespaces/default/configmaps",
+                            configmap(&format!("{prefix}-{i}")),
+                        )
+                        .await
+                })
+            });
+            Ok(op)
+        }
+    })
+    .await
+}
+
+async fn etcd_puts(endpoint: &str, clients: usize, total: usize, prefix: &str) -> Result<f64> {
+    let (endpoint, prefix) = (endpoint.to_string(), prefix.to_string());
+    run_parallel(clients, total, move |_| {
+        let (endpoint, prefix) = (endpoint.clone(), prefix.clone());
+        async move {
+            let client = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+            let op: Box<
+                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
+            > = Box::new(move |i| {
+                let mut kv = client.kv_client();
+                let key = format!("/registry/configmaps/default/{prefix}-{i}");
+                let value = configmap(&format!("{prefix}-{i}"));
+                Box::pin(async move {
+                    kv.put(key, value, None).await?;
+                    Ok(())
+                })
+            });
+            Ok(op)
+        }
+    })
+    .await
+}
+
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS"))?;
+    Ok(kb / 1024.0)
+}
+
+fn wait_for_port(port: u16, what: &str) -> Result<()> {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{what} did not start listening on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Watches ConfigMaps with `n` independent streams and records, for each event, the time since
+/// its write was sent (the write's start time is in the object name).
+async fn watch_latency(target: &Target, n: usize, writes: usize) -> Result<Samples> {
+    let epoch = Instant::now();
+    let hist = Arc::new(std::sync::Mutex::new(Samples::new()));
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut watchers = Vec::new();
+    for _ in 0..n {
+        let mut conn = target.connect().await?;
+        conn.tx.ready().await?;
+        let req = http::Request::builder()
+            .uri("/api/v1/namespaces/default/configmaps?watch=1&labelSelector=app%3Dwatch&resourceVersion=0")
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", conn.token))
+            .body(Full::new(Bytes::new()))?;
+        let resp = conn.tx.send_request(req).await?;
+        let (hist, received) = (hist.clone(), received.clone());
+        watchers.push(tokio::spawn(async move {
+            let _keep = conn;
+            let mut body = resp.into_body();
+            let mut buf = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&line);
+                    // Names are "w-<micros since epoch>".
+                    if let Some(start) = text.find("\"name\":\"w-") {
+                        let rest = &text[start + 10..];
+                        let micros: u64 = rest[..rest.find('"').unwrap_or(0)].parse().unwrap_or(0);
+                        let now = epoch.elapsed().as_micros() as u64;
+                        hist.lock().unwrap().record(now.saturating_sub(micros));
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut writer = target.connect().await?;
+    for _ in 0..writes {
+        let micros = epoch.elapsed().as_micros();
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"w-{micros}","labels":{{"app":"watch"}}}},"data":{{"k":"v"}}}}"#
+        );
+        writer
+            .create("/api/v1/namespaces/default/configmaps", body)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let want = writes * n;
+    let start = Instant::now();
+    while received.load(Ordering::Relaxed) < want && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in watchers {
+        w.abort();
+    }
+    let got = received.load(Ordering::Relaxed);
+    if got < want {
+        bail!("watchers received {got} of {want} events");
+    }
+    let h = hist.lock().unwrap().clone();
+    Ok(h)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    println!(
+        "# apiserver-bench on {} cores; switchyard {}; etcd {}",
+        std::thread::available_parallelism()?.get(),
+        args.switchyard.display(),
+        args.etcd.display()
+    );
+
+    // etcd, durable (its default: fsync on every commit), loopback only.
+    let (ec, ep) = (free_port(), free_port());
+    let etcd = Proc(
+        Command::new(&args.etcd)
+            .args(["--data-dir", dir.path().join("etcd").to_str().unwrap()])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{ec}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{ec}"),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{ep}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{ep}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{ep}"),
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd")?,
+    );
+    wait_for_port(ec, "etcd")?;
+    let etcd_endpoint = format!("http://127.0.0.1:{ec}");
+
+    let port = free_port();
+    let data = dir.path().join("switchyard");
+    let server = Proc(
+        Command::new(&args.switchyard)
+            .args([
+                "server",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting switchyard server")?,
+    );
+    wait_for_port(port, "switchyard")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = Arc::new(
+        std::fs::read_to_string(data.join("admin-token"))?
+            .trim()
+            .to_string(),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::fs::read(data.join("ca.crt"))?.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let target = Target {
+        port,
+        tls: TlsConnector::from(Arc::new(tls)),
+        token,
+    };
+
+    println!(
+        "\n## creates/s ({} creates of a ~300-byte ConfigMap each; etcd: puts of the same JSON)",
+        args.creates
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>8}",
+        "clients", "switchyard/s", "etcd/s", "ratio"
+    );
+    for clients in [1usize, 32] {
+        let ours = api_creates(&target, clients, args.creates, &format!("c{clients}")).await?;
+        let theirs = etcd_puts(
+            &etcd_endpoint,
+            clients,
+            args.creates,
+            &format!("c{clients}"),
+        )
+        .await?;
+        println!(
+            "{clients:<12} {ours:>14.0} {theirs:>14.0} {:>8.2}",
+            ours / theirs
+        );
+    }
+
+    println!(
+        "\n## {} Services and {} endpoints ({} EndpointSlices), written with 32 clients",
+        args.services,
+        args.services * args.endpoints_per_service,
+        args.services
+    );
+    let t = target.clone();
+    let rate = run_parallel(32, args.services, move |_| {
+        let t = t.clone();
+        async move {
+            let conn = Arc::new(tokio::sync::Mutex::new(t.connect().await?));
+            let op: Box<
+                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
+            > = Box::new(move |i| {
+                let conn = conn.clone();
+                Box::pin(async move {
+                    conn.lock()
+                        .await
+                        .create("/api/v1/namespaces/default/services", service(i))
+                        .await
+                })
+            });
+            Ok(op)
+        }
+    })
+    .await?;
+    println!("service creates/s (32 clients, with ClusterIP allocation): {rate:.0}");
+    let (t, n) = (target.clone(), args.endpoints_per_service);
+    let rate = run_parallel(32, args.services, move |_| {
+        let t = t.clone();
+        async move {
+            let conn = Arc::new(tokio::sync::Mutex::new(t.connect().await?));
+            let op: Box<
+                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
+            > = Box::new(move |i| {
+                let conn = conn.clone();
+                Box::pin(async move {
+                    conn.lock()
+                        .await
+                        .create(
+                            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                            slice(i, n),
+                        )
+                        .await
+                })
+            });
+            Ok(op)
+        }
+    })
+    .await?;
+    println!("endpointslice creates/s (32 clients, {n} endpoints each): {rate:.0}");
+
+    let mut conn = target.connect().await?;
+    let mut list = Samples::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        let (status, body) = conn
+            .request("GET", "/api/v1/namespaces/default/services", Bytes::new())
+            .await?;
+        list.record(start.elapsed().as_micros() as u64);
+        if status != 200 {
+            bail!("list: {status}");
+        }
+        if !body.starts_with(b"{\"kind\":\"ServiceList\"") {
+            bail!("list: unexpected body");
+        }
+    }
+    println!(
+        "LIST {} Services (full JSON, 50 requests): p50 {:.1} ms, p99 {:.1} ms",
+        args.services + 1,
+        list.quantile(0.5) as f64 / 1000.0,
+        list.quantile(0.99) as f64 / 1000.0
+    );
+    println!(
+        "server RSS with {} Services and {} endpoints: {:.0} MB",
+        args.services,
+        args.services * args.endpoints_per_service,
+        rss_mb(server.0.id())?
+    );
+
+    println!("\n## watch delivery to {} watchers (write sent -> event read by each watcher; 200 writes, 5 ms apart)", args.watchers);
+    let mut h = watch_latency(&target, args.watchers, 200).await?;
+    println!(
+        "events delivered: {}; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        h.count(),
+        h.quantile(0.5) as f64 / 1000.0,
+        h.quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "server RSS after the watch run: {:.0} MB",
+        rss_mb(server.0.id())?
+    );
+    drop(etcd);
+    Ok(())
+}

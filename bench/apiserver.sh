@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Control-plane benchmark: switchyard server vs etcd (Debian etcd-server), same machine, same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
+cargo build --release -p switchyard -p switchyard-bench
+exec target/release/apiserver-bench --switchyard target/release/switchyard --etcd "$(command -v etcd)" "$@"
