@@ -187,6 +187,9 @@ fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, ApiError> 
 
 fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
+    if ct == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode(body);
+    }
     if ct.contains("protobuf") || ct.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
     }

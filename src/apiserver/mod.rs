@@ -5,7 +5,8 @@
 //! - [`admission`]: defaulting, validation, ClusterIP/NodePort allocation;
 //! - [`watch`], [`table`], [`patch`], [`selectors`]: the parts of a request that need them;
 //! - [`discovery`]: discovery documents, `/version`, OpenAPI v3;
-//! - [`pki`]: the CA, serving certificate, tokens and kubeconfigs in the data directory.
+//! - [`pki`]: the CA, serving certificate, tokens and kubeconfigs in the data directory;
+//! - [`protobuf`]: Kubernetes protobuf request bodies, decoded to JSON.
 
 pub mod admission;
 pub mod discovery;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod selectors;

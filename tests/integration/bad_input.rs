@@ -66,7 +66,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
         ("duplicate NodePort", "application/json", r#"{"metadata":{"name":"dupnp"},"spec":{"type":"NodePort","ports":[{"port":80,"nodePort":30777}]}}"#.into(), 422, "Invalid", "already allocated"),
         ("duplicate ports", "application/json", r#"{"metadata":{"name":"dp"},"spec":{"ports":[{"name":"a","port":80},{"name":"b","port":80}]}}"#.into(), 422, "Invalid", "Duplicate value"),
         ("already exists", "application/json", ok_svc.replace("10.96.0.77", "10.96.0.78").replace("30777", "30778"), 409, "AlreadyExists", "already exists"),
-        ("protobuf", "application/vnd.kubernetes.protobuf", "k8s\0".into(), 415, "UnsupportedMediaType", "unknown format"),
+        ("protobuf garbage", "application/vnd.kubernetes.protobuf", "k8s\0\u{12}\u{7f}".into(), 400, "BadRequest", "protobuf"),
+        ("protobuf without magic", "application/vnd.kubernetes.protobuf", "{}".into(), 400, "BadRequest", "magic"),
+        ("CBOR", "application/cbor", "\u{a0}".into(), 415, "UnsupportedMediaType", "unknown format"),
     ];
     for (what, ct, body, code, reason, text) in cases {
         let (got_code, got_reason, msg) = send(&c, "POST", SVCS, ct, body.into_bytes())

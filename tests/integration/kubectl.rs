@@ -550,3 +550,112 @@ fn tokens_authenticate_and_the_node_role_is_limited() {
     let (ok, _, err) = s.kubectl(&["--token", "not-a-token", "get", "svc"]);
     assert!(!ok && err.contains("Unauthorized"), "{err}");
 }
+
+/// kubectl's generators build objects themselves and send them as Kubernetes protobuf.
+#[test]
+fn kubectl_create_generators() {
+    let s = Server::start(&[]);
+    s.ok(&["create", "namespace", "demo"]);
+    s.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+        "-n",
+        "demo",
+    ]);
+    s.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=81:8081",
+        "--node-port=30081",
+    ]);
+    s.ok(&[
+        "create",
+        "service",
+        "externalname",
+        "ext",
+        "--external-name",
+        "db.example.com",
+    ]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cr3t",
+    ]);
+    s.ok(&[
+        "create",
+        "ingress",
+        "ing",
+        "--class=switchyard",
+        "--rule=foo.example.com/api*=web:8080,tls=foo-tls",
+    ]);
+    s.ok(&[
+        "run",
+        "pod1",
+        "--image=nginx:1.27",
+        "--port=80",
+        "--labels=app=pod1",
+    ]);
+
+    let web = s.json(&["get", "svc", "web", "-n", "demo"]);
+    assert_eq!(web["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(web["spec"]["selector"]["app"], "web");
+    assert!(web["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .starts_with("10."));
+    assert_eq!(
+        s.json(&["get", "svc", "np"])["spec"]["ports"][0]["nodePort"],
+        30081
+    );
+    assert_eq!(
+        s.json(&["get", "svc", "ext"])["spec"]["externalName"],
+        "db.example.com"
+    );
+    assert_eq!(
+        s.json(&["get", "cm", "cfg"])["data"],
+        serde_json::json!({"a": "1", "b": "2"})
+    );
+    let pw = s.json(&["get", "secret", "pw"]);
+    assert_eq!(pw["data"]["password"], base64_of("s3cr3t"));
+    assert_eq!(pw["type"], "Opaque");
+    let ing = s.json(&["get", "ingress", "ing"]);
+    let path = &ing["spec"]["rules"][0]["http"]["paths"][0];
+    assert_eq!(ing["spec"]["rules"][0]["host"], "foo.example.com");
+    assert_eq!(
+        (path["path"].as_str(), path["pathType"].as_str()),
+        (Some("/api"), Some("Prefix"))
+    );
+    assert_eq!(path["backend"]["service"]["port"]["number"], 8080);
+    assert_eq!(ing["spec"]["tls"][0]["secretName"], "foo-tls");
+    let pod = s.json(&["get", "pod", "pod1"]);
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    // Validation applies to protobuf bodies as to JSON ones.
+    let (ok, _, err) = s.kubectl(&["create", "service", "clusterip", "Bad_Name", "--tcp=80"]);
+    assert!(!ok && err.contains("Invalid"), "{err}");
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
