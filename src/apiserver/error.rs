@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use super::resources::Resource;
+
 /// One field-level problem, as `field.Error` in Kubernetes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FieldError {
@@ -147,14 +149,18 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(403, "Forbidden", message)
     }
-    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        let gr = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
-        Self::new(404, "NotFound", format!("{gr} \"{name}\" not found"))
-            .with_details(json!({"name": name, "group": group, "kind": plural}))
+    /// The details naming the object an error is about.
+    fn about(self, r: &Resource, name: &str) -> Self {
+        self.with_details(json!({"name": name, "group": r.group, "kind": r.plural}))
+    }
+
+    pub fn not_found(r: &Resource, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", r.group_resource()),
+        )
+        .about(r, name)
     }
     /// A path that names no resource the server serves.
     pub fn no_route() -> Self {
@@ -164,31 +170,24 @@ impl ApiError {
             "the server could not find the requested resource",
         )
     }
-    pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        let gr = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
+    pub fn already_exists(r: &Resource, name: &str) -> Self {
         Self::new(
             409,
             "AlreadyExists",
-            format!("{gr} \"{name}\" already exists"),
+            format!("{} \"{name}\" already exists", r.group_resource()),
         )
-        .with_details(json!({"name": name, "group": group, "kind": plural}))
+        .about(r, name)
     }
-    pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Self {
-        let gr = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
+    pub fn conflict(r: &Resource, name: &str, why: &str) -> Self {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                r.group_resource()
+            ),
         )
-        .with_details(json!({"name": name, "group": group, "kind": plural}))
+        .about(r, name)
     }
     pub fn invalid(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

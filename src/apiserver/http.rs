@@ -428,6 +428,9 @@ impl Api {
         }
         let ns = t.ns.as_deref();
         let r = t.r;
+        let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+        let fields =
+            FieldSelector::parse(r.kind, q.get("fieldSelector").map_or("", String::as_str))?;
         match verb {
             "get" => {
                 let kv = self
@@ -447,13 +450,8 @@ impl Api {
             }
             "list" => {
                 let opts = ListOptions {
-                    labels: LabelSelector::parse(
-                        q.get("labelSelector").map_or("", String::as_str),
-                    )?,
-                    fields: FieldSelector::parse(
-                        r.kind,
-                        q.get("fieldSelector").map_or("", String::as_str),
-                    )?,
+                    labels: labels.clone(),
+                    fields: fields.clone(),
                     limit: match q.get("limit").filter(|l| !l.is_empty()) {
                         Some(l) => l.parse::<usize>().map_err(|_| {
                             ApiError::bad_request(format!("limit {l:?} is not a number"))
@@ -501,13 +499,8 @@ impl Api {
                     None => DEFAULT_WATCH_TIMEOUT,
                 };
                 let opts = WatchOptions {
-                    labels: LabelSelector::parse(
-                        q.get("labelSelector").map_or("", String::as_str),
-                    )?,
-                    fields: FieldSelector::parse(
-                        r.kind,
-                        q.get("fieldSelector").map_or("", String::as_str),
-                    )?,
+                    labels: labels.clone(),
+                    fields: fields.clone(),
                     resource_version: q.get("resourceVersion").cloned(),
                     allow_bookmarks: flag(&q, "allowWatchBookmarks"),
                     send_initial_events: flag(&q, "sendInitialEvents"),
@@ -599,13 +592,8 @@ impl Api {
                 let (ct, body) = Self::read_body(req).await?;
                 let opts = delete_options(&q, &ct, &body)?;
                 let list_opts = ListOptions {
-                    labels: LabelSelector::parse(
-                        q.get("labelSelector").map_or("", String::as_str),
-                    )?,
-                    fields: FieldSelector::parse(
-                        r.kind,
-                        q.get("fieldSelector").map_or("", String::as_str),
-                    )?,
+                    labels: labels.clone(),
+                    fields: fields.clone(),
                     ..Default::default()
                 };
                 let list = self.registry.list(r, ns, &list_opts)?;

@@ -194,6 +194,10 @@ fn spec_of(obj: &Value) -> Value {
     o
 }
 
+/// Why an update with a stale resourceVersion fails, in kube-apiserver's words.
+const MODIFIED: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
+
 /// Namespaces kube-apiserver refuses to delete.
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
@@ -234,7 +238,7 @@ impl Registry {
 
     pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<KeyValue, ApiError> {
         let (kv, _) = self.store.get(&r.key(ns, name));
-        kv.ok_or_else(|| ApiError::not_found(r.group, r.plural, name))
+        kv.ok_or_else(|| ApiError::not_found(r, name))
     }
 
     pub fn list(
@@ -410,7 +414,7 @@ impl Registry {
             .store
             .get(&nsr.key(None, ns))
             .0
-            .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
+            .ok_or_else(|| ApiError::not_found(nsr, ns))?;
         if decode(&kv)?
             .pointer("/metadata/deletionTimestamp")
             .is_some()
@@ -561,9 +565,7 @@ impl Registry {
             Err(e) => {
                 self.admission.release(&claims);
                 Err(match e {
-                    StoreError::Conflict { .. } => {
-                        ApiError::already_exists(r.group, r.plural, &name)
-                    }
+                    StoreError::Conflict { .. } => ApiError::already_exists(r, &name),
                     other => store_error(other),
                 })
             }
@@ -587,12 +589,12 @@ impl Registry {
             let Some(kv) = current else {
                 return match change(None)? {
                     Some(obj) => self.create(r, ns, obj, opts).await,
-                    None => Err(ApiError::not_found(r.group, r.plural, name)),
+                    None => Err(ApiError::not_found(r, name)),
                 };
             };
             let old = decode(&kv)?;
             let Some(wanted) = change(Some(&old))? else {
-                return Err(ApiError::not_found(r.group, r.plural, name));
+                return Err(ApiError::not_found(r, name));
             };
             let (mut new, warnings) = self.decode_input(r, wanted, opts)?;
             if meta_str(&new, "name").is_some_and(|n| n != name) {
@@ -606,7 +608,7 @@ impl Registry {
                 None => None,
             };
             if expected.is_some_and(|e| e != kv.mod_revision) {
-                return Err(ApiError::conflict(r.group, r.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
+                return Err(ApiError::conflict(r, name, MODIFIED));
             }
             self.prepare_update(r, &old, &mut new, part)?;
             let claims = self.admission.update(r, &old, &mut new)?;
@@ -663,7 +665,7 @@ impl Registry {
                 }
                 Err(StoreError::Conflict { .. }) => {
                     self.admission.release(&claims.taken);
-                    return Err(ApiError::conflict(r.group, r.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
+                    return Err(ApiError::conflict(r, name, MODIFIED));
                 }
                 Err(e) => {
                     self.admission.release(&claims.taken);
@@ -862,12 +864,12 @@ impl Registry {
             if let Some(uid) = &opts.uid {
                 let have = meta_str(&obj, "uid").unwrap_or_default();
                 if uid != have {
-                    return Err(ApiError::conflict(r.group, r.plural, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+                    return Err(ApiError::conflict(r, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
                 }
             }
             if let Some(rv) = &opts.resource_version {
                 if parse_rv(rv)? != kv.mod_revision {
-                    return Err(ApiError::conflict(r.group, r.plural, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
+                    return Err(ApiError::conflict(r, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
                 }
             }
             if opts.dry_run {

@@ -103,46 +103,42 @@ async fn bad_requests_are_refused_and_change_nothing() {
     .await
     .unwrap_err();
     assert_eq!((code, reason.as_str()), (413, "RequestEntityTooLarge"));
-    let (code, _, _) = send(
-        &c,
-        "GET",
-        "/api/v1/namespaces/default/widgets",
-        "application/json",
-        vec![],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(code, 404);
-    let (code, _, _) = send(
-        &c,
-        "GET",
-        "/api/v1/namespaces/default/services?labelSelector=a%20in%20b",
-        "application/json",
-        vec![],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(code, 400);
-    let (code, _, _) = send(
-        &c,
-        "PATCH",
-        &format!("{SVCS}/taken"),
-        "application/merge-patch+json",
-        b"not json".to_vec(),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(code, 400);
-    let (code, _, _) = send(
-        &c,
-        "PATCH",
-        &format!("{SVCS}/taken"),
-        "text/plain",
-        b"{}".to_vec(),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(code, 415);
+    let refused = [
+        (
+            "GET",
+            "/api/v1/namespaces/default/widgets".to_string(),
+            "application/json",
+            &b""[..],
+            404,
+        ),
+        (
+            "GET",
+            format!("{SVCS}?labelSelector=a%20in%20b"),
+            "application/json",
+            &b""[..],
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{SVCS}/taken"),
+            "application/merge-patch+json",
+            &b"not json"[..],
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{SVCS}/taken"),
+            "text/plain",
+            &b"{}"[..],
+            415,
+        ),
+    ];
+    for (method, path, ct, body, want) in refused {
+        let (code, _, msg) = send(&c, method, &path, ct, body.to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(code, want, "{method} {path}: {msg}");
+    }
     assert_eq!(
         revision(&c).await,
         before,

@@ -38,8 +38,6 @@ struct Args {
     creates: usize,
     #[arg(long, default_value_t = 10_000)]
     services: usize,
-    #[arg(long, default_value_t = 10)]
-    endpoints_per_service: usize,
     #[arg(long, default_value_t = 100)]
     watchers: usize,
 }
@@ -127,7 +125,12 @@ fn service(i: usize) -> String {
     )
 }
 
-fn slice(i: usize, n: usize) -> String {
+/// The endpoints in each benchmark EndpointSlice.
+const ENDPOINTS_PER_SLICE: usize = 10;
+const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
+
+fn slice(i: usize) -> String {
+    let n = ENDPOINTS_PER_SLICE;
     let eps: Vec<String> = (0..n)
         .map(|e| {
             let ip = 10 * 65536 * 256 + i * n + e + 1;
@@ -182,25 +185,24 @@ where
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn api_creates(target: &Target, clients: usize, total: usize, prefix: &str) -> Result<f64> {
-    let (target, prefix) = (target.clone(), prefix.to_string());
+/// Creates `total` objects (`body(i)`) at `path` over `clients` connections; returns creates/s.
+async fn api_creates(
+    target: &Target,
+    clients: usize,
+    total: usize,
+    path: &'static str,
+    body: fn(usize) -> String,
+) -> Result<f64> {
+    let target = target.clone();
     run_parallel(clients, total, move |_| {
-        let (target, prefix) = (target.clone(), prefix.clone());
+        let target = target.clone();
         async move {
             let conn = Arc::new(tokio::sync::Mutex::new(target.connect().await?));
             let op: Box<
                 dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
             > = Box::new(move |i| {
-                let (conn, prefix) = (conn.clone(), prefix.clone());
-                Box::pin(async move {
-                    conn.lock()
-                        .await
-                        .create(
-                            "/api/v1/namespaces/default/configmaps",
-                            configmap(&format!("{prefix}-{i}")),
-                        )
-                        .await
-                })
+                let conn = conn.clone();
+                Box::pin(async move { conn.lock().await.create(path, body(i)).await })
             });
             Ok(op)
         }
@@ -410,7 +412,12 @@ async fn main() -> Result<()> {
         "clients", "switchyard/s", "etcd/s", "ratio"
     );
     for clients in [1usize, 32] {
-        let ours = api_creates(&target, clients, args.creates, &format!("c{clients}")).await?;
+        let body = if clients == 1 {
+            |i: usize| configmap(&format!("c1-{i}"))
+        } else {
+            |i: usize| configmap(&format!("c32-{i}"))
+        };
+        let ours = api_creates(&target, clients, args.creates, CONFIGMAPS, body).await?;
         let theirs = etcd_puts(
             &etcd_endpoint,
             clients,
@@ -427,52 +434,26 @@ async fn main() -> Result<()> {
     println!(
         "\n## {} Services and {} endpoints ({} EndpointSlices), written with 32 clients",
         args.services,
-        args.services * args.endpoints_per_service,
+        args.services * ENDPOINTS_PER_SLICE,
         args.services
     );
-    let t = target.clone();
-    let rate = run_parallel(32, args.services, move |_| {
-        let t = t.clone();
-        async move {
-            let conn = Arc::new(tokio::sync::Mutex::new(t.connect().await?));
-            let op: Box<
-                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
-            > = Box::new(move |i| {
-                let conn = conn.clone();
-                Box::pin(async move {
-                    conn.lock()
-                        .await
-                        .create("/api/v1/namespaces/default/services", service(i))
-                        .await
-                })
-            });
-            Ok(op)
-        }
-    })
+    let rate = api_creates(
+        &target,
+        32,
+        args.services,
+        "/api/v1/namespaces/default/services",
+        service,
+    )
     .await?;
     println!("service creates/s (32 clients, with ClusterIP allocation): {rate:.0}");
-    let (t, n) = (target.clone(), args.endpoints_per_service);
-    let rate = run_parallel(32, args.services, move |_| {
-        let t = t.clone();
-        async move {
-            let conn = Arc::new(tokio::sync::Mutex::new(t.connect().await?));
-            let op: Box<
-                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
-            > = Box::new(move |i| {
-                let conn = conn.clone();
-                Box::pin(async move {
-                    conn.lock()
-                        .await
-                        .create(
-                            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
-                            slice(i, n),
-                        )
-                        .await
-                })
-            });
-            Ok(op)
-        }
-    })
+    let n = ENDPOINTS_PER_SLICE;
+    let rate = api_creates(
+        &target,
+        32,
+        args.services,
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        slice,
+    )
     .await?;
     println!("endpointslice creates/s (32 clients, {n} endpoints each): {rate:.0}");
 
@@ -500,7 +481,7 @@ async fn main() -> Result<()> {
     println!(
         "server RSS with {} Services and {} endpoints: {:.0} MB",
         args.services,
-        args.services * args.endpoints_per_service,
+        args.services * ENDPOINTS_PER_SLICE,
         rss_mb(server.0.id())?
     );
 
