@@ -130,3 +130,73 @@ async fn paging_is_a_consistent_snapshot() {
         .iter()
         .any(|c| c.metadata.name.as_deref() == Some("c20")));
 }
+
+#[tokio::test]
+async fn loopback_endpoints_need_the_flag() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "local"},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"]}],
+        "ports": [{"port": 8080}],
+    }))
+    .unwrap();
+    let strict = Server::start(&[]);
+    let api: Api<EndpointSlice> = Api::namespaced(strict.client().await, "default");
+    match api.create(&PostParams::default(), &slice).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("loopback"), "{}", e.message);
+        }
+        other => panic!("a loopback endpoint was accepted: {other:?}"),
+    }
+    let local = Server::start(&["--allow-loopback-endpoints"]);
+    let api: Api<EndpointSlice> = Api::namespaced(local.client().await, "default");
+    api.create(&PostParams::default(), &slice).await.unwrap();
+    // Link-local stays refused even with the flag.
+    let mut ll = slice.clone();
+    ll.metadata.name = Some("ll".into());
+    ll.endpoints[0].addresses = vec!["169.254.1.1".into()];
+    assert!(api.create(&PostParams::default(), &ll).await.is_err());
+}
+
+#[tokio::test]
+async fn endpointslices_hold_at_most_100_endpoints() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let s = Server::start(&[]);
+    let client = s.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "big"}, "spec": {"selector": {"app": "big"}, "ports": [{"port": 80}]}})).unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..150u32 {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("big-{i}"), "labels": {"app": "big"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let status = serde_json::json!({"status": {"phase": "Running", "podIP": format!("10.244.{}.{}", i / 200, i % 200 + 1),
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        pods.patch_status(
+            &format!("big-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
+        .await
+        .unwrap();
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let counts = crate::support::eventually_async(std::time::Duration::from_secs(20), || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=big"))
+            .await
+            .ok()?;
+        let counts: Vec<usize> = list.items.iter().map(|s| s.endpoints.len()).collect();
+        (counts.iter().sum::<usize>() == 150).then_some(counts)
+    })
+    .await;
+    assert!(counts.iter().all(|c| *c <= 100), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+}
