@@ -4,8 +4,13 @@
 //! - [`store`]: the etcd-shaped key-value store (trait) and its embedded redb backend;
 //! - [`apiserver`]: the Kubernetes-compatible API server — REST handlers, discovery, OpenAPI,
 //!   authentication, admission (validation and defaulting), watch;
-//! - [`controllers`]: ClusterIP/NodePort allocation and the EndpointSlice controller.
+//! - [`controllers`]: ClusterIP/NodePort allocation and the EndpointSlice controller;
+//! - [`agent`]: the node agent — watchers, the cluster state, the snapshot runner, the service
+//!   proxy programmer, metrics, node registration;
+//! - [`time`]: RFC 3339 times as Kubernetes writes them.
 
+pub mod agent;
 pub mod apiserver;
 pub mod controllers;
 pub mod store;
+pub mod time;

@@ -1,10 +1,12 @@
 //! The `switchyard` command line.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use switchyard::agent::{self, ProxyMode};
 use switchyard::apiserver::{self, Config};
 use switchyard::controllers::allocator::{parse_port_range, Cidr};
 
@@ -23,6 +25,10 @@ struct Cli {
 enum Command {
     /// Run the API server (control plane) with an embedded store.
     Server(ServerArgs),
+    /// Run the node agent against an API server (ours or kube-apiserver).
+    Node(NodeArgs),
+    /// Run the server and a node agent in one process, on embedded defaults, for one machine.
+    Up(UpArgs),
 }
 
 #[derive(clap::Args)]
@@ -44,9 +50,86 @@ struct ServerArgs {
     allow_loopback_endpoints: bool,
 }
 
+/// What `node` and `up` share.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The name this node registers as (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// How Services are programmed.
+    #[arg(long, value_enum, default_value = "userspace")]
+    proxy_mode: ProxyMode,
+    /// Where /metrics and /healthz are served.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_listen: SocketAddr,
+    /// The address NodePorts listen on (the unspecified address: all of the node's).
+    #[arg(long, default_value = "0.0.0.0")]
+    nodeport_address: IpAddr,
+    /// The least time between two proxy syncs (e.g. 0s, 100ms, 1s).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    min_sync_period: Duration,
+    /// The longest time between two proxy syncs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sync_period: Duration,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// A kubeconfig for the API server.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Where the store, credentials and kubeconfigs live.
+    #[arg(long, default_value = ".switchyard")]
+    data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// The ClusterIP range: in 127.0.0.0/8 by default, so that ClusterIPs are reachable on
+    /// this machine without privileges.
+    #[arg(long, default_value = "127.10.0.0/16", value_parser = parse_cidr)]
+    service_cidr: Cidr,
+    /// The range NodePorts are allocated from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    node_port_range: std::ops::RangeInclusive<u16>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
     s.parse()
         .map_err(|e: switchyard::controllers::allocator::CidrError| e.to_string())
+}
+
+/// `250ms`, `2s`, `1m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)")),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| {
+            !h.is_empty() && switchyard::apiserver::admission::names::dns1123_subdomain(h).is_none()
+        })
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 async fn shutdown_signal() {
@@ -58,26 +141,96 @@ async fn shutdown_signal() {
     }
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
+fn agent_config(args: &AgentArgs) -> agent::Config {
+    agent::Config {
+        node_name: args.node_name.clone().unwrap_or_else(hostname),
+        proxy_mode: args.proxy_mode,
+        metrics_listen: Some(args.metrics_listen),
+        min_sync: args.min_sync_period,
+        max_sync: args.sync_period,
+        userspace: switchyard_proxy::userspace::Config {
+            node_addr: args.nodeport_address,
+            ..Default::default()
+        },
+    }
+}
+
+async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let config = Config {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        service_cidr: args.service_cidr,
-        node_port_range: args.node_port_range,
-        allow_loopback_endpoints: args.allow_loopback_endpoints,
-    };
+        .with_context(|| format!("using {}", kubeconfig.display()))?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+async fn start_server(
+    config: Config,
+) -> anyhow::Result<(apiserver::Started, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let started = apiserver::run(config, listener, async move {
         let _ = stop_rx.await;
     })
     .await?;
+    Ok((started, stop_tx))
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let (started, stop) = start_server(Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        service_cidr: args.service_cidr,
+        node_port_range: args.node_port_range,
+        allow_loopback_endpoints: args.allow_loopback_endpoints,
+    })
+    .await?;
     println!("switchyard server listening on https://{}", started.addr);
     println!("kubeconfig: {}", started.kubeconfig.display());
     shutdown_signal().await;
-    let _ = stop_tx.send(());
+    let _ = stop.send(());
+    Ok(())
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let client = client_from(&args.kubeconfig).await?;
+    let config = agent_config(&args.agent);
+    println!(
+        "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",
+        config.node_name, config.proxy_mode, args.agent.metrics_listen
+    );
+    agent::run(client, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let (started, stop) = start_server(Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        service_cidr: args.service_cidr,
+        node_port_range: args.node_port_range,
+        allow_loopback_endpoints: true,
+    })
+    .await?;
+    started.registry.ensure_default_ingress_class().await?;
+    let client = client_from(&started.kubeconfig).await?;
+    let config = agent_config(&args.agent);
+    println!("switchyard up");
+    println!("  API server    https://{}", started.addr);
+    println!("  kubeconfig    {}", started.kubeconfig.display());
+    println!(
+        "  services      ClusterIPs from {} ({:?} proxy), node {}",
+        args.service_cidr, config.proxy_mode, config.node_name
+    );
+    println!(
+        "  metrics       http://{}/metrics",
+        args.agent.metrics_listen
+    );
+    println!("Ctrl-C stops everything.");
+    agent::run(client, config, shutdown_signal()).await?;
+    let _ = stop.send(());
     Ok(())
 }
 
@@ -88,11 +241,14 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server(args).await,
+            Command::Node(args) => node(args).await,
+            Command::Up(args) => up(args).await,
         }
     });
     if let Err(e) = result {

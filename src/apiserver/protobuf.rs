@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::registry::rfc3339;
+use crate::time::{rfc3339, rfc3339_micros};
 
 const MAGIC: &[u8] = b"k8s\0";
 const MAX_DEPTH: usize = 64;
@@ -181,16 +181,12 @@ fn special(kind: &str, b: &[u8]) -> Result<Value, ApiError> {
             if secs == GO_ZERO_TIME || secs < 0 || !(0..1_000_000_000).contains(&nanos) {
                 return Ok(Value::Null);
             }
-            let base = rfc3339(UNIX_EPOCH + Duration::from_secs(secs as u64));
-            if kind == "microtime" {
-                Value::String(format!(
-                    "{}.{:06}Z",
-                    base.trim_end_matches('Z'),
-                    nanos / 1000
-                ))
+            let t = UNIX_EPOCH + Duration::new(secs as u64, nanos as u32);
+            Value::String(if kind == "microtime" {
+                rfc3339_micros(t)
             } else {
-                Value::String(base)
-            }
+                rfc3339(t)
+            })
         }
         "intorstring" => {
             if int_of(&f, 1) == 1 {

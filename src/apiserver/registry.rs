@@ -4,7 +4,7 @@
 //! write through it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use super::patch::{self, Patch, PatchType};
 use super::resources::{self, Resource};
 use super::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Encoder, KeyValue, Op, Precondition, RangeRequest, Store, StoreError};
+use crate::time::{now, rfc3339};
 
 /// What to do with fields the type does not know (`fieldValidation`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,35 +80,6 @@ pub enum Part {
 pub struct Registry {
     store: Arc<dyn Store>,
     admission: Admission,
-}
-
-/// RFC 3339 in UTC with second precision, as `metav1.Time` is written.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-pub fn now() -> String {
-    rfc3339(SystemTime::now())
 }
 
 fn new_uid() -> String {
@@ -1013,6 +985,16 @@ impl Registry {
         }
     }
 
+    /// Creates the IngressClass `switchyard`, marked default, unless it exists.
+    pub async fn ensure_default_ingress_class(&self) -> Result<(), ApiError> {
+        let class = json!({
+            "metadata": {"name": "switchyard", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "switchyard.io/ingress-controller"},
+        });
+        self.ensure(resources::by_kind("IngressClass"), None, class)
+            .await
+    }
+
     /// Creates an object unless it exists (bootstrap objects at start).
     pub async fn ensure(&self, r: &Resource, ns: Option<&str>, obj: Value) -> Result<(), ApiError> {
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
@@ -1030,19 +1012,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            "2026-11-18T11:06:40Z"
-        );
-    }
 
     #[test]
     fn uids_are_uuid_v4() {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -24,6 +24,8 @@ use crate::store::{Event, Store};
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// When the change that caused a slice write happened; node agents measure from it.
+const TRIGGER_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 const MAX_PER_SLICE: usize = 100;
 /// Events that arrive within this window are synced together.
 const BATCH: Duration = Duration::from_millis(10);
@@ -193,6 +195,7 @@ fn slice_object(
     ty: &str,
     ports: &Value,
     endpoints: Vec<Value>,
+    trigger: SystemTime,
 ) -> Value {
     let (ns, svc_name) = name_ns(svc).unwrap_or_default();
     let mut labels = svc
@@ -205,6 +208,7 @@ fn slice_object(
     let mut meta = json!({
         "namespace": ns,
         "labels": labels,
+        "annotations": {TRIGGER_ANNOTATION: crate::time::rfc3339_micros(trigger)},
         "ownerReferences": [{
             "apiVersion": "v1", "kind": "Service", "name": svc_name,
             "uid": svc.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
@@ -303,7 +307,7 @@ impl Controller {
     }
 
     /// Brings one Service's slices to the desired state.
-    pub async fn sync(&self, ns: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn sync(&self, ns: &str, name: &str, trigger: SystemTime) -> Result<(), ApiError> {
         let svc = match self.registry.get(self.kinds.svc, Some(ns), name) {
             Ok(kv) => Some(decode(&kv)?),
             Err(e) if e.code == 404 => None,
@@ -362,7 +366,7 @@ impl Controller {
             }
             kept += 1;
             let name = s.pointer("/metadata/name").and_then(Value::as_str);
-            let updated = slice_object(&svc, name, &group.0, &group_ports(&group), mine);
+            let updated = slice_object(&svc, name, &group.0, &group_ports(&group), mine, trigger);
             room.push((group, updated));
         }
         // New endpoints fill slices with room, then reused or new slices.
@@ -389,6 +393,7 @@ impl Controller {
                                 &group.0,
                                 &group_ports(&group),
                                 vec![ep],
+                                trigger,
                             ),
                         ));
                         kept += 1;
@@ -410,6 +415,7 @@ impl Controller {
                 "IPv4",
                 &json!([]),
                 Vec::new(),
+                trigger,
             ));
         }
         for s in unused {
@@ -471,9 +477,9 @@ impl Controller {
         }
     }
 
-    async fn sync_all(&self, keys: impl IntoIterator<Item = ServiceKey>) {
+    async fn sync_all(&self, keys: impl IntoIterator<Item = ServiceKey>, trigger: SystemTime) {
         for (ns, name) in keys {
-            if let Err(e) = self.sync(&ns, &name).await {
+            if let Err(e) = self.sync(&ns, &name, trigger).await {
                 tracing::warn!(namespace = %ns, service = %name, error = %e, "endpointslice sync failed");
             }
         }
@@ -493,7 +499,7 @@ impl Controller {
         if let Ok(services) = self.objects(self.kinds.svc, None, "") {
             all.extend(services.iter().filter_map(name_ns));
         }
-        self.sync_all(all).await;
+        self.sync_all(all, SystemTime::now()).await;
         loop {
             let mut dirty = BTreeSet::new();
             let first = match watch.live.recv().await {
@@ -503,11 +509,12 @@ impl Controller {
                     if let Ok(services) = self.objects(self.kinds.svc, None, "") {
                         dirty.extend(services.iter().filter_map(name_ns));
                     }
-                    self.sync_all(dirty).await;
+                    self.sync_all(dirty, SystemTime::now()).await;
                     continue;
                 }
                 Err(RecvError::Closed) => return,
             };
+            let trigger = SystemTime::now();
             for ev in first.iter() {
                 self.affected(ev, &mut dirty);
             }
@@ -517,7 +524,7 @@ impl Controller {
                     self.affected(ev, &mut dirty);
                 }
             }
-            self.sync_all(dirty).await;
+            self.sync_all(dirty, trigger).await;
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests: a real `switchyard server` driven by the real kubectl and kube-rs.
 
+mod agent;
 mod bad_input;
 mod client;
 mod crash;

@@ -1,0 +1,225 @@
+//! The userspace proxy: a TCP or UDP socket on every frontend of every service port, forwarding
+//! to the port's endpoints.
+//!
+//! - Selection: round robin over the usable endpoints (ready ones, else serving terminating
+//!   ones; local ones under a Local traffic policy), `ClientIP` affinity with its timeout, and a
+//!   failed TCP connect retried on the next endpoint.
+//! - A port with no usable endpoint resets TCP connections at once (and drops UDP datagrams).
+//! - UDP keeps one flow per client, with an idle timeout; a flow whose endpoint stops being
+//!   usable is moved to another endpoint on the client's next datagram.
+//! - [`UserspaceProxy::apply`] reconciles listeners with a new table: a changed port swaps its
+//!   endpoint view under the running listener, a removed frontend closes its listener, and
+//!   established connections are left alone.
+//!
+//! A frontend address the node does not have (a ClusterIP) is made local with a `local` route
+//! on the loopback device when the process may do so (CAP_NET_ADMIN); addresses in 127.0.0.0/8
+//! need nothing.
+
+mod balancer;
+mod tcp;
+mod udp;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::task::JoinHandle;
+
+use crate::table::{Protocol, ServiceTable};
+use balancer::Balancer;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where NodePorts listen (the unspecified address: every address of the node).
+    pub node_addr: IpAddr,
+    /// How long a TCP connect to an endpoint may take before the next endpoint is tried.
+    pub connect_timeout: Duration,
+    /// How long a UDP flow lives without traffic.
+    pub udp_idle: Duration,
+    /// Add `local` routes for frontend addresses the node does not have.
+    pub manage_addresses: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            connect_timeout: Duration::from_secs(2),
+            udp_idle: Duration::from_secs(60),
+            manage_addresses: true,
+        }
+    }
+}
+
+struct Listener {
+    balancer: Arc<Balancer>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub listeners: usize,
+    pub added: usize,
+    pub removed: usize,
+    /// Frontends that could not be served, with why; retried on the next sync.
+    pub errors: Vec<String>,
+}
+
+pub struct UserspaceProxy {
+    config: Config,
+    listeners: HashMap<(SocketAddr, Protocol), Listener>,
+    /// Addresses this proxy made local, to take back when no frontend uses them.
+    local_routes: HashSet<IpAddr>,
+}
+
+fn bind_socket(addr: SocketAddr, protocol: Protocol) -> io::Result<Socket> {
+    let ty = if protocol == Protocol::Udp {
+        Type::DGRAM
+    } else {
+        Type::STREAM
+    };
+    let socket = Socket::new(Domain::for_address(addr), ty, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    if protocol != Protocol::Udp {
+        socket.listen(1024)?;
+    }
+    Ok(socket)
+}
+
+/// Makes `ip` a local address of this network namespace with a `local` route on loopback.
+async fn route_local(ip: IpAddr, add: bool) -> io::Result<()> {
+    let (family, len) = if ip.is_ipv4() {
+        ("-4", 32)
+    } else {
+        ("-6", 128)
+    };
+    let verb = if add { "replace" } else { "del" };
+    let status = tokio::process::Command::new("ip")
+        .args([
+            family,
+            "route",
+            verb,
+            "local",
+            &format!("{ip}/{len}"),
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .status()
+        .await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "`ip route {verb} local {ip}/{len}` failed ({status})"
+        )))
+    }
+}
+
+impl UserspaceProxy {
+    pub fn new(config: Config) -> Self {
+        UserspaceProxy {
+            config,
+            listeners: HashMap::new(),
+            local_routes: HashSet::new(),
+        }
+    }
+
+    async fn bind(&mut self, addr: SocketAddr, protocol: Protocol) -> io::Result<Socket> {
+        match bind_socket(addr, protocol) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrNotAvailable && self.config.manage_addresses =>
+            {
+                route_local(addr.ip(), true).await?;
+                self.local_routes.insert(addr.ip());
+                bind_socket(addr, protocol)
+            }
+            other => other,
+        }
+    }
+
+    /// Reconciles the listeners with `table`.
+    pub async fn apply(&mut self, table: &ServiceTable) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut desired = HashMap::new();
+        for port in &table.ports {
+            for f in port.frontends(self.config.node_addr) {
+                // SCTP is not proxied in userspace.
+                if f.protocol != Protocol::Sctp {
+                    desired.insert((f.addr, f.protocol), (port.clone(), f.external));
+                }
+            }
+        }
+        let before = self.listeners.len();
+        self.listeners.retain(|key, _| desired.contains_key(key));
+        report.removed = before - self.listeners.len();
+        for (key, (port, external)) in desired {
+            if let Some(l) = self.listeners.get(&key) {
+                l.balancer.update(port);
+                continue;
+            }
+            let (addr, protocol) = key;
+            let socket = match self.bind(addr, protocol).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let hint = if e.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024
+                    {
+                        " (ports below 1024 need root, CAP_NET_BIND_SERVICE, or a lower net.ipv4.ip_unprivileged_port_start)"
+                    } else {
+                        ""
+                    };
+                    report
+                        .errors
+                        .push(format!("{protocol} {addr} ({}): {e}{hint}", port.name));
+                    continue;
+                }
+            };
+            let balancer = Arc::new(Balancer::new(port, external));
+            let task = match protocol {
+                Protocol::Udp => udp::spawn(socket, balancer.clone(), self.config.udp_idle),
+                _ => tcp::spawn(socket, balancer.clone(), self.config.connect_timeout),
+            };
+            match task {
+                Ok(task) => {
+                    self.listeners.insert(key, Listener { balancer, task });
+                    report.added += 1;
+                }
+                Err(e) => report.errors.push(format!("{protocol} {addr}: {e}")),
+            }
+        }
+        let used: HashSet<IpAddr> = self.listeners.keys().map(|(a, _)| a.ip()).collect();
+        let stale: Vec<IpAddr> = self.local_routes.difference(&used).copied().collect();
+        for ip in stale {
+            if let Err(e) = route_local(ip, false).await {
+                tracing::warn!(%ip, error = %e, "removing a local route");
+            }
+            self.local_routes.remove(&ip);
+        }
+        report.listeners = self.listeners.len();
+        report
+    }
+
+    /// Closes every listener and removes the routes this proxy added.
+    pub async fn shutdown(&mut self) {
+        self.listeners.clear();
+        for ip in std::mem::take(&mut self.local_routes) {
+            let _ = route_local(ip, false).await;
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Pure functions from the cluster state to the views the data plane consumes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_proxy::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
+
+/// `namespace/name` of an object.
+pub type ObjKey = (String, String);
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn ips(list: Option<&Vec<String>>) -> Vec<IpAddr> {
+    list.into_iter()
+        .flatten()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// The endpoints of each (service, port name, protocol), from its EndpointSlices.
+fn endpoints_by_port(
+    slices: &HashMap<ObjKey, EndpointSlice>,
+    node: &str,
+) -> HashMap<(String, String, String, Protocol), Vec<Endpoint>> {
+    let mut out: HashMap<(String, String, String, Protocol), Vec<Endpoint>> = HashMap::new();
+    for ((ns, _), slice) in slices {
+        let Some(svc) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        else {
+            continue;
+        };
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        for port in slice.ports.iter().flatten() {
+            let (Some(number), Some(proto)) = (port.port, protocol(port.protocol.as_deref()))
+            else {
+                continue;
+            };
+            let Ok(number) = u16::try_from(number) else {
+                continue;
+            };
+            let key = (
+                ns.clone(),
+                svc.clone(),
+                port.name.clone().unwrap_or_default(),
+                proto,
+            );
+            let list = out.entry(key).or_default();
+            for ep in &slice.endpoints {
+                let c = ep.conditions.as_ref();
+                // Unset conditions mean ready and serving, as the API documents.
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let local = ep.node_name.as_deref() == Some(node);
+                for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    let addr = SocketAddr::new(addr, number);
+                    // One address can appear in two slices while it moves: keep it once.
+                    if !list.iter().any(|e| e.addr == addr) {
+                        list.push(Endpoint {
+                            addr,
+                            ready,
+                            serving,
+                            terminating,
+                            local,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|e| e.addr);
+    }
+    out
+}
+
+/// Builds the service table. Ports equal to one in `previous` keep its `Arc`, so consumers can
+/// tell by pointer what did not change.
+pub fn build_services(
+    services: &HashMap<ObjKey, Service>,
+    slices: &HashMap<ObjKey, EndpointSlice>,
+    node: &str,
+    previous: &ServiceTable,
+) -> ServiceTable {
+    let mut eps = endpoints_by_port(slices, node);
+    let prev: HashMap<&ServicePortName, &Arc<ServicePort>> =
+        previous.ports.iter().map(|p| (&p.name, p)).collect();
+    let mut ports: BTreeMap<(ServicePortName, Protocol), Arc<ServicePort>> = BTreeMap::new();
+    for ((ns, name), svc) in services {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
+            Some(list) if !list.is_empty() => ips(Some(list)),
+            _ => spec
+                .cluster_ip
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        };
+        let headless = spec.cluster_ip.as_deref() == Some("None");
+        let lb_ips: Vec<IpAddr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let secs = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800);
+            Duration::from_secs(secs.max(1) as u64)
+        });
+        for p in spec.ports.iter().flatten() {
+            let (Some(proto), Ok(port)) = (protocol(p.protocol.as_deref()), u16::try_from(p.port))
+            else {
+                continue;
+            };
+            if headless {
+                continue;
+            }
+            let port_name = p.name.clone().unwrap_or_default();
+            let endpoints = eps
+                .remove(&(ns.clone(), name.clone(), port_name.clone(), proto))
+                .unwrap_or_default();
+            let sp = ServicePort {
+                name: ServicePortName {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    port: port_name,
+                },
+                protocol: proto,
+                port,
+                cluster_ips: cluster_ips.clone(),
+                node_port: p
+                    .node_port
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n != 0),
+                external_ips: ips(spec.external_ips.as_ref()),
+                load_balancer_ips: lb_ips.clone(),
+                affinity,
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                endpoints,
+            };
+            let arc = match prev.get(&sp.name) {
+                Some(old) if ***old == sp => (*old).clone(),
+                _ => Arc::new(sp),
+            };
+            ports.insert((arc.name.clone(), proto), arc);
+        }
+    }
+    ServiceTable {
+        ports: ports.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn state() -> (HashMap<ObjKey, Service>, HashMap<ObjKey, EndpointSlice>) {
+        let svc: Service = obj(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "NodePort", "sessionAffinity": "ClientIP",
+                     "externalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }));
+        let headless: Service = obj(
+            serde_json::json!({"metadata": {"name": "h", "namespace": "ns"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}}),
+        );
+        let ext: Service = obj(
+            serde_json::json!({"metadata": {"name": "e", "namespace": "ns"}, "spec": {"type": "ExternalName", "externalName": "x.example.com"}}),
+        );
+        let slice: EndpointSlice = obj(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": true}, "nodeName": "n1"},
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "n2"},
+            ]
+        }));
+        let services = [("web", svc), ("h", headless), ("e", ext)]
+            .into_iter()
+            .map(|(n, s)| (("ns".to_string(), n.to_string()), s))
+            .collect();
+        let slices = [(("ns".to_string(), "web-1".to_string()), slice)]
+            .into_iter()
+            .collect();
+        (services, slices)
+    }
+
+    #[test]
+    fn builds_ports_with_endpoints_and_policies() {
+        let (services, slices) = state();
+        let t = build_services(&services, &slices, "n1", &ServiceTable::default());
+        let names: Vec<String> = t
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.name, p.protocol))
+            .collect();
+        assert_eq!(
+            names,
+            ["ns/web:dns/UDP", "ns/web:http/TCP"],
+            "headless and ExternalName services have no ports"
+        );
+        let http = &t.ports[1];
+        assert_eq!(http.node_port, Some(30080));
+        assert_eq!(http.affinity, Some(Duration::from_secs(10800)));
+        assert!(http.external_local && !http.internal_local);
+        let eps: Vec<(String, bool, bool)> = http
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.ready, e.local))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("10.0.0.1:8080".to_string(), false, false),
+                ("10.0.0.2:8080".to_string(), true, true)
+            ]
+        );
+        assert!(t.ports[0].endpoints.is_empty(), "no slice port named dns");
+    }
+
+    #[test]
+    fn unchanged_ports_keep_their_arc() {
+        let (services, mut slices) = state();
+        let first = build_services(&services, &slices, "n1", &ServiceTable::default());
+        let second = build_services(&services, &slices, "n1", &first);
+        assert!(Arc::ptr_eq(&first.ports[1], &second.ports[1]));
+        slices.values_mut().next().unwrap().endpoints.pop();
+        let third = build_services(&services, &slices, "n1", &second);
+        assert!(!Arc::ptr_eq(&second.ports[1], &third.ports[1]));
+        assert!(Arc::ptr_eq(&second.ports[0], &third.ports[0]));
+    }
+}

@@ -1,0 +1,305 @@
+//! The node agent behind `switchyard node`.
+//!
+//! Data flow (see DESIGN.md):
+//! 1. one kube-rs watcher per kind ([`watch`]) sends its events to one channel;
+//! 2. one task owns the cluster state ([`State`]): relists replace a kind atomically (`Init` ..
+//!    `InitDone`), and nothing is published before every kind has synced once;
+//! 3. the same task is the bounded-frequency runner: after a change it waits out the minimum
+//!    interval, builds a [`Snapshot`] with the pure functions in [`build`], and publishes it with
+//!    one `ArcSwap::store`;
+//! 4. the proxy programmer ([`programmer`]) runs in its own task, applies the newest snapshot,
+//!    retries with backoff when something could not be programmed, resyncs at the maximum
+//!    interval, and records the timings ([`metrics`]).
+//!
+//! If the API goes away, the watchers back off and reconnect while the last snapshot keeps
+//! serving.
+
+pub mod build;
+pub mod metrics;
+pub mod node;
+mod programmer;
+mod serve;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+use kube::ResourceExt;
+use switchyard_proxy::table::ServiceTable;
+use tokio::sync::{mpsc, watch as notify};
+
+use build::ObjKey;
+pub use metrics::Metrics;
+
+/// How the agent moves service traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyMode {
+    /// Sockets on every frontend, bytes moved by the agent; needs no privilege for loopback
+    /// service addresses.
+    Userspace,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    pub proxy_mode: ProxyMode,
+    pub metrics_listen: Option<SocketAddr>,
+    /// The runner publishes at most once per `min_sync` ...
+    pub min_sync: Duration,
+    /// ... and the programmer resyncs at least once per `max_sync`.
+    pub max_sync: Duration,
+    pub userspace: switchyard_proxy::userspace::Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// One immutable view of what the data plane should do.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub services: Arc<ServiceTable>,
+    /// When the changes this snapshot carries happened (for network programming latency), with
+    /// the generation that first carried each.
+    pub triggers: Arc<[(u64, SystemTime)]>,
+}
+
+/// What the watchers send.
+pub(crate) enum Update {
+    Services(Box<Event<Service>>),
+    Slices(Box<Event<EndpointSlice>>),
+}
+
+/// One kind's objects, with the buffer of a relist in progress.
+struct Kind<K> {
+    objects: HashMap<ObjKey, K>,
+    relist: Option<HashMap<ObjKey, K>>,
+    synced: bool,
+}
+
+impl<K> Default for Kind<K> {
+    fn default() -> Self {
+        Kind {
+            objects: HashMap::new(),
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+fn key<K: ResourceExt>(o: &K) -> ObjKey {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+impl<K: ResourceExt + Clone> Kind<K> {
+    /// Applies an event; returns whether the objects changed.
+    fn apply(&mut self, ev: Event<K>) -> bool {
+        match ev {
+            Event::Apply(o) => {
+                self.objects.insert(key(&o), o);
+                true
+            }
+            Event::Delete(o) => self.objects.remove(&key(&o)).is_some(),
+            Event::Init => {
+                self.relist = Some(HashMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                if let Some(buf) = self.relist.as_mut() {
+                    buf.insert(key(&o), o);
+                }
+                false
+            }
+            Event::InitDone => {
+                // The relisted state replaces the old one in one step: never half empty.
+                if let Some(buf) = self.relist.take() {
+                    self.objects = buf;
+                }
+                self.synced = true;
+                true
+            }
+        }
+    }
+}
+
+/// The cluster state, owned by one task.
+#[derive(Default)]
+struct State {
+    services: Kind<Service>,
+    slices: Kind<EndpointSlice>,
+}
+
+impl State {
+    fn synced(&self) -> bool {
+        self.services.synced && self.slices.synced
+    }
+}
+
+/// EndpointSlice controllers stamp the time of the change that caused a slice write.
+const TRIGGER_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+fn trigger_time(ev: &Update) -> Option<SystemTime> {
+    match ev {
+        Update::Slices(ev) => match &**ev {
+            Event::Apply(s) => Some(
+                s.annotations()
+                    .get(TRIGGER_ANNOTATION)
+                    .and_then(|t| crate::time::parse(t))
+                    .unwrap_or_else(SystemTime::now),
+            ),
+            Event::Delete(_) => Some(SystemTime::now()),
+            _ => None,
+        },
+        Update::Services(ev) => {
+            matches!(**ev, Event::Apply(_) | Event::Delete(_)).then(SystemTime::now)
+        }
+    }
+}
+
+/// Owns the state; publishes snapshots at most once per `min_sync`.
+async fn run_state(
+    node: String,
+    min_sync: Duration,
+    mut updates: mpsc::Receiver<Update>,
+    published: Arc<ArcSwap<Snapshot>>,
+    generations: notify::Sender<u64>,
+    mut applied: notify::Receiver<u64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut state = State::default();
+    let mut dirty = false;
+    let mut pending: Vec<(u64, SystemTime)> = Vec::new();
+    let mut generation = 0u64;
+    let mut last_publish = Instant::now() - min_sync;
+    loop {
+        let ready = dirty && state.synced();
+        let wait = if ready {
+            (last_publish + min_sync).saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_secs(3600)
+        };
+        tokio::select! {
+            update = updates.recv() => {
+                let Some(mut update) = update else { return };
+                // Take everything already queued before deciding to publish: a burst of
+                // changes makes one snapshot.
+                loop {
+                    if let Some(t) = trigger_time(&update) {
+                        pending.push((generation + 1, t));
+                    }
+                    dirty |= match update {
+                        Update::Services(ev) => state.services.apply(*ev),
+                        Update::Slices(ev) => state.slices.apply(*ev),
+                    };
+                    match updates.try_recv() {
+                        Ok(next) => update = next,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait), if ready => {
+                let started = Instant::now();
+                let previous = published.load();
+                let services = build::build_services(&state.services.objects, &state.slices.objects, &node, &previous.services);
+                generation += 1;
+                let done = *applied.borrow_and_update();
+                pending.retain(|(g, _)| *g > done);
+                for p in pending.iter_mut() {
+                    p.0 = p.0.min(generation);
+                }
+                metrics.build_duration.observe(started.elapsed());
+                metrics.published(generation, services.ports.len(), services.endpoint_count());
+                published.store(Arc::new(Snapshot { generation, services: Arc::new(services), triggers: pending.clone().into() }));
+                let _ = generations.send(generation);
+                dirty = false;
+                last_publish = Instant::now();
+                tracing::debug!(generation, took = ?started.elapsed(), "snapshot published");
+            }
+        }
+    }
+}
+
+/// Runs the agent against `client` until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        tokio::spawn(serve::metrics(listener, metrics.clone()));
+    }
+    let node_task = tokio::spawn(node::run(client.clone(), config.node_name.clone()));
+    let (tx, rx) = mpsc::channel(1024);
+    let watchers = watch::spawn_all(&client, tx);
+    let published = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let (gen_tx, gen_rx) = notify::channel(0u64);
+    let (applied_tx, applied_rx) = notify::channel(0u64);
+    let state = tokio::spawn(run_state(
+        config.node_name.clone(),
+        config.min_sync,
+        rx,
+        published.clone(),
+        gen_tx,
+        applied_rx,
+        metrics.clone(),
+    ));
+    let (stop_tx, stop_rx) = notify::channel(false);
+    let programmer = tokio::spawn(programmer::run(
+        config, published, gen_rx, applied_tx, metrics, stop_rx,
+    ));
+    shutdown.await;
+    for w in watchers {
+        w.abort();
+    }
+    state.abort();
+    node_task.abort();
+    let _ = stop_tx.send(true);
+    let _ = programmer.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str) -> Service {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "ns"}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn relists_replace_state_in_one_step() {
+        let mut k: Kind<Service> = Kind::default();
+        assert!(k.apply(Event::Apply(svc("a"))));
+        assert!(!k.synced);
+        assert!(!k.apply(Event::Init));
+        assert!(!k.apply(Event::InitApply(svc("b"))));
+        // Mid-relist the old state is still whole.
+        assert!(k.objects.contains_key(&("ns".into(), "a".into())));
+        assert!(k.apply(Event::InitDone));
+        assert!(k.synced);
+        let names: Vec<&String> = k.objects.keys().map(|(_, n)| n).collect();
+        assert_eq!(names, ["b"]);
+        assert!(k.apply(Event::Delete(svc("b"))));
+        assert!(
+            !k.apply(Event::Delete(svc("b"))),
+            "deleting what is gone changes nothing"
+        );
+    }
+}

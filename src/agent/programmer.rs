@@ -1,0 +1,67 @@
+//! The service proxy programmer: applies the newest snapshot to the proxy in its own task, so a
+//! slow apply never delays anything else; retries with backoff while something could not be
+//! programmed, and resyncs at the maximum interval.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use switchyard_proxy::userspace::UserspaceProxy;
+use tokio::sync::watch;
+
+use super::{Config, Metrics, Snapshot};
+
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+pub(super) async fn run(
+    config: Config,
+    published: Arc<ArcSwap<Snapshot>>,
+    mut generations: watch::Receiver<u64>,
+    applied: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut proxy = UserspaceProxy::new(config.userspace.clone());
+    let mut retry: Option<Duration> = None;
+    let mut last_observed = 0u64;
+    loop {
+        let wait = retry.unwrap_or(config.max_sync);
+        tokio::select! {
+            _ = stop.changed() => break,
+            changed = generations.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let snapshot = published.load_full();
+        if snapshot.generation == 0 {
+            continue;
+        }
+        let started = Instant::now();
+        let report = proxy.apply(&snapshot.services).await;
+        let took = started.elapsed();
+        metrics.applied(snapshot.generation, took, report.listeners);
+        if snapshot.generation > last_observed {
+            let now = SystemTime::now();
+            for (g, t) in snapshot.triggers.iter().filter(|(g, _)| *g > last_observed) {
+                let _ = g;
+                metrics
+                    .programming
+                    .observe(now.duration_since(*t).unwrap_or_default());
+            }
+            last_observed = snapshot.generation;
+            let _ = applied.send(snapshot.generation);
+        }
+        if report.errors.is_empty() {
+            retry = None;
+            tracing::info!(generation = snapshot.generation, ports = snapshot.services.ports.len(), listeners = report.listeners, added = report.added, removed = report.removed, took = ?took, "proxy synced");
+        } else {
+            metrics
+                .sync_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let next = retry.map_or(FIRST_RETRY, |r| (r * 2).min(MAX_RETRY));
+            tracing::warn!(generation = snapshot.generation, errors = ?report.errors, retry_in = ?next, "proxy sync incomplete");
+            retry = Some(next);
+        }
+    }
+    proxy.shutdown().await;
+}

@@ -1,0 +1,365 @@
+//! The node agent with the userspace proxy, end to end on loopback: `switchyard up` (run as an
+//! unprivileged user when the tests run as root), and `server` + `node` as separate processes
+//! for static stability. Backends are TCP and UDP servers in the test process on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, PostParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::support::{bin, eventually_async, free_port, Server};
+
+/// Above 1024, so that an unprivileged proxy can listen on it.
+const SERVICE_PORT: u16 = 8080;
+
+/// A TCP backend that answers every connection with its name.
+async fn tcp_backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(name.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP backend that answers every datagram with its name and the datagram.
+async fn udp_backend(name: &'static str) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = s.recv_from(&mut buf).await {
+            let reply = [name.as_bytes(), b":", &buf[..n]].concat();
+            let _ = s.send_to(&reply, peer).await;
+        }
+    });
+    addr
+}
+
+/// Connects and reads what the backend says; None when refused or reset.
+async fn ask(addr: SocketAddr) -> Option<String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+async fn answers(addr: SocketAddr, n: usize) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        if let Some(a) = ask(addr).await {
+            seen.insert(a);
+        }
+    }
+    seen
+}
+
+fn service(name: &str, proto: &str, affinity: bool) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "p", "port": SERVICE_PORT, "protocol": proto}], "sessionAffinity": if affinity { "ClientIP" } else { "None" }},
+    }))
+    .unwrap()
+}
+
+/// A slice for one backend: the backends share 127.0.0.1 with different ports, so each needs
+/// its own slice (a slice's ports apply to all its endpoints).
+fn slice(service: &str, i: usize, proto: &str, backend: SocketAddr) -> EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{service}-{i}"), "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": backend.port(), "protocol": proto}],
+        "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": true}}],
+    }))
+    .unwrap()
+}
+
+/// Each backend is 127.0.0.1 with its own port: one EndpointSlice per backend.
+async fn set_backends(
+    api: &Api<EndpointSlice>,
+    service: &str,
+    proto: &str,
+    backends: &[SocketAddr],
+) {
+    let existing = api
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("kubernetes.io/service-name={service}")),
+        )
+        .await
+        .unwrap();
+    for s in existing.items {
+        api.delete(&s.metadata.name.unwrap(), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for (i, b) in backends.iter().enumerate() {
+        api.create(&PostParams::default(), &slice(service, i, proto, *b))
+            .await
+            .unwrap();
+    }
+}
+
+async fn cluster_ip(api: &Api<Service>, name: &str) -> SocketAddr {
+    let svc = api.get(name).await.unwrap();
+    SocketAddr::new(
+        svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap(),
+        SERVICE_PORT,
+    )
+}
+
+struct Up {
+    child: Child,
+    dir: tempfile::TempDir,
+    api: u16,
+    metrics: u16,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `switchyard up`, as the unprivileged user `nobody` when the tests run as root.
+fn start_up() -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, metrics) = (free_port(), free_port());
+    let mut cmd = Command::new(bin());
+    cmd.args(["up", "--data-dir"]).arg(dir.path().join("data"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics}"),
+        "--node-name",
+        "test-node",
+    ]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        cmd.uid(65534).gid(65534);
+    }
+    let child = cmd.spawn().unwrap();
+    let kubeconfig = dir.path().join("data/admin.kubeconfig");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok() && kubeconfig.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Up {
+        child,
+        dir,
+        api,
+        metrics,
+    }
+}
+
+impl Up {
+    async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.dir.path().join("data/admin.kubeconfig"))
+            .unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_cluster_ips_and_follows_endpoint_changes() {
+    let up = start_up();
+    let client = up.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let backends = [
+        tcp_backend("a").await,
+        tcp_backend("b").await,
+        tcp_backend("c").await,
+    ];
+    svcs.create(&PostParams::default(), &service("web", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "web", "TCP", &backends).await;
+    let vip = cluster_ip(&svcs, "web").await;
+    assert!(
+        vip.ip().is_loopback(),
+        "up picks a loopback service CIDR: {vip}"
+    );
+    let all: HashSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    eventually_async(Duration::from_secs(15), || async {
+        (answers(vip, 12).await == all).then_some(())
+    })
+    .await;
+
+    // Removing an endpoint moves traffic off it.
+    set_backends(&slices, "web", "TCP", &backends[..2]).await;
+    let two: HashSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+    eventually_async(Duration::from_secs(15), || async {
+        (answers(vip, 12).await == two).then_some(())
+    })
+    .await;
+
+    // No endpoints: connections are refused at once (reset), not left hanging.
+    set_backends(&slices, "web", "TCP", &[]).await;
+    eventually_async(Duration::from_secs(15), || async {
+        ask(vip).await.is_none().then_some(())
+    })
+    .await;
+
+    // ClientIP affinity keeps a client on one endpoint.
+    svcs.create(&PostParams::default(), &service("sticky", "TCP", true))
+        .await
+        .unwrap();
+    set_backends(&slices, "sticky", "TCP", &backends).await;
+    let sticky = cluster_ip(&svcs, "sticky").await;
+    eventually_async(Duration::from_secs(15), || async { ask(sticky).await }).await;
+    assert_eq!(answers(sticky, 10).await.len(), 1);
+
+    // UDP, with replies from the ClusterIP.
+    svcs.create(&PostParams::default(), &service("dns", "UDP", false))
+        .await
+        .unwrap();
+    let u = udp_backend("u1").await;
+    set_backends(&slices, "dns", "UDP", &[u]).await;
+    let uvip = cluster_ip(&svcs, "dns").await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let reply = eventually_async(Duration::from_secs(15), || async {
+        sock.send_to(b"ping", uvip).await.ok()?;
+        let mut buf = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+    .await;
+    assert_eq!(reply, ("u1:ping".to_string(), uvip));
+
+    // Deleting the Service closes its port.
+    svcs.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually_async(Duration::from_secs(15), || async {
+        TcpStream::connect(vip).await.is_err().then_some(())
+    })
+    .await;
+
+    // Metrics and health, with kube-proxy's names.
+    let metrics = reqwest_get(up.metrics, "/metrics").await;
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kubeproxy_network_programming_duration_seconds_count"));
+    assert!(reqwest_get(up.metrics, "/healthz")
+        .await
+        .contains("lastUpdated"));
+    let _ = up.api;
+}
+
+/// A plain HTTP/1.0 GET on loopback.
+async fn reqwest_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_survives_the_api_server_going_away() {
+    let port = free_port();
+    let mut server = Server::start_at(
+        port,
+        &[
+            "--allow-loopback-endpoints",
+            "--service-cidr",
+            "127.11.0.0/16",
+        ],
+    );
+    let metrics = free_port();
+    let mut node = Command::new(bin())
+        .args(["node", "--kubeconfig"])
+        .arg(server.dir.path().join("node.kubeconfig"))
+        .args([
+            "--node-name",
+            "n1",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = server.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let b = tcp_backend("kept").await;
+    svcs.create(&PostParams::default(), &service("web", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "web", "TCP", &[b]).await;
+    let vip = cluster_ip(&svcs, "web").await;
+    eventually_async(Duration::from_secs(15), || async { ask(vip).await }).await;
+
+    // The API server dies: the node keeps serving what it had.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for _ in 0..5 {
+        assert_eq!(ask(vip).await.as_deref(), Some("kept"));
+    }
+    // It comes back: the node resumes following changes.
+    server.crash_and_restart(&[
+        "--allow-loopback-endpoints",
+        "--service-cidr",
+        "127.11.0.0/16",
+    ]);
+    let client = server.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let b2 = tcp_backend("new").await;
+    svcs.create(&PostParams::default(), &service("after", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "after", "TCP", &[b2]).await;
+    let vip2 = cluster_ip(&svcs, "after").await;
+    eventually_async(Duration::from_secs(60), || async { ask(vip2).await }).await;
+    // The node registered itself and renews its lease with the node credentials.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(server.client().await, "kube-node-lease");
+    assert_eq!(
+        leases
+            .get("n1")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("n1")
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+}
