@@ -1,6 +1,8 @@
 //! Benchmarks for Switchyard: the shared measuring pieces, and (under `src/bin/`) the benchmark
 //! programs that print the figures `bench/README.md` records.
 
+pub mod api;
+
 /// Latency samples in microseconds, kept whole so that quantiles are exact.
 #[derive(Clone, Debug, Default)]
 pub struct Samples {

@@ -10,20 +10,19 @@
 //! Usage: apiserver-bench --switchyard target/release/switchyard [--etcd /usr/bin/etcd]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use switchyard_bench::api::{
+    api_creates, free_port, rss_mb, run_parallel, wait_for_port, Proc, Target,
+};
 use switchyard_bench::Samples;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 #[derive(Parser)]
 struct Args {
@@ -40,76 +39,6 @@ struct Args {
     services: usize,
     #[arg(long, default_value_t = 100)]
     watchers: usize,
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One keep-alive HTTPS/1.1 connection to the API server with the admin token.
-struct Conn {
-    tx: SendRequest<Full<Bytes>>,
-    token: Arc<String>,
-}
-
-#[derive(Clone)]
-struct Target {
-    port: u16,
-    tls: TlsConnector,
-    token: Arc<String>,
-}
-
-impl Target {
-    async fn connect(&self) -> Result<Conn> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
-        tcp.set_nodelay(true)?;
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
-        let tls = self.tls.connect(name, tcp).await?;
-        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
-        Ok(Conn {
-            tx,
-            token: self.token.clone(),
-        })
-    }
-}
-
-impl Conn {
-    async fn request(&mut self, method: &str, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
-        self.tx.ready().await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1")
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(body))?;
-        let resp = self.tx.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
-
-    async fn create(&mut self, path: &str, body: String) -> Result<()> {
-        let (status, resp) = self.request("POST", path, Bytes::from(body)).await?;
-        if status != 201 {
-            bail!("create {path}: {status} {}", String::from_utf8_lossy(&resp));
-        }
-        Ok(())
-    }
 }
 
 fn configmap(name: &str) -> String {
@@ -153,63 +82,6 @@ fn slice(i: usize) -> String {
     )
 }
 
-/// Runs `total` operations over `clients` concurrent workers; returns ops/s.
-async fn run_parallel<F, Fut>(clients: usize, total: usize, make: F) -> Result<f64>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<
-            Output = Result<
-                Box<dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send>,
-            >,
-        > + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (next, make) = (next.clone(), make.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut op = make(c).await?;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                op(i).await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
-
-/// Creates `total` objects (`body(i)`) at `path` over `clients` connections; returns creates/s.
-async fn api_creates(
-    target: &Target,
-    clients: usize,
-    total: usize,
-    path: &'static str,
-    body: fn(usize) -> String,
-) -> Result<f64> {
-    let target = target.clone();
-    run_parallel(clients, total, move |_| {
-        let target = target.clone();
-        async move {
-            let conn = Arc::new(tokio::sync::Mutex::new(target.connect().await?));
-            let op: Box<
-                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
-            > = Box::new(move |i| {
-                let conn = conn.clone();
-                Box::pin(async move { conn.lock().await.create(path, body(i)).await })
-            });
-            Ok(op)
-        }
-    })
-    .await
-}
-
 async fn etcd_puts(endpoint: &str, clients: usize, total: usize, prefix: &str) -> Result<f64> {
     let (endpoint, prefix) = (endpoint.to_string(), prefix.to_string());
     run_parallel(clients, total, move |_| {
@@ -231,28 +103,6 @@ async fn etcd_puts(endpoint: &str, clients: usize, total: usize, prefix: &str) -
         }
     })
     .await
-}
-
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS"))?;
-    Ok(kb / 1024.0)
-}
-
-fn wait_for_port(port: u16, what: &str) -> Result<()> {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("{what} did not start listening on {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// Watches ConfigMaps with `n` independent streams and records, for each event, the time since
@@ -385,23 +235,7 @@ async fn main() -> Result<()> {
     );
     wait_for_port(port, "switchyard")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let token = Arc::new(
-        std::fs::read_to_string(data.join("admin-token"))?
-            .trim()
-            .to_string(),
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(data.join("ca.crt"))?.as_slice()) {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let target = Target {
-        port,
-        tls: TlsConnector::from(Arc::new(tls)),
-        token,
-    };
+    let target = Target::from_data_dir(port, &data)?;
 
     println!(
         "\n## creates/s ({} creates of a ~300-byte ConfigMap each; etcd: puts of the same JSON)",
@@ -412,11 +246,7 @@ async fn main() -> Result<()> {
         "clients", "switchyard/s", "etcd/s", "ratio"
     );
     for clients in [1usize, 32] {
-        let body = if clients == 1 {
-            |i: usize| configmap(&format!("c1-{i}"))
-        } else {
-            |i: usize| configmap(&format!("c32-{i}"))
-        };
+        let body = move |i: usize| configmap(&format!("c{clients}-{i}"));
         let ours = api_creates(&target, clients, args.creates, CONFIGMAPS, body).await?;
         let theirs = etcd_puts(
             &etcd_endpoint,

@@ -11,6 +11,10 @@ use tokio::task::JoinHandle;
 
 use super::balancer::Balancer;
 
+/// Bytes each direction of a spliced connection moves per read: large enough that bulk
+/// transfers are not bound by the number of syscalls.
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Ends a connection with a reset, as a rejecting proxy does.
 fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
@@ -30,7 +34,13 @@ async fn serve(
                 balancer.served(peer.ip(), ep);
                 let _ = upstream.set_nodelay(true);
                 let mut client = client;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut upstream,
+                    COPY_BUFFER,
+                    COPY_BUFFER,
+                )
+                .await;
                 return;
             }
             Ok(Err(e)) => {

@@ -1,0 +1,218 @@
+//! Talking to a `switchyard` API server from benchmarks: processes, HTTPS/1.1 connections with
+//! the admin token, and parallel create loops.
+
+use std::path::Path;
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One keep-alive HTTPS/1.1 connection to the API server with the admin token.
+pub struct Conn {
+    pub tx: SendRequest<Full<Bytes>>,
+    pub token: Arc<String>,
+}
+
+#[derive(Clone)]
+pub struct Target {
+    pub port: u16,
+    pub tls: TlsConnector,
+    pub token: Arc<String>,
+}
+
+impl Target {
+    pub async fn connect(&self) -> Result<Conn> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let tls = self.tls.connect(name, tcp).await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            tx,
+            token: self.token.clone(),
+        })
+    }
+}
+
+impl Conn {
+    pub async fn request(&mut self, method: &str, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
+        self.request_as(method, path, "application/json", body)
+            .await
+    }
+
+    pub async fn request_as(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(u16, Bytes)> {
+        self.tx.ready().await?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", content_type)
+            .body(Full::new(body))?;
+        let resp = self.tx.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// A JSON merge patch that must succeed.
+    pub async fn merge_patch(&mut self, path: &str, body: String) -> Result<()> {
+        let (status, resp) = self
+            .request_as(
+                "PATCH",
+                path,
+                "application/merge-patch+json",
+                Bytes::from(body),
+            )
+            .await?;
+        if status != 200 {
+            bail!("patch {path}: {status} {}", String::from_utf8_lossy(&resp));
+        }
+        Ok(())
+    }
+
+    pub async fn create(&mut self, path: &str, body: String) -> Result<()> {
+        let (status, resp) = self.request("POST", path, Bytes::from(body)).await?;
+        if status != 201 {
+            bail!("create {path}: {status} {}", String::from_utf8_lossy(&resp));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `total` operations over `clients` concurrent workers; returns ops/s.
+pub async fn run_parallel<F, Fut>(clients: usize, total: usize, make: F) -> Result<f64>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<
+            Output = Result<
+                Box<dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send>,
+            >,
+        > + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (next, make) = (next.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut op = make(c).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                op(i).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Creates `total` objects (`body(i)`) at `path` over `clients` connections; returns creates/s.
+pub async fn api_creates(
+    target: &Target,
+    clients: usize,
+    total: usize,
+    path: &'static str,
+    body: impl Fn(usize) -> String + Clone + Send + Sync + 'static,
+) -> Result<f64> {
+    let target = target.clone();
+    run_parallel(clients, total, move |_| {
+        let (target, body) = (target.clone(), body.clone());
+        async move {
+            let conn = Arc::new(tokio::sync::Mutex::new(target.connect().await?));
+            let op: Box<
+                dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
+            > = Box::new(move |i| {
+                let (conn, object) = (conn.clone(), body(i));
+                Box::pin(async move { conn.lock().await.create(path, object).await })
+            });
+            Ok(op)
+        }
+    })
+    .await
+}
+
+pub fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS"))?;
+    Ok(kb / 1024.0)
+}
+
+/// Waits until something listens on `port` of 127.0.0.1.
+pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{what} did not start listening on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+impl Target {
+    /// The server on `port` whose CA and admin token are in `data_dir`.
+    pub fn from_data_dir(port: u16, data_dir: &Path) -> Result<Target> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let token = Arc::new(
+            std::fs::read_to_string(data_dir.join("admin-token"))?
+                .trim()
+                .to_string(),
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut std::fs::read(data_dir.join("ca.crt"))?.as_slice()) {
+            roots.add(cert?)?;
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Target {
+            port,
+            tls: TlsConnector::from(Arc::new(tls)),
+            token,
+        })
+    }
+}
