@@ -5,5 +5,7 @@ mod bad_input;
 mod client;
 mod crash;
 mod kubectl;
+mod sandbox;
+#[path = "../support/mod.rs"]
 mod support;
 mod watch;

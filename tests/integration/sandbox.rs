@@ -1,0 +1,248 @@
+//! End to end in network namespaces: the server and a node agent (userspace proxy) run in a node
+//! namespace, backends and clients are pods; Services are applied with kubectl and reached by
+//! ClusterIP from a client pod. Needs root; skips with the reason otherwise.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::need_sandbox;
+use crate::support::bin;
+use crate::support::netns::{Node, Pod, Sandbox};
+
+/// kubectl run inside a namespace (where the server's loopback address is reachable).
+fn kubectl(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "kubectl", "--kubeconfig"])
+        .arg(dir.join("admin.kubeconfig"))
+        .arg("--cache-dir")
+        .arg(dir.join("kubectl-cache"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> String {
+    let (ok, out, err) = kubectl(ns, dir, args, stdin);
+    assert!(ok, "kubectl {args:?}: {err}{out}");
+    out
+}
+
+/// Polls `f` for at most `limit` (a bound on waiting, not a timing check).
+fn within<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start_server(sb: &mut Sandbox, node: &Node, dir: &Path, listen: &str) -> usize {
+    let d = dir.to_str().unwrap();
+    let h = sb.spawn(
+        &node.ns,
+        &[
+            bin(),
+            "server",
+            "--data-dir",
+            d,
+            "--listen",
+            listen,
+            "--service-cidr",
+            "10.96.0.0/24",
+        ],
+    );
+    within(Duration::from_secs(20), || {
+        kubectl(&node.ns, dir, &["get", "--raw", "/readyz"], "")
+            .0
+            .then_some(())
+    });
+    h
+}
+
+fn pod_manifest(name: &str, node: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: web, image: web, ports: [{{name: http, containerPort: 8080}}]}}]\n")
+}
+
+/// Registers a pod-namespace backend as a Pod object, with the status a kubelet would write.
+fn register_pod(ns: &str, dir: &Path, name: &str, node: &str, pod: &Pod) {
+    ok(ns, dir, &["apply", "-f", "-"], &pod_manifest(name, node));
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{}","podIPs":[{{"ip":"{}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#,
+        pod.ip, pod.ip
+    );
+    ok(
+        ns,
+        dir,
+        &[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        "",
+    );
+}
+
+fn service(name: &str, port: u16) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: {port}, targetPort: http}}]\n")
+}
+
+fn cluster_ip(ns: &str, dir: &Path, name: &str) -> String {
+    ok(
+        ns,
+        dir,
+        &["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"],
+        "",
+    )
+}
+
+fn set(items: &[&str]) -> HashSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn cluster_ip_from_a_client_pod_with_server_outage() {
+    need_sandbox!();
+    let mut sb = Sandbox::new();
+    let n1 = sb.node("n1", 1);
+    let backends: Vec<Pod> = (1..=3).map(|i| sb.pod(&n1, &format!("b{i}"))).collect();
+    let client = sb.pod(&n1, "client");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start_server(&mut sb, &n1, d, "127.0.0.1:6443");
+    let node_kubeconfig = d.join("node.kubeconfig");
+    sb.spawn(
+        &n1.ns,
+        &[
+            bin(),
+            "node",
+            "--kubeconfig",
+            node_kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "n1",
+        ],
+    );
+    for (i, pod) in backends.iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        sb.http_backend(pod, 8080, &name);
+        register_pod(&n1.ns, d, &name, "n1", pod);
+    }
+    ok(&n1.ns, d, &["apply", "-f", "-"], &service("web", 80));
+    let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
+
+    // All three backends answer through the ClusterIP, from another pod.
+    within(Duration::from_secs(30), || {
+        (sb.http_get(&client, &url, 15)
+            .into_iter()
+            .collect::<HashSet<_>>()
+            == set(&["b1", "b2", "b3"]))
+        .then_some(())
+    });
+
+    // Removing an endpoint moves traffic off it.
+    ok(
+        &n1.ns,
+        d,
+        &["delete", "pod", "b3", "--grace-period=0", "--force"],
+        "",
+    );
+    within(Duration::from_secs(30), || {
+        (sb.http_get(&client, &url, 12)
+            .into_iter()
+            .collect::<HashSet<_>>()
+            == set(&["b1", "b2"]))
+        .then_some(())
+    });
+
+    // The API server goes away: routing keeps working on the last snapshot.
+    sb.kill(server);
+    for answer in sb.http_get(&client, &url, 8) {
+        assert!(answer == "b1" || answer == "b2", "{answer}");
+    }
+    // It comes back: the agent reconnects and follows new changes.
+    start_server(&mut sb, &n1, d, "127.0.0.1:6443");
+    ok(&n1.ns, d, &["apply", "-f", "-"], &service("web2", 81));
+    let url2 = format!("http://{}:81/", cluster_ip(&n1.ns, d, "web2"));
+    within(Duration::from_secs(60), || {
+        sb.http_get(&client, &url2, 4)
+            .iter()
+            .any(|a| a == "b1" || a == "b2")
+            .then_some(())
+    });
+
+    // Deleting the Service closes its port.
+    ok(&n1.ns, d, &["delete", "svc", "web"], "");
+    within(Duration::from_secs(30), || {
+        sb.http_get(&client, &url, 3)
+            .iter()
+            .all(|a| a == "!err")
+            .then_some(())
+    });
+}
+
+#[test]
+fn client_on_another_node_reaches_a_pod_across_the_link() {
+    need_sandbox!();
+    let mut sb = Sandbox::new();
+    let (n1, n2) = (sb.node("n1", 1), sb.node("n2", 2));
+    let (link1, _) = sb.link(&n1, &n2, 1);
+    let backend = sb.pod(&n1, "web");
+    let client = sb.pod(&n2, "client");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The server listens on n1's link address, so n2's agent reaches it (and the certificate
+    // names that address).
+    start_server(&mut sb, &n1, d, &format!("{link1}:6443"));
+    let node_kubeconfig = d.join("node.kubeconfig");
+    sb.spawn(
+        &n2.ns,
+        &[
+            bin(),
+            "node",
+            "--kubeconfig",
+            node_kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "n2",
+        ],
+    );
+    sb.http_backend(&backend, 8080, "on-n1");
+    register_pod(&n1.ns, d, "web", "n1", &backend);
+    ok(&n1.ns, d, &["apply", "-f", "-"], &service("web", 80));
+    let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
+    within(Duration::from_secs(30), || {
+        sb.http_get(&client, &url, 3)
+            .iter()
+            .all(|a| a == "on-n1")
+            .then_some(())
+    });
+    // The Node object of the agent's node was registered with the node credentials.
+    let nodes = ok(&n1.ns, d, &["get", "nodes", "-o", "name"], "");
+    assert!(nodes.contains("node/n2"), "{nodes}");
+}
