@@ -18,6 +18,18 @@ use tokio_rustls::TlsConnector;
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Starts `cmd` with its output discarded.
+    pub fn start(cmd: &mut std::process::Command, what: &str) -> Result<Proc> {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow!("starting {what}: {e}"))?;
+        Ok(Proc(child))
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

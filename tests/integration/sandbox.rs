@@ -5,11 +5,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::need_sandbox;
-use crate::support::bin;
 use crate::support::netns::{Node, Pod, Sandbox};
+use crate::support::{bin, eventually};
 
 /// kubectl run inside a namespace (where the server's loopback address is reachable).
 fn kubectl(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
@@ -45,21 +45,6 @@ fn ok(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> String {
     out
 }
 
-/// Polls `f` for at most `limit` (a bound on waiting, not a timing check).
-fn within<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn start_server(sb: &mut Sandbox, node: &Node, dir: &Path, listen: &str) -> usize {
     let d = dir.to_str().unwrap();
     let h = sb.spawn(
@@ -75,7 +60,7 @@ fn start_server(sb: &mut Sandbox, node: &Node, dir: &Path, listen: &str) -> usiz
             "10.96.0.0/24",
         ],
     );
-    within(Duration::from_secs(20), || {
+    eventually(Duration::from_secs(20), || {
         kubectl(&node.ns, dir, &["get", "--raw", "/readyz"], "")
             .0
             .then_some(())
@@ -158,7 +143,7 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
     let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
 
     // All three backends answer through the ClusterIP, from another pod.
-    within(Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), || {
         (sb.http_get(&client, &url, 15)
             .into_iter()
             .collect::<HashSet<_>>()
@@ -173,7 +158,7 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
         &["delete", "pod", "b3", "--grace-period=0", "--force"],
         "",
     );
-    within(Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), || {
         (sb.http_get(&client, &url, 12)
             .into_iter()
             .collect::<HashSet<_>>()
@@ -190,7 +175,7 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
     start_server(&mut sb, &n1, d, "127.0.0.1:6443");
     ok(&n1.ns, d, &["apply", "-f", "-"], &service("web2", 81));
     let url2 = format!("http://{}:81/", cluster_ip(&n1.ns, d, "web2"));
-    within(Duration::from_secs(60), || {
+    eventually(Duration::from_secs(60), || {
         sb.http_get(&client, &url2, 4)
             .iter()
             .any(|a| a == "b1" || a == "b2")
@@ -199,7 +184,7 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
 
     // Deleting the Service closes its port.
     ok(&n1.ns, d, &["delete", "svc", "web"], "");
-    within(Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), || {
         sb.http_get(&client, &url, 3)
             .iter()
             .all(|a| a == "!err")
@@ -236,7 +221,7 @@ fn client_on_another_node_reaches_a_pod_across_the_link() {
     register_pod(&n1.ns, d, "web", "n1", &backend);
     ok(&n1.ns, d, &["apply", "-f", "-"], &service("web", 80));
     let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
-    within(Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), || {
         sb.http_get(&client, &url, 3)
             .iter()
             .all(|a| a == "on-n1")

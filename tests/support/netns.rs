@@ -229,11 +229,16 @@ impl Sandbox {
         (ia, ib)
     }
 
+    /// `args` as a command run inside namespace `ns`.
+    fn in_ns(ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
     /// Starts a process inside a namespace; it is killed when the sandbox is dropped.
     pub fn spawn(&mut self, ns: &str, args: &[&str]) -> usize {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
+        let child = Self::in_ns(ns, args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -187,7 +187,7 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (api, metrics) = (free_port(), free_port());
     let data = dir.path().join("data");
-    let _up = Proc(
+    let _up = Proc::start(
         Command::new(&args.switchyard)
             .args([
                 "up",
@@ -203,12 +203,9 @@ async fn main() -> Result<()> {
                 "127.20.0.0/16",
                 "--node-name",
                 "bench",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting switchyard up")?,
-    );
+            ]),
+        "switchyard up",
+    )?;
     wait_for_port(metrics, "switchyard up")?;
     let target = Target::from_data_dir(api, &data)?;
     println!(

@@ -10,12 +10,12 @@
 //! Usage: apiserver-bench --switchyard target/release/switchyard [--etcd /usr/bin/etcd]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -188,7 +188,7 @@ async fn main() -> Result<()> {
 
     // etcd, durable (its default: fsync on every commit), loopback only.
     let (ec, ep) = (free_port(), free_port());
-    let etcd = Proc(
+    let etcd = Proc::start(
         Command::new(&args.etcd)
             .args(["--data-dir", dir.path().join("etcd").to_str().unwrap()])
             .args([
@@ -208,31 +208,24 @@ async fn main() -> Result<()> {
                 &format!("default=http://127.0.0.1:{ep}"),
                 "--log-level",
                 "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting etcd")?,
-    );
+            ]),
+        "etcd",
+    )?;
     wait_for_port(ec, "etcd")?;
     let etcd_endpoint = format!("http://127.0.0.1:{ec}");
 
     let port = free_port();
     let data = dir.path().join("switchyard");
-    let server = Proc(
-        Command::new(&args.switchyard)
-            .args([
-                "server",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting switchyard server")?,
-    );
+    let server = Proc::start(
+        Command::new(&args.switchyard).args([
+            "server",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]),
+        "switchyard server",
+    )?;
     wait_for_port(port, "switchyard")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let target = Target::from_data_dir(port, &data)?;
