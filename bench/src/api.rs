@@ -193,6 +193,23 @@ pub fn rss_mb(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used so far; `None` for this process.
+pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path)?;
+    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("bad stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
 /// Waits until something listens on `port` of 127.0.0.1.
 pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
     let start = Instant::now();

@@ -41,6 +41,9 @@ pub struct WatchOptions {
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 /// Lines a watch may hold for a slow client before it waits.
 const CHANNEL: usize = 256;
+/// Events that are ready together go out as one chunk of about this size: one write (and one TLS
+/// record) for many events, instead of one each.
+const CHUNK: usize = 64 * 1024;
 
 struct Watcher {
     r: &'static Resource,
@@ -49,13 +52,18 @@ struct Watcher {
     tx: mpsc::Sender<Bytes>,
 }
 
-fn line(ty: &str, object: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(object.len() + 32);
+fn write_line(b: &mut BytesMut, ty: &str, object: &[u8]) {
+    b.reserve(object.len() + 32);
     b.put_slice(b"{\"type\":\"");
     b.put_slice(ty.as_bytes());
     b.put_slice(b"\",\"object\":");
     b.put_slice(object);
     b.put_slice(b"}\n");
+}
+
+fn line(ty: &str, object: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    write_line(&mut b, ty, object);
     b.freeze()
 }
 
@@ -127,11 +135,20 @@ impl Watcher {
         self.tx.send(b).await.is_ok()
     }
 
-    async fn send_event(&self, ev: &Event) -> Result<bool, ApiError> {
-        match self.classify(ev)? {
-            Some(ty) => Ok(self.send(line(ty, &self.render(&ev.kv)?)).await),
-            None => Ok(true),
+    /// Adds the event's line to `out`, if this watcher sees the event.
+    fn append(&self, out: &mut BytesMut, ev: &Event) -> Result<(), ApiError> {
+        if let Some(ty) = self.classify(ev)? {
+            write_line(out, ty, &self.render(&ev.kv)?);
         }
+        Ok(())
+    }
+
+    /// Sends `out` once it holds a chunk (or always, with `force`).
+    async fn flush(&self, out: &mut BytesMut, force: bool) -> bool {
+        if out.is_empty() || (!force && out.len() < CHUNK) {
+            return true;
+        }
+        self.send(out.split().freeze()).await
     }
 
     async fn run(
@@ -144,26 +161,28 @@ impl Watcher {
         let deadline = tokio::time::sleep(self.opts.timeout);
         tokio::pin!(deadline);
         let mut last = from;
+        let mut out = BytesMut::new();
         for kv in &initial {
             let keep = !self.filtered() || decode(kv).map(|o| self.matches(&o)).unwrap_or(false);
             if keep {
                 let Ok(obj) = self.render(kv) else { return };
-                if !self.send(line("ADDED", &obj)).await {
+                write_line(&mut out, "ADDED", &obj);
+                if !self.flush(&mut out, false).await {
                     return;
                 }
             }
         }
-        if self.opts.send_initial_events
-            && self.opts.allow_bookmarks
-            && !self.send(self.bookmark(from, true)).await
-        {
-            return;
+        if self.opts.send_initial_events && self.opts.allow_bookmarks {
+            out.extend_from_slice(&self.bookmark(from, true));
         }
         for ev in std::mem::take(&mut watch.backlog) {
-            match self.send_event(&ev).await {
-                Ok(true) => last = ev.revision(),
-                _ => return,
+            if self.append(&mut out, &ev).is_err() || !self.flush(&mut out, false).await {
+                return;
             }
+            last = ev.revision();
+        }
+        if !self.flush(&mut out, true).await {
+            return;
         }
         last = last.max(watch.revision.min(store.revision()));
         let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
@@ -179,14 +198,27 @@ impl Watcher {
                 }
                 batch = watch.live.recv() => match batch {
                     Ok(batch) => {
-                        for ev in batch.iter().filter(|e| e.revision() > last) {
-                            match self.send_event(ev).await {
-                                Ok(true) => {}
-                                _ => return,
+                        // Take every batch already waiting, up to a chunk, and send them as one.
+                        let mut next = Some(batch);
+                        while let Some(batch) = next.take() {
+                            for ev in batch.iter().filter(|e| e.revision() > last) {
+                                if self.append(&mut out, ev).is_err() {
+                                    return;
+                                }
+                            }
+                            if let Some(ev) = batch.last() {
+                                last = last.max(ev.revision());
+                            }
+                            if out.len() < CHUNK {
+                                next = match watch.live.try_recv() {
+                                    Ok(b) => Some(b),
+                                    Err(broadcast::error::TryRecvError::Empty) => None,
+                                    Err(_) => return,
+                                };
                             }
                         }
-                        if let Some(ev) = batch.last() {
-                            last = last.max(ev.revision());
+                        if !self.flush(&mut out, true).await {
+                            return;
                         }
                     }
                     // Too far behind: end the watch; the client resumes from its last revision.

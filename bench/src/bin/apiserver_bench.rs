@@ -20,7 +20,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use switchyard_bench::api::{
-    api_creates, free_port, rss_mb, run_parallel, wait_for_port, Proc, Target,
+    api_creates, cpu_seconds, free_port, rss_mb, run_parallel, wait_for_port, Proc, Target,
 };
 use switchyard_bench::Samples;
 
@@ -105,23 +105,25 @@ async fn etcd_puts(endpoint: &str, clients: usize, total: usize, prefix: &str) -
     .await
 }
 
-/// Watches ConfigMaps with `n` independent streams and records, for each event, the time since
-/// its write was sent (the write's start time is in the object name).
-async fn watch_latency(target: &Target, n: usize, writes: usize) -> Result<Samples> {
-    let epoch = Instant::now();
-    let hist = Arc::new(std::sync::Mutex::new(Samples::new()));
-    let received = Arc::new(AtomicUsize::new(0));
+/// Opens `n` watch streams on `path` (each on its own connection) and hands every event line to
+/// `on_event`.
+async fn spawn_watchers(
+    target: &Target,
+    n: usize,
+    path: &str,
+    on_event: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut watchers = Vec::new();
     for _ in 0..n {
         let mut conn = target.connect().await?;
         conn.tx.ready().await?;
         let req = http::Request::builder()
-            .uri("/api/v1/namespaces/default/configmaps?watch=1&labelSelector=app%3Dwatch&resourceVersion=0")
+            .uri(path)
             .header("host", "127.0.0.1")
             .header("authorization", format!("Bearer {}", conn.token))
             .body(Full::new(Bytes::new()))?;
         let resp = conn.tx.send_request(req).await?;
-        let (hist, received) = (hist.clone(), received.clone());
+        let on_event = on_event.clone();
         watchers.push(tokio::spawn(async move {
             let _keep = conn;
             let mut body = resp.into_body();
@@ -133,19 +135,51 @@ async fn watch_latency(target: &Target, n: usize, writes: usize) -> Result<Sampl
                 buf.extend_from_slice(&data);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let text = String::from_utf8_lossy(&line);
-                    // Names are "w-<micros since epoch>".
-                    if let Some(start) = text.find("\"name\":\"w-") {
-                        let rest = &text[start + 10..];
-                        let micros: u64 = rest[..rest.find('"').unwrap_or(0)].parse().unwrap_or(0);
-                        let now = epoch.elapsed().as_micros() as u64;
-                        hist.lock().unwrap().record(now.saturating_sub(micros));
-                        received.fetch_add(1, Ordering::Relaxed);
-                    }
+                    on_event(&String::from_utf8_lossy(&line));
                 }
             }
         }));
     }
+    Ok(watchers)
+}
+
+/// Waits until `counter` reaches `want` (or 30 s pass); fails if it does not.
+async fn await_count(counter: &AtomicUsize, want: usize) -> Result<()> {
+    let start = Instant::now();
+    while counter.load(Ordering::Relaxed) < want && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = counter.load(Ordering::Relaxed);
+    if got < want {
+        bail!("watchers received {got} of {want} events");
+    }
+    Ok(())
+}
+
+/// Watches ConfigMaps with `n` independent streams and records, for each event, the time since
+/// its write was sent (the write's start time is in the object name).
+async fn watch_latency(target: &Target, n: usize, writes: usize) -> Result<Samples> {
+    let epoch = Instant::now();
+    let hist = Arc::new(std::sync::Mutex::new(Samples::new()));
+    let received = Arc::new(AtomicUsize::new(0));
+    let (h, r) = (hist.clone(), received.clone());
+    let on_event = Arc::new(move |text: &str| {
+        // Names are "w-<micros since epoch>".
+        if let Some(start) = text.find("\"name\":\"w-") {
+            let rest = &text[start + 10..];
+            let micros: u64 = rest[..rest.find('"').unwrap_or(0)].parse().unwrap_or(0);
+            let now = epoch.elapsed().as_micros() as u64;
+            h.lock().unwrap().record(now.saturating_sub(micros));
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let watchers = spawn_watchers(
+        target,
+        n,
+        "/api/v1/namespaces/default/configmaps?watch=1&labelSelector=app%3Dwatch&resourceVersion=0",
+        on_event,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut writer = target.connect().await?;
     for _ in 0..writes {
@@ -158,18 +192,11 @@ async fn watch_latency(target: &Target, n: usize, writes: usize) -> Result<Sampl
             .await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let want = writes * n;
-    let start = Instant::now();
-    while received.load(Ordering::Relaxed) < want && start.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let result = await_count(&received, writes * n).await;
     for w in watchers {
         w.abort();
     }
-    let got = received.load(Ordering::Relaxed);
-    if got < want {
-        bail!("watchers received {got} of {want} events");
-    }
+    result?;
     let h = hist.lock().unwrap().clone();
     Ok(h)
 }
@@ -307,6 +334,54 @@ async fn main() -> Result<()> {
         args.services * ENDPOINTS_PER_SLICE,
         rss_mb(server.0.id())?
     );
+
+    println!("\n## creates/s with 32 clients while watchers receive every event (no selector)");
+    for n in [100usize, 500] {
+        let received = Arc::new(AtomicUsize::new(0));
+        let r = received.clone();
+        let count = Arc::new(move |text: &str| {
+            if text.starts_with("{\"type\":\"ADDED\"") {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let watchers = spawn_watchers(
+            &target,
+            n,
+            &format!("/api/v1/namespaces/bench-{n}/configmaps?watch=1"),
+            count,
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ns = format!(
+            r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"bench-{n}"}}}}"#
+        );
+        target
+            .connect()
+            .await?
+            .create("/api/v1/namespaces", ns)
+            .await?;
+        let path: &'static str = if n == 100 {
+            "/api/v1/namespaces/bench-100/configmaps"
+        } else {
+            "/api/v1/namespaces/bench-500/configmaps"
+        };
+        let (server_cpu, client_cpu) = (cpu_seconds(Some(server.0.id()))?, cpu_seconds(None)?);
+        let rate = api_creates(&target, 32, args.creates, path, move |i| {
+            configmap(&format!("w{n}-{i}"))
+        })
+        .await?;
+        let delivered = await_count(&received, args.creates * n).await;
+        let server_cpu = cpu_seconds(Some(server.0.id()))? - server_cpu;
+        let client_cpu = cpu_seconds(None)? - client_cpu;
+        for w in watchers {
+            w.abort();
+        }
+        delivered?;
+        println!(
+            "{n} watchers: {rate:.0} creates/s; every watcher got all {} events; CPU used: server {server_cpu:.1} s, benchmark client {client_cpu:.1} s",
+            args.creates
+        );
+    }
 
     println!("\n## watch delivery to {} watchers (write sent -> event read by each watcher; 200 writes, 5 ms apart)", args.watchers);
     let mut h = watch_latency(&target, args.watchers, 200).await?;
