@@ -157,7 +157,25 @@ fn wants_table(req_accept: &str) -> bool {
         .is_some_and(|first| first.contains("as=Table"))
 }
 
-fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, ApiError> {
+/// kube-apiserver names a manager that gives no `fieldManager` after its User-Agent's product.
+fn default_manager(user_agent: Option<&str>) -> String {
+    let ua = user_agent
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if ua.is_empty() {
+        "unknown".into()
+    } else {
+        ua.chars().take(128).collect()
+    }
+}
+
+fn write_options(
+    q: &HashMap<String, String>,
+    user_agent: Option<&str>,
+) -> Result<WriteOptions, ApiError> {
     let field_validation = match q.get("fieldValidation").map(String::as_str) {
         None | Some("") | Some("Warn") => FieldValidation::Warn,
         Some("Strict") => FieldValidation::Strict,
@@ -180,7 +198,8 @@ fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, ApiError> 
     Ok(WriteOptions {
         dry_run,
         field_validation,
-        field_manager: q.get("fieldManager").cloned(),
+        field_manager: q.get("fieldManager").filter(|m| !m.is_empty()).cloned(),
+        default_manager: default_manager(user_agent),
         force: flag(q, "force"),
     })
 }
@@ -524,7 +543,11 @@ impl Api {
                     .expect("response"))
             }
             "create" | "update" | "patch" => {
-                let opts = write_options(&q)?;
+                let ua = req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok());
+                let opts = write_options(&q, ua)?;
                 let (ct, body) = Self::read_body(req).await?;
                 let written = match verb {
                     "create" => {

@@ -4,6 +4,7 @@
 //! - [`registry`]: the verbs over the store, with kube-apiserver's semantics;
 //! - [`admission`]: defaulting, validation, ClusterIP/NodePort allocation;
 //! - [`watch`], [`table`], [`patch`], [`selectors`]: the parts of a request that need them;
+//! - [`managed`]: managed fields — who set what — and server-side apply conflicts;
 //! - [`discovery`]: discovery documents, `/version`, OpenAPI v3;
 //! - [`pki`]: the CA, serving certificate, tokens and kubeconfigs in the data directory;
 //! - [`protobuf`]: Kubernetes protobuf request bodies, decoded to JSON.
@@ -12,6 +13,7 @@ pub mod admission;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod managed;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

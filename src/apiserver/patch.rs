@@ -9,6 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::managed;
 
 /// The patch formats, by request content type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,65 +348,44 @@ fn prune_list(list: &mut Value, old: &Value, new: &Value, path: &mut Vec<String>
     }
 }
 
-/// Server-side apply of `applied` by `manager` onto `live` (None when the object does not exist).
+/// Server-side apply of `applied` onto `live` (None when the object does not exist): fields the
+/// manager applied before and no longer applies are removed, then the configuration is merged in.
+/// Ownership and conflicts are [`managed::record_apply`]'s.
 pub fn apply(
     live: Option<&Value>,
     applied: &Value,
-    manager: &str,
-    api_version: &str,
-    now: &str,
+    writer: &managed::Writer<'_>,
+    force: bool,
 ) -> Result<Value, ApiError> {
     if !applied.is_object() {
         return Err(ApiError::bad_request("an apply patch must be an object"));
     }
-    let new_set = fields_v1(applied);
     let mut out = match live {
         None => applied.clone(),
         Some(live) => {
             let mut base = live.clone();
-            let previous = live
-                .pointer("/metadata/managedFields")
-                .and_then(Value::as_array)
-                .and_then(|mf| {
-                    mf.iter().find(|e| {
-                        e.get("manager").and_then(Value::as_str) == Some(manager)
-                            && e.get("operation").and_then(Value::as_str) == Some("Apply")
-                    })
-                })
-                .and_then(|e| e.get("fieldsV1").cloned());
-            if let Some(prev) = previous {
-                prune(&mut base, &prev, Some(&new_set), &mut Vec::new());
+            if let Some(prev) = managed::applied_by(live, writer.manager) {
+                prune(&mut base, &prev, Some(&fields_v1(applied)), &mut Vec::new());
             }
             strategic(&base, applied)?
         }
     };
-    let mut managed: Vec<Value> = live
-        .and_then(|l| l.pointer("/metadata/managedFields"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    managed.retain(|e| {
-        !(e.get("manager").and_then(Value::as_str) == Some(manager)
-            && e.get("operation").and_then(Value::as_str) == Some("Apply"))
-    });
-    managed.push(json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": api_version,
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": new_set,
-    }));
-    if !out.get("metadata").is_some_and(Value::is_object) {
-        out["metadata"] = json!({});
-    }
-    out["metadata"]["managedFields"] = Value::Array(managed);
+    managed::record_apply(live, applied, &mut out, writer, force)?;
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn w(manager: &str) -> managed::Writer<'_> {
+        managed::Writer {
+            manager,
+            api_version: "v1",
+            now: "t",
+            subresource: None,
+        }
+    }
 
     #[test]
     fn strategic_merges_lists_by_key_and_honours_directives() {
@@ -433,7 +413,7 @@ mod tests {
     #[test]
     fn apply_removes_fields_the_manager_stopped_applying() {
         let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1", "b": "2"}}, "data": {"x": "1", "y": "2"}});
-        let live = apply(None, &first, "kubectl", "v1", "2026-01-01T00:00:00Z").unwrap();
+        let live = apply(None, &first, &w("kubectl"), false).unwrap();
         assert_eq!(
             live["metadata"]["managedFields"][0]["fieldsV1"]["f:data"],
             json!({"f:x": {}, "f:y": {}})
@@ -442,14 +422,7 @@ mod tests {
         // Another writer adds a field the manager never applied: it must survive.
         live2["data"]["z"] = json!("3");
         let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1"}}, "data": {"x": "9"}});
-        let out = apply(
-            Some(&live2),
-            &second,
-            "kubectl",
-            "v1",
-            "2026-01-01T00:00:01Z",
-        )
-        .unwrap();
+        let out = apply(Some(&live2), &second, &w("kubectl"), false).unwrap();
         assert_eq!(out["data"], json!({"x": "9", "z": "3"}));
         assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
         assert_eq!(
@@ -462,13 +435,12 @@ mod tests {
     fn apply_prunes_associative_list_items() {
         let first =
             json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "b"}]}});
-        let live = apply(None, &first, "m", "v1", "t").unwrap();
+        let live = apply(None, &first, &w("m"), false).unwrap();
         let out = apply(
             Some(&live),
             &json!({"spec": {"ports": [{"port": 81, "name": "b"}]}}),
-            "m",
-            "v1",
-            "t",
+            &w("m"),
+            false,
         )
         .unwrap();
         assert_eq!(out["spec"]["ports"], json!([{"port": 81, "name": "b"}]));

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::admission::Admission;
 use super::error::ApiError;
+use super::managed;
 use super::patch::{self, Patch, PatchType};
 use super::resources::{self, Resource};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -34,8 +35,30 @@ pub enum FieldValidation {
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    /// Who writes (`fieldManager`); required for apply.
     pub field_manager: Option<String>,
+    /// Who writes when `field_manager` is not given (the client's User-Agent product).
+    pub default_manager: String,
+    /// Take fields other managers own (`force`, for apply).
     pub force: bool,
+}
+
+impl WriteOptions {
+    fn writer<'a>(&'a self, api_version: &'a str, now: &'a str, part: Part) -> managed::Writer<'a> {
+        managed::Writer {
+            manager: self
+                .field_manager
+                .as_deref()
+                .unwrap_or(if self.default_manager.is_empty() {
+                    "unknown"
+                } else {
+                    &self.default_manager
+                }),
+            api_version,
+            now,
+            subresource: (part == Part::Status).then_some("status"),
+        }
+    }
 }
 
 /// A stored object as answered to the client, with warnings for the `Warning` header.
@@ -68,6 +91,14 @@ pub struct ListResult {
     pub items: Vec<Bytes>,
     pub revision: i64,
     pub continue_token: Option<String>,
+}
+
+/// How a read-modify-write changes the object: which part, and whether it is an apply (which
+/// records its own managed fields).
+#[derive(Clone, Copy, Debug)]
+struct How {
+    part: Part,
+    applied: bool,
 }
 
 /// Which part of an object a write changes.
@@ -506,8 +537,23 @@ impl Registry {
         body: Value,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        self.create_as(r, ns, body, opts, false).await
+    }
+
+    async fn create_as(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+        applied: bool,
+    ) -> Result<Written, ApiError> {
         let (mut obj, warnings) = self.decode_input(r, body, opts)?;
         self.prepare_create(r, ns, &mut obj)?;
+        if !applied {
+            let (api_version, now) = (r.api_version(), now());
+            managed::record_update(None, &mut obj, &opts.writer(&api_version, &now, Part::Main));
+        }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         self.check_namespace(r, ns, &name)?;
         let claims = self.admission.create(r, &mut obj)?;
@@ -551,16 +597,17 @@ impl Registry {
         r: &Resource,
         ns: Option<&str>,
         name: &str,
-        part: Part,
+        how: How,
         opts: &WriteOptions,
         mut change: impl FnMut(Option<&Value>) -> Result<Option<Value>, ApiError>,
     ) -> Result<Written, ApiError> {
+        let How { part, applied } = how;
         let key = r.key(ns, name);
         loop {
             let (current, _) = self.store.get(&key);
             let Some(kv) = current else {
                 return match change(None)? {
-                    Some(obj) => self.create(r, ns, obj, opts).await,
+                    Some(obj) => self.create_as(r, ns, obj, opts, applied).await,
                     None => Err(ApiError::not_found(r, name)),
                 };
             };
@@ -583,6 +630,14 @@ impl Registry {
                 return Err(ApiError::conflict(r, name, MODIFIED));
             }
             self.prepare_update(r, &old, &mut new, part)?;
+            if !applied {
+                let (api_version, now) = (r.api_version(), now());
+                managed::record_update(
+                    Some(&old),
+                    &mut new,
+                    &opts.writer(&api_version, &now, part),
+                );
+            }
             let claims = self.admission.update(r, &old, &mut new)?;
             if comparable(&new) == comparable(&old) {
                 self.admission.release(&claims.taken);
@@ -751,7 +806,11 @@ impl Registry {
                 }
             }
         }
-        self.guaranteed_update(r, ns, name, part, opts, |old| Ok(old.map(|_| body.clone())))
+        let how = How {
+            part,
+            applied: false,
+        };
+        self.guaranteed_update(r, ns, name, how, opts, |old| Ok(old.map(|_| body.clone())))
             .await
     }
 
@@ -766,21 +825,19 @@ impl Registry {
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let Patch { ty, body } = patch;
-        let manager = opts.field_manager.clone();
-        if ty == PatchType::Apply && manager.as_deref().unwrap_or("").is_empty() {
+        if ty == PatchType::Apply && opts.field_manager.is_none() {
             return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
         }
-        let api_version = r.api_version();
-        self.guaranteed_update(r, ns, name, part, opts, |old| {
+        let (api_version, now) = (r.api_version(), now());
+        let writer = opts.writer(&api_version, &now, part);
+        let how = How {
+            part,
+            applied: ty == PatchType::Apply,
+        };
+        self.guaranteed_update(r, ns, name, how, opts, |old| {
             let Some(old) = old else {
                 if ty == PatchType::Apply {
-                    let mut obj = patch::apply(
-                        None,
-                        &body,
-                        manager.as_deref().unwrap_or_default(),
-                        &api_version,
-                        &now(),
-                    )?;
+                    let mut obj = patch::apply(None, &body, &writer, opts.force)?;
                     if meta_str(&obj, "name").is_none() {
                         obj["metadata"]["name"] = json!(name);
                     }
@@ -792,13 +849,7 @@ impl Registry {
                 PatchType::Json => patch::json(old, &body)?,
                 PatchType::Merge => patch::merge(old, &body)?,
                 PatchType::Strategic => patch::strategic(old, &body)?,
-                PatchType::Apply => patch::apply(
-                    Some(old),
-                    &body,
-                    manager.as_deref().unwrap_or_default(),
-                    &api_version,
-                    &now(),
-                )?,
+                PatchType::Apply => patch::apply(Some(old), &body, &writer, opts.force)?,
             };
             Ok(Some(out))
         })
