@@ -71,6 +71,19 @@ struct AgentArgs {
     /// The longest time between two proxy syncs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     sync_period: Duration,
+    /// Serve cluster DNS on this address, UDP and TCP (`up` defaults to 127.0.0.1:1053).
+    #[arg(long)]
+    dns_listen: Option<SocketAddr>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where names outside the cluster domain are resolved (repeatable; default: the
+    /// nameservers in /etc/resolv.conf).
+    #[arg(long)]
+    dns_upstream: Vec<SocketAddr>,
+    /// The TTL of cluster records, in seconds.
+    #[arg(long, default_value_t = 5)]
+    dns_ttl: u32,
 }
 
 #[derive(clap::Args)]
@@ -141,8 +154,37 @@ async fn shutdown_signal() {
     }
 }
 
-fn agent_config(args: &AgentArgs) -> agent::Config {
+/// The nameservers of /etc/resolv.conf, on port 53.
+fn system_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+fn agent_config(args: &AgentArgs, default_dns: Option<SocketAddr>) -> agent::Config {
+    let dns = args
+        .dns_listen
+        .or(default_dns)
+        .map(|listen| agent::DnsConfig {
+            listen,
+            domain: args.cluster_domain.clone(),
+            ttl: args.dns_ttl,
+            forward: switchyard_dns::forward::Config {
+                upstreams: if args.dns_upstream.is_empty() {
+                    system_resolvers()
+                } else {
+                    args.dns_upstream.clone()
+                },
+                timeout: Duration::from_secs(2),
+                cache_entries: 10_000,
+            },
+        });
     agent::Config {
+        dns,
         node_name: args.node_name.clone().unwrap_or_else(hostname),
         proxy_mode: args.proxy_mode,
         metrics_listen: Some(args.metrics_listen),
@@ -196,7 +238,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let client = client_from(&args.kubeconfig).await?;
-    let config = agent_config(&args.agent);
+    let config = agent_config(&args.agent, None);
     println!(
         "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",
         config.node_name, config.proxy_mode, args.agent.metrics_listen
@@ -216,7 +258,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     started.registry.ensure_default_ingress_class().await?;
     let client = client_from(&started.kubeconfig).await?;
-    let config = agent_config(&args.agent);
+    let config = agent_config(&args.agent, Some(SocketAddr::from(([127, 0, 0, 1], 1053))));
     println!("switchyard up");
     println!("  API server    https://{}", started.addr);
     println!("  kubeconfig    {}", started.kubeconfig.display());
@@ -224,6 +266,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  services      ClusterIPs from {} ({:?} proxy), node {}",
         args.service_cidr, config.proxy_mode, config.node_name
     );
+    if let Some(d) = &config.dns {
+        println!("  DNS           {} (udp, tcp), zone {}", d.listen, d.domain);
+    }
     println!(
         "  metrics       http://{}/metrics",
         args.agent.metrics_listen

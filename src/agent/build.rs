@@ -178,6 +178,102 @@ pub fn build_services(
     }
 }
 
+/// Whether a Service's DNS records come from its endpoints.
+pub fn is_headless(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
+}
+
+/// The DNS view of the cluster: what the zone needs of every Service.
+pub fn build_dns(
+    services: &HashMap<ObjKey, Service>,
+    slices: &HashMap<ObjKey, EndpointSlice>,
+    domain: &str,
+    ttl: u32,
+) -> Option<switchyard_dns::zone::ClusterZone> {
+    use switchyard_dns::zone::{Endpoint as DnsEndpoint, Kind, Port, Service as DnsService};
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for ((ns, _), slice) in slices {
+        if let Some(svc) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        {
+            by_service
+                .entry((ns.as_str(), svc.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    let lower = |p: Option<&str>| p.unwrap_or("TCP").to_ascii_lowercase();
+    let mut out = Vec::with_capacity(services.len());
+    for ((ns, name), svc) in services {
+        let Some(spec) = &svc.spec else { continue };
+        let mut entry = DnsService {
+            namespace: ns.clone(),
+            name: name.clone(),
+            kind: Kind::Headless,
+            ports: vec![],
+            endpoints: vec![],
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            entry.kind = Kind::ExternalName(spec.external_name.clone().unwrap_or_default());
+        } else if is_headless(svc) {
+            for slice in by_service
+                .get(&(ns.as_str(), name.as_str()))
+                .into_iter()
+                .flatten()
+            {
+                for p in slice.ports.iter().flatten() {
+                    let (Some(port), name) = (
+                        p.port.and_then(|n| u16::try_from(n).ok()),
+                        p.name.clone().unwrap_or_default(),
+                    ) else {
+                        continue;
+                    };
+                    let port = Port {
+                        name,
+                        protocol: lower(p.protocol.as_deref()),
+                        port,
+                    };
+                    if !entry.ports.contains(&port) {
+                        entry.ports.push(port);
+                    }
+                }
+                for ep in &slice.endpoints {
+                    entry.endpoints.push(DnsEndpoint {
+                        addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                        hostname: ep.hostname.clone(),
+                        ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                    });
+                }
+            }
+        } else {
+            let ips = match &spec.cluster_ips {
+                Some(list) if !list.is_empty() => ips(Some(list)),
+                _ => spec
+                    .cluster_ip
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect(),
+            };
+            entry.kind = Kind::ClusterIp(ips);
+            for p in spec.ports.iter().flatten() {
+                let Ok(port) = u16::try_from(p.port) else {
+                    continue;
+                };
+                entry.ports.push(Port {
+                    name: p.name.clone().unwrap_or_default(),
+                    protocol: lower(p.protocol.as_deref()),
+                    port,
+                });
+            }
+        }
+        out.push(entry);
+    }
+    switchyard_dns::zone::ClusterZone::build(domain, ttl, &out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +345,49 @@ mod tests {
             ]
         );
         assert!(t.ports[0].endpoints.is_empty(), "no slice port named dns");
+    }
+
+    #[test]
+    fn dns_view_of_services() {
+        use hickory_proto::rr::{LowerName, Name, RecordType};
+        use switchyard_dns::zone::Answer;
+        let (mut services, mut slices) = state();
+        services.insert(("ns".into(), "db".into()), obj(serde_json::json!({"metadata": {"name": "db", "namespace": "ns"}, "spec": {"clusterIP": "None"}})));
+        slices.insert(
+            ("ns".into(), "db-1".into()),
+            obj(serde_json::json!({"metadata": {"name": "db-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4", "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["10.0.0.9"], "hostname": "db-0", "conditions": {"ready": true}}]})),
+        );
+        let z = build_dns(&services, &slices, "cluster.local", 5).unwrap();
+        let q = |s: &str| LowerName::new(&Name::from_ascii(s).unwrap());
+        let a = |name: &str, t| match z.lookup(&q(name), t) {
+            Answer::Records { answers, .. } => answers
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect::<Vec<_>>(),
+            other => vec![format!("{other:?}")],
+        };
+        assert_eq!(
+            a("web.ns.svc.cluster.local.", RecordType::A),
+            ["10.96.0.10"]
+        );
+        assert_eq!(
+            a("_dns._udp.web.ns.svc.cluster.local.", RecordType::SRV),
+            ["0 100 53 web.ns.svc.cluster.local."]
+        );
+        assert_eq!(
+            a("db-0.db.ns.svc.cluster.local.", RecordType::A),
+            ["10.0.0.9"]
+        );
+        assert_eq!(
+            a("_sql._tcp.db.ns.svc.cluster.local.", RecordType::SRV),
+            ["0 100 5432 db-0.db.ns.svc.cluster.local."]
+        );
+        assert_eq!(
+            a("e.ns.svc.cluster.local.", RecordType::A),
+            ["x.example.com."]
+        );
     }
 
     #[test]

@@ -63,8 +63,94 @@ fn unix_millis(t: SystemTime) -> u64 {
 /// How long a published snapshot may wait to be applied before `/healthz` fails.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Query types counted by name; the rest count as "other".
+const DNS_TYPES: [(u16, &str); 8] = [
+    (1, "A"),
+    (28, "AAAA"),
+    (33, "SRV"),
+    (12, "PTR"),
+    (16, "TXT"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (0, "other"),
+];
+const RCODES: [(u16, &str); 7] = [
+    (0, "NOERROR"),
+    (1, "FORMERR"),
+    (2, "SERVFAIL"),
+    (3, "NXDOMAIN"),
+    (4, "NOTIMP"),
+    (5, "REFUSED"),
+    (u16::MAX, "other"),
+];
+
+/// CoreDNS's metrics for the cluster DNS.
+#[derive(Default)]
+pub struct DnsMetrics {
+    /// [proto: udp, tcp][family: 1 (IPv4), 2 (IPv6)][type]
+    requests: [[[AtomicU64; 8]; 2]; 2],
+    responses: [AtomicU64; 7],
+    duration: Histogram,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+impl DnsMetrics {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.\n# TYPE coredns_dns_requests_total counter");
+        for (p, proto) in ["udp", "tcp"].iter().enumerate() {
+            for (f, family) in ["1", "2"].iter().enumerate() {
+                for (t, (_, name)) in DNS_TYPES.iter().enumerate() {
+                    let v = self.requests[p][f][t].load(Ordering::Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(out, "coredns_dns_requests_total{{server=\"dns\",zone=\".\",proto=\"{proto}\",family=\"{family}\",type=\"{name}\"}} {v}");
+                    }
+                }
+            }
+        }
+        let _ = writeln!(out, "# HELP coredns_dns_responses_total Counter of response status codes.\n# TYPE coredns_dns_responses_total counter");
+        for (i, (_, name)) in RCODES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "coredns_dns_responses_total{{server=\"dns\",zone=\".\",rcode=\"{name}\"}} {}",
+                self.responses[i].load(Ordering::Relaxed)
+            );
+        }
+        self.duration.render(
+            "coredns_dns_request_duration_seconds",
+            "Histogram of the time (in seconds) each request took.",
+            out,
+        );
+        let _ = writeln!(out, "# HELP coredns_cache_hits_total The count of cache hits.\n# TYPE coredns_cache_hits_total counter\ncoredns_cache_hits_total{{server=\"dns\"}} {}", self.cache_hits.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP coredns_cache_misses_total The count of cache misses.\n# TYPE coredns_cache_misses_total counter\ncoredns_cache_misses_total{{server=\"dns\"}} {}", self.cache_misses.load(Ordering::Relaxed));
+    }
+}
+
+impl switchyard_dns::server::Observer for Metrics {
+    fn served(&self, s: switchyard_dns::server::Served) {
+        let d = &self.dns;
+        let t = DNS_TYPES
+            .iter()
+            .position(|(code, _)| *code == s.qtype)
+            .unwrap_or(DNS_TYPES.len() - 1);
+        d.requests[usize::from(s.tcp)][usize::from(s.ipv6)][t].fetch_add(1, Ordering::Relaxed);
+        let r = RCODES
+            .iter()
+            .position(|(code, _)| *code == s.rcode)
+            .unwrap_or(RCODES.len() - 1);
+        d.responses[r].fetch_add(1, Ordering::Relaxed);
+        d.duration.observe(s.duration);
+        match s.cache_hit {
+            Some(true) => d.cache_hits.fetch_add(1, Ordering::Relaxed),
+            Some(false) => d.cache_misses.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    pub dns: DnsMetrics,
     /// kubeproxy_sync_proxy_rules_duration_seconds
     pub sync_duration: Histogram,
     /// kubeproxy_network_programming_duration_seconds
@@ -183,6 +269,7 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        self.dns.render(&mut out);
         let errors = self.sync_errors.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP switchyard_proxy_sync_errors_total Proxy syncs that left something unprogrammed\n# TYPE switchyard_proxy_sync_errors_total counter\nswitchyard_proxy_sync_errors_total {errors}");
         out

@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
+use switchyard_dns::zone::ClusterZone;
 use switchyard_proxy::table::ServiceTable;
 use tokio::sync::{mpsc, watch as notify};
 
@@ -55,6 +56,17 @@ pub struct Config {
     /// ... and the programmer resyncs at least once per `max_sync`.
     pub max_sync: Duration,
     pub userspace: switchyard_proxy::userspace::Config,
+    /// Cluster DNS, when it should be served.
+    pub dns: Option<DnsConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub listen: SocketAddr,
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    pub ttl: u32,
+    pub forward: switchyard_dns::forward::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +76,22 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("DNS listener {addr}: {source}")]
+    Dns {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cluster domain {0:?} is not a valid DNS name")]
+    Domain(String),
 }
 
 /// One immutable view of what the data plane should do.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     pub generation: u64,
     pub services: Arc<ServiceTable>,
+    /// The cluster DNS zone (None until built, or when DNS is off).
+    pub dns: Option<Arc<ClusterZone>>,
     /// When the changes this snapshot carries happened (for network programming latency), with
     /// the generation that first carried each.
     pub triggers: Arc<[(u64, SystemTime)]>,
@@ -168,18 +189,58 @@ fn trigger_time(ev: &Update) -> Option<SystemTime> {
     }
 }
 
+/// Whether an update can change the DNS zone: any Service change, or a slice of a headless
+/// Service (ClusterIP Services' records do not depend on their endpoints).
+fn touches_dns(state: &State, update: &Update) -> bool {
+    match update {
+        Update::Services(_) => true,
+        Update::Slices(ev) => match &**ev {
+            Event::Apply(s) | Event::Delete(s) => {
+                let svc = s
+                    .labels()
+                    .get("kubernetes.io/service-name")
+                    .cloned()
+                    .unwrap_or_default();
+                let key = (s.namespace().unwrap_or_default(), svc);
+                state
+                    .services
+                    .objects
+                    .get(&key)
+                    .is_none_or(build::is_headless)
+            }
+            _ => true,
+        },
+    }
+}
+
 /// Owns the state; publishes snapshots at most once per `min_sync`.
-async fn run_state(
+/// What the state task works with.
+struct StateTask {
     node: String,
+    /// The cluster domain and record TTL, when DNS is on.
+    dns: Option<(String, u32)>,
     min_sync: Duration,
-    mut updates: mpsc::Receiver<Update>,
+    updates: mpsc::Receiver<Update>,
     published: Arc<ArcSwap<Snapshot>>,
     generations: notify::Sender<u64>,
-    mut applied: notify::Receiver<u64>,
+    applied: notify::Receiver<u64>,
     metrics: Arc<Metrics>,
-) {
+}
+
+async fn run_state(task: StateTask) {
+    let StateTask {
+        node,
+        dns,
+        min_sync,
+        mut updates,
+        published,
+        generations,
+        mut applied,
+        metrics,
+    } = task;
     let mut state = State::default();
     let mut dirty = false;
+    let mut dns_dirty = true;
     let mut pending: Vec<(u64, SystemTime)> = Vec::new();
     let mut generation = 0u64;
     let mut last_publish = Instant::now() - min_sync;
@@ -199,6 +260,7 @@ async fn run_state(
                     if let Some(t) = trigger_time(&update) {
                         pending.push((generation + 1, t));
                     }
+                    dns_dirty |= touches_dns(&state, &update);
                     dirty |= match update {
                         Update::Services(ev) => state.services.apply(*ev),
                         Update::Slices(ev) => state.slices.apply(*ev),
@@ -213,6 +275,11 @@ async fn run_state(
                 let started = Instant::now();
                 let previous = published.load();
                 let services = build::build_services(&state.services.objects, &state.slices.objects, &node, &previous.services);
+                let zone = match &dns {
+                    Some((domain, ttl)) if dns_dirty => build::build_dns(&state.services.objects, &state.slices.objects, domain, *ttl).map(Arc::new),
+                    _ => previous.dns.clone(),
+                };
+                dns_dirty = false;
                 generation += 1;
                 let done = *applied.borrow_and_update();
                 pending.retain(|(g, _)| *g > done);
@@ -221,7 +288,7 @@ async fn run_state(
                 }
                 metrics.build_duration.observe(started.elapsed());
                 metrics.published(generation, services.ports.len(), services.endpoint_count());
-                published.store(Arc::new(Snapshot { generation, services: Arc::new(services), triggers: pending.clone().into() }));
+                published.store(Arc::new(Snapshot { generation, services: Arc::new(services), dns: zone, triggers: pending.clone().into() }));
                 let _ = generations.send(generation);
                 dirty = false;
                 last_publish = Instant::now();
@@ -229,6 +296,41 @@ async fn run_state(
             }
         }
     }
+}
+
+/// The DNS server reads the zone from the published snapshot: one load per query.
+struct SnapshotZone(Arc<ArcSwap<Snapshot>>);
+
+impl switchyard_dns::server::ZoneSource for SnapshotZone {
+    fn zone(&self) -> Option<Arc<ClusterZone>> {
+        self.0.load().dns.clone()
+    }
+}
+
+async fn spawn_dns(
+    config: &DnsConfig,
+    published: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let forwarder = switchyard_dns::forward::Forwarder::new(config.forward.clone());
+    let handler = switchyard_dns::server::Handler::new(
+        Arc::new(SnapshotZone(published)),
+        &config.domain,
+        forwarder,
+        metrics,
+    )
+    .ok_or_else(|| AgentError::Domain(config.domain.clone()))?;
+    let listen = config.listen;
+    // Bind here so a taken address is an error at start, not a log line later.
+    let (udp, tcp) = switchyard_dns::server::bind(listen)
+        .await
+        .map_err(|source| AgentError::Dns {
+            addr: listen,
+            source,
+        })?;
+    Ok(tokio::spawn(async move {
+        switchyard_dns::server::serve(udp, tcp, handler).await;
+    }))
 }
 
 /// Runs the agent against `client` until `shutdown` resolves.
@@ -250,15 +352,20 @@ pub async fn run(
     let published = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let (gen_tx, gen_rx) = notify::channel(0u64);
     let (applied_tx, applied_rx) = notify::channel(0u64);
-    let state = tokio::spawn(run_state(
-        config.node_name.clone(),
-        config.min_sync,
-        rx,
-        published.clone(),
-        gen_tx,
-        applied_rx,
-        metrics.clone(),
-    ));
+    let dns = match &config.dns {
+        Some(d) => Some(spawn_dns(d, published.clone(), metrics.clone()).await?),
+        None => None,
+    };
+    let state = tokio::spawn(run_state(StateTask {
+        node: config.node_name.clone(),
+        dns: config.dns.as_ref().map(|d| (d.domain.clone(), d.ttl)),
+        min_sync: config.min_sync,
+        updates: rx,
+        published: published.clone(),
+        generations: gen_tx,
+        applied: applied_rx,
+        metrics: metrics.clone(),
+    }));
     let (stop_tx, stop_rx) = notify::channel(false);
     let programmer = tokio::spawn(programmer::run(
         config, published, gen_rx, applied_tx, metrics, stop_rx,
@@ -269,6 +376,9 @@ pub async fn run(
     }
     state.abort();
     node_task.abort();
+    if let Some(d) = dns {
+        d.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = programmer.await;
     Ok(())

@@ -287,15 +287,41 @@ fn server_side_apply_conflicts_with_other_managers() {
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n  owner: ssa\n";
     s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
     // Another manager changes the field: it now owns it.
-    s.ok(&["patch", "cm", "shared", "--type=merge", "-p", r#"{"data":{"owner":"patched"}}"#]);
+    s.ok(&[
+        "patch",
+        "cm",
+        "shared",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"owner":"patched"}}"#,
+    ]);
     let (ok, _, err) = s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], cm);
-    assert!(!ok && err.contains("conflict with \"kubectl-patch\"") && err.contains(".data.owner"), "{err}");
-    assert_eq!(s.json(&["get", "cm", "shared"])["data"]["owner"], "patched", "a refused apply changes nothing");
-    s.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], cm);
+    assert!(
+        !ok && err.contains("conflict with \"kubectl-patch\"") && err.contains(".data.owner"),
+        "{err}"
+    );
+    assert_eq!(
+        s.json(&["get", "cm", "shared"])["data"]["owner"],
+        "patched",
+        "a refused apply changes nothing"
+    );
+    s.ok_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        cm,
+    );
     let got = s.json(&["get", "cm", "shared", "--show-managed-fields"]);
     assert_eq!(got["data"]["owner"], "ssa");
-    let owners: Vec<&str> = got["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
-    assert_eq!(owners, ["kubectl"], "forcing takes the field from kubectl-patch");
+    let owners: Vec<&str> = got["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(
+        owners,
+        ["kubectl"],
+        "forcing takes the field from kubectl-patch"
+    );
 }
 
 #[test]

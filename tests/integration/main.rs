@@ -4,6 +4,7 @@ mod agent;
 mod bad_input;
 mod client;
 mod crash;
+mod dns;
 mod kubectl;
 mod sandbox;
 #[path = "../support/mod.rs"]

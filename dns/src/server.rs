@@ -1,0 +1,244 @@
+//! The DNS server: hickory-server's UDP and TCP front ends (every hickory-server call is in this
+//! module), our request handler, and what it reports per query.
+//!
+//! The handler loads the current zone once per query (no lock, no await before the answer for
+//! the cluster zone), answers authoritatively for the cluster domain, and forwards everything
+//! else. Until the agent has published its first zone, cluster names get SERVFAIL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{LowerName, Name, Record};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::forward::Forwarder;
+use crate::zone::{Answer, ClusterZone};
+
+/// What happened to one query, for metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct Served {
+    pub tcp: bool,
+    pub ipv6: bool,
+    /// The query type's number (1 = A, 28 = AAAA, ...).
+    pub qtype: u16,
+    /// The response code's number (0 = NOERROR, 3 = NXDOMAIN, ...).
+    pub rcode: u16,
+    pub duration: Duration,
+    /// For forwarded queries: answered from the cache.
+    pub cache_hit: Option<bool>,
+}
+
+/// Receives a report of every query.
+pub trait Observer: Send + Sync + 'static {
+    fn served(&self, s: Served);
+}
+
+/// Where the current zone comes from (the node agent's published snapshot). `None` until the
+/// first one is built.
+pub trait ZoneSource: Send + Sync + 'static {
+    fn zone(&self) -> Option<Arc<ClusterZone>>;
+}
+
+pub struct Handler {
+    zone: Arc<dyn ZoneSource>,
+    /// The cluster domain, to refuse its names with SERVFAIL before the first zone.
+    domain: LowerName,
+    forwarder: Forwarder,
+    observer: Arc<dyn Observer>,
+}
+
+/// What a query turned into, before it is sent.
+struct Reply {
+    code: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    cache_hit: Option<bool>,
+}
+
+impl Reply {
+    fn code(code: ResponseCode) -> Self {
+        Reply {
+            code,
+            authoritative: false,
+            answers: vec![],
+            authorities: vec![],
+            additionals: vec![],
+            cache_hit: None,
+        }
+    }
+}
+
+impl Handler {
+    pub fn new(
+        zone: Arc<dyn ZoneSource>,
+        domain: &str,
+        forwarder: Forwarder,
+        observer: Arc<dyn Observer>,
+    ) -> Option<Self> {
+        let domain =
+            LowerName::new(&Name::from_ascii(format!("{}.", domain.trim_end_matches('.'))).ok()?);
+        Some(Handler {
+            zone,
+            domain,
+            forwarder,
+            observer,
+        })
+    }
+
+    async fn answer(&self, request: &Request) -> Reply {
+        if request.metadata.message_type != MessageType::Query {
+            return Reply::code(ResponseCode::FormErr);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Reply::code(ResponseCode::NotImp);
+        }
+        let Ok(info) = request.request_info() else {
+            return Reply::code(ResponseCode::FormErr);
+        };
+        let (name, qtype) = (info.query.name(), info.query.query_type());
+        let asked: &Name = &info.query.original().name;
+        let zone = self.zone.zone();
+        let found = match zone.as_deref() {
+            Some(z) => z.lookup(name, qtype),
+            None if self.domain.zone_of(name) => return Reply::code(ResponseCode::ServFail),
+            None => Answer::NotOurs,
+        };
+        let authoritative = |code, answers, additionals, soa: Option<&Record>| Reply {
+            code,
+            authoritative: true,
+            answers,
+            authorities: soa.into_iter().cloned().collect(),
+            additionals,
+            cache_hit: None,
+        };
+        match found {
+            Answer::Records {
+                answers,
+                additionals,
+            } => {
+                // Names are echoed as asked.
+                let answers = answers
+                    .iter()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        r.name = asked.clone();
+                        r
+                    })
+                    .collect();
+                authoritative(
+                    ResponseCode::NoError,
+                    answers,
+                    additionals.into_iter().cloned().collect(),
+                    None,
+                )
+            }
+            Answer::NoData => authoritative(
+                ResponseCode::NoError,
+                vec![],
+                vec![],
+                zone.as_deref().map(ClusterZone::soa),
+            ),
+            Answer::NxDomain => authoritative(
+                ResponseCode::NXDomain,
+                vec![],
+                vec![],
+                zone.as_deref().map(ClusterZone::soa),
+            ),
+            Answer::NotOurs => match self.forwarder.resolve(info.query.original()).await {
+                Ok(f) => Reply {
+                    code: f.code,
+                    authoritative: false,
+                    answers: f.answers,
+                    authorities: f.authorities,
+                    additionals: vec![],
+                    cache_hit: Some(f.cached),
+                },
+                Err(e) => {
+                    tracing::debug!(name = %asked, error = %e, "forwarding failed");
+                    Reply::code(ResponseCode::ServFail)
+                }
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let reply = self.answer(request).await;
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.response_code = reply.code;
+        meta.authoritative = reply.authoritative;
+        meta.recursion_available = true;
+        let edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().max(512));
+            e
+        });
+        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+            meta,
+            reply.answers.iter(),
+            std::iter::empty(),
+            reply.authorities.iter(),
+            reply.additionals.iter(),
+        );
+        let info = match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "sending a DNS response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                }
+                .into()
+            }
+        };
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map_or(0, |q| u16::from(q.query_type()));
+        self.observer.served(Served {
+            tcp: request.protocol() == Protocol::Tcp,
+            ipv6: request.src().is_ipv6(),
+            qtype,
+            rcode: u16::from(reply.code),
+            duration: started.elapsed(),
+            cache_hit: reply.cache_hit,
+        });
+        info
+    }
+}
+
+/// The UDP socket and TCP listener for `listen`.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    Ok((
+        UdpSocket::bind(listen).await?,
+        TcpListener::bind(listen).await?,
+    ))
+}
+
+/// Serves DNS over UDP and TCP until the task is dropped.
+pub async fn serve(udp: UdpSocket, tcp: TcpListener, handler: Handler) {
+    let mut server = Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(10), 65535);
+    if let Err(e) = server.block_until_done().await {
+        tracing::warn!(error = %e, "DNS server stopped");
+    }
+}

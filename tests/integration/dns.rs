@@ -1,0 +1,405 @@
+//! Cluster DNS end to end: `switchyard up` with its DNS server, queried with dig and with
+//! hickory's protocol library, forwarding to an upstream the test runs on loopback.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, PostParams};
+use tokio::net::UdpSocket;
+
+use crate::support::{bin, eventually, free_port};
+
+/// An upstream resolver on loopback: `example.test` A 192.0.2.10 (TTL 60), `big.example.test`
+/// TXT too large for UDP (truncated there, whole over TCP), NXDOMAIN with an SOA for the rest.
+/// Counts the UDP queries it gets.
+async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    fn answer(req: &Message, udp: bool) -> Vec<u8> {
+        let q = req.queries[0].clone();
+        let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+        resp.metadata.recursion_available = true;
+        resp.add_query(q.clone());
+        let example = Name::from_ascii("example.test.").unwrap();
+        let big = Name::from_ascii("big.example.test.").unwrap();
+        if q.name == example && q.query_type == RecordType::A {
+            resp.add_answer(Record::from_rdata(
+                q.name.clone(),
+                60,
+                RData::A(A::new(192, 0, 2, 10)),
+            ));
+        } else if q.name == big {
+            if udp {
+                resp.metadata.truncation = true;
+            } else {
+                for i in 0..40 {
+                    resp.add_answer(Record::from_rdata(
+                        big.clone(),
+                        60,
+                        RData::TXT(TXT::new(vec![format!("{i:03}-{}", "x".repeat(60))])),
+                    ));
+                }
+            }
+        } else {
+            resp.metadata.response_code = ResponseCode::NXDomain;
+            let soa = SOA::new(example.clone(), example.clone(), 1, 60, 60, 60, 30);
+            resp.add_authority(Record::from_rdata(example.clone(), 30, RData::SOA(soa)));
+        }
+        resp.to_vec().unwrap()
+    }
+    let c = count.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+            c.fetch_add(1, Ordering::Relaxed);
+            if let Ok(req) = Message::from_vec(&buf[..n]) {
+                let _ = udp.send_to(&answer(&req, true), peer).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut req = vec![0u8; u16::from_be_bytes(len) as usize];
+                if s.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                let Ok(req) = Message::from_vec(&req) else {
+                    return;
+                };
+                let out = answer(&req, false);
+                let _ = s.write_all(&(out.len() as u16).to_be_bytes()).await;
+                let _ = s.write_all(&out).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig (dnsutils) is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|s| s.split(',').next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// The answer section as (name, type, data) triples.
+fn answers(out: &str) -> Vec<(String, String, String)> {
+    out.lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[3].to_string(), f[4..].join(" "))
+        })
+        .collect()
+}
+
+struct Up {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    dns: u16,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(upstream: SocketAddr) -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, metrics, dns) = (free_port(), free_port(), free_port());
+    let child = Command::new(bin())
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .args([
+            "--dns-listen",
+            &format!("127.0.0.1:{dns}"),
+            "--dns-upstream",
+            &upstream.to_string(),
+            "--node-name",
+            "dns-node",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), || {
+        (status(&dig(dns, &["dns-version.cluster.local", "TXT"])) == "NOERROR").then_some(())
+    });
+    Up { child, dir, dns }
+}
+
+async fn client(up: &Up) -> kube::Client {
+    let kc =
+        kube::config::Kubeconfig::read_from(up.dir.path().join("data/admin.kubeconfig")).unwrap();
+    kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_records_with_dig() {
+    let (up_addr, _) = upstream().await;
+    let up = start(up_addr);
+    let c = client(&up).await;
+    let svcs: Api<Service> = Api::namespaced(c.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(c, "default");
+    let web = svcs.create(&PostParams::default(), &obj(serde_json::json!({"metadata": {"name": "web"}, "spec": {"ports": [{"name": "http", "port": 80}]}}))).await.unwrap();
+    let ip = web.spec.unwrap().cluster_ip.unwrap();
+    svcs.create(&PostParams::default(), &obj(serde_json::json!({"metadata": {"name": "db"}, "spec": {"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]}}))).await.unwrap();
+    let mut eps = vec![
+        serde_json::json!({"addresses": ["10.244.0.5"], "hostname": "db-0", "conditions": {"ready": true}}),
+        serde_json::json!({"addresses": ["10.244.0.6"], "conditions": {"ready": true}}),
+        serde_json::json!({"addresses": ["10.244.0.7"], "hostname": "db-2", "conditions": {"ready": false}}),
+    ];
+    let slice = serde_json::json!({"metadata": {"name": "db-1", "labels": {"kubernetes.io/service-name": "db"}}, "addressType": "IPv4", "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}], "endpoints": eps.clone()});
+    slices
+        .create(&PostParams::default(), &obj(slice.clone()))
+        .await
+        .unwrap();
+    svcs.create(&PostParams::default(), &obj(serde_json::json!({"metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}}))).await.unwrap();
+    let d = up.dns;
+
+    // Visible within a sync of the write; names echoed as asked.
+    let a = eventually(Duration::from_secs(10), || {
+        Some(answers(&dig(d, &["WeB.DeFault.svc.cluster.local", "A"]))).filter(|a| !a.is_empty())
+    });
+    assert_eq!(
+        a,
+        [(
+            "WeB.DeFault.svc.cluster.local.".to_string(),
+            "A".to_string(),
+            ip.clone()
+        )]
+    );
+    let srv = dig(d, &["_http._tcp.web.default.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        answers(&srv)[0].2,
+        "0 100 80 web.default.svc.cluster.local."
+    );
+    assert!(
+        srv.contains(";; ADDITIONAL SECTION") && srv.contains(&ip),
+        "{srv}"
+    );
+    let ptr_name = format!(
+        "{}.in-addr.arpa",
+        ip.split('.').rev().collect::<Vec<_>>().join(".")
+    );
+    assert_eq!(
+        answers(&dig(d, &[&ptr_name, "PTR"]))[0].2,
+        "web.default.svc.cluster.local."
+    );
+
+    // Headless: ready endpoints only, hostnames, SRV targets, PTR.
+    let mut ips: Vec<String> = answers(&dig(d, &["db.default.svc.cluster.local", "A"]))
+        .into_iter()
+        .map(|a| a.2)
+        .collect();
+    ips.sort();
+    assert_eq!(ips, ["10.244.0.5", "10.244.0.6"]);
+    assert_eq!(
+        answers(&dig(d, &["db-0.db.default.svc.cluster.local"]))[0].2,
+        "10.244.0.5"
+    );
+    let mut targets: Vec<String> =
+        answers(&dig(d, &["_sql._tcp.db.default.svc.cluster.local", "SRV"]))
+            .into_iter()
+            .map(|a| a.2)
+            .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "0 100 5432 10-244-0-6.db.default.svc.cluster.local.",
+            "0 100 5432 db-0.db.default.svc.cluster.local."
+        ]
+    );
+    assert_eq!(
+        answers(&dig(d, &["-x", "10.244.0.5"]))[0].2,
+        "db-0.db.default.svc.cluster.local."
+    );
+
+    // ExternalName, spec version, NXDOMAIN vs NODATA with the SOA.
+    assert_eq!(
+        answers(&dig(d, &["ext.default.svc.cluster.local", "A"]))[0],
+        (
+            "ext.default.svc.cluster.local.".into(),
+            "CNAME".into(),
+            "db.example.com.".into()
+        )
+    );
+    assert_eq!(
+        answers(&dig(d, &["dns-version.cluster.local", "TXT"]))[0].2,
+        "\"1.1.0\""
+    );
+    let nx = dig(d, &["nope.default.svc.cluster.local", "A"]);
+    assert_eq!(status(&nx), "NXDOMAIN");
+    assert!(
+        nx.contains("SOA") && nx.contains("ns.dns.cluster.local."),
+        "{nx}"
+    );
+    let nodata = dig(d, &["web.default.svc.cluster.local", "MX"]);
+    assert_eq!(
+        (status(&nodata).as_str(), answers(&nodata).len()),
+        ("NOERROR", 0)
+    );
+    assert!(nodata.contains("SOA"), "{nodata}");
+    assert_eq!(
+        status(&dig(d, &["default.svc.cluster.local", "A"])),
+        "NOERROR",
+        "an empty non-terminal exists"
+    );
+
+    // Updates follow the API: an endpoint becomes ready; the Service goes away.
+    eps[2]["conditions"]["ready"] = serde_json::json!(true);
+    let mut changed = slice.clone();
+    changed["endpoints"] = serde_json::json!(eps);
+    slices
+        .replace("db-1", &PostParams::default(), &{
+            let mut s: EndpointSlice = obj(changed);
+            s.metadata.resource_version =
+                slices.get("db-1").await.unwrap().metadata.resource_version;
+            s
+        })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || {
+        (answers(&dig(d, &["db-2.db.default.svc.cluster.local"])).len() == 1).then_some(())
+    });
+    svcs.delete("web", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(10), || {
+        (status(&dig(d, &["web.default.svc.cluster.local"])) == "NXDOMAIN").then_some(())
+    });
+
+    // Many endpoints: truncated over UDP without EDNS, whole over TCP.
+    let many: Vec<serde_json::Value> = (1..=60).map(|i| serde_json::json!({"addresses": [format!("10.245.0.{i}")], "conditions": {"ready": true}})).collect();
+    svcs.create(
+        &PostParams::default(),
+        &obj(serde_json::json!({"metadata": {"name": "many"}, "spec": {"clusterIP": "None"}})),
+    )
+    .await
+    .unwrap();
+    slices.create(&PostParams::default(), &obj(serde_json::json!({"metadata": {"name": "many-1", "labels": {"kubernetes.io/service-name": "many"}}, "addressType": "IPv4", "endpoints": many}))).await.unwrap();
+    eventually(Duration::from_secs(10), || {
+        (answers(&dig(d, &["+tcp", "many.default.svc.cluster.local"])).len() == 60).then_some(())
+    });
+    let udp = dig(
+        d,
+        &[
+            "+noedns",
+            "+notcp",
+            "+ignore",
+            "many.default.svc.cluster.local",
+        ],
+    );
+    assert!(
+        udp.contains(" tc") || udp.contains("tc "),
+        "expected the TC flag: {udp}"
+    );
+}
+
+/// A query with hickory's protocol library over UDP.
+async fn hickory_query(dns: u16, name: &str, ty: RecordType) -> Message {
+    let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&msg.to_vec().unwrap(), ("127.0.0.1", dns))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, msg.metadata.id);
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_caching_and_hostile_packets() {
+    let (up_addr, upstream_queries) = upstream().await;
+    let up = start(up_addr);
+    let d = up.dns;
+    let first = hickory_query(d, "example.test.", RecordType::A).await;
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    assert!(first.metadata.recursion_available);
+    assert_eq!(first.answers[0].data, RData::A(A::new(192, 0, 2, 10)));
+    let before = upstream_queries.load(Ordering::Relaxed);
+    let again = hickory_query(d, "example.test.", RecordType::A).await;
+    assert_eq!(again.answers[0].data, RData::A(A::new(192, 0, 2, 10)));
+    assert!(again.answers[0].ttl <= 60);
+    assert_eq!(
+        upstream_queries.load(Ordering::Relaxed),
+        before,
+        "the second answer came from the cache"
+    );
+    // Negative answers are cached too, and keep their SOA.
+    let nx = hickory_query(d, "missing.example.test.", RecordType::A).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    let before = upstream_queries.load(Ordering::Relaxed);
+    let nx2 = hickory_query(d, "missing.example.test.", RecordType::A).await;
+    assert_eq!(nx2.metadata.response_code, ResponseCode::NXDomain);
+    assert!(!nx2.authorities.is_empty());
+    assert_eq!(upstream_queries.load(Ordering::Relaxed), before);
+    // Truncated upstream answers are fetched again over TCP.
+    let big = dig(d, &["+tcp", "big.example.test", "TXT"]);
+    assert_eq!(answers(&big).len(), 40, "{big}");
+
+    // Hostile packets get FORMERR or nothing, and the server keeps answering.
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [
+        &b""[..],
+        &[0u8; 3],
+        &[0xff; 12],
+        &[0u8, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63, 0xff, 0xff][..],
+        &[0x12; 600],
+    ] {
+        sock.send_to(junk, ("127.0.0.1", d)).await.unwrap();
+    }
+    let ok = hickory_query(d, "dns-version.cluster.local.", RecordType::TXT).await;
+    assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
+    assert!(ok.metadata.authoritative);
+}
