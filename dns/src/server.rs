@@ -225,6 +225,51 @@ impl RequestHandler for Handler {
     }
 }
 
+/// A response handler that keeps the encoded response instead of sending it.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let mut buf = Vec::new();
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut buf);
+        let info = response
+            .destructive_emit(&mut encoder)
+            .map_err(hickory_server::net::NetError::from)?;
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
+        Ok(info)
+    }
+}
+
+/// Answers one UDP request datagram through the same path the server takes (the handler, the
+/// zone, the forwarder), without a socket: for tests and fuzzing. None when the datagram is not
+/// a request at all.
+pub async fn answer_datagram(handler: &Handler, datagram: &[u8]) -> Option<Vec<u8>> {
+    let request = Request::from_bytes(
+        datagram.to_vec(),
+        SocketAddr::from(([127, 0, 0, 1], 53)),
+        Protocol::Udp,
+    )
+    .ok()?;
+    let capture = Capture::default();
+    handler
+        .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
+        .await;
+    let out = capture.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    out
+}
+
 /// The UDP socket and TCP listener for `listen`.
 pub async fn bind(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     Ok((
@@ -240,5 +285,85 @@ pub async fn serve(udp: UdpSocket, tcp: TcpListener, handler: Handler) {
     server.register_listener(tcp, Duration::from_secs(10), 65535);
     if let Err(e) = server.block_until_done().await {
         tracing::warn!(error = %e, "DNS server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::{Config, Forwarder};
+    use crate::zone::{Kind, Service};
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::RecordType;
+
+    struct Fixed(Option<Arc<ClusterZone>>);
+    impl ZoneSource for Fixed {
+        fn zone(&self) -> Option<Arc<ClusterZone>> {
+            self.0.clone()
+        }
+    }
+    struct Quiet;
+    impl Observer for Quiet {
+        fn served(&self, _: Served) {}
+    }
+
+    fn handler(zone: Option<ClusterZone>) -> Handler {
+        let forwarder = Forwarder::new(Config {
+            upstreams: vec![],
+            timeout: Duration::from_millis(100),
+            cache_entries: 10,
+        });
+        Handler::new(
+            Arc::new(Fixed(zone.map(Arc::new))),
+            "cluster.local",
+            forwarder,
+            Arc::new(Quiet),
+        )
+        .unwrap()
+    }
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn servfail_for_cluster_names_until_the_first_zone() {
+        let before = handler(None);
+        let reply = Message::from_vec(
+            &answer_datagram(&before, &query("web.default.svc.cluster.local."))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        let svc = Service {
+            namespace: "default".into(),
+            name: "web".into(),
+            kind: Kind::ClusterIp(vec!["10.96.0.1".parse().unwrap()]),
+            ports: vec![],
+            endpoints: vec![],
+        };
+        let after = handler(ClusterZone::build("cluster.local", 5, &[svc]));
+        let reply = Message::from_vec(
+            &answer_datagram(&after, &query("web.default.svc.cluster.local."))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (reply.metadata.response_code, reply.answers.len()),
+            (ResponseCode::NoError, 1)
+        );
+        // Outside the zone with no upstream: SERVFAIL, not a hang or a panic.
+        let reply = Message::from_vec(
+            &answer_datagram(&after, &query("example.org."))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(answer_datagram(&after, b"\x00").await.is_none());
     }
 }
