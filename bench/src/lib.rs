@@ -3,6 +3,52 @@
 
 pub mod api;
 
+/// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
+/// bucket (what `histogram_quantile` does).
+pub fn metric_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|l| {
+            let (le, v) = l.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            return Some(prev.0 + (le - prev.0) * (rank - prev.1) / (count - prev.1).max(1e-9));
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+/// A plain HTTP/1.0 GET on loopback (metrics endpoints).
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
 /// Latency samples in microseconds, kept whole so that quantiles are exact.
 #[derive(Clone, Debug, Default)]
 pub struct Samples {

@@ -252,22 +252,124 @@ impl ResponseHandler for Capture {
     }
 }
 
-/// Answers one UDP request datagram through the same path the server takes (the handler, the
-/// zone, the forwarder), without a socket: for tests and fuzzing. None when the datagram is not
-/// a request at all.
-pub async fn answer_datagram(handler: &Handler, datagram: &[u8]) -> Option<Vec<u8>> {
-    let request = Request::from_bytes(
-        datagram.to_vec(),
-        SocketAddr::from(([127, 0, 0, 1], 53)),
-        Protocol::Udp,
-    )
-    .ok()?;
+/// FORMERR for a datagram whose header we can read but whose body we cannot; None when there is
+/// not even a header (such a packet is dropped).
+fn formerr(datagram: &[u8]) -> Option<Vec<u8>> {
+    let header = datagram.get(..12)?;
+    if header[2] & 0x80 != 0 {
+        return None; // A response: never answer one.
+    }
+    let mut out = vec![header[0], header[1], 0x80 | (header[2] & 0x79), 0x01];
+    out.extend_from_slice(&[0; 8]);
+    Some(out)
+}
+
+/// A UDP response that does not fit the client's buffer becomes the question alone with TC set.
+fn fit_udp(response: Vec<u8>, request: &Request) -> Vec<u8> {
+    let limit = request
+        .edns
+        .as_ref()
+        .map_or(512, |e| usize::from(e.max_payload().max(512)));
+    if response.len() <= limit {
+        return response;
+    }
+    match hickory_proto::op::Message::from_vec(&response) {
+        Ok(mut m) => {
+            m.answers.clear();
+            m.authorities.clear();
+            m.additionals.clear();
+            m.metadata.truncation = true;
+            m.to_vec().unwrap_or(response)
+        }
+        Err(_) => response,
+    }
+}
+
+/// The full path for one UDP datagram: hickory parses it and our handler answers.
+async fn full_path(handler: &Handler, datagram: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    let Ok(request) = Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) else {
+        return formerr(datagram);
+    };
     let capture = Capture::default();
     handler
         .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
         .await;
-    let out = capture.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-    out
+    let out = capture.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    Some(fit_udp(out, &request))
+}
+
+/// The fast path, when it applies; reports the query to the observer.
+fn fast_path(handler: &Handler, datagram: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+    let started = Instant::now();
+    let Some(zone) = handler.zone.zone() else {
+        return false;
+    };
+    let Some(o) = crate::fast::answer(&zone, datagram, out) else {
+        return false;
+    };
+    handler.observer.served(Served {
+        tcp: false,
+        ipv6: src.is_ipv6(),
+        qtype: o.qtype,
+        rcode: o.rcode,
+        duration: started.elapsed(),
+        cache_hit: None,
+    });
+    true
+}
+
+/// Answers one UDP request datagram exactly as the server does (fast path, else the full path),
+/// without a socket: for tests and fuzzing. None when the datagram gets no answer at all.
+pub async fn answer_datagram(handler: &Handler, datagram: &[u8]) -> Option<Vec<u8>> {
+    let src = SocketAddr::from(([127, 0, 0, 1], 53));
+    let mut out = Vec::new();
+    if fast_path(handler, datagram, src, &mut out) {
+        return Some(out);
+    }
+    full_path(handler, datagram, src).await
+}
+
+/// The UDP front end: the fast path inline, the full path in its own task (it may wait on an
+/// upstream).
+async fn serve_udp(udp: UdpSocket, handler: Arc<Handler>) {
+    let udp = Arc::new(udp);
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(1500);
+    loop {
+        let (n, peer) = match udp.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS receive");
+                continue;
+            }
+        };
+        if fast_path(&handler, &buf[..n], peer, &mut out) {
+            let _ = udp.send_to(&out, peer).await;
+            continue;
+        }
+        let (handler, udp, datagram) = (handler.clone(), udp.clone(), buf[..n].to_vec());
+        tokio::spawn(async move {
+            if let Some(resp) = full_path(&handler, &datagram, peer).await {
+                let _ = udp.send_to(&resp, peer).await;
+            }
+        });
+    }
+}
+
+/// hickory-server's TCP front end shares the handler with the UDP loop.
+struct Shared(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
 }
 
 /// The UDP socket and TCP listener for `listen`.
@@ -278,13 +380,18 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener
     ))
 }
 
-/// Serves DNS over UDP and TCP until the task is dropped.
+/// Serves DNS over UDP (our loop) and TCP (hickory-server) until the task is dropped.
 pub async fn serve(udp: UdpSocket, tcp: TcpListener, handler: Handler) {
-    let mut server = Server::new(handler);
-    server.register_socket(udp);
+    let handler = Arc::new(handler);
+    let mut server = Server::new(Shared(handler.clone()));
     server.register_listener(tcp, Duration::from_secs(10), 65535);
-    if let Err(e) = server.block_until_done().await {
-        tracing::warn!(error = %e, "DNS server stopped");
+    tokio::select! {
+        _ = serve_udp(udp, handler) => {}
+        r = server.block_until_done() => {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "DNS server stopped");
+            }
+        }
     }
 }
 

@@ -69,11 +69,27 @@ pub enum Answer<'a> {
     NotOurs,
 }
 
+/// A name as a map key: lowercase wire format (length-prefixed labels, then 0), so that a query
+/// can be looked up straight from its bytes.
+pub type WireKey = Box<[u8]>;
+
+/// Lowercase wire format of `name`.
+pub fn wire_key(name: &Name) -> WireKey {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    for label in name.iter() {
+        k.push(label.len() as u8);
+        k.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    k.push(0);
+    k.into_boxed_slice()
+}
+
 pub struct ClusterZone {
-    origin: LowerName,
+    /// The zone's name in wire format (lowercase).
+    origin: WireKey,
     /// Every name of the zone, and the reverse names we publish, with their records grouped by
     /// type (an empty map: the name exists with no data).
-    names: HashMap<LowerName, HashMap<RecordType, Vec<Record>>>,
+    names: HashMap<WireKey, HashMap<RecordType, Vec<Record>>>,
     soa: Record,
 }
 
@@ -111,12 +127,12 @@ fn address(name: &Name, ttl: u32, ip: IpAddr) -> Record {
 struct Builder {
     origin: Name,
     ttl: u32,
-    names: HashMap<LowerName, HashMap<RecordType, Vec<Record>>>,
+    names: HashMap<WireKey, HashMap<RecordType, Vec<Record>>>,
 }
 
 impl Builder {
     fn add(&mut self, record: Record) {
-        let key = LowerName::new(&record.name);
+        let key = wire_key(&record.name);
         let set = self
             .names
             .entry(key)
@@ -132,7 +148,7 @@ impl Builder {
     fn exists(&mut self, name: &Name) {
         let mut n = name.clone();
         while self.origin.zone_of(&n) {
-            self.names.entry(LowerName::new(&n)).or_default();
+            self.names.entry(wire_key(&n)).or_default();
             if n.num_labels() <= self.origin.num_labels() {
                 break;
             }
@@ -275,7 +291,7 @@ impl ClusterZone {
         );
         b.add(soa.clone());
         Some(ClusterZone {
-            origin: LowerName::new(&origin),
+            origin: wire_key(&origin),
             names: b.names,
             soa,
         })
@@ -287,8 +303,27 @@ impl ClusterZone {
     }
 
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Answer<'_> {
-        let ours = self.origin.zone_of(name);
-        let Some(sets) = self.names.get(name) else {
+        self.lookup_wire(&wire_key(name), qtype)
+    }
+
+    /// Whether a lowercase wire-format name is in the zone: it ends with the origin's labels.
+    fn in_zone(&self, key: &[u8]) -> bool {
+        if !key.ends_with(&self.origin) {
+            return false;
+        }
+        // The origin must start at a label boundary of `key`.
+        let start = key.len() - self.origin.len();
+        let mut i = 0;
+        while i < start {
+            i += 1 + key[i] as usize;
+        }
+        i == start
+    }
+
+    /// Looks up a name given in lowercase wire format.
+    pub fn lookup_wire(&self, key: &[u8], qtype: RecordType) -> Answer<'_> {
+        let ours = self.in_zone(key);
+        let Some(sets) = self.names.get(key) else {
             return if ours {
                 Answer::NxDomain
             } else {
@@ -311,7 +346,7 @@ impl ClusterZone {
                 let mut additionals = Vec::new();
                 for r in answers {
                     if let RData::SRV(srv) = &r.data {
-                        if let Some(target) = self.names.get(&LowerName::new(&srv.target)) {
+                        if let Some(target) = self.names.get(&wire_key(&srv.target)) {
                             for t in [RecordType::A, RecordType::AAAA] {
                                 additionals.extend(target.get(&t).into_iter().flatten());
                             }

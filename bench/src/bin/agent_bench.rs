@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use switchyard_bench::api::{api_creates, free_port, wait_for_port, Proc, Target};
-use switchyard_bench::Samples;
+use switchyard_bench::{http_get, metric_quantile, Samples};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -135,50 +135,6 @@ async fn bulk(addr: SocketAddr, bytes: usize) -> Result<f64> {
     }
     s.shutdown().await?;
     Ok(sent as f64 / t.elapsed().as_secs_f64() / 1e6)
-}
-
-/// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
-/// bucket (what `histogram_quantile` does).
-fn metric_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
-        .filter_map(|l| {
-            let (le, v) = l.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, v.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
-    if total == 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut prev = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(prev.0);
-            }
-            return Some(prev.0 + (le - prev.0) * (rank - prev.1) / (count - prev.1).max(1e-9));
-        }
-        prev = (le, count);
-    }
-    None
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 #[tokio::main]
