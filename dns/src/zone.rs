@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
@@ -87,9 +88,13 @@ pub fn wire_key(name: &Name) -> WireKey {
 pub struct ClusterZone {
     /// The zone's name in wire format (lowercase).
     origin: WireKey,
+    origin_name: Name,
+    ttl: u32,
     /// Every name of the zone, and the reverse names we publish, with their records grouped by
-    /// type (an empty map: the name exists with no data).
-    names: HashMap<WireKey, HashMap<RecordType, Vec<Record>>>,
+    /// type (no records: the name exists with no data).
+    names: Names,
+    /// What each Service put in `names`, to take it back when the Service changes.
+    fragments: Fragments,
     soa: Record,
 }
 
@@ -124,23 +129,39 @@ fn address(name: &Name, ttl: u32, ip: IpAddr) -> Record {
     Record::from_rdata(name.clone(), ttl, rdata)
 }
 
-struct Builder {
-    origin: Name,
-    ttl: u32,
-    names: HashMap<WireKey, HashMap<RecordType, Vec<Record>>>,
+/// What one Service contributes to the zone: its records (with their owners' keys), and the
+/// names it makes exist (owners and their ancestors within the zone).
+#[derive(Debug, Default)]
+struct Fragment {
+    records: Vec<(WireKey, Record)>,
+    names: Vec<WireKey>,
 }
 
-impl Builder {
+/// One name: its records by type, and how many fragments make it exist.
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    sets: HashMap<RecordType, Vec<Record>>,
+    refs: usize,
+}
+
+struct Builder<'a> {
+    origin: &'a Name,
+    ttl: u32,
+    frag: Fragment,
+}
+
+impl Builder<'_> {
+    fn mark(&mut self, key: WireKey) {
+        if !self.frag.names.contains(&key) {
+            self.frag.names.push(key);
+        }
+    }
+
     fn add(&mut self, record: Record) {
         let key = wire_key(&record.name);
-        let set = self
-            .names
-            .entry(key)
-            .or_default()
-            .entry(record.record_type())
-            .or_default();
-        if !set.contains(&record) {
-            set.push(record);
+        if !self.frag.records.iter().any(|(_, r)| *r == record) {
+            self.mark(key.clone());
+            self.frag.records.push((key, record));
         }
     }
 
@@ -148,7 +169,7 @@ impl Builder {
     fn exists(&mut self, name: &Name) {
         let mut n = name.clone();
         while self.origin.zone_of(&n) {
-            self.names.entry(wire_key(&n)).or_default();
+            self.mark(wire_key(&n));
             if n.num_labels() <= self.origin.num_labels() {
                 break;
             }
@@ -159,7 +180,7 @@ impl Builder {
     fn child(&self, labels: &[&str]) -> Option<Name> {
         Name::from_labels(labels.iter().map(|l| l.as_bytes()))
             .ok()?
-            .append_domain(&self.origin)
+            .append_domain(self.origin)
             .ok()
     }
 
@@ -254,14 +275,59 @@ impl Builder {
     }
 }
 
+/// A persistent map: a new zone shares everything that did not change with the one before.
+type Names = imbl::HashMap<WireKey, Arc<Entry>>;
+type Fragments = imbl::HashMap<(String, String), Arc<Fragment>>;
+
+/// Adds (or takes back) a fragment's names and records.
+fn apply(names: &mut Names, frag: &Fragment, add: bool) {
+    let mut touched: HashMap<&WireKey, Entry> = HashMap::new();
+    for key in &frag.names {
+        let e = touched
+            .entry(key)
+            .or_insert_with(|| names.get(key).map(|e| (**e).clone()).unwrap_or_default());
+        e.refs = if add {
+            e.refs + 1
+        } else {
+            e.refs.saturating_sub(1)
+        };
+    }
+    for (key, record) in &frag.records {
+        let e = touched
+            .entry(key)
+            .or_insert_with(|| names.get(key).map(|e| (**e).clone()).unwrap_or_default());
+        let set = e.sets.entry(record.record_type()).or_default();
+        if add {
+            set.push(record.clone());
+        } else if let Some(i) = set.iter().position(|r| r == record) {
+            set.remove(i);
+        }
+        if set.is_empty() {
+            e.sets.remove(&record.record_type());
+        }
+    }
+    for (key, e) in touched {
+        if e.refs == 0 && e.sets.is_empty() {
+            names.remove(key);
+        } else {
+            names.insert(key.clone(), Arc::new(e));
+        }
+    }
+}
+
+/// The fragment key of the zone's own records (apex, SOA, version).
+fn apex_key() -> (String, String) {
+    (String::new(), String::new())
+}
+
 impl ClusterZone {
-    /// Builds the zone `domain` (e.g. `cluster.local`) with records of `ttl` seconds.
-    pub fn build(domain: &str, ttl: u32, services: &[Service]) -> Option<ClusterZone> {
+    /// An empty zone `domain` (e.g. `cluster.local`) whose records live `ttl` seconds.
+    pub fn new(domain: &str, ttl: u32) -> Option<ClusterZone> {
         let origin = Name::from_ascii(format!("{}.", domain.trim_end_matches('.'))).ok()?;
         let mut b = Builder {
-            origin: origin.clone(),
+            origin: &origin,
             ttl,
-            names: HashMap::new(),
+            frag: Fragment::default(),
         };
         b.exists(&origin);
         let version = Name::from_ascii("dns-version")
@@ -273,9 +339,6 @@ impl ClusterZone {
             ttl,
             RData::TXT(TXT::new(vec!["1.1.0".into()])),
         ));
-        for svc in services {
-            b.service(svc);
-        }
         let mname = Name::from_ascii("ns.dns")
             .ok()?
             .append_domain(&origin)
@@ -290,11 +353,58 @@ impl ClusterZone {
             RData::SOA(SOA::new(mname, rname, 1, 7200, 1800, 86400, ttl)),
         );
         b.add(soa.clone());
+        let mut names = Names::new();
+        apply(&mut names, &b.frag, true);
+        let mut fragments = Fragments::new();
+        fragments.insert(apex_key(), Arc::new(b.frag));
         Some(ClusterZone {
             origin: wire_key(&origin),
-            names: b.names,
+            origin_name: origin,
+            ttl,
+            names,
+            fragments,
             soa,
         })
+    }
+
+    /// Builds the zone with `services` in it.
+    pub fn build(domain: &str, ttl: u32, services: &[Service]) -> Option<ClusterZone> {
+        Some(Self::new(domain, ttl)?.with_changes(&[], services))
+    }
+
+    /// A new zone: this one without the `removed` services (namespace, name), and with `upserted`
+    /// ones added or replaced. Costs in proportion to what changed.
+    pub fn with_changes(&self, removed: &[(String, String)], upserted: &[Service]) -> ClusterZone {
+        let mut names = self.names.clone();
+        let mut fragments = self.fragments.clone();
+        let keys = removed.iter().cloned().chain(
+            upserted
+                .iter()
+                .map(|s| (s.namespace.clone(), s.name.clone())),
+        );
+        for key in keys {
+            if let Some(old) = fragments.remove(&key) {
+                apply(&mut names, &old, false);
+            }
+        }
+        for svc in upserted {
+            let mut b = Builder {
+                origin: &self.origin_name,
+                ttl: self.ttl,
+                frag: Fragment::default(),
+            };
+            b.service(svc);
+            apply(&mut names, &b.frag, true);
+            fragments.insert((svc.namespace.clone(), svc.name.clone()), Arc::new(b.frag));
+        }
+        ClusterZone {
+            origin: self.origin.clone(),
+            origin_name: self.origin_name.clone(),
+            ttl: self.ttl,
+            names,
+            fragments,
+            soa: self.soa.clone(),
+        }
     }
 
     /// The SOA negative answers carry.
@@ -323,13 +433,14 @@ impl ClusterZone {
     /// Looks up a name given in lowercase wire format.
     pub fn lookup_wire(&self, key: &[u8], qtype: RecordType) -> Answer<'_> {
         let ours = self.in_zone(key);
-        let Some(sets) = self.names.get(key) else {
+        let Some(entry) = self.names.get(key) else {
             return if ours {
                 Answer::NxDomain
             } else {
                 Answer::NotOurs
             };
         };
+        let sets = &entry.sets;
         // Outside the zone only the reverse names we publish are ours, and only for PTR.
         if !ours && qtype != RecordType::PTR {
             return Answer::NotOurs;
@@ -348,7 +459,7 @@ impl ClusterZone {
                     if let RData::SRV(srv) = &r.data {
                         if let Some(target) = self.names.get(&wire_key(&srv.target)) {
                             for t in [RecordType::A, RecordType::AAAA] {
-                                additionals.extend(target.get(&t).into_iter().flatten());
+                                additionals.extend(target.sets.get(&t).into_iter().flatten());
                             }
                         }
                     }
@@ -524,6 +635,84 @@ mod tests {
             z.lookup(&q("pg-2.pg.db.svc.cluster.local."), RecordType::A),
             Answer::NxDomain
         );
+    }
+
+    #[test]
+    fn incremental_changes_match_a_full_build() {
+        let svc = |ns: &str, name: &str, ip: &str| Service {
+            namespace: ns.into(),
+            name: name.into(),
+            kind: Kind::ClusterIp(vec![ip.parse().unwrap()]),
+            ports: vec![Port {
+                name: "http".into(),
+                protocol: "tcp".into(),
+                port: 80,
+            }],
+            endpoints: vec![],
+        };
+        let z1 = ClusterZone::build(
+            "cluster.local",
+            5,
+            &[
+                svc("a", "one", "10.0.0.1"),
+                svc("a", "two", "10.0.0.2"),
+                svc("b", "three", "10.0.0.3"),
+            ],
+        )
+        .unwrap();
+        // Replace one, remove one: the namespace stays while another Service is in it.
+        let z2 = z1.with_changes(
+            &[("a".into(), "two".into())],
+            &[svc("a", "one", "10.0.0.9")],
+        );
+        assert_eq!(
+            data(z2.lookup(&q("one.a.svc.cluster.local."), RecordType::A)),
+            ["10.0.0.9"]
+        );
+        assert_eq!(
+            z2.lookup(&q("two.a.svc.cluster.local."), RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            z2.lookup(&q("_http._tcp.two.a.svc.cluster.local."), RecordType::SRV),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            z2.lookup(&q("a.svc.cluster.local."), RecordType::A),
+            Answer::NoData
+        );
+        assert_eq!(
+            z2.lookup(&q("1.0.0.10.in-addr.arpa."), RecordType::PTR),
+            Answer::NotOurs,
+            "the old PTR is gone"
+        );
+        assert_eq!(
+            data(z2.lookup(&q("9.0.0.10.in-addr.arpa."), RecordType::PTR)),
+            ["one.a.svc.cluster.local."]
+        );
+        // The old zone is untouched: snapshots are immutable.
+        assert_eq!(
+            data(z1.lookup(&q("two.a.svc.cluster.local."), RecordType::A)),
+            ["10.0.0.2"]
+        );
+        // The last Service of a namespace takes the namespace's name with it.
+        let z3 = z2.with_changes(&[("a".into(), "one".into())], &[]);
+        assert_eq!(
+            z3.lookup(&q("a.svc.cluster.local."), RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            z3.lookup(&q("svc.cluster.local."), RecordType::A),
+            Answer::NoData,
+            "b still has a Service"
+        );
+        assert_eq!(
+            data(z3.lookup(&q("dns-version.cluster.local."), RecordType::TXT)),
+            ["1.1.0"]
+        );
+        let full =
+            ClusterZone::build("cluster.local", 5, &[svc("b", "three", "10.0.0.3")]).unwrap();
+        assert_eq!(z3.names.len(), full.names.len());
     }
 
     #[test]

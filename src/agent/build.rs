@@ -1,12 +1,13 @@
 //! Pure functions from the cluster state to the views the data plane consumes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_dns::zone::ClusterZone;
 use switchyard_proxy::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
 
 /// `namespace/name` of an object.
@@ -29,8 +30,8 @@ fn ips(list: Option<&Vec<String>>) -> Vec<IpAddr> {
 }
 
 /// The endpoints of each (service, port name, protocol), from its EndpointSlices.
-fn endpoints_by_port(
-    slices: &HashMap<ObjKey, EndpointSlice>,
+fn endpoints_by_port<'a>(
+    slices: impl IntoIterator<Item = (&'a ObjKey, &'a EndpointSlice)>,
     node: &str,
 ) -> HashMap<(String, String, String, Protocol), Vec<Endpoint>> {
     let mut out: HashMap<(String, String, String, Protocol), Vec<Endpoint>> = HashMap::new();
@@ -183,15 +184,142 @@ pub fn is_headless(svc: &Service) -> bool {
     svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
 }
 
-/// The DNS view of the cluster: what the zone needs of every Service.
-pub fn build_dns(
+/// The service table after `changed`: built whole on a relist, otherwise `previous` with only
+/// the changed Services' ports rebuilt. Unchanged ports keep their `Arc`.
+pub fn update_services(
+    previous: &ServiceTable,
+    changed: &Changed,
+    services: &HashMap<ObjKey, Service>,
+    slices: &HashMap<ObjKey, EndpointSlice>,
+    node: &str,
+) -> ServiceTable {
+    if changed.all {
+        return build_services(services, slices, node, previous);
+    }
+    let sub_services: HashMap<ObjKey, Service> = changed
+        .services
+        .iter()
+        .filter_map(|k| Some((k.clone(), services.get(k)?.clone())))
+        .collect();
+    let sub_slices: HashMap<ObjKey, EndpointSlice> = slices
+        .iter()
+        .filter(|((ns, _), s)| {
+            let svc = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            svc.is_some_and(|svc| changed.services.contains(&(ns.clone(), svc.clone())))
+        })
+        .map(|(k, s)| (k.clone(), s.clone()))
+        .collect();
+    let rebuilt = build_services(&sub_services, &sub_slices, node, previous);
+    let mut ports: Vec<Arc<ServicePort>> = previous
+        .ports
+        .iter()
+        .filter(|p| {
+            !changed
+                .services
+                .contains(&(p.name.namespace.clone(), p.name.name.clone()))
+        })
+        .cloned()
+        .chain(rebuilt.ports)
+        .collect();
+    ports.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
+    ServiceTable { ports }
+}
+
+/// What the DNS zone needs of one Service (and its slices, for a headless one).
+fn dns_service(
+    key: &ObjKey,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+) -> Option<switchyard_dns::zone::Service> {
+    use switchyard_dns::zone::{Endpoint as DnsEndpoint, Kind, Port, Service as DnsService};
+    let spec = svc.spec.as_ref()?;
+    let lower = |p: Option<&str>| p.unwrap_or("TCP").to_ascii_lowercase();
+    let mut entry = DnsService {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        kind: Kind::Headless,
+        ports: vec![],
+        endpoints: vec![],
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        entry.kind = Kind::ExternalName(spec.external_name.clone().unwrap_or_default());
+    } else if is_headless(svc) {
+        for slice in slices {
+            for p in slice.ports.iter().flatten() {
+                let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else {
+                    continue;
+                };
+                let port = Port {
+                    name: p.name.clone().unwrap_or_default(),
+                    protocol: lower(p.protocol.as_deref()),
+                    port,
+                };
+                if !entry.ports.contains(&port) {
+                    entry.ports.push(port);
+                }
+            }
+            for ep in &slice.endpoints {
+                entry.endpoints.push(DnsEndpoint {
+                    addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                    hostname: ep.hostname.clone(),
+                    ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                });
+            }
+        }
+    } else {
+        let ips = match &spec.cluster_ips {
+            Some(list) if !list.is_empty() => ips(Some(list)),
+            _ => spec
+                .cluster_ip
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        };
+        entry.kind = Kind::ClusterIp(ips);
+        for p in spec.ports.iter().flatten() {
+            let Ok(port) = u16::try_from(p.port) else {
+                continue;
+            };
+            entry.ports.push(Port {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: lower(p.protocol.as_deref()),
+                port,
+            });
+        }
+    }
+    Some(entry)
+}
+
+/// Which Services changed since the zone was last built.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// Everything (a relist, or no zone yet).
+    pub all: bool,
+    pub services: HashSet<ObjKey>,
+}
+
+impl Changed {
+    pub fn any(&self) -> bool {
+        self.all || !self.services.is_empty()
+    }
+}
+
+/// The DNS zone after `changed`: built whole when there is no zone yet or everything changed,
+/// otherwise `previous` with only the changed Services replaced.
+pub fn update_dns(
+    previous: Option<&ClusterZone>,
+    changed: &Changed,
     services: &HashMap<ObjKey, Service>,
     slices: &HashMap<ObjKey, EndpointSlice>,
     domain: &str,
     ttl: u32,
-) -> Option<switchyard_dns::zone::ClusterZone> {
-    use switchyard_dns::zone::{Endpoint as DnsEndpoint, Kind, Port, Service as DnsService};
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+) -> Option<ClusterZone> {
+    let wanted = |key: &ObjKey| changed.all || previous.is_none() || changed.services.contains(key);
+    let mut slices_of: HashMap<ObjKey, Vec<&EndpointSlice>> = HashMap::new();
     for ((ns, _), slice) in slices {
         if let Some(svc) = slice
             .metadata
@@ -199,79 +327,49 @@ pub fn build_dns(
             .as_ref()
             .and_then(|l| l.get("kubernetes.io/service-name"))
         {
-            by_service
-                .entry((ns.as_str(), svc.as_str()))
-                .or_default()
-                .push(slice);
-        }
-    }
-    let lower = |p: Option<&str>| p.unwrap_or("TCP").to_ascii_lowercase();
-    let mut out = Vec::with_capacity(services.len());
-    for ((ns, name), svc) in services {
-        let Some(spec) = &svc.spec else { continue };
-        let mut entry = DnsService {
-            namespace: ns.clone(),
-            name: name.clone(),
-            kind: Kind::Headless,
-            ports: vec![],
-            endpoints: vec![],
-        };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            entry.kind = Kind::ExternalName(spec.external_name.clone().unwrap_or_default());
-        } else if is_headless(svc) {
-            for slice in by_service
-                .get(&(ns.as_str(), name.as_str()))
-                .into_iter()
-                .flatten()
-            {
-                for p in slice.ports.iter().flatten() {
-                    let (Some(port), name) = (
-                        p.port.and_then(|n| u16::try_from(n).ok()),
-                        p.name.clone().unwrap_or_default(),
-                    ) else {
-                        continue;
-                    };
-                    let port = Port {
-                        name,
-                        protocol: lower(p.protocol.as_deref()),
-                        port,
-                    };
-                    if !entry.ports.contains(&port) {
-                        entry.ports.push(port);
-                    }
-                }
-                for ep in &slice.endpoints {
-                    entry.endpoints.push(DnsEndpoint {
-                        addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                        hostname: ep.hostname.clone(),
-                        ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-                    });
-                }
-            }
-        } else {
-            let ips = match &spec.cluster_ips {
-                Some(list) if !list.is_empty() => ips(Some(list)),
-                _ => spec
-                    .cluster_ip
-                    .iter()
-                    .filter_map(|s| s.parse().ok())
-                    .collect(),
-            };
-            entry.kind = Kind::ClusterIp(ips);
-            for p in spec.ports.iter().flatten() {
-                let Ok(port) = u16::try_from(p.port) else {
-                    continue;
-                };
-                entry.ports.push(Port {
-                    name: p.name.clone().unwrap_or_default(),
-                    protocol: lower(p.protocol.as_deref()),
-                    port,
-                });
+            let key = (ns.clone(), svc.clone());
+            if wanted(&key) {
+                slices_of.entry(key).or_default().push(slice);
             }
         }
-        out.push(entry);
     }
-    switchyard_dns::zone::ClusterZone::build(domain, ttl, &out)
+    let upserted: Vec<switchyard_dns::zone::Service> = services
+        .iter()
+        .filter(|(k, _)| wanted(k))
+        .filter_map(|(k, svc)| dns_service(k, svc, slices_of.get(k).map_or(&[][..], Vec::as_slice)))
+        .collect();
+    match previous {
+        Some(zone) if !changed.all => {
+            let removed: Vec<ObjKey> = changed
+                .services
+                .iter()
+                .filter(|k| !services.contains_key(*k))
+                .cloned()
+                .collect();
+            Some(zone.with_changes(&removed, &upserted))
+        }
+        _ => ClusterZone::build(domain, ttl, &upserted),
+    }
+}
+
+/// The DNS view of the cluster, built whole.
+pub fn build_dns(
+    services: &HashMap<ObjKey, Service>,
+    slices: &HashMap<ObjKey, EndpointSlice>,
+    domain: &str,
+    ttl: u32,
+) -> Option<ClusterZone> {
+    update_dns(
+        None,
+        &Changed {
+            all: true,
+            ..Default::default()
+        },
+        services,
+        slices,
+        domain,
+        ttl,
+    )
 }
 
 #[cfg(test)]
@@ -387,6 +485,59 @@ mod tests {
         assert_eq!(
             a("e.ns.svc.cluster.local.", RecordType::A),
             ["x.example.com."]
+        );
+    }
+
+    #[test]
+    fn incremental_dns_follows_changes() {
+        use hickory_proto::rr::{LowerName, Name, RecordType};
+        use switchyard_dns::zone::Answer;
+        let (mut services, slices) = state();
+        let z = build_dns(&services, &slices, "cluster.local", 5).unwrap();
+        let web = ("ns".to_string(), "web".to_string());
+        let mut svc = services[&web].clone();
+        svc.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.77".into()]);
+        services.insert(web.clone(), svc);
+        services.remove(&("ns".to_string(), "e".to_string()));
+        let changed = Changed {
+            all: false,
+            services: [web, ("ns".to_string(), "e".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let z2 = update_dns(Some(&z), &changed, &services, &slices, "cluster.local", 5).unwrap();
+        let q = |s: &str| LowerName::new(&Name::from_ascii(s).unwrap());
+        match z2.lookup(&q("web.ns.svc.cluster.local."), RecordType::A) {
+            Answer::Records { answers, .. } => {
+                assert_eq!(answers[0].data.to_string(), "10.96.0.77")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            z2.lookup(&q("e.ns.svc.cluster.local."), RecordType::A),
+            Answer::NxDomain
+        );
+    }
+
+    #[test]
+    fn incremental_service_table_matches_a_full_build() {
+        let (mut services, mut slices) = state();
+        let first = build_services(&services, &slices, "n1", &ServiceTable::default());
+        slices.values_mut().next().unwrap().endpoints.pop();
+        services.remove(&("ns".to_string(), "h".to_string()));
+        let changed = Changed {
+            all: false,
+            services: [
+                ("ns".to_string(), "web".to_string()),
+                ("ns".to_string(), "h".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let inc = update_services(&first, &changed, &services, &slices, "n1");
+        assert_eq!(
+            inc,
+            build_services(&services, &slices, "n1", &ServiceTable::default())
         );
     }
 

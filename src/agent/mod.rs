@@ -189,26 +189,63 @@ fn trigger_time(ev: &Update) -> Option<SystemTime> {
     }
 }
 
-/// Whether an update can change the DNS zone: any Service change, or a slice of a headless
-/// Service (ClusterIP Services' records do not depend on their endpoints).
-fn touches_dns(state: &State, update: &Update) -> bool {
+fn slice_service(s: &EndpointSlice) -> ObjKey {
+    (
+        s.namespace().unwrap_or_default(),
+        s.labels()
+            .get("kubernetes.io/service-name")
+            .cloned()
+            .unwrap_or_default(),
+    )
+}
+
+/// Records which Service an update changes for the service table (any Service change, and the
+/// Service of any slice); a relist changes everything.
+fn track_services(update: &Update, changed: &mut build::Changed) {
     match update {
-        Update::Services(_) => true,
+        Update::Services(ev) => match &**ev {
+            Event::Apply(s) | Event::Delete(s) => {
+                changed.services.insert(key(s));
+            }
+            Event::InitDone => changed.all = true,
+            _ => {}
+        },
         Update::Slices(ev) => match &**ev {
             Event::Apply(s) | Event::Delete(s) => {
-                let svc = s
-                    .labels()
-                    .get("kubernetes.io/service-name")
-                    .cloned()
-                    .unwrap_or_default();
-                let key = (s.namespace().unwrap_or_default(), svc);
-                state
+                changed.services.insert(slice_service(s));
+            }
+            Event::InitDone => changed.all = true,
+            _ => {}
+        },
+    }
+}
+
+/// Records what an update changes for the DNS zone: a Service, or the Service of a slice when
+/// that Service is headless (ClusterIP Services' records do not depend on their endpoints); a
+/// relist changes everything.
+fn track_dns(state: &State, update: &Update, changed: &mut build::Changed) {
+    match update {
+        Update::Services(ev) => match &**ev {
+            Event::Apply(s) | Event::Delete(s) => {
+                changed.services.insert(key(s));
+            }
+            Event::InitDone => changed.all = true,
+            _ => {}
+        },
+        Update::Slices(ev) => match &**ev {
+            Event::Apply(s) | Event::Delete(s) => {
+                let k = slice_service(s);
+                if state
                     .services
                     .objects
-                    .get(&key)
+                    .get(&k)
                     .is_none_or(build::is_headless)
+                {
+                    changed.services.insert(k);
+                }
             }
-            _ => true,
+            Event::InitDone => changed.all = true,
+            _ => {}
         },
     }
 }
@@ -240,7 +277,14 @@ async fn run_state(task: StateTask) {
     } = task;
     let mut state = State::default();
     let mut dirty = false;
-    let mut dns_dirty = true;
+    let mut dns_changed = build::Changed {
+        all: true,
+        ..Default::default()
+    };
+    let mut svc_changed = build::Changed {
+        all: true,
+        ..Default::default()
+    };
     let mut pending: Vec<(u64, SystemTime)> = Vec::new();
     let mut generation = 0u64;
     let mut last_publish = Instant::now() - min_sync;
@@ -260,7 +304,8 @@ async fn run_state(task: StateTask) {
                     if let Some(t) = trigger_time(&update) {
                         pending.push((generation + 1, t));
                     }
-                    dns_dirty |= touches_dns(&state, &update);
+                    track_dns(&state, &update, &mut dns_changed);
+                    track_services(&update, &mut svc_changed);
                     dirty |= match update {
                         Update::Services(ev) => state.services.apply(*ev),
                         Update::Slices(ev) => state.slices.apply(*ev),
@@ -274,12 +319,15 @@ async fn run_state(task: StateTask) {
             _ = tokio::time::sleep(wait), if ready => {
                 let started = Instant::now();
                 let previous = published.load();
-                let services = build::build_services(&state.services.objects, &state.slices.objects, &node, &previous.services);
+                let services = build::update_services(&previous.services, &svc_changed, &state.services.objects, &state.slices.objects, &node);
+                svc_changed = build::Changed::default();
                 let zone = match &dns {
-                    Some((domain, ttl)) if dns_dirty => build::build_dns(&state.services.objects, &state.slices.objects, domain, *ttl).map(Arc::new),
+                    Some((domain, ttl)) if dns_changed.any() => {
+                        build::update_dns(previous.dns.as_deref(), &dns_changed, &state.services.objects, &state.slices.objects, domain, *ttl).map(Arc::new)
+                    }
                     _ => previous.dns.clone(),
                 };
-                dns_dirty = false;
+                dns_changed = build::Changed::default();
                 generation += 1;
                 let done = *applied.borrow_and_update();
                 pending.retain(|(g, _)| *g > done);
