@@ -210,6 +210,48 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
+/// A `switchyard up` on loopback with its own data directory: the process, its API server, and
+/// where its metrics are served.
+pub struct Up {
+    pub process: Proc,
+    pub target: Target,
+    pub metrics: u16,
+}
+
+impl Up {
+    /// Starts `switchyard up` with `extra` flags (and `env`), and waits until its API serves.
+    pub async fn start(
+        binary: &Path,
+        data: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Up> {
+        let (api, metrics) = (free_port(), free_port());
+        let mut cmd = std::process::Command::new(binary);
+        cmd.envs(env.iter().copied())
+            .args(["up", "--data-dir"])
+            .arg(data);
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--node-name",
+            "bench",
+        ]);
+        cmd.args(extra);
+        let process = Proc::start(&mut cmd, "switchyard up")?;
+        wait_for_port(api, "switchyard up")?;
+        wait_for_port(metrics, "switchyard up metrics")?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Up {
+            process,
+            target: Target::from_data_dir(api, data)?,
+            metrics,
+        })
+    }
+}
+
 /// Waits until something listens on `port` of 127.0.0.1.
 pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
     let start = Instant::now();

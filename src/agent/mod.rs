@@ -199,55 +199,40 @@ fn slice_service(s: &EndpointSlice) -> ObjKey {
     )
 }
 
-/// Records which Service an update changes for the service table (any Service change, and the
-/// Service of any slice); a relist changes everything.
-fn track_services(update: &Update, changed: &mut build::Changed) {
-    match update {
+/// Records which Services an update changes: for the service table any Service and the Service
+/// of any slice; for the DNS zone the same, except slices of ClusterIP Services (their records
+/// do not depend on endpoints). A relist changes everything.
+fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mut build::Changed) {
+    let (key, via_slice) = match update {
         Update::Services(ev) => match &**ev {
-            Event::Apply(s) | Event::Delete(s) => {
-                changed.services.insert(key(s));
+            Event::Apply(s) | Event::Delete(s) => (key(s), false),
+            Event::InitDone => {
+                services.all = true;
+                dns.all = true;
+                return;
             }
-            Event::InitDone => changed.all = true,
-            _ => {}
+            _ => return,
         },
         Update::Slices(ev) => match &**ev {
-            Event::Apply(s) | Event::Delete(s) => {
-                changed.services.insert(slice_service(s));
+            Event::Apply(s) | Event::Delete(s) => (slice_service(s), true),
+            Event::InitDone => {
+                services.all = true;
+                dns.all = true;
+                return;
             }
-            Event::InitDone => changed.all = true,
-            _ => {}
+            _ => return,
         },
+    };
+    if !via_slice
+        || state
+            .services
+            .objects
+            .get(&key)
+            .is_none_or(build::is_headless)
+    {
+        dns.services.insert(key.clone());
     }
-}
-
-/// Records what an update changes for the DNS zone: a Service, or the Service of a slice when
-/// that Service is headless (ClusterIP Services' records do not depend on their endpoints); a
-/// relist changes everything.
-fn track_dns(state: &State, update: &Update, changed: &mut build::Changed) {
-    match update {
-        Update::Services(ev) => match &**ev {
-            Event::Apply(s) | Event::Delete(s) => {
-                changed.services.insert(key(s));
-            }
-            Event::InitDone => changed.all = true,
-            _ => {}
-        },
-        Update::Slices(ev) => match &**ev {
-            Event::Apply(s) | Event::Delete(s) => {
-                let k = slice_service(s);
-                if state
-                    .services
-                    .objects
-                    .get(&k)
-                    .is_none_or(build::is_headless)
-                {
-                    changed.services.insert(k);
-                }
-            }
-            Event::InitDone => changed.all = true,
-            _ => {}
-        },
-    }
+    services.services.insert(key);
 }
 
 /// Owns the state; publishes snapshots at most once per `min_sync`.
@@ -304,8 +289,7 @@ async fn run_state(task: StateTask) {
                     if let Some(t) = trigger_time(&update) {
                         pending.push((generation + 1, t));
                     }
-                    track_dns(&state, &update, &mut dns_changed);
-                    track_services(&update, &mut svc_changed);
+                    track(&state, &update, &mut svc_changed, &mut dns_changed);
                     dirty |= match update {
                         Update::Services(ev) => state.services.apply(*ev),
                         Update::Slices(ev) => state.slices.apply(*ev),

@@ -12,13 +12,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use switchyard_bench::api::{api_creates, free_port, wait_for_port, Proc, Target};
+use switchyard_bench::api::{api_creates, Up};
 use switchyard_bench::{http_get, metric_quantile, Samples};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -141,29 +140,15 @@ async fn bulk(addr: SocketAddr, bytes: usize) -> Result<f64> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let (api, metrics) = (free_port(), free_port());
     let data = dir.path().join("data");
-    let _up = Proc::start(
-        Command::new(&args.switchyard)
-            .args([
-                "up",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{api}"),
-            ])
-            .args([
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics}"),
-                "--service-cidr",
-                "127.20.0.0/16",
-                "--node-name",
-                "bench",
-            ]),
-        "switchyard up",
-    )?;
-    wait_for_port(metrics, "switchyard up")?;
-    let target = Target::from_data_dir(api, &data)?;
+    let up = Up::start(
+        &args.switchyard,
+        &data,
+        &[],
+        &["--service-cidr", "127.20.0.0/16"],
+    )
+    .await?;
+    let (target, metrics) = (up.target.clone(), up.metrics);
     println!(
         "# agent-bench on {} cores: switchyard up (userspace proxy), {} Services",
         std::thread::available_parallelism()?.get(),

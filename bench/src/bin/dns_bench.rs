@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use switchyard_bench::api::{api_creates, free_port, wait_for_port, Proc, Target};
+use switchyard_bench::api::{api_creates, free_port, Proc, Up};
 use switchyard_bench::{http_get, metric_quantile, Samples};
 use tokio::net::UdpSocket;
 
@@ -154,38 +154,26 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let (api, metrics, dns) = (free_port(), free_port(), free_port());
     let data = d.join("data");
     // One runtime worker: the DNS server gets one thread, as NSD and Knot get one worker.
-    let _up = Proc::start(
-        Command::new(&args.switchyard)
-            .env("TOKIO_WORKER_THREADS", "1")
-            .args([
-                "up",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{api}"),
-            ])
-            .args([
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics}"),
-                "--dns-listen",
-                &format!("127.0.0.1:{dns}"),
-            ])
-            .args([
-                "--service-cidr",
-                "127.20.0.0/16",
-                "--node-name",
-                "bench",
-                "--dns-upstream",
-                "127.0.0.1:9",
-            ]),
-        "switchyard up",
-    )?;
-    wait_for_port(api, "switchyard up")?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let target = Target::from_data_dir(api, &data)?;
+    let dns = free_port();
+    let dns_listen = format!("127.0.0.1:{dns}");
+    let flags = [
+        "--service-cidr",
+        "127.20.0.0/16",
+        "--dns-listen",
+        &dns_listen,
+        "--dns-upstream",
+        "127.0.0.1:9",
+    ];
+    let up = Up::start(
+        &args.switchyard,
+        &data,
+        &[("TOKIO_WORKER_THREADS", "1")],
+        &flags,
+    )
+    .await?;
+    let (target, metrics) = (up.target.clone(), up.metrics);
     println!(
         "# dns-bench on {} cores: {} Services",
         std::thread::available_parallelism()?.get(),
