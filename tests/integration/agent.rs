@@ -143,7 +143,20 @@ impl Drop for Up {
 fn start_up() -> Up {
     let dir = tempfile::tempdir().unwrap();
     let (api, metrics) = (free_port(), free_port());
-    let mut cmd = Command::new(bin());
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    // As root, the test runs `up` as the unprivileged user nobody, from a copy of the binary in
+    // its own directory (the checkout's directories may not be open to other users).
+    let program = if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let copy = dir.path().join("switchyard");
+        std::fs::copy(bin(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        std::path::PathBuf::from(bin())
+    };
+    let mut cmd = Command::new(program);
     cmd.args(["up", "--data-dir"]).arg(dir.path().join("data"));
     cmd.args([
         "--listen",
@@ -154,10 +167,7 @@ fn start_up() -> Up {
         "test-node",
     ]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
     if root {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         cmd.uid(65534).gid(65534);
     }
     let child = cmd.spawn().unwrap();
