@@ -165,6 +165,8 @@ fn start_up() -> Up {
         &format!("127.0.0.1:{metrics}"),
         "--node-name",
         "test-node",
+        "--dns-listen",
+        &format!("127.0.0.1:{}", free_port()),
     ]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     if root {
