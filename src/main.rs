@@ -84,6 +84,10 @@ struct AgentArgs {
     /// The TTL of cluster records, in seconds.
     #[arg(long, default_value_t = 5)]
     dns_ttl: u32,
+    /// Answer `<a-b-c-d>.<ns>.pod.<zone>` with the address in its name (CoreDNS's "pods
+    /// insecure"; off by default, as in CoreDNS).
+    #[arg(long)]
+    dns_pod_records: bool,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +177,7 @@ fn agent_config(args: &AgentArgs, default_dns: Option<SocketAddr>) -> agent::Con
             listen,
             domain: args.cluster_domain.clone(),
             ttl: args.dns_ttl,
+            pod_records: args.dns_pod_records,
             forward: switchyard_dns::forward::Config {
                 upstreams: if args.dns_upstream.is_empty() {
                     system_resolvers()

@@ -143,7 +143,8 @@ pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>) -> Option<Outco
     let found = zone.lookup_wire(key, RecordType::from(qtype));
     let (rcode, answers, authority, additionals): (u16, &[Record], Option<&Record>, Vec<&Record>) =
         match found {
-            Answer::NotOurs => return None,
+            // Not ours (forwarded), or made for the question: the full path.
+            Answer::NotOurs | Answer::Pod(_) => return None,
             Answer::Records {
                 answers,
                 additionals,

@@ -140,6 +140,11 @@ impl Handler {
                     None,
                 )
             }
+            Answer::Pod(record) => {
+                let mut record = *record;
+                record.name = asked.clone();
+                authoritative(ResponseCode::NoError, vec![record], vec![], None)
+            }
             Answer::NoData => authoritative(
                 ResponseCode::NoError,
                 vec![],

@@ -68,6 +68,8 @@ pub enum Answer<'a> {
     NxDomain,
     /// Not a name this zone answers for: forward it.
     NotOurs,
+    /// A pod record (`<a-b-c-d>.<ns>.pod.<zone>`), made for the question.
+    Pod(Box<Record>),
 }
 
 /// A name as a map key: lowercase wire format (length-prefixed labels, then 0), so that a query
@@ -96,6 +98,9 @@ pub struct ClusterZone {
     /// What each Service put in `names`, to take it back when the Service changes.
     fragments: Fragments,
     soa: Record,
+    /// Answer `<a-b-c-d>.<ns>.pod.<zone>` with the address in its first label (CoreDNS's
+    /// "pods insecure"): off unless asked for.
+    pods: bool,
 }
 
 fn reverse_name(ip: IpAddr) -> Option<Name> {
@@ -358,6 +363,7 @@ impl ClusterZone {
         let mut fragments = Fragments::new();
         fragments.insert(apex_key(), Arc::new(b.frag));
         Some(ClusterZone {
+            pods: false,
             origin: wire_key(&origin),
             origin_name: origin,
             ttl,
@@ -365,6 +371,49 @@ impl ClusterZone {
             fragments,
             soa,
         })
+    }
+
+    /// Turns pod records on or off.
+    pub fn with_pod_records(mut self, on: bool) -> ClusterZone {
+        self.pods = on;
+        self
+    }
+
+    /// `<a-b-c-d>.<ns>.pod.<zone>` (or a dashed IPv6 address): the address, for A or AAAA;
+    /// `<ns>.pod.<zone>` and `pod.<zone>` exist without data. None for any other name.
+    fn pod_answer(&self, key: &[u8], qtype: RecordType) -> Option<Answer<'_>> {
+        let mut labels: Vec<&[u8]> = Vec::new();
+        let mut i = 0;
+        while i < key.len() - self.origin.len() {
+            let len = key[i] as usize;
+            labels.push(key.get(i + 1..i + 1 + len)?);
+            i += 1 + len;
+        }
+        match labels.as_slice() {
+            [pod] | [_, pod] if *pod == b"pod" => Some(Answer::NoData),
+            [addr, ns, pod] if *pod == b"pod" && !ns.is_empty() => {
+                let text = std::str::from_utf8(addr).ok()?;
+                let ip: IpAddr = text
+                    .replace('-', ".")
+                    .parse()
+                    .or_else(|_| text.replace('-', ":").parse())
+                    .ok()?;
+                let wanted = if ip.is_ipv4() {
+                    RecordType::A
+                } else {
+                    RecordType::AAAA
+                };
+                if qtype != wanted {
+                    return Some(Answer::NoData);
+                }
+                let name = Name::from_labels(labels.iter().copied())
+                    .ok()?
+                    .append_domain(&self.origin_name)
+                    .ok()?;
+                Some(Answer::Pod(Box::new(address(&name, self.ttl, ip))))
+            }
+            _ => None,
+        }
     }
 
     /// Builds the zone with `services` in it.
@@ -404,6 +453,7 @@ impl ClusterZone {
             names,
             fragments,
             soa: self.soa.clone(),
+            pods: self.pods,
         }
     }
 
@@ -434,6 +484,11 @@ impl ClusterZone {
     pub fn lookup_wire(&self, key: &[u8], qtype: RecordType) -> Answer<'_> {
         let ours = self.in_zone(key);
         let Some(entry) = self.names.get(key) else {
+            if ours && self.pods {
+                if let Some(a) = self.pod_answer(key, qtype) {
+                    return a;
+                }
+            }
             return if ours {
                 Answer::NxDomain
             } else {
@@ -713,6 +768,43 @@ mod tests {
         let full =
             ClusterZone::build("cluster.local", 5, &[svc("b", "three", "10.0.0.3")]).unwrap();
         assert_eq!(z3.names.len(), full.names.len());
+    }
+
+    #[test]
+    fn pod_records_only_when_on() {
+        let off = zone();
+        assert_eq!(
+            off.lookup(&q("10-244-1-5.default.pod.cluster.local."), RecordType::A),
+            Answer::NxDomain
+        );
+        let on = zone().with_pod_records(true);
+        match on.lookup(&q("10-244-1-5.Default.pod.cluster.local."), RecordType::A) {
+            Answer::Pod(r) => assert_eq!(r.data.to_string(), "10.244.1.5"),
+            other => panic!("{other:?}"),
+        }
+        match on.lookup(&q("fd00--5.default.pod.cluster.local."), RecordType::AAAA) {
+            Answer::Pod(r) => assert_eq!(r.data.to_string(), "fd00::5"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            on.lookup(
+                &q("10-244-1-5.default.pod.cluster.local."),
+                RecordType::AAAA
+            ),
+            Answer::NoData
+        );
+        assert_eq!(
+            on.lookup(&q("default.pod.cluster.local."), RecordType::A),
+            Answer::NoData
+        );
+        assert_eq!(
+            on.lookup(&q("not-an-ip.default.pod.cluster.local."), RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            on.lookup(&q("a.b.c.default.pod.cluster.local."), RecordType::A),
+            Answer::NxDomain
+        );
     }
 
     #[test]

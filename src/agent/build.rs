@@ -317,6 +317,7 @@ pub fn update_dns(
     slices: &HashMap<ObjKey, EndpointSlice>,
     domain: &str,
     ttl: u32,
+    pods: bool,
 ) -> Option<ClusterZone> {
     let wanted = |key: &ObjKey| changed.all || previous.is_none() || changed.services.contains(key);
     let mut slices_of: HashMap<ObjKey, Vec<&EndpointSlice>> = HashMap::new();
@@ -348,33 +349,34 @@ pub fn update_dns(
                 .collect();
             Some(zone.with_changes(&removed, &upserted))
         }
-        _ => ClusterZone::build(domain, ttl, &upserted),
+        _ => ClusterZone::build(domain, ttl, &upserted).map(|z| z.with_pod_records(pods)),
     }
-}
-
-/// The DNS view of the cluster, built whole.
-pub fn build_dns(
-    services: &HashMap<ObjKey, Service>,
-    slices: &HashMap<ObjKey, EndpointSlice>,
-    domain: &str,
-    ttl: u32,
-) -> Option<ClusterZone> {
-    update_dns(
-        None,
-        &Changed {
-            all: true,
-            ..Default::default()
-        },
-        services,
-        slices,
-        domain,
-        ttl,
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The DNS view of the cluster, built whole.
+    fn build_dns(
+        services: &HashMap<ObjKey, Service>,
+        slices: &HashMap<ObjKey, EndpointSlice>,
+        domain: &str,
+        ttl: u32,
+    ) -> Option<ClusterZone> {
+        update_dns(
+            None,
+            &Changed {
+                all: true,
+                ..Default::default()
+            },
+            services,
+            slices,
+            domain,
+            ttl,
+            false,
+        )
+    }
 
     fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).unwrap()
@@ -505,7 +507,16 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        let z2 = update_dns(Some(&z), &changed, &services, &slices, "cluster.local", 5).unwrap();
+        let z2 = update_dns(
+            Some(&z),
+            &changed,
+            &services,
+            &slices,
+            "cluster.local",
+            5,
+            false,
+        )
+        .unwrap();
         let q = |s: &str| LowerName::new(&Name::from_ascii(s).unwrap());
         match z2.lookup(&q("web.ns.svc.cluster.local."), RecordType::A) {
             Answer::Records { answers, .. } => {

@@ -66,6 +66,8 @@ pub struct DnsConfig {
     /// The cluster domain, e.g. `cluster.local`.
     pub domain: String,
     pub ttl: u32,
+    /// Answer `<a-b-c-d>.<ns>.pod.<zone>` (CoreDNS's "pods insecure").
+    pub pod_records: bool,
     pub forward: switchyard_dns::forward::Config,
 }
 
@@ -236,11 +238,18 @@ fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mu
 }
 
 /// Owns the state; publishes snapshots at most once per `min_sync`.
+/// How the DNS zone is built.
+struct DnsZone {
+    domain: String,
+    ttl: u32,
+    pods: bool,
+}
+
 /// What the state task works with.
 struct StateTask {
     node: String,
-    /// The cluster domain and record TTL, when DNS is on.
-    dns: Option<(String, u32)>,
+    /// The zone's settings, when DNS is on.
+    dns: Option<DnsZone>,
     min_sync: Duration,
     updates: mpsc::Receiver<Update>,
     published: Arc<ArcSwap<Snapshot>>,
@@ -306,8 +315,8 @@ async fn run_state(task: StateTask) {
                 let services = build::update_services(&previous.services, &svc_changed, &state.services.objects, &state.slices.objects, &node);
                 svc_changed = build::Changed::default();
                 let zone = match &dns {
-                    Some((domain, ttl)) if dns_changed.any() => {
-                        build::update_dns(previous.dns.as_deref(), &dns_changed, &state.services.objects, &state.slices.objects, domain, *ttl).map(Arc::new)
+                    Some(z) if dns_changed.any() => {
+                        build::update_dns(previous.dns.as_deref(), &dns_changed, &state.services.objects, &state.slices.objects, &z.domain, z.ttl, z.pods).map(Arc::new)
                     }
                     _ => previous.dns.clone(),
                 };
@@ -390,7 +399,11 @@ pub async fn run(
     };
     let state = tokio::spawn(run_state(StateTask {
         node: config.node_name.clone(),
-        dns: config.dns.as_ref().map(|d| (d.domain.clone(), d.ttl)),
+        dns: config.dns.as_ref().map(|d| DnsZone {
+            domain: d.domain.clone(),
+            ttl: d.ttl,
+            pods: d.pod_records,
+        }),
         min_sync: config.min_sync,
         updates: rx,
         published: published.clone(),

@@ -133,7 +133,7 @@ impl Drop for Up {
     }
 }
 
-fn start(upstream: SocketAddr) -> Up {
+fn start(upstream: SocketAddr, extra: &[&str]) -> Up {
     let dir = tempfile::tempdir().unwrap();
     let (api, metrics, dns) = (free_port(), free_port(), free_port());
     let child = Command::new(bin())
@@ -153,6 +153,7 @@ fn start(upstream: SocketAddr) -> Up {
             "--node-name",
             "dns-node",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -181,7 +182,7 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_records_with_dig() {
     let (up_addr, _) = upstream().await;
-    let up = start(up_addr);
+    let up = start(up_addr, &[]);
     let c = client(&up).await;
     let svcs: Api<Service> = Api::namespaced(c.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(c, "default");
@@ -361,8 +362,13 @@ async fn hickory_query(dns: u16, name: &str, ty: RecordType) -> Message {
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_caching_and_hostile_packets() {
     let (up_addr, upstream_queries) = upstream().await;
-    let up = start(up_addr);
+    let up = start(up_addr, &["--dns-pod-records"]);
     let d = up.dns;
+    // Pod records, when asked for.
+    assert_eq!(
+        answers(&dig(d, &["10-1-2-3.default.pod.cluster.local", "A"]))[0].2,
+        "10.1.2.3"
+    );
     let first = hickory_query(d, "example.test.", RecordType::A).await;
     assert_eq!(first.metadata.response_code, ResponseCode::NoError);
     assert!(first.metadata.recursion_available);
