@@ -4,6 +4,7 @@
 //! - [`zone`]: the cluster zone, built off the hot path and read without locks;
 //! - [`forward`]: everything else, to the upstream resolvers, with a TTL-honouring cache;
 //! - [`server`]: the UDP/TCP server (hickory-server) and the request handler.
+mod batch;
 pub mod fast;
 pub mod forward;
 pub mod server;

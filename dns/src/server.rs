@@ -338,26 +338,36 @@ pub async fn answer_datagram(handler: &Handler, datagram: &[u8]) -> Option<Vec<u
 /// upstream).
 async fn serve_udp(udp: UdpSocket, handler: Arc<Handler>) {
     let udp = Arc::new(udp);
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(1500);
+    let mut receiver = crate::batch::Receiver::new();
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::batch::BATCH);
+    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(crate::batch::BATCH);
     loop {
-        let (n, peer) = match udp.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let n = match receiver.recv(&udp).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "DNS receive");
                 continue;
             }
         };
-        if fast_path(&handler, &buf[..n], peer, &mut out) {
-            let _ = udp.send_to(&out, peer).await;
-            continue;
-        }
-        let (handler, udp, datagram) = (handler.clone(), udp.clone(), buf[..n].to_vec());
-        tokio::spawn(async move {
-            if let Some(resp) = full_path(&handler, &datagram, peer).await {
-                let _ = udp.send_to(&resp, peer).await;
+        for i in 0..n {
+            let Some((datagram, peer)) = receiver.get(i) else {
+                continue;
+            };
+            let mut out = spare.pop().unwrap_or_default();
+            if fast_path(&handler, datagram, peer, &mut out) {
+                replies.push((out, peer));
+                continue;
             }
-        });
+            spare.push(out);
+            let (handler, udp, datagram) = (handler.clone(), udp.clone(), datagram.to_vec());
+            tokio::spawn(async move {
+                if let Some(resp) = full_path(&handler, &datagram, peer).await {
+                    let _ = udp.send_to(&resp, peer).await;
+                }
+            });
+        }
+        crate::batch::send_all(&udp, &replies).await;
+        spare.extend(replies.drain(..).map(|(buf, _)| buf));
     }
 }
 
