@@ -17,8 +17,18 @@ use switchyard::controllers::allocator::{parse_port_range, Cidr};
     about = "Kubernetes-compatible networking and service discovery"
 )]
 struct Cli {
+    /// How log lines (and the ingress access log) are written.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -88,6 +98,25 @@ struct AgentArgs {
     /// insecure"; off by default, as in CoreDNS).
     #[arg(long)]
     dns_pod_records: bool,
+    /// Serve Ingresses over HTTP on this address (`up` defaults to 127.0.0.1:8080).
+    #[arg(long)]
+    ingress_http: Option<SocketAddr>,
+    /// Serve Ingresses over HTTPS on this address (`up` defaults to 127.0.0.1:8443).
+    #[arg(long)]
+    ingress_https: Option<SocketAddr>,
+    /// The address written into the status of the Ingresses this node serves (default: the
+    /// ingress listen address, when it is a specific one).
+    #[arg(long)]
+    ingress_status_address: Option<IpAddr>,
+    /// Clients must send request headers (and finish TLS handshakes) within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ingress_header_timeout: Duration,
+    /// Open ingress connections at most; more wait to be accepted.
+    #[arg(long, default_value_t = 16_384)]
+    ingress_max_connections: usize,
+    /// Log one line per ingress request (target `switchyard::access`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ingress_access_log: bool,
 }
 
 #[derive(clap::Args)]
@@ -123,20 +152,8 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
         .map_err(|e: switchyard::controllers::allocator::CidrError| e.to_string())
 }
 
-/// `250ms`, `2s`, `1m`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)")),
-    }
+    switchyard_proxy::ingress::annotations::parse_duration(s)
 }
 
 fn hostname() -> String {
@@ -169,7 +186,38 @@ fn system_resolvers() -> Vec<SocketAddr> {
         .collect()
 }
 
-fn agent_config(args: &AgentArgs, default_dns: Option<SocketAddr>) -> agent::Config {
+/// The ingress router's settings, when it listens anywhere.
+fn ingress_config(
+    args: &AgentArgs,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+) -> Option<agent::IngressConfig> {
+    if http.is_none() && https.is_none() {
+        return None;
+    }
+    let mut router = switchyard_proxy::ingress::Config::new(agent::default_certificate());
+    router.http = http;
+    router.https = https;
+    router.header_timeout = args.ingress_header_timeout;
+    router.max_connections = args.ingress_max_connections;
+    router.access_log = args.ingress_access_log;
+    let status_address = args.ingress_status_address.or_else(|| {
+        [http, https]
+            .into_iter()
+            .flatten()
+            .map(|a| a.ip())
+            .find(|ip| !ip.is_unspecified())
+    });
+    Some(agent::IngressConfig {
+        router,
+        status_address,
+    })
+}
+
+/// The agent's settings; `defaults` are the DNS and ingress addresses used when no flag names
+/// one (`up` has them, `node` does not).
+fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config {
+    let default_dns = defaults.map(|d| d.dns);
     let dns = args
         .dns_listen
         .or(default_dns)
@@ -188,8 +236,14 @@ fn agent_config(args: &AgentArgs, default_dns: Option<SocketAddr>) -> agent::Con
                 cache_entries: 10_000,
             },
         });
+    let ingress = ingress_config(
+        args,
+        args.ingress_http.or(defaults.map(|d| d.ingress_http)),
+        args.ingress_https.or(defaults.map(|d| d.ingress_https)),
+    );
     agent::Config {
         dns,
+        ingress,
         node_name: args.node_name.clone().unwrap_or_else(hostname),
         proxy_mode: args.proxy_mode,
         metrics_listen: Some(args.metrics_listen),
@@ -201,6 +255,20 @@ fn agent_config(args: &AgentArgs, default_dns: Option<SocketAddr>) -> agent::Con
         },
     }
 }
+
+/// Where `up` serves what `node` serves only when asked.
+#[derive(Clone, Copy)]
+struct UpDefaults {
+    dns: SocketAddr,
+    ingress_http: SocketAddr,
+    ingress_https: SocketAddr,
+}
+
+const UP_DEFAULTS: UpDefaults = UpDefaults {
+    dns: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1053),
+    ingress_http: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080),
+    ingress_https: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443),
+};
 
 async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
@@ -263,7 +331,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     started.registry.ensure_default_ingress_class().await?;
     let client = client_from(&started.kubeconfig).await?;
-    let config = agent_config(&args.agent, Some(SocketAddr::from(([127, 0, 0, 1], 1053))));
+    let config = agent_config(&args.agent, Some(UP_DEFAULTS));
     println!("switchyard up");
     println!("  API server    https://{}", started.addr);
     println!("  kubeconfig    {}", started.kubeconfig.display());
@@ -273,6 +341,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     if let Some(d) = &config.dns {
         println!("  DNS           {} (udp, tcp), zone {}", d.listen, d.domain);
+    }
+    if let Some(i) = &config.ingress {
+        if let Some(a) = i.router.http {
+            println!("  ingress http  http://{a}");
+        }
+        if let Some(a) = i.router.https {
+            println!("  ingress https https://{a}");
+        }
     }
     println!(
         "  metrics       http://{}/metrics",
@@ -286,13 +362,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {

@@ -5,7 +5,11 @@
 //!   frontends (ClusterIPs, NodePort, external and load-balancer IPs) and endpoints — and the
 //!   endpoint selection rules shared by every proxy mode;
 //! - [`userspace`]: the userspace proxy, which moves the bytes itself where the kernel cannot be
-//!   programmed.
+//!   programmed;
+//! - [`ingress`]: the HTTP ingress router, which consumes a [`RouteTable`](ingress::routes::RouteTable);
+//! - [`metrics`]: the Prometheus histogram both the agent and the router use.
 
+pub mod ingress;
+pub mod metrics;
 pub mod table;
 pub mod userspace;

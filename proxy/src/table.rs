@@ -102,28 +102,29 @@ impl ServicePort {
         out
     }
 
-    /// The endpoints traffic may go to: the ready ones, or — when none is ready — the serving
-    /// terminating ones (kube-proxy's ProxyTerminatingEndpoints); only local ones when the
-    /// frontend's traffic policy is Local.
+    /// The endpoints traffic may go to ([`usable`]), only local ones when the frontend's
+    /// traffic policy is Local.
     pub fn usable(&self, external: bool) -> Vec<&Endpoint> {
         let local_only = if external {
             self.external_local
         } else {
             self.internal_local
         };
-        let candidates = || {
-            self.endpoints
-                .iter()
-                .filter(move |e| !local_only || e.local)
-        };
-        let ready: Vec<&Endpoint> = candidates().filter(|e| e.ready).collect();
-        if !ready.is_empty() {
-            return ready;
-        }
-        candidates()
-            .filter(|e| e.serving && e.terminating)
-            .collect()
+        usable(&self.endpoints, local_only)
     }
+}
+
+/// The endpoints traffic may go to: the ready ones, or — when none is ready — the serving
+/// terminating ones (kube-proxy's ProxyTerminatingEndpoints).
+pub fn usable(endpoints: &[Endpoint], local_only: bool) -> Vec<&Endpoint> {
+    let candidates = || endpoints.iter().filter(move |e| !local_only || e.local);
+    let ready: Vec<&Endpoint> = candidates().filter(|e| e.ready).collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates()
+        .filter(|e| e.serving && e.terminating)
+        .collect()
 }
 
 /// Every service port the node serves, sorted by name.

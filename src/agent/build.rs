@@ -30,7 +30,7 @@ fn ips(list: Option<&Vec<String>>) -> Vec<IpAddr> {
 }
 
 /// The endpoints of each (service, port name, protocol), from its EndpointSlices.
-fn endpoints_by_port<'a>(
+pub(super) fn endpoints_by_port<'a>(
     slices: impl IntoIterator<Item = (&'a ObjKey, &'a EndpointSlice)>,
     node: &str,
 ) -> HashMap<(String, String, String, Protocol), Vec<Endpoint>> {

@@ -2,57 +2,10 @@
 //! the kube-proxy-style `/healthz`.
 
 use std::fmt::Write;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Buckets in seconds (kube-proxy's exponential buckets from 1 ms).
-const BUCKETS: &[f64] = &[
-    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
-    8.192, 16.384,
-];
-
-pub struct Histogram {
-    counts: [AtomicU64; 15],
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    const fn new() -> Self {
-        Histogram {
-            counts: [const { AtomicU64::new(0) }; 15],
-            sum_nanos: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_nanos
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, c) in BUCKETS.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
+pub use switchyard_proxy::metrics::Histogram;
 
 fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -167,12 +120,8 @@ pub struct Metrics {
     service_ports: AtomicU64,
     endpoints: AtomicU64,
     listeners: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram::new()
-    }
+    /// The ingress router, whose metrics are served here too.
+    pub ingress: std::sync::OnceLock<std::sync::Arc<switchyard_proxy::ingress::Router>>,
 }
 
 impl Metrics {
@@ -270,6 +219,9 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         self.dns.render(&mut out);
+        if let Some(router) = self.ingress.get() {
+            router.render_metrics(&mut out);
+        }
         let errors = self.sync_errors.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP switchyard_proxy_sync_errors_total Proxy syncs that left something unprogrammed\n# TYPE switchyard_proxy_sync_errors_total counter\nswitchyard_proxy_sync_errors_total {errors}");
         out

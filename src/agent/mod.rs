@@ -9,7 +9,9 @@
 //!    one `ArcSwap::store`;
 //! 4. the proxy programmer ([`programmer`]) runs in its own task, applies the newest snapshot,
 //!    retries with backoff when something could not be programmed, resyncs at the maximum
-//!    interval, and records the timings ([`metrics`]).
+//!    interval, and records the timings ([`metrics`]);
+//! 5. the ingress router reads the snapshot's route table ([`routes`]) once per request, and
+//!    [`status`] writes the node's address into the Ingresses it serves.
 //!
 //! If the API goes away, the watchers back off and reconnect while the last snapshot keeps
 //! serving.
@@ -18,20 +20,24 @@ pub mod build;
 pub mod metrics;
 pub mod node;
 mod programmer;
+pub mod routes;
 mod serve;
+mod status;
 mod watch;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use switchyard_dns::zone::ClusterZone;
+use switchyard_proxy::ingress::routes::RouteTable;
 use switchyard_proxy::table::ServiceTable;
 use tokio::sync::{mpsc, watch as notify};
 
@@ -58,6 +64,15 @@ pub struct Config {
     pub userspace: switchyard_proxy::userspace::Config,
     /// Cluster DNS, when it should be served.
     pub dns: Option<DnsConfig>,
+    /// The ingress router, when it should run.
+    pub ingress: Option<IngressConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    pub router: switchyard_proxy::ingress::Config,
+    /// Written into `status.loadBalancer.ingress` of the Ingresses the router serves.
+    pub status_address: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +100,8 @@ pub enum AgentError {
     },
     #[error("cluster domain {0:?} is not a valid DNS name")]
     Domain(String),
+    #[error("{0}")]
+    Ingress(std::io::Error),
 }
 
 /// One immutable view of what the data plane should do.
@@ -94,6 +111,8 @@ pub struct Snapshot {
     pub services: Arc<ServiceTable>,
     /// The cluster DNS zone (None until built, or when DNS is off).
     pub dns: Option<Arc<ClusterZone>>,
+    /// The ingress router's routes (empty when the router is off).
+    pub routes: Arc<RouteTable>,
     /// When the changes this snapshot carries happened (for network programming latency), with
     /// the generation that first carried each.
     pub triggers: Arc<[(u64, SystemTime)]>,
@@ -103,6 +122,9 @@ pub struct Snapshot {
 pub(crate) enum Update {
     Services(Box<Event<Service>>),
     Slices(Box<Event<EndpointSlice>>),
+    Ingresses(Box<Event<Ingress>>),
+    Classes(Box<Event<IngressClass>>),
+    Secrets(Box<Event<Secret>>),
 }
 
 /// One kind's objects, with the buffer of a relist in progress.
@@ -162,11 +184,27 @@ impl<K: ResourceExt + Clone> Kind<K> {
 struct State {
     services: Kind<Service>,
     slices: Kind<EndpointSlice>,
+    ingresses: Kind<Ingress>,
+    classes: Kind<IngressClass>,
+    secrets: Kind<Secret>,
 }
 
 impl State {
-    fn synced(&self) -> bool {
-        self.services.synced && self.slices.synced
+    /// Every watched kind has listed once (the ingress kinds only count with `ingress`).
+    fn synced(&self, ingress: bool) -> bool {
+        self.services.synced
+            && self.slices.synced
+            && (!ingress || (self.ingresses.synced && self.classes.synced && self.secrets.synced))
+    }
+
+    fn apply(&mut self, update: Update) -> bool {
+        match update {
+            Update::Services(ev) => self.services.apply(*ev),
+            Update::Slices(ev) => self.slices.apply(*ev),
+            Update::Ingresses(ev) => self.ingresses.apply(*ev),
+            Update::Classes(ev) => self.classes.apply(*ev),
+            Update::Secrets(ev) => self.secrets.apply(*ev),
+        }
     }
 }
 
@@ -185,9 +223,32 @@ fn trigger_time(ev: &Update) -> Option<SystemTime> {
             Event::Delete(_) => Some(SystemTime::now()),
             _ => None,
         },
-        Update::Services(ev) => {
-            matches!(**ev, Event::Apply(_) | Event::Delete(_)).then(SystemTime::now)
-        }
+        Update::Services(ev) => changed(ev),
+        Update::Ingresses(ev) => changed(ev),
+        Update::Classes(ev) => changed(ev),
+        Update::Secrets(ev) => changed(ev),
+    }
+}
+
+fn changed<K>(ev: &Event<K>) -> Option<SystemTime> {
+    matches!(ev, Event::Apply(_) | Event::Delete(_)).then(SystemTime::now)
+}
+
+/// Whether an update can change the route table, which depends on the ingress kinds and on
+/// the Services (and their slices) that Ingresses name.
+fn affects_routes(update: &Update, route_services: &std::collections::HashSet<ObjKey>) -> bool {
+    match update {
+        Update::Ingresses(_) | Update::Classes(_) | Update::Secrets(_) => true,
+        Update::Services(ev) => match &**ev {
+            Event::Apply(s) | Event::Delete(s) => route_services.contains(&key(s)),
+            Event::InitDone => true,
+            _ => false,
+        },
+        Update::Slices(ev) => match &**ev {
+            Event::Apply(s) | Event::Delete(s) => route_services.contains(&slice_service(s)),
+            Event::InitDone => true,
+            _ => false,
+        },
     }
 }
 
@@ -224,6 +285,7 @@ fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mu
             }
             _ => return,
         },
+        Update::Ingresses(_) | Update::Classes(_) | Update::Secrets(_) => return,
     };
     if !via_slice
         || state
@@ -250,6 +312,8 @@ struct StateTask {
     node: String,
     /// The zone's settings, when DNS is on.
     dns: Option<DnsZone>,
+    /// Where the Ingresses the router serves go, when the router is on.
+    served: Option<notify::Sender<Arc<Vec<routes::Served>>>>,
     min_sync: Duration,
     updates: mpsc::Receiver<Update>,
     published: Arc<ArcSwap<Snapshot>>,
@@ -262,6 +326,7 @@ async fn run_state(task: StateTask) {
     let StateTask {
         node,
         dns,
+        served,
         min_sync,
         mut updates,
         published,
@@ -279,11 +344,15 @@ async fn run_state(task: StateTask) {
         all: true,
         ..Default::default()
     };
+    let ingress = served.is_some();
+    let mut routes_dirty = true;
+    let mut route_services = std::collections::HashSet::new();
+    let mut certs = routes::CertCache::new();
     let mut pending: Vec<(u64, SystemTime)> = Vec::new();
     let mut generation = 0u64;
     let mut last_publish = Instant::now() - min_sync;
     loop {
-        let ready = dirty && state.synced();
+        let ready = dirty && state.synced(ingress);
         let wait = if ready {
             (last_publish + min_sync).saturating_duration_since(Instant::now())
         } else {
@@ -299,10 +368,8 @@ async fn run_state(task: StateTask) {
                         pending.push((generation + 1, t));
                     }
                     track(&state, &update, &mut svc_changed, &mut dns_changed);
-                    dirty |= match update {
-                        Update::Services(ev) => state.services.apply(*ev),
-                        Update::Slices(ev) => state.slices.apply(*ev),
-                    };
+                    routes_dirty |= ingress && affects_routes(&update, &route_services);
+                    dirty |= state.apply(update);
                     match updates.try_recv() {
                         Ok(next) => update = next,
                         Err(_) => break,
@@ -321,6 +388,28 @@ async fn run_state(task: StateTask) {
                     _ => previous.dns.clone(),
                 };
                 dns_changed = build::Changed::default();
+                let route_table = match &served {
+                    Some(served) if routes_dirty => {
+                        let built = routes::build_routes(&routes::Inputs {
+                            ingresses: &state.ingresses.objects,
+                            classes: &state.classes.objects,
+                            secrets: &state.secrets.objects,
+                            services: &state.services.objects,
+                            slices: &state.slices.objects,
+                        }, &previous.routes, &mut certs);
+                        route_services = built.services;
+                        served.send_if_modified(|s| {
+                            let new = **s != built.served;
+                            if new {
+                                *s = Arc::new(built.served);
+                            }
+                            new
+                        });
+                        Arc::new(built.table)
+                    }
+                    _ => previous.routes.clone(),
+                };
+                routes_dirty = false;
                 generation += 1;
                 let done = *applied.borrow_and_update();
                 pending.retain(|(g, _)| *g > done);
@@ -329,7 +418,7 @@ async fn run_state(task: StateTask) {
                 }
                 metrics.build_duration.observe(started.elapsed());
                 metrics.published(generation, services.ports.len(), services.endpoint_count());
-                published.store(Arc::new(Snapshot { generation, services: Arc::new(services), dns: zone, triggers: pending.clone().into() }));
+                published.store(Arc::new(Snapshot { generation, services: Arc::new(services), dns: zone, routes: route_table, triggers: pending.clone().into() }));
                 let _ = generations.send(generation);
                 dirty = false;
                 last_publish = Instant::now();
@@ -346,6 +435,27 @@ impl switchyard_dns::server::ZoneSource for SnapshotZone {
     fn zone(&self) -> Option<Arc<ClusterZone>> {
         self.0.load().dns.clone()
     }
+}
+
+/// The ingress router reads the routes from the published snapshot: one load per request.
+struct SnapshotRoutes(Arc<ArcSwap<Snapshot>>);
+
+impl switchyard_proxy::ingress::RouteSource for SnapshotRoutes {
+    fn routes(&self) -> Arc<RouteTable> {
+        self.0.load().routes.clone()
+    }
+}
+
+/// A self-signed certificate for TLS clients whose server name has none of its own.
+pub fn default_certificate() -> Arc<rustls::sign::CertifiedKey> {
+    let cert = rcgen::generate_simple_self_signed(vec!["switchyard-ingress.invalid".to_string()])
+        .expect("a self-signed certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).expect("an ECDSA key");
+    Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.cert.der().clone()],
+        signer,
+    ))
 }
 
 async fn spawn_dns(
@@ -389,8 +499,32 @@ pub async fn run(
     }
     let node_task = tokio::spawn(node::run(client.clone(), config.node_name.clone()));
     let (tx, rx) = mpsc::channel(1024);
-    let watchers = watch::spawn_all(&client, tx);
+    let watchers = watch::spawn_all(&client, tx, config.ingress.is_some());
     let published = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let mut served_tx = None;
+    let mut ingress_tasks = Vec::new();
+    let router = match &config.ingress {
+        Some(ing) => {
+            let listeners = switchyard_proxy::ingress::Listeners::bind(&ing.router)
+                .await
+                .map_err(AgentError::Ingress)?;
+            let (tx, rx) = notify::channel(Arc::new(Vec::new()));
+            served_tx = Some(tx);
+            if let Some(ip) = ing.status_address {
+                ingress_tasks.push(tokio::spawn(status::run(client.clone(), ip, rx)));
+            }
+            let router = switchyard_proxy::ingress::Router::start(
+                ing.router.clone(),
+                listeners,
+                Arc::new(SnapshotRoutes(published.clone())),
+            );
+            Some(Arc::new(router))
+        }
+        None => None,
+    };
+    if let Some(r) = &router {
+        let _ = metrics.ingress.set(r.clone());
+    }
     let (gen_tx, gen_rx) = notify::channel(0u64);
     let (applied_tx, applied_rx) = notify::channel(0u64);
     let dns = match &config.dns {
@@ -404,6 +538,7 @@ pub async fn run(
             ttl: d.ttl,
             pods: d.pod_records,
         }),
+        served: served_tx,
         min_sync: config.min_sync,
         updates: rx,
         published: published.clone(),
@@ -423,6 +558,12 @@ pub async fn run(
     node_task.abort();
     if let Some(d) = dns {
         d.abort();
+    }
+    for t in ingress_tasks {
+        t.abort();
+    }
+    if let Some(r) = router {
+        r.stop();
     }
     let _ = stop_tx.send(true);
     let _ = programmer.await;

@@ -2,8 +2,9 @@
 //! 410 or a reconnect and back off while the API is away.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -15,6 +16,7 @@ use super::Update;
 fn spawn<K>(
     client: &kube::Client,
     tx: mpsc::Sender<Update>,
+    config: watcher::Config,
     wrap: fn(watcher::Event<K>) -> Update,
 ) -> JoinHandle<()>
 where
@@ -24,9 +26,7 @@ where
     let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&Default::default()).to_string();
     tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => {
@@ -42,9 +42,29 @@ where
     })
 }
 
-pub(super) fn spawn_all(client: &kube::Client, tx: mpsc::Sender<Update>) -> Vec<JoinHandle<()>> {
-    vec![
-        spawn::<Service>(client, tx.clone(), |e| Update::Services(Box::new(e))),
-        spawn::<EndpointSlice>(client, tx, |e| Update::Slices(Box::new(e))),
-    ]
+/// The watchers of every kind the agent needs; the ingress kinds only when it routes ingress.
+pub(super) fn spawn_all(
+    client: &kube::Client,
+    tx: mpsc::Sender<Update>,
+    ingress: bool,
+) -> Vec<JoinHandle<()>> {
+    let all = watcher::Config::default;
+    let mut out = vec![
+        spawn::<Service>(client, tx.clone(), all(), |e| Update::Services(Box::new(e))),
+        spawn::<EndpointSlice>(client, tx.clone(), all(), |e| Update::Slices(Box::new(e))),
+    ];
+    if ingress {
+        out.push(spawn::<Ingress>(client, tx.clone(), all(), |e| {
+            Update::Ingresses(Box::new(e))
+        }));
+        out.push(spawn::<IngressClass>(client, tx.clone(), all(), |e| {
+            Update::Classes(Box::new(e))
+        }));
+        // Only TLS Secrets: the agent has no business reading the others.
+        let tls = all().fields("type=kubernetes.io/tls");
+        out.push(spawn::<Secret>(client, tx, tls, |e| {
+            Update::Secrets(Box::new(e))
+        }));
+    }
+    out
 }

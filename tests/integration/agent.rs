@@ -4,8 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -14,7 +13,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::support::{bin, eventually_async, free_port, Server};
+use crate::support::{bin, eventually_async, free_port, Server, Up};
 
 /// Above 1024, so that an unprivileged proxy can listen on it.
 const SERVICE_PORT: u16 = 8080;
@@ -125,83 +124,9 @@ async fn cluster_ip(api: &Api<Service>, name: &str) -> SocketAddr {
     )
 }
 
-struct Up {
-    child: Child,
-    dir: tempfile::TempDir,
-    api: u16,
-    metrics: u16,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `switchyard up`, as the unprivileged user `nobody` when the tests run as root.
-fn start_up() -> Up {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, metrics) = (free_port(), free_port());
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-    // As root, the test runs `up` as the unprivileged user nobody, from a copy of the binary in
-    // its own directory (the checkout's directories may not be open to other users).
-    let program = if root {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let copy = dir.path().join("switchyard");
-        std::fs::copy(bin(), &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        copy
-    } else {
-        std::path::PathBuf::from(bin())
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(["up", "--data-dir"]).arg(dir.path().join("data"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{api}"),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics}"),
-        "--node-name",
-        "test-node",
-        "--dns-listen",
-        &format!("127.0.0.1:{}", free_port()),
-    ]);
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    if root {
-        cmd.uid(65534).gid(65534);
-    }
-    let child = cmd.spawn().unwrap();
-    let kubeconfig = dir.path().join("data/admin.kubeconfig");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok() && kubeconfig.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Up {
-        child,
-        dir,
-        api,
-        metrics,
-    }
-}
-
-impl Up {
-    async fn client(&self) -> kube::Client {
-        let kc = kube::config::Kubeconfig::read_from(self.dir.path().join("data/admin.kubeconfig"))
-            .unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_cluster_ips_and_follows_endpoint_changes() {
-    let up = start_up();
+    let up = Up::start(&[], true);
     let client = up.client().await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");

@@ -2,7 +2,7 @@
 //! hickory's protocol library, forwarding to an upstream the test runs on loopback.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use tokio::net::UdpSocket;
 
-use crate::support::{bin, eventually, free_port};
+use crate::support::{eventually, Up};
 
 /// An upstream resolver on loopback: `example.test` A 192.0.2.10 (TTL 60), `big.example.test`
 /// TXT too large for UDP (truncated there, whole over TCP), NXDOMAIN with an SOA for the rest.
@@ -120,59 +120,15 @@ fn answers(out: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-struct Up {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    dns: u16,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(upstream: SocketAddr, extra: &[&str]) -> Up {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, metrics, dns) = (free_port(), free_port(), free_port());
-    let child = Command::new(bin())
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .args([
-            "--dns-listen",
-            &format!("127.0.0.1:{dns}"),
-            "--dns-upstream",
-            &upstream.to_string(),
-            "--node-name",
-            "dns-node",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let upstream = upstream.to_string();
+    let mut args = vec!["--dns-upstream", &upstream, "--node-name", "dns-node"];
+    args.extend_from_slice(extra);
+    let up = Up::start(&args, false);
     eventually(Duration::from_secs(20), || {
-        (status(&dig(dns, &["dns-version.cluster.local", "TXT"])) == "NOERROR").then_some(())
+        (status(&dig(up.dns, &["dns-version.cluster.local", "TXT"])) == "NOERROR").then_some(())
     });
-    Up { child, dir, dns }
-}
-
-async fn client(up: &Up) -> kube::Client {
-    let kc =
-        kube::config::Kubeconfig::read_from(up.dir.path().join("data/admin.kubeconfig")).unwrap();
-    kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
+    up
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -183,7 +139,7 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 async fn cluster_records_with_dig() {
     let (up_addr, _) = upstream().await;
     let up = start(up_addr, &[]);
-    let c = client(&up).await;
+    let c = up.client().await;
     let svcs: Api<Service> = Api::namespaced(c.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(c, "default");
     let web = svcs.create(&PostParams::default(), &obj(serde_json::json!({"metadata": {"name": "web"}, "spec": {"ports": [{"name": "http", "port": 80}]}}))).await.unwrap();

@@ -5,6 +5,7 @@ mod bad_input;
 mod client;
 mod crash;
 mod dns;
+mod ingress;
 mod kubectl;
 mod sandbox;
 #[path = "../support/mod.rs"]

@@ -1,7 +1,10 @@
 //! Test support: a real `switchyard server` process driven by kubectl and kube-rs ([`server`]),
-//! and clusters built from network namespaces ([`netns`]).
+//! `switchyard up` on free ports ([`up`]), and clusters built from network namespaces
+//! ([`netns`]).
 
 pub mod netns;
 pub mod server;
+pub mod up;
 
 pub use server::*;
+pub use up::Up;

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use switchyard_proxy::ingress::annotations;
+
 use super::{check, names};
 use crate::apiserver::error::FieldError;
 
@@ -101,6 +103,20 @@ fn validate_backend(field: &str, b: &Value, errs: &mut Vec<FieldError>) {
 }
 
 pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
+    // Our router's annotations are typed values: a bad one is refused here rather than
+    // ignored at the router.
+    if let Some(a) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        let ours = a
+            .iter()
+            .filter(|(k, _)| k.starts_with(annotations::PREFIX))
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)));
+        if let Err(e) = annotations::parse(ours) {
+            errs.push(FieldError::invalid("metadata.annotations", "", e));
+        }
+    }
     if let Some(c) = obj
         .pointer("/spec/ingressClassName")
         .and_then(Value::as_str)

@@ -1,0 +1,534 @@
+//! The HTTP and HTTPS listeners and the request path: route, pick an endpoint, forward, stream
+//! the response back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::routes::{Backend, Balance, Target};
+use super::upstream::{BackendStats, SendError, Sender, Upstream, UpstreamBody};
+use super::{Config, RouteSource};
+
+/// What the router answers with: an upstream's body or a short one of its own.
+pub enum Body {
+    Upstream(UpstreamBody),
+    Local(Option<Bytes>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Upstream(b) => b.is_end_stream(),
+            Body::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Upstream(b) => b.size_hint(),
+            Body::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// Everything the connections share.
+pub(super) struct Shared {
+    pub source: Arc<dyn RouteSource>,
+    pub config: Config,
+    /// Requests that matched no backend.
+    pub unrouted: BackendStats,
+    pub connections: Arc<Semaphore>,
+}
+
+/// Where a request came in.
+#[derive(Clone, Copy)]
+struct Conn {
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+}
+
+fn local(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::Local(Some(Bytes::from(format!("{text}\n")))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` stays.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol a request asks to switch to, for HTTP/1.1 `Connection: upgrade` requests.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A client's request id when it is short printable ASCII, otherwise a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+        {
+            v.clone()
+        }
+        _ => HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>()))
+            .expect("hex is a valid header value"),
+    }
+}
+
+/// Picks an endpoint that is not known to be down (any when all are): power of two choices on
+/// in-flight requests, or round robin. `tried` are skipped.
+fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+    let n = backend.endpoints.len();
+    let eligible = |u: &&Arc<Upstream>| !tried.contains(&u.addr);
+    let healthy: Vec<&Arc<Upstream>> = backend
+        .endpoints
+        .iter()
+        .filter(eligible)
+        .filter(|u| !u.is_down())
+        .collect();
+    let pool: Vec<&Arc<Upstream>> = if healthy.is_empty() {
+        backend.endpoints.iter().filter(eligible).collect()
+    } else {
+        healthy
+    };
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0].clone()),
+        len => match backend.settings.balance {
+            Balance::RoundRobin => {
+                let i = backend.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+                Some(pool[i % len].clone())
+            }
+            Balance::LeastRequest => {
+                let a = rand::random_range(0..len);
+                let b = (a + rand::random_range(1..len)) % len;
+                let (x, y) = (pool[a], pool[b]);
+                Some(if y.in_flight() < x.in_flight() { y } else { x }.clone())
+            }
+        },
+    }
+}
+
+/// The request target as the upstream sees it: origin-form for HTTP/1.1, absolute for h2c.
+fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Uri {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    if h2c {
+        format!("http://{host}{pq}")
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    } else {
+        pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+    }
+}
+
+/// Forwards a request to the backend, retrying a failed connect on another endpoint.
+async fn forward(
+    backend: &Backend,
+    mut req: Request<Incoming>,
+    conn: Conn,
+    host: &str,
+    id: &HeaderValue,
+) -> (Response<Body>, Option<SocketAddr>) {
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let original_host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| HeaderValue::from_str(req.uri().authority()?.as_str()).ok());
+    let version = req.version();
+    *req.uri_mut() = upstream_uri(req.uri(), host, backend.h2c);
+    *req.version_mut() = if backend.h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if backend.h2c {
+        headers.remove(header::HOST);
+    } else if let Some(h) = &original_host {
+        headers.insert(header::HOST, h.clone());
+    }
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+    // The router is the edge: what clients claim in these headers is replaced, not trusted.
+    headers.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a header value"),
+    );
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(h) = &original_host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(conn.local.port()));
+    headers.insert(X_REQUEST_ID, id.clone());
+    let settings = &backend.settings;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let attempts = backend.endpoints.len().clamp(1, 3);
+    let mut last_error = String::new();
+    while tried.len() < attempts {
+        let Some(upstream) = pick(backend, &tried) else {
+            break;
+        };
+        tried.push(upstream.addr);
+        let in_flight = upstream.start();
+        let sender = match upstream.sender(settings.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, SendError::Connect(_)) {
+                    upstream.mark_down();
+                }
+                tracing::debug!(upstream = %upstream.addr, error = %e, "upstream connect failed");
+                last_error = format!("{}: {e}", upstream.addr);
+                continue;
+            }
+        };
+        let sent = tokio::time::timeout(settings.response_timeout, async {
+            match sender {
+                Sender::H1 { mut sender, reused } => match sender.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, Some(sender))),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        Err((e.into_error(), unsent.filter(|_| reused)))
+                    }
+                },
+                Sender::H2(mut sender) => match sender.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, None)),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        Err((e.into_error(), unsent))
+                    }
+                },
+            }
+        })
+        .await;
+        let (resp, keep) = match sent {
+            Err(_) => {
+                return (
+                    local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("upstream {} timed out", upstream.addr),
+                    ),
+                    Some(upstream.addr),
+                )
+            }
+            Ok(Err((e, Some(unsent)))) => {
+                // A pooled connection closed under us before the request went out: the
+                // request is intact, so send it again on a fresh connection.
+                tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
+                req = unsent;
+                tried.pop();
+                continue;
+            }
+            Ok(Err((e, None))) => {
+                return (
+                    local(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("upstream {} failed: {e}", upstream.addr),
+                    ),
+                    Some(upstream.addr),
+                )
+            }
+            Ok(Ok(r)) => r,
+        };
+        let addr = upstream.addr;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                return (switch(resp, downstream, in_flight), Some(addr));
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        // The client's protocol, whatever the upstream's was.
+        parts.version = version;
+        let body = Body::Upstream(UpstreamBody::new(body, in_flight, keep));
+        return (Response::from_parts(parts, body), Some(addr));
+    }
+    (
+        local(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "no upstream of {} accepted a connection ({last_error})",
+                backend.service
+            ),
+        ),
+        tried.last().copied(),
+    )
+}
+
+/// A 101 from the upstream: answer the client with it and join the two upgraded connections.
+fn switch(
+    resp: Response<Incoming>,
+    downstream: hyper::upgrade::OnUpgrade,
+    in_flight: super::upstream::InFlight,
+) -> Response<Body> {
+    let mut out = Response::new(Body::Local(None));
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *out.headers_mut() = resp.headers().clone();
+    let upstream = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let (Ok(up), Ok(down)) = (upstream.await, downstream.await) else {
+            return;
+        };
+        let mut up = TokioIo::new(up);
+        let mut down = TokioIo::new(down);
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
+    out
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let started = Instant::now();
+    let authority_host = req.uri().authority().map(|a| a.as_str().to_owned());
+    let raw_host = authority_host
+        .as_deref()
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let host = super::routes::normalize_host(&raw_host).into_owned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let version = req.version();
+    let id = request_id(req.headers());
+    let routes = shared.source.routes();
+    let (backend, redirect) = match routes.route(&host, &path) {
+        Target::Route(r) => (Some(r.backend.clone()), r.ssl_redirect && !conn.tls),
+        Target::Default(b) => (Some(b.clone()), false),
+        Target::NotFound => (None, false),
+    };
+    drop(routes);
+    let (resp, upstream) = match &backend {
+        _ if redirect => (redirect_to_https(shared, &host, req.uri()), None),
+        None => (
+            local(
+                StatusCode::NOT_FOUND,
+                "no ingress rule matches this host and path",
+            ),
+            None,
+        ),
+        Some(b) if b.endpoints.is_empty() => (
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "service {}/{} has no ready endpoint",
+                    b.ingress.namespace, b.service
+                ),
+            ),
+            None,
+        ),
+        Some(b) => forward(b, req, conn, &host, &id).await,
+    };
+    let mut resp = resp;
+    resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
+    stats.record(status, took);
+    if shared.config.access_log {
+        let (ingress, service) = backend
+            .as_ref()
+            .map(|b| (b.ingress.to_string(), b.service.as_str()))
+            .unwrap_or_default();
+        let request_id = id.to_str().unwrap_or("");
+        let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(
+            target: "switchyard::access",
+            client = %conn.peer,
+            method = %method,
+            host = %host,
+            path = %path,
+            version = ?version,
+            status,
+            upstream = %upstream,
+            ingress = %ingress,
+            service,
+            request_id,
+            duration_us = took.as_micros() as u64,
+            "request"
+        );
+    }
+    resp
+}
+
+fn redirect_to_https(shared: &Shared, host: &str, uri: &Uri) -> Response<Body> {
+    let port = shared
+        .config
+        .https
+        .map(|a| a.port())
+        .filter(|p| *p != 443)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = local(
+        StatusCode::PERMANENT_REDIRECT,
+        "this host is served over HTTPS",
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+async fn serve_io<I>(shared: Arc<Shared>, io: I, conn: Conn)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
+        })
+    };
+    let _ = builder(&shared.config)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await;
+}
+
+/// Accepts connections up to the connection limit; with `tls`, completes the handshake first.
+pub(super) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    loop {
+        let Ok(permit) = shared.connections.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "ingress accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(peer);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = Conn {
+                peer,
+                local,
+                tls: tls.is_some(),
+            };
+            match tls {
+                None => serve_io(shared, tcp, conn).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(shared.config.header_timeout, acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_io(shared, stream, conn).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}

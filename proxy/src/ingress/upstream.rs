@@ -1,0 +1,281 @@
+//! Upstream endpoints: pooled connections (HTTP/1.1 keep-alive, or one multiplexed HTTP/2
+//! connection for h2c), in-flight counts for load balancing, passive health, and the response
+//! body that hands its connection back to the pool when it ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::metrics::{Histogram, REQUEST_BUCKETS};
+
+use super::routes::IngressName;
+
+/// Idle keep-alive connections kept per endpoint.
+const MAX_IDLE: usize = 256;
+/// How long an endpoint that refused a connection is skipped.
+pub const DOWN_FOR: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// One endpoint (address and protocol) and its connections.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    h2c: bool,
+    in_flight: AtomicU32,
+    down_until: AtomicU64,
+    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+}
+
+/// Why no request could be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection: refused, unreachable or timed out. Nothing was sent.
+    Connect(std::io::Error),
+    /// The request went out and the exchange failed.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A connection ready for one request.
+pub enum Sender {
+    H1 {
+        sender: http1::SendRequest<Incoming>,
+        reused: bool,
+    },
+    H2(http2::SendRequest<Incoming>),
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr, h2c: bool) -> Upstream {
+        Upstream {
+            addr,
+            h2c,
+            in_flight: AtomicU32::new(0),
+            down_until: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Skipped after refusing connections, until [`DOWN_FOR`] has passed.
+    pub fn is_down(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    pub fn mark_down(&self) {
+        self.down_until
+            .store(now_ms() + DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a request until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// A pooled connection that is ready, or a new one.
+    pub async fn sender(&self, connect_timeout: Duration) -> Result<Sender, SendError> {
+        if self.h2c {
+            let pooled = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(s) = pooled.filter(|s| !s.is_closed()) {
+                return Ok(Sender::H2(s));
+            }
+            let io = self.connect(connect_timeout).await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(SendError::Exchange)?;
+            tokio::spawn(conn);
+            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+            return Ok(Sender::H2(sender));
+        }
+        loop {
+            let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut sender) = pooled else { break };
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Ok(Sender::H1 {
+                    sender,
+                    reused: true,
+                });
+            }
+        }
+        let io = self.connect(connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Exchange)?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(Sender::H1 {
+            sender,
+            reused: false,
+        })
+    }
+
+    async fn connect(
+        &self,
+        timeout: Duration,
+    ) -> Result<TokioIo<tokio::net::TcpStream>, SendError> {
+        let tcp =
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(SendError::Connect(e)),
+                Err(_) => {
+                    return Err(SendError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )))
+                }
+            };
+        let _ = tcp.set_nodelay(true);
+        Ok(TokioIo::new(tcp))
+    }
+
+    fn release(&self, sender: http1::SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+/// One request counted against an upstream.
+pub struct InFlight(Arc<Upstream>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body from an upstream: while it streams the request stays in flight, and an
+/// HTTP/1.1 connection goes back to the pool once the body has ended.
+pub struct UpstreamBody {
+    inner: Incoming,
+    finish: Option<(InFlight, Option<http1::SendRequest<Incoming>>)>,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        in_flight: InFlight,
+        keep: Option<http1::SendRequest<Incoming>>,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            inner,
+            finish: Some((in_flight, keep)),
+        };
+        if body.inner.is_end_stream() {
+            body.done();
+        }
+        body
+    }
+
+    fn done(&mut self) {
+        if let Some((in_flight, Some(sender))) = self.finish.take() {
+            in_flight.0.release(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken exchange: the connection is not reused.
+                self.finish = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Requests and latencies of one Ingress backend, kept across route-table changes.
+pub struct BackendStats {
+    pub ingress: IngressName,
+    pub service: String,
+    /// Responses by status code.
+    statuses: Mutex<Vec<(u16, u64)>>,
+    pub latency: Histogram,
+}
+
+impl BackendStats {
+    pub fn new(ingress: &IngressName, service: &str) -> BackendStats {
+        BackendStats {
+            ingress: ingress.clone(),
+            service: service.to_string(),
+            statuses: Mutex::new(Vec::new()),
+            latency: Histogram::new(REQUEST_BUCKETS),
+        }
+    }
+
+    pub fn record(&self, status: u16, took: Duration) {
+        {
+            let mut s = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+            match s.iter_mut().find(|(code, _)| *code == status) {
+                Some((_, n)) => *n += 1,
+                None => s.push((status, 1)),
+            }
+        }
+        self.latency.observe(took);
+    }
+
+    pub fn statuses(&self) -> Vec<(u16, u64)> {
+        let mut s = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.sort_unstable();
+        s
+    }
+}

@@ -1,0 +1,440 @@
+//! The route table for the ingress router, built from Ingresses of our classes, their Services'
+//! EndpointSlices and their TLS Secrets: a pure function of the cluster state (plus a cache of
+//! parsed certificates, keyed by the Secret's resourceVersion).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use rustls::pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
+use switchyard_proxy::ingress::annotations;
+use switchyard_proxy::ingress::routes::{
+    Age, BackendSpec, Builder, IngressName, PathKind, RouteTable,
+};
+use switchyard_proxy::table::{usable, Protocol};
+
+use super::build::{endpoints_by_port, ObjKey};
+
+/// The controller name our IngressClasses carry.
+pub const CONTROLLER: &str = "switchyard.io/ingress-controller";
+const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The pre-IngressClass way of naming a class, still honoured when `ingressClassName` is unset.
+const LEGACY_CLASS: &str = "kubernetes.io/ingress.class";
+/// The appProtocol of a Service port that speaks HTTP/2 without TLS.
+const H2C: &str = "kubernetes.io/h2c";
+
+/// Parsed certificates by Secret, with the resourceVersion they were parsed at.
+pub type CertCache = HashMap<ObjKey, (String, Option<Arc<CertifiedKey>>)>;
+
+/// The inputs of [`build_routes`].
+pub struct Inputs<'a> {
+    pub ingresses: &'a HashMap<ObjKey, Ingress>,
+    pub classes: &'a HashMap<ObjKey, IngressClass>,
+    pub secrets: &'a HashMap<ObjKey, Secret>,
+    pub services: &'a HashMap<ObjKey, Service>,
+    pub slices: &'a HashMap<ObjKey, EndpointSlice>,
+}
+
+/// An Ingress the router serves, with the addresses its status lists now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub key: ObjKey,
+    pub status_ips: Vec<String>,
+}
+
+pub struct Built {
+    pub table: RouteTable,
+    pub served: Vec<Served>,
+    /// The Services the table depends on: a change to any other cannot change it.
+    pub services: HashSet<ObjKey>,
+}
+
+/// Whether an Ingress belongs to one of our classes.
+pub fn is_ours(ing: &Ingress, classes: &HashMap<ObjKey, IngressClass>) -> bool {
+    let ours = |c: &IngressClass| {
+        c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
+    };
+    let named = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+        .or_else(|| {
+            ing.metadata
+                .annotations
+                .as_ref()?
+                .get(LEGACY_CLASS)
+                .map(String::as_str)
+        });
+    match named {
+        Some(name) => classes
+            .get(&(String::new(), name.to_string()))
+            .is_some_and(ours),
+        None => classes.values().any(|c| {
+            ours(c)
+                && c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DEFAULT_CLASS))
+                    .is_some_and(|v| v == "true")
+        }),
+    }
+}
+
+/// The certificate of a `kubernetes.io/tls` Secret, parsed once per resourceVersion.
+fn certificate(
+    cache: &mut CertCache,
+    secrets: &HashMap<ObjKey, Secret>,
+    key: &ObjKey,
+) -> Option<Arc<CertifiedKey>> {
+    let secret = secrets.get(key)?;
+    let version = secret.metadata.resource_version.clone().unwrap_or_default();
+    if let Some((v, cert)) = cache.get(key) {
+        if *v == version {
+            return cert.clone();
+        }
+    }
+    let parsed = parse_tls_secret(secret)
+        .map_err(|e| tracing::warn!(secret = %format!("{}/{}", key.0, key.1), error = %e, "TLS secret not usable"))
+        .ok()
+        .map(Arc::new);
+    cache.insert(key.clone(), (version, parsed.clone()));
+    parsed
+}
+
+/// `tls.crt` (PEM chain) and `tls.key` (PEM key) of a Secret, checked to belong together.
+pub fn parse_tls_secret(secret: &Secret) -> Result<CertifiedKey, String> {
+    let data = secret.data.as_ref().ok_or("no data")?;
+    let crt = data.get("tls.crt").ok_or("no tls.crt")?;
+    let key = data.get("tls.key").ok_or("no tls.key")?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &crt.0[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = rustls_pemfile::private_key(&mut &key.0[..])
+        .map_err(|e| format!("tls.key: {e}"))?
+        .ok_or("tls.key holds no private key")?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified
+        .keys_match()
+        .map_err(|e| format!("tls.crt and tls.key do not match: {e}"))?;
+    Ok(certified)
+}
+
+fn age(ing: &Ingress, key: &ObjKey) -> Age {
+    (
+        ing.metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(i64::MAX, |t| t.0.as_second()),
+        IngressName {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+        },
+    )
+}
+
+/// The backend spec of an Ingress backend: the usable endpoints of the Service port it names.
+fn backend_spec(
+    inputs: &Inputs<'_>,
+    endpoints: &HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>,
+    ns: &str,
+    ingress: &IngressName,
+    settings: &switchyard_proxy::ingress::routes::Settings,
+    backend: &IngressBackend,
+) -> Option<BackendSpec> {
+    let svc_ref = backend.service.as_ref()?;
+    let port_ref = svc_ref.port.as_ref();
+    let label = match port_ref {
+        Some(p) => match (&p.name, p.number) {
+            (Some(n), _) if !n.is_empty() => format!("{}:{n}", svc_ref.name),
+            (_, Some(n)) => format!("{}:{n}", svc_ref.name),
+            _ => svc_ref.name.clone(),
+        },
+        None => svc_ref.name.clone(),
+    };
+    let mut spec = BackendSpec {
+        ingress: ingress.clone(),
+        service: label,
+        endpoints: vec![],
+        h2c: false,
+        settings: settings.clone(),
+    };
+    let svc = inputs.services.get(&(ns.to_string(), svc_ref.name.clone()));
+    let port = svc.and_then(|s| s.spec.as_ref()).and_then(|s| {
+        s.ports.iter().flatten().find(|p| {
+            p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                && port_ref.is_some_and(|r| match (&r.name, r.number) {
+                    (Some(n), _) if !n.is_empty() => p.name.as_deref() == Some(n),
+                    (_, Some(n)) => p.port == n,
+                    _ => false,
+                })
+        })
+    });
+    if let Some(port) = port {
+        spec.h2c = port.app_protocol.as_deref() == Some(H2C);
+        let key = (
+            ns.to_string(),
+            svc_ref.name.clone(),
+            port.name.clone().unwrap_or_default(),
+            Protocol::Tcp,
+        );
+        if let Some(eps) = endpoints.get(&key) {
+            spec.endpoints = usable(eps, false).iter().map(|e| e.addr).collect();
+        }
+    }
+    Some(spec)
+}
+
+fn tls_hosts(ing: &Ingress) -> impl Iterator<Item = (&str, Option<&str>)> {
+    ing.spec
+        .as_ref()
+        .and_then(|s| s.tls.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|t| {
+            t.hosts
+                .iter()
+                .flatten()
+                .map(move |h| (h.as_str(), t.secret_name.as_deref()))
+        })
+}
+
+fn add_ingress(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>,
+    certs: &mut CertCache,
+    key: &ObjKey,
+    ing: &Ingress,
+) {
+    let Some(spec) = &ing.spec else { return };
+    let age = age(ing, key);
+    let parsed = annotations::parse(
+        ing.metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!(ingress = %age.1, error = %e, "annotation ignored; using defaults");
+        annotations::Parsed::default()
+    });
+    let tls: Vec<&str> = tls_hosts(ing).map(|(h, _)| h).collect();
+    for (host, secret) in tls_hosts(ing) {
+        if let Some(secret) = secret {
+            if let Some(cert) =
+                certificate(certs, inputs.secrets, &(key.0.clone(), secret.to_string()))
+            {
+                b.certificate(host, &age, cert);
+            }
+        }
+    }
+    let backend = |b: &mut Builder<'_>, be: &IngressBackend| {
+        backend_spec(inputs, endpoints, &key.0, &age.1, &parsed.settings, be).map(|s| b.backend(s))
+    };
+    if let Some(d) = &spec.default_backend {
+        if let Some(be) = backend(b, d) {
+            b.default_backend(&age, be);
+        }
+    }
+    for rule in spec.rules.iter().flatten() {
+        let host = rule.host.as_deref().filter(|h| !h.is_empty());
+        let redirect = parsed
+            .ssl_redirect
+            .unwrap_or_else(|| host.is_some_and(|h| tls.iter().any(|t| t.eq_ignore_ascii_case(h))));
+        for path in rule.http.iter().flat_map(|h| &h.paths) {
+            let Some(be) = backend(b, &path.backend) else {
+                continue;
+            };
+            let kind = match path.path_type.as_str() {
+                "Exact" => PathKind::Exact,
+                _ => PathKind::Prefix,
+            };
+            let p = path.path.as_deref().unwrap_or("/");
+            b.rule(host, p, kind, &age, be, redirect);
+        }
+    }
+}
+
+/// Builds the route table of every Ingress of ours; `previous` lends its upstream state.
+pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut CertCache) -> Built {
+    let ours: Vec<(&ObjKey, &Ingress)> = inputs
+        .ingresses
+        .iter()
+        .filter(|(_, i)| is_ours(i, inputs.classes))
+        .collect();
+    let mut services: HashSet<ObjKey> = HashSet::new();
+    for (key, ing) in &ours {
+        let Some(spec) = &ing.spec else { continue };
+        let backends = spec
+            .default_backend
+            .iter()
+            .chain(spec.rules.iter().flatten().flat_map(|r| {
+                r.http
+                    .iter()
+                    .flat_map(|h| h.paths.iter().map(|p| &p.backend))
+            }));
+        for be in backends {
+            if let Some(s) = &be.service {
+                services.insert((key.0.clone(), s.name.clone()));
+            }
+        }
+    }
+    let slices = inputs.slices.iter().filter(|((ns, _), s)| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .is_some_and(|svc| services.contains(&(ns.clone(), svc.clone())))
+    });
+    // Endpoints here serve every node's ingress traffic: locality does not matter.
+    let endpoints = endpoints_by_port(slices, "");
+    let mut b = previous.builder();
+    let mut served = Vec::new();
+    for (key, ing) in ours {
+        add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
+        served.push(Served {
+            key: key.clone(),
+            status_ips: status_ips(ing),
+        });
+    }
+    served.sort_by(|a, b| a.key.cmp(&b.key));
+    // Forget certificates of Secrets that are gone.
+    certs.retain(|k, _| inputs.secrets.contains_key(k));
+    Built {
+        table: b.build(),
+        served,
+        services,
+    }
+}
+
+fn status_ips(ing: &Ingress) -> Vec<String> {
+    ing.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+/// Whether `ip` is among an Ingress's status addresses.
+pub fn lists(served: &Served, ip: IpAddr) -> bool {
+    served
+        .status_ips
+        .iter()
+        .any(|s| s.parse::<IpAddr>().ok() == Some(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_proxy::ingress::routes::Target;
+
+    fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn keyed<K: kube::ResourceExt>(list: Vec<K>) -> HashMap<ObjKey, K> {
+        list.into_iter()
+            .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
+            .collect()
+    }
+
+    fn ingress(name: &str, class: Option<&str>, created: &str, path: &str, svc: &str) -> Ingress {
+        let mut spec = serde_json::json!({"rules": [{"host": "a.example", "http": {"paths": [
+            {"path": path, "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]});
+        if let Some(c) = class {
+            spec["ingressClassName"] = c.into();
+        }
+        obj(
+            serde_json::json!({"metadata": {"name": name, "namespace": "ns", "creationTimestamp": created}, "spec": spec}),
+        )
+    }
+
+    #[test]
+    fn class_ownership_and_endpoint_resolution() {
+        let classes = keyed(vec![
+            obj::<IngressClass>(
+                serde_json::json!({"metadata": {"name": "ours", "annotations": {DEFAULT_CLASS: "true"}}, "spec": {"controller": CONTROLLER}}),
+            ),
+            obj(
+                serde_json::json!({"metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}}),
+            ),
+        ]);
+        let ingresses = keyed(vec![
+            ingress("named", Some("ours"), "2026-01-01T00:00:00Z", "/a", "web"),
+            ingress("defaulted", None, "2026-01-02T00:00:00Z", "/b", "web"),
+            ingress("other", Some("nginx"), "2026-01-01T00:00:00Z", "/c", "web"),
+            ingress(
+                "missing",
+                Some("ours"),
+                "2026-01-01T00:00:00Z",
+                "/d",
+                "absent",
+            ),
+        ]);
+        let services = keyed(vec![obj::<Service>(
+            serde_json::json!({"metadata": {"name": "web", "namespace": "ns"}, "spec": {"ports": [{"name": "http", "port": 80, "appProtocol": H2C}]}}),
+        )]);
+        let slices = keyed(vec![obj::<EndpointSlice>(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}}]}))]);
+        let secrets = HashMap::new();
+        let inputs = Inputs {
+            ingresses: &ingresses,
+            classes: &classes,
+            secrets: &secrets,
+            services: &services,
+            slices: &slices,
+        };
+        let built = build_routes(&inputs, &RouteTable::default(), &mut CertCache::new());
+        let names: Vec<&str> = built.served.iter().map(|s| s.key.1.as_str()).collect();
+        assert_eq!(names, ["defaulted", "missing", "named"]);
+        let Target::Route(r) = built.table.route("a.example", "/a/x") else {
+            panic!("no route for /a")
+        };
+        let addrs: Vec<String> = r
+            .backend
+            .endpoints
+            .iter()
+            .map(|u| u.addr.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["10.0.0.1:8080"],
+            "only the ready endpoint, at the slice's port"
+        );
+        assert!(r.backend.h2c);
+        assert!(matches!(
+            built.table.route("a.example", "/b"),
+            Target::Route(_)
+        ));
+        assert!(matches!(
+            built.table.route("a.example", "/c"),
+            Target::NotFound
+        ));
+        let Target::Route(r) = built.table.route("a.example", "/d") else {
+            panic!("no route for /d")
+        };
+        assert!(
+            r.backend.endpoints.is_empty(),
+            "a missing Service has no endpoints"
+        );
+        assert!(built.services.contains(&("ns".into(), "web".into())));
+    }
+}

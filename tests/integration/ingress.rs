@@ -1,0 +1,602 @@
+//! The ingress router end to end: `switchyard up`, Ingresses applied through the API, real
+//! clients (curl for HTTP/1.1, HTTP/2 and TLS; hyper; tokio-tungstenite for WebSocket) and
+//! backends in the test process on 127.0.0.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{eventually_async, Up};
+
+/// An HTTP backend (HTTP/1.1 and h2c) that answers with what it saw, as JSON. `/slow` waits
+/// three seconds first.
+async fn backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path().starts_with("/slow") {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        let body = serde_json::json!({
+                            "backend": name,
+                            "path": req.uri().path(),
+                            "version": format!("{:?}", req.version()),
+                            "host": req.uri().authority().map(|a| a.to_string()).unwrap_or_else(|| h("host")),
+                            "xff": h("x-forwarded-for"),
+                            "xfp": h("x-forwarded-proto"),
+                            "xfh": h("x-forwarded-host"),
+                            "xfport": h("x-forwarded-port"),
+                            "rid": h("x-request-id"),
+                            "secret": h("x-hop"),
+                        });
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                            body.to_string(),
+                        ))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket echo server.
+async fn ws_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn service(name: &str, app_protocol: Option<&str>) -> Service {
+    let mut port = serde_json::json!({"name": "http", "port": 80});
+    if let Some(p) = app_protocol {
+        port["appProtocol"] = p.into();
+    }
+    serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [port]}}),
+    )
+    .unwrap()
+}
+
+fn slice(service: &str, backends: &[SocketAddr]) -> EndpointSlice {
+    let port = backends.first().map_or(1, |b| b.port());
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": backends.iter().map(|b| serde_json::json!({"addresses": [b.ip().to_string()], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// A Service whose endpoints all listen on one port of distinct loopback addresses is not
+/// possible here (backends share 127.0.0.1), so each Service gets one backend and one slice.
+async fn expose(client: &kube::Client, name: &str, backend: Option<SocketAddr>, app: Option<&str>) {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    svcs.create(&PostParams::default(), &service(name, app))
+        .await
+        .unwrap();
+    let eps: Vec<SocketAddr> = backend.into_iter().collect();
+    slices
+        .create(&PostParams::default(), &slice(name, &eps))
+        .await
+        .unwrap();
+}
+
+async fn apply_ingress(client: &kube::Client, v: serde_json::Value) {
+    let api: Api<Ingress> = Api::namespaced(client.clone(), "default");
+    let ing: Ingress = serde_json::from_value(v).unwrap();
+    let name = ing.metadata.name.clone().unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&ing),
+    )
+    .await
+    .unwrap();
+}
+
+fn path(p: &str, kind: &str, svc: &str) -> serde_json::Value {
+    serde_json::json!({"path": p, "pathType": kind, "backend": {"service": {"name": svc, "port": {"name": "http"}}}})
+}
+
+/// `curl` with `args`; returns (HTTP status, body, headers).
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-D",
+            "/dev/stderr",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).to_lowercase(),
+    )
+}
+
+fn get(up: &Up, host: &str, path: &str) -> (u16, String, String) {
+    curl(&[
+        "-H",
+        &format!("Host: {host}"),
+        &format!("http://127.0.0.1:{}{path}", up.http),
+    ])
+}
+
+/// Which backend answered, or the status when it was not a 200.
+fn who(up: &Up, host: &str, path: &str) -> String {
+    let (code, body, _) = get(up, host, path);
+    if code != 200 {
+        return code.to_string();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["backend"].as_str().unwrap_or("?").to_string()
+}
+
+async fn wait_for(up: &Up, host: &str, path: &str, want: &str) {
+    let (host, path, want) = (host.to_string(), path.to_string(), want.to_string());
+    eventually_async(Duration::from_secs(20), || {
+        let got = who(up, &host, &path);
+        let ok = got == want;
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_hosts_paths_backends_and_errors() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let h2 = backend("h2").await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    expose(&client, "a", Some(a), None).await;
+    expose(&client, "b", Some(b), None).await;
+    expose(&client, "c", Some(c), None).await;
+    expose(&client, "h2", Some(h2), Some("kubernetes.io/h2c")).await;
+    expose(&client, "empty", None, None).await;
+    expose(&client, "refused", Some(refused), None).await;
+    apply_ingress(&client, serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "main", "annotations": {"switchyard.io/response-timeout": "1s"}},
+        "spec": {"rules": [
+            {"host": "shop.example", "http": {"paths": [
+                path("/foo", "Exact", "a"), path("/foo", "Prefix", "b"), path("/", "Prefix", "c"),
+                path("/empty", "Prefix", "empty"), path("/refused", "Prefix", "refused"),
+                path("/slow", "Prefix", "a"), path("/h2", "Prefix", "h2")]}},
+            {"host": "*.wild.example", "http": {"paths": [path("/", "Prefix", "a")]}},
+        ]},
+    }))
+    .await;
+    // An Ingress of another controller's class is not ours.
+    apply_ingress(&client, serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "foreign"},
+        "spec": {"ingressClassName": "nginx", "rules": [{"host": "foreign.example", "http": {"paths": [path("/", "Prefix", "a")]}}]},
+    }))
+    .await;
+    wait_for(&up, "shop.example", "/foo", "a").await;
+    // Exact beats Prefix on the same path; Prefix is element-wise; the host ignores case and
+    // port.
+    assert_eq!(who(&up, "shop.example", "/foo/"), "b");
+    assert_eq!(who(&up, "SHOP.example:8080", "/foo/bar"), "b");
+    assert_eq!(who(&up, "shop.example", "/foobar"), "c");
+    assert_eq!(who(&up, "x.wild.example", "/any"), "a");
+    assert_eq!(
+        who(&up, "y.x.wild.example", "/any"),
+        "404",
+        "a wildcard matches one label"
+    );
+    assert_eq!(who(&up, "wild.example", "/"), "404");
+    assert_eq!(who(&up, "foreign.example", "/"), "404");
+
+    // Headers: Host preserved, X-Forwarded-* set by the router (not taken from the client),
+    // a client's request id kept, hop-by-hop headers dropped.
+    let (code, body, headers) = curl(&[
+        "-H",
+        "Host: shop.example",
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-H",
+        "X-Request-Id: req-42",
+        "-H",
+        "Connection: x-hop",
+        "-H",
+        "X-Hop: secret",
+        &format!("http://127.0.0.1:{}/foo", up.http),
+    ]);
+    assert_eq!(code, 200);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["host"], "shop.example");
+    assert_eq!(seen["xff"], "127.0.0.1");
+    assert_eq!(seen["xfp"], "http");
+    assert_eq!(seen["xfh"], "shop.example");
+    assert_eq!(seen["xfport"], up.http.to_string());
+    assert_eq!(seen["rid"], "req-42");
+    assert_eq!(
+        seen["secret"], "",
+        "a header named in Connection is hop-by-hop"
+    );
+    assert!(headers.contains("x-request-id: req-42"), "{headers}");
+    let (_, body, _) = get(&up, "shop.example", "/foo");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        seen["rid"].as_str().unwrap().len(),
+        32,
+        "a request id is generated"
+    );
+
+    // h2c upstream when the Service port's appProtocol says so.
+    let (code, body, _) = get(&up, "shop.example", "/h2");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"version\":\"HTTP/2.0\""), "{body}");
+
+    // 503 without endpoints, 502 when the upstream refuses, 504 when it is too slow; each
+    // body says which.
+    let (code, body, _) = get(&up, "shop.example", "/empty");
+    assert_eq!(
+        (code, body.contains("no ready endpoint")),
+        (503, true),
+        "{body}"
+    );
+    let (code, body, _) = get(&up, "shop.example", "/refused");
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("accepted a connection"), "{body}");
+    let (code, body, _) = get(&up, "shop.example", "/slow");
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    assert_eq!(who(&up, "nohost.example", "/"), "404");
+
+    // A defaultBackend catches what no rule matches.
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "fallback"},
+            "spec": {"defaultBackend": {"service": {"name": "c", "port": {"number": 80}}}},
+        }),
+    )
+    .await;
+    wait_for(&up, "nohost.example", "/", "c").await;
+
+    // Our Ingresses get the node's address in their status; the foreign one is left alone.
+    let api: Api<Ingress> = Api::namespaced(client.clone(), "default");
+    let lb_ips = |i: Ingress| -> Vec<String> {
+        i.status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect()
+    };
+    eventually_async(Duration::from_secs(20), || async {
+        let ips = lb_ips(api.get("main").await.ok()?);
+        (ips == ["127.0.0.1"]).then_some(())
+    })
+    .await;
+    assert!(lb_ips(api.get("foreign").await.unwrap()).is_empty());
+
+    // A bad annotation value is refused by the API with a clear error.
+    let bad: Ingress = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bad", "annotations": {"switchyard.io/connect-timeout": "soon"}},
+        "spec": {"defaultBackend": {"service": {"name": "c", "port": {"number": 80}}}},
+    }))
+    .unwrap();
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    assert!(
+        err.to_string().contains("switchyard.io/connect-timeout"),
+        "{err}"
+    );
+
+    // Metrics per ingress, service and status.
+    let (_, metrics, _) = curl(&[&format!("http://127.0.0.1:{}/metrics", up.metrics)]);
+    assert!(
+        metrics.contains("switchyard_ingress_requests_total{namespace=\"default\",ingress=\"main\",service=\"empty:http\",status=\"503\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A self-signed certificate for `host`, as (cert PEM, key PEM).
+fn cert(host: &str) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+fn tls_secret(name: &str, (crt, key): &(String, String)) -> Secret {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt, "tls.key": key},
+    }))
+    .unwrap()
+}
+
+/// curl over TLS to `host`, trusting only `ca`; returns (status, HTTP version, body).
+fn tls_get(up: &Up, host: &str, ca: &str, extra: &[&str]) -> (u16, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["--resolve", &format!("{host}:{}:127.0.0.1", up.https)])
+        .arg("--cacert")
+        .arg(&ca_file)
+        .args(extra)
+        .arg(format!("https://{host}:{}/", up.https))
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, version) = s.split_once(' ').unwrap_or(("0", ""));
+    (code.parse().unwrap_or(0), version.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_by_sni_with_rotation_http2_and_redirect() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    expose(&client, "a", Some(backend("a").await), None).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let (one, two) = (cert("one.example"), cert("two.example"));
+    secrets
+        .create(&PostParams::default(), &tls_secret("one", &one))
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &tls_secret("two", &two))
+        .await
+        .unwrap();
+    apply_ingress(&client, serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "tls"},
+        "spec": {
+            "tls": [{"hosts": ["one.example"], "secretName": "one"}, {"hosts": ["two.example"], "secretName": "two"}],
+            "rules": [
+                {"host": "one.example", "http": {"paths": [path("/", "Prefix", "a")]}},
+                {"host": "two.example", "http": {"paths": [path("/", "Prefix", "a")]}},
+            ]},
+    }))
+    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        (tls_get(&up, "one.example", &one.0, &[]).0 == 200).then_some(())
+    })
+    .await;
+    // Each name gets its own certificate: the other's does not verify.
+    assert_eq!(tls_get(&up, "two.example", &two.0, &[]).0, 200);
+    assert_eq!(tls_get(&up, "two.example", &one.0, &[]).0, 0);
+    // HTTP/2 through ALPN, HTTP/1.1 when asked.
+    assert_eq!(
+        tls_get(&up, "one.example", &one.0, &["--http2"]),
+        (200, "2".into())
+    );
+    assert_eq!(
+        tls_get(&up, "one.example", &one.0, &["--http1.1"]),
+        (200, "1.1".into())
+    );
+    // A name without a certificate gets the default one, which no client trusts.
+    assert_eq!(tls_get(&up, "three.example", &one.0, &[]).0, 0);
+    let (code, _) = tls_get(&up, "three.example", "", &["-k"]);
+    assert_eq!(code, 404);
+    // Plain HTTP to a TLS host is redirected.
+    let (code, _, headers) = get(&up, "one.example", "/x?y=1");
+    assert_eq!(code, 308);
+    assert!(
+        headers.contains(&format!("location: https://one.example:{}/x?y=1", up.https)),
+        "{headers}"
+    );
+
+    // Rotation: the Secret changes, the served certificate follows without a restart.
+    let rotated = cert("one.example");
+    let patch = serde_json::json!({"stringData": {"tls.crt": rotated.0, "tls.key": rotated.1}});
+    secrets
+        .patch("one", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually_async(Duration::from_secs(20), || async {
+        (tls_get(&up, "one.example", &rotated.0, &[]).0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tls_get(&up, "one.example", &one.0, &[]).0,
+        0,
+        "the old certificate is gone"
+    );
+}
+
+/// One request over a kept-alive hyper connection; Ok(status).
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+) -> Result<u16, String> {
+    let req = http::Request::get("/load")
+        .header("host", "load.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_changes_fail_no_request_and_keep_websockets() {
+    let up = Up::start(&["--ingress-access-log", "false"], false);
+    let client = up.client().await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    expose(&client, "a", Some(a), None).await;
+    expose(&client, "b", Some(b), None).await;
+    expose(&client, "ws", Some(ws_backend().await), None).await;
+    let rules = |extra: Vec<serde_json::Value>| {
+        let mut paths = vec![path("/load", "Prefix", "a"), path("/ws", "Prefix", "ws")];
+        paths.extend(extra);
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "live"},
+            "spec": {"rules": [{"host": "load.example", "http": {"paths": paths}}]},
+        })
+    };
+    apply_ingress(&client, rules(vec![])).await;
+    wait_for(&up, "load.example", "/load", "a").await;
+
+    // A WebSocket through the router.
+    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(format!("ws://load.example:{}/ws", up.http), tcp)
+            .await
+            .expect("websocket handshake through the router");
+    assert_eq!(resp.status(), 101);
+    ws.send("before".into()).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_text().unwrap(),
+        "before"
+    );
+
+    // Constant load from 8 kept-alive connections while the configuration changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, port) = (stop.clone(), ok.clone(), up.http);
+        workers.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match send(&mut sender).await {
+                    Ok(200) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            failures
+        }));
+    }
+    // Change the rules, move the load to another Service and back, and add endpoints.
+    for i in 0..6 {
+        let svc = if i % 2 == 0 { "b" } else { "a" };
+        let mut doc = rules(vec![path(&format!("/extra{i}"), "Prefix", "b")]);
+        doc["spec"]["rules"][0]["http"]["paths"][0] = path("/load", "Prefix", svc);
+        apply_ingress(&client, doc).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let c = backend("c").await;
+    let mut s = slice("a", &[c]);
+    s.metadata.name = Some("a-2".into());
+    slices.create(&PostParams::default(), &s).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    assert!(ok.load(Ordering::Relaxed) > 100, "the load ran");
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+
+    // The WebSocket opened before the changes still works.
+    ws.send("after".into()).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_text().unwrap(),
+        "after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_oversized_headers_are_refused() {
+    let up = Up::start(&["--ingress-header-timeout", "1s"], false);
+    // Slowloris: a request line and half a header, then nothing.
+    let mut slow = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the router closes a connection whose headers never end"
+    );
+    // A TLS handshake that never starts is dropped too.
+    let mut idle = TcpStream::connect(("127.0.0.1", up.https)).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the router closes a connection that never says hello"
+    );
+
+    // Oversized headers: 431, and the router keeps serving.
+    let big = format!("X-Big: {}", "a".repeat(100 * 1024));
+    let (code, _, _) = curl(&["-H", &big, &format!("http://127.0.0.1:{}/", up.http)]);
+    assert_eq!(code, 431);
+    let (code, _, _) = curl(&[&format!("http://127.0.0.1:{}/", up.http)]);
+    assert_eq!(code, 404);
+}
