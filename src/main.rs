@@ -114,6 +114,9 @@ struct AgentArgs {
     /// Open ingress connections at most; more wait to be accepted.
     #[arg(long, default_value_t = 16_384)]
     ingress_max_connections: usize,
+    /// Event loops (threads) of the ingress router (default: one per CPU).
+    #[arg(long)]
+    ingress_threads: Option<usize>,
     /// Log one line per ingress request (target `switchyard::access`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ingress_access_log: bool,
@@ -201,6 +204,9 @@ fn ingress_config(
     router.header_timeout = args.ingress_header_timeout;
     router.max_connections = args.ingress_max_connections;
     router.access_log = args.ingress_access_log;
+    if let Some(n) = args.ingress_threads {
+        router.threads = n.max(1);
+    }
     let status_address = args.ingress_status_address.or_else(|| {
         [http, https]
             .into_iter()

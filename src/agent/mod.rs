@@ -236,9 +236,20 @@ fn changed<K>(ev: &Event<K>) -> Option<SystemTime> {
 
 /// Whether an update can change the route table, which depends on the ingress kinds and on
 /// the Services (and their slices) that Ingresses name.
-fn affects_routes(update: &Update, route_services: &std::collections::HashSet<ObjKey>) -> bool {
+/// A write to an Ingress's status alone (ours included) changes nothing here.
+fn affects_routes(
+    state: &State,
+    update: &Update,
+    route_services: &std::collections::HashSet<ObjKey>,
+) -> bool {
     match update {
-        Update::Ingresses(_) | Update::Classes(_) | Update::Secrets(_) => true,
+        Update::Ingresses(ev) => match &**ev {
+            Event::Apply(new) => state.ingresses.objects.get(&key(new)).is_none_or(|old| {
+                old.spec != new.spec || old.metadata.annotations != new.metadata.annotations
+            }),
+            _ => true,
+        },
+        Update::Classes(_) | Update::Secrets(_) => true,
         Update::Services(ev) => match &**ev {
             Event::Apply(s) | Event::Delete(s) => route_services.contains(&key(s)),
             Event::InitDone => true,
@@ -368,7 +379,7 @@ async fn run_state(task: StateTask) {
                         pending.push((generation + 1, t));
                     }
                     track(&state, &update, &mut svc_changed, &mut dns_changed);
-                    routes_dirty |= ingress && affects_routes(&update, &route_services);
+                    routes_dirty |= ingress && affects_routes(&state, &update, &route_services);
                     dirty |= state.apply(update);
                     match updates.try_recv() {
                         Ok(next) => update = next,
@@ -506,7 +517,6 @@ pub async fn run(
     let router = match &config.ingress {
         Some(ing) => {
             let listeners = switchyard_proxy::ingress::Listeners::bind(&ing.router)
-                .await
                 .map_err(AgentError::Ingress)?;
             let (tx, rx) = notify::channel(Arc::new(Vec::new()));
             served_tx = Some(tx);

@@ -43,6 +43,8 @@ pub struct Inputs<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
     pub key: ObjKey,
+    /// Tells a re-created Ingress from the one it replaced.
+    pub uid: String,
     pub status_ips: Vec<String>,
 }
 
@@ -304,6 +306,7 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
         add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
         served.push(Served {
             key: key.clone(),
+            uid: ing.metadata.uid.clone().unwrap_or_default(),
             status_ips: status_ips(ing),
         });
     }

@@ -1,8 +1,10 @@
 //! Writes the node's address into `status.loadBalancer.ingress` of the Ingresses the router
 //! serves, keeping the addresses other nodes wrote. A write is conditional on the
 //! resourceVersion it read, so two nodes never overwrite each other; a conflict is retried on
-//! the next change.
+//! the next change. Status writes do not rebuild the route table, so the task remembers what it
+//! wrote instead of waiting to see it in the list it is given.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,12 +56,22 @@ pub(super) async fn run(
     ip: IpAddr,
     mut served: watch::Receiver<Arc<Vec<Served>>>,
 ) {
+    let mut written: HashSet<(super::build::ObjKey, String)> = HashSet::new();
     loop {
         let list = served.borrow_and_update().clone();
+        let current: HashSet<_> = list
+            .iter()
+            .map(|s| (s.key.clone(), s.uid.clone()))
+            .collect();
+        written.retain(|w| current.contains(w));
         let mut failed = false;
         for s in list.iter().filter(|s| !lists(s, ip)) {
+            if written.contains(&(s.key.clone(), s.uid.clone())) {
+                continue;
+            }
             match write(&client, ip, s).await {
                 Ok(()) => {
+                    written.insert((s.key.clone(), s.uid.clone()));
                     tracing::debug!(ingress = %format!("{}/{}", s.key.0, s.key.1), %ip, "ingress status written")
                 }
                 Err(e) => {

@@ -5,6 +5,10 @@
 //! It reads a [`RouteTable`](routes::RouteTable) from a [`RouteSource`] once per request, so a
 //! configuration change is one pointer swap: nothing reloads, and requests in flight and
 //! upgraded connections keep running on the table they started with.
+//!
+//! It runs as `threads` independent event loops, each a single-threaded runtime on its own OS
+//! thread with its own `SO_REUSEPORT` listeners and its own upstream connection pools (the way
+//! nginx runs workers): a request never crosses threads, and nothing on its path is contended.
 
 pub mod annotations;
 pub mod routes;
@@ -17,7 +21,6 @@ use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{escape, header};
@@ -43,6 +46,8 @@ pub struct Config {
     pub max_connections: usize,
     /// One line per request through tracing (target `switchyard::access`).
     pub access_log: bool,
+    /// Event loops (OS threads), each accepting on its own `SO_REUSEPORT` listeners.
+    pub threads: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
             .field("access_log", &self.access_log)
+            .field("threads", &self.threads)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +74,7 @@ impl Config {
             max_header_bytes: 64 * 1024,
             max_connections: 16_384,
             access_log: true,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -93,25 +100,50 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// Bound listeners, so a taken address is an error at start.
+/// A listening socket that other sockets may share with `SO_REUSEPORT`.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// One listener per event loop and address, bound before anything runs, so a taken address is
+/// an error at start.
 pub struct Listeners {
-    http: Option<TcpListener>,
-    https: Option<TcpListener>,
+    /// Per event loop: (HTTP, HTTPS).
+    sets: Vec<(Option<std::net::TcpListener>, Option<std::net::TcpListener>)>,
 }
 
 impl Listeners {
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let bind = |addr: Option<SocketAddr>| async move {
-            match addr {
-                Some(a) => TcpListener::bind(a).await.map(Some).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("ingress listener {a}: {e}"))
-                }),
-                None => Ok(None),
+    pub fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let bind = |addr: Option<SocketAddr>,
+                    n: usize|
+         -> std::io::Result<Vec<Option<std::net::TcpListener>>> {
+            let Some(addr) = addr else {
+                return Ok((0..n).map(|_| None).collect());
+            };
+            let err = |e: std::io::Error| {
+                std::io::Error::new(e.kind(), format!("ingress listener {addr}: {e}"))
+            };
+            let first = reuseport_listener(addr).map_err(err)?;
+            // With port 0, the others share the port the first one got.
+            let addr = first.local_addr()?;
+            let mut out = vec![Some(first)];
+            for _ in 1..n {
+                out.push(Some(reuseport_listener(addr).map_err(err)?));
             }
+            Ok(out)
         };
+        let n = config.threads.max(1);
+        let http = bind(config.http, n)?;
+        let https = bind(config.https, n)?;
         Ok(Listeners {
-            http: bind(config.http).await?,
-            https: bind(config.https).await?,
+            sets: http.into_iter().zip(https).collect(),
         })
     }
 }
@@ -119,13 +151,13 @@ impl Listeners {
 /// A running router.
 pub struct Router {
     shared: Arc<server::Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Router {
-    /// Serves on the bound listeners until dropped.
+    /// Starts one event loop per listener set; they serve until [`Router::stop`].
     pub fn start(config: Config, listeners: Listeners, source: Arc<dyn RouteSource>) -> Router {
-        let tls = listeners.https.as_ref().map(|_| {
+        let tls = {
             let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
@@ -138,7 +170,7 @@ impl Router {
             }));
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             tokio_rustls::TlsAcceptor::from(Arc::new(tls))
-        });
+        };
         let shared = Arc::new(server::Shared {
             source,
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -151,14 +183,37 @@ impl Router {
                 "",
             ),
         });
-        let mut tasks = Vec::new();
-        if let Some(l) = listeners.http {
-            tasks.push(tokio::spawn(server::accept_loop(shared.clone(), l, None)));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        for (i, (http, https)) in listeners.sets.into_iter().enumerate() {
+            let (shared, tls, mut stopped) = (shared.clone(), tls.clone(), stopped.clone());
+            let run = move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("an ingress event loop");
+                rt.block_on(async move {
+                    let mut loops = tokio::task::JoinSet::new();
+                    for (l, tls) in [(http, None), (https, Some(tls))] {
+                        let Some(l) = l else { continue };
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => {
+                                loops.spawn(server::accept_loop(shared.clone(), l, tls));
+                            }
+                            Err(e) => tracing::error!(error = %e, "ingress listener unusable"),
+                        }
+                    }
+                    let _ = stopped.wait_for(|s| *s).await;
+                    loops.abort_all();
+                });
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name(format!("ingress-{i}"))
+                .spawn(run)
+            {
+                tracing::error!(error = %e, "could not start an ingress event loop");
+            }
         }
-        if let Some(l) = listeners.https {
-            tasks.push(tokio::spawn(server::accept_loop(shared.clone(), l, tls)));
-        }
-        Router { shared, tasks }
+        Router { shared, stop }
     }
 
     /// The router's Prometheus metrics.
@@ -207,11 +262,9 @@ impl Router {
 }
 
 impl Router {
-    /// Stops accepting connections.
+    /// Stops the event loops, closing their connections.
     pub fn stop(&self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        let _ = self.stop.send(true);
     }
 }
 

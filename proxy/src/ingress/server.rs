@@ -66,12 +66,14 @@ pub(super) struct Shared {
     pub connections: Arc<Semaphore>,
 }
 
-/// Where a request came in.
-#[derive(Clone, Copy)]
+/// Where a request came in, with the forwarding headers that follow from it (built once per
+/// connection).
+#[derive(Clone)]
 struct Conn {
     peer: SocketAddr,
-    local: SocketAddr,
     tls: bool,
+    forwarded_for: HeaderValue,
+    forwarded_port: HeaderValue,
 }
 
 fn local(status: StatusCode, text: &str) -> Response<Body> {
@@ -160,6 +162,9 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// in-flight requests, or round robin. `tried` are skipped.
 fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
     let n = backend.endpoints.len();
+    if let [only] = backend.endpoints.as_slice() {
+        return (!tried.contains(&only.addr)).then(|| only.clone());
+    }
     let eligible = |u: &&Arc<Upstream>| !tried.contains(&u.addr);
     let healthy: Vec<&Arc<Upstream>> = backend
         .endpoints
@@ -191,14 +196,16 @@ fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
 }
 
 /// The request target as the upstream sees it: origin-form for HTTP/1.1, absolute for h2c.
-fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Uri {
+fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Option<Uri> {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     if h2c {
-        format!("http://{host}{pq}")
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"))
+        let absolute = format!("http://{host}{pq}").parse();
+        Some(absolute.unwrap_or_else(|_| Uri::from_static("/")))
+    } else if uri.authority().is_some() {
+        Some(pq.parse().unwrap_or_else(|_| Uri::from_static("/")))
     } else {
-        pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+        // Already origin-form: nothing to rewrite.
+        None
     }
 }
 
@@ -206,7 +213,7 @@ fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Uri {
 async fn forward(
     backend: &Backend,
     mut req: Request<Incoming>,
-    conn: Conn,
+    conn: &Conn,
     host: &str,
     id: &HeaderValue,
 ) -> (Response<Body>, Option<SocketAddr>) {
@@ -218,7 +225,9 @@ async fn forward(
         .cloned()
         .or_else(|| HeaderValue::from_str(req.uri().authority()?.as_str()).ok());
     let version = req.version();
-    *req.uri_mut() = upstream_uri(req.uri(), host, backend.h2c);
+    if let Some(uri) = upstream_uri(req.uri(), host, backend.h2c) {
+        *req.uri_mut() = uri;
+    }
     *req.version_mut() = if backend.h2c {
         Version::HTTP_2
     } else {
@@ -236,10 +245,7 @@ async fn forward(
         headers.insert(header::UPGRADE, proto.clone());
     }
     // The router is the edge: what clients claim in these headers is replaced, not trusted.
-    headers.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a header value"),
-    );
+    headers.insert(X_FORWARDED_FOR, conn.forwarded_for.clone());
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -247,7 +253,7 @@ async fn forward(
     if let Some(h) = &original_host {
         headers.insert(X_FORWARDED_HOST, h.clone());
     }
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(conn.local.port()));
+    headers.insert(X_FORWARDED_PORT, conn.forwarded_port.clone());
     headers.insert(X_REQUEST_ID, id.clone());
     let settings = &backend.settings;
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -374,12 +380,15 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
         .unwrap_or("")
         .to_owned();
     let host = super::routes::normalize_host(&raw_host).into_owned();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Kept for the access log only.
+    let logged = shared
+        .config
+        .access_log
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let version = req.version();
     let id = request_id(req.headers());
     let routes = shared.source.routes();
-    let (backend, redirect) = match routes.route(&host, &path) {
+    let (backend, redirect) = match routes.route(&host, req.uri().path()) {
         Target::Route(r) => (Some(r.backend.clone()), r.ssl_redirect && !conn.tls),
         Target::Default(b) => (Some(b.clone()), false),
         Target::NotFound => (None, false),
@@ -404,7 +413,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
             ),
             None,
         ),
-        Some(b) => forward(b, req, conn, &host, &id).await,
+        Some(b) => forward(b, req, &conn, &host, &id).await,
     };
     let mut resp = resp;
     resp.headers_mut().insert(X_REQUEST_ID, id.clone());
@@ -412,7 +421,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
     let status = resp.status().as_u16();
     let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
     stats.record(status, took);
-    if shared.config.access_log {
+    if let Some((method, path)) = logged {
         let (ingress, service) = backend
             .as_ref()
             .map(|b| (b.ingress.to_string(), b.service.as_str()))
@@ -478,6 +487,7 @@ where
         let shared = shared.clone();
         hyper::service::service_fn(move |req| {
             let shared = shared.clone();
+            let conn = conn.clone();
             async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
         })
     };
@@ -512,8 +522,10 @@ pub(super) async fn accept_loop(
             let _permit = permit;
             let conn = Conn {
                 peer,
-                local,
                 tls: tls.is_some(),
+                forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+                    .expect("an IP is a header value"),
+                forwarded_port: HeaderValue::from(local.port()),
             };
             match tls {
                 None => serve_io(shared, tcp, conn).await,

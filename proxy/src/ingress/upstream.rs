@@ -1,7 +1,12 @@
 //! Upstream endpoints: pooled connections (HTTP/1.1 keep-alive, or one multiplexed HTTP/2
 //! connection for h2c), in-flight counts for load balancing, passive health, and the response
 //! body that hands its connection back to the pool when it ends.
+//!
+//! Pools are per event loop (thread-local): a connection is only used by the loop that drives
+//! it, so no lock is taken and no wake-up crosses threads.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -29,14 +34,26 @@ fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// One endpoint (address and protocol) and its connections.
+/// Endpoint addresses pooled per loop before closed connections are swept out.
+const SWEEP_AT: usize = 1024;
+
+/// This event loop's idle connections.
+#[derive(Default)]
+struct Pool {
+    h1: HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>,
+    h2: HashMap<SocketAddr, http2::SendRequest<Incoming>>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// One endpoint (address and protocol): shared counters; connections live in the loops' pools.
 pub struct Upstream {
     pub addr: SocketAddr,
     h2c: bool,
     in_flight: AtomicU32,
     down_until: AtomicU64,
-    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
 }
 
 /// Why no request could be sent.
@@ -73,8 +90,6 @@ impl Upstream {
             h2c,
             in_flight: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
         }
     }
 
@@ -101,7 +116,7 @@ impl Upstream {
     /// A pooled connection that is ready, or a new one.
     pub async fn sender(&self, connect_timeout: Duration) -> Result<Sender, SendError> {
         if self.h2c {
-            let pooled = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let pooled = POOL.with_borrow(|p| p.h2.get(&self.addr).cloned());
             if let Some(s) = pooled.filter(|s| !s.is_closed()) {
                 return Ok(Sender::H2(s));
             }
@@ -112,11 +127,11 @@ impl Upstream {
                 .await
                 .map_err(SendError::Exchange)?;
             tokio::spawn(conn);
-            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+            POOL.with_borrow_mut(|p| p.h2.insert(self.addr, sender.clone()));
             return Ok(Sender::H2(sender));
         }
         loop {
-            let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let pooled = POOL.with_borrow_mut(|p| p.h1.get_mut(&self.addr)?.pop());
             let Some(mut sender) = pooled else { break };
             if sender.is_closed() {
                 continue;
@@ -163,10 +178,20 @@ impl Upstream {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(sender);
-        }
+        POOL.with_borrow_mut(|p| {
+            if p.h1.len() >= SWEEP_AT && !p.h1.contains_key(&self.addr) {
+                // Endpoints come and go: forget the connections that have closed.
+                p.h1.retain(|_, idle| {
+                    idle.retain(|s| !s.is_closed());
+                    !idle.is_empty()
+                });
+                p.h2.retain(|_, s| !s.is_closed());
+            }
+            let idle = p.h1.entry(self.addr).or_default();
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        });
     }
 }
 
