@@ -600,3 +600,106 @@ async fn slow_and_oversized_headers_are_refused() {
     let (code, _, _) = curl(&[&format!("http://127.0.0.1:{}/", up.http)]);
     assert_eq!(code, 404);
 }
+
+/// Every row of the path-matching examples in the Kubernetes Ingress documentation, each row an
+/// Ingress host of its own, requested with curl through the router. A rule is named by its
+/// path type and path; "404" is "no match".
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_documentation_path_examples() {
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
+    let rows: &[Row] = &[
+        (&[("Prefix", "/")], "/any/path", "Prefix /"),
+        (&[("Exact", "/foo")], "/foo", "Exact /foo"),
+        (&[("Exact", "/foo")], "/bar", "404"),
+        (&[("Exact", "/foo")], "/foo/", "404"),
+        (&[("Exact", "/foo/")], "/foo", "404"),
+        (&[("Prefix", "/foo")], "/foo", "Prefix /foo"),
+        (&[("Prefix", "/foo")], "/foo/", "Prefix /foo"),
+        (&[("Prefix", "/foo/")], "/foo", "Prefix /foo/"),
+        (&[("Prefix", "/foo/")], "/foo/", "Prefix /foo/"),
+        (&[("Prefix", "/aaa/bb")], "/aaa/bbb", "404"),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbb", "Prefix /aaa/bbb"),
+        (&[("Prefix", "/aaa/bbb/")], "/aaa/bbb", "Prefix /aaa/bbb/"),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbb/", "Prefix /aaa/bbb"),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbb/ccc", "Prefix /aaa/bbb"),
+        (&[("Prefix", "/aaa/bbb")], "/aaa/bbbxyz", "404"),
+        (
+            &[("Prefix", "/"), ("Prefix", "/aaa")],
+            "/aaa/ccc",
+            "Prefix /aaa",
+        ),
+        (
+            &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")],
+            "/aaa/bbb",
+            "Prefix /aaa/bbb",
+        ),
+        (
+            &[("Prefix", "/"), ("Prefix", "/aaa"), ("Prefix", "/aaa/bbb")],
+            "/ccc",
+            "Prefix /",
+        ),
+        (&[("Prefix", "/aaa")], "/ccc", "404"),
+        (
+            &[("Prefix", "/foo"), ("Exact", "/foo")],
+            "/foo",
+            "Exact /foo",
+        ),
+    ];
+    let up = Up::start(&["--ingress-access-log", "false"], false);
+    let client = up.client().await;
+    // One Service per distinct rule, whose backend answers with the rule's name.
+    let mut services: Vec<&'static str> = Vec::new();
+    for (rules, _, _) in rows {
+        for (kind, path) in *rules {
+            let name: &'static str = Box::leak(format!("{kind} {path}").into_boxed_str());
+            if !services.contains(&name) {
+                expose(
+                    &client,
+                    &format!("rule-{}", services.len()),
+                    Some(backend(name).await),
+                    None,
+                )
+                .await;
+                services.push(name);
+            }
+        }
+    }
+    let host_rules: Vec<serde_json::Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (rules, _, _))| {
+            let paths: Vec<serde_json::Value> = rules
+                .iter()
+                .map(|(kind, p)| {
+                    let svc = services
+                        .iter()
+                        .position(|s| *s == format!("{kind} {p}"))
+                        .unwrap();
+                    path(p, kind, &format!("rule-{svc}"))
+                })
+                .collect();
+            serde_json::json!({"host": format!("row{i}.example"), "http": {"paths": paths}})
+        })
+        .collect();
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "docs"},
+            "spec": {"rules": host_rules},
+        }),
+    )
+    .await;
+    wait_for(&up, "row0.example", "/any/path", "Prefix /").await;
+    for (i, (rules, request, want)) in rows.iter().enumerate() {
+        assert_eq!(
+            who(&up, &format!("row{i}.example"), request),
+            *want,
+            "rules {rules:?}, request {request}"
+        );
+    }
+}
