@@ -56,6 +56,8 @@ async fn renew(client: &kube::Client, name: &str) -> Result<(), kube::Error> {
 
 /// Registers the node and renews its Lease until the task is dropped.
 pub async fn run(client: kube::Client, name: String) {
+    // A failed registration is retried soon, then less often.
+    let mut retry = Duration::from_secs(1);
     loop {
         match register(&client, &name).await {
             Ok(true) => break,
@@ -64,8 +66,9 @@ pub async fn run(client: kube::Client, name: String) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(node = %name, error = %e, "registering the Node; will retry");
-                tokio::time::sleep(RENEW_EVERY).await;
+                tracing::warn!(node = %name, error = %e, retry_in = ?retry, "registering the Node; will retry");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RENEW_EVERY);
             }
         }
     }

@@ -286,17 +286,11 @@ async fn routing_survives_the_api_server_going_away() {
     // The node registered itself and renews its lease with the node credentials.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(server.client().await, "kube-node-lease");
-    assert_eq!(
-        leases
-            .get("n1")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .holder_identity
-            .as_deref(),
-        Some("n1")
-    );
+    let holder = eventually_async(Duration::from_secs(30), || async {
+        leases.get("n1").await.ok()?.spec?.holder_identity
+    })
+    .await;
+    assert_eq!(holder, "n1");
     node.kill().unwrap();
     node.wait().unwrap();
 }
