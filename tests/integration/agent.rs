@@ -225,6 +225,15 @@ async fn reqwest_get(port: u16, path: &str) -> String {
     out
 }
 
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn routing_survives_the_api_server_going_away() {
     let port = free_port();
@@ -237,7 +246,7 @@ async fn routing_survives_the_api_server_going_away() {
         ],
     );
     let metrics = free_port();
-    let mut node = Command::new(bin())
+    let node = Command::new(bin())
         .args(["node", "--kubeconfig"])
         .arg(server.dir.path().join("node.kubeconfig"))
         .args([
@@ -250,6 +259,8 @@ async fn routing_survives_the_api_server_going_away() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed on drop, also when an assertion fails.
+    let _node = KillOnDrop(node);
     let client = server.client().await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
@@ -291,6 +302,4 @@ async fn routing_survives_the_api_server_going_away() {
     })
     .await;
     assert_eq!(holder, "n1");
-    node.kill().unwrap();
-    node.wait().unwrap();
 }
