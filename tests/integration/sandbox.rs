@@ -3,109 +3,15 @@
 //! ClusterIP from a client pod. Needs root; skips with the reason otherwise.
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::need_sandbox;
-use crate::support::netns::{Node, Pod, Sandbox};
+use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
+use crate::support::netns::{Pod, Sandbox};
 use crate::support::{bin, eventually};
-
-/// kubectl run inside a namespace (where the server's loopback address is reachable).
-fn kubectl(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "kubectl", "--kubeconfig"])
-        .arg(dir.join("admin.kubeconfig"))
-        .arg("--cache-dir")
-        .arg(dir.join("kubectl-cache"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> String {
-    let (ok, out, err) = kubectl(ns, dir, args, stdin);
-    assert!(ok, "kubectl {args:?}: {err}{out}");
-    out
-}
-
-fn start_server(sb: &mut Sandbox, node: &Node, dir: &Path, listen: &str) -> usize {
-    let d = dir.to_str().unwrap();
-    let h = sb.spawn(
-        &node.ns,
-        &[
-            bin(),
-            "server",
-            "--data-dir",
-            d,
-            "--listen",
-            listen,
-            "--service-cidr",
-            "10.96.0.0/24",
-        ],
-    );
-    eventually(Duration::from_secs(20), || {
-        kubectl(&node.ns, dir, &["get", "--raw", "/readyz"], "")
-            .0
-            .then_some(())
-    });
-    h
-}
-
-fn pod_manifest(name: &str, node: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: web, image: web, ports: [{{name: http, containerPort: 8080}}]}}]\n")
-}
-
-/// Registers a pod-namespace backend as a Pod object, with the status a kubelet would write.
-fn register_pod(ns: &str, dir: &Path, name: &str, node: &str, pod: &Pod) {
-    ok(ns, dir, &["apply", "-f", "-"], &pod_manifest(name, node));
-    let status = format!(
-        r#"{{"status":{{"phase":"Running","podIP":"{}","podIPs":[{{"ip":"{}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#,
-        pod.ip, pod.ip
-    );
-    ok(
-        ns,
-        dir,
-        &[
-            "patch",
-            "pod",
-            name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-        "",
-    );
-}
 
 fn service(name: &str, port: u16) -> String {
     format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: {port}, targetPort: http}}]\n")
-}
-
-fn cluster_ip(ns: &str, dir: &Path, name: &str) -> String {
-    ok(
-        ns,
-        dir,
-        &["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"],
-        "",
-    )
 }
 
 fn set(items: &[&str]) -> HashSet<String> {

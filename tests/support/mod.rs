@@ -1,7 +1,8 @@
 //! Test support: a real `switchyard server` process driven by kubectl and kube-rs ([`server`]),
 //! `switchyard up` on free ports ([`up`]), and clusters built from network namespaces
-//! ([`netns`]).
+//! ([`netns`], with kubectl and pods in them: [`cluster`]).
 
+pub mod cluster;
 pub mod netns;
 pub mod server;
 pub mod up;

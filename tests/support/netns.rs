@@ -2,7 +2,7 @@
 //!
 //! A node is a namespace with a bridge (`br0`, the pod CIDR's first address) and forwarding on;
 //! a pod is a namespace whose `eth0` is one end of a veth pair, the other end on its node's
-//! bridge, with a default route via the bridge. Nodes can be linked by a veth pair, with routes to
+//! bridge (in hairpin mode), with a default route via the bridge. Nodes can be linked by a veth pair, with routes to
 //! each other's pod CIDR. No namespace has a route to the outside: a packet for anything else is
 //! dropped at the node. Names are unique per sandbox; dropping the sandbox (also while a test
 //! panics) kills the processes it started and deletes every namespace, and with them every link.
@@ -150,6 +150,20 @@ impl Sandbox {
         run(&[
             "ip", "-n", &node.ns, "link", "set", &outside, "master", "br0", "up",
         ]);
+        // Hairpin mode, as the CNI bridge plugin sets it: a pod's packet to a service that
+        // NATs back to the same pod leaves through the port it came in on.
+        run(&[
+            "ip",
+            "-n",
+            &node.ns,
+            "link",
+            "set",
+            &outside,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
         run(&["ip", "-n", &ns, "link", "set", &inside, "name", "eth0"]);
         run(&[
             "ip",
@@ -270,6 +284,24 @@ impl Sandbox {
         );
         let ns = pod.ns.clone();
         self.spawn(&ns, &["python3", "-c", &script]);
+    }
+
+    /// A pod-side UDP server on `port` that answers every datagram with `name`.
+    pub fn udp_backend(&mut self, pod: &Pod, port: u16, name: &str) {
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', {port}))\nwhile True:\n    d, a = s.recvfrom(512)\n    s.sendto(b'{name}', a)\n"
+        );
+        let ns = pod.ns.clone();
+        self.spawn(&ns, &["python3", "-c", &script]);
+    }
+
+    /// One TCP connect from inside `ns`: `ok`, `refused`, `timeout` or another error's name.
+    pub fn connect(&self, ns: &str, addr: &str, port: u16) -> String {
+        let script = format!(
+            "import socket\ntry:\n    socket.create_connection(('{addr}', {port}), timeout=2).close(); print('ok')\nexcept ConnectionRefusedError: print('refused')\nexcept socket.timeout: print('timeout')\nexcept OSError as e: print(type(e).__name__, e.errno)\n"
+        );
+        let out = self.exec(ns, &["python3", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// From inside `pod`, `n` HTTP GETs to `url`; the bodies, with `!err` for failures.
