@@ -120,13 +120,43 @@ struct AgentArgs {
     /// Log one line per ingress request (target `switchyard::access`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ingress_access_log: bool,
+    /// The pods' address range (repeatable, one per family): with the iptables proxy,
+    /// cluster-IP traffic from outside it is masqueraded. External traffic always is.
+    #[arg(long, value_parser = parse_cidr)]
+    cluster_cidr: Vec<Cidr>,
+    /// With the iptables proxy, masquerade all service traffic.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// Which iptables the iptables proxy uses (auto: the one `iptables` is).
+    #[arg(long, value_enum, default_value = "auto")]
+    iptables_backend: IptablesBackend,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IptablesBackend {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+impl From<IptablesBackend> for switchyard_proxy::iptables::Backend {
+    fn from(b: IptablesBackend) -> Self {
+        match b {
+            IptablesBackend::Auto => Self::Auto,
+            IptablesBackend::Nft => Self::Nft,
+            IptablesBackend::Legacy => Self::Legacy,
+        }
+    }
 }
 
 #[derive(clap::Args)]
 struct NodeArgs {
     /// A kubeconfig for the API server.
+    #[arg(long, required_unless_present = "cleanup")]
+    kubeconfig: Option<PathBuf>,
+    /// Remove every iptables rule, chain and conntrack entry the agent made, then exit.
     #[arg(long)]
-    kubeconfig: PathBuf,
+    cleanup: bool,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -259,6 +289,18 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
             node_addr: args.nodeport_address,
             ..Default::default()
         },
+        iptables: switchyard_proxy::iptables::Config {
+            backend: args.iptables_backend.into(),
+            options: switchyard_proxy::iptables::render::Options {
+                node_addr: args.nodeport_address,
+                cluster_cidrs: args
+                    .cluster_cidr
+                    .iter()
+                    .map(|c| (c.addr, c.prefix))
+                    .collect(),
+                masquerade_all: args.masquerade_all,
+            },
+        },
     }
 }
 
@@ -316,7 +358,19 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    let client = client_from(&args.kubeconfig).await?;
+    if args.cleanup {
+        let done = switchyard_proxy::iptables::cleanup(args.agent.iptables_backend.into()).await?;
+        println!(
+            "removed {} chains, {} jump rules; cleared conntrack entries of {} frontends",
+            done.chains, done.jumps, done.conntrack_filters
+        );
+        return Ok(());
+    }
+    let kubeconfig = args
+        .kubeconfig
+        .as_deref()
+        .context("--kubeconfig is required")?;
+    let client = client_from(kubeconfig).await?;
     let config = agent_config(&args.agent, None);
     println!(
         "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",

@@ -4,12 +4,27 @@
 //! - [`table`]: the [`ServiceTable`](table::ServiceTable) — every service port with its
 //!   frontends (ClusterIPs, NodePort, external and load-balancer IPs) and endpoints — and the
 //!   endpoint selection rules shared by every proxy mode;
+//! - [`iptables`]: the iptables proxy, which programs the kernel's NAT tables;
 //! - [`userspace`]: the userspace proxy, which moves the bytes itself where the kernel cannot be
 //!   programmed;
 //! - [`ingress`]: the HTTP ingress router, which consumes a [`RouteTable`](ingress::routes::RouteTable);
 //! - [`metrics`]: the Prometheus histogram both the agent and the router use.
 
 pub mod ingress;
+pub mod iptables;
 pub mod metrics;
 pub mod table;
 pub mod userspace;
+
+/// What one proxy sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Frontends (address, port, protocol) being served.
+    pub frontends: usize,
+    /// Listeners opened, or chains written.
+    pub added: usize,
+    /// Listeners closed, or chains deleted.
+    pub removed: usize,
+    /// What could not be programmed, with why; retried on the next sync.
+    pub errors: Vec<String>,
+}

@@ -119,7 +119,7 @@ pub struct Metrics {
     pub sync_errors: AtomicU64,
     service_ports: AtomicU64,
     endpoints: AtomicU64,
-    listeners: AtomicU64,
+    frontends: AtomicU64,
     /// The ingress router, whose metrics are served here too.
     pub ingress: std::sync::OnceLock<std::sync::Arc<switchyard_proxy::ingress::Router>>,
 }
@@ -138,12 +138,12 @@ impl Metrics {
         self.endpoints.store(endpoints as u64, Ordering::Relaxed);
     }
 
-    pub fn applied(&self, generation: u64, took: Duration, listeners: usize) {
+    pub fn applied(&self, generation: u64, took: Duration, frontends: usize) {
         self.sync_duration.observe(took);
         self.applied.store(generation, Ordering::Relaxed);
         self.last_sync_ms
             .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
-        self.listeners.store(listeners as u64, Ordering::Relaxed);
+        self.frontends.store(frontends as u64, Ordering::Relaxed);
         if generation >= self.published.load(Ordering::Relaxed) {
             self.pending_since_ms.store(0, Ordering::Relaxed);
         }
@@ -210,9 +210,9 @@ impl Metrics {
                 self.endpoints.load(Ordering::Relaxed) as f64,
             ),
             (
-                "switchyard_userspace_listeners",
-                "Sockets the userspace proxy listens on",
-                self.listeners.load(Ordering::Relaxed) as f64,
+                "switchyard_proxy_frontends",
+                "Frontends (address, port, protocol) the service proxy serves",
+                self.frontends.load(Ordering::Relaxed) as f64,
             ),
         ];
         for (name, help, v) in gauges {

@@ -50,6 +50,8 @@ pub enum ProxyMode {
     /// Sockets on every frontend, bytes moved by the agent; needs no privilege for loopback
     /// service addresses.
     Userspace,
+    /// NAT rules in the kernel, loaded with iptables-restore; needs CAP_NET_ADMIN.
+    Iptables,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +64,7 @@ pub struct Config {
     /// ... and the programmer resyncs at least once per `max_sync`.
     pub max_sync: Duration,
     pub userspace: switchyard_proxy::userspace::Config,
+    pub iptables: switchyard_proxy::iptables::Config,
     /// Cluster DNS, when it should be served.
     pub dns: Option<DnsConfig>,
     /// The ingress router, when it should run.
@@ -102,6 +105,8 @@ pub enum AgentError {
     Domain(String),
     #[error("{0}")]
     Ingress(std::io::Error),
+    #[error("iptables proxy: {0}")]
+    Iptables(#[from] switchyard_proxy::iptables::IptablesError),
 }
 
 /// One immutable view of what the data plane should do.
@@ -501,6 +506,14 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let proxy = match config.proxy_mode {
+        ProxyMode::Userspace => programmer::Proxy::Userspace(
+            switchyard_proxy::userspace::UserspaceProxy::new(config.userspace.clone()),
+        ),
+        ProxyMode::Iptables => programmer::Proxy::Iptables(Box::new(
+            switchyard_proxy::iptables::IptablesProxy::new(config.iptables.clone())?,
+        )),
+    };
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -558,7 +571,7 @@ pub async fn run(
     }));
     let (stop_tx, stop_rx) = notify::channel(false);
     let programmer = tokio::spawn(programmer::run(
-        config, published, gen_rx, applied_tx, metrics, stop_rx,
+        proxy, config, published, gen_rx, applied_tx, metrics, stop_rx,
     ));
     shutdown.await;
     for w in watchers {

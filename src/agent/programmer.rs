@@ -6,15 +6,42 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use switchyard_proxy::iptables::IptablesProxy;
+use switchyard_proxy::table::ServiceTable;
 use switchyard_proxy::userspace::UserspaceProxy;
+use switchyard_proxy::SyncReport;
 use tokio::sync::watch;
 
 use super::{Config, Metrics, Snapshot};
+
+/// The service proxy of the configured mode.
+pub(super) enum Proxy {
+    Userspace(UserspaceProxy),
+    Iptables(Box<IptablesProxy>),
+}
+
+impl Proxy {
+    async fn apply(&mut self, table: &ServiceTable) -> SyncReport {
+        match self {
+            Proxy::Userspace(p) => p.apply(table).await,
+            Proxy::Iptables(p) => p.apply(table).await,
+        }
+    }
+
+    /// Userspace listeners close with the agent; kernel rules stay so traffic keeps flowing
+    /// until the next agent adopts them.
+    async fn shutdown(&mut self) {
+        if let Proxy::Userspace(p) = self {
+            p.shutdown().await;
+        }
+    }
+}
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(
+    mut proxy: Proxy,
     config: Config,
     published: Arc<ArcSwap<Snapshot>>,
     mut generations: watch::Receiver<u64>,
@@ -22,7 +49,6 @@ pub(super) async fn run(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut proxy = UserspaceProxy::new(config.userspace.clone());
     let mut retry: Option<Duration> = None;
     let mut last_observed = 0u64;
     loop {
@@ -39,7 +65,7 @@ pub(super) async fn run(
         let started = Instant::now();
         let report = proxy.apply(&snapshot.services).await;
         let took = started.elapsed();
-        metrics.applied(snapshot.generation, took, report.listeners);
+        metrics.applied(snapshot.generation, took, report.frontends);
         if snapshot.generation > last_observed {
             let now = SystemTime::now();
             for (g, t) in snapshot.triggers.iter().filter(|(g, _)| *g > last_observed) {
@@ -53,7 +79,7 @@ pub(super) async fn run(
         }
         if report.errors.is_empty() {
             retry = None;
-            tracing::info!(generation = snapshot.generation, ports = snapshot.services.ports.len(), listeners = report.listeners, added = report.added, removed = report.removed, took = ?took, "proxy synced");
+            tracing::info!(generation = snapshot.generation, ports = snapshot.services.ports.len(), frontends = report.frontends, added = report.added, removed = report.removed, took = ?took, "proxy synced");
         } else {
             metrics
                 .sync_errors

@@ -6,6 +6,7 @@ mod client;
 mod crash;
 mod dns;
 mod ingress;
+mod iptables;
 mod kubectl;
 mod sandbox;
 #[path = "../support/mod.rs"]

@@ -29,6 +29,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::task::JoinHandle;
 
 use crate::table::{Protocol, ServiceTable};
+use crate::SyncReport;
 use balancer::Balancer;
 
 #[derive(Clone, Debug)]
@@ -63,16 +64,6 @@ impl Drop for Listener {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// What one reconcile did.
-#[derive(Debug, Default)]
-pub struct SyncReport {
-    pub listeners: usize,
-    pub added: usize,
-    pub removed: usize,
-    /// Frontends that could not be served, with why; retried on the next sync.
-    pub errors: Vec<String>,
 }
 
 pub struct UserspaceProxy {
@@ -211,7 +202,7 @@ impl UserspaceProxy {
             }
             self.local_routes.remove(&ip);
         }
-        report.listeners = self.listeners.len();
+        report.frontends = self.listeners.len();
         report
     }
 

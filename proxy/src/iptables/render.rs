@@ -1,0 +1,769 @@
+//! The ruleset as a pure function of the service table, and the `iptables-restore` text that
+//! turns one ruleset into another.
+//!
+//! Layout (chains in the `nat` table unless said otherwise):
+//! - `SY-SERVICES` (from PREROUTING and OUTPUT): a dispatch tree on the destination address
+//!   ([`tree`](super::tree)), then NodePorts for local destinations (`SY-NODEPORTS`, a tree on
+//!   protocol and port).
+//! - A frontend's block: masquerade marks where needed, then the endpoint choice. A choice used
+//!   by one frontend without affinity is inlined — one `statistic` + `DNAT` rule per endpoint,
+//!   no per-service chain. A choice shared by several frontends, or with `ClientIP` affinity,
+//!   is a chain `SY-SVC-…` (cluster traffic) or `SY-EXT-…` (external traffic, when its endpoints
+//!   differ); affinity adds one `SY-SEP-…` chain per endpoint for the `recent` match.
+//! - No usable endpoint: `SY-REJECT` marks the packet, and `SY-FILTER` in the `filter` table
+//!   (INPUT, OUTPUT, FORWARD) rejects it.
+//! - `SY-POSTROUTING` (from POSTROUTING): masquerades packets marked by `SY-MARK-MASQ`, and
+//!   hairpin connections (a pod reaching itself through a service; `SY-HAIRPIN` lists this
+//!   node's endpoints). `SY-FORWARD` (filter, FORWARD) accepts DNATed service connections on
+//!   hosts whose FORWARD policy drops.
+//!
+//! Every rule is written the way `iptables-save` prints it, so a restarted agent that reads the
+//! kernel's rules back finds nothing to rewrite.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use super::tree::{self, Space};
+use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
+
+/// A run of rule bodies (the text after `-A CHAIN `), shared between syncs while unchanged.
+pub type Block = Arc<Vec<String>>;
+
+/// One line of a chain, or a block of them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Line {
+    Text(String),
+    Block(Block),
+}
+
+impl Line {
+    fn rules(&self) -> impl Iterator<Item = &str> {
+        let (one, many) = match self {
+            Line::Text(t) => (Some(t.as_str()), None),
+            Line::Block(b) => (None, Some(b.iter().map(String::as_str))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+/// Chains by name.
+pub type Chains = BTreeMap<String, Vec<Line>>;
+
+/// Packets to masquerade on the way out (the bit kube-proxy uses, with the same meaning).
+pub const MASQ_MARK: u32 = 0x4000;
+/// Packets to reject in the filter table.
+pub const REJECT_MARK: u32 = 0x1000;
+
+pub const SERVICES: &str = "SY-SERVICES";
+pub const POSTROUTING: &str = "SY-POSTROUTING";
+pub const FILTER: &str = "SY-FILTER";
+pub const FORWARD: &str = "SY-FORWARD";
+const NODEPORTS: &str = "SY-NODEPORTS";
+const MARK_MASQ: &str = "SY-MARK-MASQ";
+const REJECT: &str = "SY-REJECT";
+const HAIRPIN: &str = "SY-HAIRPIN";
+/// Every chain Switchyard owns starts with this.
+pub const PREFIX: &str = "SY-";
+
+/// `prefix` + 16 hex digits of a stable 64-bit FNV-1a hash of `what`.
+pub fn hashed(prefix: &str, what: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in what.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{prefix}{h:016X}")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    fn bits(self) -> u32 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    fn key(ip: IpAddr) -> u128 {
+        match ip {
+            IpAddr::V4(a) => u32::from(a) as u128,
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    fn addr(self, key: u128) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(key as u32)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(key)),
+        }
+    }
+
+    fn host(ip: IpAddr) -> String {
+        format!("{ip}/{}", Family::of(ip).bits())
+    }
+
+    fn full_mask(self) -> &'static str {
+        match self {
+            Family::V4 => "255.255.255.255",
+            Family::V6 => "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        }
+    }
+
+    fn port_unreachable(self) -> &'static str {
+        match self {
+            Family::V4 => "icmp-port-unreachable",
+            Family::V6 => "icmp6-port-unreachable",
+        }
+    }
+}
+
+/// What the rules depend on besides the table.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where NodePorts are served: the unspecified address for every local address.
+    pub node_addr: IpAddr,
+    /// The pods' addresses (kube-proxy's `--cluster-cidr`): cluster-IP traffic from elsewhere
+    /// is masqueraded. Without one, only external traffic is.
+    pub cluster_cidrs: Vec<(IpAddr, u8)>,
+    /// Masquerade all service traffic.
+    pub masquerade_all: bool,
+}
+
+/// The desired state of one address family.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ruleset {
+    pub nat: Chains,
+    pub filter: Chains,
+    /// Frontends programmed (not part of the kernel state).
+    pub frontends: usize,
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// `statistic`'s probability for one in `n`, as iptables-save prints it (the kernel keeps it
+/// in units of 2^-31).
+fn probability(n: usize) -> String {
+    let scaled = (2_147_483_648.0 / n as f64).round();
+    format!("{:.11}", scaled / 2_147_483_648.0)
+}
+
+fn comment(text: &str) -> String {
+    format!(" -m comment --comment \"{text}\"")
+}
+
+/// `-d 10.96.0.10/32 -p tcp -m tcp --dport 80` (or without a destination for NodePorts), in
+/// iptables-save's order, with an optional source part before it.
+fn frontend_match(dst: Option<IpAddr>, protocol: Protocol, port: u16) -> String {
+    let p = proto(protocol);
+    match dst {
+        Some(ip) => format!("-d {} -p {p} -m {p} --dport {port}", Family::host(ip)),
+        None => format!("-p {p} -m {p} --dport {port}"),
+    }
+}
+
+/// Random choice among `targets`: each rule takes its share of what the earlier ones left.
+fn choose(head: &str, first_extra: &str, targets: &[String]) -> Vec<String> {
+    let n = targets.len();
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let extra = if i == 0 { first_extra } else { "" };
+            let pre = format!("{head}{extra}");
+            let pre = pre.trim_start();
+            let sep = if pre.is_empty() { "" } else { " " };
+            if i + 1 < n {
+                format!(
+                    "{pre}{sep}-m statistic --mode random --probability {} -j {target}",
+                    probability(n - i)
+                )
+            } else {
+                format!("{pre}{sep}-j {target}")
+            }
+        })
+        .collect()
+}
+
+/// Where a frontend's traffic goes.
+enum Choice {
+    Reject,
+    Chain(String),
+    Inline(Vec<String>),
+}
+
+/// The rules one service port contributes in one family.
+#[derive(Debug, Default, PartialEq)]
+pub struct PortRules {
+    /// Blocks keyed by destination address.
+    dst: Vec<(IpAddr, Block)>,
+    /// The NodePort block.
+    node_port: Option<(Protocol, u16, Block)>,
+    /// The port's own chains.
+    chains: Vec<(String, Block)>,
+    /// Endpoints on this node (for hairpin masquerade).
+    local: Vec<IpAddr>,
+}
+
+fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
+    let in_family = |ip: &IpAddr| Family::of(*ip) == family;
+    let cluster: Vec<IpAddr> = p.cluster_ips.iter().copied().filter(in_family).collect();
+    let external: Vec<IpAddr> = p
+        .external_ips
+        .iter()
+        .chain(&p.load_balancer_ips)
+        .copied()
+        .filter(in_family)
+        .collect();
+    // A port takes part in a family through its cluster IPs; NodePorts follow them.
+    let node_port = p.node_port.filter(|_| {
+        !cluster.is_empty() && (o.node_addr.is_unspecified() || Family::of(o.node_addr) == family)
+    });
+    let endpoints = |external: bool| -> Vec<SocketAddr> {
+        p.usable(external)
+            .into_iter()
+            .map(|e| e.addr)
+            .filter(|a| in_family(&a.ip()))
+            .collect()
+    };
+    let (int_eps, ext_eps) = (endpoints(false), endpoints(true));
+    let ext_users = external.len() + node_port.is_some() as usize;
+    let shared = int_eps == ext_eps;
+    let id = format!("{}/{}", p.name, p.protocol);
+    let name = p.name.to_string();
+    let pr = proto(p.protocol);
+    let mut out = PortRules::default();
+
+    let mut choice = |eps: &[SocketAddr], users: usize, chain_prefix: &str| -> Choice {
+        if eps.is_empty() {
+            return Choice::Reject;
+        }
+        let dnat = |e: &SocketAddr| format!("DNAT --to-destination {e}");
+        if p.affinity.is_none() && users == 1 {
+            return Choice::Inline(eps.iter().map(dnat).collect());
+        }
+        let chain = hashed(chain_prefix, &id);
+        let rules = match p.affinity {
+            None => choose(
+                &format!("-p {pr}"),
+                "",
+                &eps.iter().map(dnat).collect::<Vec<_>>(),
+            ),
+            Some(timeout) => {
+                let seps: Vec<String> = eps
+                    .iter()
+                    .map(|e| hashed("SY-SEP-", &format!("{id}/{e}")))
+                    .collect();
+                let mut rules: Vec<String> = seps
+                    .iter()
+                    .map(|sep| {
+                        format!(
+                            "-m recent --rcheck --seconds {} --reap --name {sep} --mask {} --rsource -j {sep}",
+                            timeout.as_secs(),
+                            family.full_mask()
+                        )
+                    })
+                    .collect();
+                rules.extend(choose("", "", &seps));
+                for (sep, e) in seps.iter().zip(eps) {
+                    out.chains.push((
+                        sep.clone(),
+                        Arc::new(vec![format!(
+                            "-p {pr} -m recent --set --name {sep} --mask {} --rsource -j {}",
+                            family.full_mask(),
+                            dnat(e)
+                        )]),
+                    ));
+                }
+                rules
+            }
+        };
+        out.chains.push((chain.clone(), Arc::new(rules)));
+        Choice::Chain(chain)
+    };
+    let int_users = cluster.len() + if shared { ext_users } else { 0 };
+    let int_choice = (!cluster.is_empty() || (shared && ext_users > 0))
+        .then(|| choice(&int_eps, int_users, "SY-SVC-"));
+    let ext_choice = if shared {
+        None
+    } else {
+        (ext_users > 0).then(|| choice(&ext_eps, ext_users, "SY-EXT-"))
+    };
+    let ext_choice = ext_choice.as_ref().or(int_choice.as_ref());
+
+    let block = |m: &str, masq: &[String], choice: &Choice| -> Block {
+        let mut rules: Vec<String> = Vec::new();
+        match choice {
+            Choice::Reject => rules.push(format!(
+                "{m}{} -j {REJECT}",
+                comment(&format!("{name} has no endpoints"))
+            )),
+            Choice::Chain(chain) => {
+                rules.extend(masq.iter().cloned());
+                rules.push(format!("{m}{} -j {chain}", comment(&name)));
+            }
+            Choice::Inline(targets) => {
+                rules.extend(masq.iter().cloned());
+                rules.extend(choose(m, &comment(&name), targets));
+            }
+        }
+        Arc::new(rules)
+    };
+    if let Some(choice) = &int_choice {
+        for ip in &cluster {
+            let m = frontend_match(Some(*ip), p.protocol, p.port);
+            let masq: Vec<String> = if o.masquerade_all {
+                vec![format!("{m} -j {MARK_MASQ}")]
+            } else {
+                o.cluster_cidrs
+                    .iter()
+                    .find(|(a, _)| Family::of(*a) == family)
+                    .map(|(a, len)| format!("! -s {a}/{len} {m} -j {MARK_MASQ}"))
+                    .into_iter()
+                    .collect()
+            };
+            out.dst.push((*ip, block(&m, &masq, choice)));
+        }
+    }
+    if let Some(choice) = ext_choice {
+        let masq = |m: &str| -> Vec<String> {
+            if p.external_local && !o.masquerade_all {
+                Vec::new()
+            } else {
+                vec![format!("{m} -j {MARK_MASQ}")]
+            }
+        };
+        for ip in &external {
+            let m = frontend_match(Some(*ip), p.protocol, p.port);
+            out.dst.push((*ip, block(&m, &masq(&m), choice)));
+        }
+        if let Some(np) = node_port {
+            let m = frontend_match(None, p.protocol, np);
+            out.node_port = Some((p.protocol, np, block(&m, &masq(&m), choice)));
+        }
+    }
+    out.local = p
+        .endpoints
+        .iter()
+        .filter(|e| e.local && in_family(&e.addr.ip()))
+        .map(|e| e.addr.ip())
+        .collect();
+    out
+}
+
+type PortKey = (ServicePortName, Protocol);
+
+/// Renders rulesets for one family, remembering each port's rules while its `Arc` is unchanged.
+pub struct Renderer {
+    family: Family,
+    options: Options,
+    cache: HashMap<PortKey, (Arc<ServicePort>, Arc<PortRules>)>,
+}
+
+impl Renderer {
+    pub fn new(family: Family, options: Options) -> Self {
+        Renderer {
+            family,
+            options,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn render(&mut self, table: &ServiceTable) -> Ruleset {
+        let mut cache = HashMap::with_capacity(table.ports.len());
+        for port in &table.ports {
+            let key = (port.name.clone(), port.protocol);
+            let rules = match self.cache.remove(&key) {
+                Some((old, rules)) if Arc::ptr_eq(&old, port) => rules,
+                _ => Arc::new(port_rules(port, self.family, &self.options)),
+            };
+            cache.insert(key, (port.clone(), rules));
+        }
+        self.cache = cache;
+        assemble(
+            self.family,
+            &self.options,
+            self.cache.iter().map(|(k, (_, r))| (k, r)),
+        )
+    }
+}
+
+fn assemble<'a>(
+    family: Family,
+    o: &Options,
+    ports: impl Iterator<Item = (&'a PortKey, &'a Arc<PortRules>)>,
+) -> Ruleset {
+    // Sorted by name, so blocks that share a destination keep a stable order.
+    let mut ports: Vec<(&PortKey, &Arc<PortRules>)> = ports.collect();
+    ports.sort_by(|a, b| a.0.cmp(b.0));
+    let mut nat = Chains::new();
+    let mut dst: Vec<(u128, Block)> = Vec::new();
+    let mut node_ports: Vec<(u128, Block)> = Vec::new();
+    let mut local = BTreeSet::new();
+    let mut frontends = 0;
+    for (_, r) in &ports {
+        for (ip, b) in &r.dst {
+            dst.push((Family::key(*ip), b.clone()));
+        }
+        if let Some((protocol, port, b)) = &r.node_port {
+            let p = match protocol {
+                Protocol::Tcp => 0u128,
+                Protocol::Udp => 1,
+                Protocol::Sctp => 2,
+            };
+            node_ports.push(((p << 16) | *port as u128, b.clone()));
+        }
+        frontends += r.dst.len() + r.node_port.is_some() as usize;
+        for (name, b) in &r.chains {
+            nat.insert(name.clone(), vec![Line::Block(b.clone())]);
+        }
+        local.extend(r.local.iter().copied());
+    }
+    dst.sort_by_key(|(k, _)| *k);
+    node_ports.sort_by_key(|(k, _)| *k);
+
+    let bits = family.bits();
+    let dst_match = move |prefix: u128, len: u32| {
+        let base = if len == 0 { 0 } else { prefix << (bits - len) };
+        format!("-d {}/{len}", family.addr(base))
+    };
+    let mut services = tree::build(
+        &Space {
+            bits,
+            chain_prefix: "SY-DST-",
+            matcher: &dst_match,
+        },
+        &dst,
+        &mut nat,
+    );
+    if !node_ports.is_empty() {
+        let port_match = |prefix: u128, len: u32| {
+            // The top two bits are the protocol, the rest a port range.
+            let proto_name = match prefix >> (len - 2) {
+                0 => "tcp",
+                1 => "udp",
+                _ => "sctp",
+            };
+            let port_bits = len - 2;
+            if port_bits == 0 {
+                return format!("-p {proto_name}");
+            }
+            let lo = (prefix & ((1 << port_bits) - 1)) << (16 - port_bits);
+            let hi = lo + (1 << (16 - port_bits)) - 1;
+            format!("-p {proto_name} -m {proto_name} --dport {lo}:{hi}")
+        };
+        let np = tree::build(
+            &Space {
+                bits: 18,
+                chain_prefix: "SY-NP-",
+                matcher: &port_match,
+            },
+            &node_ports,
+            &mut nat,
+        );
+        nat.insert(NODEPORTS.into(), np);
+        services.push(Line::Text(if o.node_addr.is_unspecified() {
+            format!("-m addrtype --dst-type LOCAL -j {NODEPORTS}")
+        } else {
+            format!("-d {} -j {NODEPORTS}", Family::host(o.node_addr))
+        }));
+    }
+    nat.insert(SERVICES.into(), services);
+    let text = |s: String| Line::Text(s);
+    nat.insert(
+        MARK_MASQ.into(),
+        vec![text(format!(
+            "-j MARK --set-xmark {MASQ_MARK:#x}/{MASQ_MARK:#x}"
+        ))],
+    );
+    nat.insert(
+        REJECT.into(),
+        vec![
+            text(format!(
+                "-j MARK --set-xmark {REJECT_MARK:#x}/{REJECT_MARK:#x}"
+            )),
+            text("-j ACCEPT".into()),
+        ],
+    );
+    nat.insert(
+        HAIRPIN.into(),
+        local
+            .iter()
+            .map(|ip| {
+                let h = Family::host(*ip);
+                text(format!("-s {h} -d {h} -j MASQUERADE"))
+            })
+            .collect(),
+    );
+    nat.insert(
+        POSTROUTING.into(),
+        vec![
+            text(format!("-m conntrack --ctstate DNAT -j {HAIRPIN}")),
+            text(format!(
+                "-m mark ! --mark {MASQ_MARK:#x}/{MASQ_MARK:#x} -j RETURN"
+            )),
+            text(format!("-j MARK --set-xmark {MASQ_MARK:#x}/0x0")),
+            text("-j MASQUERADE --random-fully".into()),
+        ],
+    );
+    let mut filter = Chains::new();
+    filter.insert(
+        FILTER.into(),
+        vec![text(format!(
+            "-m mark --mark {REJECT_MARK:#x}/{REJECT_MARK:#x} -j REJECT --reject-with {}",
+            family.port_unreachable()
+        ))],
+    );
+    filter.insert(
+        FORWARD.into(),
+        vec![text("-m conntrack --ctstate DNAT -j ACCEPT".into())],
+    );
+    Ruleset {
+        nat,
+        filter,
+        frontends,
+    }
+}
+
+/// Whether two chains hold the same rules.
+fn same(a: &[Line], b: &[Line]) -> bool {
+    let fast = a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Line::Block(p), Line::Block(q)) => Arc::ptr_eq(p, q) || p == q,
+            (Line::Text(s), Line::Text(t)) => s == t,
+            _ => false,
+        });
+    fast || a
+        .iter()
+        .flat_map(Line::rules)
+        .eq(b.iter().flat_map(Line::rules))
+}
+
+/// A rule in a built-in chain that sends packets into ours.
+pub struct Jump {
+    pub table: &'static str,
+    pub chain: &'static str,
+    /// The rule's arguments, as given to `iptables -C/-I/-D`.
+    pub args: &'static [&'static str],
+}
+
+impl Jump {
+    /// The rule as a restore line (quoted where iptables-save would quote).
+    fn restore_text(&self) -> String {
+        self.args
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("\"{a}\"")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+pub const JUMPS: &[Jump] = &[
+    Jump {
+        table: "nat",
+        chain: "PREROUTING",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard service portals",
+            "-j",
+            SERVICES,
+        ],
+    },
+    Jump {
+        table: "nat",
+        chain: "OUTPUT",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard service portals",
+            "-j",
+            SERVICES,
+        ],
+    },
+    Jump {
+        table: "nat",
+        chain: "POSTROUTING",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard masquerade",
+            "-j",
+            POSTROUTING,
+        ],
+    },
+    Jump {
+        table: "filter",
+        chain: "INPUT",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard rejects",
+            "-j",
+            FILTER,
+        ],
+    },
+    Jump {
+        table: "filter",
+        chain: "OUTPUT",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard rejects",
+            "-j",
+            FILTER,
+        ],
+    },
+    Jump {
+        table: "filter",
+        chain: "FORWARD",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard rejects",
+            "-j",
+            FILTER,
+        ],
+    },
+    Jump {
+        table: "filter",
+        chain: "FORWARD",
+        args: &[
+            "-m",
+            "comment",
+            "--comment",
+            "switchyard forwarding",
+            "-j",
+            FORWARD,
+        ],
+    },
+];
+
+/// What a restore changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// The `iptables-restore --noflush` input; empty when nothing changes.
+    pub text: String,
+    pub written: usize,
+    pub deleted: usize,
+}
+
+/// The restore input that turns `old` into `new`: changed chains are declared (which flushes
+/// them under `--noflush`) and refilled, gone ones flushed and deleted, and `jumps` inserted.
+/// Chains that did not change are not mentioned.
+pub fn diff(old: &Ruleset, new: &Ruleset, jumps: &[&Jump]) -> Diff {
+    let mut out = Diff::default();
+    for (table, o, n) in [
+        ("filter", &old.filter, &new.filter),
+        ("nat", &old.nat, &new.nat),
+    ] {
+        let changed: Vec<(&String, &Vec<Line>)> = n
+            .iter()
+            .filter(|(name, lines)| o.get(*name).is_none_or(|old| !same(old, lines)))
+            .collect();
+        let gone: Vec<&String> = o.keys().filter(|name| !n.contains_key(*name)).collect();
+        let table_jumps: Vec<&&Jump> = jumps.iter().filter(|j| j.table == table).collect();
+        if changed.is_empty() && gone.is_empty() && table_jumps.is_empty() {
+            continue;
+        }
+        let t = &mut out.text;
+        t.push('*');
+        t.push_str(table);
+        t.push('\n');
+        for name in changed.iter().map(|(n, _)| *n).chain(gone.iter().copied()) {
+            t.push(':');
+            t.push_str(name);
+            t.push_str(" - [0:0]\n");
+        }
+        for (name, lines) in &changed {
+            for rule in lines.iter().flat_map(Line::rules) {
+                t.push_str("-A ");
+                t.push_str(name);
+                t.push(' ');
+                t.push_str(rule);
+                t.push('\n');
+            }
+        }
+        for j in table_jumps {
+            t.push_str(&format!("-I {} 1 {}\n", j.chain, j.restore_text()));
+        }
+        for name in &gone {
+            t.push_str("-X ");
+            t.push_str(name);
+            t.push('\n');
+        }
+        t.push_str("COMMIT\n");
+        out.written += changed.len();
+        out.deleted += gone.len();
+    }
+    out
+}
+
+/// Switchyard's chains in `iptables-save` output.
+pub fn parse_save(text: &str) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let mut table: Option<&mut Chains> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = match name.trim() {
+                "nat" => Some(&mut rs.nat),
+                "filter" => Some(&mut rs.filter),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(chains) = table.as_deref_mut() else {
+            continue;
+        };
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(PREFIX) {
+                chains.entry(name.to_string()).or_default();
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            if let Some((name, rule)) = rest.split_once(' ') {
+                if name.starts_with(PREFIX) {
+                    chains
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(Line::Text(rule.to_string()));
+                }
+            }
+        }
+    }
+    rs
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
