@@ -2,6 +2,7 @@
 //! programs that print the figures `bench/README.md` records.
 
 pub mod api;
+pub mod netns;
 
 /// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
 /// bucket (what `histogram_quantile` does).
