@@ -4,6 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cli_load;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::agent::{self, ProxyMode};
@@ -39,6 +41,8 @@ enum Command {
     Node(NodeArgs),
     /// Run the server and a node agent in one process, on embedded defaults, for one machine.
     Up(UpArgs),
+    /// Load-test a Service, an Ingress or any HTTP, TCP or DNS server.
+    Load(cli_load::LoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -439,6 +443,7 @@ fn main() {
             Command::Server(args) => server(args).await,
             Command::Node(args) => node(args).await,
             Command::Up(args) => up(args).await,
+            Command::Load(args) => cli_load::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -1,8 +1,11 @@
-//! Benchmarks for Switchyard: the shared measuring pieces, and (under `src/bin/`) the benchmark
-//! programs that print the figures `bench/README.md` records.
+//! Benchmarks for Switchyard: the load generator behind `switchyard load` ([`load`]), the shared
+//! measuring pieces, and (under `src/bin/`) the benchmark programs that print the figures
+//! `bench/README.md` records.
 
 pub mod api;
+pub mod load;
 pub mod netns;
+pub mod peers;
 
 /// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
 /// bucket (what `histogram_quantile` does).

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use crate::support::{bin, eventually_async, free_port, Server, Up};
 
 /// Above 1024, so that an unprivileged proxy can listen on it.
-const SERVICE_PORT: u16 = 8080;
+pub(crate) const SERVICE_PORT: u16 = 8080;
 
 /// A TCP backend that answers every connection with its name.
 async fn tcp_backend(name: &'static str) -> SocketAddr {
@@ -70,7 +70,7 @@ async fn answers(addr: SocketAddr, n: usize) -> HashSet<String> {
     seen
 }
 
-fn service(name: &str, proto: &str, affinity: bool) -> Service {
+pub(crate) fn service(name: &str, proto: &str, affinity: bool) -> Service {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {"ports": [{"name": "p", "port": SERVICE_PORT, "protocol": proto}], "sessionAffinity": if affinity { "ClientIP" } else { "None" }},
@@ -91,7 +91,7 @@ fn slice(service: &str, i: usize, proto: &str, backend: SocketAddr) -> EndpointS
 }
 
 /// Each backend is 127.0.0.1 with its own port: one EndpointSlice per backend.
-async fn set_backends(
+pub(crate) async fn set_backends(
     api: &Api<EndpointSlice>,
     service: &str,
     proto: &str,

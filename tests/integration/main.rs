@@ -8,6 +8,7 @@ mod dns;
 mod ingress;
 mod iptables;
 mod kubectl;
+mod load;
 mod sandbox;
 #[path = "../support/mod.rs"]
 mod support;

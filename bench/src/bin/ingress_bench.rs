@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use switchyard_bench::api::{api_creates, cpu_seconds, free_port, wait_for_port, Proc, Up};
 use switchyard_bench::http_get;
+use switchyard_bench::peers::{median, nginx, report, wrk, Run};
 
 #[derive(Parser)]
 struct Args {
@@ -37,81 +38,6 @@ struct Args {
 
 const HOST: &str = "bench.example";
 const PATH: &str = "/api";
-
-/// One wrk result.
-#[derive(Clone, Copy, Default)]
-struct Run {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: u64,
-}
-
-/// `12.34us`, `1.2ms`, `3s` in wrk's output, as microseconds.
-fn micros(s: &str) -> Option<f64> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    Some(match unit {
-        "us" => n,
-        "ms" => n * 1e3,
-        "s" => n * 1e6,
-        _ => return None,
-    })
-}
-
-fn wrk(port: u16, args: &Args) -> Result<Run> {
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{}", args.connections)])
-        .args([&format!("-d{}s", args.duration), "--latency"])
-        .args(["-H", &format!("Host: {HOST}")])
-        .arg(format!("http://127.0.0.1:{port}{PATH}"))
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut run = Run::default();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["Requests/sec:", v] => run.rps = v.parse()?,
-            ["50%", v] => run.p50_us = micros(v).unwrap_or(f64::NAN),
-            ["99%", v] => run.p99_us = micros(v).unwrap_or(f64::NAN),
-            ["Non-2xx", "or", "3xx", "responses:", n] => run.errors += n.parse::<u64>()?,
-            ["Socket", "errors:", ..] => {
-                run.errors += line
-                    .split(|c: char| !c.is_ascii_digit())
-                    .filter_map(|n| n.parse::<u64>().ok())
-                    .sum::<u64>()
-            }
-            _ => {}
-        }
-    }
-    if run.rps == 0.0 {
-        bail!("wrk printed no rate:\n{text}");
-    }
-    Ok(run)
-}
-
-fn nginx(dir: &Path, name: &str, body: &str) -> Result<Proc> {
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.err;\n\
-             events {{ worker_connections 8192; }}\n\
-             http {{\n access_log off;\n keepalive_requests 1000000;\n{body}\n}}\n",
-            dir = dir.display()
-        ),
-    )?;
-    Proc::start(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.join(format!("{name}.err"))),
-        name,
-    )
-}
 
 fn haproxy(dir: &Path, port: u16, backend: u16) -> Result<Proc> {
     let conf = dir.join("haproxy.cfg");
@@ -171,37 +97,11 @@ async fn wait_idle(pid: u32) -> Result<Duration> {
     }
 }
 
-fn report(name: &str, r: &Run, base: Option<&Run>) {
-    let ratio = base.map_or(String::new(), |b| {
-        format!(
-            "  rps {:.2}x, p99 {:.2}x",
-            r.rps / b.rps,
-            r.p99_us / b.p99_us
-        )
-    });
-    println!(
-        "  {name:<22} {:>9.0} rps  p50 {:>7.0} us  p99 {:>7.0} us  errors {}{ratio}",
-        r.rps, r.p50_us, r.p99_us, r.errors
-    );
-}
-
-fn median(runs: &[Run]) -> Run {
-    let pick = |f: fn(&Run) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    Run {
-        rps: pick(|r| r.rps),
-        p50_us: pick(|r| r.p50_us),
-        p99_us: pick(|r| r.p99_us),
-        errors: runs.iter().map(|r| r.errors).sum(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let url = |port: u16| format!("http://127.0.0.1:{port}{PATH}");
+    let host = [format!("Host: {HOST}")];
     let dir = tempfile::tempdir()?;
     let [backend, nginx_port, haproxy_port, http] = [(); 4].map(|_| free_port());
     let _backend = nginx(
@@ -279,7 +179,7 @@ async fn main() -> Result<()> {
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 0..args.rounds {
         for (i, (name, port)) in targets.iter().enumerate() {
-            let r = wrk(*port, &args)?;
+            let r = wrk(&url(*port), args.connections, args.duration, &host)?;
             report(&format!("{name} #{}", round + 1), &r, None);
             runs[i].push(r);
         }
@@ -321,8 +221,13 @@ async fn main() -> Result<()> {
     let mut large = Vec::new();
     let mut small = Vec::new();
     for _ in 0..args.rounds {
-        large.push(wrk(http, &args)?);
-        small.push(wrk(nginx_port, &args)?);
+        large.push(wrk(&url(http), args.connections, args.duration, &host)?);
+        small.push(wrk(
+            &url(nginx_port),
+            args.connections,
+            args.duration,
+            &host,
+        )?);
     }
     let large = median(&large);
     report(
