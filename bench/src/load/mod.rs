@@ -116,7 +116,9 @@ impl Shared {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
-        match self.limit {
+        // Warm-up requests do not count against --requests.
+        let counted = self.limit.filter(|_| self.measuring(Instant::now()));
+        match counted {
             Some(n) if self.started.fetch_add(1, Ordering::Relaxed) >= n => {
                 self.exhausted.store(true, Ordering::Relaxed);
                 false
