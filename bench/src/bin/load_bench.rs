@@ -152,31 +152,47 @@ fn main() -> Result<()> {
     }
 
     println!(
-        "\n## open loop at {} requests/s (latency from when each request was due)",
-        args.rate
+        "\n## open loop at {} requests/s (latency from when each request was due; median of {} rounds, alternating)",
+        args.rate, args.rounds
     );
     let rate = format!("{}", args.rate);
-    let ours = switchyard(&args, &url, &["--rate", &rate])?;
-    let theirs = oha(&args, &url, &["-q", &rate, "--latency-correction"])?;
-    let us = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    println!(
-        "  switchyard load --rate: {:.0} rps achieved, p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
-        us(&ours["requests_per_second"]),
-        us(&ours["latency_us"]["p50"]),
-        us(&ours["latency_us"]["p90"]),
-        us(&ours["latency_us"]["p99"]),
-        us(&ours["latency_us"]["p99.9"]),
-        us(&ours["latency_us"]["max"]),
-    );
-    let s = |k: &str| us(&theirs["latencyPercentiles"][k]) * 1e6;
-    println!(
-        "  oha -q --latency-correction: {:.0} rps achieved, p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
-        us(&theirs["summary"]["requestsPerSec"]),
-        s("p50"),
-        s("p90"),
-        s("p99"),
-        s("p99.9"),
-        us(&theirs["summary"]["slowest"]) * 1e6,
-    );
+    let keys = ["p50", "p90", "p99", "p99.9"];
+    let (mut ours, mut theirs): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        let j = switchyard(&args, &url, &["--rate", &rate])?;
+        let mut row = vec![j["requests_per_second"].as_f64().unwrap_or(f64::NAN)];
+        row.extend(
+            keys.iter()
+                .map(|k| j["latency_us"][k].as_f64().unwrap_or(f64::NAN)),
+        );
+        ours.push(row);
+        let j = oha(&args, &url, &["-q", &rate, "--latency-correction"])?;
+        let mut row = vec![j["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN)];
+        row.extend(
+            keys.iter()
+                .map(|k| j["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1e6),
+        );
+        theirs.push(row);
+    }
+    for (name, rows) in [
+        ("switchyard load --rate", &ours),
+        ("oha -q --latency-correction", &theirs),
+    ] {
+        let col = |i: usize| {
+            let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let p99s: Vec<String> = rows.iter().map(|r| format!("{:.0}", r[3])).collect();
+        println!(
+            "  {name:<28} {:.0} rps achieved, p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us (p99 by round: {})",
+            col(0),
+            col(1),
+            col(2),
+            col(3),
+            col(4),
+            p99s.join(", ")
+        );
+    }
     Ok(())
 }
