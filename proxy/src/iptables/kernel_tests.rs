@@ -59,11 +59,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// The rules of this namespace, without iptables-save's timestamped comment lines.
 fn save(variant: &str) -> String {
     let out = Command::new(format!("iptables-{variant}-save"))
         .output()
         .unwrap();
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn sh(cmd: &str) {
