@@ -134,6 +134,13 @@ struct AgentArgs {
     /// Which iptables the iptables proxy uses (auto: the one `iptables` is).
     #[arg(long, value_enum, default_value = "auto")]
     iptables_backend: IptablesBackend,
+    /// With the eBPF proxy, the cgroup v2 whose processes' sockets are translated (with every
+    /// cgroup below it).
+    #[arg(long, default_value = switchyard_proxy::ebpf::DEFAULT_CGROUP)]
+    cgroup_path: PathBuf,
+    /// With the eBPF proxy, the directory on a bpffs where its maps and links are pinned.
+    #[arg(long, default_value = switchyard_proxy::ebpf::DEFAULT_PIN_DIR)]
+    bpf_pin_path: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -158,7 +165,8 @@ struct NodeArgs {
     /// A kubeconfig for the API server.
     #[arg(long, required_unless_present = "cleanup")]
     kubeconfig: Option<PathBuf>,
-    /// Remove every iptables rule, chain and conntrack entry the agent made, then exit.
+    /// Remove every iptables rule, chain and conntrack entry the agent made, and the pinned BPF
+    /// programs and maps of the eBPF proxy, then exit.
     #[arg(long)]
     cleanup: bool,
     #[command(flatten)]
@@ -281,6 +289,18 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
         args.ingress_http.or(defaults.map(|d| d.ingress_http)),
         args.ingress_https.or(defaults.map(|d| d.ingress_https)),
     );
+    let iptables = switchyard_proxy::iptables::Config {
+        backend: args.iptables_backend.into(),
+        options: switchyard_proxy::iptables::render::Options {
+            node_addr: args.nodeport_address,
+            cluster_cidrs: args
+                .cluster_cidr
+                .iter()
+                .map(|c| (c.addr, c.prefix))
+                .collect(),
+            masquerade_all: args.masquerade_all,
+        },
+    };
     agent::Config {
         dns,
         ingress,
@@ -293,18 +313,12 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
             node_addr: args.nodeport_address,
             ..Default::default()
         },
-        iptables: switchyard_proxy::iptables::Config {
-            backend: args.iptables_backend.into(),
-            options: switchyard_proxy::iptables::render::Options {
-                node_addr: args.nodeport_address,
-                cluster_cidrs: args
-                    .cluster_cidr
-                    .iter()
-                    .map(|c| (c.addr, c.prefix))
-                    .collect(),
-                masquerade_all: args.masquerade_all,
-            },
+        ebpf: switchyard_proxy::ebpf::Config {
+            cgroup: args.cgroup_path.clone(),
+            pin_dir: args.bpf_pin_path.clone(),
+            iptables: Some(iptables.clone()),
         },
+        iptables,
     }
 }
 
@@ -367,6 +381,13 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         println!(
             "removed {} chains, {} jump rules; cleared conntrack entries of {} frontends",
             done.chains, done.jumps, done.conntrack_filters
+        );
+        let bpf = switchyard_proxy::ebpf::cleanup(&args.agent.bpf_pin_path)?;
+        println!(
+            "removed {} pinned BPF links and {} pinned maps from {}",
+            bpf.links,
+            bpf.maps,
+            args.agent.bpf_pin_path.display()
         );
         return Ok(());
     }

@@ -16,27 +16,33 @@ use std::net::{IpAddr, Ipv6Addr};
 /// The compiled programs (`make -C ebpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../sock.o");
 
-/// A program of [`OBJECT`]: its name, and the cgroup hook its section attaches it to.
+/// A program of [`OBJECT`]: its name, the cgroup hook its section names, and that hook's
+/// `enum bpf_attach_type` value (linux/bpf.h).
 #[derive(Clone, Copy, Debug)]
 pub struct Program {
     pub name: &'static str,
     pub hook: &'static str,
+    pub attach_type: u32,
 }
 
-const fn program(name: &'static str, hook: &'static str) -> Program {
-    Program { name, hook }
+const fn program(name: &'static str, hook: &'static str, attach_type: u32) -> Program {
+    Program {
+        name,
+        hook,
+        attach_type,
+    }
 }
 
 /// Every program, in the order they are attached (translation first, reverse last).
 pub const PROGRAMS: &[Program] = &[
-    program("sy_connect4", "connect4"),
-    program("sy_sendmsg4", "sendmsg4"),
-    program("sy_recvmsg4", "recvmsg4"),
-    program("sy_getpeername4", "getpeername4"),
-    program("sy_connect6", "connect6"),
-    program("sy_sendmsg6", "sendmsg6"),
-    program("sy_recvmsg6", "recvmsg6"),
-    program("sy_getpeername6", "getpeername6"),
+    program("sy_connect4", "connect4", 10), // BPF_CGROUP_INET4_CONNECT
+    program("sy_sendmsg4", "sendmsg4", 14), // BPF_CGROUP_UDP4_SENDMSG
+    program("sy_recvmsg4", "recvmsg4", 19), // BPF_CGROUP_UDP4_RECVMSG
+    program("sy_getpeername4", "getpeername4", 29), // BPF_CGROUP_INET4_GETPEERNAME
+    program("sy_connect6", "connect6", 11), // BPF_CGROUP_INET6_CONNECT
+    program("sy_sendmsg6", "sendmsg6", 15), // BPF_CGROUP_UDP6_SENDMSG
+    program("sy_recvmsg6", "recvmsg6", 20), // BPF_CGROUP_UDP6_RECVMSG
+    program("sy_getpeername6", "getpeername6", 30), // BPF_CGROUP_INET6_GETPEERNAME
 ];
 
 /// `(ServiceKey, ServiceValue)`: slot 0 is the frontend, slots 1..=count its backends.

@@ -5,11 +5,14 @@
 //!   frontends (ClusterIPs, NodePort, external and load-balancer IPs) and endpoints — and the
 //!   endpoint selection rules shared by every proxy mode;
 //! - [`iptables`]: the iptables proxy, which programs the kernel's NAT tables;
+//! - [`ebpf`]: the eBPF proxy, which translates ClusterIPs at the socket with the programs of
+//!   `switchyard-ebpf` (and keeps iptables for what arrives from outside);
 //! - [`userspace`]: the userspace proxy, which moves the bytes itself where the kernel cannot be
 //!   programmed;
 //! - [`ingress`]: the HTTP ingress router, which consumes a [`RouteTable`](ingress::routes::RouteTable);
 //! - [`metrics`]: the Prometheus histogram both the agent and the router use.
 
+pub mod ebpf;
 pub mod ingress;
 pub mod iptables;
 pub mod metrics;

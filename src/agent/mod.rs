@@ -52,6 +52,9 @@ pub enum ProxyMode {
     Userspace,
     /// NAT rules in the kernel, loaded with iptables-restore; needs CAP_NET_ADMIN.
     Iptables,
+    /// ClusterIPs translated at the socket by BPF programs on a cgroup; NodePorts and external
+    /// addresses by iptables. Needs root.
+    Ebpf,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +68,7 @@ pub struct Config {
     pub max_sync: Duration,
     pub userspace: switchyard_proxy::userspace::Config,
     pub iptables: switchyard_proxy::iptables::Config,
+    pub ebpf: switchyard_proxy::ebpf::Config,
     /// Cluster DNS, when it should be served.
     pub dns: Option<DnsConfig>,
     /// The ingress router, when it should run.
@@ -107,6 +111,8 @@ pub enum AgentError {
     Ingress(std::io::Error),
     #[error("iptables proxy: {0}")]
     Iptables(#[from] switchyard_proxy::iptables::IptablesError),
+    #[error("eBPF proxy: {0}")]
+    Ebpf(#[from] switchyard_proxy::ebpf::EbpfError),
 }
 
 /// One immutable view of what the data plane should do.
@@ -512,6 +518,9 @@ pub async fn run(
         ),
         ProxyMode::Iptables => programmer::Proxy::Iptables(Box::new(
             switchyard_proxy::iptables::IptablesProxy::new(config.iptables.clone())?,
+        )),
+        ProxyMode::Ebpf => programmer::Proxy::Ebpf(Box::new(
+            switchyard_proxy::ebpf::EbpfProxy::new(config.ebpf.clone())?,
         )),
     };
     let metrics = Arc::new(Metrics::default());

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use switchyard_proxy::ebpf::EbpfProxy;
 use switchyard_proxy::iptables::IptablesProxy;
 use switchyard_proxy::table::ServiceTable;
 use switchyard_proxy::userspace::UserspaceProxy;
@@ -18,6 +19,7 @@ use super::{Config, Metrics, Snapshot};
 pub(super) enum Proxy {
     Userspace(UserspaceProxy),
     Iptables(Box<IptablesProxy>),
+    Ebpf(Box<EbpfProxy>),
 }
 
 impl Proxy {
@@ -25,6 +27,7 @@ impl Proxy {
         match self {
             Proxy::Userspace(p) => p.apply(table).await,
             Proxy::Iptables(p) => p.apply(table).await,
+            Proxy::Ebpf(p) => p.apply(table).await,
         }
     }
 

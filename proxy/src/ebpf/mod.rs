@@ -1,0 +1,393 @@
+//! The eBPF proxy: ClusterIPs translated at the socket, as Cilium's kube-proxy replacement does.
+//!
+//! The programs of [`switchyard_ebpf`] attach to a cgroup v2 (`--cgroup-path`, the root by
+//! default) and rewrite a ClusterIP destination to a backend when a socket connects or sends,
+//! so service traffic has no per-packet NAT and no conntrack, and a lookup is one hash-map
+//! lookup at any number of services.
+//!
+//! - [`plan`]: the map contents as a function of the service table and the ordered writes
+//!   between two of them (unit-tested against a model of the maps).
+//! - [`sockets`]: connected UDP sockets moved off a backend that left their service.
+//! - [`EbpfProxy`]: loads and attaches the programs, pins maps and links under the pin
+//!   directory (so a restarted agent finds them, and traffic never stops while it is down),
+//!   adopts what the maps hold, and applies each plan.
+//! - The hybrid: NodePorts, external and load-balancer IPs, and SCTP — traffic that does not
+//!   start in a local socket, or that the programs do not translate — stay with the iptables
+//!   proxy, which gets a table without the ClusterIPs the programs serve.
+//! - [`cleanup`] unpins (and so detaches and frees) everything.
+
+mod bpf;
+mod plan;
+mod sockets;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use std::os::fd::AsFd;
+
+use aya::programs::links::PinnedLink;
+use aya::programs::CgroupSockAddr;
+use aya::EbpfLoader;
+use switchyard_ebpf::{
+    Backend, RevKey, RevValue, ServiceKey, ServiceValue, BACKENDS, MAPS, OBJECT, PROGRAMS, REV_NAT,
+    SERVICES,
+};
+
+use crate::iptables::{IptablesError, IptablesProxy};
+use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use crate::SyncReport;
+use plan::{Op, State};
+
+/// Where the maps and links are pinned unless `--bpf-pin-path` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/switchyard";
+/// The cgroup the programs attach to unless `--cgroup-path` says otherwise: the v2 root.
+pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup/unified";
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The cgroup v2 directory whose processes (and their descendants') sockets are translated.
+    pub cgroup: PathBuf,
+    /// A directory on a bpffs for the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// The iptables proxy for what the programs do not serve; `None`: ClusterIPs only.
+    pub iptables: Option<crate::iptables::Config>,
+}
+
+const FALLBACK: &str = "or run with --proxy-mode iptables";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("{path}: {message}; {FALLBACK}")]
+    Setup { path: PathBuf, message: String },
+    #[error("the kernel refused the BPF programs: {0}; {FALLBACK}")]
+    Load(String),
+    #[error("BPF map {map}: {message}")]
+    Map { map: &'static str, message: String },
+    #[error(transparent)]
+    Iptables(#[from] IptablesError),
+}
+
+fn setup(path: &Path, message: impl Into<String>) -> EbpfError {
+    EbpfError::Setup {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
+    move |e| EbpfError::Map {
+        map,
+        message: chain(&e),
+    }
+}
+
+/// An error with its sources, which aya keeps the useful part in.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn fs_type(path: &Path) -> io::Result<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statfs is a valid out-parameter; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// What the kernel must offer, checked before anything is loaded, with what to do about it.
+fn check(config: &Config) -> Result<(), EbpfError> {
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    if !btf.exists() {
+        return Err(setup(
+            btf,
+            "the kernel has no BTF (CONFIG_DEBUG_INFO_BTF), which the eBPF proxy needs",
+        ));
+    }
+    match fs_type(&config.cgroup) {
+        Ok(CGROUP2_SUPER_MAGIC) => {}
+        Ok(_) => {
+            return Err(setup(
+                &config.cgroup,
+                "not a cgroup v2 directory (mount one with `mount -t cgroup2 none DIR`, and pass --cgroup-path)",
+            ))
+        }
+        Err(e) => return Err(setup(&config.cgroup, format!("cgroup v2 directory: {e}"))),
+    }
+    let parent = config.pin_dir.parent().unwrap_or(Path::new("/"));
+    match fs_type(&config.pin_dir).or_else(|_| fs_type(parent)) {
+        Ok(BPF_FS_MAGIC) => {}
+        Ok(_) => {
+            return Err(setup(
+                &config.pin_dir,
+                "not on a BPF filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`, or pass --bpf-pin-path)",
+            ))
+        }
+        Err(e) => return Err(setup(&config.pin_dir, format!("pin directory: {e}"))),
+    }
+    Ok(())
+}
+
+fn link_path(pin_dir: &Path, hook: &str) -> PathBuf {
+    pin_dir.join(format!("link-{hook}"))
+}
+
+struct Maps {
+    services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    backends: BpfHashMap<MapData, u32, Backend>,
+    rev_nat: BpfHashMap<MapData, RevKey, RevValue>,
+}
+
+/// Loads the programs with the pinned maps (reusing maps a previous run pinned), attaches them
+/// to the cgroup and pins the links; links a previous run pinned are replaced only after the
+/// new ones are attached, so there is no moment without translation.
+fn load(config: &Config) -> Result<Maps, EbpfError> {
+    check(config)?;
+    std::fs::create_dir_all(&config.pin_dir).map_err(|e| setup(&config.pin_dir, e.to_string()))?;
+    let mut bpf = EbpfLoader::new()
+        .map_pin_path(&config.pin_dir)
+        .load(OBJECT)
+        .map_err(|e| load_error(&e))?;
+    let cgroup = File::open(&config.cgroup).map_err(|e| setup(&config.cgroup, e.to_string()))?;
+    let mut old = Vec::new();
+    for p in PROGRAMS {
+        let prog: &mut CgroupSockAddr = bpf
+            .program_mut(p.name)
+            .ok_or_else(|| EbpfError::Load(format!("{} is not in the object", p.name)))?
+            .try_into()
+            .map_err(|e| load_error(&e))?;
+        prog.load().map_err(|e| load_error(&e))?;
+        let prog_fd = prog.fd().map_err(|e| load_error(&e))?;
+        // aya cannot hand over a cgroup link to be pinned, so the link is made here.
+        let link = bpf::link_create(prog_fd.as_fd(), cgroup.as_fd(), p.attach_type)
+            .map_err(|e| load_error(&e))?;
+        let path = link_path(&config.pin_dir, p.hook);
+        if path.exists() {
+            // Keep the previous link attached (its descriptor open) until ours is pinned.
+            let prev = PinnedLink::from_pin(&path)
+                .map_err(|e| load_error(&e))?
+                .unpin()
+                .map_err(|e| setup(&path, e.to_string()))?;
+            old.push(prev);
+        }
+        bpf::pin(link.as_fd(), &path).map_err(|e| setup(&path, e.to_string()))?;
+    }
+    drop(old);
+    let mut take = |name: &'static str| {
+        bpf.take_map(name).ok_or_else(|| EbpfError::Map {
+            map: name,
+            message: "not in the object".into(),
+        })
+    };
+    let services = take(SERVICES)?;
+    let backends = take(BACKENDS)?;
+    let rev_nat = take(REV_NAT)?;
+    Ok(Maps {
+        services: BpfHashMap::try_from(services).map_err(map_error(SERVICES))?,
+        backends: BpfHashMap::try_from(backends).map_err(map_error(BACKENDS))?,
+        rev_nat: BpfHashMap::try_from(rev_nat).map_err(map_error(REV_NAT))?,
+    })
+}
+
+fn load_error(e: &dyn std::error::Error) -> EbpfError {
+    let text = chain(e);
+    if text.contains("Operation not permitted") {
+        return EbpfError::Load(format!(
+            "{text} (loading BPF programs needs root, or CAP_BPF with CAP_NET_ADMIN)"
+        ));
+    }
+    EbpfError::Load(text)
+}
+
+/// The eBPF proxy mode.
+pub struct EbpfProxy {
+    maps: Maps,
+    /// `None` until the maps are read back, and again after a failed write.
+    state: Option<State>,
+    hybrid: Option<Hybrid>,
+}
+
+/// The iptables half: the table without the frontends the programs serve.
+struct Hybrid {
+    proxy: IptablesProxy,
+    /// Per port, the table's `Arc` and the reduced copy made from it, so an unchanged port keeps
+    /// its `Arc` (and the iptables renderer its cache).
+    ports: HashMap<(ServicePortName, Protocol), (Arc<ServicePort>, Arc<ServicePort>)>,
+}
+
+impl Hybrid {
+    /// The ports that still need iptables: SCTP ones whole; the others without their ClusterIPs,
+    /// and only when something is left (a NodePort, an external or load-balancer IP).
+    fn table(&mut self, table: &ServiceTable) -> ServiceTable {
+        let mut ports = HashMap::new();
+        let mut out = Vec::new();
+        for p in &table.ports {
+            let socket = plan::proto(p.protocol).is_some();
+            if socket
+                && p.node_port.is_none()
+                && p.external_ips.is_empty()
+                && p.load_balancer_ips.is_empty()
+            {
+                continue;
+            }
+            let key = (p.name.clone(), p.protocol);
+            let reduced = match self.ports.remove(&key) {
+                Some((orig, reduced)) if Arc::ptr_eq(&orig, p) => reduced,
+                _ if !socket => p.clone(),
+                _ => Arc::new(ServicePort {
+                    cluster_ips: Vec::new(),
+                    ..(**p).clone()
+                }),
+            };
+            out.push(reduced.clone());
+            ports.insert(key, (p.clone(), reduced));
+        }
+        self.ports = ports;
+        ServiceTable { ports: out }
+    }
+}
+
+impl EbpfProxy {
+    /// Loads and attaches the programs; fails with what to do when the kernel refuses.
+    pub fn new(config: Config) -> Result<Self, EbpfError> {
+        let hybrid = match config.iptables.clone().map(IptablesProxy::new) {
+            Some(Ok(proxy)) => Some(Hybrid {
+                proxy,
+                ports: HashMap::new(),
+            }),
+            Some(Err(IptablesError::NotFound(why))) => {
+                tracing::warn!(
+                    %why,
+                    "no iptables: the eBPF proxy serves ClusterIPs only (no NodePorts, external IPs or SCTP)"
+                );
+                None
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => None,
+        };
+        Ok(EbpfProxy {
+            maps: load(&config)?,
+            state: None,
+            hybrid,
+        })
+    }
+
+    fn adopt(&self) -> Result<State, EbpfError> {
+        let services: Result<Vec<_>, _> = self.maps.services.iter().collect();
+        let backends: Result<Vec<_>, _> = self.maps.backends.iter().collect();
+        Ok(State::adopt(
+            services.map_err(map_error(SERVICES))?,
+            backends.map_err(map_error(BACKENDS))?,
+        ))
+    }
+
+    fn write(&mut self, ops: &[Op]) -> Result<(), EbpfError> {
+        for op in ops {
+            match op {
+                Op::PutBackend(id, b) => self
+                    .maps
+                    .backends
+                    .insert(id, b, 0)
+                    .map_err(map_error(BACKENDS))?,
+                Op::Put(k, v) => self
+                    .maps
+                    .services
+                    .insert(k, v, 0)
+                    .map_err(map_error(SERVICES))?,
+                Op::Delete(k) => self.maps.services.remove(k).map_err(map_error(SERVICES))?,
+                Op::DeleteBackend(id) => {
+                    self.maps.backends.remove(id).map_err(map_error(BACKENDS))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs `table`: the maps first (ClusterIPs), then the iptables half.
+    pub async fn apply(&mut self, table: &ServiceTable) -> SyncReport {
+        let mut report = SyncReport::default();
+        let state = match self.state.take() {
+            Some(s) => Ok(s),
+            None => self.adopt(),
+        };
+        match state {
+            Ok(mut state) => {
+                let plan = state.plan(table);
+                report.frontends = plan.frontends;
+                match self.write(&plan.ops) {
+                    Ok(()) => {
+                        self.state = Some(state);
+                        report.added = plan.ops.len();
+                        if !plan.udp_gone.is_empty() {
+                            let rev = &self.maps.rev_nat;
+                            let moved = sockets::move_off(&plan.udp_gone, |k| rev.get(k, 0).ok());
+                            if moved.destroyed > 0 {
+                                tracing::info!(
+                                    sockets = moved.destroyed,
+                                    "UDP sockets moved off removed backends"
+                                );
+                            }
+                            report.errors.extend(moved.errors);
+                        }
+                    }
+                    // The maps are read back on the next sync.
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+        if let Some(h) = &mut self.hybrid {
+            let reduced = h.table(table);
+            let r = h.proxy.apply(&reduced).await;
+            report.frontends += r.frontends;
+            report.errors.extend(r.errors);
+        }
+        report
+    }
+}
+
+/// What [`cleanup`] removed.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Detaches the programs and frees the maps by removing their pins (and the pin directory,
+/// when nothing else is in it).
+pub fn cleanup(pin_dir: &Path) -> Result<Cleanup, EbpfError> {
+    let mut done = Cleanup::default();
+    if !pin_dir.exists() {
+        return Ok(done);
+    }
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(setup(path, e.to_string())),
+    };
+    for p in PROGRAMS {
+        done.links += remove(&link_path(pin_dir, p.hook))? as usize;
+    }
+    for m in MAPS {
+        done.maps += remove(&pin_dir.join(m))? as usize;
+    }
+    // Only an empty directory goes: it may be shared with something else.
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(done)
+}

@@ -1,0 +1,334 @@
+//! What the maps should hold, and the ordered writes that get them there.
+//!
+//! [`State`] mirrors the service and backend maps. [`State::plan`] compares it with a service
+//! table — only the ports whose `Arc` changed since the last plan, so one endpoint change costs a
+//! handful of writes at any number of services — and returns the writes in an order that never
+//! lets a connect see a missing slot or backend ([`Op`] phases: backends, slots, frontends,
+//! stale slots, stale backends). A backend keeps its slot when others come and go, so a change
+//! rewrites only the slots that changed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use switchyard_ebpf::{
+    net_port, Addr, Backend, ServiceKey, ServiceValue, FLAG_AFFINITY, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
+
+/// One map write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    PutBackend(u32, Backend),
+    /// A backend slot (slot > 0) or a frontend (slot 0).
+    Put(ServiceKey, ServiceValue),
+    Delete(ServiceKey),
+    DeleteBackend(u32),
+}
+
+/// The writes of one plan, in order, and the UDP backends that frontends stopped using (the
+/// sockets connected to them through the frontend must move).
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub ops: Vec<Op>,
+    /// (UDP frontend, a backend it no longer has).
+    pub udp_gone: Vec<(ServiceKey, Backend)>,
+    /// Frontends after the plan.
+    pub frontends: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Frontend {
+    /// Slot 0 as written; `None` where the map has none (only after adoption).
+    value: Option<ServiceValue>,
+    /// `slots[i]` is slot `i + 1`; `None` where the map has no entry (only after adoption).
+    slots: Vec<Option<u32>>,
+}
+
+/// The service and backend maps as Switchyard last wrote (or read) them.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    frontends: HashMap<ServiceKey, Frontend>,
+    ids: HashMap<Backend, u32>,
+    backends: HashMap<u32, Backend>,
+    /// References from slots, per backend id.
+    refs: HashMap<u32, usize>,
+    /// Ids are never reused: an affinity entry naming a removed backend must not find another.
+    next_id: u32,
+    /// The port each frontend came from, as last planned; empty before the first plan.
+    owners: HashMap<(ServicePortName, Protocol), (Arc<ServicePort>, Vec<ServiceKey>)>,
+    /// The first plan claims everything it finds (after [`State::adopt`]).
+    planned: bool,
+}
+
+/// A frontend key: slot 0.
+fn frontend_key(addr: Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port: net_port(port),
+        proto,
+        ..Default::default()
+    }
+}
+
+fn slot_key(frontend: &ServiceKey, slot: usize) -> ServiceKey {
+    ServiceKey {
+        slot: slot as u16,
+        ..*frontend
+    }
+}
+
+/// Whether the socket programs serve this port; SCTP and the rest stay with iptables.
+pub(crate) fn proto(p: Protocol) -> Option<u8> {
+    match p {
+        Protocol::Tcp => Some(PROTO_TCP),
+        Protocol::Udp => Some(PROTO_UDP),
+        Protocol::Sctp => None,
+    }
+}
+
+/// The frontends a port gives the socket programs: its ClusterIPs, with the backends that
+/// cluster traffic may use (internalTrafficPolicy), in endpoint order, without duplicates.
+fn desired(port: &ServicePort) -> Vec<(ServiceKey, ServiceValue, Vec<Backend>)> {
+    let Some(proto) = proto(port.protocol) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ip in &port.cluster_ips {
+        let mut seen = HashSet::new();
+        let backends: Vec<Backend> = port
+            .usable(false)
+            .into_iter()
+            .filter(|e| e.addr.is_ipv4() == ip.is_ipv4() && seen.insert(e.addr))
+            .map(|e| backend(e.addr))
+            .collect();
+        let (flags, affinity_seconds) = match port.affinity {
+            Some(t) => (FLAG_AFFINITY, t.as_secs().clamp(1, u32::MAX as u64) as u32),
+            None => (0, 0),
+        };
+        let value = ServiceValue {
+            count: backends.len().min(u16::MAX as usize) as u16,
+            flags,
+            affinity_seconds,
+            ..Default::default()
+        };
+        out.push((
+            frontend_key(Addr::from(*ip), port.port, proto),
+            value,
+            backends,
+        ));
+    }
+    out
+}
+
+pub(crate) fn backend(addr: SocketAddr) -> Backend {
+    Backend {
+        addr: Addr::from(addr.ip()),
+        port: net_port(addr.port()),
+        pad: 0,
+    }
+}
+
+/// New slot contents: backends that stay keep their slot, new ones fill the holes, and a
+/// shrink moves the last backends into the remaining holes.
+fn assign(old: &[Option<u32>], want: &[u32]) -> Vec<u32> {
+    let wanted: HashSet<u32> = want.iter().copied().collect();
+    let mut kept = HashSet::new();
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .map(|s| s.filter(|id| wanted.contains(id) && kept.insert(*id)))
+        .collect();
+    let mut added = want.iter().filter(|id| !kept.contains(id));
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        match added.next() {
+            Some(id) => *s = Some(*id),
+            None => break,
+        }
+    }
+    slots.extend(added.map(|id| Some(*id)));
+    // Shrink: fill each hole with the last backend.
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            while slots.last() == Some(&None) {
+                slots.pop();
+            }
+            if i < slots.len() {
+                slots.swap_remove(i);
+            }
+        }
+        i += 1;
+    }
+    slots.into_iter().flatten().collect()
+}
+
+impl State {
+    /// The state of maps read back from the kernel (a restart adopts what it finds).
+    pub(crate) fn adopt(
+        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+        backends: impl IntoIterator<Item = (u32, Backend)>,
+    ) -> State {
+        let mut s = State::default();
+        for (id, b) in backends {
+            s.ids.insert(b, id);
+            s.backends.insert(id, b);
+            s.refs.insert(id, 0);
+            s.next_id = s.next_id.max(id.wrapping_add(1));
+        }
+        for (k, v) in services {
+            let f = s.frontends.entry(slot_key(&k, 0)).or_default();
+            if k.slot == 0 {
+                f.value = Some(v);
+                continue;
+            }
+            let i = k.slot as usize - 1;
+            if f.slots.len() <= i {
+                f.slots.resize(i + 1, None);
+            }
+            f.slots[i] = Some(v.backend_id);
+            *s.refs.entry(v.backend_id).or_default() += 1;
+        }
+        s
+    }
+
+    fn id(&mut self, b: Backend, put: &mut Vec<Op>) -> u32 {
+        if let Some(id) = self.ids.get(&b) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.ids.insert(b, id);
+        self.backends.insert(id, b);
+        self.refs.insert(id, 0);
+        put.push(Op::PutBackend(id, b));
+        id
+    }
+
+    /// The writes from the current state to `table`; the state becomes `table`'s.
+    pub(crate) fn plan(&mut self, table: &ServiceTable) -> Plan {
+        let mut want: Vec<(ServiceKey, ServiceValue, Vec<Backend>)> = Vec::new();
+        let mut owners = HashMap::with_capacity(table.ports.len());
+        let mut stale: Vec<ServiceKey> = Vec::new();
+        for p in &table.ports {
+            let name = (p.name.clone(), p.protocol);
+            match self.owners.remove(&name) {
+                Some((arc, keys)) if Arc::ptr_eq(&arc, p) => {
+                    owners.insert(name, (arc, keys));
+                }
+                old => {
+                    stale.extend(old.into_iter().flat_map(|(_, keys)| keys));
+                    let frontends = desired(p);
+                    let keys = frontends.iter().map(|f| f.0).collect();
+                    want.extend(frontends);
+                    owners.insert(name, (p.clone(), keys));
+                }
+            }
+        }
+        // Ports gone since the last plan; on the first plan, every frontend no port claims.
+        stale.extend(self.owners.drain().flat_map(|(_, (_, keys))| keys));
+        self.owners = owners;
+        let wanted: HashSet<ServiceKey> = want.iter().map(|w| w.0).collect();
+        if !self.planned {
+            let claimed: HashSet<&ServiceKey> = self.owners.values().flat_map(|(_, k)| k).collect();
+            stale.extend(self.frontends.keys().filter(|k| !claimed.contains(k)));
+        }
+
+        let mut plan = Plan::default();
+        let mut backends_put = Vec::new();
+        let mut slots_put = Vec::new();
+        let mut frontends_put = Vec::new();
+        let mut slots_del = Vec::new();
+        let mut released = Vec::new();
+        for (key, value, backends) in want {
+            let ids: Vec<u32> = backends
+                .into_iter()
+                .map(|b| self.id(b, &mut backends_put))
+                .collect();
+            let old = self.frontends.remove(&key).unwrap_or_default();
+            let new = assign(&old.slots, &ids);
+            for (i, id) in new.iter().enumerate() {
+                if old.slots.get(i) != Some(&Some(*id)) {
+                    let v = ServiceValue {
+                        backend_id: *id,
+                        ..Default::default()
+                    };
+                    slots_put.push(Op::Put(slot_key(&key, i + 1), v));
+                }
+            }
+            for (i, s) in old.slots.iter().enumerate().skip(new.len()) {
+                if s.is_some() {
+                    slots_del.push(Op::Delete(slot_key(&key, i + 1)));
+                }
+            }
+            if old.value != Some(value) {
+                frontends_put.push(Op::Put(key, value));
+            }
+            let before: HashSet<u32> = old.slots.iter().flatten().copied().collect();
+            let after: HashSet<u32> = new.iter().copied().collect();
+            for id in after.difference(&before) {
+                *self.refs.entry(*id).or_default() += 1;
+            }
+            for id in before.difference(&after) {
+                released.push((*id, key));
+            }
+            let slots = new.into_iter().map(Some).collect();
+            let value = Some(value);
+            self.frontends.insert(key, Frontend { value, slots });
+        }
+        for key in stale {
+            if wanted.contains(&key) {
+                continue;
+            }
+            let Some(old) = self.frontends.remove(&key) else {
+                continue;
+            };
+            frontends_put.push(Op::Delete(key));
+            for (i, s) in old.slots.iter().enumerate() {
+                if let Some(id) = s {
+                    slots_del.push(Op::Delete(slot_key(&key, i + 1)));
+                    released.push((*id, key));
+                }
+            }
+        }
+        for (id, key) in &released {
+            if let Some(r) = self.refs.get_mut(id) {
+                *r = r.saturating_sub(1);
+            }
+            if key.proto == PROTO_UDP {
+                plan.udp_gone
+                    .extend(self.backends.get(id).map(|b| (*key, *b)));
+            }
+        }
+        // Backends no slot names any more: those just released, and on the first plan any
+        // the maps held unused.
+        let mut candidates: Vec<u32> = released.iter().map(|(id, _)| *id).collect();
+        if !self.planned {
+            candidates.extend(self.refs.keys().copied());
+            self.planned = true;
+        }
+        let mut backends_del = Vec::new();
+        for id in candidates {
+            if self.refs.get(&id) == Some(&0) {
+                self.refs.remove(&id);
+                if let Some(b) = self.backends.remove(&id) {
+                    self.ids.remove(&b);
+                }
+                backends_del.push(Op::DeleteBackend(id));
+            }
+        }
+        plan.ops = [
+            backends_put,
+            slots_put,
+            frontends_put,
+            slots_del,
+            backends_del,
+        ]
+        .concat();
+        plan.frontends = self.frontends.len();
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests;
