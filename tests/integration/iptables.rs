@@ -2,14 +2,13 @@
 //! tables of their node namespaces; pods reach Services with real traffic. Needs root and the
 //! iptables package; skips with the reason otherwise.
 
-use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::need_sandbox;
 use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
 use crate::support::netns::{Node, Pod, Sandbox};
+use crate::support::traffic::{answers, last_answer, load, service, set, udp_client};
 use crate::support::{bin, eventually};
 
 fn iptables_missing() -> Option<&'static str> {
@@ -49,12 +48,6 @@ fn agent(sb: &mut Sandbox, node: &Node, name: &str, dir: &Path) -> usize {
     )
 }
 
-/// A Service on port 80 (and 5300/UDP when `udp`) selecting `selector`, with `extra` spec
-/// lines.
-fn service(name: &str, selector: &str, extra: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{{selector}}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n{extra}")
-}
-
 fn node_port(ns: &str, dir: &Path, name: &str) -> String {
     ok(
         ns,
@@ -68,14 +61,6 @@ fn node_port(ns: &str, dir: &Path, name: &str) -> String {
         ],
         "",
     )
-}
-
-fn answers(sb: &Sandbox, from: &Pod, url: &str, n: usize) -> HashSet<String> {
-    sb.http_get(from, url, n).into_iter().collect()
-}
-
-fn set(items: &[&str]) -> HashSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
 }
 
 /// The node's own network stack, as a client.
@@ -193,26 +178,6 @@ fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(
     });
 }
 
-/// A client pod that sends a datagram every 100 ms from one connected socket and appends each
-/// answer (or `!err`) to `log`.
-fn udp_client(sb: &mut Sandbox, pod: &Pod, addr: &str, port: u16, log: &Path) {
-    let script = format!(
-        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(0.3)\ns.connect(('{addr}', {port}))\nf = open('{}', 'a')\nwhile True:\n    try:\n        s.send(b'q'); f.write(s.recv(512).decode() + '\\n')\n    except OSError:\n        f.write('!err\\n')\n    f.flush(); time.sleep(0.1)\n",
-        log.display()
-    );
-    let ns = pod.ns.clone();
-    sb.spawn(&ns, &["python3", "-c", &script]);
-}
-
-fn last_answer(log: &Path) -> String {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn iptables_udp_flows_move_off_a_removed_endpoint() {
     need_iptables!();
@@ -255,23 +220,6 @@ fn iptables_udp_flows_move_off_a_removed_endpoint() {
     assert_eq!(last_answer(&log), "u2");
 }
 
-/// New connections to `addr:80` from `pod` for `seconds`, one after another; (ok, failed).
-fn load(pod: &Pod, addr: &str, seconds: u32) -> std::thread::JoinHandle<(u32, u32)> {
-    let script = format!(
-        "import socket, time\nok = fail = 0\nend = time.time() + {seconds}\nwhile time.time() < end:\n    try:\n        c = socket.create_connection(('{addr}', 80), timeout=2)\n        c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n        ok += c.recv(64).startswith(b'HTTP/1.0 200')\n        c.close()\n    except OSError:\n        fail += 1\n    time.sleep(0.01)\nprint(ok, fail)\n"
-    );
-    let ns = pod.ns.clone();
-    std::thread::spawn(move || {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-c", &script])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut it = text.split_whitespace().map(|n| n.parse().unwrap());
-        (it.next().unwrap(), it.next().unwrap())
-    })
-}
-
 fn saved_rules(sb: &Sandbox, node: &Node) -> String {
     String::from_utf8_lossy(&sb.exec(&node.ns, &["iptables-save"]).stdout).into_owned()
 }
@@ -304,7 +252,7 @@ fn iptables_agent_restarts_under_load_and_cleans_up() {
     });
 
     // Kill the agent (no chance to tidy up) and start another while connections keep coming.
-    let running = load(&client, &ip, 8);
+    let running = load(&sb, &client, &ip, 8);
     std::thread::sleep(Duration::from_secs(2));
     sb.kill(first);
     std::thread::sleep(Duration::from_secs(1));

@@ -5,6 +5,7 @@ mod bad_input;
 mod client;
 mod crash;
 mod dns;
+mod ebpf;
 mod ingress;
 mod iptables;
 mod kubectl;

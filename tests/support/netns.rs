@@ -6,8 +6,14 @@
 //! each other's pod CIDR. No namespace has a route to the outside: a packet for anything else is
 //! dropped at the node. Names are unique per sandbox; dropping the sandbox (also while a test
 //! panics) kills the processes it started and deletes every namespace, and with them every link.
+//!
+//! For the eBPF proxy, [`Sandbox::cgroup`] makes a cgroup v2 of the sandbox's own (and a bpffs
+//! for pins); from then on every process the sandbox starts runs in it. Both are mounted under
+//! `/tmp` because `ip netns exec` remounts `/sys`. Dropping the sandbox unmounts the bpffs
+//! (releasing whatever was pinned there) and removes the cgroup.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -54,6 +60,18 @@ pub struct Sandbox {
     namespaces: Vec<String>,
     children: Vec<Child>,
     links: usize,
+    cgroup: Option<Cgroup>,
+}
+
+/// A cgroup v2 and a bpffs made for one sandbox.
+#[derive(Clone, Debug)]
+pub struct Cgroup {
+    /// Where the cgroup2 and bpffs mounts live.
+    root: PathBuf,
+    /// The sandbox's cgroup (what `--cgroup-path` gets).
+    pub path: PathBuf,
+    /// A directory on the sandbox's bpffs (what `--bpf-pin-path` gets).
+    pub pins: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -84,7 +102,29 @@ impl Sandbox {
             namespaces: Vec::new(),
             children: Vec::new(),
             links: 0,
+            cgroup: None,
         }
+    }
+
+    /// The sandbox's cgroup, made on first use; every process started afterwards joins it.
+    pub fn cgroup(&mut self) -> Cgroup {
+        if let Some(c) = &self.cgroup {
+            return c.clone();
+        }
+        let root = PathBuf::from(format!("/tmp/sy{}-bpf", self.id));
+        std::fs::create_dir_all(root.join("cg")).unwrap();
+        std::fs::create_dir_all(root.join("fs")).unwrap();
+        let (cg, fs) = (root.join("cg"), root.join("fs"));
+        run(&["mount", "-t", "cgroup2", "none", cg.to_str().unwrap()]);
+        run(&["mount", "-t", "bpf", "bpf", fs.to_str().unwrap()]);
+        let c = Cgroup {
+            path: cg.join(format!("sy{}", self.id)),
+            pins: fs.join("switchyard"),
+            root,
+        };
+        std::fs::create_dir(&c.path).unwrap();
+        self.cgroup = Some(c.clone());
+        c
     }
 
     fn namespace(&mut self, name: &str) -> String {
@@ -243,16 +283,26 @@ impl Sandbox {
         (ia, ib)
     }
 
-    /// `args` as a command run inside namespace `ns`.
-    fn in_ns(ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
+    /// `args` as a command run inside namespace `ns` (and in the sandbox's cgroup, if any).
+    pub fn command(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = match &self.cgroup {
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(cg.path.join("cgroup.procs"))
+                    .arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
         c.args(["netns", "exec", ns]).args(args);
         c
     }
 
     /// Starts a process inside a namespace; it is killed when the sandbox is dropped.
     pub fn spawn(&mut self, ns: &str, args: &[&str]) -> usize {
-        let child = Self::in_ns(ns, args)
+        let child = self
+            .command(ns, args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -270,9 +320,7 @@ impl Sandbox {
 
     /// Runs a command inside a namespace to completion.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
+        self.command(ns, args)
             .output()
             .unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"))
     }
@@ -326,5 +374,28 @@ impl Drop for Sandbox {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        if let Some(cg) = &self.cgroup {
+            unmount_cgroup(cg);
+        }
+    }
+}
+
+fn unmount_cgroup(cg: &Cgroup) {
+    // Unmounting the bpffs drops its pins, and so detaches whatever they kept attached.
+    let umount = |dir: &Path| {
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
+    };
+    umount(&cg.root.join("fs"));
+    // A killed process leaves its cgroup a moment later.
+    for _ in 0..50 {
+        if std::fs::remove_dir(&cg.path).is_ok() || !cg.path.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    umount(&cg.root.join("cg"));
+    // One directory at a time: never a recursive removal near a cgroup mount.
+    for dir in [cg.root.join("cg"), cg.root.join("fs"), cg.root.clone()] {
+        let _ = std::fs::remove_dir(dir);
     }
 }

@@ -223,15 +223,21 @@ pub struct EbpfProxy {
     hybrid: Option<Hybrid>,
 }
 
-/// The iptables half: the table without the frontends the programs serve.
+/// The iptables half.
 struct Hybrid {
     proxy: IptablesProxy,
+    reduce: Reduce,
+}
+
+/// The table without the frontends the programs serve.
+#[derive(Default)]
+struct Reduce {
     /// Per port, the table's `Arc` and the reduced copy made from it, so an unchanged port keeps
     /// its `Arc` (and the iptables renderer its cache).
     ports: HashMap<(ServicePortName, Protocol), (Arc<ServicePort>, Arc<ServicePort>)>,
 }
 
-impl Hybrid {
+impl Reduce {
     /// The ports that still need iptables: SCTP ones whole; the others without their ClusterIPs,
     /// and only when something is left (a NodePort, an external or load-balancer IP).
     fn table(&mut self, table: &ServiceTable) -> ServiceTable {
@@ -269,7 +275,7 @@ impl EbpfProxy {
         let hybrid = match config.iptables.clone().map(IptablesProxy::new) {
             Some(Ok(proxy)) => Some(Hybrid {
                 proxy,
-                ports: HashMap::new(),
+                reduce: Reduce::default(),
             }),
             Some(Err(IptablesError::NotFound(why))) => {
                 tracing::warn!(
@@ -353,7 +359,7 @@ impl EbpfProxy {
             Err(e) => report.errors.push(e.to_string()),
         }
         if let Some(h) = &mut self.hybrid {
-            let reduced = h.table(table);
+            let reduced = h.reduce.table(table);
             let r = h.proxy.apply(&reduced).await;
             report.frontends += r.frontends;
             report.errors.extend(r.errors);
@@ -390,4 +396,57 @@ pub fn cleanup(pin_dir: &Path) -> Result<Cleanup, EbpfError> {
     // Only an empty directory goes: it may be shared with something else.
     let _ = std::fs::remove_dir(pin_dir);
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Endpoint;
+
+    fn port(name: &str, protocol: Protocol) -> Arc<ServicePort> {
+        Arc::new(ServicePort {
+            name: ServicePortName {
+                namespace: "ns".into(),
+                name: name.into(),
+                port: String::new(),
+            },
+            protocol,
+            port: 80,
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            affinity: None,
+            internal_local: false,
+            external_local: false,
+            endpoints: vec![Endpoint {
+                addr: "10.0.0.1:80".parse().unwrap(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: true,
+            }],
+        })
+    }
+
+    #[test]
+    fn iptables_gets_what_the_socket_programs_do_not_serve() {
+        let cluster_only = port("cluster", Protocol::Tcp);
+        let sctp = port("sctp", Protocol::Sctp);
+        let mut np = (*port("np", Protocol::Udp)).clone();
+        np.node_port = Some(30053);
+        let np = Arc::new(np);
+        let table = ServiceTable {
+            ports: vec![cluster_only, sctp.clone(), np.clone()],
+        };
+        let mut r = Reduce::default();
+        let reduced = r.table(&table);
+        assert_eq!(reduced.ports.len(), 2);
+        assert!(Arc::ptr_eq(&reduced.ports[0], &sctp), "SCTP goes whole");
+        assert!(reduced.ports[1].cluster_ips.is_empty());
+        assert_eq!(reduced.ports[1].node_port, Some(30053));
+        // An unchanged port keeps its reduced Arc (the iptables renderer caches by it).
+        let again = r.table(&table);
+        assert!(Arc::ptr_eq(&again.ports[1], &reduced.ports[1]));
+    }
 }

@@ -234,9 +234,17 @@ fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
         .copied()
         .filter(in_family)
         .collect();
-    // A port takes part in a family through its cluster IPs; NodePorts follow them.
+    // A port takes part in a family through its cluster IPs; NodePorts follow them. A port
+    // without any (the eBPF proxy serves them at the socket) goes by its endpoints, IPv4 when
+    // it has none.
+    let in_port_family = if p.cluster_ips.is_empty() {
+        p.endpoints.iter().any(|e| in_family(&e.addr.ip()))
+            || (p.endpoints.is_empty() && family == Family::V4)
+    } else {
+        !cluster.is_empty()
+    };
     let node_port = p.node_port.filter(|_| {
-        !cluster.is_empty() && (o.node_addr.is_unspecified() || Family::of(o.node_addr) == family)
+        in_port_family && (o.node_addr.is_unspecified() || Family::of(o.node_addr) == family)
     });
     let endpoints = |external: bool| -> Vec<SocketAddr> {
         p.usable(external)

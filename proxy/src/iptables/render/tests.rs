@@ -197,3 +197,20 @@ fn masquerade_all_marks_cluster_traffic_and_a_specific_node_address_limits_node_
     .render(&sample());
     assert!(!v6.nat.contains_key("SY-NODEPORTS"));
 }
+
+#[test]
+fn a_port_without_cluster_ips_keeps_its_node_port_in_its_endpoints_family() {
+    // What the eBPF proxy hands iptables: the ClusterIPs are served at the socket.
+    let mut np = port("np", Protocol::Tcp, 80, &[]);
+    np.node_port = Some(30080);
+    np.endpoints = vec![ep("10.244.1.3:80", true)];
+    let table = ServiceTable {
+        ports: vec![Arc::new(np)],
+    };
+    let v4 = Renderer::new(Family::V4, options()).render(&table);
+    let v6 = Renderer::new(Family::V6, options()).render(&table);
+    let text = |rs: &Ruleset| diff(&Ruleset::default(), rs, &[]).text;
+    assert!(text(&v4).contains("--dport 30080"), "{}", text(&v4));
+    assert!(!text(&v4).contains("10.96."), "{}", text(&v4));
+    assert!(!text(&v6).contains("30080"), "{}", text(&v6));
+}
