@@ -6,6 +6,7 @@ pub mod api;
 pub mod load;
 pub mod netns;
 pub mod peers;
+pub mod services;
 
 /// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
 /// bucket (what `histogram_quantile` does).
@@ -72,6 +73,12 @@ impl Samples {
 
     pub fn count(&self) -> usize {
         self.values.len()
+    }
+
+    /// Adds every sample of `other`.
+    pub fn append(&mut self, mut other: Samples) {
+        self.values.append(&mut other.values);
+        self.sorted = false;
     }
 
     fn sort(&mut self) {

@@ -19,17 +19,19 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use switchyard_bench::api::{api_creates, Up};
 use switchyard_bench::netns::Netns;
+use switchyard_bench::services::{
+    connect_rate, endpoints_of, fake_endpoint, port, sink_backend, table, vip,
+};
 use switchyard_bench::{http_get, Samples};
 use switchyard_proxy::iptables::render::Options;
 use switchyard_proxy::iptables::{Backend, Config, IptablesProxy};
-use switchyard_proxy::table::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable};
+use switchyard_proxy::table::ServiceTable;
 
 #[derive(Parser)]
 struct Args {
@@ -67,63 +69,6 @@ struct Args {
 }
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-
-/// The i-th ClusterIP, spread over 10.96.0.0/12 as an allocator would.
-fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + ((i as u32 * 7919 + 1) % (1 << 20)))
-}
-
-/// Endpoint `e` of service `i`, an address nothing answers at.
-fn fake_endpoint(i: usize, e: usize) -> SocketAddr {
-    let n = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 16 + e) as u32;
-    SocketAddr::from((Ipv4Addr::from(n), 8080))
-}
-
-fn port(i: usize, endpoints: Vec<SocketAddr>) -> Arc<ServicePort> {
-    Arc::new(ServicePort {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: format!("svc-{i}"),
-            port: "http".into(),
-        },
-        protocol: Protocol::Tcp,
-        port: 80,
-        cluster_ips: vec![vip(i).into()],
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        affinity: None,
-        internal_local: false,
-        external_local: false,
-        endpoints: endpoints
-            .into_iter()
-            .map(|addr| Endpoint {
-                addr,
-                ready: true,
-                serving: true,
-                terminating: false,
-                local: false,
-            })
-            .collect(),
-    })
-}
-
-/// The endpoints of service `i`: `real` for the first and the last, fake ones otherwise.
-fn endpoints_of(i: usize, n: usize, per: usize, real: &[SocketAddr]) -> Vec<SocketAddr> {
-    if !real.is_empty() && (i == 0 || i == n - 1) {
-        real.to_vec()
-    } else {
-        (0..per).map(|e| fake_endpoint(i, e)).collect()
-    }
-}
-
-fn table(n: usize, per: usize, real: &[SocketAddr]) -> ServiceTable {
-    ServiceTable {
-        ports: (0..n)
-            .map(|i| port(i, endpoints_of(i, n, per, real)))
-            .collect(),
-    }
-}
 
 /// kube-proxy's iptables layout for ClusterIP services (as kube-proxy 1.3x writes it, with its
 /// comments; chain names hashed the same length).
@@ -382,38 +327,6 @@ fn one_change(args: &Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Accepts and drops connections on `ports` of the namespace's address, forever.
-fn sink_backend(ns: &Netns, addr: Ipv4Addr, ports: std::ops::Range<u16>) -> Result<()> {
-    for p in ports {
-        let listener = ns.enter(move || std::net::TcpListener::bind((addr, p)))??;
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                drop(conn);
-            }
-        });
-    }
-    Ok(())
-}
-
-/// New connections per second from inside `ns` to `to` for `secs` (closed with a reset, so no
-/// TIME_WAIT runs the client out of ports); failed connects are counted too.
-fn connect_rate(ns: &Netns, to: SocketAddrV4, secs: u64) -> Result<(f64, u64)> {
-    ns.enter(move || {
-        let end = Instant::now() + Duration::from_secs(secs);
-        let (mut ok, mut failed) = (0u64, 0u64);
-        while Instant::now() < end {
-            match TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)) {
-                Ok(s) => {
-                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-                    ok += 1;
-                }
-                Err(_) => failed += 1,
-            }
-        }
-        (ok as f64 / secs as f64, failed)
-    })
 }
 
 fn connection_rates(args: &Args) -> Result<()> {

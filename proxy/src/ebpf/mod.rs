@@ -131,7 +131,13 @@ fn check(config: &Config) -> Result<(), EbpfError> {
         Err(e) => return Err(setup(&config.cgroup, format!("cgroup v2 directory: {e}"))),
     }
     let parent = config.pin_dir.parent().unwrap_or(Path::new("/"));
-    match fs_type(&config.pin_dir).or_else(|_| fs_type(parent)) {
+    let on_bpffs = || fs_type(&config.pin_dir).or_else(|_| fs_type(parent));
+    if parent == Path::new(BPFFS) && on_bpffs().is_ok_and(|t| t != BPF_FS_MAGIC) {
+        // The standard mount point, not mounted (systemd usually does it): mount it, as
+        // Cilium does.
+        mount_bpffs().map_err(|e| setup(parent, format!("mounting a bpffs: {e}")))?;
+    }
+    match on_bpffs() {
         Ok(BPF_FS_MAGIC) => {}
         Ok(_) => {
             return Err(setup(
@@ -140,6 +146,27 @@ fn check(config: &Config) -> Result<(), EbpfError> {
             ))
         }
         Err(e) => return Err(setup(&config.pin_dir, format!("pin directory: {e}"))),
+    }
+    Ok(())
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn mount_bpffs() -> io::Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype) = (c("bpf"), c(BPFFS), c("bpf"));
+    // SAFETY: valid C strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! stale slots, stale backends). A backend keeps its slot when others come and go, so a change
 //! rewrites only the slots that changed.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use switchyard_ebpf::{
     net_port, Addr, Backend, ServiceKey, ServiceValue, FLAG_AFFINITY, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use crate::table::{Protocol, ServicePort, ServiceTable};
 
 /// One map write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +57,9 @@ pub(crate) struct State {
     refs: HashMap<u32, usize>,
     /// Ids are never reused: an affinity entry naming a removed backend must not find another.
     next_id: u32,
-    /// The port each frontend came from, as last planned; empty before the first plan.
-    owners: HashMap<(ServicePortName, Protocol), (Arc<ServicePort>, Vec<ServiceKey>)>,
+    /// The ports of the last planned table (a table's ports are sorted by name, so the next
+    /// plan finds what changed with one merge walk that compares pointers, not names).
+    ports: Vec<Arc<ServicePort>>,
     /// The first plan claims everything it finds (after [`State::adopt`]).
     planned: bool,
 }
@@ -86,6 +88,17 @@ pub(crate) fn proto(p: Protocol) -> Option<u8> {
         Protocol::Udp => Some(PROTO_UDP),
         Protocol::Sctp => None,
     }
+}
+
+/// The frontend keys of a port (what [`desired`] returns, without the backends).
+fn frontend_keys(port: &ServicePort) -> Vec<ServiceKey> {
+    let Some(proto) = proto(port.protocol) else {
+        return Vec::new();
+    };
+    port.cluster_ips
+        .iter()
+        .map(|ip| frontend_key(Addr::from(*ip), port.port, proto))
+        .collect()
 }
 
 /// The frontends a port gives the socket programs: its ClusterIPs, with the backends that
@@ -208,29 +221,49 @@ impl State {
     /// The writes from the current state to `table`; the state becomes `table`'s.
     pub(crate) fn plan(&mut self, table: &ServiceTable) -> Plan {
         let mut want: Vec<(ServiceKey, ServiceValue, Vec<Backend>)> = Vec::new();
-        let mut owners = HashMap::with_capacity(table.ports.len());
         let mut stale: Vec<ServiceKey> = Vec::new();
-        for p in &table.ports {
-            let name = (p.name.clone(), p.protocol);
-            match self.owners.remove(&name) {
-                Some((arc, keys)) if Arc::ptr_eq(&arc, p) => {
-                    owners.insert(name, (arc, keys));
+        let old = std::mem::take(&mut self.ports);
+        let name = |p: &ServicePort| (p.name.clone(), p.protocol);
+        let (mut i, mut j) = (0, 0);
+        loop {
+            match (old.get(i), table.ports.get(j)) {
+                (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {
+                    i += 1;
+                    j += 1;
                 }
-                old => {
-                    stale.extend(old.into_iter().flat_map(|(_, keys)| keys));
-                    let frontends = desired(p);
-                    let keys = frontends.iter().map(|f| f.0).collect();
-                    want.extend(frontends);
-                    owners.insert(name, (p.clone(), keys));
+                (Some(o), Some(n)) => match name(o).cmp(&name(n)) {
+                    Ordering::Less => {
+                        stale.extend(frontend_keys(o));
+                        i += 1;
+                    }
+                    Ordering::Greater => {
+                        want.extend(desired(n));
+                        j += 1;
+                    }
+                    Ordering::Equal => {
+                        stale.extend(frontend_keys(o));
+                        want.extend(desired(n));
+                        i += 1;
+                        j += 1;
+                    }
+                },
+                (Some(o), None) => {
+                    stale.extend(frontend_keys(o));
+                    i += 1;
                 }
+                (None, Some(n)) => {
+                    want.extend(desired(n));
+                    j += 1;
+                }
+                (None, None) => break,
             }
         }
-        // Ports gone since the last plan; on the first plan, every frontend no port claims.
-        stale.extend(self.owners.drain().flat_map(|(_, (_, keys))| keys));
-        self.owners = owners;
+        self.ports = table.ports.clone();
         let wanted: HashSet<ServiceKey> = want.iter().map(|w| w.0).collect();
         if !self.planned {
-            let claimed: HashSet<&ServiceKey> = self.owners.values().flat_map(|(_, k)| k).collect();
+            // Everything the maps held that the table does not claim.
+            let claimed: HashSet<ServiceKey> =
+                self.ports.iter().flat_map(|p| frontend_keys(p)).collect();
             stale.extend(self.frontends.keys().filter(|k| !claimed.contains(k)));
         }
 

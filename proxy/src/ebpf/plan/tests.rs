@@ -4,7 +4,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::table::Endpoint;
+use crate::table::{Endpoint, ServicePortName};
 use std::net::IpAddr;
 use switchyard_ebpf::host_port;
 
