@@ -103,18 +103,22 @@ pub fn connect_rate(ns: &Netns, to: SocketAddrV4, secs: u64) -> Result<(f64, u64
 }
 
 /// Answers each connection on `ports` of the namespace's address: reads one byte, writes one
-/// byte back, closes. One connection at a time per port (the probe is sequential).
+/// byte back, closes.
 pub fn echo_backend(ns: &Netns, addr: Ipv4Addr, ports: std::ops::Range<u16>) -> Result<()> {
     for p in ports {
         let listener = ns.enter(move || std::net::TcpListener::bind((addr, p)))??;
-        std::thread::spawn(move || {
-            for mut conn in listener.incoming().flatten() {
-                let mut b = [0u8; 1];
-                if conn.read_exact(&mut b).is_ok() {
-                    let _ = conn.write_all(&b);
+        // Two acceptors, so that a connection the client resets at once never holds up the
+        // queue behind it.
+        for listener in [listener.try_clone()?, listener] {
+            std::thread::spawn(move || {
+                for mut conn in listener.incoming().flatten() {
+                    let mut b = [0u8; 1];
+                    if conn.read_exact(&mut b).is_ok() {
+                        let _ = conn.write_all(&b);
+                    }
                 }
-            }
-        });
+            });
+        }
     }
     Ok(())
 }

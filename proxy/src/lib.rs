@@ -24,7 +24,7 @@ pub mod userspace;
 pub struct SyncReport {
     /// Frontends (address, port, protocol) being served.
     pub frontends: usize,
-    /// Listeners opened, or chains written.
+    /// Listeners opened, chains written, or BPF map entries written or deleted.
     pub added: usize,
     /// Listeners closed, or chains deleted.
     pub removed: usize,

@@ -50,7 +50,7 @@ struct Args {
     /// Exchanges per latency run.
     #[arg(long, default_value_t = 3000)]
     exchanges: usize,
-    /// Alternating rounds of direct / 1st / Nth per mode.
+    /// Rounds of direct / 1st / Nth per mode.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     #[arg(long, value_delimiter = ',', default_value = "program,traffic")]
@@ -259,8 +259,10 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
             env.enter_cgroup(true)?;
         }
         let mut f = Figures::default();
-        for _ in 0..args.rounds {
-            for (k, to) in targets.iter().enumerate() {
+        for round in 0..args.rounds {
+            // Each round starts at another target, so no target always goes first.
+            for k in (0..3).map(|x| (x + round) % 3) {
+                let to = &targets[k];
                 let (r, failed) = connect_rate(&client, *to, args.rate_secs)?;
                 f.rate[k] += r / args.rounds as f64;
                 f.failed += failed;
@@ -276,7 +278,7 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
         all.push((label, f));
     }
     println!(
-        "\n## client ns -> node ns -> backend ns: new connections/s ({} s runs) and one short exchange (connect, 1 byte each way; {} per run), {} alternating rounds of direct / 1st / {n}th",
+        "\n## client ns -> node ns -> backend ns: new connections/s ({} s runs) and one short exchange (connect, 1 byte each way; {} per run), {} rounds of direct / 1st / {n}th, each round starting at the next",
         args.rate_secs, args.exchanges, args.rounds
     );
     println!("| mode | target | new conns/s | vs direct | exchange p50 / p99 | failed |");

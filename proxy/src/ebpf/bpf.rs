@@ -62,3 +62,56 @@ pub(super) fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     a.call(BPF_OBJ_PIN)?;
     Ok(())
 }
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `batch` member of `union bpf_attr`: keys (and values) as arrays, applied in order.
+fn batch(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    keys: u64,
+    values: u64,
+    count: usize,
+) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u64(16, keys);
+    a.put_u64(24, values);
+    a.put_u32(32, count as u32);
+    a.put_u32(36, map.as_raw_fd() as u32);
+    a.call(cmd).map(drop)
+}
+
+/// BPF_MAP_UPDATE_BATCH: `keys[i] -> values[i]`, in order (a failure stops at that element).
+/// `K` and `V` must be the map's `#[repr(C)]` key and value types.
+pub(super) fn update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return Ok(());
+    }
+    batch(
+        BPF_MAP_UPDATE_BATCH,
+        map,
+        keys.as_ptr() as u64,
+        values.as_ptr() as u64,
+        keys.len(),
+    )
+}
+
+/// BPF_MAP_DELETE_BATCH: every key, in order; a missing key is an error (ENOENT).
+pub(super) fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    batch(
+        BPF_MAP_DELETE_BATCH,
+        map,
+        keys.as_ptr() as u64,
+        0,
+        keys.len(),
+    )
+}

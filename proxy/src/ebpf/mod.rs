@@ -26,8 +26,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use std::os::fd::AsFd;
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::programs::links::PinnedLink;
 use aya::programs::CgroupSockAddr;
@@ -40,7 +40,7 @@ use switchyard_ebpf::{
 use crate::iptables::{IptablesError, IptablesProxy};
 use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use crate::SyncReport;
-use plan::{Op, State};
+use plan::{Plan, Puts, State};
 
 /// Where the maps and links are pinned unless `--bpf-pin-path` says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/switchyard";
@@ -59,6 +59,9 @@ pub struct Config {
     /// The iptables proxy for what the programs do not serve; `None`: ClusterIPs only.
     pub iptables: Option<crate::iptables::Config>,
 }
+
+/// Runs of map writes at least this long are split over two threads.
+const PARALLEL_RUN: usize = 16_384;
 
 const FALLBACK: &str = "or run with --proxy-mode iptables";
 
@@ -242,12 +245,56 @@ fn load_error(e: &dyn std::error::Error) -> EbpfError {
     EbpfError::Load(text)
 }
 
+fn fail(map: &'static str) -> impl Fn(io::Error) -> EbpfError {
+    move |e| EbpfError::Map {
+        map,
+        message: e.to_string(),
+    }
+}
+
+/// `f` over `0..len`, split in two halves on two threads when `len` is long.
+fn halves(
+    len: usize,
+    f: impl Fn(std::ops::Range<usize>) -> io::Result<()> + Sync,
+) -> io::Result<()> {
+    if len < PARALLEL_RUN {
+        return f(0..len);
+    }
+    let mid = len / 2;
+    std::thread::scope(|s| {
+        let other = s.spawn(|| f(mid..len));
+        let here = f(0..mid);
+        here.and(
+            other
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a map writer thread panicked"))),
+        )
+    })
+}
+
+fn put<K: Copy + Sync, V: Copy + Sync>(map: BorrowedFd<'_>, p: &Puts<K, V>) -> io::Result<()> {
+    halves(p.keys.len(), |r| {
+        bpf::update_batch(map, &p.keys[r.clone()], &p.values[r])
+    })
+}
+
+fn delete<K: Copy + Sync>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    halves(keys.len(), |r| bpf::delete_batch(map, &keys[r]))
+}
+
 /// The eBPF proxy mode.
 pub struct EbpfProxy {
+    /// `None` only while a sync runs (or after one panicked: the next loads afresh).
+    sock: Option<Sock>,
+    config: Config,
+    hybrid: Option<Hybrid>,
+}
+
+/// The socket half: the maps, and what they hold.
+struct Sock {
     maps: Maps,
     /// `None` until the maps are read back, and again after a failed write.
     state: Option<State>,
-    hybrid: Option<Hybrid>,
 }
 
 /// The iptables half.
@@ -315,12 +362,55 @@ impl EbpfProxy {
             None => None,
         };
         Ok(EbpfProxy {
-            maps: load(&config)?,
-            state: None,
+            sock: Some(Sock {
+                maps: load(&config)?,
+                state: None,
+            }),
+            config,
             hybrid,
         })
     }
 
+    /// Programs `table`: the maps on a blocking thread and, meanwhile, the iptables half.
+    pub async fn apply(&mut self, table: &ServiceTable) -> SyncReport {
+        let sock = match self.sock.take() {
+            Some(s) => Ok(s),
+            None => load(&self.config).map(|maps| Sock { maps, state: None }),
+        };
+        let owned = table.clone();
+        let maps = tokio::task::spawn_blocking(move || {
+            let mut sock = sock?;
+            let report = sock.sync(&owned);
+            Ok::<_, EbpfError>((sock, report))
+        });
+        let iptables = async {
+            match &mut self.hybrid {
+                Some(h) => h.proxy.apply(&h.reduce.table(table)).await,
+                None => SyncReport::default(),
+            }
+        };
+        let (maps, iptables) = tokio::join!(maps, iptables);
+        let mut report = match maps {
+            Ok(Ok((sock, report))) => {
+                self.sock = Some(sock);
+                report
+            }
+            Ok(Err(e)) => SyncReport {
+                errors: vec![e.to_string()],
+                ..Default::default()
+            },
+            Err(e) => SyncReport {
+                errors: vec![format!("BPF map sync failed: {e}")],
+                ..Default::default()
+            },
+        };
+        report.frontends += iptables.frontends;
+        report.errors.extend(iptables.errors);
+        report
+    }
+}
+
+impl Sock {
     fn adopt(&self) -> Result<State, EbpfError> {
         let services: Result<Vec<_>, _> = self.maps.services.iter().collect();
         let backends: Result<Vec<_>, _> = self.maps.backends.iter().collect();
@@ -330,66 +420,51 @@ impl EbpfProxy {
         ))
     }
 
-    fn write(&mut self, ops: &[Op]) -> Result<(), EbpfError> {
-        for op in ops {
-            match op {
-                Op::PutBackend(id, b) => self
-                    .maps
-                    .backends
-                    .insert(id, b, 0)
-                    .map_err(map_error(BACKENDS))?,
-                Op::Put(k, v) => self
-                    .maps
-                    .services
-                    .insert(k, v, 0)
-                    .map_err(map_error(SERVICES))?,
-                Op::Delete(k) => self.maps.services.remove(k).map_err(map_error(SERVICES))?,
-                Op::DeleteBackend(id) => {
-                    self.maps.backends.remove(id).map_err(map_error(BACKENDS))?
-                }
-            }
-        }
-        Ok(())
+    /// Writes the plan in its order, each part as one batch (or two at once on two threads
+    /// when it is long: a full load).
+    fn write(&self, plan: &Plan) -> Result<(), EbpfError> {
+        let services = self.maps.services.map().fd().as_fd();
+        let backends = self.maps.backends.map().fd().as_fd();
+        put(backends, &plan.backends_put).map_err(fail(BACKENDS))?;
+        put(services, &plan.slots_put).map_err(fail(SERVICES))?;
+        put(services, &plan.frontends_put).map_err(fail(SERVICES))?;
+        delete(services, &plan.frontends_del).map_err(fail(SERVICES))?;
+        delete(services, &plan.slots_del).map_err(fail(SERVICES))?;
+        delete(backends, &plan.backends_del).map_err(fail(BACKENDS))
     }
 
-    /// Programs `table`: the maps first (ClusterIPs), then the iptables half.
-    pub async fn apply(&mut self, table: &ServiceTable) -> SyncReport {
+    /// Brings the maps to `table`, then moves UDP sockets off backends that left.
+    fn sync(&mut self, table: &ServiceTable) -> SyncReport {
         let mut report = SyncReport::default();
-        let state = match self.state.take() {
-            Some(s) => Ok(s),
-            None => self.adopt(),
-        };
-        match state {
-            Ok(mut state) => {
-                let plan = state.plan(table);
-                report.frontends = plan.frontends;
-                match self.write(&plan.ops) {
-                    Ok(()) => {
-                        self.state = Some(state);
-                        report.added = plan.ops.len();
-                        if !plan.udp_gone.is_empty() {
-                            let rev = &self.maps.rev_nat;
-                            let moved = sockets::move_off(&plan.udp_gone, |k| rev.get(k, 0).ok());
-                            if moved.destroyed > 0 {
-                                tracing::info!(
-                                    sockets = moved.destroyed,
-                                    "UDP sockets moved off removed backends"
-                                );
-                            }
-                            report.errors.extend(moved.errors);
-                        }
-                    }
-                    // The maps are read back on the next sync.
-                    Err(e) => report.errors.push(e.to_string()),
+        let mut state = match self.state.take() {
+            Some(s) => s,
+            None => match self.adopt() {
+                Ok(s) => s,
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    return report;
                 }
-            }
-            Err(e) => report.errors.push(e.to_string()),
+            },
+        };
+        let plan = state.plan(table);
+        report.frontends = plan.frontends;
+        if let Err(e) = self.write(&plan) {
+            // The maps are read back on the next sync.
+            report.errors.push(e.to_string());
+            return report;
         }
-        if let Some(h) = &mut self.hybrid {
-            let reduced = h.reduce.table(table);
-            let r = h.proxy.apply(&reduced).await;
-            report.frontends += r.frontends;
-            report.errors.extend(r.errors);
+        self.state = Some(state);
+        report.added = plan.len();
+        if !plan.udp_gone.is_empty() {
+            let rev = &self.maps.rev_nat;
+            let moved = sockets::move_off(&plan.udp_gone, |k| rev.get(k, 0).ok());
+            if moved.destroyed > 0 {
+                tracing::info!(
+                    sockets = moved.destroyed,
+                    "UDP sockets moved off removed backends"
+                );
+            }
+            report.errors.extend(moved.errors);
         }
         report
     }
@@ -424,6 +499,9 @@ pub fn cleanup(pin_dir: &Path) -> Result<Cleanup, EbpfError> {
     let _ = std::fs::remove_dir(pin_dir);
     Ok(done)
 }
+
+#[cfg(test)]
+mod kernel_tests;
 
 #[cfg(test)]
 mod tests {

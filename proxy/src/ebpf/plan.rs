@@ -3,14 +3,15 @@
 //! [`State`] mirrors the service and backend maps. [`State::plan`] compares it with a service
 //! table — only the ports whose `Arc` changed since the last plan, so one endpoint change costs a
 //! handful of writes at any number of services — and returns the writes in an order that never
-//! lets a connect see a missing slot or backend ([`Op`] phases: backends, slots, frontends,
-//! stale slots, stale backends). A backend keeps its slot when others come and go, so a change
+//! lets a connect see a missing slot or backend ([`Plan`]: backends, slots, frontends, stale
+//! slots, stale backends). A backend keeps its slot when others come and go, so a change
 //! rewrites only the slots that changed.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 
 use switchyard_ebpf::{
     net_port, Addr, Backend, ServiceKey, ServiceValue, FLAG_AFFINITY, PROTO_TCP, PROTO_UDP,
@@ -18,25 +19,56 @@ use switchyard_ebpf::{
 
 use crate::table::{Protocol, ServicePort, ServiceTable};
 
-/// One map write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    PutBackend(u32, Backend),
-    /// A backend slot (slot > 0) or a frontend (slot 0).
-    Put(ServiceKey, ServiceValue),
-    Delete(ServiceKey),
-    DeleteBackend(u32),
+/// Keys and values side by side, as `BPF_MAP_UPDATE_BATCH` takes them.
+#[derive(Debug)]
+pub(crate) struct Puts<K, V> {
+    pub keys: Vec<K>,
+    pub values: Vec<V>,
 }
 
-/// The writes of one plan, in order, and the UDP backends that frontends stopped using (the
-/// sockets connected to them through the frontend must move).
+impl<K, V> Default for Puts<K, V> {
+    fn default() -> Self {
+        Puts {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<K, V> Puts<K, V> {
+    fn push(&mut self, k: K, v: V) {
+        self.keys.push(k);
+        self.values.push(v);
+    }
+}
+
+/// The writes of one plan, in the order they must reach the kernel (fields top to bottom).
+/// The writes within one field are independent of each other (distinct keys): they may go in
+/// any order, or at once.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    pub ops: Vec<Op>,
+    pub backends_put: Puts<u32, Backend>,
+    pub slots_put: Puts<ServiceKey, ServiceValue>,
+    pub frontends_put: Puts<ServiceKey, ServiceValue>,
+    pub frontends_del: Vec<ServiceKey>,
+    pub slots_del: Vec<ServiceKey>,
+    pub backends_del: Vec<u32>,
     /// (UDP frontend, a backend it no longer has).
     pub udp_gone: Vec<(ServiceKey, Backend)>,
     /// Frontends after the plan.
     pub frontends: usize,
+}
+
+impl Plan {
+    /// Map entries written or deleted.
+    pub(crate) fn len(&self) -> usize {
+        self.backends_put.keys.len()
+            + self.slots_put.keys.len()
+            + self.frontends_put.keys.len()
+            + self.frontends_del.len()
+            + self.slots_del.len()
+            + self.backends_del.len()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,9 +84,8 @@ struct Frontend {
 pub(crate) struct State {
     frontends: HashMap<ServiceKey, Frontend>,
     ids: HashMap<Backend, u32>,
-    backends: HashMap<u32, Backend>,
-    /// References from slots, per backend id.
-    refs: HashMap<u32, usize>,
+    /// Each backend id's backend and how many slots name it.
+    backends: HashMap<u32, (Backend, usize)>,
     /// Ids are never reused: an affinity entry naming a removed backend must not find another.
     next_id: u32,
     /// The ports of the last planned table (a table's ports are sorted by name, so the next
@@ -63,6 +94,9 @@ pub(crate) struct State {
     /// The first plan claims everything it finds (after [`State::adopt`]).
     planned: bool,
 }
+
+/// Slots are `u16`s.
+const MAX_SLOTS: usize = u16::MAX as usize;
 
 /// A frontend key: slot 0.
 fn frontend_key(addr: Addr, port: u16, proto: u8) -> ServiceKey {
@@ -108,20 +142,31 @@ fn desired(port: &ServicePort) -> Vec<(ServiceKey, ServiceValue, Vec<Backend>)> 
         return Vec::new();
     };
     let mut out = Vec::new();
+    let usable = port.usable(false);
     for ip in &port.cluster_ips {
-        let mut seen = HashSet::new();
-        let backends: Vec<Backend> = port
-            .usable(false)
-            .into_iter()
-            .filter(|e| e.addr.is_ipv4() == ip.is_ipv4() && seen.insert(e.addr))
-            .map(|e| backend(e.addr))
-            .collect();
+        let mut backends: Vec<Backend> = Vec::with_capacity(usable.len());
+        let mut seen = HashSet::default();
+        for e in usable.iter().filter(|e| e.addr.is_ipv4() == ip.is_ipv4()) {
+            // Duplicates are rare: a linear check while the list is short.
+            let b = backend(e.addr);
+            let dup = if backends.len() < 16 {
+                backends.contains(&b)
+            } else {
+                if seen.is_empty() {
+                    seen.extend(backends.iter().copied());
+                }
+                !seen.insert(b)
+            };
+            if !dup && backends.len() < MAX_SLOTS {
+                backends.push(b);
+            }
+        }
         let (flags, affinity_seconds) = match port.affinity {
             Some(t) => (FLAG_AFFINITY, t.as_secs().clamp(1, u32::MAX as u64) as u32),
             None => (0, 0),
         };
         let value = ServiceValue {
-            count: backends.len().min(u16::MAX as usize) as u16,
+            count: backends.len() as u16,
             flags,
             affinity_seconds,
             ..Default::default()
@@ -146,8 +191,11 @@ pub(crate) fn backend(addr: SocketAddr) -> Backend {
 /// New slot contents: backends that stay keep their slot, new ones fill the holes, and a
 /// shrink moves the last backends into the remaining holes.
 fn assign(old: &[Option<u32>], want: &[u32]) -> Vec<u32> {
+    if old.is_empty() {
+        return want.to_vec();
+    }
     let wanted: HashSet<u32> = want.iter().copied().collect();
-    let mut kept = HashSet::new();
+    let mut kept = HashSet::default();
     let mut slots: Vec<Option<u32>> = old
         .iter()
         .map(|s| s.filter(|id| wanted.contains(id) && kept.insert(*id)))
@@ -185,8 +233,7 @@ impl State {
         let mut s = State::default();
         for (id, b) in backends {
             s.ids.insert(b, id);
-            s.backends.insert(id, b);
-            s.refs.insert(id, 0);
+            s.backends.insert(id, (b, 0));
             s.next_id = s.next_id.max(id.wrapping_add(1));
         }
         for (k, v) in services {
@@ -200,22 +247,30 @@ impl State {
                 f.slots.resize(i + 1, None);
             }
             f.slots[i] = Some(v.backend_id);
-            *s.refs.entry(v.backend_id).or_default() += 1;
+            // A slot naming a backend the map lacks is rewritten by the first plan.
+            if let Some(b) = s.backends.get_mut(&v.backend_id) {
+                b.1 += 1;
+            }
         }
         s
     }
 
-    fn id(&mut self, b: Backend, put: &mut Vec<Op>) -> u32 {
+    fn id(&mut self, b: Backend, put: &mut Puts<u32, Backend>) -> u32 {
         if let Some(id) = self.ids.get(&b) {
             return *id;
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.ids.insert(b, id);
-        self.backends.insert(id, b);
-        self.refs.insert(id, 0);
-        put.push(Op::PutBackend(id, b));
+        self.backends.insert(id, (b, 0));
+        put.push(id, b);
         id
+    }
+
+    fn reference(&mut self, id: u32, by: isize) {
+        if let Some(b) = self.backends.get_mut(&id) {
+            b.1 = b.1.saturating_add_signed(by);
+        }
     }
 
     /// The writes from the current state to `table`; the state becomes `table`'s.
@@ -259,24 +314,25 @@ impl State {
             }
         }
         self.ports = table.ports.clone();
-        let wanted: HashSet<ServiceKey> = want.iter().map(|w| w.0).collect();
-        if !self.planned {
+        if !self.planned && !self.frontends.is_empty() {
             // Everything the maps held that the table does not claim.
             let claimed: HashSet<ServiceKey> =
                 self.ports.iter().flat_map(|p| frontend_keys(p)).collect();
             stale.extend(self.frontends.keys().filter(|k| !claimed.contains(k)));
         }
 
+        // Only to spare a stale key that is wanted again (kept empty when nothing is stale).
+        let want_keys: HashSet<ServiceKey> = match stale.is_empty() {
+            true => HashSet::default(),
+            false => want.iter().map(|w| w.0).collect(),
+        };
+        let adopted_backends = !self.planned && !self.backends.is_empty();
         let mut plan = Plan::default();
-        let mut backends_put = Vec::new();
-        let mut slots_put = Vec::new();
-        let mut frontends_put = Vec::new();
-        let mut slots_del = Vec::new();
         let mut released = Vec::new();
         for (key, value, backends) in want {
             let ids: Vec<u32> = backends
                 .into_iter()
-                .map(|b| self.id(b, &mut backends_put))
+                .map(|b| self.id(b, &mut plan.backends_put))
                 .collect();
             let old = self.frontends.remove(&key).unwrap_or_default();
             let new = assign(&old.slots, &ids);
@@ -286,78 +342,72 @@ impl State {
                         backend_id: *id,
                         ..Default::default()
                     };
-                    slots_put.push(Op::Put(slot_key(&key, i + 1), v));
+                    plan.slots_put.push(slot_key(&key, i + 1), v);
                 }
             }
             for (i, s) in old.slots.iter().enumerate().skip(new.len()) {
                 if s.is_some() {
-                    slots_del.push(Op::Delete(slot_key(&key, i + 1)));
+                    plan.slots_del.push(slot_key(&key, i + 1));
                 }
             }
             if old.value != Some(value) {
-                frontends_put.push(Op::Put(key, value));
+                plan.frontends_put.push(key, value);
             }
-            let before: HashSet<u32> = old.slots.iter().flatten().copied().collect();
-            let after: HashSet<u32> = new.iter().copied().collect();
-            for id in after.difference(&before) {
-                *self.refs.entry(*id).or_default() += 1;
-            }
-            for id in before.difference(&after) {
-                released.push((*id, key));
+            if old.slots.is_empty() {
+                for id in &new {
+                    self.reference(*id, 1);
+                }
+            } else {
+                let before: HashSet<u32> = old.slots.iter().flatten().copied().collect();
+                let after: HashSet<u32> = new.iter().copied().collect();
+                for id in after.difference(&before) {
+                    self.reference(*id, 1);
+                }
+                for id in before.difference(&after) {
+                    released.push((*id, key));
+                }
             }
             let slots = new.into_iter().map(Some).collect();
             let value = Some(value);
             self.frontends.insert(key, Frontend { value, slots });
         }
         for key in stale {
-            if wanted.contains(&key) {
+            if want_keys.contains(&key) {
                 continue;
             }
             let Some(old) = self.frontends.remove(&key) else {
                 continue;
             };
-            frontends_put.push(Op::Delete(key));
+            plan.frontends_del.push(key);
             for (i, s) in old.slots.iter().enumerate() {
                 if let Some(id) = s {
-                    slots_del.push(Op::Delete(slot_key(&key, i + 1)));
+                    plan.slots_del.push(slot_key(&key, i + 1));
                     released.push((*id, key));
                 }
             }
         }
         for (id, key) in &released {
-            if let Some(r) = self.refs.get_mut(id) {
-                *r = r.saturating_sub(1);
-            }
+            self.reference(*id, -1);
             if key.proto == PROTO_UDP {
                 plan.udp_gone
-                    .extend(self.backends.get(id).map(|b| (*key, *b)));
+                    .extend(self.backends.get(id).map(|b| (*key, b.0)));
             }
         }
         // Backends no slot names any more: those just released, and on the first plan any
         // the maps held unused.
         let mut candidates: Vec<u32> = released.iter().map(|(id, _)| *id).collect();
-        if !self.planned {
-            candidates.extend(self.refs.keys().copied());
-            self.planned = true;
+        if adopted_backends {
+            candidates.extend(self.backends.keys().copied());
         }
-        let mut backends_del = Vec::new();
+        self.planned = true;
         for id in candidates {
-            if self.refs.get(&id) == Some(&0) {
-                self.refs.remove(&id);
-                if let Some(b) = self.backends.remove(&id) {
+            if self.backends.get(&id).is_some_and(|b| b.1 == 0) {
+                if let Some((b, _)) = self.backends.remove(&id) {
                     self.ids.remove(&b);
                 }
-                backends_del.push(Op::DeleteBackend(id));
+                plan.backends_del.push(id);
             }
         }
-        plan.ops = [
-            backends_put,
-            slots_put,
-            frontends_put,
-            slots_del,
-            backends_del,
-        ]
-        .concat();
         plan.frontends = self.frontends.len();
         plan
     }

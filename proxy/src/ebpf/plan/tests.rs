@@ -12,6 +12,41 @@ fn backend_addr(b: &Backend) -> SocketAddr {
     SocketAddr::new(b.addr.into(), host_port(b.port))
 }
 
+/// One map write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    PutBackend(u32, Backend),
+    /// A backend slot (slot > 0) or a frontend (slot 0).
+    Put(ServiceKey, ServiceValue),
+    Delete(ServiceKey),
+    DeleteBackend(u32),
+}
+
+/// A plan's writes one by one, in the order they reach the kernel.
+fn ops(plan: &Plan) -> Vec<Op> {
+    let puts = |p: &Puts<ServiceKey, ServiceValue>| -> Vec<Op> {
+        p.keys
+            .iter()
+            .zip(&p.values)
+            .map(|(k, v)| Op::Put(*k, *v))
+            .collect()
+    };
+    let mut out: Vec<Op> = plan
+        .backends_put
+        .keys
+        .iter()
+        .zip(&plan.backends_put.values)
+        .map(|(id, b)| Op::PutBackend(*id, *b))
+        .collect();
+    out.extend(puts(&plan.slots_put));
+    out.extend(puts(&plan.frontends_put));
+    out.extend(plan.frontends_del.iter().map(|k| Op::Delete(*k)));
+    out.extend(plan.slots_del.iter().map(|k| Op::Delete(*k)));
+    out.extend(plan.backends_del.iter().map(|id| Op::DeleteBackend(*id)));
+    assert_eq!(out.len(), plan.len());
+    out
+}
+
 /// The two maps as the kernel would hold them after a sequence of writes.
 #[derive(Default)]
 struct Maps {
@@ -22,8 +57,8 @@ struct Maps {
 impl Maps {
     /// Applies `ops` one by one, checking after each that a connect could not fail: every
     /// frontend's slots 1..=count exist and name a backend that exists.
-    fn apply(&mut self, ops: &[Op]) {
-        for op in ops {
+    fn apply(&mut self, plan: &Plan) {
+        for op in &ops(plan) {
             match op {
                 Op::PutBackend(id, b) => {
                     self.backends.insert(*id, *b);
@@ -143,7 +178,7 @@ fn a_first_plan_writes_backends_slots_then_frontends() {
     let mut s = State::default();
     let plan = s.plan(&t);
     let mut maps = Maps::default();
-    maps.apply(&plan.ops);
+    maps.apply(&plan);
     // SCTP stays with iptables; a port without endpoints is a frontend with count 0.
     assert_eq!(plan.frontends, 3);
     assert_eq!(
@@ -155,19 +190,14 @@ fn a_first_plan_writes_backends_slots_then_frontends() {
     assert_eq!(r["10.96.0.1:80/6"], ["10.0.0.1:80", "10.0.0.2:80"]);
     assert_eq!(r["10.96.0.2:80/17"], ["10.0.0.1:80"]);
     assert!(r["10.96.0.4:80/6"].is_empty());
-    let kinds: Vec<u8> = plan
-        .ops
-        .iter()
-        .map(|op| match op {
-            Op::PutBackend(..) => 0,
-            Op::Put(k, _) if k.slot > 0 => 1,
-            Op::Put(..) => 2,
-            _ => 3,
-        })
-        .collect();
-    assert!(kinds.windows(2).all(|w| w[0] <= w[1]), "{kinds:?}");
+    // Backends, then slots, then frontends (the write order is the Plan's field order).
+    assert_eq!(plan.backends_put.keys.len(), 2);
+    assert_eq!(plan.slots_put.keys.len(), 3);
+    assert!(plan.slots_put.keys.iter().all(|k| k.slot > 0));
+    assert_eq!(plan.frontends_put.keys.len(), 3);
+    assert!(plan.frontends_put.keys.iter().all(|k| k.slot == 0));
     // Planning the same table again writes nothing.
-    assert!(s.plan(&t).ops.is_empty());
+    assert_eq!(s.plan(&t).len(), 0);
 }
 
 #[test]
@@ -184,16 +214,16 @@ fn one_endpoint_change_costs_a_few_writes() {
         .collect();
     let mut s = State::default();
     let mut maps = Maps::default();
-    maps.apply(&s.plan(&table(&ports)).ops);
+    maps.apply(&s.plan(&table(&ports)));
     // s7 loses its first endpoint: its last moves into slot 1, the count drops, slot 3 and the
     // backend go.
     let mut p = (*ports[7]).clone();
     p.endpoints.remove(0);
     ports[7] = Arc::new(p);
     let plan = s.plan(&table(&ports));
-    maps.apply(&plan.ops);
-    assert_eq!(plan.ops.len(), 4, "{:?}", plan.ops);
-    assert!(matches!(plan.ops[3], Op::DeleteBackend(_)));
+    maps.apply(&plan);
+    assert_eq!(ops(&plan).len(), 4, "{:?}", ops(&plan));
+    assert!(matches!(ops(&plan)[3], Op::DeleteBackend(_)));
     assert_eq!(
         maps.reachable()["10.96.0.8:80/6"],
         ["10.1.7.1:80", "10.1.7.2:80"]
@@ -232,10 +262,10 @@ fn churn_never_leaves_a_connect_without_a_backend() {
             }
             _ => {}
         }
-        maps.apply(&s.plan(&table(&ports)).ops);
+        maps.apply(&s.plan(&table(&ports)));
         // The maps hold exactly the table: every frontend with its backends, no orphan backend.
         let mut fresh = Maps::default();
-        fresh.apply(&State::default().plan(&table(&ports)).ops);
+        fresh.apply(&State::default().plan(&table(&ports)));
         assert_eq!(maps.reachable(), fresh.reachable(), "round {round}");
         assert_eq!(maps.backends.len(), fresh.backends.len(), "round {round}");
     }
@@ -251,7 +281,7 @@ fn adoption_keeps_what_is_right_and_removes_the_rest() {
     );
     let b = port("b", Protocol::Tcp, "10.96.0.2", &["10.0.0.3:80"]);
     let mut maps = Maps::default();
-    maps.apply(&State::default().plan(&table(&[a.clone(), b])).ops);
+    maps.apply(&State::default().plan(&table(&[a.clone(), b])));
     // A half-finished shrink: slot 3 beyond the count, and an orphan backend.
     let fe = frontend_key(
         Addr::from("10.96.0.1".parse::<std::net::IpAddr>().unwrap()),
@@ -270,23 +300,20 @@ fn adoption_keeps_what_is_right_and_removes_the_rest() {
     // Only `a` is left: b's frontend, its slot and backend, a's slot 3 and the orphan go; a
     // is not rewritten.
     let plan = adopted.plan(&table(&[a]));
-    maps.apply(&plan.ops);
+    maps.apply(&plan);
     assert!(
-        plan.ops.iter().all(|op| !matches!(op, Op::Put(..))),
+        ops(&plan).iter().all(|op| !matches!(op, Op::Put(..))),
         "{:?}",
-        plan.ops
+        ops(&plan)
     );
-    assert_eq!(plan.ops.len(), 5, "{:?}", plan.ops);
+    assert_eq!(ops(&plan).len(), 5, "{:?}", ops(&plan));
     assert_eq!(maps.reachable().len(), 1);
     assert_eq!(maps.backends.len(), 2);
     assert_eq!(maps.services.len(), 3);
     // New backends never reuse an id the maps held.
     let c = port("c", Protocol::Tcp, "10.96.0.3", &["10.0.0.7:80"]);
     let plan = adopted.plan(&table(&[c]));
-    assert!(plan
-        .ops
-        .iter()
-        .any(|op| matches!(op, Op::PutBackend(id, _) if *id == 100)));
+    assert_eq!(plan.backends_put.keys, [100]);
 }
 
 #[test]
