@@ -83,14 +83,19 @@ pub fn sink_backend(ns: &Netns, addr: Ipv4Addr, ports: std::ops::Range<u16>) -> 
     Ok(())
 }
 
-/// New connections per second from inside `ns` to `to` for `secs` (closed with a reset, so no
-/// TIME_WAIT runs the client out of ports); failed connects are counted too.
-pub fn connect_rate(ns: &Netns, to: SocketAddrV4, secs: u64) -> Result<(f64, u64)> {
+/// New connections per second from inside `ns` to the addresses `to`, in turn, for `secs`
+/// (closed with a reset, so no TIME_WAIT runs the client out of ports); failed connects are
+/// counted too.
+pub fn connect_rate(ns: &Netns, to: &[SocketAddrV4], secs: u64) -> Result<(f64, u64)> {
+    let to = to.to_vec();
     ns.enter(move || {
         let end = Instant::now() + Duration::from_secs(secs);
         let (mut ok, mut failed) = (0u64, 0u64);
-        while Instant::now() < end {
-            match TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)) {
+        for addr in to.iter().cycle() {
+            if Instant::now() >= end {
+                break;
+            }
+            match TcpStream::connect_timeout(&(*addr).into(), Duration::from_secs(1)) {
                 Ok(s) => {
                     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                     ok += 1;
@@ -123,14 +128,15 @@ pub fn echo_backend(ns: &Netns, addr: Ipv4Addr, ports: std::ops::Range<u16>) -> 
     Ok(())
 }
 
-/// `count` short exchanges from inside `ns` with an [`echo_backend`] behind `to`: connect, one
-/// byte each way, close; the time of each in microseconds.
-pub fn exchanges(ns: &Netns, to: SocketAddrV4, count: usize) -> Result<Samples> {
+/// `count` short exchanges from inside `ns` with [`echo_backend`]s behind the addresses `to`, in
+/// turn: connect, one byte each way, close; the time of each in microseconds.
+pub fn exchanges(ns: &Netns, to: &[SocketAddrV4], count: usize) -> Result<Samples> {
+    let to = to.to_vec();
     ns.enter(move || -> Result<Samples> {
         let mut samples = Samples::new();
-        for _ in 0..count {
+        for addr in to.iter().cycle().take(count) {
             let start = Instant::now();
-            let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(1))?;
+            let mut s = TcpStream::connect_timeout(&(*addr).into(), Duration::from_secs(1))?;
             s.set_nodelay(true)?;
             s.write_all(b"x")?;
             let mut b = [0u8; 1];

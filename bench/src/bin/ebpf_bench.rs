@@ -242,13 +242,17 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
         .map(|p| SocketAddr::from((backend_ip, 8080 + p)))
         .collect();
     let t = table(n, args.endpoints, &real);
+    // Direct goes to the same ten backends in turn, as the Services spread over them.
+    let direct: Vec<SocketAddrV4> = (0..args.endpoints as u16)
+        .map(|p| SocketAddrV4::new(backend_ip, 8080 + p))
+        .collect();
     let targets = [
-        SocketAddrV4::new(backend_ip, 8080),
-        SocketAddrV4::new(vip(0), 80),
-        SocketAddrV4::new(vip(n - 1), 80),
+        direct,
+        vec![SocketAddrV4::new(vip(0), 80)],
+        vec![SocketAddrV4::new(vip(n - 1), 80)],
     ];
     // Warm up the path.
-    connect_rate(&client, targets[0], 1)?;
+    connect_rate(&client, &targets[0], 1)?;
     let mut all = Vec::new();
     for (mode, label) in MODES {
         // Programmed from inside the node namespace; what is programmed outlives the proxy
@@ -263,10 +267,10 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
             // Each round starts at another target, so no target always goes first.
             for k in (0..3).map(|x| (x + round) % 3) {
                 let to = &targets[k];
-                let (r, failed) = connect_rate(&client, *to, args.rate_secs)?;
+                let (r, failed) = connect_rate(&client, to, args.rate_secs)?;
                 f.rate[k] += r / args.rounds as f64;
                 f.failed += failed;
-                f.latency[k].append(exchanges(&client, *to, args.exchanges)?);
+                f.latency[k].append(exchanges(&client, to, args.exchanges)?);
             }
         }
         env.enter_cgroup(false)?;
@@ -289,12 +293,11 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
             "1st Service".into(),
             format!("{n}th Service"),
         ];
-        for k in 0..3 {
+        for (k, name) in names.iter().enumerate() {
             let p50 = f.latency[k].quantile(0.5);
             let p99 = f.latency[k].quantile(0.99);
             println!(
-                "| {label} | {} | {:.0}/s | {:.1}% | {p50} / {p99} µs | {} |",
-                names[k],
+                "| {label} | {name} | {:.0}/s | {:.1}% | {p50} / {p99} µs | {} |",
                 f.rate[k],
                 100.0 * f.rate[k] / f.rate[0],
                 if k == 0 {

@@ -348,8 +348,12 @@ fn connection_rates(args: &Args) -> Result<()> {
         .map(|p| SocketAddr::from((backend_ip, 8080 + p)))
         .collect();
     // Warm up, and the rate straight to a backend for reference.
-    connect_rate(&client, SocketAddrV4::new(backend_ip, 8080), 1)?;
-    let (direct, _) = connect_rate(&client, SocketAddrV4::new(backend_ip, 8080), args.rate_secs)?;
+    connect_rate(&client, &[SocketAddrV4::new(backend_ip, 8080)], 1)?;
+    let (direct, _) = connect_rate(
+        &client,
+        &[SocketAddrV4::new(backend_ip, 8080)],
+        args.rate_secs,
+    )?;
     println!("direct to the backend (no service rules hit): {direct:.0}/s");
     println!("| layout | backend | 1st Service | {n}th Service | last / first | failed |");
     println!("|---|---|---|---|---|---|");
@@ -377,10 +381,10 @@ fn connection_rates(args: &Args) -> Result<()> {
         );
         let (mut a, mut b, mut failed) = (0.0, 0.0, 0);
         for _ in 0..args.rounds {
-            let (r, f) = connect_rate(&client, first, args.rate_secs)?;
+            let (r, f) = connect_rate(&client, &[first], args.rate_secs)?;
             a += r;
             failed += f;
-            let (r, f) = connect_rate(&client, last, args.rate_secs)?;
+            let (r, f) = connect_rate(&client, &[last], args.rate_secs)?;
             b += r;
             failed += f;
         }
