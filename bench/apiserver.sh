@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
-cargo build --release -p switchyard -p switchyard-bench
+cargo build --release -p switchyard -p switchyard-bench --features switchyard-bench/peers
 exec target/release/apiserver-bench --switchyard target/release/switchyard --etcd "$(command -v etcd)" "$@"

@@ -1,4 +1,4 @@
-//! `switchyard load`: the command line of the load generator in `switchyard-bench`.
+//! `switchyard load`: the command line of the load generator in [`switchyard::load`].
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use switchyard_bench::load;
+use switchyard::load;
 
 #[derive(clap::Args)]
 pub struct LoadArgs {

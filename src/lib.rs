@@ -7,10 +7,12 @@
 //! - [`controllers`]: ClusterIP/NodePort allocation and the EndpointSlice controller;
 //! - [`agent`]: the node agent — watchers, the cluster state, the snapshot runner, the service
 //!   proxy programmer, metrics, node registration;
+//! - [`load`]: the load generator behind `switchyard load`;
 //! - [`time`]: RFC 3339 times as Kubernetes writes them.
 
 pub mod agent;
 pub mod apiserver;
 pub mod controllers;
+pub mod load;
 pub mod store;
 pub mod time;

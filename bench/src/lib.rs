@@ -1,9 +1,8 @@
-//! Benchmarks for Switchyard: the load generator behind `switchyard load` ([`load`]), the shared
-//! measuring pieces, and (under `src/bin/`) the benchmark programs that print the figures
-//! `bench/README.md` records.
+//! Benchmarks for Switchyard: the shared measuring pieces, and (under `src/bin/`) the benchmark
+//! programs that print the figures `bench/README.md` records. The product never depends on this
+//! crate; the benchmarks drive the built `switchyard` binary (and `switchyard load`) as users do.
 
 pub mod api;
-pub mod load;
 pub mod netns;
 pub mod peers;
 pub mod services;
