@@ -19,6 +19,26 @@ pub mod metrics;
 pub mod table;
 pub mod userspace;
 
+/// For the tests that need root or a kernel feature.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Whether this process runs as root.
+    pub fn root() -> bool {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+    }
+
+    /// Says why the calling test skips (the caller returns); under `CI=true` no test may skip,
+    /// so this fails the test with the reason instead.
+    pub fn skip(why: &str) {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(!ci, "cannot run under CI: {why}");
+        eprintln!("skipped: {why}");
+    }
+}
+
 /// What one proxy sync did.
 #[derive(Debug, Default)]
 pub struct SyncReport {

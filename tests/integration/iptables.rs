@@ -5,28 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::need_sandbox;
+use crate::need;
 use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
 use crate::support::netns::{Node, Pod, Sandbox};
 use crate::support::traffic::{answers, last_answer, load, service, set, udp_client};
 use crate::support::{bin, eventually};
-
-fn iptables_missing() -> Option<&'static str> {
-    let found = ["/usr/sbin/iptables-restore", "/sbin/iptables-restore"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    (!found).then_some("iptables is not installed")
-}
-
-macro_rules! need_iptables {
-    () => {
-        need_sandbox!();
-        if let Some(why) = iptables_missing() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// A node agent in iptables mode.
 fn agent(sb: &mut Sandbox, node: &Node, name: &str, dir: &Path) -> usize {
@@ -73,7 +56,7 @@ fn node_itself(node: &Node) -> Pod {
 
 #[test]
 fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes() {
-    need_iptables!();
+    need!(Iptables);
     let mut sb = Sandbox::new();
     let (n1, n2) = (sb.node("n1", 1), sb.node("n2", 2));
     let (link1, link2) = sb.link(&n1, &n2, 1);
@@ -180,7 +163,7 @@ fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(
 
 #[test]
 fn iptables_udp_flows_move_off_a_removed_endpoint() {
-    need_iptables!();
+    need!(Iptables);
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let (u1, u2) = (sb.pod(&n1, "u1"), sb.pod(&n1, "u2"));
@@ -226,7 +209,7 @@ fn saved_rules(sb: &Sandbox, node: &Node) -> String {
 
 #[test]
 fn iptables_agent_restarts_under_load_and_cleans_up() {
-    need_iptables!();
+    need!(Iptables);
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let backends: Vec<Pod> = (1..=2).map(|i| sb.pod(&n1, &format!("w{i}"))).collect();

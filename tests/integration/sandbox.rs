@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::need_sandbox;
+use crate::need;
 use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
 use crate::support::netns::{Pod, Sandbox};
 use crate::support::{bin, eventually};
@@ -20,7 +20,7 @@ fn set(items: &[&str]) -> HashSet<String> {
 
 #[test]
 fn cluster_ip_from_a_client_pod_with_server_outage() {
-    need_sandbox!();
+    need!(Sandbox);
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let backends: Vec<Pod> = (1..=3).map(|i| sb.pod(&n1, &format!("b{i}"))).collect();
@@ -100,7 +100,7 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
 
 #[test]
 fn client_on_another_node_reaches_a_pod_across_the_link() {
-    need_sandbox!();
+    need!(Sandbox);
     let mut sb = Sandbox::new();
     let (n1, n2) = (sb.node("n1", 1), sb.node("n2", 2));
     let (link1, _) = sb.link(&n1, &n2, 1);

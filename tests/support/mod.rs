@@ -10,4 +10,12 @@ pub mod traffic;
 pub mod up;
 
 pub use server::*;
+
+/// Skips the calling test (the caller returns) with `why`, printed; under `CI=true` no test may
+/// skip, so this fails the test with the reason instead.
+pub fn skip(why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    assert!(!ci, "cannot run under CI: {why}");
+    eprintln!("skipped: {why}");
+}
 pub use up::Up;

@@ -19,24 +19,54 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// Why the sandbox cannot run here, if it cannot.
-pub fn unavailable() -> Option<String> {
+/// What a sandbox test needs beyond root and iproute2.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Needs {
+    Sandbox,
+    /// The iptables package (iptables-restore): the iptables proxy, and the eBPF proxy's
+    /// NodePort half.
+    Iptables,
+    /// A kernel with BTF and bpftool, besides iptables.
+    Ebpf,
+}
+
+/// Why the sandbox cannot run here with `needs`, if it cannot.
+pub fn unavailable(needs: Needs) -> Option<String> {
     let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").ok()?) == 0;
     if !root {
         return Some("network namespaces need root".into());
     }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("the `ip` command (iproute2) is not installed".into()),
+    if !Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("the `ip` command (iproute2) is not installed".into());
     }
+    let iptables = ["/usr/sbin/iptables-restore", "/sbin/iptables-restore"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if needs >= Needs::Iptables && !iptables {
+        return Some("iptables is not installed".into());
+    }
+    if needs >= Needs::Ebpf && !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel has no BTF".into());
+    }
+    if needs >= Needs::Ebpf && Command::new("bpftool").arg("version").output().is_err() {
+        return Some("bpftool is not installed".into());
+    }
+    None
 }
 
-/// Skips the calling test, saying why, when the sandbox cannot run.
+/// Skips the calling test, saying why, when the sandbox cannot run with these needs (under
+/// `CI=true` the test fails instead: see [`crate::support::skip`]).
 #[macro_export]
-macro_rules! need_sandbox {
-    () => {
-        if let Some(why) = $crate::support::netns::unavailable() {
-            eprintln!("skipped: {why}");
+macro_rules! need {
+    ($needs:ident) => {
+        if let Some(why) =
+            $crate::support::netns::unavailable($crate::support::netns::Needs::$needs)
+        {
+            $crate::support::skip(&why);
             return;
         }
     };

@@ -8,19 +8,14 @@ use std::sync::Arc;
 
 use super::render::tests::{options, sample};
 use super::*;
+use crate::testing::{root, skip};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on a thread inside a new network namespace (so are the processes it starts).
 fn in_netns(f: impl FnOnce() + Send + 'static) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipped: network namespaces need root");
+    if !root() {
+        skip("network namespaces need root");
         return false;
     }
     let name = format!(
@@ -30,7 +25,7 @@ fn in_netns(f: impl FnOnce() + Send + 'static) -> bool {
     );
     let ok = Command::new("ip").args(["netns", "add", &name]).status();
     if !ok.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot create a network namespace");
+        skip("cannot create a network namespace");
         return false;
     }
     let path = format!("/var/run/netns/{name}");
@@ -79,7 +74,7 @@ fn sh(cmd: &str) {
 
 fn round_trip(backend: Backend, variant: &'static str) {
     if Tools::find(Family::V4, variant).is_none() {
-        eprintln!("skipped: iptables-{variant} is not installed");
+        skip(&format!("iptables-{variant} is not installed"));
         return;
     }
     in_netns(move || {
@@ -146,7 +141,7 @@ fn legacy_rules_round_trip_through_the_kernel_and_clean_up() {
 #[test]
 fn an_empty_table_still_installs_the_base_chains() {
     if Tools::find(Family::V4, "nft").is_none() {
-        eprintln!("skipped: iptables-nft is not installed");
+        skip("iptables-nft is not installed");
         return;
     }
     in_netns(|| {
