@@ -135,9 +135,10 @@ struct AgentArgs {
     #[arg(long, value_enum, default_value = "auto")]
     iptables_backend: IptablesBackend,
     /// With the eBPF proxy, the cgroup v2 whose processes' sockets are translated (with every
-    /// cgroup below it).
-    #[arg(long, default_value = switchyard_proxy::ebpf::DEFAULT_CGROUP)]
-    cgroup_path: PathBuf,
+    /// cgroup below it). Default: the cgroup v2 root, as /proc/self/mountinfo shows it
+    /// (/sys/fs/cgroup on a pure v2 host, /sys/fs/cgroup/unified on a hybrid one).
+    #[arg(long)]
+    cgroup_path: Option<PathBuf>,
     /// With the eBPF proxy, the directory on a bpffs where its maps and links are pinned.
     #[arg(long, default_value = switchyard_proxy::ebpf::DEFAULT_PIN_DIR)]
     bpf_pin_path: PathBuf,

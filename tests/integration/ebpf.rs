@@ -6,31 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::need_sandbox;
+use crate::need;
 use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
 use crate::support::netns::{Node, Pod, Sandbox};
 use crate::support::traffic::{answers, last_answer, load, service, set, udp_client};
 use crate::support::{bin, eventually};
-
-fn ebpf_missing() -> Option<&'static str> {
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Some("the kernel has no BTF");
-    }
-    let iptables = ["/usr/sbin/iptables-restore", "/sbin/iptables-restore"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    (!iptables).then_some("iptables is not installed")
-}
-
-macro_rules! need_ebpf {
-    () => {
-        need_sandbox!();
-        if let Some(why) = ebpf_missing() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// The agent's arguments in eBPF mode, attached to the sandbox's cgroup.
 fn agent_args(sb: &mut Sandbox, name: &str, dir: &Path) -> Vec<String> {
@@ -75,7 +55,7 @@ fn python(sb: &Sandbox, pod: &Pod, script: &str) -> String {
 
 #[test]
 fn ebpf_translates_cluster_ips_at_the_socket() {
-    need_ebpf!();
+    need!(Ebpf);
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let (a, b) = (sb.pod(&n1, "a"), sb.pod(&n1, "b"));
@@ -177,7 +157,7 @@ fn ebpf_translates_cluster_ips_at_the_socket() {
 
 #[test]
 fn ebpf_udp_sockets_move_off_a_removed_backend() {
-    need_ebpf!();
+    need!(Ebpf);
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let (u1, u2) = (sb.pod(&n1, "u1"), sb.pod(&n1, "u2"));
@@ -226,7 +206,7 @@ fn ebpf_udp_sockets_move_off_a_removed_backend() {
 
 #[test]
 fn ebpf_churn_and_restart_lose_no_connection_and_cleanup_leaves_nothing() {
-    need_ebpf!();
+    need!(Ebpf);
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let pods: Vec<Pod> = (1..=3).map(|i| sb.pod(&n1, &format!("w{i}"))).collect();
@@ -299,10 +279,70 @@ fn ebpf_churn_and_restart_lose_no_connection_and_cleanup_leaves_nothing() {
     let attached = std::process::Command::new("bpftool")
         .args(["cgroup", "show"])
         .arg(&cg.path)
-        .output();
-    if let Ok(out) = attached {
-        let listed = String::from_utf8_lossy(&out.stdout);
-        assert!(!listed.contains("sy_"), "still attached:\n{listed}");
-    }
+        .output()
+        .expect("bpftool");
+    assert!(attached.status.success(), "bpftool cgroup show");
+    let listed = String::from_utf8_lossy(&attached.stdout);
+    assert!(!listed.contains("sy_"), "still attached:\n{listed}");
     assert_ne!(sb.connect(&client.ns, &ip, 80), "ok");
+}
+
+/// A pure cgroup v2 host, as the agent sees it: in a mount and cgroup namespace of its own, the
+/// only cgroup mount is cgroup2 at `/sys/fs/cgroup`, whose root is the sandbox's cgroup (the
+/// namespace's root). With default `--cgroup-path` and `--bpf-pin-path`, the agent finds that
+/// mount in /proc/self/mountinfo, mounts a bpffs at /sys/fs/bpf (private to its namespace, gone
+/// with it) and translates the pods' connects.
+#[test]
+fn ebpf_starts_with_default_flags_on_a_pure_cgroup_v2_host() {
+    need!(Ebpf);
+    let mut sb = Sandbox::new();
+    let n1 = sb.node("n1", 1);
+    let (a, client) = (sb.pod(&n1, "a"), sb.pod(&n1, "client"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    start_server(&mut sb, &n1, d, "127.0.0.1:6443");
+    let cg = sb.cgroup();
+    // `ip netns exec` gave the agent a fresh /sys, without the host's cgroup mounts; the
+    // sandbox's own cgroup2 mount under /tmp is unmounted too, so /sys/fs/cgroup is the only one.
+    let sandbox_mount = cg.path.parent().unwrap().to_str().unwrap().to_string();
+    let kubeconfig = d.join("node.kubeconfig");
+    let setup = "umount \"$0\" && mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"";
+    let args = [
+        "unshare",
+        "--cgroup",
+        "--mount",
+        "sh",
+        "-c",
+        setup,
+        &sandbox_mount,
+        bin(),
+        "node",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "n1",
+        "--proxy-mode",
+        "ebpf",
+    ];
+    sb.spawn(&n1.ns, &args);
+    sb.http_backend(&a, 8080, "a");
+    register_pod(&n1.ns, d, "a", "n1", &a);
+    ok(
+        &n1.ns,
+        d,
+        &["apply", "-f", "-"],
+        &service("web", "app: web", ""),
+    );
+    let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
+    eventually(Duration::from_secs(30), || {
+        (answers(&sb, &client, &url, 4) == set(&["a"])).then_some(())
+    });
+    // The programs sit on the sandbox's cgroup: the root of the agent's cgroup namespace.
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("bpftool");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("sy_connect4"), "not attached:\n{listed}");
 }

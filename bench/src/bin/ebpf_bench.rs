@@ -18,7 +18,7 @@
 //! Usage: ebpf-bench [--services 10000] [--endpoints 10]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -65,18 +65,18 @@ struct Env {
     bpffs: tempfile::TempDir,
 }
 
-const CGROUP2: &str = "/sys/fs/cgroup/unified";
-
 impl Env {
     fn new() -> Result<Env> {
-        let cgroup = Path::new(CGROUP2).join(format!("sy-bench-{}", std::process::id()));
+        let v2 = ebpf::cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo")?)
+            .map_err(anyhow::Error::msg)?;
+        let cgroup = v2.join(format!("sy-bench-{}", std::process::id()));
         std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
         let own = std::fs::read_to_string("/proc/self/cgroup")?;
         let rel = own
             .lines()
             .find_map(|l| l.strip_prefix("0::"))
             .context("no cgroup v2 line in /proc/self/cgroup")?;
-        let home = Path::new(CGROUP2).join(rel.trim_start_matches('/'));
+        let home = v2.join(rel.trim_start_matches('/'));
         let bpffs = tempfile::tempdir()?;
         let out = Command::new("mount")
             .args(["-t", "bpf", "bpf"])
@@ -94,7 +94,7 @@ impl Env {
 
     fn config(&self) -> ebpf::Config {
         ebpf::Config {
-            cgroup: self.cgroup.clone(),
+            cgroup: Some(self.cgroup.clone()),
             pin_dir: self.bpffs.path().join("switchyard"),
             iptables: Some(iptables_config()),
         }

@@ -1,12 +1,14 @@
 //! The eBPF proxy against the real kernel: the committed object loads and attaches to a cgroup
 //! this test creates, a restarted proxy adopts the pinned maps without a write, and cleanup
-//! detaches everything. Pins go to a bpffs the test mounts. Needs root and BTF; skips
-//! otherwise. (Traffic through the programs is tested end to end in tests/integration/ebpf.rs.)
+//! detaches everything. The test's cgroup is made below the cgroup v2 root that
+//! [`cgroup2_mount`] finds, as the agent finds it; pins go to a bpffs the test mounts. Needs root,
+//! BTF and bpftool; skips otherwise (under `CI=true` it fails instead). (Traffic through the programs is tested end to end in tests/integration/ebpf.rs.)
 
 use std::process::Command;
 
 use super::*;
 use crate::table::{Endpoint, ServicePortName};
+use crate::testing::{root, skip};
 
 /// A cgroup and a bpffs of the test's own, removed when dropped.
 struct Scratch {
@@ -16,23 +18,27 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Option<Scratch> {
-        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        });
-        if !root || !Path::new("/sys/kernel/btf/vmlinux").exists() {
-            eprintln!("skipped: needs root and a kernel with BTF");
+        if !root() || !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            skip("needs root and a kernel with BTF");
             return None;
         }
-        if fs_type(Path::new(DEFAULT_CGROUP)).ok() != Some(CGROUP2_SUPER_MAGIC) {
-            eprintln!("skipped: no cgroup v2 at {DEFAULT_CGROUP}");
+        if Command::new("bpftool").arg("version").output().is_err() {
+            skip("bpftool is not installed");
             return None;
         }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let v2 = match cgroup2_mount(&mountinfo) {
+            Ok(p) => p,
+            Err(why) => {
+                skip(&why);
+                return None;
+            }
+        };
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{n}", std::process::id());
         let s = Scratch {
-            cgroup: Path::new(DEFAULT_CGROUP).join(format!("sy-kt-{id}")),
+            cgroup: v2.join(format!("sy-kt-{id}")),
             bpffs: std::env::temp_dir().join(format!("sy-kt-bpf-{id}")),
         };
         std::fs::create_dir(&s.cgroup).unwrap();
@@ -47,7 +53,7 @@ impl Scratch {
 
     fn config(&self) -> Config {
         Config {
-            cgroup: self.cgroup.clone(),
+            cgroup: Some(self.cgroup.clone()),
             pin_dir: self.bpffs.join("switchyard"),
             iptables: None,
         }
@@ -108,15 +114,18 @@ fn attached(cgroup: &Path) -> Vec<String> {
     let out = Command::new("bpftool")
         .args(["cgroup", "show"])
         .arg(cgroup)
-        .output();
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-            .filter(|n| n.starts_with("sy_"))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show {}",
+        cgroup.display()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .filter(|n| n.starts_with("sy_"))
+        .collect()
 }
 
 #[tokio::test]
@@ -135,13 +144,11 @@ async fn programs_load_adopt_and_clean_up() {
     for m in MAPS {
         assert!(s.config().pin_dir.join(m).exists(), "{m} not pinned");
     }
-    if Command::new("bpftool").arg("version").output().is_ok() {
-        let mut names = attached(&s.cgroup);
-        names.sort();
-        let mut want: Vec<String> = PROGRAMS.iter().map(|p| p.name.to_string()).collect();
-        want.sort();
-        assert_eq!(names, want, "one link per program survives the proxy");
-    }
+    let mut names = attached(&s.cgroup);
+    names.sort();
+    let mut want: Vec<String> = PROGRAMS.iter().map(|p| p.name.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want, "one link per program survives the proxy");
 
     // A restarted proxy finds the pinned maps and writes nothing; its links replace the old
     // ones (still one per hook).
@@ -149,9 +156,7 @@ async fn programs_load_adopt_and_clean_up() {
     let report = again.apply(&table()).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.added, 0);
-    if Command::new("bpftool").arg("version").output().is_ok() {
-        assert_eq!(attached(&s.cgroup).len(), PROGRAMS.len());
-    }
+    assert_eq!(attached(&s.cgroup).len(), PROGRAMS.len());
     // A port gone: its frontend, slot and backend go.
     let one = ServiceTable {
         ports: table().ports[..1].to_vec(),
@@ -172,7 +177,7 @@ fn a_cgroup_that_is_not_v2_is_refused_with_the_fallback() {
         return;
     };
     let mut c = s.config();
-    c.cgroup = std::env::temp_dir();
+    c.cgroup = Some(std::env::temp_dir());
     let err = EbpfProxy::new(c).err().expect("refused").to_string();
     assert!(err.contains("not a cgroup v2 directory"), "{err}");
     assert!(err.contains("--proxy-mode iptables"), "{err}");

@@ -1,7 +1,7 @@
 //! The eBPF proxy: ClusterIPs translated at the socket, as Cilium's kube-proxy replacement does.
 //!
-//! The programs of [`switchyard_ebpf`] attach to a cgroup v2 (`--cgroup-path`, the root by
-//! default) and rewrite a ClusterIP destination to a backend when a socket connects or sends,
+//! The programs of [`switchyard_ebpf`] attach to a cgroup v2 (`--cgroup-path`; by default the
+//! root, where [`cgroup2_mount`] finds it in `/proc/self/mountinfo`) and rewrite a ClusterIP destination to a backend when a socket connects or sends,
 //! so service traffic has no per-packet NAT and no conntrack, and a lookup is one hash-map
 //! lookup at any number of services.
 //!
@@ -44,16 +44,15 @@ use plan::{Plan, Puts, State};
 
 /// Where the maps and links are pinned unless `--bpf-pin-path` says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/switchyard";
-/// The cgroup the programs attach to unless `--cgroup-path` says otherwise: the v2 root.
-pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup/unified";
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The cgroup v2 directory whose processes (and their descendants') sockets are translated.
-    pub cgroup: PathBuf,
+    /// The cgroup v2 directory whose processes (and their descendants') sockets are translated;
+    /// `None`: the cgroup v2 root, found in `/proc/self/mountinfo` ([`cgroup2_mount`]).
+    pub cgroup: Option<PathBuf>,
     /// A directory on a bpffs for the pinned maps and links.
     pub pin_dir: PathBuf,
     /// The iptables proxy for what the programs do not serve; `None`: ClusterIPs only.
@@ -114,8 +113,85 @@ fn fs_type(path: &Path) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
+/// Where the cgroup v2 hierarchy is mounted, from the text of a `/proc/PID/mountinfo`: on a pure
+/// v2 host `/sys/fs/cgroup`, on a hybrid one (v1 controllers beside v2) `/sys/fs/cgroup/unified`.
+/// A mount under `/sys/fs/cgroup` is preferred to one elsewhere. The error names what was found.
+pub fn cgroup2_mount(mountinfo: &str) -> Result<PathBuf, String> {
+    // ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER-OPTIONS
+    let mounts: Vec<(&str, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            Some((
+                right.split(' ').next()?,
+                PathBuf::from(unescape_mount(point)),
+            ))
+        })
+        .collect();
+    let v2 = || {
+        mounts
+            .iter()
+            .filter(|(t, _)| *t == "cgroup2")
+            .map(|(_, p)| p)
+    };
+    let standard = Path::new("/sys/fs/cgroup");
+    if let Some(p) = v2()
+        .find(|p| p.starts_with(standard))
+        .or_else(|| v2().next())
+    {
+        return Ok(p.clone());
+    }
+    let v1: Vec<String> = mounts
+        .iter()
+        .filter(|(t, _)| *t == "cgroup")
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    Err(if v1.is_empty() {
+        "no cgroup v2 mount (and no cgroup mount at all) in /proc/self/mountinfo; mount one with `mount -t cgroup2 none /sys/fs/cgroup`, or pass --cgroup-path".into()
+    } else {
+        format!(
+            "no cgroup v2 mount in /proc/self/mountinfo, only cgroup v1 at {}; mount one with `mount -t cgroup2 none DIR` and pass --cgroup-path DIR",
+            v1.join(", ")
+        )
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup the programs attach to: the configured one, or the cgroup v2 root.
+fn cgroup_dir(config: &Config) -> Result<PathBuf, EbpfError> {
+    if let Some(c) = &config.cgroup {
+        return Ok(c.clone());
+    }
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(|e| setup(info, e.to_string()))?;
+    cgroup2_mount(&text).map_err(|m| setup(info, m))
+}
+
 /// What the kernel must offer, checked before anything is loaded, with what to do about it.
-fn check(config: &Config) -> Result<(), EbpfError> {
+fn check(config: &Config, cgroup: &Path) -> Result<(), EbpfError> {
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     if !btf.exists() {
         return Err(setup(
@@ -123,15 +199,15 @@ fn check(config: &Config) -> Result<(), EbpfError> {
             "the kernel has no BTF (CONFIG_DEBUG_INFO_BTF), which the eBPF proxy needs",
         ));
     }
-    match fs_type(&config.cgroup) {
+    match fs_type(cgroup) {
         Ok(CGROUP2_SUPER_MAGIC) => {}
         Ok(_) => {
             return Err(setup(
-                &config.cgroup,
+                cgroup,
                 "not a cgroup v2 directory (mount one with `mount -t cgroup2 none DIR`, and pass --cgroup-path)",
             ))
         }
-        Err(e) => return Err(setup(&config.cgroup, format!("cgroup v2 directory: {e}"))),
+        Err(e) => return Err(setup(cgroup, format!("cgroup v2 directory: {e}"))),
     }
     let parent = config.pin_dir.parent().unwrap_or(Path::new("/"));
     let on_bpffs = || fs_type(&config.pin_dir).or_else(|_| fs_type(parent));
@@ -188,13 +264,14 @@ struct Maps {
 /// to the cgroup and pins the links; links a previous run pinned are replaced only after the
 /// new ones are attached, so there is no moment without translation.
 fn load(config: &Config) -> Result<Maps, EbpfError> {
-    check(config)?;
+    let cgroup_path = cgroup_dir(config)?;
+    check(config, &cgroup_path)?;
     std::fs::create_dir_all(&config.pin_dir).map_err(|e| setup(&config.pin_dir, e.to_string()))?;
     let mut bpf = EbpfLoader::new()
         .map_pin_path(&config.pin_dir)
         .load(OBJECT)
         .map_err(|e| load_error(&e))?;
-    let cgroup = File::open(&config.cgroup).map_err(|e| setup(&config.cgroup, e.to_string()))?;
+    let cgroup = File::open(&cgroup_path).map_err(|e| setup(&cgroup_path, e.to_string()))?;
     let mut old = Vec::new();
     for p in PROGRAMS {
         let prog: &mut CgroupSockAddr = bpf
@@ -553,5 +630,48 @@ mod tests {
         // An unchanged port keeps its reduced Arc (the iptables renderer caches by it).
         let again = r.table(&table);
         assert!(Arc::ptr_eq(&again.ports[1], &reduced.ports[1]));
+    }
+
+    /// Mountinfo as these hosts print it (one line per mount, trimmed to what matters).
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const PURE_V2: &str = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+26 23 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    #[test]
+    fn the_cgroup2_root_is_found_on_pure_and_hybrid_hosts() {
+        assert_eq!(cgroup2_mount(PURE_V2), Ok(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount(HYBRID),
+            Ok(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        // A second cgroup2 mount elsewhere (a test's, a container runtime's) is not the root.
+        let both = format!("50 22 0:23 / /tmp/a\\040b rw - cgroup2 none rw\n{PURE_V2}");
+        assert_eq!(cgroup2_mount(&both), Ok(PathBuf::from("/sys/fs/cgroup")));
+        let elsewhere = "50 22 0:23 / /tmp/a\\040b rw shared:9 - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount(elsewhere), Ok(PathBuf::from("/tmp/a b")));
+    }
+
+    #[test]
+    fn without_cgroup2_the_error_names_what_was_found() {
+        let v1_only: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let err = cgroup2_mount(&v1_only).unwrap_err();
+        assert!(
+            err.contains("only cgroup v1 at /sys/fs/cgroup/cpu, /sys/fs/cgroup/systemd"),
+            "{err}"
+        );
+        assert!(err.contains("--cgroup-path"), "{err}");
+        let err = cgroup2_mount("garbage\n\n- - -\n").unwrap_err();
+        assert!(err.contains("no cgroup mount at all"), "{err}");
     }
 }
