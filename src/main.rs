@@ -9,8 +9,8 @@ mod cli_load;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::agent::{self, ProxyMode};
+use switchyard::apiserver::admission::allocator::{parse_port_range, Cidr};
 use switchyard::apiserver::{self, Config};
-use switchyard::controllers::allocator::{parse_port_range, Cidr};
 
 #[derive(Parser)]
 #[command(
@@ -195,11 +195,11 @@ struct UpArgs {
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
     s.parse()
-        .map_err(|e: switchyard::controllers::allocator::CidrError| e.to_string())
+        .map_err(|e: switchyard::apiserver::admission::allocator::CidrError| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    switchyard_proxy::ingress::annotations::parse_duration(s)
+    switchyard_proxy::router::annotations::parse_duration(s)
 }
 
 fn hostname() -> String {
@@ -241,7 +241,7 @@ fn ingress_config(
     if http.is_none() && https.is_none() {
         return None;
     }
-    let mut router = switchyard_proxy::ingress::Config::new(agent::default_certificate());
+    let mut router = switchyard_proxy::router::Config::new(agent::default_certificate());
     router.http = http;
     router.https = https;
     router.header_timeout = args.ingress_header_timeout;

@@ -1,21 +1,29 @@
-//! Service proxy modes and the ingress router for Switchyard (the `switchyard-proxy` crate).
+//! The data plane's proxies for Switchyard (the `switchyard-proxy` crate): the L4 service proxy
+//! modes and the L7 router.
 //!
-//! This crate knows no Kubernetes types. It consumes view types built by the node agent:
-//! - [`table`]: the [`ServiceTable`](table::ServiceTable) — every service port with its
-//!   frontends (ClusterIPs, NodePort, external and load-balancer IPs) and endpoints — and the
-//!   endpoint selection rules shared by every proxy mode;
-//! - [`iptables`]: the iptables proxy, which programs the kernel's NAT tables;
-//! - [`ebpf`]: the eBPF proxy, which translates ClusterIPs at the socket with the programs of
-//!   `switchyard-ebpf` (and keeps iptables for what arrives from outside);
-//! - [`userspace`]: the userspace proxy, which moves the bytes itself where the kernel cannot be
-//!   programmed;
-//! - [`ingress`]: the HTTP ingress router, which consumes a [`RouteTable`](ingress::routes::RouteTable);
-//! - [`metrics`]: the Prometheus histogram both the agent and the router use.
+//! This crate knows no Kubernetes types; it consumes view types that the node agent builds, and
+//! depends only on `switchyard-ebpf` (the BPF programs and their map ABI).
+//!
+//! L4, behind one trait, [`ServiceProxy`] (what the agent's programmer calls), each consuming a
+//! [`ServiceTable`](table::ServiceTable):
+//! - [`table`]: the service table — every service port with its frontends (ClusterIPs,
+//!   NodePort, external and load-balancer IPs) and endpoints — and the endpoint selection rules
+//!   shared by every mode;
+//! - [`iptables`]: programs the kernel's NAT tables;
+//! - [`ebpf`]: translates ClusterIPs at the socket with the programs of `switchyard-ebpf` (and
+//!   keeps iptables for what arrives from outside);
+//! - [`userspace`]: moves the bytes itself where the kernel cannot be programmed.
+//!
+//! L7:
+//! - [`router`]: the HTTP router (Ingress v1 today), which consumes a
+//!   [`RouteTable`](router::routes::RouteTable) and never sees the L4 modes.
+//!
+//! Shared: [`metrics`], the Prometheus histogram both the agent and the router use.
 
 pub mod ebpf;
-pub mod ingress;
 pub mod iptables;
 pub mod metrics;
+pub mod router;
 pub mod table;
 pub mod userspace;
 
@@ -36,6 +44,23 @@ pub(crate) mod testing {
         let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
         assert!(!ci, "cannot run under CI: {why}");
         eprintln!("skipped: {why}");
+    }
+}
+
+/// A future a [`ServiceProxy`] returns.
+pub type ProxyFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the node agent's programmer calls on an L4 service proxy, whatever its mode: a new mode
+/// is one more implementation.
+pub trait ServiceProxy: Send {
+    /// Makes the data plane serve `table`, writing only what differs from what it serves now.
+    /// What could not be programmed is in the report's errors and is retried on the next call.
+    fn apply<'a>(&'a mut self, table: &'a table::ServiceTable) -> ProxyFuture<'a, SyncReport>;
+
+    /// The agent is stopping. Kernel modes leave their rules in place, so traffic keeps flowing
+    /// until the next agent adopts them; a proxy that moves the bytes itself stops here.
+    fn shutdown(&mut self) -> ProxyFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 

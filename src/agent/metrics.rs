@@ -121,7 +121,7 @@ pub struct Metrics {
     endpoints: AtomicU64,
     frontends: AtomicU64,
     /// The ingress router, whose metrics are served here too.
-    pub ingress: std::sync::OnceLock<std::sync::Arc<switchyard_proxy::ingress::Router>>,
+    pub ingress: std::sync::OnceLock<std::sync::Arc<switchyard_proxy::router::Router>>,
 }
 
 impl Metrics {

@@ -37,7 +37,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use switchyard_dns::zone::ClusterZone;
-use switchyard_proxy::ingress::routes::RouteTable;
+use switchyard_proxy::router::routes::RouteTable;
 use switchyard_proxy::table::ServiceTable;
 use tokio::sync::{mpsc, watch as notify};
 
@@ -77,7 +77,7 @@ pub struct Config {
 
 #[derive(Clone, Debug)]
 pub struct IngressConfig {
-    pub router: switchyard_proxy::ingress::Config,
+    pub router: switchyard_proxy::router::Config,
     /// Written into `status.loadBalancer.ingress` of the Ingresses the router serves.
     pub status_address: Option<IpAddr>,
 }
@@ -220,14 +220,12 @@ impl State {
 }
 
 /// EndpointSlice controllers stamp the time of the change that caused a slice write.
-const TRIGGER_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-
 fn trigger_time(ev: &Update) -> Option<SystemTime> {
     match ev {
         Update::Slices(ev) => match &**ev {
             Event::Apply(s) => Some(
                 s.annotations()
-                    .get(TRIGGER_ANNOTATION)
+                    .get(crate::conventions::TRIGGER_TIME_ANNOTATION)
                     .and_then(|t| crate::time::parse(t))
                     .unwrap_or_else(SystemTime::now),
             ),
@@ -462,7 +460,7 @@ impl switchyard_dns::server::ZoneSource for SnapshotZone {
 /// The ingress router reads the routes from the published snapshot: one load per request.
 struct SnapshotRoutes(Arc<ArcSwap<Snapshot>>);
 
-impl switchyard_proxy::ingress::RouteSource for SnapshotRoutes {
+impl switchyard_proxy::router::RouteSource for SnapshotRoutes {
     fn routes(&self) -> Arc<RouteTable> {
         self.0.load().routes.clone()
     }
@@ -512,16 +510,14 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let proxy = match config.proxy_mode {
-        ProxyMode::Userspace => programmer::Proxy::Userspace(
-            switchyard_proxy::userspace::UserspaceProxy::new(config.userspace.clone()),
-        ),
-        ProxyMode::Iptables => programmer::Proxy::Iptables(Box::new(
-            switchyard_proxy::iptables::IptablesProxy::new(config.iptables.clone())?,
+    let proxy: Box<dyn switchyard_proxy::ServiceProxy> = match config.proxy_mode {
+        ProxyMode::Userspace => Box::new(switchyard_proxy::userspace::UserspaceProxy::new(
+            config.userspace.clone(),
         )),
-        ProxyMode::Ebpf => programmer::Proxy::Ebpf(Box::new(
-            switchyard_proxy::ebpf::EbpfProxy::new(config.ebpf.clone())?,
-        )),
+        ProxyMode::Iptables => Box::new(switchyard_proxy::iptables::IptablesProxy::new(
+            config.iptables.clone(),
+        )?),
+        ProxyMode::Ebpf => Box::new(switchyard_proxy::ebpf::EbpfProxy::new(config.ebpf.clone())?),
     };
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.metrics_listen {
@@ -538,14 +534,14 @@ pub async fn run(
     let mut ingress_tasks = Vec::new();
     let router = match &config.ingress {
         Some(ing) => {
-            let listeners = switchyard_proxy::ingress::Listeners::bind(&ing.router)
+            let listeners = switchyard_proxy::router::Listeners::bind(&ing.router)
                 .map_err(AgentError::Ingress)?;
             let (tx, rx) = notify::channel(Arc::new(Vec::new()));
             served_tx = Some(tx);
             if let Some(ip) = ing.status_address {
                 ingress_tasks.push(tokio::spawn(status::run(client.clone(), ip, rx)));
             }
-            let router = switchyard_proxy::ingress::Router::start(
+            let router = switchyard_proxy::router::Router::start(
                 ing.router.clone(),
                 listeners,
                 Arc::new(SnapshotRoutes(published.clone())),

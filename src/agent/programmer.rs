@@ -6,45 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use switchyard_proxy::ebpf::EbpfProxy;
-use switchyard_proxy::iptables::IptablesProxy;
-use switchyard_proxy::table::ServiceTable;
-use switchyard_proxy::userspace::UserspaceProxy;
-use switchyard_proxy::SyncReport;
+use switchyard_proxy::ServiceProxy;
 use tokio::sync::watch;
 
 use super::{Config, Metrics, Snapshot};
-
-/// The service proxy of the configured mode.
-pub(super) enum Proxy {
-    Userspace(UserspaceProxy),
-    Iptables(Box<IptablesProxy>),
-    Ebpf(Box<EbpfProxy>),
-}
-
-impl Proxy {
-    async fn apply(&mut self, table: &ServiceTable) -> SyncReport {
-        match self {
-            Proxy::Userspace(p) => p.apply(table).await,
-            Proxy::Iptables(p) => p.apply(table).await,
-            Proxy::Ebpf(p) => p.apply(table).await,
-        }
-    }
-
-    /// Userspace listeners close with the agent; kernel rules stay so traffic keeps flowing
-    /// until the next agent adopts them.
-    async fn shutdown(&mut self) {
-        if let Proxy::Userspace(p) = self {
-            p.shutdown().await;
-        }
-    }
-}
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(
-    mut proxy: Proxy,
+    mut proxy: Box<dyn ServiceProxy>,
     config: Config,
     published: Arc<ArcSwap<Snapshot>>,
     mut generations: watch::Receiver<u64>,

@@ -11,8 +11,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
-use switchyard_proxy::ingress::annotations;
-use switchyard_proxy::ingress::routes::{
+use switchyard_proxy::router::annotations;
+use switchyard_proxy::router::routes::{
     Age, BackendSpec, Builder, IngressName, PathKind, RouteTable,
 };
 use switchyard_proxy::table::{usable, Protocol};
@@ -149,7 +149,7 @@ fn backend_spec(
     endpoints: &HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>,
     ns: &str,
     ingress: &IngressName,
-    settings: &switchyard_proxy::ingress::routes::Settings,
+    settings: &switchyard_proxy::router::routes::Settings,
     backend: &IngressBackend,
 ) -> Option<BackendSpec> {
     let svc_ref = backend.service.as_ref()?;
@@ -342,7 +342,7 @@ pub fn lists(served: &Served, ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_proxy::ingress::routes::Target;
+    use switchyard_proxy::router::routes::Target;
 
     fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
         serde_json::from_value(v).unwrap()

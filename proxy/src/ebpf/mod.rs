@@ -577,6 +577,12 @@ pub fn cleanup(pin_dir: &Path) -> Result<Cleanup, EbpfError> {
     Ok(done)
 }
 
+impl crate::ServiceProxy for EbpfProxy {
+    fn apply<'a>(&'a mut self, table: &'a ServiceTable) -> crate::ProxyFuture<'a, SyncReport> {
+        Box::pin(EbpfProxy::apply(self, table))
+    }
+}
+
 #[cfg(test)]
 mod kernel_tests;
 

@@ -14,6 +14,7 @@
 
 mod conntrack;
 pub mod render;
+pub mod rules;
 mod tree;
 
 use std::collections::HashMap;
@@ -355,6 +356,12 @@ pub async fn cleanup(backend: Backend) -> Result<Cleanup, IptablesError> {
     done.conntrack_filters = filters.len();
     conntrack::Conntrack::new().delete(&filters).await?;
     Ok(done)
+}
+
+impl crate::ServiceProxy for IptablesProxy {
+    fn apply<'a>(&'a mut self, table: &'a ServiceTable) -> crate::ProxyFuture<'a, SyncReport> {
+        Box::pin(IptablesProxy::apply(self, table))
+    }
 }
 
 #[cfg(test)]

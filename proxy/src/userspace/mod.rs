@@ -214,3 +214,13 @@ impl UserspaceProxy {
         }
     }
 }
+
+impl crate::ServiceProxy for UserspaceProxy {
+    fn apply<'a>(&'a mut self, table: &'a ServiceTable) -> crate::ProxyFuture<'a, SyncReport> {
+        Box::pin(UserspaceProxy::apply(self, table))
+    }
+
+    fn shutdown(&mut self) -> crate::ProxyFuture<'_, ()> {
+        Box::pin(UserspaceProxy::shutdown(self))
+    }
+}

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use switchyard_proxy::ingress::annotations;
+use switchyard_proxy::router::annotations;
 
 use super::{check, names};
 use crate::apiserver::error::FieldError;

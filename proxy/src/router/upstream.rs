@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-
-use crate::metrics::{Histogram, REQUEST_BUCKETS};
-
-use super::routes::IngressName;
 
 /// Idle keep-alive connections kept per endpoint.
 const MAX_IDLE: usize = 256;
@@ -261,46 +257,5 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Requests and latencies of one Ingress backend, kept across route-table changes.
-pub struct BackendStats {
-    pub ingress: IngressName,
-    pub service: String,
-    /// Responses by status code.
-    statuses: Mutex<Vec<(u16, u64)>>,
-    pub latency: Histogram,
-}
-
-impl BackendStats {
-    pub fn new(ingress: &IngressName, service: &str) -> BackendStats {
-        BackendStats {
-            ingress: ingress.clone(),
-            service: service.to_string(),
-            statuses: Mutex::new(Vec::new()),
-            latency: Histogram::new(REQUEST_BUCKETS),
-        }
-    }
-
-    pub fn record(&self, status: u16, took: Duration) {
-        {
-            let mut s = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
-            match s.iter_mut().find(|(code, _)| *code == status) {
-                Some((_, n)) => *n += 1,
-                None => s.push((status, 1)),
-            }
-        }
-        self.latency.observe(took);
-    }
-
-    pub fn statuses(&self) -> Vec<(u16, u64)> {
-        let mut s = self
-            .statuses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        s.sort_unstable();
-        s
     }
 }

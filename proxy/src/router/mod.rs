@@ -24,8 +24,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{escape, header};
-use routes::{IngressName, RouteTable};
-use upstream::BackendStats;
+use routes::{BackendStats, IngressName, RouteTable};
 
 /// Where the router gets the current routes.
 pub trait RouteSource: Send + Sync + 'static {

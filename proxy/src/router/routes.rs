@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
-use super::upstream::{BackendStats, Upstream};
+use super::upstream::Upstream;
+use crate::metrics::{Histogram, REQUEST_BUCKETS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathKind {
@@ -33,6 +34,47 @@ pub struct IngressName {
 impl std::fmt::Display for IngressName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Requests and latencies of one Ingress backend, kept across route-table changes.
+pub struct BackendStats {
+    pub ingress: IngressName,
+    pub service: String,
+    /// Responses by status code.
+    statuses: Mutex<Vec<(u16, u64)>>,
+    pub latency: Histogram,
+}
+
+impl BackendStats {
+    pub fn new(ingress: &IngressName, service: &str) -> BackendStats {
+        BackendStats {
+            ingress: ingress.clone(),
+            service: service.to_string(),
+            statuses: Mutex::new(Vec::new()),
+            latency: Histogram::new(REQUEST_BUCKETS),
+        }
+    }
+
+    pub fn record(&self, status: u16, took: Duration) {
+        {
+            let mut s = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+            match s.iter_mut().find(|(code, _)| *code == status) {
+                Some((_, n)) => *n += 1,
+                None => s.push((status, 1)),
+            }
+        }
+        self.latency.observe(took);
+    }
+
+    pub fn statuses(&self) -> Vec<(u16, u64)> {
+        let mut s = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.sort_unstable();
+        s
     }
 }
 

@@ -18,8 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::routes::{Backend, Balance, Target};
-use super::upstream::{BackendStats, SendError, Sender, Upstream, UpstreamBody};
+use super::routes::{Backend, BackendStats, Balance, Target};
+use super::upstream::{SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
 
 /// What the router answers with: an upstream's body or a short one of its own.
