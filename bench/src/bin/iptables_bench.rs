@@ -76,7 +76,7 @@ mod kube_proxy {
     use super::*;
 
     fn hash(what: &str) -> String {
-        switchyard_proxy::iptables::render::hashed("", what)
+        switchyard_proxy::iptables::rules::hashed("", what)
     }
     pub fn svc(i: usize) -> String {
         format!("KUBE-SVC-{}", hash(&format!("svc-{i}")))

@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::render::{Family, Line, Ruleset};
+use super::render::{Family, Ruleset};
+use super::rules::Line;
 use super::{find, run, IptablesError};
 use crate::table::{Protocol, ServicePort, ServicePortName};
 

@@ -20,35 +20,13 @@
 //! Every rule is written the way `iptables-save` prints it, so a restarted agent that reads the
 //! kernel's rules back finds nothing to rewrite.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use super::rules::{hashed, Block, Chains, Line};
 use super::tree::{self, Space};
 use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
-
-/// A run of rule bodies (the text after `-A CHAIN `), shared between syncs while unchanged.
-pub type Block = Arc<Vec<String>>;
-
-/// One line of a chain, or a block of them.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Line {
-    Text(String),
-    Block(Block),
-}
-
-impl Line {
-    fn rules(&self) -> impl Iterator<Item = &str> {
-        let (one, many) = match self {
-            Line::Text(t) => (Some(t.as_str()), None),
-            Line::Block(b) => (None, Some(b.iter().map(String::as_str))),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
-}
-
-/// Chains by name.
-pub type Chains = BTreeMap<String, Vec<Line>>;
 
 /// Packets to masquerade on the way out (the bit kube-proxy uses, with the same meaning).
 pub const MASQ_MARK: u32 = 0x4000;
@@ -65,16 +43,6 @@ const REJECT: &str = "SY-REJECT";
 const HAIRPIN: &str = "SY-HAIRPIN";
 /// Every chain Switchyard owns starts with this.
 pub const PREFIX: &str = "SY-";
-
-/// `prefix` + 16 hex digits of a stable 64-bit FNV-1a hash of `what`.
-pub fn hashed(prefix: &str, what: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in what.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{prefix}{h:016X}")
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {

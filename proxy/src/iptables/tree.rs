@@ -8,7 +8,7 @@
 //! the first and the last service cost the same. Chain names hash the (space, prefix, length),
 //! so a change touches only the chains on its own path and restarts find the same names.
 
-use super::render::{hashed, Block, Chains, Line};
+use super::rules::{hashed, Block, Chains, Line};
 
 /// Bits a tree level splits on (a fanout of 4).
 const STRIDE: u32 = 2;
