@@ -3,16 +3,18 @@
 //! This crate is the only one that knows Kubernetes. What lives where:
 //! - [`store`]: the etcd-shaped key-value store (trait) and its embedded redb backend;
 //! - [`apiserver`]: the Kubernetes-compatible API server — REST handlers, discovery, OpenAPI,
-//!   authentication, admission (validation and defaulting), watch;
-//! - [`controllers`]: ClusterIP/NodePort allocation and the EndpointSlice controller;
+//!   authentication, admission (validation, defaulting, ClusterIP/NodePort allocation), watch;
+//! - [`controllers`]: the EndpointSlice controller;
 //! - [`agent`]: the node agent — watchers, the cluster state, the snapshot runner, the service
 //!   proxy programmer, metrics, node registration;
 //! - [`load`]: the load generator behind `switchyard load`;
-//! - [`time`]: RFC 3339 times as Kubernetes writes them.
+//! - [`time`]: RFC 3339 times as Kubernetes writes them;
+//! - [`conventions`]: Kubernetes conventions the control plane and the agent share.
 
 pub mod agent;
 pub mod apiserver;
 pub mod controllers;
+pub mod conventions;
 pub mod load;
 pub mod store;
 pub mod time;

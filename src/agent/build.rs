@@ -181,7 +181,7 @@ pub fn build_services(
 
 /// Whether a Service's DNS records come from its endpoints.
 pub fn is_headless(svc: &Service) -> bool {
-    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
+    crate::conventions::is_headless(svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()))
 }
 
 /// The service table after `changed`: built whole on a relist, otherwise `previous` with only

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::patch::fields_v1;
+use super::schema::merge_key;
 
 type Path = Vec<String>;
 
@@ -316,6 +316,52 @@ pub fn applied_by(live: &Value, manager: &str) -> Option<Value> {
         .into_iter()
         .find(|e| e.is(manager, "Apply"))
         .map(|e| e.fields.to_v1())
+}
+
+/// The FieldsV1 set of an applied configuration: every field it sets, lists with a merge key as
+/// `k:{"key":value}` entries.
+pub fn fields_v1(obj: &Value) -> Value {
+    fn walk(v: &Value, path: &mut Vec<String>) -> Value {
+        let mut out = Map::new();
+        let Some(m) = v.as_object() else {
+            return Value::Object(out);
+        };
+        for (k, child) in m {
+            if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
+                continue;
+            }
+            if path.len() == 1
+                && path[0] == "metadata"
+                && !matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                )
+            {
+                continue;
+            }
+            path.push(k.clone());
+            let p: Vec<&str> = path.iter().map(String::as_str).collect();
+            let entry = match (child, merge_key(&p)) {
+                (Value::Object(_), _) => walk(child, path),
+                (Value::Array(items), Some(key)) => {
+                    let mut lm = Map::new();
+                    for item in items {
+                        if let Some(kv) = item.get(key) {
+                            let mut e = walk(item, path).as_object().cloned().unwrap_or_default();
+                            e.insert(".".into(), json!({}));
+                            lm.insert(format!("k:{}", json!({ key: kv })), Value::Object(e));
+                        }
+                    }
+                    Value::Object(lm)
+                }
+                _ => json!({}),
+            };
+            path.pop();
+            out.insert(format!("f:{k}"), entry);
+        }
+        Value::Object(out)
+    }
+    walk(obj, &mut Vec::new())
 }
 
 #[cfg(test)]

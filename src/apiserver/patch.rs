@@ -9,7 +9,8 @@
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::managed;
+use super::managed::{self, fields_v1};
+use super::schema::{is_set_list, merge_key};
 
 /// The patch formats, by request content type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,38 +40,6 @@ impl PatchType {
 pub struct Patch {
     pub ty: PatchType,
     pub body: Value,
-}
-
-/// The merge key of a list, by its path of field names from the object root; None for lists that
-/// are replaced whole. These are the `patchMergeKey`s of the Kubernetes types we serve.
-fn merge_key(path: &[&str]) -> Option<&'static str> {
-    let last2 = if path.len() >= 2 {
-        [path[path.len() - 2], path[path.len() - 1]]
-    } else {
-        ["", path.last().copied().unwrap_or("")]
-    };
-    Some(match (path, last2) {
-        (["metadata", "ownerReferences"], _) => "uid",
-        (["spec", "ports"], _) => "port",
-        (["spec", "containers" | "initContainers" | "ephemeralContainers"], _) => "name",
-        (["spec", "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates"], _) => {
-            "name"
-        }
-        (["spec", "hostAliases"], _) => "ip",
-        (["spec", "containers" | "initContainers", "ports"], _) => "containerPort",
-        (["spec", "containers" | "initContainers", "env"], _) => "name",
-        (["spec", "containers" | "initContainers", "volumeMounts"], _) => "mountPath",
-        (["spec", "containers" | "initContainers", "volumeDevices"], _) => "devicePath",
-        (["status", "podIPs"], _) => "ip",
-        (["status", "addresses"], _) => "type",
-        (_, ["status", "conditions"]) => "type",
-        _ => return None,
-    })
-}
-
-/// Lists of scalars that merge as sets.
-fn is_set_list(path: &[&str]) -> bool {
-    matches!(path, ["metadata", "finalizers"])
 }
 
 fn strip_directives(v: &Value) -> Value {
@@ -247,52 +216,6 @@ pub fn json(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
         ApiError::unprocessable_patch(format!("the JSON patch cannot be applied: {e}"))
     })?;
     Ok(out)
-}
-
-/// The FieldsV1 set of an applied configuration: every field it sets, lists with a merge key as
-/// `k:{"key":value}` entries.
-pub fn fields_v1(obj: &Value) -> Value {
-    fn walk(v: &Value, path: &mut Vec<String>) -> Value {
-        let mut out = Map::new();
-        let Some(m) = v.as_object() else {
-            return Value::Object(out);
-        };
-        for (k, child) in m {
-            if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
-                continue;
-            }
-            if path.len() == 1
-                && path[0] == "metadata"
-                && !matches!(
-                    k.as_str(),
-                    "labels" | "annotations" | "finalizers" | "ownerReferences"
-                )
-            {
-                continue;
-            }
-            path.push(k.clone());
-            let p: Vec<&str> = path.iter().map(String::as_str).collect();
-            let entry = match (child, merge_key(&p)) {
-                (Value::Object(_), _) => walk(child, path),
-                (Value::Array(items), Some(key)) => {
-                    let mut lm = Map::new();
-                    for item in items {
-                        if let Some(kv) = item.get(key) {
-                            let mut e = walk(item, path).as_object().cloned().unwrap_or_default();
-                            e.insert(".".into(), json!({}));
-                            lm.insert(format!("k:{}", json!({ key: kv })), Value::Object(e));
-                        }
-                    }
-                    Value::Object(lm)
-                }
-                _ => json!({}),
-            };
-            path.pop();
-            out.insert(format!("f:{k}"), entry);
-        }
-        Value::Object(out)
-    }
-    walk(obj, &mut Vec::new())
 }
 
 /// Removes from `live` what `old` (a FieldsV1 set) holds and `new` does not.

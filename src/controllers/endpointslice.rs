@@ -25,7 +25,6 @@ pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// When the change that caused a slice write happened; node agents measure from it.
-const TRIGGER_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 const MAX_PER_SLICE: usize = 100;
 /// Events that arrive within this window are synced together.
 const BATCH: Duration = Duration::from_millis(10);
@@ -208,7 +207,7 @@ fn slice_object(
     let mut meta = json!({
         "namespace": ns,
         "labels": labels,
-        "annotations": {TRIGGER_ANNOTATION: crate::time::rfc3339_micros(trigger)},
+        "annotations": {crate::conventions::TRIGGER_TIME_ANNOTATION: crate::time::rfc3339_micros(trigger)},
         "ownerReferences": [{
             "apiVersion": "v1", "kind": "Service", "name": svc_name,
             "uid": svc.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),

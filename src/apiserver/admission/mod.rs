@@ -4,6 +4,7 @@
 //! Objects arrive here already decoded into their k8s-openapi type and back (so field types are
 //! right); this module checks values and relations between fields.
 
+pub mod allocator;
 mod endpointslice;
 mod ingress;
 pub mod names;
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, FieldError};
 use super::resources::Resource;
-use crate::controllers::allocator::{IpAllocator, PortAllocator};
+use allocator::{IpAllocator, PortAllocator};
 
 /// What the server's flags say about admission.
 #[derive(Clone, Debug)]
@@ -238,7 +239,7 @@ fn validate_node(obj: &Value, errs: &mut Vec<FieldError>) {
         cidrs.extend(list.iter().filter_map(Value::as_str));
     }
     for c in cidrs {
-        if c.parse::<crate::controllers::allocator::Cidr>().is_err() {
+        if c.parse::<allocator::Cidr>().is_err() {
             errs.push(FieldError::invalid(
                 "spec.podCIDRs",
                 c,

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
+use super::allocator::AllocError;
 use super::{check, names, str_at, Allocators, Claims};
 use crate::apiserver::error::FieldError;
-use crate::controllers::allocator::AllocError;
 
 const TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
 const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
@@ -32,7 +32,7 @@ fn needs_health_check_port(obj: &Value) -> bool {
 }
 
 fn is_headless(obj: &Value) -> bool {
-    str_at(obj, "/spec/clusterIP") == Some("None")
+    crate::conventions::is_headless(str_at(obj, "/spec/clusterIP"))
 }
 
 fn ports(obj: &Value) -> &[Value] {

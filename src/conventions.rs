@@ -1,0 +1,12 @@
+//! Kubernetes conventions that both the control plane and the node agent rely on: one
+//! definition each, whatever form (typed or JSON) the object is read in.
+
+/// The EndpointSlice annotation with the time of the change that triggered it (written by the
+/// EndpointSlice controller, read by the agent to measure network programming latency).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Whether a Service with this `spec.clusterIP` is headless: no virtual IP, its DNS records come
+/// from its endpoints.
+pub fn is_headless(cluster_ip: Option<&str>) -> bool {
+    cluster_ip == Some("None")
+}
