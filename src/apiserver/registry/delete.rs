@@ -1,0 +1,203 @@
+//! Delete: preconditions, finalizers, graceful deletion of pods bound to a node, and namespace
+//! lifecycle (a deleted namespace turns Terminating, its content goes, then it goes).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+
+use super::{
+    decode, encoder, meta_str, parse_rv, store_error, DeleteOptions, ListOptions, Registry,
+};
+use crate::apiserver::admission::Admission;
+use crate::apiserver::error::ApiError;
+use crate::apiserver::resources::{self, Resource};
+use crate::store::{Op, Precondition, StoreError};
+use crate::time::rfc3339;
+
+/// Namespaces kube-apiserver refuses to delete.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+impl Registry {
+    /// DELETE: removes the object, or marks it for deletion while finalizers remain (and, for a
+    /// namespace, deletes its content first).
+    pub fn delete<'a>(
+        self: &'a Arc<Self>,
+        r: &'static Resource,
+        ns: Option<&'a str>,
+        name: &'a str,
+        opts: &'a DeleteOptions,
+    ) -> BoxFuture<'a, Result<Bytes, ApiError>> {
+        Box::pin(self.delete_inner(r, ns, name, opts))
+    }
+
+    async fn delete_inner(
+        self: &Arc<Self>,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Bytes, ApiError> {
+        if r.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        let key = r.key(ns, name);
+        loop {
+            let kv = self.get(r, ns, name)?;
+            let mut obj = decode(&kv)?;
+            if let Some(uid) = &opts.uid {
+                let have = meta_str(&obj, "uid").unwrap_or_default();
+                if uid != have {
+                    return Err(ApiError::conflict(r, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+                }
+            }
+            if let Some(rv) = &opts.resource_version {
+                if parse_rv(rv)? != kv.mod_revision {
+                    return Err(ApiError::conflict(r, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
+                }
+            }
+            if opts.dry_run {
+                return Ok(kv.value);
+            }
+            let finalizers = obj
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            let graceful = r.kind == "Pod"
+                && obj.pointer("/spec/nodeName").is_some()
+                && opts
+                    .grace_period_seconds
+                    .or_else(|| {
+                        obj.pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
+                    .unwrap_or(0)
+                    > 0;
+            if r.kind == "Namespace" || finalizers || graceful {
+                if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Ok(kv.value);
+                }
+                let grace = if graceful {
+                    opts.grace_period_seconds
+                        .or_else(|| {
+                            obj.pointer("/spec/terminationGracePeriodSeconds")
+                                .and_then(Value::as_i64)
+                        })
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                obj["metadata"]["deletionTimestamp"] = json!(rfc3339(
+                    SystemTime::now() + Duration::from_secs(grace as u64)
+                ));
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                if r.kind == "Namespace" {
+                    obj["status"]["phase"] = json!("Terminating");
+                }
+                match self
+                    .store
+                    .txn(vec![Op::Put {
+                        key: key.clone(),
+                        precondition: Precondition::ModRevision(kv.mod_revision),
+                        value: encoder(obj),
+                    }])
+                    .await
+                {
+                    Ok(mut kvs) => {
+                        let uid = meta_str(&decode(&kvs[0])?, "uid")
+                            .unwrap_or_default()
+                            .to_string();
+                        let (ns, name) = (ns.map(str::to_string), name.to_string());
+                        if r.kind == "Namespace" {
+                            let me = self.clone();
+                            tokio::spawn(async move { me.finalize_namespace(&name, &uid).await });
+                        } else if graceful && !finalizers {
+                            let me = self.clone();
+                            // No kubelet confirms the deletion here: the server does, once the
+                            // grace period is over.
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(grace as u64)).await;
+                                let opts = DeleteOptions {
+                                    grace_period_seconds: Some(0),
+                                    uid: Some(uid),
+                                    ..Default::default()
+                                };
+                                let _ = me.delete(r, ns.as_deref(), &name, &opts).await;
+                            });
+                        }
+                        return Ok(kvs.remove(0).value);
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(store_error(e)),
+                }
+            }
+            let tombstone = encoder(obj.clone());
+            match self
+                .store
+                .txn(vec![Op::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                    tombstone,
+                }])
+                .await
+            {
+                Ok(mut kvs) => {
+                    self.admission.release(&Admission::held(r, &obj));
+                    return Ok(kvs.remove(0).value);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+    }
+
+    /// Deletes everything in a terminating namespace, then the namespace itself.
+    async fn finalize_namespace(self: Arc<Self>, name: &str, uid: &str) {
+        let now_opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        for _attempt in 0..600 {
+            let mut left = 0;
+            for r in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+                let Ok(list) = self.list(r, Some(name), &ListOptions::default()) else {
+                    continue;
+                };
+                for item in list.items {
+                    left += 1;
+                    let Ok(obj) = serde_json::from_slice::<Value>(&item) else {
+                        continue;
+                    };
+                    if let Some(n) = meta_str(&obj, "name") {
+                        if let Err(e) = self.delete(r, Some(name), n, &now_opts).await {
+                            tracing::debug!(namespace = name, object = n, error = %e, "namespace cleanup");
+                        }
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let nsr = resources::by_kind("Namespace");
+        let key = nsr.key(None, name);
+        if let (Some(kv), _) = self.store.get(&key) {
+            let Ok(obj) = decode(&kv) else { return };
+            if meta_str(&obj, "uid") == Some(uid) {
+                let _ = self
+                    .store
+                    .txn(vec![Op::Delete {
+                        key,
+                        precondition: Precondition::ModRevision(kv.mod_revision),
+                        tombstone: encoder(obj),
+                    }])
+                    .await;
+            }
+        }
+    }
+}
