@@ -12,12 +12,14 @@
 pub mod admission;
 pub mod discovery;
 pub mod error;
+mod handlers;
 pub mod http;
 pub mod managed;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
 pub mod registry;
+pub mod request;
 pub mod resources;
 pub mod schema;
 pub mod selectors;
