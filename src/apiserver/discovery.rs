@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::resources::{self, Resource, RESOURCES};
+use super::resources::{Kinds, Resource};
 
 /// The Kubernetes version whose API we follow.
 pub const KUBE_VERSION: (&str, &str) = ("1", "33");
@@ -36,22 +36,31 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-pub fn api_groups() -> Value {
-    let groups: Vec<Value> = resources::groups()
+/// An APIGroup's name, versions and preferred (first served) version.
+fn group_entry(kinds: &Kinds, group: &str) -> Option<Value> {
+    let versions: Vec<Value> = kinds
+        .versions(group)
         .into_iter()
-        .map(|g| {
-            let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-        })
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    let preferred = versions.first()?.clone();
+    Some(json!({"name": group, "versions": versions, "preferredVersion": preferred}))
+}
+
+pub fn api_groups(kinds: &Kinds) -> Value {
+    let groups: Vec<Value> = kinds
+        .groups()
+        .iter()
+        .filter_map(|g| group_entry(kinds, g))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-pub fn api_group(group: &str) -> Option<Value> {
-    resources::groups().contains(&group).then(|| {
-        let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
-        json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv})
-    })
+pub fn api_group(kinds: &Kinds, group: &str) -> Option<Value> {
+    let mut entry = group_entry(kinds, group)?;
+    entry["kind"] = json!("APIGroup");
+    entry["apiVersion"] = json!("v1");
+    Some(entry)
 }
 
 const VERBS: &[&str] = &[
@@ -65,10 +74,12 @@ const VERBS: &[&str] = &[
     "watch",
 ];
 
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&Resource> = RESOURCES
+pub fn resource_list(kinds: &Kinds, group: &str, version: &str) -> Option<Value> {
+    let all = kinds.all();
+    let served: Vec<&Resource> = all
         .iter()
         .filter(|r| r.group == group && r.version == version)
+        .map(|r| &**r)
         .collect();
     if served.is_empty() {
         return None;
@@ -109,21 +120,24 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     )
 }
 
-/// The path under `/openapi/v3/` of each group-version: `api/v1`, `apis/<group>/v1`.
-fn gv_paths() -> Vec<(String, &'static str)> {
-    let mut out = vec![("api/v1".to_string(), "")];
-    for g in resources::groups() {
-        out.push((format!("apis/{g}/v1"), g));
+/// The path under `/openapi/v3/` of each group-version (`api/v1`, `apis/<group>/<version>`),
+/// with its group and version.
+fn gv_paths(kinds: &Kinds) -> Vec<(String, String, String)> {
+    let mut out = vec![("api/v1".to_string(), String::new(), "v1".to_string())];
+    for g in kinds.groups() {
+        for v in kinds.versions(&g) {
+            out.push((format!("apis/{g}/{v}"), g.clone(), v));
+        }
     }
     out
 }
 
-pub fn openapi_index() -> Value {
+pub fn openapi_index(kinds: &Kinds) -> Value {
     let mut paths = Map::new();
-    for (p, _) in gv_paths() {
+    for (p, _, _) in gv_paths(kinds) {
         let hash = format!(
             "{:016X}",
-            fnv(openapi_gv_doc(&p)
+            fnv(openapi_gv_doc(kinds, &p)
                 .map(|d| d.to_string())
                 .unwrap_or_default()
                 .as_bytes())
@@ -168,11 +182,11 @@ fn operation(r: &Resource, verb: &str, action: &str, query: &[&str], body: &[&st
 }
 
 fn schema_name(r: &Resource) -> String {
-    let g = match r.group {
-        "" => "io.k8s.api.core.v1".to_string(),
-        g => format!("io.k8s.api.{}.v1", g.split('.').next().unwrap_or(g)),
+    let g = match r.group.as_str() {
+        "" => "io.k8s.api.core".to_string(),
+        g => format!("io.k8s.api.{}", g.split('.').next().unwrap_or(g)),
     };
-    format!("{g}.{}", r.kind)
+    format!("{g}.{}.{}", r.version, r.kind)
 }
 
 const WRITE_QUERY: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
@@ -183,12 +197,16 @@ const PATCH_TYPES: &[&str] = &[
     "application/apply-patch+yaml",
 ];
 
-/// The OpenAPI v3 document of one group-version (`api/v1`, `apis/<group>/v1`).
-pub fn openapi_gv_doc(path: &str) -> Option<Value> {
-    let (_, group) = gv_paths().into_iter().find(|(p, _)| p == path)?;
+/// The OpenAPI v3 document of one group-version (`api/v1`, `apis/<group>/<version>`).
+pub fn openapi_gv_doc(kinds: &Kinds, path: &str) -> Option<Value> {
+    let (_, group, version) = gv_paths(kinds).into_iter().find(|(p, _, _)| p == path)?;
     let mut paths = Map::new();
     let mut schemas = Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group) {
+    let all = kinds.all();
+    for r in all
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let base = if r.namespaced {
             format!("/{path}/namespaces/{{namespace}}/{}", r.plural)
         } else {

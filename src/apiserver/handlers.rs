@@ -45,7 +45,7 @@ impl Context {
     ) -> Result<Context, ApiError> {
         let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
         let fields = FieldSelector::parse(
-            r.kind,
+            &r.kind,
             query.get("fieldSelector").map_or("", String::as_str),
         )?;
         Ok(Context {
@@ -100,7 +100,7 @@ impl Context {
 
 impl Api {
     pub(super) fn get(&self, info: &RequestInfo, cx: &Context) -> Result<Response<Body>, ApiError> {
-        let r = info.resource;
+        let r = &info.resource;
         let kv = self
             .registry
             .get(r, info.namespace.as_deref(), info.name())?;
@@ -118,7 +118,7 @@ impl Api {
         info: &RequestInfo,
         cx: &Context,
     ) -> Result<Response<Body>, ApiError> {
-        let r = info.resource;
+        let r = &info.resource;
         let list = self
             .registry
             .list(r, info.namespace.as_deref(), &cx.list_options()?)?;
@@ -153,7 +153,7 @@ impl Api {
     ) -> Result<Response<Body>, ApiError> {
         let rx = watch::start(
             self.registry.store().clone(),
-            info.resource,
+            info.resource.clone(),
             info.namespace.as_deref(),
             cx.watch_options()?,
         )?;
@@ -177,7 +177,7 @@ impl Api {
         cx: &Context,
     ) -> Result<Response<Body>, ApiError> {
         let (r, ns, name, part) = (
-            info.resource,
+            &info.resource,
             info.namespace.as_deref(),
             info.name(),
             info.subresource,
@@ -237,7 +237,12 @@ impl Api {
         let opts = delete_options(&cx.query, &ct, &body)?;
         let obj = self
             .registry
-            .delete(info.resource, info.namespace.as_deref(), info.name(), &opts)
+            .delete(
+                &info.resource,
+                info.namespace.as_deref(),
+                info.name(),
+                &opts,
+            )
             .await?;
         Ok(json_response(StatusCode::OK, obj))
     }
@@ -248,7 +253,7 @@ impl Api {
         info: &RequestInfo,
         cx: &Context,
     ) -> Result<Response<Body>, ApiError> {
-        let r = info.resource;
+        let r = &info.resource;
         let (ct, body) = read_body(req).await?;
         let opts = delete_options(&cx.query, &ct, &body)?;
         let list_opts = ListOptions {

@@ -69,12 +69,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
 /// What a role may do: the admin everything; a node reads everything and writes only Nodes,
 /// Leases and status subresources.
 fn authorize(role: Role, t: &RequestInfo) -> Result<(), ApiError> {
-    let r = t.resource;
+    let r = &t.resource;
     let allowed = match role {
         Role::Admin => true,
         Role::Node => {
             t.verb.is_read()
-                || matches!(r.plural, "nodes" | "leases")
+                || matches!(r.plural.as_str(), "nodes" | "leases")
                 || t.subresource == Part::Status
         }
     };
@@ -166,23 +166,29 @@ impl Api {
                 StatusCode::OK,
                 &discovery::api_versions(&self.server_address),
             )),
-            ["apis"] if get => Ok(value_response(StatusCode::OK, &discovery::api_groups())),
+            ["apis"] if get => Ok(value_response(
+                StatusCode::OK,
+                &discovery::api_groups(self.registry.kinds()),
+            )),
             ["api", "v1"] if get => Ok(value_response(
                 StatusCode::OK,
-                &discovery::resource_list("", "v1").expect("core"),
+                &discovery::resource_list(self.registry.kinds(), "", "v1").expect("core"),
             )),
-            ["apis", g] if get => discovery::api_group(g)
+            ["apis", g] if get => discovery::api_group(self.registry.kinds(), g)
                 .map(|v| value_response(StatusCode::OK, &v))
                 .ok_or_else(ApiError::no_route),
-            ["apis", g, v] if get => discovery::resource_list(g, v)
+            ["apis", g, v] if get => discovery::resource_list(self.registry.kinds(), g, v)
                 .map(|v| value_response(StatusCode::OK, &v))
                 .ok_or_else(ApiError::no_route),
-            ["openapi", "v3"] if get => {
-                Ok(value_response(StatusCode::OK, &discovery::openapi_index()))
+            ["openapi", "v3"] if get => Ok(value_response(
+                StatusCode::OK,
+                &discovery::openapi_index(self.registry.kinds()),
+            )),
+            ["openapi", "v3", rest @ ..] if get => {
+                discovery::openapi_gv_doc(self.registry.kinds(), &rest.join("/"))
+                    .map(|v| value_response(StatusCode::OK, &v))
+                    .ok_or_else(ApiError::no_route)
             }
-            ["openapi", "v3", rest @ ..] if get => discovery::openapi_gv_doc(&rest.join("/"))
-                .map(|v| value_response(StatusCode::OK, &v))
-                .ok_or_else(ApiError::no_route),
             ["api", "v1", rest @ ..] => self.resource(req, role, "", "v1", rest).await,
             ["apis", g, v, rest @ ..] => self.resource(req, role, g, v, rest).await,
             _ => Err(ApiError::no_route()),
@@ -200,7 +206,14 @@ impl Api {
         rest: &[&str],
     ) -> Result<Response<Body>, ApiError> {
         let query = parse_query(req.uri().query());
-        let info = RequestInfo::parse(req.method(), group, version, rest, &query)?;
+        let info = RequestInfo::parse(
+            self.registry.kinds(),
+            req.method(),
+            group,
+            version,
+            rest,
+            &query,
+        )?;
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -216,7 +229,7 @@ impl Api {
             });
         }
         authorize(role, &info)?;
-        let cx = Context::new(query, &accept, info.resource)?;
+        let cx = Context::new(query, &accept, &info.resource)?;
         match info.verb {
             Verb::Get => self.get(&info, &cx),
             Verb::List => self.list(&info, &cx),

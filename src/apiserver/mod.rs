@@ -41,7 +41,7 @@ use crate::store::StoreError;
 use admission::allocator::{Cidr, IpAllocator, PortAllocator};
 use admission::{Admission, Allocators, Policy};
 use registry::Registry;
-use resources::by_kind;
+use resources::{builtin, Builtin};
 
 /// How `switchyard server` is configured.
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ async fn bootstrap(
     config: &Config,
     addr: SocketAddr,
 ) -> Result<(), error::ApiError> {
-    let ns = by_kind("Namespace");
+    let ns = builtin(Builtin::Namespace);
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         registry
             .ensure(ns, None, json!({"metadata": {"name": name}}))
@@ -109,7 +109,7 @@ async fn bootstrap(
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]},
     });
     registry
-        .ensure(by_kind("Service"), Some("default"), svc)
+        .ensure(builtin(Builtin::Service), Some("default"), svc)
         .await?;
     // The endpoint of the `kubernetes` Service is this server, where its address can be one.
     let host = client_host(addr);
@@ -122,7 +122,7 @@ async fn bootstrap(
             "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}],
         });
         registry
-            .ensure(by_kind("EndpointSlice"), Some("default"), slice)
+            .ensure(builtin(Builtin::EndpointSlice), Some("default"), slice)
             .await?;
     }
     Ok(())

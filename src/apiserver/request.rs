@@ -9,7 +9,9 @@ use http::Method;
 
 use super::error::ApiError;
 use super::registry::Part;
-use super::resources::{self, Resource};
+use std::sync::Arc;
+
+use super::resources::{Kinds, Resource};
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -91,7 +93,7 @@ impl Verb {
 #[derive(Debug)]
 pub struct RequestInfo {
     pub verb: Verb,
-    pub resource: &'static Resource,
+    pub resource: Arc<Resource>,
     pub subresource: Part,
     pub namespace: Option<String>,
     pub name: Option<String>,
@@ -102,6 +104,7 @@ impl RequestInfo {
     /// An unknown resource or subresource, or a scope the resource does not have, is 404; a
     /// method the path does not take is 405.
     pub fn parse(
+        kinds: &Kinds,
         method: &Method,
         group: &str,
         version: &str,
@@ -110,7 +113,9 @@ impl RequestInfo {
     ) -> Result<RequestInfo, ApiError> {
         let namespaced = rest.len() >= 3
             && rest[0] == "namespaces"
-            && resources::find(group, version, rest[2]).is_some_and(|r| r.namespaced);
+            && kinds
+                .find(group, version, rest[2])
+                .is_some_and(|r| r.namespaced);
         let (namespace, rest) = if namespaced {
             (Some(rest[1].to_string()), &rest[2..])
         } else {
@@ -119,7 +124,9 @@ impl RequestInfo {
         if rest.is_empty() || rest.len() > 3 || rest.iter().any(|s| s.is_empty()) {
             return Err(ApiError::no_route());
         }
-        let resource = resources::find(group, version, rest[0]).ok_or_else(ApiError::no_route)?;
+        let resource = kinds
+            .find(group, version, rest[0])
+            .ok_or_else(ApiError::no_route)?;
         let subresource = match rest.get(2) {
             None => Part::Main,
             Some(&"status") if resource.status => Part::Status,
@@ -177,7 +184,14 @@ mod tests {
     }
 
     fn route(group: &str, version: &str, rest: &[&str]) -> Result<RequestInfo, ApiError> {
-        RequestInfo::parse(&Method::GET, group, version, rest, &HashMap::new())
+        RequestInfo::parse(
+            &Kinds::default(),
+            &Method::GET,
+            group,
+            version,
+            rest,
+            &HashMap::new(),
+        )
     }
 
     #[test]
@@ -190,7 +204,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                t.resource.plural,
+                t.resource.plural.as_str(),
                 t.namespace.as_deref(),
                 t.name.as_deref(),
                 t.subresource,
@@ -206,7 +220,7 @@ mod tests {
         );
         let t = route("", "v1", &["namespaces", "default"]).unwrap();
         assert_eq!(
-            (t.resource.plural, t.name.as_deref()),
+            (t.resource.plural.as_str(), t.name.as_deref()),
             ("namespaces", Some("default"))
         );
         let t = route("", "v1", &["namespaces", "default", "status"]).unwrap();
@@ -223,9 +237,17 @@ mod tests {
         // A namespaced object needs its namespace; a collection may span them all.
         assert_eq!(route("", "v1", &["services", "web"]).unwrap_err().code, 404);
         let watch = [("watch".to_string(), "true".to_string())].into();
-        let t = RequestInfo::parse(&Method::GET, "", "v1", &["pods"], &watch).unwrap();
+        let t = RequestInfo::parse(&Kinds::default(), &Method::GET, "", "v1", &["pods"], &watch)
+            .unwrap();
         assert_eq!(t.verb, Verb::Watch);
-        let put = RequestInfo::parse(&Method::PUT, "", "v1", &["namespaces"], &HashMap::new());
+        let put = RequestInfo::parse(
+            &Kinds::default(),
+            &Method::PUT,
+            "",
+            "v1",
+            &["namespaces"],
+            &HashMap::new(),
+        );
         assert_eq!(put.unwrap_err().code, 405);
     }
 }

@@ -1,5 +1,13 @@
-//! The resources the server serves: one table, read by routing, discovery, OpenAPI and storage.
+//! The kinds the server serves: one table ([`Kinds`]), read by routing, discovery, OpenAPI,
+//! storage, admission and printing, that can gain and lose kinds while the server runs. Each entry
+//! says what the server needs to know of a kind — names, scope, subresources, how its objects
+//! are decoded — and, for the kinds built in, which built-in strategy ([`Builtin`]) defaults,
+//! validates and prints it. A kind added at run time has no built-in strategy and is handled
+//! generically.
 
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -8,32 +16,59 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Decodes into the typed k8s-openapi object and back: the object as Kubernetes writes it, and
-/// the paths of fields the type does not know.
-pub type Normalize = fn(Value) -> Result<(Value, Vec<String>), String>;
+/// Decodes an object of the kind and encodes it back: the object as the server stores it, and
+/// the paths of fields the kind does not know.
+pub type Normalize = Arc<dyn Fn(Value) -> Result<(Value, Vec<String>), String> + Send + Sync>;
 
-/// One served resource.
-#[derive(Debug)]
+/// The kinds built into the server, each with its own strategy for defaults, validation and
+/// printing (matched exhaustively wherever one differs from another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Builtin {
+    Namespace,
+    Service,
+    Pod,
+    Node,
+    Secret,
+    ConfigMap,
+    EndpointSlice,
+    Ingress,
+    IngressClass,
+    Lease,
+}
+
+/// One served kind.
 pub struct Resource {
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub plural: &'static str,
-    pub singular: &'static str,
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub plural: String,
+    pub singular: String,
     pub namespaced: bool,
-    pub short_names: &'static [&'static str],
-    pub categories: &'static [&'static str],
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
     /// Has a `/status` subresource: the main resource ignores status, `/status` changes only it.
     pub status: bool,
     /// Writes to the spec bump `metadata.generation`.
     pub generation: bool,
     pub normalize: Normalize,
+    /// The built-in strategy; `None` for a kind added at run time.
+    pub builtin: Option<Builtin>,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Resource({}/{} {})",
+            self.group, self.version, self.plural
+        )
+    }
 }
 
 impl Resource {
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
-            self.version.to_string()
+            self.version.clone()
         } else {
             format!("{}/{}", self.group, self.version)
         }
@@ -63,10 +98,15 @@ impl Resource {
     /// "services" or "ingresses.networking.k8s.io": how errors name the resource.
     pub fn group_resource(&self) -> String {
         if self.group.is_empty() {
-            self.plural.to_string()
+            self.plural.clone()
         } else {
             format!("{}.{}", self.plural, self.group)
         }
+    }
+
+    /// Whether this is the built-in kind `b`.
+    pub fn is(&self, b: Builtin) -> bool {
+        self.builtin == Some(b)
     }
 }
 
@@ -106,59 +146,146 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
-macro_rules! resource {
-    ($ty:ty, $group:expr, $kind:expr, $plural:expr, $singular:expr, ns: $ns:expr, short: $short:expr, cat: $cat:expr, status: $status:expr, generation: $gen:expr) => {
+/// Each built-in kind: its type (for decoding), group, plural, short names, categories, scope,
+/// status subresource and generation.
+macro_rules! builtin {
+    ($b:ident, $group:expr, $plural:expr, short: $short:expr, cat: $cat:expr, ns: $ns:expr, status: $status:expr, generation: $gen:expr) => {
         Resource {
-            group: $group,
-            version: "v1",
-            kind: $kind,
-            plural: $plural,
-            singular: $singular,
+            group: $group.to_string(),
+            version: "v1".to_string(),
+            kind: stringify!($b).to_string(),
+            plural: $plural.to_string(),
+            singular: stringify!($b).to_ascii_lowercase(),
             namespaced: $ns,
-            short_names: $short,
-            categories: $cat,
+            short_names: strings($short),
+            categories: strings($cat),
             status: $status,
             generation: $gen,
-            normalize: roundtrip::<$ty>,
+            normalize: Arc::new(roundtrip::<$b>),
+            builtin: Some(Builtin::$b),
         }
     };
 }
 
-pub static RESOURCES: &[Resource] = &[
-    resource!(Namespace, "", "Namespace", "namespaces", "namespace", ns: false, short: &["ns"], cat: &[], status: true, generation: false),
-    resource!(Service, "", "Service", "services", "service", ns: true, short: &["svc"], cat: &["all"], status: true, generation: true),
-    resource!(Pod, "", "Pod", "pods", "pod", ns: true, short: &["po"], cat: &["all"], status: true, generation: false),
-    resource!(Node, "", "Node", "nodes", "node", ns: false, short: &["no"], cat: &[], status: true, generation: false),
-    resource!(Secret, "", "Secret", "secrets", "secret", ns: true, short: &[], cat: &[], status: false, generation: false),
-    resource!(ConfigMap, "", "ConfigMap", "configmaps", "configmap", ns: true, short: &["cm"], cat: &[], status: false, generation: false),
-    resource!(EndpointSlice, "discovery.k8s.io", "EndpointSlice", "endpointslices", "endpointslice", ns: true, short: &[], cat: &[], status: false, generation: true),
-    resource!(Ingress, "networking.k8s.io", "Ingress", "ingresses", "ingress", ns: true, short: &["ing"], cat: &[], status: true, generation: true),
-    resource!(IngressClass, "networking.k8s.io", "IngressClass", "ingressclasses", "ingressclass", ns: false, short: &[], cat: &[], status: false, generation: true),
-    resource!(Lease, "coordination.k8s.io", "Lease", "leases", "lease", ns: true, short: &[], cat: &[], status: false, generation: false),
-];
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
 
-/// The API groups served, in discovery order, with their one version.
-pub fn groups() -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for r in RESOURCES {
-        if !r.group.is_empty() && !out.contains(&r.group) {
-            out.push(r.group);
+/// The built-in kinds, in discovery order.
+static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
+    [
+        builtin!(Namespace, "", "namespaces", short: &["ns"], cat: &[], ns: false, status: true, generation: false),
+        builtin!(Service, "", "services", short: &["svc"], cat: &["all"], ns: true, status: true, generation: true),
+        builtin!(Pod, "", "pods", short: &["po"], cat: &["all"], ns: true, status: true, generation: false),
+        builtin!(Node, "", "nodes", short: &["no"], cat: &[], ns: false, status: true, generation: false),
+        builtin!(Secret, "", "secrets", short: &[], cat: &[], ns: true, status: false, generation: false),
+        builtin!(ConfigMap, "", "configmaps", short: &["cm"], cat: &[], ns: true, status: false, generation: false),
+        builtin!(EndpointSlice, "discovery.k8s.io", "endpointslices", short: &[], cat: &[], ns: true, status: false, generation: true),
+        builtin!(Ingress, "networking.k8s.io", "ingresses", short: &["ing"], cat: &[], ns: true, status: true, generation: true),
+        builtin!(IngressClass, "networking.k8s.io", "ingressclasses", short: &[], cat: &[], ns: false, status: false, generation: true),
+        builtin!(Lease, "coordination.k8s.io", "leases", short: &[], cat: &[], ns: true, status: false, generation: false),
+    ]
+    .into_iter()
+    .map(Arc::new)
+    .collect()
+});
+
+/// The table entry of a built-in kind (the same in every server).
+pub fn builtin(b: Builtin) -> &'static Arc<Resource> {
+    BUILTINS
+        .iter()
+        .find(|r| r.builtin == Some(b))
+        .expect("every built-in kind is in the table")
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KindError {
+    #[error("{0} is already served")]
+    Taken(String),
+}
+
+/// The kinds one server serves: the built-ins and those added while it runs. Readers get a
+/// consistent snapshot without locks; changes replace it whole.
+pub struct Kinds {
+    served: ArcSwap<Vec<Arc<Resource>>>,
+}
+
+impl Default for Kinds {
+    fn default() -> Self {
+        Kinds {
+            served: ArcSwap::from_pointee(BUILTINS.clone()),
         }
     }
-    out
 }
 
-pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
-}
+impl Kinds {
+    /// Every kind served now, built-ins first.
+    pub fn all(&self) -> Arc<Vec<Arc<Resource>>> {
+        self.served.load_full()
+    }
 
-pub fn by_kind(kind: &str) -> &'static Resource {
-    RESOURCES
-        .iter()
-        .find(|r| r.kind == kind)
-        .expect("served kind")
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
+        self.served
+            .load()
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
+    }
+
+    /// The API groups served (not the core group), in discovery order.
+    pub fn groups(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.served.load().iter() {
+            if !r.group.is_empty() && !out.contains(&r.group) {
+                out.push(r.group.clone());
+            }
+        }
+        out
+    }
+
+    /// The versions `group` is served in, in the order they were added (the first preferred).
+    pub fn versions(&self, group: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.served.load().iter().filter(|r| r.group == group) {
+            if !out.contains(&r.version) {
+                out.push(r.version.clone());
+            }
+        }
+        out
+    }
+
+    /// Starts serving `r`; refused when its group and version already serve its plural or kind.
+    pub fn add(&self, r: Resource) -> Result<Arc<Resource>, KindError> {
+        let r = Arc::new(r);
+        let mut result = Ok(r.clone());
+        self.served.rcu(|served| {
+            let clash = served.iter().any(|s| {
+                s.group == r.group
+                    && s.version == r.version
+                    && (s.plural == r.plural || s.kind == r.kind)
+            });
+            let mut next = (**served).clone();
+            if clash {
+                result = Err(KindError::Taken(r.group_resource()));
+            } else {
+                result = Ok(r.clone());
+                next.push(r.clone());
+            }
+            next
+        });
+        result
+    }
+
+    /// Stops serving the kind added as `group`/`plural` (every version); built-ins stay.
+    pub fn remove(&self, group: &str, plural: &str) {
+        self.served.rcu(|served| {
+            served
+                .iter()
+                .filter(|s| s.builtin.is_some() || s.group != group || s.plural != plural)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
 }
 
 #[cfg(test)]
@@ -168,7 +295,7 @@ mod tests {
 
     #[test]
     fn normalize_reports_unknown_fields_and_type_errors() {
-        let svc = by_kind("Service");
+        let svc = builtin(Builtin::Service);
         let (out, unknown) = (svc.normalize)(json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "a", "bogus": 1},
@@ -181,5 +308,51 @@ mod tests {
         let err = (svc.normalize)(json!({"metadata": {"name": "a"}, "spec": {"ports": "80"}}))
             .unwrap_err();
         assert!(err.contains("invalid type"), "{err}");
+    }
+
+    fn custom(kind: &str, plural: &str) -> Resource {
+        Resource {
+            group: "example.com".into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            singular: kind.to_ascii_lowercase(),
+            namespaced: true,
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            status: false,
+            generation: true,
+            normalize: Arc::new(|v| Ok((v, Vec::new()))),
+            builtin: None,
+        }
+    }
+
+    #[test]
+    fn kinds_are_added_and_removed_at_run_time() {
+        let kinds = Kinds::default();
+        let before = kinds.all();
+        assert!(kinds.find("example.com", "v1", "widgets").is_none());
+        let added = kinds.add(custom("Widget", "widgets")).unwrap();
+        assert!(Arc::ptr_eq(
+            &kinds.find("example.com", "v1", "widgets").unwrap(),
+            &added
+        ));
+        assert_eq!(
+            kinds.groups().last().map(String::as_str),
+            Some("example.com")
+        );
+        // A reader's snapshot does not change under it.
+        assert_eq!(before.len() + 1, kinds.all().len());
+        assert!(before.iter().all(|r| r.builtin.is_some()));
+        // Another kind under the same plural or kind name is refused.
+        let err = kinds.add(custom("Widget", "gadgets")).unwrap_err();
+        assert_eq!(err, KindError::Taken("gadgets.example.com".into()));
+        assert!(kinds.add(custom("Gadget", "widgets")).is_err());
+        kinds.remove("example.com", "widgets");
+        assert!(kinds.find("example.com", "v1", "widgets").is_none());
+        assert!(!kinds.groups().contains(&"example.com".to_string()));
+        // Built-ins cannot be removed.
+        kinds.remove("", "services");
+        assert!(kinds.find("", "v1", "services").is_some());
     }
 }

@@ -5,19 +5,19 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use super::resources::Resource;
+use super::resources::{Builtin, Resource};
 
 /// (name, type, priority): priority 1 columns show with `-o wide`.
 type Column = (&'static str, &'static str, u8);
 
-fn columns(kind: &str) -> &'static [Column] {
+fn columns(kind: Option<Builtin>) -> &'static [Column] {
     match kind {
-        "Namespace" => &[
+        Some(Builtin::Namespace) => &[
             ("Name", "string", 0),
             ("Status", "string", 0),
             ("Age", "string", 0),
         ],
-        "Service" => &[
+        Some(Builtin::Service) => &[
             ("Name", "string", 0),
             ("Type", "string", 0),
             ("Cluster-IP", "string", 0),
@@ -26,7 +26,7 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Age", "string", 0),
             ("Selector", "string", 1),
         ],
-        "Pod" => &[
+        Some(Builtin::Pod) => &[
             ("Name", "string", 0),
             ("Ready", "string", 0),
             ("Status", "string", 0),
@@ -37,7 +37,7 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Nominated Node", "string", 1),
             ("Readiness Gates", "string", 1),
         ],
-        "Node" => &[
+        Some(Builtin::Node) => &[
             ("Name", "string", 0),
             ("Status", "string", 0),
             ("Roles", "string", 0),
@@ -46,25 +46,25 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Internal-IP", "string", 1),
             ("External-IP", "string", 1),
         ],
-        "Secret" => &[
+        Some(Builtin::Secret) => &[
             ("Name", "string", 0),
             ("Type", "string", 0),
             ("Data", "integer", 0),
             ("Age", "string", 0),
         ],
-        "ConfigMap" => &[
+        Some(Builtin::ConfigMap) => &[
             ("Name", "string", 0),
             ("Data", "integer", 0),
             ("Age", "string", 0),
         ],
-        "EndpointSlice" => &[
+        Some(Builtin::EndpointSlice) => &[
             ("Name", "string", 0),
             ("AddressType", "string", 0),
             ("Ports", "string", 0),
             ("Endpoints", "string", 0),
             ("Age", "string", 0),
         ],
-        "Ingress" => &[
+        Some(Builtin::Ingress) => &[
             ("Name", "string", 0),
             ("Class", "string", 0),
             ("Hosts", "string", 0),
@@ -72,13 +72,13 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Ports", "string", 0),
             ("Age", "string", 0),
         ],
-        "IngressClass" => &[
+        Some(Builtin::IngressClass) => &[
             ("Name", "string", 0),
             ("Controller", "string", 0),
             ("Parameters", "string", 0),
             ("Age", "string", 0),
         ],
-        "Lease" => &[
+        Some(Builtin::Lease) => &[
             ("Name", "string", 0),
             ("Holder", "string", 0),
             ("Age", "string", 0),
@@ -359,26 +359,28 @@ fn count(obj: &Value, fields: &[&str]) -> usize {
 }
 
 /// The cells after the name.
-fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+fn cells(kind: Option<Builtin>, obj: &Value) -> Vec<Value> {
     match kind {
-        "Namespace" => vec![json!(s(obj, "/status/phase")), json!(age(obj))],
-        "Service" => service_cells(obj),
-        "Pod" => pod_cells(obj),
-        "Node" => node_cells(obj),
-        "Secret" => vec![
+        Some(Builtin::Namespace) => vec![json!(s(obj, "/status/phase")), json!(age(obj))],
+        Some(Builtin::Service) => service_cells(obj),
+        Some(Builtin::Pod) => pod_cells(obj),
+        Some(Builtin::Node) => node_cells(obj),
+        Some(Builtin::Secret) => vec![
             json!(s(obj, "/type")),
             json!(count(obj, &["data"])),
             json!(age(obj)),
         ],
-        "ConfigMap" => vec![json!(count(obj, &["data", "binaryData"])), json!(age(obj))],
-        "EndpointSlice" => endpointslice_cells(obj),
-        "Ingress" => ingress_cells(obj),
-        "IngressClass" => vec![
+        Some(Builtin::ConfigMap) => {
+            vec![json!(count(obj, &["data", "binaryData"])), json!(age(obj))]
+        }
+        Some(Builtin::EndpointSlice) => endpointslice_cells(obj),
+        Some(Builtin::Ingress) => ingress_cells(obj),
+        Some(Builtin::IngressClass) => vec![
             json!(s(obj, "/spec/controller")),
             json!("<none>"),
             json!(age(obj)),
         ],
-        "Lease" => vec![
+        Some(Builtin::Lease) => vec![
             json!(or_none(s(obj, "/spec/holderIdentity").to_string())),
             json!(age(obj)),
         ],
@@ -406,7 +408,7 @@ impl IncludeObject {
 
 fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
     let mut c = vec![json!(s(obj, "/metadata/name"))];
-    c.extend(cells(r.kind, obj));
+    c.extend(cells(r.builtin, obj));
     let object = match include {
         IncludeObject::None => Value::Null,
         IncludeObject::Object => obj.clone(),
@@ -421,7 +423,7 @@ fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
 
 /// A Table of objects; `metadata` is the list metadata (resourceVersion, continue).
 pub fn table(r: &Resource, objs: &[Value], metadata: Value, include: IncludeObject) -> Value {
-    let defs: Vec<Value> = columns(r.kind)
+    let defs: Vec<Value> = columns(r.builtin)
         .iter()
         .map(|(name, ty, prio)| {
             let format = if *name == "Name" { "name" } else { "" };
@@ -440,7 +442,7 @@ pub fn table(r: &Resource, objs: &[Value], metadata: Value, include: IncludeObje
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::by_kind;
+    use crate::apiserver::resources::builtin;
 
     #[test]
     fn durations_like_kubectl() {
@@ -456,7 +458,7 @@ mod tests {
             "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
                      "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
         let t = table(
-            by_kind("Service"),
+            builtin(Builtin::Service),
             &[svc],
             json!({}),
             IncludeObject::Metadata,

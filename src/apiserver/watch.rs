@@ -46,7 +46,7 @@ const CHANNEL: usize = 256;
 const CHUNK: usize = 64 * 1024;
 
 struct Watcher {
-    r: &'static Resource,
+    r: Arc<Resource>,
     prefix: String,
     opts: WatchOptions,
     tx: mpsc::Sender<Bytes>,
@@ -82,7 +82,7 @@ impl Watcher {
             Format::Table(include) => {
                 let obj = decode(kv)?;
                 let t = table::table(
-                    self.r,
+                    &self.r,
                     &[obj],
                     json!({"resourceVersion": kv.mod_revision.to_string()}),
                     include,
@@ -237,7 +237,7 @@ fn expired(from: i64) -> Bytes {
 /// Starts a watch; the receiver yields the response body's lines and ends with the watch.
 pub fn start(
     store: Arc<dyn Store>,
-    r: &'static Resource,
+    r: Arc<Resource>,
     ns: Option<&str>,
     opts: WatchOptions,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {

@@ -17,7 +17,7 @@ use crate::apiserver::error::ApiError;
 use crate::apiserver::registry::{
     decode, DeleteOptions, ListOptions, Part, Registry, WriteOptions,
 };
-use crate::apiserver::resources::{by_kind, Resource};
+use crate::apiserver::resources::{builtin, Builtin, Resource};
 use crate::apiserver::selectors::{labels_of, LabelSelector};
 use crate::store::{Event, Store};
 
@@ -32,9 +32,9 @@ const BATCH: Duration = Duration::from_millis(10);
 type ServiceKey = (String, String);
 
 struct Kinds {
-    svc: &'static Resource,
-    pod: &'static Resource,
-    slice: &'static Resource,
+    svc: &'static Arc<Resource>,
+    pod: &'static Arc<Resource>,
+    slice: &'static Arc<Resource>,
 }
 
 fn name_ns(obj: &Value) -> Option<ServiceKey> {
@@ -239,9 +239,9 @@ pub struct Controller {
 impl Controller {
     pub fn new(registry: Arc<Registry>) -> Self {
         let kinds = Kinds {
-            svc: by_kind("Service"),
-            pod: by_kind("Pod"),
-            slice: by_kind("EndpointSlice"),
+            svc: builtin(Builtin::Service),
+            pod: builtin(Builtin::Pod),
+            slice: builtin(Builtin::EndpointSlice),
         };
         Controller { registry, kinds }
     }

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, FieldError};
-use super::resources::Resource;
+use super::resources::{Builtin, Resource};
 use allocator::{IpAllocator, PortAllocator};
 
 /// What the server's flags say about admission.
@@ -72,7 +72,7 @@ fn invalid(r: &Resource, obj: &Value, errs: Vec<FieldError>) -> Result<(), ApiEr
         return Ok(());
     }
     let name = str_at(obj, "/metadata/name").unwrap_or("");
-    Err(ApiError::invalid(r.group, r.kind, name, &errs))
+    Err(ApiError::invalid(&r.group, &r.kind, name, &errs))
 }
 
 /// The object's size limit for maps of user data (annotations), as kube-apiserver.
@@ -88,9 +88,9 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             "name or generateName is required",
         ));
     } else {
-        let problem = match r.kind {
-            "Service" => names::dns1035_label(name),
-            "Namespace" => names::dns1123_label(name),
+        let problem = match r.builtin {
+            Some(Builtin::Service) => names::dns1035_label(name),
+            Some(Builtin::Namespace) => names::dns1123_label(name),
             _ => names::dns1123_subdomain(name),
         };
         check(errs, "metadata.name", name, problem);
@@ -291,34 +291,34 @@ impl Admission {
     pub fn create(&self, r: &Resource, obj: &mut Value) -> Result<Claims, ApiError> {
         let mut errs = Vec::new();
         validate_meta(r, obj, &mut errs);
-        match r.kind {
-            "Service" => {
+        match r.builtin {
+            Some(Builtin::Service) => {
                 service::default(obj);
                 service::validate(obj, &mut errs);
                 invalid(r, obj, errs)?;
                 let mut a = self.allocators();
                 return service::allocate(&mut a, obj, None).map_err(|e| {
                     ApiError::invalid(
-                        r.group,
-                        r.kind,
+                        &r.group,
+                        &r.kind,
                         str_at(obj, "/metadata/name").unwrap_or(""),
                         &e,
                     )
                 });
             }
-            "Pod" => {
+            Some(Builtin::Pod) => {
                 pod::default(obj);
                 pod::validate(obj, &mut errs);
             }
-            "EndpointSlice" => {
+            Some(Builtin::EndpointSlice) => {
                 endpointslice::default(obj);
                 endpointslice::validate(obj, &self.policy, &mut errs);
             }
-            "Ingress" => ingress::validate(obj, &mut errs),
-            "IngressClass" => validate_ingress_class(obj, &mut errs),
-            "Secret" => validate_secret(obj, &mut errs),
-            "ConfigMap" => validate_data_keys(obj, &["data", "binaryData"], &mut errs),
-            "Node" => validate_node(obj, &mut errs),
+            Some(Builtin::Ingress) => ingress::validate(obj, &mut errs),
+            Some(Builtin::IngressClass) => validate_ingress_class(obj, &mut errs),
+            Some(Builtin::Secret) => validate_secret(obj, &mut errs),
+            Some(Builtin::ConfigMap) => validate_data_keys(obj, &["data", "binaryData"], &mut errs),
+            Some(Builtin::Node) => validate_node(obj, &mut errs),
             _ => {}
         }
         invalid(r, obj, errs)?;
@@ -334,8 +334,8 @@ impl Admission {
     ) -> Result<UpdateClaims, ApiError> {
         let mut errs = Vec::new();
         validate_meta(r, new, &mut errs);
-        match r.kind {
-            "Service" => {
+        match r.builtin {
+            Some(Builtin::Service) => {
                 service::carry_allocations(old, new);
                 service::default(new);
                 service::validate(new, &mut errs);
@@ -344,8 +344,8 @@ impl Admission {
                 let mut a = self.allocators();
                 let taken = service::allocate(&mut a, new, Some(old)).map_err(|e| {
                     ApiError::invalid(
-                        r.group,
-                        r.kind,
+                        &r.group,
+                        &r.kind,
                         str_at(new, "/metadata/name").unwrap_or(""),
                         &e,
                     )
@@ -366,31 +366,31 @@ impl Admission {
                 };
                 return Ok(UpdateClaims { taken, freed });
             }
-            "Pod" => {
+            Some(Builtin::Pod) => {
                 pod::default(new);
                 pod::validate(new, &mut errs);
                 pod::validate_update(old, new, &mut errs);
             }
-            "EndpointSlice" => {
+            Some(Builtin::EndpointSlice) => {
                 endpointslice::default(new);
                 endpointslice::validate(new, &self.policy, &mut errs);
                 immutable(old, new, "/addressType", "addressType", &mut errs);
             }
-            "Ingress" => ingress::validate(new, &mut errs),
-            "IngressClass" => {
+            Some(Builtin::Ingress) => ingress::validate(new, &mut errs),
+            Some(Builtin::IngressClass) => {
                 validate_ingress_class(new, &mut errs);
                 immutable(old, new, "/spec/controller", "spec.controller", &mut errs);
             }
-            "Secret" => {
+            Some(Builtin::Secret) => {
                 validate_secret(new, &mut errs);
                 immutable(old, new, "/type", "type", &mut errs);
                 validate_immutable_data(old, new, &mut errs);
             }
-            "ConfigMap" => {
+            Some(Builtin::ConfigMap) => {
                 validate_data_keys(new, &["data", "binaryData"], &mut errs);
                 validate_immutable_data(old, new, &mut errs);
             }
-            "Node" => validate_node(new, &mut errs),
+            Some(Builtin::Node) => validate_node(new, &mut errs),
             _ => {}
         }
         invalid(r, new, errs)?;
@@ -413,7 +413,7 @@ impl Admission {
 
     /// What a stored object holds in the allocators (Services only).
     pub fn held(r: &Resource, obj: &Value) -> Claims {
-        if r.kind == "Service" {
+        if r.is(Builtin::Service) {
             service::claims(obj)
         } else {
             Claims::default()

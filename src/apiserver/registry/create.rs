@@ -9,7 +9,7 @@ use super::{
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::managed;
-use crate::apiserver::resources::{self, Resource};
+use crate::apiserver::resources::{self, Builtin, Resource};
 use crate::store::{Op, Precondition, StoreError};
 use crate::time::now;
 
@@ -98,7 +98,7 @@ impl Registry {
         let ns = ns.ok_or_else(|| {
             ApiError::bad_request("a namespace is required for namespaced resources")
         })?;
-        let nsr = resources::by_kind("Namespace");
+        let nsr = resources::builtin(Builtin::Namespace);
         let kv = self
             .store
             .get(&nsr.key(None, ns))
@@ -170,18 +170,20 @@ impl Registry {
         } else {
             meta.remove("generation");
         }
-        if r.status && r.kind != "Node" {
+        if r.status && !r.is(Builtin::Node) {
             if let Some(o) = obj.as_object_mut() {
                 o.remove("status");
             }
         }
-        match r.kind {
-            "Namespace" => {
+        match r.builtin {
+            Some(Builtin::Namespace) => {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
                 obj["status"] = json!({"phase": "Active"});
             }
-            "Pod" => obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"}),
-            "Ingress" => {
+            Some(Builtin::Pod) => {
+                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"})
+            }
+            Some(Builtin::Ingress) => {
                 obj["status"] = json!({"loadBalancer": {}});
                 if obj.pointer("/spec/ingressClassName").is_none() {
                     if let Some(class) = self.default_ingress_class() {

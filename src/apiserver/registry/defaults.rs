@@ -5,13 +5,13 @@ use serde_json::{json, Value};
 
 use super::{decode, meta_str, Registry, WriteOptions};
 use crate::apiserver::error::ApiError;
-use crate::apiserver::resources::{self, Resource};
+use crate::apiserver::resources::{self, Builtin, Resource};
 use crate::store::RangeRequest;
 
 impl Registry {
     /// The IngressClass marked default, newest first, for Ingresses that name none.
     pub(super) fn default_ingress_class(&self) -> Option<String> {
-        let ic = resources::by_kind("IngressClass");
+        let ic = resources::builtin(Builtin::IngressClass);
         let all = self
             .store
             .range(&RangeRequest {
@@ -37,7 +37,7 @@ impl Registry {
             "metadata": {"name": "switchyard", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
             "spec": {"controller": "switchyard.io/ingress-controller"},
         });
-        self.ensure(resources::by_kind("IngressClass"), None, class)
+        self.ensure(resources::builtin(Builtin::IngressClass), None, class)
             .await
     }
 

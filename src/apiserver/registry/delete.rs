@@ -13,7 +13,7 @@ use super::{
 };
 use crate::apiserver::admission::Admission;
 use crate::apiserver::error::ApiError;
-use crate::apiserver::resources::{self, Resource};
+use crate::apiserver::resources::{self, Builtin, Resource};
 use crate::store::{Op, Precondition, StoreError};
 use crate::time::rfc3339;
 
@@ -25,7 +25,7 @@ impl Registry {
     /// namespace, deletes its content first).
     pub fn delete<'a>(
         self: &'a Arc<Self>,
-        r: &'static Resource,
+        r: &'a Arc<Resource>,
         ns: Option<&'a str>,
         name: &'a str,
         opts: &'a DeleteOptions,
@@ -35,12 +35,12 @@ impl Registry {
 
     async fn delete_inner(
         self: &Arc<Self>,
-        r: &'static Resource,
+        r: &Arc<Resource>,
         ns: Option<&str>,
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Bytes, ApiError> {
-        if r.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
+        if r.is(Builtin::Namespace) && PROTECTED_NAMESPACES.contains(&name) {
             return Err(ApiError::forbidden(format!(
                 "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
             )));
@@ -67,7 +67,7 @@ impl Registry {
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
                 .is_some_and(|f| !f.is_empty());
-            let graceful = r.kind == "Pod"
+            let graceful = r.is(Builtin::Pod)
                 && obj.pointer("/spec/nodeName").is_some()
                 && opts
                     .grace_period_seconds
@@ -77,7 +77,7 @@ impl Registry {
                     })
                     .unwrap_or(0)
                     > 0;
-            if r.kind == "Namespace" || finalizers || graceful {
+            if r.is(Builtin::Namespace) || finalizers || graceful {
                 if obj.pointer("/metadata/deletionTimestamp").is_some() {
                     return Ok(kv.value);
                 }
@@ -95,7 +95,7 @@ impl Registry {
                     SystemTime::now() + Duration::from_secs(grace as u64)
                 ));
                 obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-                if r.kind == "Namespace" {
+                if r.is(Builtin::Namespace) {
                     obj["status"]["phase"] = json!("Terminating");
                 }
                 match self
@@ -111,23 +111,11 @@ impl Registry {
                         let uid = meta_str(&decode(&kvs[0])?, "uid")
                             .unwrap_or_default()
                             .to_string();
-                        let (ns, name) = (ns.map(str::to_string), name.to_string());
-                        if r.kind == "Namespace" {
-                            let me = self.clone();
+                        if r.is(Builtin::Namespace) {
+                            let (me, name) = (self.clone(), name.to_string());
                             tokio::spawn(async move { me.finalize_namespace(&name, &uid).await });
                         } else if graceful && !finalizers {
-                            let me = self.clone();
-                            // No kubelet confirms the deletion here: the server does, once the
-                            // grace period is over.
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_secs(grace as u64)).await;
-                                let opts = DeleteOptions {
-                                    grace_period_seconds: Some(0),
-                                    uid: Some(uid),
-                                    ..Default::default()
-                                };
-                                let _ = me.delete(r, ns.as_deref(), &name, &opts).await;
-                            });
+                            self.delete_after_grace(r, ns, name, uid, grace);
                         }
                         return Ok(kvs.remove(0).value);
                     }
@@ -155,6 +143,29 @@ impl Registry {
         }
     }
 
+    /// No kubelet confirms a pod's graceful deletion here: the server does, once the grace
+    /// period is over (and only if the pod is still the one that was deleted).
+    fn delete_after_grace(
+        self: &Arc<Self>,
+        r: &Arc<Resource>,
+        ns: Option<&str>,
+        name: &str,
+        uid: String,
+        grace: i64,
+    ) {
+        let (me, r) = (self.clone(), r.clone());
+        let (ns, name) = (ns.map(str::to_string), name.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(grace as u64)).await;
+            let opts = DeleteOptions {
+                grace_period_seconds: Some(0),
+                uid: Some(uid),
+                ..Default::default()
+            };
+            let _ = me.delete(&r, ns.as_deref(), &name, &opts).await;
+        });
+    }
+
     /// Deletes everything in a terminating namespace, then the namespace itself.
     async fn finalize_namespace(self: Arc<Self>, name: &str, uid: &str) {
         let now_opts = DeleteOptions {
@@ -163,7 +174,7 @@ impl Registry {
         };
         for _attempt in 0..600 {
             let mut left = 0;
-            for r in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+            for r in self.kinds.all().iter().filter(|r| r.namespaced) {
                 let Ok(list) = self.list(r, Some(name), &ListOptions::default()) else {
                     continue;
                 };
@@ -184,7 +195,7 @@ impl Registry {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let nsr = resources::by_kind("Namespace");
+        let nsr = resources::builtin(Builtin::Namespace);
         let key = nsr.key(None, name);
         if let (Some(kv), _) = self.store.get(&key) {
             let Ok(obj) = decode(&kv) else { return };

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::admission::Admission;
 use super::error::ApiError;
 use super::managed;
-use super::resources::{self, Resource};
+use super::resources::{self, Builtin, Kinds, Resource};
 use super::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Encoder, KeyValue, RangeRequest, Store, StoreError};
 
@@ -117,6 +117,7 @@ pub enum Part {
 pub struct Registry {
     store: Arc<dyn Store>,
     admission: Admission,
+    kinds: Kinds,
 }
 
 /// Encodes an object for the store, its `resourceVersion` the revision of the write.
@@ -160,7 +161,16 @@ fn parse_rv(s: &str) -> Result<i64, ApiError> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, admission: Admission) -> Self {
-        Registry { store, admission }
+        Registry {
+            store,
+            admission,
+            kinds: Kinds::default(),
+        }
+    }
+
+    /// The kinds served: routing, discovery and namespace cleanup read them here.
+    pub fn kinds(&self) -> &Kinds {
+        &self.kinds
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -169,7 +179,7 @@ impl Registry {
 
     /// Rebuilds the allocators from the stored Services.
     pub fn restore_allocations(&self) -> Result<(), ApiError> {
-        let svc = resources::by_kind("Service");
+        let svc = resources::builtin(Builtin::Service);
         let all = self
             .store
             .range(&RangeRequest {

@@ -209,8 +209,8 @@ impl Registry {
             if added {
                 let nm = meta_str(old, "name").unwrap_or_default();
                 return Err(ApiError::invalid(
-                    r.group,
-                    r.kind,
+                    &r.group,
+                    &r.kind,
                     nm,
                     &[FieldError::forbidden(
                         "metadata.finalizers",
