@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::schema::merge_key;
+use super::schema::ListSchema;
 
 type Path = Vec<String>;
 
@@ -25,8 +25,8 @@ pub struct FieldSet(BTreeSet<Path>);
 
 impl FieldSet {
     /// The fields an object (or an apply configuration) sets.
-    pub fn of(obj: &Value) -> Self {
-        Self::from_v1(&fields_v1(obj))
+    pub fn of(obj: &Value, lists: &ListSchema) -> Self {
+        Self::from_v1(&fields_v1(obj, lists))
     }
 
     pub fn from_v1(v: &Value) -> Self {
@@ -188,6 +188,8 @@ fn store(obj: &mut Value, list: Vec<Entry>) {
 /// Who is writing, and how.
 pub struct Writer<'a> {
     pub manager: &'a str,
+    /// How the kind's lists merge (keyed lists are owned item by item).
+    pub lists: &'a ListSchema,
     pub api_version: &'a str,
     pub now: &'a str,
     pub subresource: Option<&'a str>,
@@ -198,7 +200,7 @@ pub struct Writer<'a> {
 pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>) {
     let mut list = old.map(entries).unwrap_or_default();
     let changed = FieldSet(
-        FieldSet::of(new)
+        FieldSet::of(new, w.lists)
             .0
             .into_iter()
             .filter(|p| old.and_then(|o| value_at(o, p)) != value_at(new, p))
@@ -234,8 +236,12 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>) {
 
 /// The fields `applied` would change that another manager owns; empty when the apply may go
 /// ahead. With `force`, ownership of those fields moves to the applier instead.
-fn conflicts(live: &Value, applied: &Value, manager: &str) -> Vec<(String, String, Path)> {
-    let wanted = FieldSet::of(applied);
+fn conflicts(
+    live: &Value,
+    applied: &Value,
+    wanted: &FieldSet,
+    manager: &str,
+) -> Vec<(String, String, Path)> {
     let mut out = Vec::new();
     for e in entries(live).iter().filter(|e| !e.is(manager, "Apply")) {
         for p in wanted.0.intersection(&e.fields.0) {
@@ -284,10 +290,10 @@ pub fn record_apply(
     w: &Writer<'_>,
     force: bool,
 ) -> Result<(), ApiError> {
-    let wanted = FieldSet::of(applied);
+    let wanted = FieldSet::of(applied, w.lists);
     let mut list = live.map(entries).unwrap_or_default();
     if let Some(live) = live {
-        let found = conflicts(live, applied, w.manager);
+        let found = conflicts(live, applied, &wanted, w.manager);
         if !found.is_empty() && !force {
             return Err(conflict_error(&found));
         }
@@ -320,8 +326,8 @@ pub fn applied_by(live: &Value, manager: &str) -> Option<Value> {
 
 /// The FieldsV1 set of an applied configuration: every field it sets, lists with a merge key as
 /// `k:{"key":value}` entries.
-pub fn fields_v1(obj: &Value) -> Value {
-    fn walk(v: &Value, path: &mut Vec<String>) -> Value {
+pub fn fields_v1(obj: &Value, lists: &ListSchema) -> Value {
+    fn walk(v: &Value, path: &mut Vec<String>, lists: &ListSchema) -> Value {
         let mut out = Map::new();
         let Some(m) = v.as_object() else {
             return Value::Object(out);
@@ -341,13 +347,16 @@ pub fn fields_v1(obj: &Value) -> Value {
             }
             path.push(k.clone());
             let p: Vec<&str> = path.iter().map(String::as_str).collect();
-            let entry = match (child, merge_key(&p)) {
-                (Value::Object(_), _) => walk(child, path),
+            let entry = match (child, lists.merge_key(&p)) {
+                (Value::Object(_), _) => walk(child, path, lists),
                 (Value::Array(items), Some(key)) => {
                     let mut lm = Map::new();
                     for item in items {
                         if let Some(kv) = item.get(key) {
-                            let mut e = walk(item, path).as_object().cloned().unwrap_or_default();
+                            let mut e = walk(item, path, lists)
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default();
                             e.insert(".".into(), json!({}));
                             lm.insert(format!("k:{}", json!({ key: kv })), Value::Object(e));
                         }
@@ -361,24 +370,34 @@ pub fn fields_v1(obj: &Value) -> Value {
         }
         Value::Object(out)
     }
-    walk(obj, &mut Vec::new())
+    walk(obj, &mut Vec::new(), lists)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const W: Writer<'static> = Writer {
-        manager: "kubectl-edit",
-        api_version: "v1",
-        now: "t1",
-        subresource: None,
-    };
+    use crate::apiserver::resources::{builtin, Builtin};
+
+    fn service_lists() -> &'static ListSchema {
+        &builtin(Builtin::Service).lists
+    }
+
+    /// A writer of Services.
+    fn w0() -> Writer<'static> {
+        Writer {
+            manager: "kubectl-edit",
+            lists: service_lists(),
+            api_version: "v1",
+            now: "t1",
+            subresource: None,
+        }
+    }
 
     #[test]
     fn field_sets_round_trip() {
         let obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"ports": [{"port": 80, "targetPort": 8080}], "type": "ClusterIP"}});
-        let set = FieldSet::of(&obj);
+        let set = FieldSet::of(&obj, service_lists());
         assert_eq!(FieldSet::from_v1(&set.to_v1()), set);
         let paths: Vec<String> = set.0.iter().map(|p| display(p)).collect();
         assert!(
@@ -408,12 +427,12 @@ mod tests {
             &mut created,
             &Writer {
                 manager: "creator",
-                ..W
+                ..w0()
             },
         );
         let mut edited = created.clone();
         edited["data"]["x"] = json!("9");
-        record_update(Some(&created), &mut edited, &W);
+        record_update(Some(&created), &mut edited, &w0());
         let e = entries(&edited);
         let owner = |field: &str| {
             e.iter()
@@ -436,7 +455,7 @@ mod tests {
             &mut live,
             &Writer {
                 manager: "kubectl-client-side-apply",
-                ..W
+                ..w0()
             },
         );
         let same = json!({"data": {"x": "1"}});
@@ -447,7 +466,7 @@ mod tests {
             &mut out,
             &Writer {
                 manager: "kubectl",
-                ..W
+                ..w0()
             },
             false,
         )
@@ -459,7 +478,7 @@ mod tests {
             &mut different.clone(),
             &Writer {
                 manager: "kubectl",
-                ..W
+                ..w0()
             },
             false,
         )
@@ -473,7 +492,7 @@ mod tests {
             &mut forced,
             &Writer {
                 manager: "kubectl",
-                ..W
+                ..w0()
             },
             true,
         )

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::managed::{self, fields_v1};
-use super::schema::{is_set_list, merge_key};
+use super::schema::ListSchema;
 
 /// The patch formats, by request content type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,7 @@ fn smp_map(
     orig: &mut Map<String, Value>,
     patch: &Map<String, Value>,
     path: &mut Vec<String>,
+    lists: &ListSchema,
 ) -> Result<(), ApiError> {
     if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
         *orig = strip_directives(&Value::Object(patch.clone()))
@@ -86,21 +87,21 @@ fn smp_map(
                 orig.remove(k);
             }
             Value::Object(pm) => match orig.get_mut(k) {
-                Some(Value::Object(om)) => smp_map(om, pm, path)?,
+                Some(Value::Object(om)) => smp_map(om, pm, path, lists)?,
                 _ => {
                     orig.insert(k.clone(), strip_directives(v));
                 }
             },
             Value::Array(pl) => {
                 let p: Vec<&str> = path.iter().map(String::as_str).collect();
-                if let Some(key) = merge_key(&p) {
+                if let Some(key) = lists.merge_key(&p) {
                     let mut list = match orig.remove(k) {
                         Some(Value::Array(a)) => a,
                         _ => Vec::new(),
                     };
-                    smp_list(&mut list, pl, key, path)?;
+                    smp_list(&mut list, pl, key, path, lists)?;
                     orig.insert(k.clone(), Value::Array(list));
-                } else if is_set_list(&p) {
+                } else if lists.is_set(&p) {
                     let list = orig.entry(k.clone()).or_insert_with(|| json!([]));
                     if let Value::Array(a) = list {
                         for x in pl {
@@ -150,6 +151,7 @@ fn smp_list(
     patch: &[Value],
     key: &str,
     path: &mut Vec<String>,
+    lists: &ListSchema,
 ) -> Result<(), ApiError> {
     if patch
         .iter()
@@ -178,22 +180,22 @@ fn smp_list(
             continue;
         }
         match pos.and_then(|i| orig[i].as_object_mut()) {
-            Some(om) => smp_map(om, pm, path)?,
+            Some(om) => smp_map(om, pm, path, lists)?,
             None => orig.push(strip_directives(item)),
         }
     }
     Ok(())
 }
 
-/// Applies a strategic merge patch.
-pub fn strategic(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
+/// Applies a strategic merge patch; `lists` says how the kind's lists merge.
+pub fn strategic(lists: &ListSchema, orig: &Value, patch: &Value) -> Result<Value, ApiError> {
     let (Some(o), Some(p)) = (orig.as_object(), patch.as_object()) else {
         return Err(ApiError::bad_request(
             "a strategic merge patch must be a JSON object",
         ));
     };
     let mut out = o.clone();
-    smp_map(&mut out, p, &mut Vec::new())?;
+    smp_map(&mut out, p, &mut Vec::new(), lists)?;
     Ok(Value::Object(out))
 }
 
@@ -219,7 +221,13 @@ pub fn json(orig: &Value, patch: &Value) -> Result<Value, ApiError> {
 }
 
 /// Removes from `live` what `old` (a FieldsV1 set) holds and `new` does not.
-fn prune(live: &mut Value, old: &Value, new: Option<&Value>, path: &mut Vec<String>) {
+fn prune(
+    live: &mut Value,
+    old: &Value,
+    new: Option<&Value>,
+    path: &mut Vec<String>,
+    lists: &ListSchema,
+) {
     let (Some(om), Some(lm)) = (old.as_object(), live.as_object_mut()) else {
         return;
     };
@@ -234,9 +242,9 @@ fn prune(live: &mut Value, old: &Value, new: Option<&Value>, path: &mut Vec<Stri
                     path.push(field.to_string());
                     if let Some(child) = lm.get_mut(field) {
                         if child.is_array() {
-                            prune_list(child, osub, n, path);
+                            prune_list(child, osub, n, path, lists);
                         } else {
-                            prune(child, osub, Some(n), path);
+                            prune(child, osub, Some(n), path, lists);
                         }
                     }
                     path.pop();
@@ -246,9 +254,16 @@ fn prune(live: &mut Value, old: &Value, new: Option<&Value>, path: &mut Vec<Stri
     }
 }
 
-fn prune_list(list: &mut Value, old: &Value, new: &Value, path: &mut Vec<String>) {
+fn prune_list(
+    list: &mut Value,
+    old: &Value,
+    new: &Value,
+    path: &mut Vec<String>,
+    lists: &ListSchema,
+) {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
-    let (Some(key), Some(items), Some(om)) = (merge_key(&p), list.as_array_mut(), old.as_object())
+    let (Some(key), Some(items), Some(om)) =
+        (lists.merge_key(&p), list.as_array_mut(), old.as_object())
     else {
         return;
     };
@@ -264,7 +279,7 @@ fn prune_list(list: &mut Value, old: &Value, new: &Value, path: &mut Vec<String>
             None => items.retain(|i| i.get(key) != want),
             Some(n) => {
                 if let Some(item) = items.iter_mut().find(|i| i.get(key) == want) {
-                    prune(item, osub, Some(n), path);
+                    prune(item, osub, Some(n), path, lists);
                 }
             }
         }
@@ -288,9 +303,10 @@ pub fn apply(
         Some(live) => {
             let mut base = live.clone();
             if let Some(prev) = managed::applied_by(live, writer.manager) {
-                prune(&mut base, &prev, Some(&fields_v1(applied)), &mut Vec::new());
+                let now = fields_v1(applied, writer.lists);
+                prune(&mut base, &prev, Some(&now), &mut Vec::new(), writer.lists);
             }
-            strategic(&base, applied)?
+            strategic(writer.lists, &base, applied)?
         }
     };
     managed::record_apply(live, applied, &mut out, writer, force)?;
@@ -301,9 +317,16 @@ pub fn apply(
 mod tests {
     use super::*;
 
+    use crate::apiserver::resources::{builtin, Builtin};
+
+    fn service_lists() -> &'static ListSchema {
+        &builtin(Builtin::Service).lists
+    }
+
     fn w(manager: &str) -> managed::Writer<'_> {
         managed::Writer {
             manager,
+            lists: service_lists(),
             api_version: "v1",
             now: "t",
             subresource: None,
@@ -317,7 +340,7 @@ mod tests {
         let patch = json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
             "spec": {"$setElementOrder/ports": [{"port": 443}, {"port": 80}, {"port": 8080}],
                      "ports": [{"port": 80, "targetPort": 8080}, {"port": 8080, "name": "alt"}, {"port": 443, "$patch": "delete"}]}});
-        let out = strategic(&svc, &patch).unwrap();
+        let out = strategic(service_lists(), &svc, &patch).unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
         assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
         assert_eq!(
@@ -325,12 +348,18 @@ mod tests {
             json!([{"port": 80, "name": "http", "targetPort": 8080}, {"port": 8080, "name": "alt"}])
         );
         let replaced = strategic(
+            service_lists(),
             &svc,
             &json!({"spec": {"ports": [{"$patch": "replace"}, {"port": 1}]}}),
         )
         .unwrap();
         assert_eq!(replaced["spec"]["ports"], json!([{"port": 1}]));
-        assert!(strategic(&svc, &json!({"spec": {"ports": [{"name": "nokey"}]}})).is_err());
+        assert!(strategic(
+            service_lists(),
+            &svc,
+            &json!({"spec": {"ports": [{"name": "nokey"}]}})
+        )
+        .is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::schema::ListSchema;
+
 /// Decodes an object of the kind and encodes it back: the object as the server stores it, and
 /// the paths of fields the kind does not know.
 pub type Normalize = Arc<dyn Fn(Value) -> Result<(Value, Vec<String>), String> + Send + Sync>;
@@ -50,6 +52,8 @@ pub struct Resource {
     pub status: bool,
     /// Writes to the spec bump `metadata.generation`.
     pub generation: bool,
+    /// How its lists merge.
+    pub lists: ListSchema,
     pub normalize: Normalize,
     /// The built-in strategy; `None` for a kind added at run time.
     pub builtin: Option<Builtin>,
@@ -147,9 +151,9 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 }
 
 /// Each built-in kind: its type (for decoding), group, plural, short names, categories, scope,
-/// status subresource and generation.
+/// status subresource, generation, and its keyed lists (the types' `patchMergeKey`s).
 macro_rules! builtin {
-    ($b:ident, $group:expr, $plural:expr, short: $short:expr, cat: $cat:expr, ns: $ns:expr, status: $status:expr, generation: $gen:expr) => {
+    ($b:ident, $group:expr, $plural:expr, short: $short:expr, cat: $cat:expr, ns: $ns:expr, status: $status:expr, generation: $gen:expr, lists: $lists:expr) => {
         Resource {
             group: $group.to_string(),
             version: "v1".to_string(),
@@ -161,6 +165,7 @@ macro_rules! builtin {
             categories: strings($cat),
             status: $status,
             generation: $gen,
+            lists: ListSchema::new($lists.iter().copied()),
             normalize: Arc::new(roundtrip::<$b>),
             builtin: Some(Builtin::$b),
         }
@@ -171,19 +176,45 @@ fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }
 
+type Keyed = &'static [(&'static str, &'static str)];
+const NONE: Keyed = &[];
+const CONDITIONS: Keyed = &[("status.conditions", "type")];
+const POD_LISTS: Keyed = &[
+    ("spec.containers", "name"),
+    ("spec.initContainers", "name"),
+    ("spec.ephemeralContainers", "name"),
+    ("spec.volumes", "name"),
+    ("spec.imagePullSecrets", "name"),
+    ("spec.resourceClaims", "name"),
+    ("spec.schedulingGates", "name"),
+    ("spec.hostAliases", "ip"),
+    ("spec.containers.ports", "containerPort"),
+    ("spec.initContainers.ports", "containerPort"),
+    ("spec.containers.env", "name"),
+    ("spec.initContainers.env", "name"),
+    ("spec.containers.volumeMounts", "mountPath"),
+    ("spec.initContainers.volumeMounts", "mountPath"),
+    ("spec.containers.volumeDevices", "devicePath"),
+    ("spec.initContainers.volumeDevices", "devicePath"),
+    ("status.podIPs", "ip"),
+    ("status.conditions", "type"),
+];
+
 /// The built-in kinds, in discovery order.
 static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
     [
-        builtin!(Namespace, "", "namespaces", short: &["ns"], cat: &[], ns: false, status: true, generation: false),
-        builtin!(Service, "", "services", short: &["svc"], cat: &["all"], ns: true, status: true, generation: true),
-        builtin!(Pod, "", "pods", short: &["po"], cat: &["all"], ns: true, status: true, generation: false),
-        builtin!(Node, "", "nodes", short: &["no"], cat: &[], ns: false, status: true, generation: false),
-        builtin!(Secret, "", "secrets", short: &[], cat: &[], ns: true, status: false, generation: false),
-        builtin!(ConfigMap, "", "configmaps", short: &["cm"], cat: &[], ns: true, status: false, generation: false),
-        builtin!(EndpointSlice, "discovery.k8s.io", "endpointslices", short: &[], cat: &[], ns: true, status: false, generation: true),
-        builtin!(Ingress, "networking.k8s.io", "ingresses", short: &["ing"], cat: &[], ns: true, status: true, generation: true),
-        builtin!(IngressClass, "networking.k8s.io", "ingressclasses", short: &[], cat: &[], ns: false, status: false, generation: true),
-        builtin!(Lease, "coordination.k8s.io", "leases", short: &[], cat: &[], ns: true, status: false, generation: false),
+        builtin!(Namespace, "", "namespaces", short: &["ns"], cat: &[], ns: false, status: true, generation: false, lists: CONDITIONS),
+        builtin!(Service, "", "services", short: &["svc"], cat: &["all"], ns: true, status: true, generation: true,
+            lists: &[("spec.ports", "port"), ("status.conditions", "type")]),
+        builtin!(Pod, "", "pods", short: &["po"], cat: &["all"], ns: true, status: true, generation: false, lists: POD_LISTS),
+        builtin!(Node, "", "nodes", short: &["no"], cat: &[], ns: false, status: true, generation: false,
+            lists: &[("status.addresses", "type"), ("status.conditions", "type")]),
+        builtin!(Secret, "", "secrets", short: &[], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        builtin!(ConfigMap, "", "configmaps", short: &["cm"], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        builtin!(EndpointSlice, "discovery.k8s.io", "endpointslices", short: &[], cat: &[], ns: true, status: false, generation: true, lists: NONE),
+        builtin!(Ingress, "networking.k8s.io", "ingresses", short: &["ing"], cat: &[], ns: true, status: true, generation: true, lists: NONE),
+        builtin!(IngressClass, "networking.k8s.io", "ingressclasses", short: &[], cat: &[], ns: false, status: false, generation: true, lists: NONE),
+        builtin!(Lease, "coordination.k8s.io", "leases", short: &[], cat: &[], ns: true, status: false, generation: false, lists: NONE),
     ]
     .into_iter()
     .map(Arc::new)
@@ -322,6 +353,7 @@ mod tests {
             categories: Vec::new(),
             status: false,
             generation: true,
+            lists: ListSchema::default(),
             normalize: Arc::new(|v| Ok((v, Vec::new()))),
             builtin: None,
         }

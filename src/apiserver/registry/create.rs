@@ -218,7 +218,11 @@ impl Registry {
         self.prepare_create(r, ns, &mut obj)?;
         if !applied {
             let (api_version, now) = (r.api_version(), now());
-            managed::record_update(None, &mut obj, &opts.writer(&api_version, &now, Part::Main));
+            managed::record_update(
+                None,
+                &mut obj,
+                &opts.writer(r, &api_version, &now, Part::Main),
+            );
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         self.check_namespace(r, ns, &name)?;

@@ -50,8 +50,15 @@ pub struct WriteOptions {
 }
 
 impl WriteOptions {
-    fn writer<'a>(&'a self, api_version: &'a str, now: &'a str, part: Part) -> managed::Writer<'a> {
+    fn writer<'a>(
+        &'a self,
+        r: &'a Resource,
+        api_version: &'a str,
+        now: &'a str,
+        part: Part,
+    ) -> managed::Writer<'a> {
         managed::Writer {
+            lists: &r.lists,
             manager: self
                 .field_manager
                 .as_deref()

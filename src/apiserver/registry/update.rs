@@ -85,7 +85,7 @@ impl Registry {
                 managed::record_update(
                     Some(&old),
                     &mut new,
-                    &opts.writer(&api_version, &now, part),
+                    &opts.writer(r, &api_version, &now, part),
                 );
             }
             let claims = self.admission.update(r, &old, &mut new)?;
@@ -279,7 +279,7 @@ impl Registry {
             return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
         }
         let (api_version, now) = (r.api_version(), now());
-        let writer = opts.writer(&api_version, &now, part);
+        let writer = opts.writer(r, &api_version, &now, part);
         let how = How {
             part,
             applied: ty == PatchType::Apply,
@@ -298,7 +298,7 @@ impl Registry {
             let out = match ty {
                 PatchType::Json => patch::json(old, &body)?,
                 PatchType::Merge => patch::merge(old, &body)?,
-                PatchType::Strategic => patch::strategic(old, &body)?,
+                PatchType::Strategic => patch::strategic(&r.lists, old, &body)?,
                 PatchType::Apply => patch::apply(Some(old), &body, &writer, opts.force)?,
             };
             Ok(Some(out))
