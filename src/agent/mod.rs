@@ -319,7 +319,6 @@ fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mu
     services.services.insert(key);
 }
 
-/// Owns the state; publishes snapshots at most once per `min_sync`.
 /// How the DNS zone is built.
 struct DnsZone {
     domain: String,
@@ -342,55 +341,136 @@ struct StateTask {
     metrics: Arc<Metrics>,
 }
 
-async fn run_state(task: StateTask) {
-    let StateTask {
-        node,
-        dns,
-        served,
-        min_sync,
-        mut updates,
-        published,
-        generations,
-        mut applied,
-        metrics,
-    } = task;
-    let mut state = State::default();
-    let mut dirty = false;
-    let mut dns_changed = build::Changed {
-        all: true,
-        ..Default::default()
-    };
-    let mut svc_changed = build::Changed {
-        all: true,
-        ..Default::default()
-    };
-    let ingress = served.is_some();
-    let mut routes_dirty = true;
-    let mut route_services = std::collections::HashSet::new();
-    let mut certs = routes::CertCache::new();
-    let mut pending: Vec<(u64, SystemTime)> = Vec::new();
-    let mut generation = 0u64;
-    let mut last_publish = Instant::now() - min_sync;
+/// What the state task keeps between snapshots: the cluster state and what changed in it since
+/// the last one.
+struct Pending {
+    state: State,
+    /// Something changed since the last snapshot.
+    dirty: bool,
+    services: build::Changed,
+    dns: build::Changed,
+    routes_dirty: bool,
+    /// The Services the route table reads (a change to one rebuilds the routes).
+    route_services: std::collections::HashSet<ObjKey>,
+    certs: routes::CertCache,
+    /// Trigger times of changes not yet applied by the proxy, with their generation.
+    triggers: Vec<(u64, SystemTime)>,
+    generation: u64,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        let all = || build::Changed {
+            all: true,
+            ..Default::default()
+        };
+        Pending {
+            state: State::default(),
+            dirty: false,
+            services: all(),
+            dns: all(),
+            routes_dirty: true,
+            route_services: Default::default(),
+            certs: routes::CertCache::new(),
+            triggers: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// Takes one watch update into the state, noting what it changes.
+    fn absorb(&mut self, update: Update, ingress: bool) {
+        if let Some(t) = trigger_time(&update) {
+            self.triggers.push((self.generation + 1, t));
+        }
+        track(&self.state, &update, &mut self.services, &mut self.dns);
+        self.routes_dirty |= ingress && affects_routes(&self.state, &update, &self.route_services);
+        self.dirty |= self.state.apply(update);
+    }
+
+    /// Builds the next snapshot from `previous`, rebuilding only the views that changed.
+    fn build(&mut self, task: &StateTask, previous: &Snapshot) -> Snapshot {
+        let state = &self.state;
+        let services = build::update_services(
+            &previous.services,
+            &self.services,
+            &state.services.objects,
+            &state.slices.objects,
+            &task.node,
+        );
+        let zone = match &task.dns {
+            Some(z) if self.dns.any() => build::update_dns(
+                previous.dns.as_deref(),
+                &self.dns,
+                &state.services.objects,
+                &state.slices.objects,
+                &z.domain,
+                z.ttl,
+                z.pods,
+            )
+            .map(Arc::new),
+            _ => previous.dns.clone(),
+        };
+        let route_table = match &task.served {
+            Some(served) if self.routes_dirty => {
+                let inputs = routes::Inputs {
+                    ingresses: &state.ingresses.objects,
+                    classes: &state.classes.objects,
+                    secrets: &state.secrets.objects,
+                    services: &state.services.objects,
+                    slices: &state.slices.objects,
+                };
+                let built = routes::build_routes(&inputs, &previous.routes, &mut self.certs);
+                self.route_services = built.services;
+                served.send_if_modified(|s| {
+                    let new = **s != built.served;
+                    if new {
+                        *s = Arc::new(built.served);
+                    }
+                    new
+                });
+                Arc::new(built.table)
+            }
+            _ => previous.routes.clone(),
+        };
+        self.services = build::Changed::default();
+        self.dns = build::Changed::default();
+        self.routes_dirty = false;
+        self.dirty = false;
+        self.generation += 1;
+        let generation = self.generation;
+        for p in self.triggers.iter_mut() {
+            p.0 = p.0.min(generation);
+        }
+        Snapshot {
+            generation,
+            services: Arc::new(services),
+            dns: zone,
+            routes: route_table,
+            triggers: self.triggers.clone().into(),
+        }
+    }
+}
+
+/// Owns the state; publishes snapshots at most once per `min_sync`.
+async fn run_state(mut task: StateTask) {
+    let ingress = task.served.is_some();
+    let mut p = Pending::new();
+    let mut last_publish = Instant::now() - task.min_sync;
     loop {
-        let ready = dirty && state.synced(ingress);
+        let ready = p.dirty && p.state.synced(ingress);
         let wait = if ready {
-            (last_publish + min_sync).saturating_duration_since(Instant::now())
+            (last_publish + task.min_sync).saturating_duration_since(Instant::now())
         } else {
             Duration::from_secs(3600)
         };
         tokio::select! {
-            update = updates.recv() => {
+            update = task.updates.recv() => {
                 let Some(mut update) = update else { return };
                 // Take everything already queued before deciding to publish: a burst of
                 // changes makes one snapshot.
                 loop {
-                    if let Some(t) = trigger_time(&update) {
-                        pending.push((generation + 1, t));
-                    }
-                    track(&state, &update, &mut svc_changed, &mut dns_changed);
-                    routes_dirty |= ingress && affects_routes(&state, &update, &route_services);
-                    dirty |= state.apply(update);
-                    match updates.try_recv() {
+                    p.absorb(update, ingress);
+                    match task.updates.try_recv() {
                         Ok(next) => update = next,
                         Err(_) => break,
                     }
@@ -398,49 +478,15 @@ async fn run_state(task: StateTask) {
             }
             _ = tokio::time::sleep(wait), if ready => {
                 let started = Instant::now();
-                let previous = published.load();
-                let services = build::update_services(&previous.services, &svc_changed, &state.services.objects, &state.slices.objects, &node);
-                svc_changed = build::Changed::default();
-                let zone = match &dns {
-                    Some(z) if dns_changed.any() => {
-                        build::update_dns(previous.dns.as_deref(), &dns_changed, &state.services.objects, &state.slices.objects, &z.domain, z.ttl, z.pods).map(Arc::new)
-                    }
-                    _ => previous.dns.clone(),
-                };
-                dns_changed = build::Changed::default();
-                let route_table = match &served {
-                    Some(served) if routes_dirty => {
-                        let built = routes::build_routes(&routes::Inputs {
-                            ingresses: &state.ingresses.objects,
-                            classes: &state.classes.objects,
-                            secrets: &state.secrets.objects,
-                            services: &state.services.objects,
-                            slices: &state.slices.objects,
-                        }, &previous.routes, &mut certs);
-                        route_services = built.services;
-                        served.send_if_modified(|s| {
-                            let new = **s != built.served;
-                            if new {
-                                *s = Arc::new(built.served);
-                            }
-                            new
-                        });
-                        Arc::new(built.table)
-                    }
-                    _ => previous.routes.clone(),
-                };
-                routes_dirty = false;
-                generation += 1;
-                let done = *applied.borrow_and_update();
-                pending.retain(|(g, _)| *g > done);
-                for p in pending.iter_mut() {
-                    p.0 = p.0.min(generation);
-                }
-                metrics.build_duration.observe(started.elapsed());
-                metrics.published(generation, services.ports.len(), services.endpoint_count());
-                published.store(Arc::new(Snapshot { generation, services: Arc::new(services), dns: zone, routes: route_table, triggers: pending.clone().into() }));
-                let _ = generations.send(generation);
-                dirty = false;
+                // What the proxy has applied no longer waits for its trigger times.
+                let done = *task.applied.borrow_and_update();
+                p.triggers.retain(|(g, _)| *g > done);
+                let snapshot = p.build(&task, &task.published.load());
+                let generation = snapshot.generation;
+                task.metrics.build_duration.observe(started.elapsed());
+                task.metrics.published(generation, snapshot.services.ports.len(), snapshot.services.endpoint_count());
+                task.published.store(Arc::new(snapshot));
+                let _ = task.generations.send(generation);
                 last_publish = Instant::now();
                 tracing::debug!(generation, took = ?started.elapsed(), "snapshot published");
             }

@@ -192,6 +192,87 @@ pub struct PortRules {
     local: Vec<IpAddr>,
 }
 
+/// How a frontend picks among `eps`: inline for one frontend without affinity, otherwise a
+/// chain (`SY-SVC-`/`SY-EXT-` + hash of `id`) pushed to `chains`, with one `SY-SEP-` chain per
+/// endpoint for `ClientIP` affinity.
+fn choose_endpoints(
+    p: &ServicePort,
+    family: Family,
+    id: &str,
+    eps: &[SocketAddr],
+    users: usize,
+    chain_prefix: &str,
+    chains: &mut Vec<(String, Block)>,
+) -> Choice {
+    if eps.is_empty() {
+        return Choice::Reject;
+    }
+    let pr = proto(p.protocol);
+    let dnat = |e: &SocketAddr| format!("DNAT --to-destination {e}");
+    if p.affinity.is_none() && users == 1 {
+        return Choice::Inline(eps.iter().map(dnat).collect());
+    }
+    let chain = hashed(chain_prefix, id);
+    let rules = match p.affinity {
+        None => choose(
+            &format!("-p {pr}"),
+            "",
+            &eps.iter().map(dnat).collect::<Vec<_>>(),
+        ),
+        Some(timeout) => {
+            let seps: Vec<String> = eps
+                .iter()
+                .map(|e| hashed("SY-SEP-", &format!("{id}/{e}")))
+                .collect();
+            let mut rules: Vec<String> = seps
+                .iter()
+                .map(|sep| {
+                    format!(
+                        "-m recent --rcheck --seconds {} --reap --name {sep} --mask {} --rsource -j {sep}",
+                        timeout.as_secs(),
+                        family.full_mask()
+                    )
+                })
+                .collect();
+            rules.extend(choose("", "", &seps));
+            for (sep, e) in seps.iter().zip(eps) {
+                chains.push((
+                    sep.clone(),
+                    Arc::new(vec![format!(
+                        "-p {pr} -m recent --set --name {sep} --mask {} --rsource -j {}",
+                        family.full_mask(),
+                        dnat(e)
+                    )]),
+                ));
+            }
+            rules
+        }
+    };
+    chains.push((chain.clone(), Arc::new(rules)));
+    Choice::Chain(chain)
+}
+
+/// One frontend's block: `m` matches it, `masq` marks what must be masqueraded, then `choice`.
+fn frontend_block(m: &str, masq: &[String], choice: &Choice, name: &str) -> Block {
+    let mut rules: Vec<String> = Vec::new();
+    match choice {
+        Choice::Reject => rules.push(format!(
+            "{m}{} -j {REJECT}",
+            comment(&format!("{name} has no endpoints"))
+        )),
+        Choice::Chain(chain) => {
+            rules.extend(masq.iter().cloned());
+            rules.push(format!("{m}{} -j {chain}", comment(name)));
+        }
+        Choice::Inline(targets) => {
+            rules.extend(masq.iter().cloned());
+            rules.extend(choose(m, &comment(name), targets));
+        }
+    }
+    Arc::new(rules)
+}
+
+/// The rules of one service port in one family.
 fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
     let in_family = |ip: &IpAddr| Family::of(*ip) == family;
     let cluster: Vec<IpAddr> = p.cluster_ips.iter().copied().filter(in_family).collect();
@@ -226,84 +307,37 @@ fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
     let shared = int_eps == ext_eps;
     let id = format!("{}/{}", p.name, p.protocol);
     let name = p.name.to_string();
-    let pr = proto(p.protocol);
     let mut out = PortRules::default();
 
-    let mut choice = |eps: &[SocketAddr], users: usize, chain_prefix: &str| -> Choice {
-        if eps.is_empty() {
-            return Choice::Reject;
-        }
-        let dnat = |e: &SocketAddr| format!("DNAT --to-destination {e}");
-        if p.affinity.is_none() && users == 1 {
-            return Choice::Inline(eps.iter().map(dnat).collect());
-        }
-        let chain = hashed(chain_prefix, &id);
-        let rules = match p.affinity {
-            None => choose(
-                &format!("-p {pr}"),
-                "",
-                &eps.iter().map(dnat).collect::<Vec<_>>(),
-            ),
-            Some(timeout) => {
-                let seps: Vec<String> = eps
-                    .iter()
-                    .map(|e| hashed("SY-SEP-", &format!("{id}/{e}")))
-                    .collect();
-                let mut rules: Vec<String> = seps
-                    .iter()
-                    .map(|sep| {
-                        format!(
-                            "-m recent --rcheck --seconds {} --reap --name {sep} --mask {} --rsource -j {sep}",
-                            timeout.as_secs(),
-                            family.full_mask()
-                        )
-                    })
-                    .collect();
-                rules.extend(choose("", "", &seps));
-                for (sep, e) in seps.iter().zip(eps) {
-                    out.chains.push((
-                        sep.clone(),
-                        Arc::new(vec![format!(
-                            "-p {pr} -m recent --set --name {sep} --mask {} --rsource -j {}",
-                            family.full_mask(),
-                            dnat(e)
-                        )]),
-                    ));
-                }
-                rules
-            }
-        };
-        out.chains.push((chain.clone(), Arc::new(rules)));
-        Choice::Chain(chain)
-    };
     let int_users = cluster.len() + if shared { ext_users } else { 0 };
-    let int_choice = (!cluster.is_empty() || (shared && ext_users > 0))
-        .then(|| choice(&int_eps, int_users, "SY-SVC-"));
+    let int_choice = (!cluster.is_empty() || (shared && ext_users > 0)).then(|| {
+        choose_endpoints(
+            p,
+            family,
+            &id,
+            &int_eps,
+            int_users,
+            "SY-SVC-",
+            &mut out.chains,
+        )
+    });
     let ext_choice = if shared {
         None
     } else {
-        (ext_users > 0).then(|| choice(&ext_eps, ext_users, "SY-EXT-"))
+        (ext_users > 0).then(|| {
+            choose_endpoints(
+                p,
+                family,
+                &id,
+                &ext_eps,
+                ext_users,
+                "SY-EXT-",
+                &mut out.chains,
+            )
+        })
     };
     let ext_choice = ext_choice.as_ref().or(int_choice.as_ref());
 
-    let block = |m: &str, masq: &[String], choice: &Choice| -> Block {
-        let mut rules: Vec<String> = Vec::new();
-        match choice {
-            Choice::Reject => rules.push(format!(
-                "{m}{} -j {REJECT}",
-                comment(&format!("{name} has no endpoints"))
-            )),
-            Choice::Chain(chain) => {
-                rules.extend(masq.iter().cloned());
-                rules.push(format!("{m}{} -j {chain}", comment(&name)));
-            }
-            Choice::Inline(targets) => {
-                rules.extend(masq.iter().cloned());
-                rules.extend(choose(m, &comment(&name), targets));
-            }
-        }
-        Arc::new(rules)
-    };
     if let Some(choice) = &int_choice {
         for ip in &cluster {
             let m = frontend_match(Some(*ip), p.protocol, p.port);
@@ -317,7 +351,8 @@ fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
                     .into_iter()
                     .collect()
             };
-            out.dst.push((*ip, block(&m, &masq, choice)));
+            out.dst
+                .push((*ip, frontend_block(&m, &masq, choice, &name)));
         }
     }
     if let Some(choice) = ext_choice {
@@ -330,11 +365,12 @@ fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
         };
         for ip in &external {
             let m = frontend_match(Some(*ip), p.protocol, p.port);
-            out.dst.push((*ip, block(&m, &masq(&m), choice)));
+            out.dst
+                .push((*ip, frontend_block(&m, &masq(&m), choice, &name)));
         }
         if let Some(np) = node_port {
             let m = frontend_match(None, p.protocol, np);
-            out.node_port = Some((p.protocol, np, block(&m, &masq(&m), choice)));
+            out.node_port = Some((p.protocol, np, frontend_block(&m, &masq(&m), choice, &name)));
         }
     }
     out.local = p
@@ -417,6 +453,25 @@ fn assemble<'a>(
     dst.sort_by_key(|(k, _)| *k);
     node_ports.sort_by_key(|(k, _)| *k);
 
+    let services = service_trees(family, o, &dst, &node_ports, &mut nat);
+    nat.insert(SERVICES.into(), services);
+    let filter = fixed_chains(family, &local, &mut nat);
+    Ruleset {
+        nat,
+        filter,
+        frontends,
+    }
+}
+
+/// `SY-SERVICES`: the dispatch tree on destination addresses, then the NodePort tree (keyed by
+/// protocol and port) for local destinations; their inner chains go into `nat`.
+fn service_trees(
+    family: Family,
+    o: &Options,
+    dst: &[(u128, Block)],
+    node_ports: &[(u128, Block)],
+    nat: &mut Chains,
+) -> Vec<Line> {
     let bits = family.bits();
     let dst_match = move |prefix: u128, len: u32| {
         let base = if len == 0 { 0 } else { prefix << (bits - len) };
@@ -428,8 +483,8 @@ fn assemble<'a>(
             chain_prefix: "SY-DST-",
             matcher: &dst_match,
         },
-        &dst,
-        &mut nat,
+        dst,
+        nat,
     );
     if !node_ports.is_empty() {
         let port_match = |prefix: u128, len: u32| {
@@ -453,8 +508,8 @@ fn assemble<'a>(
                 chain_prefix: "SY-NP-",
                 matcher: &port_match,
             },
-            &node_ports,
-            &mut nat,
+            node_ports,
+            nat,
         );
         nat.insert(NODEPORTS.into(), np);
         services.push(Line::Text(if o.node_addr.is_unspecified() {
@@ -463,7 +518,13 @@ fn assemble<'a>(
             format!("-d {} -j {NODEPORTS}", Family::host(o.node_addr))
         }));
     }
-    nat.insert(SERVICES.into(), services);
+    services
+}
+
+/// The chains every ruleset has whatever the services: masquerade and reject marks, hairpin
+/// masquerade for this node's endpoints (`local`), `SY-POSTROUTING`, and the filter table's
+/// chains, which are returned.
+fn fixed_chains(family: Family, local: &BTreeSet<IpAddr>, nat: &mut Chains) -> Chains {
     let text = |s: String| Line::Text(s);
     nat.insert(
         MARK_MASQ.into(),
@@ -513,11 +574,7 @@ fn assemble<'a>(
         FORWARD.into(),
         vec![text("-m conntrack --ctstate DNAT -j ACCEPT".into())],
     );
-    Ruleset {
-        nat,
-        filter,
-        frontends,
-    }
+    filter
 }
 
 /// Whether two chains hold the same rules.

@@ -209,22 +209,22 @@ fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Option<Uri> {
     }
 }
 
-/// Forwards a request to the backend, retrying a failed connect on another endpoint.
-async fn forward(
+/// Rewrites a client's request into what the backend receives: the backend's URI form and
+/// protocol, no hop-by-hop headers, the upgrade that is meant, and the `X-Forwarded-*` set and
+/// request id (replacing whatever the client sent).
+fn to_upstream(
+    req: &mut Request<Incoming>,
     backend: &Backend,
-    mut req: Request<Incoming>,
     conn: &Conn,
     host: &str,
     id: &HeaderValue,
-) -> (Response<Body>, Option<SocketAddr>) {
-    let upgrade = upgrade_protocol(&req);
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    upgrade: Option<&HeaderValue>,
+) {
     let original_host = req
         .headers()
         .get(header::HOST)
         .cloned()
         .or_else(|| HeaderValue::from_str(req.uri().authority()?.as_str()).ok());
-    let version = req.version();
     if let Some(uri) = upstream_uri(req.uri(), host, backend.h2c) {
         *req.uri_mut() = uri;
     }
@@ -240,7 +240,7 @@ async fn forward(
     } else if let Some(h) = &original_host {
         headers.insert(header::HOST, h.clone());
     }
-    if let Some(proto) = &upgrade {
+    if let Some(proto) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
     }
@@ -255,6 +255,50 @@ async fn forward(
     }
     headers.insert(X_FORWARDED_PORT, conn.forwarded_port.clone());
     headers.insert(X_REQUEST_ID, id.clone());
+}
+
+/// Sends `req` on `sender`. A failure hands back the request when it never left, so it can go
+/// again on a fresh connection (only from a reused HTTP/1.1 connection, or HTTP/2).
+async fn send(
+    sender: Sender,
+    req: Request<Incoming>,
+) -> Result<
+    (
+        Response<Incoming>,
+        Option<hyper::client::conn::http1::SendRequest<Incoming>>,
+    ),
+    (hyper::Error, Option<Request<Incoming>>),
+> {
+    match sender {
+        Sender::H1 { mut sender, reused } => match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Some(sender))),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err((e.into_error(), unsent.filter(|_| reused)))
+            }
+        },
+        Sender::H2(mut sender) => match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, None)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err((e.into_error(), unsent))
+            }
+        },
+    }
+}
+
+/// Forwards a request to the backend, retrying a failed connect on another endpoint.
+async fn forward(
+    backend: &Backend,
+    mut req: Request<Incoming>,
+    conn: &Conn,
+    host: &str,
+    id: &HeaderValue,
+) -> (Response<Body>, Option<SocketAddr>) {
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let version = req.version();
+    to_upstream(&mut req, backend, conn, host, id, upgrade.as_ref());
     let settings = &backend.settings;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let attempts = backend.endpoints.len().clamp(1, 3);
@@ -276,25 +320,7 @@ async fn forward(
                 continue;
             }
         };
-        let sent = tokio::time::timeout(settings.response_timeout, async {
-            match sender {
-                Sender::H1 { mut sender, reused } => match sender.try_send_request(req).await {
-                    Ok(resp) => Ok((resp, Some(sender))),
-                    Err(mut e) => {
-                        let unsent = e.take_message();
-                        Err((e.into_error(), unsent.filter(|_| reused)))
-                    }
-                },
-                Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                    Ok(resp) => Ok((resp, None)),
-                    Err(mut e) => {
-                        let unsent = e.take_message();
-                        Err((e.into_error(), unsent))
-                    }
-                },
-            }
-        })
-        .await;
+        let sent = tokio::time::timeout(settings.response_timeout, send(sender, req)).await;
         let (resp, keep) = match sent {
             Err(_) => {
                 return (

@@ -164,53 +164,64 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             ));
         }
         for (j, p) in paths.iter().enumerate() {
-            let f = |s: &str| format!("spec.rules[{i}].http.paths[{j}].{s}");
-            let path = p.get("path").and_then(Value::as_str).unwrap_or("");
-            match p.get("pathType").and_then(Value::as_str) {
-                None => errs.push(FieldError::required(
-                    f("pathType"),
-                    "pathType must be specified",
-                )),
-                Some(t) if !PATH_TYPES.contains(&t) => {
-                    errs.push(FieldError::not_supported(f("pathType"), t, PATH_TYPES))
-                }
-                Some("ImplementationSpecific") => {
-                    if !path.is_empty() && !path.starts_with('/') {
-                        errs.push(FieldError::invalid(
-                            f("path"),
-                            path,
-                            "must be an absolute path",
-                        ));
-                    }
-                }
-                Some(_) => {
-                    if !path.starts_with('/') {
-                        errs.push(FieldError::invalid(
-                            f("path"),
-                            path,
-                            "must be an absolute path",
-                        ));
-                    } else if let Some(bad) = BAD_PATH_PARTS.iter().find(|b| path.contains(**b)) {
-                        errs.push(FieldError::invalid(
-                            f("path"),
-                            path,
-                            format!("must not contain '{bad}'"),
-                        ));
-                    } else if let Some(bad) = BAD_PATH_ENDS.iter().find(|b| path.ends_with(**b)) {
-                        errs.push(FieldError::invalid(
-                            f("path"),
-                            path,
-                            format!("cannot end with '{bad}'"),
-                        ));
-                    }
-                }
+            validate_path(&format!("spec.rules[{i}].http.paths[{j}]"), p, errs);
+        }
+    }
+    validate_tls(obj, errs);
+}
+
+/// One HTTP path of a rule: its type, the path for that type, and its backend. `at` is the
+/// path's field (`spec.rules[0].http.paths[1]`).
+fn validate_path(at: &str, p: &Value, errs: &mut Vec<FieldError>) {
+    let f = |s: &str| format!("{at}.{s}");
+    let path = p.get("path").and_then(Value::as_str).unwrap_or("");
+    match p.get("pathType").and_then(Value::as_str) {
+        None => errs.push(FieldError::required(
+            f("pathType"),
+            "pathType must be specified",
+        )),
+        Some(t) if !PATH_TYPES.contains(&t) => {
+            errs.push(FieldError::not_supported(f("pathType"), t, PATH_TYPES))
+        }
+        Some("ImplementationSpecific") => {
+            if !path.is_empty() && !path.starts_with('/') {
+                errs.push(FieldError::invalid(
+                    f("path"),
+                    path,
+                    "must be an absolute path",
+                ));
             }
-            match p.get("backend") {
-                Some(b) => validate_backend(&f("backend"), b, errs),
-                None => errs.push(FieldError::required(f("backend"), "")),
+        }
+        Some(_) => {
+            if !path.starts_with('/') {
+                errs.push(FieldError::invalid(
+                    f("path"),
+                    path,
+                    "must be an absolute path",
+                ));
+            } else if let Some(bad) = BAD_PATH_PARTS.iter().find(|b| path.contains(**b)) {
+                errs.push(FieldError::invalid(
+                    f("path"),
+                    path,
+                    format!("must not contain '{bad}'"),
+                ));
+            } else if let Some(bad) = BAD_PATH_ENDS.iter().find(|b| path.ends_with(**b)) {
+                errs.push(FieldError::invalid(
+                    f("path"),
+                    path,
+                    format!("cannot end with '{bad}'"),
+                ));
             }
         }
     }
+    match p.get("backend") {
+        Some(b) => validate_backend(&f("backend"), b, errs),
+        None => errs.push(FieldError::required(f("backend"), "")),
+    }
+}
+
+/// TLS hosts and secret names.
+fn validate_tls(obj: &Value, errs: &mut Vec<FieldError>) {
     for (i, tls) in obj
         .pointer("/spec/tls")
         .and_then(Value::as_array)

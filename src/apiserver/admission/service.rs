@@ -86,6 +86,8 @@ pub(super) fn default(obj: &mut Value) {
     }
 }
 
+/// Validates a Service as kube-apiserver does: its type and cluster IP, ports, selector, session
+/// affinity and external traffic.
 pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
     let ty = svc_type(obj);
     if !TYPES.contains(&ty) {
@@ -122,6 +124,15 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             format!("may not be set to 'None' for {ty} services"),
         ));
     }
+    validate_ports(obj, ty, errs);
+    validate_selector(obj, errs);
+    validate_affinity(obj, errs);
+    validate_external(obj, ty, errs);
+}
+
+/// Names (required when there are several, unique), port numbers, protocols, target ports, and
+/// node ports (only for types that have them, unique per protocol).
+fn validate_ports(obj: &Value, ty: &str, errs: &mut Vec<FieldError>) {
     let multi = ports(obj).len() > 1;
     let mut names_seen = HashSet::new();
     let mut port_proto = HashSet::new();
@@ -192,6 +203,9 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             }
         }
     }
+}
+
+fn validate_selector(obj: &Value, errs: &mut Vec<FieldError>) {
     if let Some(sel) = obj.pointer("/spec/selector").and_then(Value::as_object) {
         for (k, v) in sel {
             check(errs, "spec.selector", k, names::qualified_name(k));
@@ -204,6 +218,9 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             );
         }
     }
+}
+
+fn validate_affinity(obj: &Value, errs: &mut Vec<FieldError>) {
     let affinity = str_at(obj, "/spec/sessionAffinity").unwrap_or("None");
     if !["None", "ClientIP"].contains(&affinity) {
         errs.push(FieldError::not_supported(
@@ -229,6 +246,10 @@ pub(super) fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             ));
         }
     }
+}
+
+/// External IPs and the traffic policies.
+fn validate_external(obj: &Value, ty: &str, errs: &mut Vec<FieldError>) {
     if let Some(ips) = obj.pointer("/spec/externalIPs").and_then(Value::as_array) {
         for (i, ip) in ips.iter().enumerate() {
             let s = ip.as_str().unwrap_or("");
