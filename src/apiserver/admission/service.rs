@@ -424,7 +424,9 @@ pub(super) fn allocate(
     result.map(|()| taken)
 }
 
-fn allocate_into(
+/// The ClusterIP: a requested one (unless the Service already holds it) or the next free one,
+/// in the cluster's single family.
+fn allocate_cluster_ip(
     a: &mut Allocators,
     obj: &mut Value,
     held: &Claims,
@@ -435,94 +437,116 @@ fn allocate_into(
     } else {
         "IPv6"
     };
-    if needs_cluster_ip(obj) {
-        if let Some(fams) = obj.pointer("/spec/ipFamilies").and_then(Value::as_array) {
-            for (i, f) in fams.iter().enumerate() {
-                if f.as_str() != Some(family) {
-                    return Err(vec![FieldError::invalid(
-                        format!("spec.ipFamilies[{i}]"),
-                        f.clone(),
-                        "not configured on this cluster",
-                    )]);
-                }
+    if !needs_cluster_ip(obj) {
+        return Ok(());
+    }
+    if let Some(fams) = obj.pointer("/spec/ipFamilies").and_then(Value::as_array) {
+        for (i, f) in fams.iter().enumerate() {
+            if f.as_str() != Some(family) {
+                return Err(vec![FieldError::invalid(
+                    format!("spec.ipFamilies[{i}]"),
+                    f.clone(),
+                    "not configured on this cluster",
+                )]);
             }
         }
-        let requested = str_at(obj, "/spec/clusterIP").unwrap_or("").to_string();
-        let ip = match requested.as_str() {
-            "None" => "None".to_string(),
-            "" => {
-                let ip = a
-                    .ips
-                    .allocate_next()
-                    .map_err(|e| vec![alloc_error("spec.clusterIPs", "", e)])?;
-                taken.ips.push(ip);
-                ip.to_string()
-            }
-            s => {
-                let ip: IpAddr = s.parse().map_err(|_| {
-                    vec![FieldError::invalid(
-                        "spec.clusterIPs[0]",
-                        s,
-                        "must be a valid IP address",
-                    )]
-                })?;
-                if !held.ips.contains(&ip) {
-                    a.ips
-                        .allocate(ip)
-                        .map_err(|e| vec![alloc_error("spec.clusterIPs[0]", s, e)])?;
-                    taken.ips.push(ip);
-                }
-                ip.to_string()
-            }
-        };
-        let spec = &mut obj["spec"];
-        spec["clusterIP"] = json!(ip);
-        spec["clusterIPs"] = json!([ip]);
-        spec["ipFamilies"] = json!([family]);
-        spec["ipFamilyPolicy"] = json!("SingleStack");
     }
-    if needs_node_ports(obj) {
-        let mut errs = Vec::new();
-        let mut mine: Vec<u16> = Vec::new();
-        if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
-            for (i, p) in ports.iter_mut().enumerate() {
-                let want = p
-                    .get("nodePort")
-                    .and_then(Value::as_i64)
-                    .filter(|n| *n != 0);
-                match want {
-                    None => match a.ports.allocate_next() {
-                        Ok(n) => {
+    let requested = str_at(obj, "/spec/clusterIP").unwrap_or("").to_string();
+    let ip = match requested.as_str() {
+        "None" => "None".to_string(),
+        "" => {
+            let ip = a
+                .ips
+                .allocate_next()
+                .map_err(|e| vec![alloc_error("spec.clusterIPs", "", e)])?;
+            taken.ips.push(ip);
+            ip.to_string()
+        }
+        s => {
+            let ip: IpAddr = s.parse().map_err(|_| {
+                vec![FieldError::invalid(
+                    "spec.clusterIPs[0]",
+                    s,
+                    "must be a valid IP address",
+                )]
+            })?;
+            if !held.ips.contains(&ip) {
+                a.ips
+                    .allocate(ip)
+                    .map_err(|e| vec![alloc_error("spec.clusterIPs[0]", s, e)])?;
+                taken.ips.push(ip);
+            }
+            ip.to_string()
+        }
+    };
+    let spec = &mut obj["spec"];
+    spec["clusterIP"] = json!(ip);
+    spec["clusterIPs"] = json!([ip]);
+    spec["ipFamilies"] = json!([family]);
+    spec["ipFamilyPolicy"] = json!("SingleStack");
+    Ok(())
+}
+
+/// Every port's NodePort: a requested one (unless held, or already taken for the same port
+/// number over another protocol) or the next free one.
+fn allocate_node_ports(
+    a: &mut Allocators,
+    obj: &mut Value,
+    held: &Claims,
+    taken: &mut Claims,
+) -> Result<(), Vec<FieldError>> {
+    let mut errs = Vec::new();
+    let mut mine: Vec<u16> = Vec::new();
+    if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
+        for (i, p) in ports.iter_mut().enumerate() {
+            let want = p
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .filter(|n| *n != 0);
+            match want {
+                None => match a.ports.allocate_next() {
+                    Ok(n) => {
+                        taken.ports.push(n);
+                        mine.push(n);
+                        p["nodePort"] = json!(n);
+                    }
+                    Err(e) => errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), 0, e)),
+                },
+                Some(n) => {
+                    let n = n as u16;
+                    // The same node port may serve one port number over several protocols.
+                    if held.ports.contains(&n) || mine.contains(&n) {
+                        continue;
+                    }
+                    match a.ports.allocate(n) {
+                        Ok(()) => {
                             taken.ports.push(n);
                             mine.push(n);
-                            p["nodePort"] = json!(n);
                         }
                         Err(e) => {
-                            errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), 0, e))
-                        }
-                    },
-                    Some(n) => {
-                        let n = n as u16;
-                        // The same node port may serve one port number over several protocols.
-                        if held.ports.contains(&n) || mine.contains(&n) {
-                            continue;
-                        }
-                        match a.ports.allocate(n) {
-                            Ok(()) => {
-                                taken.ports.push(n);
-                                mine.push(n);
-                            }
-                            Err(e) => {
-                                errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), n, e))
-                            }
+                            errs.push(alloc_error(&format!("spec.ports[{i}].nodePort"), n, e))
                         }
                     }
                 }
             }
         }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+fn allocate_into(
+    a: &mut Allocators,
+    obj: &mut Value,
+    held: &Claims,
+    taken: &mut Claims,
+) -> Result<(), Vec<FieldError>> {
+    allocate_cluster_ip(a, obj, held, taken)?;
+    if needs_node_ports(obj) {
+        allocate_node_ports(a, obj, held, taken)?;
     }
     if needs_health_check_port(obj) {
         match obj
