@@ -14,6 +14,7 @@
 
 mod conntrack;
 pub mod render;
+pub mod restore;
 pub mod rules;
 mod tree;
 
@@ -28,7 +29,8 @@ use tokio::process::Command;
 
 use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
 use crate::SyncReport;
-use render::{Family, Options, Renderer, Ruleset, JUMPS};
+use render::{Family, Options, Renderer, Ruleset};
+use restore::JUMPS;
 
 /// Which iptables the machine's rules go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,11 +179,11 @@ impl FamilyState {
         let save = tools.save.as_path();
         let mut text = run(save, &["-t", "nat"], None).await?;
         text.push_str(&run(save, &["-t", "filter"], None).await?);
-        Ok(render::parse_save(&text))
+        Ok(restore::parse_save(&text))
     }
 
     /// The jumps missing from the built-in chains.
-    async fn missing_jumps(tools: &Tools) -> Result<Vec<&'static render::Jump>, IptablesError> {
+    async fn missing_jumps(tools: &Tools) -> Result<Vec<&'static restore::Jump>, IptablesError> {
         let mut missing = Vec::new();
         for j in JUMPS {
             let mut args = vec!["-w", "5", "-t", j.table, "-C", j.chain];
@@ -218,7 +220,7 @@ impl FamilyState {
             Some(t) if t.elapsed() < JUMP_CHECK => Vec::new(),
             _ => Self::missing_jumps(tools).await?,
         };
-        let diff = render::diff(&old, &next, &jumps);
+        let diff = restore::diff(&old, &next, &jumps);
         if !diff.text.is_empty() {
             run(&tools.restore, &["-w", "5", "--noflush"], Some(&diff.text)).await?;
         }
@@ -347,7 +349,7 @@ pub async fn cleanup(backend: Backend) -> Result<Cleanup, IptablesError> {
             }
         }
         filters.extend(conntrack::frontends_in(&ours, family));
-        let d = render::diff(&ours, &Ruleset::default(), &[]);
+        let d = restore::diff(&ours, &Ruleset::default(), &[]);
         if !d.text.is_empty() {
             run(&tools.restore, &["-w", "5", "--noflush"], Some(&d.text)).await?;
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::iptables::restore::{diff, parse_save, Diff};
 use crate::table::{Endpoint, ServicePort, ServicePortName};
 
 fn ep(addr: &str, local: bool) -> Endpoint {
