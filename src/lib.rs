@@ -1,6 +1,8 @@
 //! Switchyard: a Kubernetes-compatible networking and service-discovery data plane.
 //!
-//! This crate is the only one that knows Kubernetes. What lives where:
+//! This crate is the only one that knows Kubernetes; it depends on `switchyard-proxy` (the data
+//! plane's proxies and router, fed view types) and `switchyard-dns` (the zone and server), never
+//! on the benchmarks. What lives where:
 //! - [`store`]: the etcd-shaped key-value store (trait) and its embedded redb backend;
 //! - [`apiserver`]: the Kubernetes-compatible API server — REST handlers, discovery, OpenAPI,
 //!   authentication, admission (validation, defaulting, ClusterIP/NodePort allocation), watch;

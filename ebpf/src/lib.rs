@@ -1,4 +1,5 @@
-//! Switchyard's BPF programs and their map ABI (the `switchyard-ebpf` crate).
+//! Switchyard's BPF programs and their map ABI (the `switchyard-ebpf` crate). It depends on
+//! nothing; `switchyard-proxy`'s eBPF mode loads what it describes.
 //!
 //! - `sock.c`: the cgroup sock_addr programs of the eBPF proxy mode (connect, sendmsg, recvmsg
 //!   and getpeername, IPv4 and IPv6), compiled by `make` into `sock.o`, which is committed and

@@ -1,4 +1,6 @@
-//! The node agent behind `switchyard node`.
+//! The node agent behind `switchyard node`. It talks to any Kubernetes API server through
+//! kube-rs (never to [`crate::apiserver`] directly), and turns what it watches into the view
+//! types of `switchyard-proxy` and `switchyard-dns`.
 //!
 //! Data flow (see DESIGN.md):
 //! 1. one kube-rs watcher per kind ([`watch`]) sends its events to one channel;

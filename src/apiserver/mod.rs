@@ -1,6 +1,12 @@
-//! The Kubernetes-compatible API server behind `switchyard server`.
+//! The Kubernetes-compatible API server behind `switchyard server`. It depends on [`crate::store`]
+//! and runs the [`crate::controllers`]; nothing else in the crate depends on it but `up`.
 //!
-//! - [`http`]: TLS, authentication, routing, content negotiation;
+//! A request flows: [`http`] (TLS, authentication, health, discovery) -> [`request`] (parsed
+//! once into a typed request: verb, resource, subresource, namespace, name) -> authorization ->
+//! a handler per verb (`handlers`) -> [`registry`] -> [`admission`] -> the store.
+//!
+//! - [`resources`]: the table of served kinds, which can grow while the server runs;
+//!   [`schema`]: how each kind's lists merge;
 //! - [`registry`]: the verbs over the store, with kube-apiserver's semantics;
 //! - [`admission`]: defaulting, validation, ClusterIP/NodePort allocation;
 //! - [`watch`], [`table`], [`patch`], [`selectors`]: the parts of a request that need them;

@@ -1,4 +1,5 @@
-//! The load generator behind `switchyard load`.
+//! The load generator behind `switchyard load`. It depends on nothing else in the crate (it
+//! drives any HTTP, TCP or DNS server), and the benchmarks use it through the binary.
 //!
 //! - Closed loop (`-c` connections, each sending its next request when the last one is
 //!   answered) or open loop (`--rate`: every connection — every stream, with HTTP/2 — has its

@@ -1,5 +1,6 @@
 //! The store: a key-value API shaped like etcd's (global revisions, compare-and-swap, range at a
 //! revision, watch from a revision), so the API server does not care which backend holds the data.
+//! It knows nothing of Kubernetes: keys and values are bytes.
 //!
 //! [`embedded::EmbeddedStore`] is the default backend: a redb file with group commit, the live
 //! key space and a bounded event history in memory.

@@ -1,9 +1,10 @@
 //! The iptables proxy: ClusterIPs, NodePorts, external and load-balancer IPs programmed as NAT
 //! rules, kube-proxy's features without its linear chains.
 //!
-//! - [`render`]: the ruleset as a pure function of the service table (golden-text tests), and
-//!   the restore text between two rulesets; [`tree`]: the dispatch tree that makes a new
-//!   connection's cost independent of the number of services.
+//! - [`render`]: the ruleset as a pure function of the service table (golden-text tests);
+//!   [`tree`]: the dispatch tree that makes a new connection's cost independent of the number of
+//!   services; [`rules`]: the rule blocks and chain names both share; [`restore`]: the restore
+//!   text between two rulesets, and saved rules read back.
 //! - [`IptablesProxy::apply`] renders both families, writes only the chains that changed with
 //!   one `iptables-restore --noflush` per family, and then clears stale UDP conntrack entries
 //!   ([`conntrack`]).

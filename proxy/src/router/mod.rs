@@ -1,6 +1,11 @@
-//! The ingress router: Kubernetes Ingress v1 host/path routing over HTTP/1.1 and HTTP/2, with
-//! TLS (certificates chosen by SNI), WebSocket and other upgrades, pooled upstream connections
-//! and passive health.
+//! The L7 router: Kubernetes Ingress v1 host/path routing (Gateway API routes will share the same
+//! [`RouteTable`](routes::RouteTable)) over HTTP/1.1 and HTTP/2, with TLS (certificates chosen by
+//! SNI), WebSocket and other upgrades, pooled upstream connections and passive health. It
+//! depends on nothing of the L4 proxy modes.
+//!
+//! - [`routes`]: the route table (hosts, paths, backends and their stats), built off the hot
+//!   path; [`annotations`]: the per-Ingress settings; [`upstream`]: pooled upstream connections;
+//!   `server`: the accept loops, the request path and forwarding.
 //!
 //! It reads a [`RouteTable`](routes::RouteTable) from a [`RouteSource`] once per request, so a
 //! configuration change is one pointer swap: nothing reloads, and requests in flight and
