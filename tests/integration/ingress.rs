@@ -24,7 +24,7 @@ use crate::support::{eventually_async, Up};
 
 /// An HTTP backend (HTTP/1.1 and h2c) that answers with what it saw, as JSON. `/slow` waits
 /// three seconds first.
-async fn backend(name: &'static str) -> SocketAddr {
+pub(crate) async fn backend(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -53,6 +53,9 @@ async fn backend(name: &'static str) -> SocketAddr {
                             "xfport": h("x-forwarded-port"),
                             "rid": h("x-request-id"),
                             "secret": h("x-hop"),
+                            "fwd": h("forwarded"),
+                            "xri": h("x-real-ip"),
+                            "upgrade": h("upgrade"),
                         });
                         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
                             body.to_string(),
@@ -69,7 +72,7 @@ async fn backend(name: &'static str) -> SocketAddr {
 }
 
 /// A WebSocket echo server.
-async fn ws_backend() -> SocketAddr {
+pub(crate) async fn ws_backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -113,7 +116,12 @@ fn slice(service: &str, backends: &[SocketAddr]) -> EndpointSlice {
 
 /// A Service whose endpoints all listen on one port of distinct loopback addresses is not
 /// possible here (backends share 127.0.0.1), so each Service gets one backend and one slice.
-async fn expose(client: &kube::Client, name: &str, backend: Option<SocketAddr>, app: Option<&str>) {
+pub(crate) async fn expose(
+    client: &kube::Client,
+    name: &str,
+    backend: Option<SocketAddr>,
+    app: Option<&str>,
+) {
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     svcs.create(&PostParams::default(), &service(name, app))
@@ -126,7 +134,7 @@ async fn expose(client: &kube::Client, name: &str, backend: Option<SocketAddr>, 
         .unwrap();
 }
 
-async fn apply_ingress(client: &kube::Client, v: serde_json::Value) {
+pub(crate) async fn apply_ingress(client: &kube::Client, v: serde_json::Value) {
     let api: Api<Ingress> = Api::namespaced(client.clone(), "default");
     let ing: Ingress = serde_json::from_value(v).unwrap();
     let name = ing.metadata.name.clone().unwrap();
@@ -139,12 +147,12 @@ async fn apply_ingress(client: &kube::Client, v: serde_json::Value) {
     .unwrap();
 }
 
-fn path(p: &str, kind: &str, svc: &str) -> serde_json::Value {
+pub(crate) fn path(p: &str, kind: &str, svc: &str) -> serde_json::Value {
     serde_json::json!({"path": p, "pathType": kind, "backend": {"service": {"name": svc, "port": {"name": "http"}}}})
 }
 
 /// `curl` with `args`; returns (HTTP status, body, headers).
-fn curl(args: &[&str]) -> (u16, String, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String, String) {
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -167,7 +175,7 @@ fn curl(args: &[&str]) -> (u16, String, String) {
     )
 }
 
-fn get(up: &Up, host: &str, path: &str) -> (u16, String, String) {
+pub(crate) fn get(up: &Up, host: &str, path: &str) -> (u16, String, String) {
     curl(&[
         "-H",
         &format!("Host: {host}"),
@@ -176,7 +184,7 @@ fn get(up: &Up, host: &str, path: &str) -> (u16, String, String) {
 }
 
 /// Which backend answered, or the status when it was not a 200.
-fn who(up: &Up, host: &str, path: &str) -> String {
+pub(crate) fn who(up: &Up, host: &str, path: &str) -> String {
     let (code, body, _) = get(up, host, path);
     if code != 200 {
         return code.to_string();
@@ -185,7 +193,7 @@ fn who(up: &Up, host: &str, path: &str) -> String {
     v["backend"].as_str().unwrap_or("?").to_string()
 }
 
-async fn wait_for(up: &Up, host: &str, path: &str, want: &str) {
+pub(crate) async fn wait_for(up: &Up, host: &str, path: &str, want: &str) {
     let (host, path, want) = (host.to_string(), path.to_string(), want.to_string());
     eventually_async(Duration::from_secs(20), || {
         let got = who(up, &host, &path);

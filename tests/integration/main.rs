@@ -7,6 +7,7 @@ mod crash;
 mod dns;
 mod ebpf;
 mod ingress;
+mod ingress_hostile;
 mod iptables;
 mod kubectl;
 mod load;

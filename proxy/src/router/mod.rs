@@ -16,6 +16,7 @@
 //! nginx runs workers): a request never crosses threads, and nothing on its path is contended.
 
 pub mod annotations;
+mod request;
 pub mod routes;
 mod server;
 pub mod upstream;

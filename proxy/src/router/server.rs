@@ -1,6 +1,7 @@
 //! The HTTP and HTTPS listeners and the request path: route, pick an endpoint, forward, stream
 //! the response back.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::request::{normalize_path, request_host};
 use super::routes::{Backend, BackendStats, Balance, Target};
 use super::upstream::{SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
@@ -121,7 +123,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol a request asks to switch to, for HTTP/1.1 `Connection: upgrade` requests.
+/// The protocol a request asks to switch to, for HTTP/1.1 `Connection: upgrade` requests. Only
+/// WebSocket is passed on: any other upgrade (`h2c` above all, which would hand the client a raw
+/// HTTP/2 connection to the backend past every rule) is dropped with the other hop-by-hop
+/// headers, and the request goes on as an ordinary one.
 fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
@@ -133,8 +138,8 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    let proto = req.headers().get(header::UPGRADE)?;
+    (asks && proto.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| proto.clone())
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -142,6 +147,22 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// RFC 7239's `Forwarded` for one request: the client, the host it asked for, the scheme.
+fn forwarded(conn: &Conn, host: &str) -> Option<HeaderValue> {
+    let quoted = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let for_ = match conn.peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let proto = if conn.tls { "https" } else { "http" };
+    HeaderValue::from_str(&format!(
+        "for={for_};host=\"{}\";proto={proto}",
+        quoted(host)
+    ))
+    .ok()
+}
 
 /// A client's request id when it is short printable ASCII, otherwise a new one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -195,13 +216,20 @@ fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
     }
 }
 
-/// The request target as the upstream sees it: origin-form for HTTP/1.1, absolute for h2c.
-fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Option<Uri> {
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+/// The request target as the upstream sees it: origin-form for HTTP/1.1, absolute for h2c; with
+/// `path`, the normalised path that was routed on instead of the client's.
+fn upstream_uri(uri: &Uri, host: &str, path: Option<&str>, h2c: bool) -> Option<Uri> {
+    let rewritten = path.map(|p| match uri.query() {
+        Some(q) => format!("{p}?{q}"),
+        None => p.to_string(),
+    });
+    let pq = rewritten
+        .as_deref()
+        .unwrap_or_else(|| uri.path_and_query().map_or("/", |p| p.as_str()));
     if h2c {
         let absolute = format!("http://{host}{pq}").parse();
         Some(absolute.unwrap_or_else(|_| Uri::from_static("/")))
-    } else if uri.authority().is_some() {
+    } else if uri.authority().is_some() || rewritten.is_some() {
         Some(pq.parse().unwrap_or_else(|_| Uri::from_static("/")))
     } else {
         // Already origin-form: nothing to rewrite.
@@ -212,20 +240,15 @@ fn upstream_uri(uri: &Uri, host: &str, h2c: bool) -> Option<Uri> {
 /// Rewrites a client's request into what the backend receives: the backend's URI form and
 /// protocol, no hop-by-hop headers, the upgrade that is meant, and the `X-Forwarded-*` set and
 /// request id (replacing whatever the client sent).
-fn to_upstream(
-    req: &mut Request<Incoming>,
-    backend: &Backend,
-    conn: &Conn,
-    host: &str,
-    id: &HeaderValue,
-    upgrade: Option<&HeaderValue>,
-) {
-    let original_host = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| HeaderValue::from_str(req.uri().authority()?.as_str()).ok());
-    if let Some(uri) = upstream_uri(req.uri(), host, backend.h2c) {
+fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: &Routed<'_>) {
+    let Routed {
+        host,
+        path,
+        id,
+        upgrade,
+    } = to;
+    let original_host = HeaderValue::from_str(host).ok();
+    if let Some(uri) = upstream_uri(req.uri(), host, *path, backend.h2c) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = if backend.h2c {
@@ -254,7 +277,23 @@ fn to_upstream(
         headers.insert(X_FORWARDED_HOST, h.clone());
     }
     headers.insert(X_FORWARDED_PORT, conn.forwarded_port.clone());
-    headers.insert(X_REQUEST_ID, id.clone());
+    headers.insert(X_REAL_IP, conn.forwarded_for.clone());
+    headers.remove(header::FORWARDED);
+    if let Some(f) = forwarded(conn, host) {
+        headers.insert(header::FORWARDED, f);
+    }
+    headers.insert(X_REQUEST_ID, (*id).clone());
+}
+
+/// What routing decided about a request, and what the backend is to receive.
+struct Routed<'a> {
+    /// The one host the request is for, as the client wrote it.
+    host: &'a str,
+    /// The normalised path, when it differs from the request's.
+    path: Option<&'a str>,
+    id: &'a HeaderValue,
+    /// The upgrade that is passed on (WebSocket).
+    upgrade: Option<HeaderValue>,
 }
 
 /// Sends `req` on `sender`. A failure hands back the request when it never left, so it can go
@@ -287,22 +326,39 @@ async fn send(
     }
 }
 
-/// Forwards a request to the backend, retrying a failed connect on another endpoint.
+/// How many times a request that never left is sent again on a fresh connection (a pooled
+/// connection closed under it, or an h2c upstream that closed before answering).
+const RESENDS: usize = 2;
+
+/// Forwards a request to the backend, retrying a failed connect on another endpoint. Error
+/// bodies name the Service, never where its endpoints live.
 async fn forward(
     backend: &Backend,
     mut req: Request<Incoming>,
     conn: &Conn,
-    host: &str,
-    id: &HeaderValue,
+    to: Routed<'_>,
+    tunnels: &Arc<Semaphore>,
 ) -> (Response<Body>, Option<SocketAddr>) {
-    let upgrade = upgrade_protocol(&req);
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let service = format!("{}/{}", backend.ingress.namespace, backend.service);
+    // An upgraded connection outlives the request's connection: it holds a connection slot of
+    // its own, or is refused.
+    let tunnel = match &to.upgrade {
+        Some(_) => match tunnels.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let msg = "too many connections for another upgraded one";
+                return (local(StatusCode::SERVICE_UNAVAILABLE, msg), None);
+            }
+        },
+        None => None,
+    };
+    let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let version = req.version();
-    to_upstream(&mut req, backend, conn, host, id, upgrade.as_ref());
+    to_upstream(&mut req, backend, conn, &to);
     let settings = &backend.settings;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let attempts = backend.endpoints.len().clamp(1, 3);
-    let mut last_error = String::new();
+    let mut resends = 0;
     while tried.len() < attempts {
         let Some(upstream) = pick(backend, &tried) else {
             break;
@@ -316,44 +372,38 @@ async fn forward(
                     upstream.mark_down();
                 }
                 tracing::debug!(upstream = %upstream.addr, error = %e, "upstream connect failed");
-                last_error = format!("{}: {e}", upstream.addr);
                 continue;
             }
         };
         let sent = tokio::time::timeout(settings.response_timeout, send(sender, req)).await;
         let (resp, keep) = match sent {
             Err(_) => {
+                let msg = format!("service {service} timed out");
                 return (
-                    local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!("upstream {} timed out", upstream.addr),
-                    ),
+                    local(StatusCode::GATEWAY_TIMEOUT, &msg),
                     Some(upstream.addr),
-                )
+                );
             }
-            Ok(Err((e, Some(unsent)))) => {
-                // A pooled connection closed under us before the request went out: the
-                // request is intact, so send it again on a fresh connection.
+            Ok(Err((e, Some(unsent)))) if resends < RESENDS => {
+                // The connection closed under the request before it went out: the request is
+                // intact, so send it again on a fresh connection.
                 tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
+                resends += 1;
                 req = unsent;
                 tried.pop();
                 continue;
             }
-            Ok(Err((e, None))) => {
-                return (
-                    local(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("upstream {} failed: {e}", upstream.addr),
-                    ),
-                    Some(upstream.addr),
-                )
+            Ok(Err((e, _))) => {
+                tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
+                let msg = format!("service {service} failed to answer");
+                return (local(StatusCode::BAD_GATEWAY, &msg), Some(upstream.addr));
             }
             Ok(Ok(r)) => r,
         };
         let addr = upstream.addr;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(downstream) = downstream_upgrade {
-                return (switch(resp, downstream, in_flight), Some(addr));
+            if let (Some(downstream), Some(permit)) = (downstream_upgrade, tunnel) {
+                return (switch(resp, downstream, in_flight, permit), Some(addr));
             }
         }
         let (mut parts, body) = resp.into_parts();
@@ -363,16 +413,8 @@ async fn forward(
         let body = Body::Upstream(UpstreamBody::new(body, in_flight, keep));
         return (Response::from_parts(parts, body), Some(addr));
     }
-    (
-        local(
-            StatusCode::BAD_GATEWAY,
-            &format!(
-                "no upstream of {} accepted a connection ({last_error})",
-                backend.service
-            ),
-        ),
-        tried.last().copied(),
-    )
+    let msg = format!("no endpoint of service {service} accepted a connection");
+    (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())
 }
 
 /// A 101 from the upstream: answer the client with it and join the two upgraded connections.
@@ -380,13 +422,14 @@ fn switch(
     resp: Response<Incoming>,
     downstream: hyper::upgrade::OnUpgrade,
     in_flight: super::upstream::InFlight,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Response<Body> {
     let mut out = Response::new(Body::Local(None));
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = resp.headers().clone();
     let upstream = hyper::upgrade::on(resp);
     tokio::spawn(async move {
-        let _in_flight = in_flight;
+        let _held = (in_flight, slot);
         let (Ok(up), Ok(down)) = (upstream.await, downstream.await) else {
             return;
         };
@@ -399,27 +442,39 @@ fn switch(
 
 async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let started = Instant::now();
-    let authority_host = req.uri().authority().map(|a| a.as_str().to_owned());
-    let raw_host = authority_host
-        .as_deref()
-        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let host = super::routes::normalize_host(&raw_host).into_owned();
-    // Kept for the access log only.
-    let logged = shared
-        .config
-        .access_log
-        .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let version = req.version();
     let id = request_id(req.headers());
+    // One host and one path: routed on, and forwarded.
+    let checked = request_host(req.uri(), req.headers()).and_then(|h| {
+        let rewritten = match normalize_path(req.uri().path())? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+        Ok((h.to_owned(), rewritten))
+    });
+    let (raw_host, rewritten) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let mut resp = local(StatusCode::BAD_REQUEST, &e.to_string());
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+            shared.unrouted.record(400, started.elapsed());
+            return resp;
+        }
+    };
+    let path = rewritten.as_deref().unwrap_or(req.uri().path());
+    let host = super::routes::normalize_host(&raw_host).into_owned();
+    let version = req.version();
     let routes = shared.source.routes();
-    let (backend, redirect) = match routes.route(&host, req.uri().path()) {
+    let (backend, redirect) = match routes.route(&host, path) {
         Target::Route(r) => (Some(r.backend.clone()), r.ssl_redirect && !conn.tls),
         Target::Default(b) => (Some(b.clone()), false),
         Target::NotFound => (None, false),
     };
     drop(routes);
+    // Kept for the access log only.
+    let logged = shared
+        .config
+        .access_log
+        .then(|| (req.method().clone(), path.to_owned()));
     let (resp, upstream) = match &backend {
         _ if redirect => (redirect_to_https(shared, &host, req.uri()), None),
         None => (
@@ -439,7 +494,15 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
             ),
             None,
         ),
-        Some(b) => forward(b, req, &conn, &host, &id).await,
+        Some(b) => {
+            let to = Routed {
+                host: &raw_host,
+                path: rewritten.as_deref(),
+                id: &id,
+                upgrade: upgrade_protocol(&req),
+            };
+            forward(b, req, &conn, to, &shared.connections).await
+        }
     };
     let mut resp = resp;
     resp.headers_mut().insert(X_REQUEST_ID, id.clone());
@@ -529,9 +592,6 @@ pub(super) async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
-        let Ok(permit) = shared.connections.clone().acquire_owned().await else {
-            return;
-        };
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
@@ -539,6 +599,11 @@ pub(super) async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // A connection takes a slot before it is served; at the limit this loop waits with the
+        // one connection it accepted. An idle loop holds no slot.
+        let Ok(permit) = shared.connections.clone().acquire_owned().await else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(peer);

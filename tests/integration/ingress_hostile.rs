@@ -1,0 +1,313 @@
+//! The ingress router under requests an attacker or a careless client sends: paths that read
+//! two ways, two hosts, smuggled upgrades, forged forwarding headers, upstreams that fail, and
+//! Ingresses that belong to another controller. Raw requests go over TCP byte for byte, so no
+//! client normalises them first.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ingress::{apply_ingress, backend, expose, path, wait_for, ws_backend};
+use crate::support::{eventually_async, Up};
+
+/// Sends `head` (the request line and headers, without the blank line) with `Connection: close`
+/// and returns the status and the body.
+async fn raw(up: &Up, head: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let req = format!("{head}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// What the backend saw (its JSON echo) for a raw request that it answered.
+async fn seen(up: &Up, head: &str) -> serde_json::Value {
+    let (code, body) = raw(up, head).await;
+    assert_eq!(code, 200, "{head}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_and_hosts_are_routed_and_forwarded_as_one() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    expose(&client, "public", Some(backend("public").await), None).await;
+    expose(&client, "admin", Some(backend("admin").await), None).await;
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "site"},
+            "spec": {"rules": [{"host": "h.example", "http": {"paths": [
+                path("/public", "Prefix", "public"), path("/admin", "Prefix", "admin")]}}]},
+        }),
+    )
+    .await;
+    wait_for(&up, "h.example", "/public", "public").await;
+
+    // Dot segments, encoded or not, are resolved before routing, and the backend gets the path
+    // that was routed on: never routed as /public and served as /admin.
+    for p in [
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/public/%2E./admin/x",
+        "/public//../admin/x",
+        "/public/./../admin/./x",
+    ] {
+        let v = seen(&up, &format!("GET {p}?q=1 HTTP/1.1\r\nHost: h.example")).await;
+        assert_eq!(
+            (v["backend"].as_str(), v["path"].as_str()),
+            (Some("admin"), Some("/admin/x")),
+            "{p}"
+        );
+    }
+    let v = seen(&up, "GET /public/%7Ex HTTP/1.1\r\nHost: h.example").await;
+    assert_eq!(v["path"], "/public/~x");
+    // What backends read two ways is refused.
+    for p in [
+        "/public/..%2Fadmin",
+        "/public%5C..%5Cadmin",
+        "/public/%00",
+        "/public/%zz",
+        "/public\\..\\admin",
+    ] {
+        let (code, body) = raw(&up, &format!("GET {p} HTTP/1.1\r\nHost: h.example")).await;
+        assert_eq!(code, 400, "{p}: {body}");
+    }
+
+    // One host: the request target's authority and the Host header must agree; the backend
+    // gets the host that was routed on.
+    let v = seen(
+        &up,
+        "GET http://h.example/public HTTP/1.1\r\nHost: h.example",
+    )
+    .await;
+    assert_eq!(
+        (v["backend"].as_str(), v["host"].as_str()),
+        (Some("public"), Some("h.example"))
+    );
+    let (code, body) = raw(
+        &up,
+        "GET http://h.example/public HTTP/1.1\r\nHost: evil.example",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = raw(
+        &up,
+        "GET /public HTTP/1.1\r\nHost: h.example\r\nHost: evil.example",
+    )
+    .await;
+    assert_eq!(code, 400, "two Host headers");
+
+    // Forwarding headers a client sends are replaced, not passed on.
+    let v = seen(
+        &up,
+        "GET /public HTTP/1.1\r\nHost: h.example\r\nForwarded: for=198.51.100.7\r\nX-Real-IP: 198.51.100.7",
+    )
+    .await;
+    assert_eq!(v["xri"], "127.0.0.1");
+    assert_eq!(v["fwd"], "for=127.0.0.1;host=\"h.example\";proto=http");
+
+    // An h2c upgrade never reaches the backend (it would be a raw HTTP/2 tunnel past the
+    // rules): the request is served as a plain one.
+    let v = seen(
+        &up,
+        "GET /public HTTP/1.1\r\nHost: h.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+    )
+    .await;
+    assert_eq!(v["upgrade"], "", "{v}");
+    assert_eq!(v["version"], "HTTP/1.1");
+}
+
+/// An h2c upstream that completes the HTTP/2 handshake and then closes every connection before
+/// answering; counts the connections it accepted.
+async fn closing_h2c() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                // The server preface: an empty SETTINGS frame. Then read the client's preface
+                // and first frames, and hang up without an answer.
+                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_upstreams_are_named_not_located_and_retries_are_bounded() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (closing, accepted) = closing_h2c().await;
+    expose(&client, "refused", Some(refused), None).await;
+    expose(&client, "closing", Some(closing), Some("kubernetes.io/h2c")).await;
+    expose(&client, "ok", Some(backend("ok").await), None).await;
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "bad"},
+            "spec": {"rules": [{"host": "b.example", "http": {"paths": [
+                path("/refused", "Prefix", "refused"), path("/closing", "Prefix", "closing"),
+                path("/ok", "Prefix", "ok")]}}]},
+        }),
+    )
+    .await;
+    wait_for(&up, "b.example", "/ok", "ok").await;
+
+    let (code, body) = raw(&up, "GET /refused HTTP/1.1\r\nHost: b.example").await;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("service default/refused"), "{body}");
+    assert!(
+        !body.contains(&refused.to_string()) && !body.contains("127.0.0.1"),
+        "{body}"
+    );
+
+    let (code, body) = raw(&up, "GET /closing HTTP/1.1\r\nHost: b.example").await;
+    assert_eq!(code, 502, "{body}");
+    assert!(!body.contains("127.0.0.1"), "{body}");
+    let n = accepted.load(Ordering::Relaxed);
+    assert!((1..=4).contains(&n), "the h2c upstream was tried {n} times");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgraded_tunnels_hold_a_connection_slot() {
+    let up = Up::start(&["--ingress-max-connections", "3"], false);
+    let client = up.client().await;
+    expose(&client, "ws", Some(ws_backend().await), None).await;
+    expose(&client, "ok", Some(backend("ok").await), None).await;
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "ws"},
+            "spec": {"rules": [{"host": "w.example", "http": {"paths": [
+                path("/ws", "Prefix", "ws"), path("/ok", "Prefix", "ok")]}}]},
+        }),
+    )
+    .await;
+    wait_for(&up, "w.example", "/ok", "ok").await;
+    let open = || async {
+        let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+        let url = format!("ws://w.example:{}/ws", up.http);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::client_async(url, tcp),
+        )
+        .await
+        .expect("the router answers an upgrade in time")
+    };
+    let (mut first, _) = open().await.expect("a first tunnel");
+    let (mut second, _) = open().await.expect("a second tunnel");
+    // Two tunnels hold two of the three slots: a third upgrade finds none for itself.
+    match open().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!(
+            "a third tunnel was not refused: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+    for ws in [&mut first, &mut second] {
+        ws.send("still here".into()).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().into_text().unwrap(),
+            "still here"
+        );
+    }
+    // A closed tunnel gives its slot back.
+    first.close(None).await.unwrap();
+    drop(first);
+    eventually_async(Duration::from_secs(10), || async {
+        open().await.ok().map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingresses_of_other_classes_are_left_alone_and_released() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    expose(&client, "a", Some(backend("a").await), None).await;
+    let ingress = |name: &str, host: &str, extra: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name},
+            "spec": {"rules": [{"host": host, "http": {"paths": [path("/", "Prefix", "a")]}}]},
+        });
+        if let Some(a) = extra.get("annotations") {
+            v["metadata"]["annotations"] = a.clone();
+        }
+        if let Some(c) = extra.get("class") {
+            v["spec"]["ingressClassName"] = c.clone();
+        }
+        v
+    };
+    let api: Api<Ingress> = Api::namespaced(client.clone(), "default");
+    let lb_ips = |i: Ingress| -> Vec<String> {
+        i.status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect()
+    };
+
+    // The legacy annotation names another controller's class: the server does not default the
+    // class over it, and the agent neither serves it nor writes its status.
+    let legacy = serde_json::json!({"annotations": {"kubernetes.io/ingress.class": "nginx"}});
+    apply_ingress(&client, ingress("legacy", "legacy.example", legacy)).await;
+    apply_ingress(
+        &client,
+        ingress("mine", "mine.example", serde_json::json!({})),
+    )
+    .await;
+    wait_for(&up, "mine.example", "/", "a").await;
+    let got = api.get("legacy").await.unwrap();
+    assert_eq!(got.spec.unwrap().ingress_class_name, None);
+    assert_eq!(crate::ingress::who(&up, "legacy.example", "/"), "404");
+    eventually_async(Duration::from_secs(20), || async {
+        (lb_ips(api.get("mine").await.ok()?) == ["127.0.0.1"]).then_some(())
+    })
+    .await;
+    assert!(lb_ips(api.get("legacy").await.unwrap()).is_empty());
+
+    // An Ingress handed to another class stops being served, and our address leaves its status.
+    let moved = serde_json::json!({"spec": {"ingressClassName": "nginx"}});
+    api.patch("mine", &PatchParams::default(), &Patch::Merge(&moved))
+        .await
+        .unwrap();
+    wait_for(&up, "mine.example", "/", "404").await;
+    eventually_async(Duration::from_secs(20), || async {
+        lb_ips(api.get("mine").await.ok()?).is_empty().then_some(())
+    })
+    .await;
+}
