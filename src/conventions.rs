@@ -5,6 +5,9 @@
 /// EndpointSlice controller, read by the agent to measure network programming latency).
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
+/// The annotation that named an Ingress's class before `spec.ingressClassName`; still honoured.
+pub const LEGACY_INGRESS_CLASS: &str = "kubernetes.io/ingress.class";
+
 /// Whether a Service with this `spec.clusterIP` is headless: no virtual IP, its DNS records come
 /// from its endpoints.
 pub fn is_headless(cluster_ip: Option<&str>) -> bool {

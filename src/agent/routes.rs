@@ -22,8 +22,6 @@ use super::build::{endpoints_by_port, ObjKey};
 /// The controller name our IngressClasses carry.
 pub const CONTROLLER: &str = "switchyard.io/ingress-controller";
 const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
-/// The pre-IngressClass way of naming a class, still honoured when `ingressClassName` is unset.
-const LEGACY_CLASS: &str = "kubernetes.io/ingress.class";
 /// The appProtocol of a Service port that speaks HTTP/2 without TLS.
 const H2C: &str = "kubernetes.io/h2c";
 
@@ -39,43 +37,53 @@ pub struct Inputs<'a> {
     pub slices: &'a HashMap<ObjKey, EndpointSlice>,
 }
 
-/// An Ingress the router serves, with the addresses its status lists now.
+/// An Ingress the router serves, or one it does not serve whose status lists addresses (ours
+/// among them, perhaps, from when it was ours), with the addresses its status lists now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
     pub key: ObjKey,
     /// Tells a re-created Ingress from the one it replaced.
     pub uid: String,
     pub status_ips: Vec<String>,
+    /// Served by the router (else: our address, if listed, is to be removed).
+    pub ours: bool,
 }
 
 pub struct Built {
     pub table: RouteTable,
+    /// The Ingresses whose status the agent writes.
     pub served: Vec<Served>,
     /// The Services the table depends on: a change to any other cannot change it.
     pub services: HashSet<ObjKey>,
 }
 
-/// Whether an Ingress belongs to one of our classes.
+/// Whether an Ingress belongs to one of our classes. A class named in `spec.ingressClassName`
+/// or in the legacy annotation must be ours, and one named in both must be ours in both (an
+/// Ingress the annotation gives to another controller is left alone); one that names none is
+/// ours when our class is the default.
 pub fn is_ours(ing: &Ingress, classes: &HashMap<ObjKey, IngressClass>) -> bool {
     let ours = |c: &IngressClass| {
         c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
     };
-    let named = ing
+    let our_class = |name: &str| {
+        classes
+            .get(&(String::new(), name.to_string()))
+            .is_some_and(ours)
+    };
+    let field = ing
         .spec
         .as_ref()
-        .and_then(|s| s.ingress_class_name.as_deref())
-        .or_else(|| {
-            ing.metadata
-                .annotations
-                .as_ref()?
-                .get(LEGACY_CLASS)
-                .map(String::as_str)
-        });
-    match named {
-        Some(name) => classes
-            .get(&(String::new(), name.to_string()))
-            .is_some_and(ours),
-        None => classes.values().any(|c| {
+        .and_then(|s| s.ingress_class_name.as_deref());
+    let legacy = ing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::conventions::LEGACY_INGRESS_CLASS))
+        .map(String::as_str);
+    match (field, legacy) {
+        (Some(f), Some(l)) => our_class(f) && our_class(l),
+        (Some(name), None) | (None, Some(name)) => our_class(name),
+        (None, None) => classes.values().any(|c| {
             ours(c)
                 && c.metadata
                     .annotations
@@ -302,14 +310,23 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
     let endpoints = endpoints_by_port(slices, "");
     let mut b = previous.builder();
     let mut served = Vec::new();
+    let entry = |key: &ObjKey, ing: &Ingress, ours: bool| Served {
+        key: key.clone(),
+        uid: ing.metadata.uid.clone().unwrap_or_default(),
+        status_ips: status_ips(ing),
+        ours,
+    };
     for (key, ing) in ours {
         add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
-        served.push(Served {
-            key: key.clone(),
-            uid: ing.metadata.uid.clone().unwrap_or_default(),
-            status_ips: status_ips(ing),
-        });
+        served.push(entry(key, ing, true));
     }
+    let foreign = inputs
+        .ingresses
+        .iter()
+        .filter(|(_, i)| !is_ours(i, inputs.classes))
+        .map(|(key, ing)| entry(key, ing, false))
+        .filter(|s| !s.status_ips.is_empty());
+    served.extend(foreign);
     served.sort_by(|a, b| a.key.cmp(&b.key));
     // Forget certificates of Secrets that are gone.
     certs.retain(|k, _| inputs.secrets.contains_key(k));
@@ -406,7 +423,12 @@ mod tests {
             slices: &slices,
         };
         let built = build_routes(&inputs, &RouteTable::default(), &mut CertCache::new());
-        let names: Vec<&str> = built.served.iter().map(|s| s.key.1.as_str()).collect();
+        let names: Vec<&str> = built
+            .served
+            .iter()
+            .filter(|s| s.ours)
+            .map(|s| s.key.1.as_str())
+            .collect();
         assert_eq!(names, ["defaulted", "missing", "named"]);
         let Target::Route(r) = built.table.route("a.example", "/a/x") else {
             panic!("no route for /a")

@@ -1,8 +1,9 @@
 //! Writes the node's address into `status.loadBalancer.ingress` of the Ingresses the router
-//! serves, keeping the addresses other nodes wrote. A write is conditional on the
+//! serves, keeping the addresses other nodes wrote, and removes it from Ingresses the router no
+//! longer serves (another class, or a restart after a change). A write is conditional on the
 //! resourceVersion it read, so two nodes never overwrite each other; a conflict is retried on
 //! the next change. Status writes do not rebuild the route table, so the task remembers what it
-//! wrote instead of waiting to see it in the list it is given.
+//! wrote (or removed) instead of waiting to see it in the list it is given.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ use super::routes::{lists, Served};
 /// Retry interval after a failed write.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// Lists `ip` in the Ingress's status (`ours`), or takes it out.
 async fn write(client: &kube::Client, ip: IpAddr, served: &Served) -> Result<(), kube::Error> {
     let api: Api<Ingress> = Api::namespaced(client.clone(), &served.key.0);
     let current = api.get_status(&served.key.1).await?;
@@ -31,13 +33,12 @@ async fn write(client: &kube::Client, ip: IpAddr, served: &Served) -> Result<(),
         .flatten()
         .map(|i| serde_json::to_value(i).unwrap_or_default())
         .collect();
-    if ingress
-        .iter()
-        .any(|i| i["ip"].as_str().and_then(|s| s.parse().ok()) == Some(ip))
-    {
-        return Ok(());
+    let is_ip = |i: &serde_json::Value| i["ip"].as_str().and_then(|s| s.parse().ok()) == Some(ip);
+    match (served.ours, ingress.iter().any(is_ip)) {
+        (true, true) | (false, false) => return Ok(()),
+        (true, false) => ingress.push(serde_json::json!({"ip": ip.to_string()})),
+        (false, true) => ingress.retain(|i| !is_ip(i)),
     }
-    ingress.push(serde_json::json!({"ip": ip.to_string()}));
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": current.metadata.resource_version},
         "status": {"loadBalancer": {"ingress": ingress}},
@@ -56,23 +57,25 @@ pub(super) async fn run(
     ip: IpAddr,
     mut served: watch::Receiver<Arc<Vec<Served>>>,
 ) {
-    let mut written: HashSet<(super::build::ObjKey, String)> = HashSet::new();
+    // What was written: (Ingress, uid, whether our address is now listed).
+    let mut written: HashSet<(super::build::ObjKey, String, bool)> = HashSet::new();
     loop {
         let list = served.borrow_and_update().clone();
         let current: HashSet<_> = list
             .iter()
-            .map(|s| (s.key.clone(), s.uid.clone()))
+            .map(|s| (s.key.clone(), s.uid.clone(), s.ours))
             .collect();
         written.retain(|w| current.contains(w));
         let mut failed = false;
-        for s in list.iter().filter(|s| !lists(s, ip)) {
-            if written.contains(&(s.key.clone(), s.uid.clone())) {
+        for s in list.iter().filter(|s| lists(s, ip) != s.ours) {
+            let done = (s.key.clone(), s.uid.clone(), s.ours);
+            if written.contains(&done) {
                 continue;
             }
             match write(&client, ip, s).await {
                 Ok(()) => {
-                    written.insert((s.key.clone(), s.uid.clone()));
-                    tracing::debug!(ingress = %format!("{}/{}", s.key.0, s.key.1), %ip, "ingress status written")
+                    written.insert(done);
+                    tracing::debug!(ingress = %format!("{}/{}", s.key.0, s.key.1), %ip, listed = s.ours, "ingress status written")
                 }
                 Err(e) => {
                     failed = true;

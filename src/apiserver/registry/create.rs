@@ -185,7 +185,13 @@ impl Registry {
             }
             Some(Builtin::Ingress) => {
                 obj["status"] = json!({"loadBalancer": {}});
-                if obj.pointer("/spec/ingressClassName").is_none() {
+                // As kube-apiserver's DefaultIngressClass admission: an Ingress that names its
+                // class, even by the legacy annotation, keeps it.
+                let legacy = obj
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(crate::conventions::LEGACY_INGRESS_CLASS))
+                    .is_some();
+                if obj.pointer("/spec/ingressClassName").is_none() && !legacy {
                     if let Some(class) = self.default_ingress_class() {
                         obj["spec"]["ingressClassName"] = json!(class);
                     }
