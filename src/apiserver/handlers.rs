@@ -415,15 +415,19 @@ fn delete_options(
     Ok(opts)
 }
 
+/// A media-type header's value (`application/json` when absent).
+pub(super) fn header_or_json(req: &Request<Incoming>, name: header::HeaderName) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string()
+}
+
 /// Reads the body, at most [`MAX_BODY`] bytes. A larger body is read on (up to
 /// [`DRAIN_LIMIT`]) and dropped, so the client sees the 413 instead of a broken connection.
 pub(super) async fn read_body(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
+    let ct = header_or_json(&req, header::CONTENT_TYPE);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::discovery;
 use super::error::ApiError;
-use super::handlers::Context;
+use super::handlers::{header_or_json, Context};
 use super::registry::{Part, Registry};
 use super::request::{parse_query, RequestInfo, Verb};
 
@@ -214,12 +214,7 @@ impl Api {
             rest,
             &query,
         )?;
-        let accept = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
+        let accept = header_or_json(&req, header::ACCEPT);
         if !accept.contains("json") && !accept.contains("*/*") && !accept.is_empty() {
             return Err(ApiError {
                 code: 406,

@@ -47,6 +47,21 @@ fn healthy(sb: &Sandbox, node: &Node) -> Option<()> {
     out.status.success().then_some(())
 }
 
+/// What bpftool lists as attached to a cgroup.
+fn attached(cgroup: &Path) -> String {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show {}",
+        cgroup.display()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `script` with python3 in `pod`; its stdout, trimmed.
 fn python(sb: &Sandbox, pod: &Pod, script: &str) -> String {
     let out = sb.exec(&pod.ns, &["python3", "-c", script]);
@@ -276,13 +291,7 @@ fn ebpf_churn_and_restart_lose_no_connection_and_cleanup_leaves_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!cg.pins.exists(), "pins left in {}", cg.pins.display());
-    let attached = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&cg.path)
-        .output()
-        .expect("bpftool");
-    assert!(attached.status.success(), "bpftool cgroup show");
-    let listed = String::from_utf8_lossy(&attached.stdout);
+    let listed = attached(&cg.path);
     assert!(!listed.contains("sy_"), "still attached:\n{listed}");
     assert_ne!(sb.connect(&client.ns, &ip, 80), "ok");
 }
@@ -338,11 +347,6 @@ fn ebpf_starts_with_default_flags_on_a_pure_cgroup_v2_host() {
         (answers(&sb, &client, &url, 4) == set(&["a"])).then_some(())
     });
     // The programs sit on the sandbox's cgroup: the root of the agent's cgroup namespace.
-    let out = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&cg.path)
-        .output()
-        .expect("bpftool");
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = attached(&cg.path);
     assert!(listed.contains("sy_connect4"), "not attached:\n{listed}");
 }

@@ -147,6 +147,17 @@ pub(crate) async fn apply_ingress(client: &kube::Client, v: serde_json::Value) {
     .unwrap();
 }
 
+/// The addresses an Ingress's status lists.
+pub(crate) fn lb_ips(i: Ingress) -> Vec<String> {
+    i.status
+        .and_then(|s| s.load_balancer)
+        .and_then(|l| l.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip)
+        .collect()
+}
+
 pub(crate) fn path(p: &str, kind: &str, svc: &str) -> serde_json::Value {
     serde_json::json!({"path": p, "pathType": kind, "backend": {"service": {"name": svc, "port": {"name": "http"}}}})
 }
@@ -324,15 +335,6 @@ async fn routes_hosts_paths_backends_and_errors() {
 
     // Our Ingresses get the node's address in their status; the foreign one is left alone.
     let api: Api<Ingress> = Api::namespaced(client.clone(), "default");
-    let lb_ips = |i: Ingress| -> Vec<String> {
-        i.status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect()
-    };
     eventually_async(Duration::from_secs(20), || async {
         let ips = lb_ips(api.get("main").await.ok()?);
         (ips == ["127.0.0.1"]).then_some(())

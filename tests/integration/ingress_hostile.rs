@@ -14,7 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::ingress::{apply_ingress, backend, expose, path, wait_for, ws_backend};
+use crate::ingress::{apply_ingress, backend, expose, lb_ips, path, wait_for, ws_backend};
 use crate::support::{eventually_async, Up};
 
 /// Sends `head` (the request line and headers, without the blank line) with `Connection: close`
@@ -126,7 +126,7 @@ async fn paths_and_hosts_are_routed_and_forwarded_as_one() {
     )
     .await;
     assert_eq!(v["xri"], "127.0.0.1");
-    assert_eq!(v["fwd"], "for=127.0.0.1;host=\"h.example\";proto=http");
+    assert_eq!(v["fwd"], "for=127.0.0.1;proto=http;host=\"h.example\"");
 
     // An h2c upgrade never reaches the backend (it would be a raw HTTP/2 tunnel past the
     // rules): the request is served as a plain one.
@@ -271,15 +271,6 @@ async fn ingresses_of_other_classes_are_left_alone_and_released() {
         v
     };
     let api: Api<Ingress> = Api::namespaced(client.clone(), "default");
-    let lb_ips = |i: Ingress| -> Vec<String> {
-        i.status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect()
-    };
 
     // The legacy annotation names another controller's class: the server does not default the
     // class over it, and the agent neither serves it nor writes its status.

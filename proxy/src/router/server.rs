@@ -76,6 +76,8 @@ struct Conn {
     tls: bool,
     forwarded_for: HeaderValue,
     forwarded_port: HeaderValue,
+    /// `Forwarded` without the host ([`forwarded_prefix`]).
+    forwarded: Arc<str>,
 }
 
 fn local(status: StatusCode, text: &str) -> Response<Body> {
@@ -149,19 +151,28 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// RFC 7239's `Forwarded` for one request: the client, the host it asked for, the scheme.
+/// The part of RFC 7239's `Forwarded` that one connection fixes: the client and the scheme.
+fn forwarded_prefix(peer: SocketAddr, tls: bool) -> String {
+    let proto = if tls { "https" } else { "http" };
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+        std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+    }
+}
+
+/// `Forwarded` for one request: the connection's part and the host it asked for (quoted).
 fn forwarded(conn: &Conn, host: &str) -> Option<HeaderValue> {
-    let quoted = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let for_ = match conn.peer.ip() {
-        std::net::IpAddr::V4(ip) => ip.to_string(),
-        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let proto = if conn.tls { "https" } else { "http" };
-    HeaderValue::from_str(&format!(
-        "for={for_};host=\"{}\";proto={proto}",
-        quoted(host)
-    ))
-    .ok()
+    let mut v = String::with_capacity(conn.forwarded.len() + host.len() + 9);
+    v.push_str(&conn.forwarded);
+    v.push_str(";host=\"");
+    for c in host.chars() {
+        if matches!(c, '"' | '\\') {
+            v.push('\\');
+        }
+        v.push(c);
+    }
+    v.push('"');
+    HeaderValue::from_str(&v).ok()
 }
 
 /// A client's request id when it is short printable ASCII, otherwise a new one.
@@ -617,6 +628,7 @@ pub(super) async fn accept_loop(
                 forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                     .expect("an IP is a header value"),
                 forwarded_port: HeaderValue::from(local.port()),
+                forwarded: forwarded_prefix(peer, tls.is_some()).into(),
             };
             match tls {
                 None => serve_io(shared, tcp, conn).await,
