@@ -102,6 +102,10 @@ struct AgentArgs {
     /// insecure"; off by default, as in CoreDNS).
     #[arg(long)]
     dns_pod_records: bool,
+    /// The largest UDP response, in bytes, whatever a client advertises with EDNS (larger
+    /// answers are truncated and the client retries over TCP).
+    #[arg(long, default_value_t = switchyard_dns::server::DEFAULT_UDP_PAYLOAD)]
+    dns_udp_payload_limit: u16,
     /// Serve Ingresses over HTTP on this address (`up` defaults to 127.0.0.1:8080).
     #[arg(long)]
     ingress_http: Option<SocketAddr>,
@@ -275,6 +279,7 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
             domain: args.cluster_domain.clone(),
             ttl: args.dns_ttl,
             pod_records: args.dns_pod_records,
+            udp_payload: args.dns_udp_payload_limit,
             forward: switchyard_dns::forward::Config {
                 upstreams: if args.dns_upstream.is_empty() {
                     system_resolvers()

@@ -10,8 +10,6 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::zone::{Answer, ClusterZone};
 
-/// The UDP payload we advertise with EDNS.
-const OUR_PAYLOAD: u16 = 1232;
 const CLASS_IN: u16 = 1;
 const TYPE_OPT: u16 = 41;
 
@@ -78,8 +76,11 @@ fn put_rr_body(out: &mut Vec<u8>, r: &Record) -> Option<()> {
     Some(())
 }
 
-/// Writes the response to `req` into `out`, or returns None to leave it to the full path.
-pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
+/// Writes the response to `req` into `out`, or returns None to leave it to the full path. No
+/// response is larger than `cap` bytes (at least 512), whatever the client advertises; `cap` is
+/// also what we advertise.
+pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>, cap: u16) -> Option<Outcome> {
+    let cap = cap.max(512);
     if req.len() < 12 {
         return None;
     }
@@ -121,7 +122,8 @@ pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>) -> Option<Outco
     let key = &key[..i - 12];
     let (qtype, qclass) = (u16_at(req, i)?, u16_at(req, i + 2)?);
     let question_end = i + 4;
-    if qclass != CLASS_IN {
+    // Zone transfers (IXFR 251, AXFR 252) are the full path's to refuse.
+    if qclass != CLASS_IN || matches!(qtype, 251 | 252) {
         return None;
     }
     // An optional OPT record: root name, version 0, any options ignored.
@@ -136,7 +138,7 @@ pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>) -> Option<Outco
         if o + 11 + rdlen != req.len() {
             return None;
         }
-        limit = usize::from(u16_at(req, o + 3)?.clamp(512, OUR_PAYLOAD));
+        limit = usize::from(u16_at(req, o + 3)?.clamp(512, cap));
     } else if question_end != req.len() {
         return None;
     }
@@ -174,19 +176,7 @@ pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>) -> Option<Outco
         put_name(out, &r.name);
         put_rr_body(out, r)?;
     }
-    let opt = [
-        0u8,
-        0,
-        41,
-        (OUR_PAYLOAD >> 8) as u8,
-        OUR_PAYLOAD as u8,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ];
+    let opt = [0u8, 0, 41, (cap >> 8) as u8, cap as u8, 0, 0, 0, 0, 0, 0];
     let mut counts = [
         answers.len(),
         usize::from(authority.is_some()),
@@ -258,7 +248,7 @@ mod tests {
 
     fn run(req: &[u8]) -> Option<Message> {
         let mut out = Vec::new();
-        answer(&zone(), req, &mut out)?;
+        answer(&zone(), req, &mut out, crate::server::DEFAULT_UDP_PAYLOAD)?;
         Some(Message::from_vec(&out).expect("the fast path writes valid messages"))
     }
 
@@ -296,7 +286,7 @@ mod tests {
         assert_eq!(srv.additionals.len(), 1);
         assert_eq!(
             srv.edns.as_ref().map(|e| e.max_payload()),
-            Some(OUR_PAYLOAD)
+            Some(crate::server::DEFAULT_UDP_PAYLOAD)
         );
         let nx = run(&query(
             "nope.default.svc.cluster.local.",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{LowerName, Name, Record};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
@@ -47,6 +47,8 @@ pub trait ZoneSource: Send + Sync + 'static {
 
 pub struct Handler {
     zone: Arc<dyn ZoneSource>,
+    /// The largest UDP response sent, whatever the client advertises (and what we advertise).
+    udp_payload: u16,
     /// The cluster domain, to refuse its names with SERVFAIL before the first zone.
     domain: LowerName,
     forwarder: Forwarder,
@@ -76,7 +78,18 @@ impl Reply {
     }
 }
 
+/// The UDP payload limit by default: what fits a 1280-byte IPv6 minimum MTU without
+/// fragmentation (the DNS Flag Day 2020 value).
+pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+
 impl Handler {
+    /// Caps UDP responses at `limit` bytes (at least 512): larger answers are truncated (TC) and
+    /// the client retries over TCP.
+    pub fn with_udp_payload(mut self, limit: u16) -> Self {
+        self.udp_payload = limit.max(512);
+        self
+    }
+
     pub fn new(
         zone: Arc<dyn ZoneSource>,
         domain: &str,
@@ -87,6 +100,7 @@ impl Handler {
             LowerName::new(&Name::from_ascii(format!("{}.", domain.trim_end_matches('.'))).ok()?);
         Some(Handler {
             zone,
+            udp_payload: DEFAULT_UDP_PAYLOAD,
             domain,
             forwarder,
             observer,
@@ -104,6 +118,10 @@ impl Handler {
             return Reply::code(ResponseCode::FormErr);
         };
         let (name, qtype) = (info.query.name(), info.query.query_type());
+        // No zone transfers: the cluster zone is built from the API, not served to secondaries.
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return Reply::code(ResponseCode::Refused);
+        }
         let asked: &Name = &info.query.original().name;
         let zone = self.zone.zone();
         let found = match zone.as_deref() {
@@ -183,14 +201,33 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let started = Instant::now();
-        let reply = self.answer(request).await;
+        let unanswered = || {
+            let metadata = Metadata::response_from_request(&request.metadata);
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        };
+        // A response is never answered: two servers (or a spoofed source) would bounce
+        // messages between them forever.
+        if request.metadata.message_type != MessageType::Query {
+            return unanswered();
+        }
+        // EDNS version 0 is the only one: a later one gets BADVERS (RFC 6891).
+        let reply = if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            Reply::code(ResponseCode::BADVERS)
+        } else {
+            self.answer(request).await
+        };
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.response_code = reply.code;
         meta.authoritative = reply.authoritative;
         meta.recursion_available = true;
-        let edns = request.edns.as_ref().map(|req| {
+        let edns = request.edns.as_ref().map(|_| {
             let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512));
+            e.set_max_payload(self.udp_payload);
+            e.set_version(0);
+            e.set_rcode_high(reply.code.high());
             e
         });
         let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
@@ -269,12 +306,12 @@ fn formerr(datagram: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A UDP response that does not fit the client's buffer becomes the question alone with TC set.
-fn fit_udp(response: Vec<u8>, request: &Request) -> Vec<u8> {
-    let limit = request
-        .edns
-        .as_ref()
-        .map_or(512, |e| usize::from(e.max_payload().max(512)));
+/// A UDP response that does not fit the client's buffer (or our `cap`) becomes the question alone
+/// with TC set.
+fn fit_udp(response: Vec<u8>, request: &Request, cap: u16) -> Vec<u8> {
+    let limit = request.edns.as_ref().map_or(512, |e| {
+        usize::from(e.max_payload().clamp(512, cap.max(512)))
+    });
     if response.len() <= limit {
         return response;
     }
@@ -292,6 +329,9 @@ fn fit_udp(response: Vec<u8>, request: &Request) -> Vec<u8> {
 
 /// The full path for one UDP datagram: hickory parses it and our handler answers.
 async fn full_path(handler: &Handler, datagram: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    if datagram.get(2).is_some_and(|b| b & 0x80 != 0) {
+        return None; // A response (QR=1): never answered.
+    }
     let Ok(request) = Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) else {
         return formerr(datagram);
     };
@@ -300,7 +340,7 @@ async fn full_path(handler: &Handler, datagram: &[u8], src: SocketAddr) -> Optio
         .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
         .await;
     let out = capture.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-    Some(fit_udp(out, &request))
+    Some(fit_udp(out, &request, handler.udp_payload))
 }
 
 /// The fast path, when it applies; reports the query to the observer.
@@ -309,7 +349,7 @@ fn fast_path(handler: &Handler, datagram: &[u8], src: SocketAddr, out: &mut Vec<
     let Some(zone) = handler.zone.zone() else {
         return false;
     };
-    let Some(o) = crate::fast::answer(&zone, datagram, out) else {
+    let Some(o) = crate::fast::answer(&zone, datagram, out, handler.udp_payload) else {
         return false;
     };
     handler.observer.served(Served {

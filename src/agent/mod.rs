@@ -92,6 +92,8 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Answer `<a-b-c-d>.<ns>.pod.<zone>` (CoreDNS's "pods insecure").
     pub pod_records: bool,
+    /// The largest UDP response.
+    pub udp_payload: u16,
     pub forward: switchyard_dns::forward::Config,
 }
 
@@ -538,7 +540,8 @@ async fn spawn_dns(
         forwarder,
         metrics,
     )
-    .ok_or_else(|| AgentError::Domain(config.domain.clone()))?;
+    .ok_or_else(|| AgentError::Domain(config.domain.clone()))?
+    .with_udp_payload(config.udp_payload);
     let listen = config.listen;
     // Bind here so a taken address is an error at start, not a log line later.
     let (udp, tcp) = switchyard_dns::server::bind(listen)

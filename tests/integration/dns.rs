@@ -365,3 +365,86 @@ async fn forwarding_caching_and_hostile_packets() {
     assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
     assert!(ok.metadata.authoritative);
 }
+
+/// The size dig reports for the message it received.
+fn received_size(out: &str) -> usize {
+    out.lines()
+        .find_map(|l| l.split("MSG SIZE  rcvd: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no message size in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_are_not_answered_and_edns_and_transfers_are_held_to_the_rules() {
+    let (up_addr, _) = upstream().await;
+    let up = start(up_addr, &[]);
+    let d = up.dns;
+    let client = up.client().await;
+
+    // A message with QR=1 is a response: answering it would let two servers bounce messages
+    // between them forever. It gets nothing, and the server keeps answering queries.
+    let mut msg = Message::new(7, MessageType::Response, OpCode::Query);
+    msg.add_query(Query::query(
+        Name::from_ascii("dns-version.cluster.local.").unwrap(),
+        RecordType::TXT,
+    ));
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&msg.to_vec().unwrap(), ("127.0.0.1", d))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let echoed = tokio::time::timeout(Duration::from_millis(700), sock.recv_from(&mut buf)).await;
+    assert!(echoed.is_err(), "a response was answered");
+    let ok = hickory_query(d, "dns-version.cluster.local.", RecordType::TXT).await;
+    assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
+
+    // EDNS versions after 0 get BADVERS; zone transfers are refused.
+    let out = dig(
+        d,
+        &["+edns=1", "+noednsneg", "dns-version.cluster.local", "TXT"],
+    );
+    assert_eq!(status(&out), "BADVERS", "{out}");
+    let axfr = hickory_query(d, "cluster.local.", RecordType::AXFR).await;
+    assert_eq!(axfr.metadata.response_code, ResponseCode::Refused);
+    let ixfr = hickory_query(d, "cluster.local.", RecordType::IXFR).await;
+    assert_eq!(ixfr.metadata.response_code, ResponseCode::Refused);
+
+    // 300 endpoints behind a headless Service: over UDP the answer never exceeds 1232 bytes,
+    // whatever buffer the client advertises (truncated, TC set); over TCP it is whole.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    svcs.create(
+        &PostParams::default(),
+        &obj(serde_json::json!({"metadata": {"name": "wide"}, "spec": {"clusterIP": "None"}})),
+    )
+    .await
+    .unwrap();
+    for s in 0..3 {
+        let eps: Vec<serde_json::Value> = (1..=100).map(|i| serde_json::json!({"addresses": [format!("10.246.{s}.{i}")], "conditions": {"ready": true}})).collect();
+        slices.create(&PostParams::default(), &obj(serde_json::json!({"metadata": {"name": format!("wide-{s}"), "labels": {"kubernetes.io/service-name": "wide"}}, "addressType": "IPv4", "endpoints": eps}))).await.unwrap();
+    }
+    eventually(Duration::from_secs(10), || {
+        (answers(&dig(d, &["+tcp", "wide.default.svc.cluster.local"])).len() == 300).then_some(())
+    });
+    // (`+adflag` sets a header bit the fast path leaves to the full path: both are held.)
+    for (bufsize, flag) in [
+        ("+bufsize=4096", "+noadflag"),
+        ("+bufsize=65000", "+adflag"),
+    ] {
+        let udp = dig(
+            d,
+            &[
+                bufsize,
+                flag,
+                "+notcp",
+                "+ignore",
+                "wide.default.svc.cluster.local",
+            ],
+        );
+        assert!(received_size(&udp) <= 1232, "{udp}");
+        assert!(
+            udp.contains(" tc") || udp.contains("tc "),
+            "expected TC: {udp}"
+        );
+    }
+}
