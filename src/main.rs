@@ -76,9 +76,11 @@ struct AgentArgs {
     /// Where /metrics and /healthz are served.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_listen: SocketAddr,
-    /// The address NodePorts listen on (the unspecified address: all of the node's).
-    #[arg(long, default_value = "0.0.0.0")]
-    nodeport_address: IpAddr,
+    /// The address NodePorts listen on (the unspecified address: all of the node's). Default:
+    /// 0.0.0.0 for `node`; 127.0.0.1 for `up`, which accepts loopback endpoints and so must
+    /// not expose them on the node's other addresses.
+    #[arg(long)]
+    nodeport_address: Option<IpAddr>,
     /// The least time between two proxy syncs (e.g. 0s, 100ms, 1s).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     min_sync_period: Duration,
@@ -270,6 +272,10 @@ fn ingress_config(
 /// The agent's settings; `defaults` are the DNS and ingress addresses used when no flag names
 /// one (`up` has them, `node` does not).
 fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config {
+    let node_addr = args
+        .nodeport_address
+        .or(defaults.map(|d| d.nodeport))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let default_dns = defaults.map(|d| d.dns);
     let dns = args
         .dns_listen
@@ -298,7 +304,7 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
     let iptables = switchyard_proxy::iptables::Config {
         backend: args.iptables_backend.into(),
         options: switchyard_proxy::iptables::render::Options {
-            node_addr: args.nodeport_address,
+            node_addr,
             cluster_cidrs: args
                 .cluster_cidr
                 .iter()
@@ -316,7 +322,7 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
         min_sync: args.min_sync_period,
         max_sync: args.sync_period,
         userspace: switchyard_proxy::userspace::Config {
-            node_addr: args.nodeport_address,
+            node_addr,
             ..Default::default()
         },
         ebpf: switchyard_proxy::ebpf::Config {
@@ -331,12 +337,14 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
 /// Where `up` serves what `node` serves only when asked.
 #[derive(Clone, Copy)]
 struct UpDefaults {
+    nodeport: IpAddr,
     dns: SocketAddr,
     ingress_http: SocketAddr,
     ingress_https: SocketAddr,
 }
 
 const UP_DEFAULTS: UpDefaults = UpDefaults {
+    nodeport: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
     dns: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1053),
     ingress_http: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080),
     ingress_https: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443),
@@ -451,6 +459,33 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit (proxies, the router, the DNS forwarder
+/// and the load generator hold a descriptor per connection or query in flight); returns the
+/// limit in force.
+fn raise_open_files() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not read the open-file limit");
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not raise the open-file limit");
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
 fn main() {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
@@ -463,6 +498,10 @@ fn main() {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
         LogFormat::Json => logs.json().init(),
+    }
+    let files = raise_open_files();
+    if !matches!(cli.command, Command::Load(_)) {
+        tracing::info!(open_files = ?files, "open-file limit");
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {

@@ -105,7 +105,7 @@ pub fn build_services(
     let mut ports: BTreeMap<(ServicePortName, Protocol), Arc<ServicePort>> = BTreeMap::new();
     for ((ns, name), svc) in services {
         let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
+        if spec.type_.as_deref() == Some("ExternalName") || !proxied(svc) {
             continue;
         }
         let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
@@ -116,7 +116,7 @@ pub fn build_services(
                 .filter_map(|s| s.parse().ok())
                 .collect(),
         };
-        let headless = spec.cluster_ip.as_deref() == Some("None");
+        let headless = is_headless(svc);
         let lb_ips: Vec<IpAddr> = svc
             .status
             .as_ref()
@@ -177,6 +177,16 @@ pub fn build_services(
     ServiceTable {
         ports: ports.into_values().collect(),
     }
+}
+
+/// Whether the service proxy serves a Service: not when its labels give it to another proxy
+/// (`service.kubernetes.io/service-proxy-name`) or mark it headless
+/// (`service.kubernetes.io/headless`), the two labels kube-proxy's watch selects away.
+fn proxied(svc: &Service) -> bool {
+    svc.metadata.labels.as_ref().is_none_or(|l| {
+        !l.contains_key(crate::conventions::SERVICE_PROXY_NAME_LABEL)
+            && !l.contains_key(crate::conventions::HEADLESS_LABEL)
+    })
 }
 
 /// Whether a Service's DNS records come from its endpoints.

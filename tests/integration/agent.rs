@@ -303,3 +303,116 @@ async fn routing_survives_the_api_server_going_away() {
     .await;
     assert_eq!(holder, "n1");
 }
+
+/// Whether something listens on TCP `port` at 127.0.0.1 only (true), on every address (false),
+/// or not at all (None), from /proc/net/tcp.
+fn tcp_listener(port: u16) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let suffix = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (local, state) = (f.get(1)?, f.get(3)?);
+        (*state == "0A" && local.ends_with(&suffix)).then(|| local.starts_with("0100007F"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_of_another_proxy_are_left_alone_and_up_keeps_node_ports_local() {
+    let up = Up::start(&[], true);
+    let client = up.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let labelled = |name: &str, label: &str| -> Service {
+        let mut s = service(name, "TCP", false);
+        s.metadata.labels = Some([(label.to_string(), "other".to_string())].into());
+        s
+    };
+    for (name, svc) in [
+        (
+            "theirs",
+            labelled("theirs", "service.kubernetes.io/service-proxy-name"),
+        ),
+        (
+            "headless-label",
+            labelled("headless-label", "service.kubernetes.io/headless"),
+        ),
+    ] {
+        svcs.create(&PostParams::default(), &svc).await.unwrap();
+        set_backends(&slices, name, "TCP", &[tcp_backend("x").await]).await;
+    }
+    // Created last, served once the agent has seen the two above.
+    let mut np = service("mine", "TCP", false);
+    np.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    svcs.create(&PostParams::default(), &np).await.unwrap();
+    set_backends(&slices, "mine", "TCP", &[tcp_backend("mine").await]).await;
+    let vip = cluster_ip(&svcs, "mine").await;
+    eventually_async(Duration::from_secs(15), || async {
+        (ask(vip).await.as_deref() == Some("mine")).then_some(())
+    })
+    .await;
+    for name in ["theirs", "headless-label"] {
+        let vip = cluster_ip(&svcs, name).await;
+        assert_eq!(ask(vip).await, None, "{name} was proxied");
+    }
+    // `up` accepts loopback endpoints, so its NodePorts listen on loopback only.
+    let node_port = svcs.get("mine").await.unwrap().spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .unwrap() as u16;
+    assert_eq!(tcp_listener(node_port), Some(true), "NodePort {node_port}");
+    assert_eq!(
+        ask(SocketAddr::from(([127, 0, 0, 1], node_port)))
+            .await
+            .as_deref(),
+        Some("mine")
+    );
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    // A soft limit well below the hard one, as many service managers and shells set it.
+    let dir = tempfile::tempdir().unwrap();
+    let script = "ulimit -Sn 256 && exec \"$@\"";
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            script,
+            "sh",
+            bin(),
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limits = || std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let max_open = |text: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string();
+        line.split_whitespace()
+            .skip(3)
+            .take(2)
+            .map(str::to_string)
+            .collect()
+    };
+    // Once the server has written its kubeconfig, it is past the limit and its log line.
+    let kubeconfig = dir.path().join("data/admin.kubeconfig");
+    for _ in 0..100 {
+        if kubeconfig.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = max_open(&limits());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(seen[0], seen[1], "soft limit not raised: {seen:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("open-file limit"), "{log}");
+}
