@@ -172,7 +172,7 @@ fn forwarded(conn: &Conn, host: &str) -> Option<HeaderValue> {
         v.push(c);
     }
     v.push('"');
-    HeaderValue::from_str(&v).ok()
+    HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
 }
 
 /// A client's request id when it is short printable ASCII, otherwise a new one.
@@ -258,7 +258,12 @@ fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: 
         id,
         upgrade,
     } = to;
-    let original_host = HeaderValue::from_str(host).ok();
+    // The routed host came from the Host header unless the target carried an authority: then
+    // the header's value is reused as it is.
+    let original_host = match req.headers().get(header::HOST) {
+        Some(h) if req.uri().authority().is_none() => Some(h.clone()),
+        _ => HeaderValue::from_str(host).ok(),
+    };
     if let Some(uri) = upstream_uri(req.uri(), host, *path, backend.h2c) {
         *req.uri_mut() = uri;
     }
