@@ -294,10 +294,10 @@ fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: 
     }
     headers.insert(X_FORWARDED_PORT, conn.forwarded_port.clone());
     headers.insert(X_REAL_IP, conn.forwarded_for.clone());
-    headers.remove(header::FORWARDED);
-    if let Some(f) = forwarded(conn, host) {
-        headers.insert(header::FORWARDED, f);
-    }
+    match forwarded(conn, host) {
+        Some(f) => headers.insert(header::FORWARDED, f),
+        None => headers.remove(header::FORWARDED),
+    };
     headers.insert(X_REQUEST_ID, (*id).clone());
 }
 
@@ -355,7 +355,8 @@ async fn forward(
     to: Routed<'_>,
     tunnels: &Arc<Semaphore>,
 ) -> (Response<Body>, Option<SocketAddr>) {
-    let service = format!("{}/{}", backend.ingress.namespace, backend.service);
+    // Named only when something fails.
+    let service = || format!("{}/{}", backend.ingress.namespace, backend.service);
     // An upgraded connection outlives the request's connection: it holds a connection slot of
     // its own, or is refused.
     let tunnel = match &to.upgrade {
@@ -394,7 +395,7 @@ async fn forward(
         let sent = tokio::time::timeout(settings.response_timeout, send(sender, req)).await;
         let (resp, keep) = match sent {
             Err(_) => {
-                let msg = format!("service {service} timed out");
+                let msg = format!("service {} timed out", service());
                 return (
                     local(StatusCode::GATEWAY_TIMEOUT, &msg),
                     Some(upstream.addr),
@@ -411,7 +412,7 @@ async fn forward(
             }
             Ok(Err((e, _))) => {
                 tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
-                let msg = format!("service {service} failed to answer");
+                let msg = format!("service {} failed to answer", service());
                 return (local(StatusCode::BAD_GATEWAY, &msg), Some(upstream.addr));
             }
             Ok(Ok(r)) => r,
@@ -429,7 +430,7 @@ async fn forward(
         let body = Body::Upstream(UpstreamBody::new(body, in_flight, keep));
         return (Response::from_parts(parts, body), Some(addr));
     }
-    let msg = format!("no endpoint of service {service} accepted a connection");
+    let msg = format!("no endpoint of service {} accepted a connection", service());
     (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())
 }
 
