@@ -57,6 +57,27 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
         .then_some(())
     });
 
+    // A ClusterIP the node lacks is made local; an external IP anyone can write into a Service
+    // is not (a route would take the address from the whole node): it is served only where the
+    // node already has it.
+    let ext = "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  selector: {app: web}\n  externalIPs: [203.0.113.53]\n  ports: [{name: http, port: 82, targetPort: http}]\n";
+    ok(&n1.ns, d, &["apply", "-f", "-"], ext);
+    let ext_ip = cluster_ip(&n1.ns, d, "ext");
+    let local_routes = || {
+        let out = sb.exec(&n1.ns, &["ip", "route", "show", "table", "local"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(30), || {
+        local_routes()
+            .contains(&format!("local {ext_ip} "))
+            .then_some(())
+    });
+    assert!(
+        !local_routes().contains("203.0.113.53"),
+        "{}",
+        local_routes()
+    );
+
     // Removing an endpoint moves traffic off it.
     ok(
         &n1.ns,

@@ -11,9 +11,10 @@
 //!   endpoint view under the running listener, a removed frontend closes its listener, and
 //!   established connections are left alone.
 //!
-//! A frontend address the node does not have (a ClusterIP) is made local with a `local` route
-//! on the loopback device when the process may do so (CAP_NET_ADMIN); addresses in 127.0.0.0/8
-//! need nothing.
+//! A ClusterIP the node does not have is made local with a `local` route on the loopback device
+//! when the process may do so (CAP_NET_ADMIN); addresses in 127.0.0.0/8 need nothing. External
+//! and load-balancer addresses are served only where they are already local: a route for one
+//! would take that address from the whole node.
 
 mod balancer;
 mod tcp;
@@ -132,10 +133,21 @@ impl UserspaceProxy {
         }
     }
 
-    async fn bind(&mut self, addr: SocketAddr, protocol: Protocol) -> io::Result<Socket> {
+    /// Binds a frontend. A ClusterIP the node does not have is made local; an external or
+    /// load-balancer address is served only where the node already has it — any user can
+    /// write one into a Service, and a local route for it would take the address from the
+    /// whole node.
+    async fn bind(
+        &mut self,
+        addr: SocketAddr,
+        protocol: Protocol,
+        external: bool,
+    ) -> io::Result<Socket> {
         match bind_socket(addr, protocol) {
             Err(e)
-                if e.kind() == io::ErrorKind::AddrNotAvailable && self.config.manage_addresses =>
+                if e.kind() == io::ErrorKind::AddrNotAvailable
+                    && self.config.manage_addresses
+                    && !external =>
             {
                 route_local(addr.ip(), true).await?;
                 self.local_routes.insert(addr.ip());
@@ -166,7 +178,7 @@ impl UserspaceProxy {
                 continue;
             }
             let (addr, protocol) = key;
-            let socket = match self.bind(addr, protocol).await {
+            let socket = match self.bind(addr, protocol, external).await {
                 Ok(s) => s,
                 Err(e) => {
                     let hint = if e.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024
