@@ -416,3 +416,49 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("open-file limit"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_registered_by_a_kubelet_keeps_its_lease_to_the_kubelet() {
+    let port = free_port();
+    let server = Server::start_at(port, &["--allow-loopback-endpoints"]);
+    let client = server.client().await;
+    // The kubelet registered this node; the agent joins it.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = serde_json::json!({"metadata": {"name": "kubelet-node"}});
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node).unwrap(),
+        )
+        .await
+        .unwrap();
+    let spawn = |name: &str| {
+        let child = Command::new(bin())
+            .args(["node", "--kubeconfig"])
+            .arg(server.dir.path().join("node.kubeconfig"))
+            .args(["--node-name", name, "--metrics-listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    };
+    let _theirs = spawn("kubelet-node");
+    let _ours = spawn("agent-node");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-node-lease");
+    // The node the agent registered is its own: it renews that Lease...
+    eventually_async(Duration::from_secs(30), || async {
+        leases.get("agent-node").await.ok().map(|_| ())
+    })
+    .await;
+    // ...and not the kubelet's, which would hide a dead kubelet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(leases.get_opt("kubelet-node").await.unwrap().is_none());
+    let labels = nodes.get("kubelet-node").await.unwrap().metadata.labels;
+    assert!(
+        labels.unwrap_or_default().is_empty(),
+        "the kubelet's Node was changed"
+    );
+}
