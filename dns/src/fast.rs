@@ -147,6 +147,15 @@ pub fn answer(zone: &ClusterZone, req: &[u8], out: &mut Vec<u8>, cap: u16) -> Op
         match found {
             // Not ours (forwarded), or made for the question: the full path.
             Answer::NotOurs | Answer::Pod(_) => return None,
+            // A CNAME for another type is chased on the full path.
+            Answer::Records { answers, .. }
+                if qtype != u16::from(RecordType::CNAME)
+                    && answers
+                        .first()
+                        .is_some_and(|r| r.record_type() == RecordType::CNAME) =>
+            {
+                return None
+            }
             Answer::Records {
                 answers,
                 additionals,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
@@ -143,7 +143,7 @@ impl Handler {
                 additionals,
             } => {
                 // Names are echoed as asked.
-                let answers = answers
+                let mut answers: Vec<Record> = answers
                     .iter()
                     .map(|r| {
                         let mut r = r.clone();
@@ -151,6 +151,9 @@ impl Handler {
                         r
                     })
                     .collect();
+                if qtype != RecordType::CNAME {
+                    self.chase(zone.as_deref(), qtype, &mut answers).await;
+                }
                 authoritative(
                     ResponseCode::NoError,
                     answers,
@@ -189,6 +192,44 @@ impl Handler {
                     Reply::code(ResponseCode::ServFail)
                 }
             },
+        }
+    }
+}
+
+/// How many CNAMEs an answer follows (an ExternalName to an ExternalName, and so on).
+const CNAME_CHAIN: usize = 8;
+
+impl Handler {
+    /// Follows a CNAME answer (an ExternalName) to the target's records of `qtype`, in the same
+    /// answer as the DNS spec's example and CoreDNS give it: stub resolvers do not chase a CNAME
+    /// themselves. A target in the zone is answered from the zone, any other through the
+    /// forwarder (whose answer may carry its own CNAMEs). What cannot be found leaves the CNAME.
+    async fn chase(
+        &self,
+        zone: Option<&ClusterZone>,
+        qtype: RecordType,
+        answers: &mut Vec<Record>,
+    ) {
+        for _ in 0..CNAME_CHAIN {
+            let Some(RData::CNAME(target)) = answers.last().map(|r| &r.data) else {
+                return;
+            };
+            let target = target.0.clone();
+            if answers.iter().any(|r| r.name == target) {
+                return; // A loop.
+            }
+            let found = zone.map(|z| z.lookup(&LowerName::new(&target), qtype));
+            match found {
+                Some(Answer::Records { answers: more, .. }) => answers.extend(more.iter().cloned()),
+                Some(Answer::NotOurs) | None => {
+                    let query = hickory_proto::op::Query::query(target, qtype);
+                    if let Ok(f) = self.forwarder.resolve(&query).await {
+                        answers.extend(f.answers);
+                    }
+                    return;
+                }
+                Some(_) => return,
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - headless services: A/AAAA per ready endpoint (the name does not exist with none),
 //!   `<hostname>.<svc>.<ns>.svc.<zone>` per endpoint (a dashed address when it has no hostname),
 //!   SRV per ready endpoint and named port, PTR per endpoint address;
-//! - ExternalName services: a CNAME.
+//! - ExternalName services: a CNAME (the server follows it to the target's records).
 //!
 //! Every ancestor of a name up to the zone exists (an empty non-terminal answers NODATA, not
 //! NXDOMAIN); negative answers carry the zone's SOA.

@@ -375,7 +375,7 @@ fn received_size(out: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn responses_are_not_answered_and_edns_and_transfers_are_held_to_the_rules() {
+async fn responses_are_dropped_edns_and_transfers_held_to_the_rules_and_cnames_chased() {
     let (up_addr, _) = upstream().await;
     let up = start(up_addr, &[]);
     let d = up.dns;
@@ -409,9 +409,65 @@ async fn responses_are_not_answered_and_edns_and_transfers_are_held_to_the_rules
     let ixfr = hickory_query(d, "cluster.local.", RecordType::IXFR).await;
     assert_eq!(ixfr.metadata.response_code, ResponseCode::Refused);
 
+    // ExternalName: an A query gets the CNAME and the target's addresses in one answer, from
+    // the zone for a cluster name (through a chain of them) and from the upstream otherwise.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let external = |name: &str, target: &str| -> Service {
+        obj(
+            serde_json::json!({"metadata": {"name": name}, "spec": {"type": "ExternalName", "externalName": target}}),
+        )
+    };
+    svcs.create(
+        &PostParams::default(),
+        &obj(serde_json::json!({"metadata": {"name": "cip"}, "spec": {"ports": [{"port": 80}]}})),
+    )
+    .await
+    .unwrap();
+    for (name, target) in [
+        ("outer", "example.test"),
+        ("inner", "cip.default.svc.cluster.local"),
+        ("hop", "inner.default.svc.cluster.local"),
+    ] {
+        svcs.create(&PostParams::default(), &external(name, target))
+            .await
+            .unwrap();
+    }
+    let cip = svcs
+        .get("cip")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    let chain = |name: &str| -> Vec<(String, String)> {
+        answers(&dig(
+            d,
+            &[&format!("{name}.default.svc.cluster.local"), "A"],
+        ))
+        .into_iter()
+        .map(|(_, ty, data)| (ty, data))
+        .collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    eventually(Duration::from_secs(10), || {
+        (chain("hop").len() == 3).then_some(())
+    });
+    assert_eq!(
+        chain("hop"),
+        [
+            pair("CNAME", "inner.default.svc.cluster.local."),
+            pair("CNAME", "cip.default.svc.cluster.local."),
+            pair("A", &cip)
+        ]
+    );
+    assert_eq!(
+        chain("outer"),
+        [pair("CNAME", "example.test."), pair("A", "192.0.2.10")]
+    );
+
     // 300 endpoints behind a headless Service: over UDP the answer never exceeds 1232 bytes,
     // whatever buffer the client advertises (truncated, TC set); over TCP it is whole.
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     svcs.create(
         &PostParams::default(),
