@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A server process with its own data directory, killed on drop.
@@ -18,13 +19,34 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_switchyard")
 }
 
-/// A free loopback port (for a server that must come back on the same address).
+/// A free loopback port (TCP and UDP) for a child process to listen on, given to one test only.
+/// It comes from below the kernel's ephemeral range: a port from `bind(0)` is free only until
+/// the child binds it, and any socket bound to port 0 meanwhile (other tests run in parallel)
+/// could take it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        low > BASE + 1000,
+        "the ephemeral port range starts at {low}"
+    );
+    let span = low - BASE;
+    // Runs of the suite at the same time start at different places.
+    let start = std::process::id() * 7919 % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below {low}");
+        let port = (BASE + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 fn spawn(dir: &Path, listen: &str, extra: &[&str]) -> (Child, SocketAddr) {

@@ -67,7 +67,7 @@ impl Up {
             cmd.uid(65534).gid(65534);
         }
         let child = cmd.spawn().unwrap();
-        let up = Up {
+        let mut up = Up {
             child,
             dir,
             api,
@@ -77,13 +77,21 @@ impl Up {
             https,
         };
         let kubeconfig = up.kubeconfig();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok() && kubeconfig.exists() {
-                break;
+        for _ in 0..600 {
+            if let Ok(Some(status)) = up.child.try_wait() {
+                panic!("switchyard up exited at start: {status}");
+            }
+            let listening = |p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+            if listening(metrics) && listening(api) && kubeconfig.exists() {
+                return up;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        up
+        panic!("switchyard up did not serve its API and metrics within a minute")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kubeconfig(&self) -> std::path::PathBuf {
