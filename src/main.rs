@@ -108,6 +108,10 @@ struct AgentArgs {
     /// answers are truncated and the client retries over TCP).
     #[arg(long, default_value_t = switchyard_dns::server::DEFAULT_UDP_PAYLOAD)]
     dns_udp_payload_limit: u16,
+    /// Distinct questions out to the upstream resolvers at once (eight times as many queries may
+    /// wait on them); past it, queries for names outside the cluster get SERVFAIL at once.
+    #[arg(long, default_value_t = switchyard_dns::forward::DEFAULT_MAX_CONCURRENT)]
+    dns_max_concurrent: usize,
     /// Serve Ingresses over HTTP on this address (`up` defaults to 127.0.0.1:8080).
     #[arg(long)]
     ingress_http: Option<SocketAddr>,
@@ -294,6 +298,7 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
                 },
                 timeout: Duration::from_secs(2),
                 cache_entries: 10_000,
+                max_concurrent: args.dns_max_concurrent,
             },
         });
     let ingress = ingress_config(

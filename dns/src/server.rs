@@ -178,6 +178,8 @@ impl Handler {
                 vec![],
                 zone.as_deref().map(ClusterZone::soa),
             ),
+            // Our own loop probe, back from the upstreams: not forwarded again.
+            Answer::NotOurs if self.forwarder.is_probe(name) => Reply::code(ResponseCode::ServFail),
             Answer::NotOurs => match self.forwarder.resolve(info.query.original()).await {
                 Ok(f) => Reply {
                     code: f.code,
@@ -515,6 +517,7 @@ mod tests {
             upstreams: vec![],
             timeout: Duration::from_millis(100),
             cache_entries: 10,
+            max_concurrent: 10,
         });
         Handler::new(
             Arc::new(Fixed(zone.map(Arc::new))),

@@ -41,7 +41,7 @@ fn setup() -> (tokio::runtime::Runtime, Handler) {
         Service { namespace: "default".into(), name: "ext".into(), kind: Kind::ExternalName("db.example.com".into()), ports: vec![], endpoints: vec![] },
     ];
     let zone = ClusterZone::build("cluster.local", 5, &services).unwrap();
-    let forwarder = Forwarder::new(Config { upstreams: vec![], timeout: Duration::from_millis(10), cache_entries: 16 });
+    let forwarder = Forwarder::new(Config { upstreams: vec![], timeout: Duration::from_millis(10), cache_entries: 16, max_concurrent: 16 });
     let handler = Handler::new(Arc::new(Zone(Arc::new(zone))), "cluster.local", forwarder, Arc::new(Quiet)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     (rt, handler)

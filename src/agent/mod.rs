@@ -537,7 +537,7 @@ async fn spawn_dns(
     let handler = switchyard_dns::server::Handler::new(
         Arc::new(SnapshotZone(published)),
         &config.domain,
-        forwarder,
+        forwarder.clone(),
         metrics,
     )
     .ok_or_else(|| AgentError::Domain(config.domain.clone()))?
@@ -550,6 +550,8 @@ async fn spawn_dns(
             addr: listen,
             source,
         })?;
+    // The loop probe goes out once the socket is bound (it is answered once serving starts).
+    tokio::spawn(async move { forwarder.probe_for_loop().await });
     Ok(tokio::spawn(async move {
         switchyard_dns::server::serve(udp, tcp, handler).await;
     }))
