@@ -159,6 +159,41 @@ fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(
     eventually(Duration::from_secs(20), || {
         (answers(&sb, &client, "http://192.0.2.20/", 12) == set(&["a", "b"])).then_some(())
     });
+
+    // A host whose FORWARD policy drops: our rules let through what they DNATed, and nothing
+    // another tool DNATed. The other tool's port forward to pod a works while FORWARD accepts.
+    let foreign = format!("http://{link1}:9090/");
+    let dnat = [
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "9090",
+        "-j",
+        "DNAT",
+        "--to-destination",
+    ];
+    let to = format!("{}:8080", a.ip);
+    let out = sb.exec(&n1.ns, &[&dnat[..], &[to.as_str()]].concat());
+    assert!(out.status.success());
+    assert_eq!(sb.http_get(&client, &foreign, 1), ["a"]);
+    let out = sb.exec(&n1.ns, &["iptables", "-P", "FORWARD", "DROP"]);
+    assert!(out.status.success());
+    assert_eq!(
+        sb.http_get(&client, &foreign, 1),
+        ["!err"],
+        "another tool's DNATed flow was accepted past the FORWARD policy"
+    );
+    // Ours: a NodePort masqueraded to n2, and one kept local under externalTrafficPolicy Local.
+    assert_eq!(answers(&sb, &client, &url_np, 4), set(&["b"]));
+    assert_eq!(
+        answers(&sb, &client, &format!("http://{link1}:{np}/"), 4),
+        set(&["a"])
+    );
 }
 
 #[test]

@@ -14,8 +14,10 @@
 //!   (INPUT, OUTPUT, FORWARD) rejects it.
 //! - `SY-POSTROUTING` (from POSTROUTING): masquerades packets marked by `SY-MARK-MASQ`, and
 //!   hairpin connections (a pod reaching itself through a service; `SY-HAIRPIN` lists this
-//!   node's endpoints). `SY-FORWARD` (filter, FORWARD) accepts DNATed service connections on
-//!   hosts whose FORWARD policy drops.
+//!   node's endpoints). `SY-FORWARD` (filter, FORWARD) accepts, on hosts whose FORWARD policy
+//!   drops, what our rules marked (to masquerade, or `FORWARD_MARK` for external traffic kept
+//!   local) and the later packets of DNATed connections — not the first packet of any DNATed
+//!   flow, which would let other tools' port forwards past the host's firewall.
 //!
 //! Every rule is written the way `iptables-save` prints it, so a restarted agent that reads the
 //! kernel's rules back finds nothing to rewrite.
@@ -32,6 +34,9 @@ use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
 pub const MASQ_MARK: u32 = 0x4000;
 /// Packets to reject in the filter table.
 pub const REJECT_MARK: u32 = 0x1000;
+/// Packets our rules sent to a node-local endpoint without masquerading them (external traffic
+/// under a Local policy), for `SY-FORWARD` to accept.
+pub const FORWARD_MARK: u32 = 0x2000;
 
 pub const SERVICES: &str = "SY-SERVICES";
 pub const POSTROUTING: &str = "SY-POSTROUTING";
@@ -358,7 +363,9 @@ fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
     if let Some(choice) = ext_choice {
         let masq = |m: &str| -> Vec<String> {
             if p.external_local && !o.masquerade_all {
-                Vec::new()
+                vec![format!(
+                    "{m} -j MARK --set-xmark {FORWARD_MARK:#x}/{FORWARD_MARK:#x}"
+                )]
             } else {
                 vec![format!("{m} -j {MARK_MASQ}")]
             }
@@ -570,9 +577,18 @@ fn fixed_chains(family: Family, local: &BTreeSet<IpAddr>, nat: &mut Chains) -> C
             family.port_unreachable()
         ))],
     );
+    // Only what our rules marked (as kube-proxy's KUBE-FORWARD), and the later packets of
+    // DNATed connections: not every DNATed flow on the host.
     filter.insert(
         FORWARD.into(),
-        vec![text("-m conntrack --ctstate DNAT -j ACCEPT".into())],
+        [MASQ_MARK, FORWARD_MARK]
+            .iter()
+            .map(|mark| text(format!("-m mark --mark {mark:#x}/{mark:#x} -j ACCEPT")))
+            .chain([text(
+                "-m conntrack --ctstate RELATED,ESTABLISHED -m conntrack --ctstate DNAT -j ACCEPT"
+                    .into(),
+            )])
+            .collect(),
     );
     filter
 }
