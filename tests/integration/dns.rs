@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use tokio::net::UdpSocket;
 
-use crate::support::{eventually, Up};
+use crate::support::{eventually, eventually_async, Up};
 
 /// An upstream resolver on loopback: `example.test` A 192.0.2.10 (TTL 60), `big.example.test`
 /// TXT too large for UDP (truncated there, whole over TCP), NXDOMAIN with an SOA for the rest.
@@ -503,4 +503,80 @@ async fn responses_are_dropped_edns_and_transfers_held_to_the_rules_and_cnames_c
             "expected TC: {udp}"
         );
     }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// 3,000 queries for distinct names to an upstream that never answers: the questions out are
+/// capped by `--dns-max-concurrent` (the rest get SERVFAIL at once), they share a few sockets,
+/// and cluster names are answered all the while.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_names_to_forward_is_bounded() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while silent.recv_from(&mut buf).await.is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let up = start(silent_addr, &["--dns-max-concurrent", "100"]);
+    let before = open_fds(up.pid());
+    let baseline = asked.load(Ordering::Relaxed); // the loop probe
+
+    let flood = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let servfail = Arc::new(AtomicUsize::new(0));
+    let replies = {
+        let (flood, servfail) = (flood.clone(), servfail.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok(n) = flood.recv(&mut buf).await {
+                let reply = Message::from_vec(&buf[..n]).unwrap();
+                assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+                servfail.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for i in 0..3000u16 {
+        let mut m = Message::new(i, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        let name = Name::from_ascii(format!("n{i}.flood.example.")).unwrap();
+        m.add_query(Query::query(name, RecordType::A));
+        flood
+            .send_to(&m.to_vec().unwrap(), ("127.0.0.1", up.dns))
+            .await
+            .unwrap();
+        // In bursts the socket buffers hold: the server is not to lose queries to them.
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // A cluster name is answered during the flood.
+    let ok = hickory_query(up.dns, "dns-version.cluster.local.", RecordType::TXT).await;
+    assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
+    let mut most = 0;
+    for _ in 0..40 {
+        most = most.max(open_fds(up.pid()));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        most <= before + 40,
+        "open files went from {before} to {most} during the flood"
+    );
+    assert!(
+        asked.load(Ordering::Relaxed) - baseline <= 100,
+        "at most 100 questions out at once, and none asked again: {}",
+        asked.load(Ordering::Relaxed) - baseline
+    );
+    // Every query is answered (SERVFAIL), the capped ones once their upstream times out.
+    eventually_async(Duration::from_secs(20), || {
+        let n = servfail.load(Ordering::Relaxed);
+        async move { (n >= 3000).then_some(()) }
+    })
+    .await;
+    replies.abort();
 }
