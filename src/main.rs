@@ -152,6 +152,16 @@ struct AgentArgs {
     /// With the eBPF proxy, the directory on a bpffs where its maps and links are pinned.
     #[arg(long, default_value = switchyard_proxy::ebpf::DEFAULT_PIN_DIR)]
     bpf_pin_path: PathBuf,
+    /// With the userspace proxy, connections one TCP frontend holds at most (more are reset).
+    #[arg(long, default_value_t = 4096)]
+    userspace_max_connections: usize,
+    /// With the userspace proxy, a TCP connection idle this long either way is closed.
+    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    userspace_idle_timeout: Duration,
+    /// With the userspace proxy, client flows one UDP frontend keeps at most (a new client
+    /// ends the oldest).
+    #[arg(long, default_value_t = 1024)]
+    userspace_max_udp_flows: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -176,10 +186,14 @@ struct NodeArgs {
     /// A kubeconfig for the API server.
     #[arg(long, required_unless_present = "cleanup")]
     kubeconfig: Option<PathBuf>,
-    /// Remove every iptables rule, chain and conntrack entry the agent made, and the pinned BPF
-    /// programs and maps of the eBPF proxy, then exit.
+    /// Remove every iptables rule, chain and conntrack entry the agent made, the userspace
+    /// proxy's local routes, and the pinned BPF programs and maps of the eBPF proxy, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// The ClusterIP ranges of the cluster (repeatable, one per family): the userspace proxy
+    /// makes only addresses inside them local.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    service_cidr: Vec<Cidr>,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -275,7 +289,11 @@ fn ingress_config(
 
 /// The agent's settings; `defaults` are the DNS and ingress addresses used when no flag names
 /// one (`up` has them, `node` does not).
-fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config {
+fn agent_config(
+    args: &AgentArgs,
+    defaults: Option<UpDefaults>,
+    service_cidrs: &[Cidr],
+) -> agent::Config {
     let node_addr = args
         .nodeport_address
         .or(defaults.map(|d| d.nodeport))
@@ -328,6 +346,10 @@ fn agent_config(args: &AgentArgs, defaults: Option<UpDefaults>) -> agent::Config
         max_sync: args.sync_period,
         userspace: switchyard_proxy::userspace::Config {
             node_addr,
+            service_ranges: service_cidrs.iter().map(|c| (c.addr, c.prefix)).collect(),
+            max_connections: args.userspace_max_connections,
+            idle_timeout: args.userspace_idle_timeout,
+            max_udp_flows: args.userspace_max_udp_flows,
             ..Default::default()
         },
         ebpf: switchyard_proxy::ebpf::Config {
@@ -401,6 +423,10 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             "removed {} chains, {} jump rules; cleared conntrack entries of {} frontends",
             done.chains, done.jumps, done.conntrack_filters
         );
+        let routes = switchyard_proxy::userspace::cleanup()
+            .await
+            .context("removing the userspace proxy's local routes")?;
+        println!("removed {routes} local routes of the userspace proxy");
         let bpf = switchyard_proxy::ebpf::cleanup(&args.agent.bpf_pin_path)?;
         println!(
             "removed {} pinned BPF links and {} pinned maps from {}",
@@ -415,7 +441,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         .as_deref()
         .context("--kubeconfig is required")?;
     let client = client_from(kubeconfig).await?;
-    let config = agent_config(&args.agent, None);
+    let config = agent_config(&args.agent, None, &args.service_cidr);
     println!(
         "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",
         config.node_name, config.proxy_mode, args.agent.metrics_listen
@@ -435,7 +461,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     started.registry.ensure_default_ingress_class().await?;
     let client = client_from(&started.kubeconfig).await?;
-    let config = agent_config(&args.agent, Some(UP_DEFAULTS));
+    let config = agent_config(&args.agent, Some(UP_DEFAULTS), &[args.service_cidr]);
     println!("switchyard up");
     println!("  API server    https://{}", started.addr);
     println!("  kubeconfig    {}", started.kubeconfig.display());

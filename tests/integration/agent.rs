@@ -462,3 +462,153 @@ async fn a_node_registered_by_a_kubelet_keeps_its_lease_to_the_kubelet() {
         "the kubelet's Node was changed"
     );
 }
+
+/// A TCP backend that echoes what it reads until the connection closes.
+async fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 64];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP backend that answers every datagram with the source port it came from.
+async fn port_backend() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, peer)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(peer.port().to_string().as_bytes(), peer).await;
+        }
+    });
+    addr
+}
+
+/// A connection through the proxy that has exchanged a byte with the backend; None when the
+/// proxy refused it.
+async fn held(addr: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"x").await.ok()?;
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+        Ok(Ok(1)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Which source port the backend saw for a datagram from `client`.
+async fn flow_port(client: &UdpSocket, vip: SocketAddr) -> String {
+    client.send_to(b"?", vip).await.unwrap();
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut b))
+        .await
+        .expect("a UDP answer through the proxy")
+        .unwrap();
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userspace_connections_are_capped_idle_ones_closed_and_udp_flows_bounded() {
+    let up = Up::start(
+        &[
+            "--userspace-max-connections",
+            "3",
+            "--userspace-max-udp-flows",
+            "2",
+        ],
+        true,
+    );
+    let client = up.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let echo = echo_backend().await;
+    svcs.create(&PostParams::default(), &service("held", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "held", "TCP", &[echo]).await;
+    svcs.create(&PostParams::default(), &service("flows", "UDP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "flows", "UDP", &[port_backend().await]).await;
+    let vip = cluster_ip(&svcs, "held").await;
+    let first = eventually_async(Duration::from_secs(20), || held(vip)).await;
+
+    // Three connections at most: the fourth is refused while they are held, and a slot freed
+    // by a closed one is taken again.
+    let second = held(vip).await.expect("the second connection");
+    let _third = held(vip).await.expect("the third connection");
+    assert!(held(vip).await.is_none(), "a fourth connection got through");
+    drop(second);
+    eventually_async(Duration::from_secs(10), || held(vip)).await;
+    drop(first);
+
+    // UDP: two flows at most; a third client ends the oldest flow, whose client then gets a
+    // new one (a new source port at the backend). The newest flow is kept.
+    let vip = cluster_ip(&svcs, "flows").await;
+    let clients: Vec<UdpSocket> = futures::future::join_all(
+        (0..3).map(|_| async { UdpSocket::bind("127.0.0.1:0").await.unwrap() }),
+    )
+    .await;
+    let c1 = eventually_async(Duration::from_secs(20), || async {
+        clients[0].send_to(b"?", vip).await.ok()?;
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_millis(500), clients[0].recv(&mut b))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&b[..n]).into_owned())
+    })
+    .await;
+    assert_eq!(flow_port(&clients[0], vip).await, c1, "one flow per client");
+    let _c2 = flow_port(&clients[1], vip).await;
+    let c3 = flow_port(&clients[2], vip).await;
+    assert_ne!(
+        flow_port(&clients[0], vip).await,
+        c1,
+        "the oldest flow was kept"
+    );
+    assert_eq!(
+        flow_port(&clients[2], vip).await,
+        c3,
+        "the newest flow was ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userspace_closes_idle_connections() {
+    let up = Up::start(&["--userspace-idle-timeout", "2s"], true);
+    let client = up.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    svcs.create(&PostParams::default(), &service("idle", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "idle", "TCP", &[echo_backend().await]).await;
+    let vip = cluster_ip(&svcs, "idle").await;
+    let mut conn = eventually_async(Duration::from_secs(20), || held(vip)).await;
+    // Bytes keep it open...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.write_all(b"y").await.unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(conn.read(&mut b).await.unwrap(), 1, "closed while in use");
+    }
+    // ...and a connection idle for the timeout is closed by the proxy.
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut b)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection stayed open: {read:?}"
+    );
+}

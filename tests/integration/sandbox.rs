@@ -10,8 +10,8 @@ use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
 use crate::support::netns::{Pod, Sandbox};
 use crate::support::{bin, eventually};
 
-fn service(name: &str, port: u16) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: {port}, targetPort: http}}]\n")
+fn service(name: &str, port: u16, cluster_ip: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: web}}\n  clusterIP: {cluster_ip}\n  ports: [{{name: http, port: {port}, targetPort: http}}]\n")
 }
 
 fn set(items: &[&str]) -> HashSet<String> {
@@ -29,7 +29,8 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
     let d = dir.path();
     let server = start_server(&mut sb, &n1, d, "127.0.0.1:6443");
     let node_kubeconfig = d.join("node.kubeconfig");
-    sb.spawn(
+    // The agent's service range is half the server's: ClusterIPs in the other half get no route.
+    let agent = sb.spawn(
         &n1.ns,
         &[
             bin(),
@@ -38,6 +39,8 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
             node_kubeconfig.to_str().unwrap(),
             "--node-name",
             "n1",
+            "--service-cidr",
+            "10.96.0.0/25",
         ],
     );
     for (i, pod) in backends.iter().enumerate() {
@@ -45,7 +48,12 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
         sb.http_backend(pod, 8080, &name);
         register_pod(&n1.ns, d, &name, "n1", pod);
     }
-    ok(&n1.ns, d, &["apply", "-f", "-"], &service("web", 80));
+    ok(
+        &n1.ns,
+        d,
+        &["apply", "-f", "-"],
+        &service("web", 80, "10.96.0.10"),
+    );
     let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
 
     // All three backends answer through the ClusterIP, from another pod.
@@ -57,26 +65,30 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
         .then_some(())
     });
 
-    // A ClusterIP the node lacks is made local; an external IP anyone can write into a Service
-    // is not (a route would take the address from the whole node): it is served only where the
-    // node already has it.
-    let ext = "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  selector: {app: web}\n  externalIPs: [203.0.113.53]\n  ports: [{name: http, port: 82, targetPort: http}]\n";
+    // A ClusterIP the node lacks is made local (with our route protocol); an external IP anyone
+    // can write into a Service is not (a route would take the address from the whole node): it
+    // is served only where the node already has it. Nor is a ClusterIP outside the agent's
+    // service range.
+    let ext = "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  selector: {app: web}\n  clusterIP: 10.96.0.100\n  externalIPs: [203.0.113.53]\n  ports: [{name: http, port: 82, targetPort: http}]\n";
     ok(&n1.ns, d, &["apply", "-f", "-"], ext);
-    let ext_ip = cluster_ip(&n1.ns, d, "ext");
-    let local_routes = || {
+    ok(
+        &n1.ns,
+        d,
+        &["apply", "-f", "-"],
+        &service("outside", 83, "10.96.0.200"),
+    );
+    let local_routes = |sb: &Sandbox| {
         let out = sb.exec(&n1.ns, &["ip", "route", "show", "table", "local"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     eventually(Duration::from_secs(30), || {
-        local_routes()
-            .contains(&format!("local {ext_ip} "))
+        local_routes(&sb)
+            .contains("local 10.96.0.100 dev lo proto 211 ")
             .then_some(())
     });
-    assert!(
-        !local_routes().contains("203.0.113.53"),
-        "{}",
-        local_routes()
-    );
+    let routes = local_routes(&sb);
+    assert!(!routes.contains("203.0.113.53"), "{routes}");
+    assert!(!routes.contains("10.96.0.200"), "{routes}");
 
     // Removing an endpoint moves traffic off it.
     ok(
@@ -100,7 +112,12 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
     }
     // It comes back: the agent reconnects and follows new changes.
     start_server(&mut sb, &n1, d, "127.0.0.1:6443");
-    ok(&n1.ns, d, &["apply", "-f", "-"], &service("web2", 81));
+    ok(
+        &n1.ns,
+        d,
+        &["apply", "-f", "-"],
+        &service("web2", 81, "10.96.0.11"),
+    );
     let url2 = format!("http://{}:81/", cluster_ip(&n1.ns, d, "web2"));
     eventually(Duration::from_secs(60), || {
         sb.http_get(&client, &url2, 4)
@@ -117,6 +134,18 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
             .all(|a| a == "!err")
             .then_some(())
     });
+
+    // An agent killed outright leaves its routes; `--cleanup` removes them, and only them.
+    sb.kill(agent);
+    assert!(local_routes(&sb).contains("proto 211"));
+    let out = sb.exec(&n1.ns, &[bin(), "node", "--cleanup"]);
+    assert!(out.status.success(), "{out:?}");
+    let routes = local_routes(&sb);
+    assert!(!routes.contains("proto 211"), "{routes}");
+    assert!(
+        routes.contains("127.0.0.1"),
+        "the kernel's own routes stay: {routes}"
+    );
 }
 
 #[test]
@@ -146,7 +175,12 @@ fn client_on_another_node_reaches_a_pod_across_the_link() {
     );
     sb.http_backend(&backend, 8080, "on-n1");
     register_pod(&n1.ns, d, "web", "n1", &backend);
-    ok(&n1.ns, d, &["apply", "-f", "-"], &service("web", 80));
+    ok(
+        &n1.ns,
+        d,
+        &["apply", "-f", "-"],
+        &service("web", 80, "10.96.0.10"),
+    );
     let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
     eventually(Duration::from_secs(30), || {
         sb.http_get(&client, &url, 3)

@@ -11,10 +11,16 @@
 //!   endpoint view under the running listener, a removed frontend closes its listener, and
 //!   established connections are left alone.
 //!
+//! - Bounds: a TCP frontend holds at most `max_connections` (more are reset at once), a
+//!   connection idle for `idle_timeout` is closed, and a UDP frontend keeps at most
+//!   `max_udp_flows` (a new client ends the oldest flow). Buffers are taken only while data moves.
+//!
 //! A ClusterIP the node does not have is made local with a `local` route on the loopback device
-//! when the process may do so (CAP_NET_ADMIN); addresses in 127.0.0.0/8 need nothing. External
-//! and load-balancer addresses are served only where they are already local: a route for one
-//! would take that address from the whole node.
+//! when the process may do so (CAP_NET_ADMIN) and the address is inside the configured service
+//! ranges; addresses in 127.0.0.0/8 need nothing. External and load-balancer addresses are
+//! served only where they are already local: a route for one would take that address from the
+//! whole node. The routes carry route protocol [`ROUTE_PROTOCOL`], so that [`cleanup`] finds
+//! them after a crash.
 
 mod balancer;
 mod tcp;
@@ -43,6 +49,14 @@ pub struct Config {
     pub udp_idle: Duration,
     /// Add `local` routes for frontend addresses the node does not have.
     pub manage_addresses: bool,
+    /// The ranges ClusterIPs come from (address, prefix length): only these get routes.
+    pub service_ranges: Vec<(IpAddr, u8)>,
+    /// Connections one TCP frontend holds at most.
+    pub max_connections: usize,
+    /// A TCP connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Client flows one UDP frontend keeps at most.
+    pub max_udp_flows: usize,
 }
 
 impl Default for Config {
@@ -52,6 +66,10 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(2),
             udp_idle: Duration::from_secs(60),
             manage_addresses: true,
+            service_ranges: Vec::new(),
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(3600),
+            max_udp_flows: 1024,
         }
     }
 }
@@ -93,35 +111,84 @@ fn bind_socket(addr: SocketAddr, protocol: Protocol) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// The route protocol number our `local` routes carry (`ip route show proto 211`).
+pub const ROUTE_PROTOCOL: &str = "211";
+
+async fn ip(args: &[&str]) -> io::Result<String> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(io::Error::other(format!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// Makes `ip` a local address of this network namespace with a `local` route on loopback.
-async fn route_local(ip: IpAddr, add: bool) -> io::Result<()> {
-    let (family, len) = if ip.is_ipv4() {
+async fn route_local(addr: IpAddr, add: bool) -> io::Result<()> {
+    let (family, len) = if addr.is_ipv4() {
         ("-4", 32)
     } else {
         ("-6", 128)
     };
     let verb = if add { "replace" } else { "del" };
-    let status = tokio::process::Command::new("ip")
-        .args([
-            family,
-            "route",
-            verb,
-            "local",
-            &format!("{ip}/{len}"),
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ])
-        .status()
-        .await?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`ip route {verb} local {ip}/{len}` failed ({status})"
-        )))
+    let dst = format!("{addr}/{len}");
+    ip(&[
+        family,
+        "route",
+        verb,
+        "local",
+        &dst,
+        "dev",
+        "lo",
+        "table",
+        "local",
+        "proto",
+        ROUTE_PROTOCOL,
+    ])
+    .await
+    .map(drop)
+}
+
+/// Removes every `local` route a userspace proxy added (after a crash, say); returns how many.
+pub async fn cleanup() -> io::Result<usize> {
+    let mut removed = 0;
+    for family in ["-4", "-6"] {
+        let show = ["route", "show", "table", "local", "proto", ROUTE_PROTOCOL];
+        removed += ip(&[&[family][..], &show[..]].concat())
+            .await?
+            .lines()
+            .count();
+        let flush = ["route", "flush", "table", "local", "proto", ROUTE_PROTOCOL];
+        ip(&[&[family][..], &flush[..]].concat()).await?;
     }
+    Ok(removed)
+}
+
+/// Whether `ip` is inside one of `ranges`.
+fn in_ranges(ranges: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    ranges.iter().any(|&(net, len)| match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    })
 }
 
 impl UserspaceProxy {
@@ -133,10 +200,10 @@ impl UserspaceProxy {
         }
     }
 
-    /// Binds a frontend. A ClusterIP the node does not have is made local; an external or
-    /// load-balancer address is served only where the node already has it — any user can
-    /// write one into a Service, and a local route for it would take the address from the
-    /// whole node.
+    /// Binds a frontend. A ClusterIP the node does not have is made local if it is inside the
+    /// service ranges; an external or load-balancer address is served only where the node
+    /// already has it — any user can write one into a Service, and a local route for it would
+    /// take the address from the whole node.
     async fn bind(
         &mut self,
         addr: SocketAddr,
@@ -149,6 +216,15 @@ impl UserspaceProxy {
                     && self.config.manage_addresses
                     && !external =>
             {
+                if !in_ranges(&self.config.service_ranges, addr.ip()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!(
+                            "{} is neither local nor inside the service ranges, so it gets no route",
+                            addr.ip()
+                        ),
+                    ));
+                }
                 route_local(addr.ip(), true).await?;
                 self.local_routes.insert(addr.ip());
                 bind_socket(addr, protocol)
@@ -194,9 +270,17 @@ impl UserspaceProxy {
                 }
             };
             let balancer = Arc::new(Balancer::new(port, external));
+            let c = &self.config;
             let task = match protocol {
-                Protocol::Udp => udp::spawn(socket, balancer.clone(), self.config.udp_idle),
-                _ => tcp::spawn(socket, balancer.clone(), self.config.connect_timeout),
+                Protocol::Udp => udp::spawn(socket, balancer.clone(), c.udp_idle, c.max_udp_flows),
+                _ => {
+                    let limits = tcp::Limits {
+                        connect_timeout: c.connect_timeout,
+                        idle_timeout: c.idle_timeout,
+                        max_connections: c.max_connections,
+                    };
+                    tcp::spawn(socket, balancer.clone(), limits)
+                }
             };
             match task {
                 Ok(task) => {
@@ -234,5 +318,33 @@ impl crate::ServiceProxy for UserspaceProxy {
 
     fn shutdown(&mut self) -> crate::ProxyFuture<'_, ()> {
         Box::pin(UserspaceProxy::shutdown(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_ranges;
+
+    #[test]
+    fn service_ranges() {
+        let ranges = [
+            ("10.96.0.0".parse().unwrap(), 12),
+            ("fd00:10::".parse().unwrap(), 108),
+        ];
+        for (ip, inside) in [
+            ("10.96.0.1", true),
+            ("10.111.255.254", true),
+            ("10.112.0.1", false),
+            ("203.0.113.53", false),
+            ("fd00:10::5", true),
+            ("fd00:11::5", false),
+        ] {
+            assert_eq!(in_ranges(&ranges, ip.parse().unwrap()), inside, "{ip}");
+        }
+        assert!(!in_ranges(&[], "10.96.0.1".parse().unwrap()));
+        assert!(in_ranges(
+            &[("0.0.0.0".parse().unwrap(), 0)],
+            "192.0.2.1".parse().unwrap()
+        ));
     }
 }

@@ -1,9 +1,9 @@
 //! UDP frontends: one flow per client (a socket connected to the chosen endpoint), replies sent
 //! back from the frontend address, flows ended after an idle time or when their endpoint stops
-//! being usable.
+//! being usable. A frontend keeps at most `max_flows`: a new client past that ends the oldest
+//! flow. A flow's reply task holds a buffer only while replies are ready to read.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,12 +58,15 @@ async fn open_flow(
         let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
         let (up, seen) = (upstream.clone(), last.clone());
         let reply = tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
             loop {
-                match tokio::time::timeout(idle, up.recv(&mut buf)).await {
-                    Ok(Ok(n)) => {
-                        seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        let _ = front.send_to(&buf[..n], client).await;
+                match tokio::time::timeout(idle, up.readable()).await {
+                    Ok(Ok(())) => {
+                        let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+                        while up.try_recv_buf(&mut buf).is_ok() {
+                            seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            let _ = front.send_to(&buf, client).await;
+                            buf.clear();
+                        }
                     }
                     Ok(Err(_)) => {}
                     Err(_) => {
@@ -87,15 +90,61 @@ async fn open_flow(
     None
 }
 
+/// The flows of one frontend, and the order they were opened in (entries of flows that already
+/// ended are skipped when they reach the front).
+struct Flows {
+    by_client: HashMap<SocketAddr, (Flow, u64)>,
+    opened: VecDeque<(SocketAddr, u64)>,
+    next: u64,
+    max: usize,
+}
+
+impl Flows {
+    fn remove(&mut self, client: &SocketAddr) {
+        self.by_client.remove(client);
+    }
+
+    /// Makes room for one more flow: ends the oldest while at the cap.
+    fn make_room(&mut self) {
+        while self.by_client.len() >= self.max {
+            let Some((client, seq)) = self.opened.pop_front() else {
+                return;
+            };
+            if self.by_client.get(&client).is_some_and(|(_, s)| *s == seq) {
+                self.by_client.remove(&client);
+            }
+        }
+        if self.opened.len() > 2 * self.max {
+            let live = &self.by_client;
+            self.opened
+                .retain(|(c, seq)| live.get(c).is_some_and(|(_, s)| s == seq));
+        }
+    }
+
+    fn insert(&mut self, client: SocketAddr, flow: Flow) -> &mut Flow {
+        let seq = self.next;
+        self.next += 1;
+        self.opened.push_back((client, seq));
+        let entry = self.by_client.entry(client).insert_entry((flow, seq));
+        &mut entry.into_mut().0
+    }
+}
+
 pub(super) fn spawn(
     socket: Socket,
     balancer: Arc<Balancer>,
     idle: Duration,
+    max_flows: usize,
 ) -> io::Result<JoinHandle<()>> {
     let front = Arc::new(UdpSocket::from_std(socket.into())?);
     Ok(tokio::spawn(async move {
         let epoch = Instant::now();
-        let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+        let mut flows = Flows {
+            by_client: HashMap::new(),
+            opened: VecDeque::new(),
+            next: 0,
+            max: max_flows.max(1),
+        };
         let (ended_tx, mut ended) = mpsc::unbounded_channel();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
@@ -110,26 +159,30 @@ pub(super) fn spawn(
                 }
             };
             if flows
+                .by_client
                 .get(&client)
-                .is_some_and(|f| !balancer.usable(f.endpoint))
+                .is_some_and(|(f, _)| !balancer.usable(f.endpoint))
             {
                 flows.remove(&client);
             }
-            let flow = match flows.entry(client) {
-                Entry::Occupied(o) => o.into_mut(),
-                Entry::Vacant(v) => match open_flow(
-                    front.clone(),
-                    &balancer,
-                    client,
-                    epoch,
-                    idle,
-                    ended_tx.clone(),
-                )
-                .await
-                {
-                    Some(f) => v.insert(f),
-                    None => continue,
-                },
+            let flow = match flows.by_client.get_mut(&client) {
+                Some((f, _)) => f,
+                None => {
+                    flows.make_room();
+                    let opened = open_flow(
+                        front.clone(),
+                        &balancer,
+                        client,
+                        epoch,
+                        idle,
+                        ended_tx.clone(),
+                    )
+                    .await;
+                    match opened {
+                        Some(f) => flows.insert(client, f),
+                        None => continue,
+                    }
+                }
             };
             flow.last
                 .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
