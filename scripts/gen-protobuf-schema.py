@@ -15,6 +15,10 @@ ROOTS = [
     "api.core.v1.Namespace", "api.core.v1.Service", "api.core.v1.Pod", "api.core.v1.Node",
     "api.core.v1.Secret", "api.core.v1.ConfigMap", "api.discovery.v1.EndpointSlice",
     "api.networking.v1.Ingress", "api.networking.v1.IngressClass", "api.coordination.v1.Lease",
+    "api.core.v1.ServiceAccount", "api.rbac.v1.Role", "api.rbac.v1.ClusterRole",
+    "api.rbac.v1.RoleBinding", "api.rbac.v1.ClusterRoleBinding",
+    "api.authentication.v1.TokenRequest", "api.authentication.v1.SelfSubjectReview",
+    "api.authorization.v1.SelfSubjectAccessReview", "api.authorization.v1.SubjectAccessReview",
 ]
 # Messages the decoder renders itself (their JSON form is not an object of their fields).
 SPECIAL = {

@@ -43,6 +43,29 @@ enum Command {
     Up(UpArgs),
     /// Load-test a Service, an Ingress or any HTTP, TCP or DNS server.
     Load(cli_load::LoadArgs),
+    /// Print a kubeconfig whose user is a client certificate signed by the server's CA (an
+    /// admin task on the server's machine, as `kubeadm kubeconfig user`). A node's is
+    /// `--user system:node:NAME --group system:nodes`.
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    /// The server's data directory (its CA signs the certificate).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The user name (the certificate's CN).
+    #[arg(long)]
+    user: String,
+    /// A group (the certificate's O; repeatable).
+    #[arg(long)]
+    group: Vec<String>,
+    /// The server URL (default: the one in the data directory's admin.kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    days: i64,
 }
 
 #[derive(clap::Args)]
@@ -490,6 +513,39 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
+    use switchyard::apiserver::pki;
+    if args.user.is_empty() || !(1..=3650).contains(&args.days) {
+        anyhow::bail!("--user must not be empty and --days must be 1 to 3650");
+    }
+    if !args.data_dir.join("ca.key").exists() {
+        anyhow::bail!(
+            "{} holds no CA (ca.key): is it a server's data directory?",
+            args.data_dir.display()
+        );
+    }
+    let server = match args.server {
+        Some(s) => s,
+        None => {
+            let admin = args.data_dir.join("admin.kubeconfig");
+            let text = std::fs::read_to_string(&admin)
+                .with_context(|| format!("reading {} (or give --server)", admin.display()))?;
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("server: "))
+                .context("no server in admin.kubeconfig")?
+                .to_string()
+        }
+    };
+    let (ca_pem, ca) = pki::ca(&args.data_dir)?;
+    let groups: Vec<&str> = args.group.iter().map(String::as_str).collect();
+    let (cert, key) = pki::client_certificate(&ca, &args.user, &groups, args.days)?;
+    print!(
+        "{}",
+        pki::cert_kubeconfig(&server, &ca_pem, &args.user, &cert, &key)
+    );
+    Ok(())
+}
+
 /// Raises the soft limit on open files to the hard limit (proxies, the router, the DNS forwarder
 /// and the load generator hold a descriptor per connection or query in flight); returns the
 /// limit in force.
@@ -531,7 +587,7 @@ fn main() {
         LogFormat::Json => logs.json().init(),
     }
     let files = raise_open_files();
-    if !matches!(cli.command, Command::Load(_)) {
+    if !matches!(cli.command, Command::Load(_) | Command::Kubeconfig(_)) {
         tracing::info!(open_files = ?files, "open-file limit");
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -541,6 +597,7 @@ fn main() {
             Command::Node(args) => node(args).await,
             Command::Up(args) => up(args).await,
             Command::Load(args) => cli_load::run(args).await,
+            Command::Kubeconfig(args) => kubeconfig(args),
         }
     });
     if let Err(e) = result {

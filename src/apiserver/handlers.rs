@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::http::{json_response, value_response, Api, Body, MAX_BODY};
 use super::patch::{Patch, PatchType};
-use super::registry::{DeleteOptions, FieldValidation, ListOptions, Part, WriteOptions};
+use super::registry::{DeleteOptions, FieldValidation, Guard, ListOptions, Part, WriteOptions};
 use super::request::{flag, RequestInfo, Verb};
 use super::resources::Resource;
 use super::selectors::{FieldSelector, LabelSelector};
@@ -175,6 +175,7 @@ impl Api {
         req: Request<Incoming>,
         info: &RequestInfo,
         cx: &Context,
+        guard: Option<Guard>,
     ) -> Result<Response<Body>, ApiError> {
         let (r, ns, name, part) = (
             &info.resource,
@@ -186,7 +187,8 @@ impl Api {
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok());
-        let opts = write_options(&cx.query, ua)?;
+        let mut opts = write_options(&cx.query, ua)?;
+        opts.guard = guard;
         let (ct, body) = read_body(req).await?;
         let written = match info.verb {
             Verb::Create => {
@@ -338,10 +340,11 @@ fn write_options(
         field_manager: q.get("fieldManager").filter(|m| !m.is_empty()).cloned(),
         default_manager: default_manager(user_agent),
         force: flag(q, "force"),
+        guard: None,
     })
 }
 
-fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
     if ct == "application/vnd.kubernetes.protobuf" {
         return super::protobuf::decode(body);

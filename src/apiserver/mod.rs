@@ -16,6 +16,8 @@
 //! - [`protobuf`]: Kubernetes protobuf request bodies, decoded to JSON.
 
 pub mod admission;
+pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 mod handlers;
@@ -27,6 +29,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod resources;
+mod reviews;
 pub mod schema;
 pub mod selectors;
 pub mod table;
@@ -41,7 +44,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::controllers::endpointslice;
+use crate::controllers::{endpointslice, serviceaccounts};
 use crate::store::embedded::{EmbeddedStore, Retention};
 use crate::store::StoreError;
 use admission::allocator::{Cidr, IpAllocator, PortAllocator};
@@ -109,6 +112,16 @@ async fn bootstrap(
             .ensure(ns, None, json!({"metadata": {"name": name}}))
             .await?;
     }
+    for role in authz::bootstrap::cluster_roles() {
+        registry
+            .ensure(builtin(Builtin::ClusterRole), None, role)
+            .await?;
+    }
+    for binding in authz::bootstrap::cluster_role_bindings() {
+        registry
+            .ensure(builtin(Builtin::ClusterRoleBinding), None, binding)
+            .await?;
+    }
     let ip = registry.first_cluster_ip().to_string();
     let svc = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -159,6 +172,9 @@ pub async fn run(
     let kubeconfig = pki::write_kubeconfigs(&config.data_dir, &url(addr), &creds)?;
 
     let store = EmbeddedStore::open(&config.data_dir.join("store.redb"), Retention::default())?;
+    for what in pki::tighten(&config.data_dir)? {
+        tracing::warn!("data directory permissions tightened: {what}");
+    }
     let allocators = Allocators {
         ips: IpAllocator::new(config.service_cidr),
         ports: PortAllocator::new(config.node_port_range.clone()),
@@ -171,11 +187,21 @@ pub async fn run(
     );
     let registry = Arc::new(Registry::new(Arc::new(store), admission));
     registry.restore_allocations()?;
+    let authz = authz::State::new();
+    authz.reload_rbac(registry.store().as_ref());
+    tokio::spawn(authz.clone().run(registry.store().clone()));
+    let signer =
+        auth::tokens::Signer::new(&creds.sa_key).map_err(|what| pki::PkiError::Invalid {
+            path: config.data_dir.join("sa.key"),
+            what,
+        })?;
 
     let api = Arc::new(http::Api {
         registry: registry.clone(),
         admin_token: creds.admin_token.clone(),
-        node_token: creds.node_token.clone(),
+        admin: Arc::new(auth::User::admin()),
+        signer: Arc::new(signer),
+        authz,
         server_address: format!("{}:{}", host, addr.port()),
         ready: Default::default(),
     });
@@ -187,6 +213,7 @@ pub async fn run(
     ));
     bootstrap(&registry, &config, addr).await?;
     tokio::spawn(endpointslice::Controller::new(registry.clone()).run());
+    tokio::spawn(serviceaccounts::run(registry.clone()));
     api.ready.store(true, Ordering::Release);
     Ok(Started {
         addr,

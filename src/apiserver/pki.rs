@@ -35,7 +35,10 @@ pub struct Credentials {
     pub ca_pem: String,
     pub tls: Arc<rustls::ServerConfig>,
     pub admin_token: String,
-    pub node_token: String,
+    /// The ServiceAccount token signing key (P-256, PKCS#8 DER).
+    pub sa_key: Vec<u8>,
+    /// The CA, to issue client certificates.
+    pub ca: Arc<Issuer<'static, KeyPair>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -101,6 +104,12 @@ fn ca_params() -> CertificateParams {
 /// for `hosts` (DNS names or IP addresses).
 pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
+    let (ca_pem, issuer) = ca(dir)?;
+    ensure_rest(dir, hosts, ca_pem, issuer)
+}
+
+/// The CA in `dir` (made on first use): its certificate (PEM) and what signs with it.
+pub fn ca(dir: &Path) -> Result<(String, Issuer<'static, KeyPair>), PkiError> {
     let ca_key_path = dir.join("ca.key");
     let ca_key_pem = read_or_create(&ca_key_path, || Ok(KeyPair::generate()?.serialize_pem()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Invalid {
@@ -116,8 +125,15 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
             pem
         }
     };
-    let issuer = Issuer::new(ca_params(), ca_key);
+    Ok((ca_pem, Issuer::new(ca_params(), ca_key)))
+}
 
+fn ensure_rest(
+    dir: &Path,
+    hosts: &[String],
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+) -> Result<Credentials, PkiError> {
     let server_key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -140,9 +156,14 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
     let admin_token = read_or_create(&dir.join("admin-token"), || Ok(new_token()))?
         .trim()
         .to_string();
-    let node_token = read_or_create(&dir.join("node-token"), || Ok(new_token()))?
-        .trim()
-        .to_string();
+    let sa_key_path = dir.join("sa.key");
+    let sa_key_pem = read_or_create(&sa_key_path, || Ok(KeyPair::generate()?.serialize_pem()))?;
+    let sa_key = KeyPair::from_pem(&sa_key_pem)
+        .map_err(|e| PkiError::Invalid {
+            path: sa_key_path.clone(),
+            what: e.to_string(),
+        })?
+        .serialize_der();
 
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
     let chain = vec![server_cert.der().clone()];
@@ -150,15 +171,66 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiError> {
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
+    .with_client_cert_verifier(client_verifier(&ca_pem)?)
     .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Credentials {
         ca_pem,
         tls: Arc::new(tls),
         admin_token,
-        node_token,
+        sa_key,
+        ca: Arc::new(issuer),
     })
+}
+
+/// Client certificates are optional (tokens are the other way in); one that is presented must
+/// be signed by our CA.
+fn client_verifier(
+    ca_pem: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, PkiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| PkiError::Invalid {
+            path: PathBuf::from("ca.crt"),
+            what: e.to_string(),
+        })?;
+        roots.add(cert)?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| PkiError::Invalid {
+        path: PathBuf::from("ca.crt"),
+        what: e.to_string(),
+    })
+}
+
+/// A client certificate for `user` in `groups` (CN and O), signed by the CA, valid for `days`;
+/// returns the certificate and its key, PEM.
+pub fn client_certificate(
+    ca: &Issuer<'static, KeyPair>,
+    user: &str,
+    groups: &[&str],
+    days: i64,
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for g in groups {
+        dn.push(DnType::OrganizationName, *g);
+    }
+    dn.push(DnType::CommonName, user);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days);
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// A kubeconfig with one cluster, one user (a bearer token) and one context.
@@ -169,7 +241,18 @@ pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String
     )
 }
 
-/// Writes `DIR/admin.kubeconfig` and `DIR/node.kubeconfig` for a server reachable at `server`.
+/// A kubeconfig whose user is a client certificate and key (PEM).
+pub fn cert_kubeconfig(server: &str, ca_pem: &str, user: &str, cert: &str, key: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: switchyard\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: switchyard\n  context:\n    cluster: switchyard\n    user: {user}\n    namespace: default\ncurrent-context: switchyard\n",
+        b64(ca_pem),
+        b64(cert),
+        b64(key)
+    )
+}
+
+/// Writes `DIR/admin.kubeconfig` for a server reachable at `server`.
 pub fn write_kubeconfigs(
     dir: &Path,
     server: &str,
@@ -180,11 +263,34 @@ pub fn write_kubeconfigs(
         &admin,
         &kubeconfig(server, &creds.ca_pem, "admin", &creds.admin_token),
     )?;
-    write_private(
-        &dir.join("node.kubeconfig"),
-        &kubeconfig(server, &creds.ca_pem, "node", &creds.node_token),
-    )?;
     Ok(admin)
+}
+
+/// Writes `path` readable only by its owner.
+pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), PkiError> {
+    write_private(path, contents)
+}
+
+/// Makes the data directory 0700 and every file in it 0600 (keys, tokens, kubeconfigs and the
+/// store, which holds every Secret); returns what it had to tighten.
+pub fn tighten(dir: &Path) -> Result<Vec<String>, PkiError> {
+    let mut tightened = Vec::new();
+    let mut fix = |path: &Path, want: u32| -> Result<(), PkiError> {
+        let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o777;
+        if mode & !want != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(want)).map_err(io(path))?;
+            tightened.push(format!("{} was {mode:o}, now {want:o}", path.display()));
+        }
+        Ok(())
+    };
+    fix(dir, 0o700)?;
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        if entry.file_type().map_err(io(dir))?.is_file() {
+            fix(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(tightened)
 }
 
 #[cfg(test)]
@@ -198,7 +304,7 @@ mod tests {
         let b = ensure(dir.path(), &["10.0.0.1".into()]).unwrap();
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.admin_token, b.admin_token);
-        assert_ne!(a.admin_token, a.node_token);
+        assert_eq!(a.sa_key, b.sa_key);
         let mode = fs::metadata(dir.path().join("ca.key"))
             .unwrap()
             .permissions()

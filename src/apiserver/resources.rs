@@ -9,9 +9,12 @@ use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -36,6 +39,11 @@ pub enum Builtin {
     Ingress,
     IngressClass,
     Lease,
+    ServiceAccount,
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding,
 }
 
 /// One served kind.
@@ -177,6 +185,7 @@ fn strings(s: &[&str]) -> Vec<String> {
 }
 
 type Keyed = &'static [(&'static str, &'static str)];
+const RBAC: &str = "rbac.authorization.k8s.io";
 const NONE: Keyed = &[];
 const CONDITIONS: Keyed = &[("status.conditions", "type")];
 const POD_LISTS: Keyed = &[
@@ -215,6 +224,12 @@ static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
         builtin!(Ingress, "networking.k8s.io", "ingresses", short: &["ing"], cat: &[], ns: true, status: true, generation: true, lists: NONE),
         builtin!(IngressClass, "networking.k8s.io", "ingressclasses", short: &[], cat: &[], ns: false, status: false, generation: true, lists: NONE),
         builtin!(Lease, "coordination.k8s.io", "leases", short: &[], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        builtin!(ServiceAccount, "", "serviceaccounts", short: &["sa"], cat: &[], ns: true, status: false, generation: false,
+            lists: &[("secrets", "name"), ("imagePullSecrets", "name")]),
+        builtin!(Role, RBAC, "roles", short: &[], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        builtin!(ClusterRole, RBAC, "clusterroles", short: &[], cat: &[], ns: false, status: false, generation: false, lists: NONE),
+        builtin!(RoleBinding, RBAC, "rolebindings", short: &[], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        builtin!(ClusterRoleBinding, RBAC, "clusterrolebindings", short: &[], cat: &[], ns: false, status: false, generation: false, lists: NONE),
     ]
     .into_iter()
     .map(Arc::new)

@@ -147,6 +147,57 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A selector written as an object (`matchLabels`, `matchExpressions`), as in a
+    /// ClusterRole's aggregationRule. Unknown operators are an error.
+    pub fn from_json(v: &Value) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        for (k, val) in v
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let val = val.as_str().ok_or("a matchLabels value is not a string")?;
+            reqs.push(Requirement {
+                key: k.clone(),
+                op: Op::Equals(val.to_string()),
+            });
+        }
+        for e in v
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or("an expression has no key")?;
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let op = match e.get("operator").and_then(Value::as_str) {
+                Some("In") => Op::In(values),
+                Some("NotIn") => Op::NotIn(values),
+                Some("Exists") => Op::Exists,
+                Some("DoesNotExist") => Op::NotExists,
+                other => return Err(format!("unknown operator {other:?}")),
+            };
+            reqs.push(Requirement {
+                key: key.to_string(),
+                op,
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| r.matches(labels))
     }

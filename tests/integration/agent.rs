@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::support::{bin, eventually_async, free_port, Server, Up};
+use crate::support::{bin, eventually_async, free_port, node_kubeconfig, Server, Up};
 
 /// Above 1024, so that an unprivileged proxy can listen on it.
 pub(crate) const SERVICE_PORT: u16 = 8080;
@@ -248,7 +248,7 @@ async fn routing_survives_the_api_server_going_away() {
     let metrics = free_port();
     let node = Command::new(bin())
         .args(["node", "--kubeconfig"])
-        .arg(server.dir.path().join("node.kubeconfig"))
+        .arg(node_kubeconfig(server.dir.path(), "n1"))
         .args([
             "--node-name",
             "n1",
@@ -435,7 +435,7 @@ async fn a_node_registered_by_a_kubelet_keeps_its_lease_to_the_kubelet() {
     let spawn = |name: &str| {
         let child = Command::new(bin())
             .args(["node", "--kubeconfig"])
-            .arg(server.dir.path().join("node.kubeconfig"))
+            .arg(node_kubeconfig(server.dir.path(), name))
             .args(["--node-name", name, "--metrics-listen"])
             .arg(format!("127.0.0.1:{}", free_port()))
             .stdout(Stdio::null())

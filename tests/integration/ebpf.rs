@@ -15,7 +15,7 @@ use crate::support::{bin, eventually};
 /// The agent's arguments in eBPF mode, attached to the sandbox's cgroup.
 fn agent_args(sb: &mut Sandbox, name: &str, dir: &Path) -> Vec<String> {
     let cg = sb.cgroup();
-    let kubeconfig = dir.join("node.kubeconfig");
+    let kubeconfig = crate::support::node_kubeconfig(dir, name);
     [
         bin(),
         "node",
@@ -314,7 +314,7 @@ fn ebpf_starts_with_default_flags_on_a_pure_cgroup_v2_host() {
     // `ip netns exec` gave the agent a fresh /sys, without the host's cgroup mounts; the
     // sandbox's own cgroup2 mount under /tmp is unmounted too, so /sys/fs/cgroup is the only one.
     let sandbox_mount = cg.path.parent().unwrap().to_str().unwrap().to_string();
-    let kubeconfig = d.join("node.kubeconfig");
+    let kubeconfig = crate::support::node_kubeconfig(d, "n1");
     let setup = "umount \"$0\" && mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"";
     let args = [
         "unshare",

@@ -13,7 +13,7 @@ use crate::support::{bin, eventually};
 
 /// A node agent in iptables mode.
 fn agent(sb: &mut Sandbox, node: &Node, name: &str, dir: &Path) -> usize {
-    let kubeconfig = dir.join("node.kubeconfig");
+    let kubeconfig = crate::support::node_kubeconfig(dir, name);
     sb.spawn(
         &node.ns,
         &[

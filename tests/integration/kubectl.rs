@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{eventually, Server};
+use crate::support::{eventually, node_kubeconfig, Server};
 
 /// A Service, a Pod and an Ingress as the Kubernetes documentation shows them.
 const DOCS_SERVICE: &str = "apiVersion: v1
@@ -569,29 +569,319 @@ fn finalizers_and_namespace_lifecycle() {
 }
 
 #[test]
-fn tokens_authenticate_and_the_node_role_is_limited() {
+fn a_node_credential_is_held_to_the_node_rules() {
     let s = Server::start(&[]);
-    let node = s.token("node-token");
+    let kc = node_kubeconfig(s.dir.path(), "node-a");
+    let kc = kc.to_str().unwrap();
     let as_node = |args: &[&str]| {
-        let mut a = vec!["--token", node.as_str()];
+        let mut a = vec!["--kubeconfig", kc];
         a.extend(args);
         s.kubectl(&a)
     };
+    let as_node_stdin = |args: &[&str], stdin: &str| {
+        let mut a = vec!["--kubeconfig", kc];
+        a.extend(args);
+        s.kubectl_stdin(&a, stdin)
+    };
+    let (ok, out, _) = as_node(&["auth", "whoami", "-o", "json"]);
+    assert!(
+        ok && out.contains("system:node:node-a") && out.contains("system:nodes"),
+        "{out}"
+    );
+    // Reads what an agent needs; writes no Service, no Service status.
     let (ok, out, _) = as_node(&["get", "svc"]);
     assert!(ok && out.contains("kubernetes"), "{out}");
     let (ok, _, err) = as_node(&["delete", "svc", "kubernetes"]);
+    assert!(
+        !ok && err.contains(r#"User "system:node:node-a" cannot delete resource "services" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+    let (ok, _, err) = as_node_stdin(&["apply", "-f", "-"], DOCS_SERVICE);
     assert!(!ok && err.contains("Forbidden"), "{err}");
-    let (ok, _, err) = s.kubectl_stdin(&["--token", &node, "apply", "-f", "-"], DOCS_SERVICE);
+    let status = r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.66"}]}}}"#;
+    let (ok, _, err) = as_node(&[
+        "patch",
+        "svc",
+        "kubernetes",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
     assert!(!ok && err.contains("Forbidden"), "{err}");
-    let nodeobj = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus:\n  conditions: [{type: Ready, status: \"True\"}]\n";
-    let (ok, _, err) = s.kubectl_stdin(&["--token", &node, "apply", "-f", "-"], nodeobj);
+    // Its own Node and Lease; not another node's.
+    let node = |n: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\nstatus:\n  conditions: [{{type: Ready, status: \"True\"}}]\n")
+    };
+    let (ok, _, err) = as_node_stdin(&["apply", "--server-side", "-f", "-"], &node("node-a"));
     assert!(ok, "{err}");
-    let lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: node-a, namespace: kube-node-lease}\nspec: {holderIdentity: node-a, leaseDurationSeconds: 40}\n";
-    let (ok, _, err) = s.kubectl_stdin(&["--token", &node, "apply", "-f", "-"], lease);
+    let (ok, _, err) = as_node_stdin(&["apply", "--server-side", "-f", "-"], &node("node-b"));
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let lease = |n: &str| {
+        format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {n}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {n}, leaseDurationSeconds: 40}}\n")
+    };
+    let (ok, _, err) = as_node_stdin(&["apply", "--server-side", "-f", "-"], &lease("node-a"));
     assert!(ok, "{err}");
-    assert!(s.ok(&["get", "nodes"]).contains("Ready"));
+    let (ok, _, err) = as_node_stdin(&["apply", "--server-side", "-f", "-"], &lease("node-b"));
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    s.ok_stdin(&["apply", "-f", "-"], &node("node-b"));
+    let (ok, _, err) = as_node(&["delete", "node", "node-b"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let (ok, _, err) = as_node(&["label", "node", "node-b", "x=y"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    // Secrets and ConfigMaps only through a Pod bound to it; Pod status only of its own Pods.
+    s.ok(&["create", "secret", "generic", "mine", "--from-literal=a=1"]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "theirs",
+        "--from-literal=a=1",
+    ]);
+    s.ok(&["create", "configmap", "cfg", "--from-literal=a=1"]);
+    let pod = |name: &str, node: &str, secret: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: i, envFrom: [{{configMapRef: {{name: cfg}}}}]}}]\n  volumes: [{{name: s, secret: {{secretName: {secret}}}}}]\n")
+    };
+    s.ok_stdin(&["apply", "-f", "-"], &pod("here", "node-a", "mine"));
+    s.ok_stdin(&["apply", "-f", "-"], &pod("there", "node-b", "theirs"));
+    eventually(Duration::from_secs(10), || {
+        as_node(&["get", "secret", "mine"]).0.then_some(())
+    });
+    assert!(as_node(&["get", "configmap", "cfg"]).0);
+    let (ok, _, err) = as_node(&["get", "secret", "theirs"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let (ok, _, err) = as_node(&["get", "secrets"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let ready = r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#;
+    let (ok, _, err) = as_node(&[
+        "patch",
+        "pod",
+        "here",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        ready,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_node(&[
+        "patch",
+        "pod",
+        "there",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        ready,
+    ]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    // A credential nobody issued.
     let (ok, _, err) = s.kubectl(&["--token", "not-a-token", "get", "svc"]);
     assert!(!ok && err.contains("Unauthorized"), "{err}");
+}
+
+#[test]
+fn service_accounts_rbac_and_no_escalation() {
+    let s = Server::start(&[]);
+    s.ok(&["create", "namespace", "a"]);
+    s.ok(&["create", "namespace", "b"]);
+    // Every namespace gets its default ServiceAccount.
+    eventually(Duration::from_secs(5), || {
+        s.kubectl(&["get", "sa", "default", "-n", "b"])
+            .0
+            .then_some(())
+    });
+    s.ok(&["create", "serviceaccount", "app", "-n", "a"]);
+    s.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "a",
+        "--verb=get,list,watch",
+        "--resource=services",
+    ]);
+    s.ok(&[
+        "create",
+        "role",
+        "role-maker",
+        "-n",
+        "a",
+        "--verb=create,get",
+        "--resource=roles,rolebindings",
+    ]);
+    for role in ["reader", "role-maker"] {
+        s.ok(&[
+            "create",
+            "rolebinding",
+            role,
+            "-n",
+            "a",
+            &format!("--role={role}"),
+            "--serviceaccount=a:app",
+        ]);
+    }
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "devs-read",
+        "-n",
+        "b",
+        "--role=reader",
+        "--group=devs",
+    ]);
+    s.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "b",
+        "--verb=list",
+        "--resource=services",
+    ]);
+    let token = s.ok(&["create", "token", "app", "-n", "a", "--duration=10m"]);
+    let token = token.trim();
+    let as_app = |args: &[&str]| {
+        let mut a = vec!["--token", token];
+        a.extend(args);
+        s.kubectl(&a)
+    };
+    // Who it is.
+    let (ok, out, err) = as_app(&["auth", "whoami"]);
+    assert!(ok, "{err}");
+    for want in [
+        "system:serviceaccount:a:app",
+        "system:serviceaccounts",
+        "system:serviceaccounts:a",
+        "system:authenticated",
+    ] {
+        assert!(out.contains(want), "{want} missing: {out}");
+    }
+    // The can-i matrix, for itself and, impersonated, by the admin.
+    let can = |args: &[&str]| {
+        let mut a = vec!["auth", "can-i"];
+        a.extend(args);
+        let (_, out, _) = s.kubectl(&a);
+        out.trim().to_string()
+    };
+    let can_app = |args: &[&str]| {
+        let mut a = vec!["auth", "can-i"];
+        a.extend(args);
+        let (_, out, _) = as_app(&a);
+        out.trim().to_string()
+    };
+    assert_eq!(can_app(&["list", "services", "-n", "a"]), "yes");
+    assert_eq!(can_app(&["get", "services/web", "-n", "a"]), "yes");
+    assert_eq!(can_app(&["list", "services", "-n", "b"]), "no");
+    assert_eq!(can_app(&["create", "services", "-n", "a"]), "no");
+    assert_eq!(can_app(&["list", "secrets", "-n", "a"]), "no");
+    assert_eq!(can_app(&["create", "roles", "-n", "a"]), "yes");
+    let sa = "--as=system:serviceaccount:a:app";
+    assert_eq!(can(&["list", "services", "-n", "a", sa]), "yes");
+    assert_eq!(can(&["list", "services", "-n", "b", sa]), "no");
+    assert_eq!(
+        can(&["list", "services", "-n", "b", "--as=bob", "--as-group=devs"]),
+        "yes"
+    );
+    assert_eq!(
+        can(&["get", "services", "-n", "b", "--as=bob", "--as-group=devs"]),
+        "no"
+    );
+    assert_eq!(can(&["list", "services", "-n", "b", "--as=bob"]), "no");
+    assert_eq!(can(&["delete", "nodes", "--as=bob"]), "no");
+    assert_eq!(can(&["delete", "nodes"]), "yes");
+    // Requests: allowed, and 403 with kube-apiserver's message.
+    assert!(as_app(&["get", "svc", "-n", "a"]).0);
+    let (ok, _, err) = as_app(&["get", "svc", "-n", "b"]);
+    assert!(
+        !ok && err.contains(r#"User "system:serviceaccount:a:app" cannot list resource "services" in API group "" in the namespace "b""#),
+        "{err}"
+    );
+    // Only the admin impersonates.
+    let (ok, _, err) = as_app(&["get", "svc", "-n", "a", "--as=system:admin"]);
+    assert!(!ok && err.contains("impersonate"), "{err}");
+    // Nobody grants what they do not hold.
+    let (ok, _, err) = as_app(&[
+        "create",
+        "role",
+        "more",
+        "-n",
+        "a",
+        "--verb=get",
+        "--resource=secrets",
+    ]);
+    assert!(!ok && err.contains("not currently held"), "{err}");
+    assert!(
+        as_app(&[
+            "create",
+            "role",
+            "same",
+            "-n",
+            "a",
+            "--verb=get",
+            "--resource=services"
+        ])
+        .0
+    );
+    let (ok, _, err) = as_app(&[
+        "create",
+        "rolebinding",
+        "root",
+        "-n",
+        "a",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=a:app",
+    ]);
+    assert!(!ok && err.contains("not currently held"), "{err}");
+    assert!(!s.kubectl(&["get", "rolebinding", "root", "-n", "a"]).0);
+    // Aggregation: a ClusterRole labelled for `view` adds to it.
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "viewer",
+        "-n",
+        "a",
+        "--clusterrole=view",
+        "--user=carol",
+    ]);
+    assert_eq!(can(&["get", "secrets", "-n", "a", "--as=carol"]), "no");
+    s.ok(&[
+        "create",
+        "clusterrole",
+        "secret-viewer",
+        "--verb=get",
+        "--resource=secrets",
+    ]);
+    s.ok(&[
+        "label",
+        "clusterrole",
+        "secret-viewer",
+        "rbac.authorization.k8s.io/aggregate-to-view=true",
+    ]);
+    eventually(Duration::from_secs(5), || {
+        (can(&["get", "secrets", "-n", "a", "--as=carol"]) == "yes").then_some(())
+    });
+    // Bad input: invalid rules, unknown accounts, malformed tokens change nothing.
+    let bad_role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: bad, namespace: a}\nrules: [{apiGroups: [\"\"], resources: [pods]}]\n";
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], bad_role);
+    assert!(!ok && err.contains("verbs"), "{err}");
+    assert!(!s.kubectl(&["get", "role", "bad", "-n", "a"]).0);
+    let (ok, _, err) = s.kubectl(&["create", "token", "nobody", "-n", "a"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = s.kubectl(&["create", "token", "app", "-n", "a", "--duration=1m"]);
+    assert!(!ok && err.contains("10 minutes"), "{err}");
+    for junk in [
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        "abcdef.0123456789abcdef",
+        &format!("{token}x"),
+    ] {
+        let (ok, _, err) = s.kubectl(&["--token", junk, "get", "svc", "-n", "a"]);
+        assert!(!ok && err.contains("Unauthorized"), "{err}");
+    }
+    // A deleted ServiceAccount's tokens stop working.
+    s.ok(&["delete", "serviceaccount", "app", "-n", "a"]);
+    eventually(Duration::from_secs(5), || {
+        let (ok, _, err) = as_app(&["get", "svc", "-n", "a"]);
+        (!ok && err.contains("Unauthorized")).then_some(())
+    });
 }
 
 /// kubectl's generators build objects themselves and send them as Kubernetes protobuf.

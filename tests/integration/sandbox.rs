@@ -28,7 +28,7 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = start_server(&mut sb, &n1, d, "127.0.0.1:6443");
-    let node_kubeconfig = d.join("node.kubeconfig");
+    let node_kubeconfig = crate::support::node_kubeconfig(d, "n1");
     // The agent's service range is half the server's: ClusterIPs in the other half get no route.
     let agent = sb.spawn(
         &n1.ns,
@@ -161,7 +161,7 @@ fn client_on_another_node_reaches_a_pod_across_the_link() {
     // The server listens on n1's link address, so n2's agent reaches it (and the certificate
     // names that address).
     start_server(&mut sb, &n1, d, &format!("{link1}:6443"));
-    let node_kubeconfig = d.join("node.kubeconfig");
+    let node_kubeconfig = crate::support::node_kubeconfig(d, "n2");
     sb.spawn(
         &n2.ns,
         &[

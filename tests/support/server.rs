@@ -19,6 +19,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_switchyard")
 }
 
+/// A kubeconfig for node `name` (a client certificate for `system:node:NAME` in
+/// `system:nodes`, signed by the CA in the server's `data_dir`), written next to the server's.
+pub fn node_kubeconfig(data_dir: &Path, name: &str) -> PathBuf {
+    let out = Command::new(bin())
+        .args(["kubeconfig", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--user",
+            &format!("system:node:{name}"),
+            "--group",
+            "system:nodes",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = data_dir.join(format!("node-{name}.kubeconfig"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
 /// A free loopback port (TCP and UDP) for a child process to listen on, given to one test only.
 /// It comes from below the kernel's ephemeral range: a port from `bind(0)` is free only until
 /// the child binds it, and any socket bound to port 0 meanwhile (other tests run in parallel)
@@ -108,13 +132,6 @@ impl Server {
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
-    }
-
-    pub fn token(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name))
-            .unwrap()
-            .trim()
-            .to_string()
     }
 
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {

@@ -9,6 +9,7 @@ mod endpointslice;
 mod ingress;
 pub mod names;
 mod pod;
+mod rbac;
 mod service;
 
 use std::net::IpAddr;
@@ -75,6 +76,17 @@ fn invalid(r: &Resource, obj: &Value, errs: Vec<FieldError>) -> Result<(), ApiEr
     Err(ApiError::invalid(&r.group, &r.kind, name, &errs))
 }
 
+/// RBAC objects' rules and references.
+fn rbac_validate(b: Builtin, obj: &Value, errs: &mut Vec<FieldError>) {
+    match b {
+        Builtin::Role => rbac::validate_rules(obj, false, errs),
+        Builtin::ClusterRole => rbac::validate_rules(obj, true, errs),
+        Builtin::RoleBinding => rbac::validate_binding(obj, false, errs),
+        Builtin::ClusterRoleBinding => rbac::validate_binding(obj, true, errs),
+        _ => {}
+    }
+}
+
 /// The object's size limit for maps of user data (annotations), as kube-apiserver.
 const ANNOTATIONS_MAX: usize = 256 * 1024;
 /// Secrets and ConfigMaps hold at most 1 MiB.
@@ -91,6 +103,12 @@ fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
         let problem = match r.builtin {
             Some(Builtin::Service) => names::dns1035_label(name),
             Some(Builtin::Namespace) => names::dns1123_label(name),
+            Some(
+                Builtin::Role
+                | Builtin::ClusterRole
+                | Builtin::RoleBinding
+                | Builtin::ClusterRoleBinding,
+            ) => rbac::path_segment_name(name),
             _ => names::dns1123_subdomain(name),
         };
         check(errs, "metadata.name", name, problem);
@@ -319,7 +337,8 @@ impl Admission {
             Some(Builtin::Secret) => validate_secret(obj, &mut errs),
             Some(Builtin::ConfigMap) => validate_data_keys(obj, &["data", "binaryData"], &mut errs),
             Some(Builtin::Node) => validate_node(obj, &mut errs),
-            _ => {}
+            Some(b) => rbac_validate(b, obj, &mut errs),
+            None => {}
         }
         invalid(r, obj, errs)?;
         Ok(Claims::default())
@@ -391,7 +410,12 @@ impl Admission {
                 validate_immutable_data(old, new, &mut errs);
             }
             Some(Builtin::Node) => validate_node(new, &mut errs),
-            _ => {}
+            Some(b @ (Builtin::RoleBinding | Builtin::ClusterRoleBinding)) => {
+                rbac_validate(b, new, &mut errs);
+                rbac::validate_binding_update(old, new, &mut errs);
+            }
+            Some(b) => rbac_validate(b, new, &mut errs),
+            None => {}
         }
         invalid(r, new, errs)?;
         Ok(UpdateClaims::default())

@@ -37,7 +37,7 @@ pub enum FieldValidation {
 }
 
 /// Options every write takes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
@@ -47,7 +47,13 @@ pub struct WriteOptions {
     pub default_manager: String,
     /// Take fields other managers own (`force`, for apply).
     pub force: bool,
+    /// What the writer may write, checked on the object as it would be stored (the old one for
+    /// an update): escalation prevention for RBAC objects, NodeRestriction for nodes.
+    pub guard: Option<Guard>,
 }
+
+/// A check of a write by who makes it; see [`WriteOptions::guard`].
+pub type Guard = Arc<dyn Fn(Option<&Value>, &Value) -> Result<(), ApiError> + Send + Sync>;
 
 impl WriteOptions {
     fn writer<'a>(
@@ -119,6 +125,16 @@ struct How {
 pub enum Part {
     Main,
     Status,
+}
+
+impl Part {
+    /// The subresource's name, as RBAC names it ("" for the main resource).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::Main => "",
+            Part::Status => "status",
+        }
+    }
 }
 
 pub struct Registry {

@@ -88,6 +88,9 @@ impl Registry {
                     &opts.writer(r, &api_version, &now, part),
                 );
             }
+            if let Some(guard) = &opts.guard {
+                guard(Some(&old), &new)?;
+            }
             let claims = self.admission.update(r, &old, &mut new)?;
             if comparable(&new) == comparable(&old) {
                 self.admission.release(&claims.taken);
