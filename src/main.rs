@@ -43,10 +43,26 @@ enum Command {
     Up(UpArgs),
     /// Load-test a Service, an Ingress or any HTTP, TCP or DNS server.
     Load(cli_load::LoadArgs),
+    /// Bootstrap tokens, for nodes joining from other machines.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a kubeconfig whose user is a client certificate signed by the server's CA (an
     /// admin task on the server's machine, as `kubeadm kubeconfig user`). A node's is
     /// `--user system:node:NAME --group system:nodes`.
     Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token and print it, the CA hash, and the command that joins a node.
+    Create {
+        /// An admin kubeconfig for the server.
+        #[arg(long, default_value = ".switchyard/admin.kubeconfig")]
+        kubeconfig: PathBuf,
+        /// How long the token may be used to join.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
 }
 
 #[derive(clap::Args)]
@@ -85,6 +101,17 @@ struct ServerArgs {
     /// Accept loopback addresses in EndpointSlices (for Services backed by local processes).
     #[arg(long)]
     allow_loopback_endpoints: bool,
+    /// The address nodes on other machines reach this server at: in its certificate, in the
+    /// kubeconfigs it writes, and the `kubernetes` Service's endpoint (default: the listen
+    /// address).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Another name or address for the serving certificate (repeatable).
+    #[arg(long)]
+    tls_san: Vec<String>,
+    /// How long the client certificates of joining nodes are valid (e.g. 8760h).
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    node_certificate_lifetime: Duration,
 }
 
 /// What `node` and `up` share.
@@ -206,9 +233,23 @@ impl From<IptablesBackend> for switchyard_proxy::iptables::Backend {
 
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// A kubeconfig for the API server.
-    #[arg(long, required_unless_present = "cleanup")]
+    /// A kubeconfig for the API server (or join with --server, --token, --ca-cert-hash).
+    #[arg(long, required_unless_present_any = ["cleanup", "server"])]
     kubeconfig: Option<PathBuf>,
+    /// Join the server at this URL (https://ADDRESS:6443) as this node, with a client
+    /// certificate obtained with --token and kept in --data-dir.
+    #[arg(long, conflicts_with = "kubeconfig", requires = "ca_cert_hash")]
+    server: Option<String>,
+    /// A bootstrap token (`switchyard token create` prints one) to obtain the node's
+    /// credential; not needed while the stored one is valid.
+    #[arg(long, requires = "server")]
+    token: Option<String>,
+    /// The pinned hash of the server's CA (sha256:HEX, as `switchyard token create` prints it).
+    #[arg(long, requires = "server")]
+    ca_cert_hash: Option<String>,
+    /// Where a joined node keeps its key, certificate and kubeconfig.
+    #[arg(long, default_value = ".switchyard-node")]
+    data_dir: PathBuf,
     /// Remove every iptables rule, chain and conntrack entry the agent made, the userspace
     /// proxy's local routes, and the pinned BPF programs and maps of the eBPF proxy, then exit.
     #[arg(long)]
@@ -430,6 +471,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         node_port_range: args.node_port_range,
         allow_loopback_endpoints: args.allow_loopback_endpoints,
+        advertise_address: args.advertise_address,
+        tls_sans: args.tls_san,
+        node_cert_lifetime: args.node_certificate_lifetime,
     })
     .await?;
     println!("switchyard server listening on https://{}", started.addr);
@@ -459,12 +503,22 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let kubeconfig = args
-        .kubeconfig
-        .as_deref()
-        .context("--kubeconfig is required")?;
-    let client = client_from(kubeconfig).await?;
     let config = agent_config(&args.agent, None, &args.service_cidr);
+    let kubeconfig = match (&args.kubeconfig, &args.server) {
+        (Some(k), _) => k.clone(),
+        (None, Some(server)) => {
+            switchyard::join::node_credential(&switchyard::join::Join {
+                server,
+                token: args.token.as_deref(),
+                ca_cert_hash: args.ca_cert_hash.as_deref().unwrap_or_default(),
+                node_name: &config.node_name,
+                data_dir: &args.data_dir,
+            })
+            .await?
+        }
+        (None, None) => anyhow::bail!("--kubeconfig or --server is required"),
+    };
+    let client = client_from(&kubeconfig).await?;
     println!(
         "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",
         config.node_name, config.proxy_mode, args.agent.metrics_listen
@@ -480,6 +534,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         node_port_range: args.node_port_range,
         allow_loopback_endpoints: true,
+        advertise_address: None,
+        tls_sans: Vec::new(),
+        node_cert_lifetime: Duration::from_secs(365 * 24 * 3600),
     })
     .await?;
     started.registry.ensure_default_ingress_class().await?;
@@ -510,6 +567,65 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops everything.");
     agent::run(client, config, shutdown_signal()).await?;
     let _ = stop.send(());
+    Ok(())
+}
+
+/// Creates a bootstrap token Secret (kubeadm's format) and prints the token, the CA hash and the
+/// join command.
+async fn token_create(kubeconfig: &Path, ttl: Duration) -> anyhow::Result<()> {
+    use base64::Engine;
+    use rand::Rng;
+    if ttl.is_zero() {
+        anyhow::bail!("--ttl must be more than 0");
+    }
+    let text = std::fs::read_to_string(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("no cluster in the kubeconfig")?;
+    let server = cluster.server.context("no server in the kubeconfig")?;
+    let ca_pem = cluster
+        .certificate_authority_data
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .context("no certificate-authority-data in the kubeconfig")?;
+    let hash = switchyard::apiserver::pki::ca_hash(&ca_pem).context("the CA does not parse")?;
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+            .collect()
+    };
+    let (id, secret) = (pick(6), pick(16));
+    let expires = switchyard::time::rfc3339(std::time::SystemTime::now() + ttl);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let obj: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "data": {
+            "token-id": b64(&id),
+            "token-secret": b64(&secret),
+            "expiration": b64(&expires),
+            "usage-bootstrap-authentication": b64("true"),
+            "usage-bootstrap-signing": b64("true"),
+            "auth-extra-groups": b64("system:bootstrappers:switchyard:default-node-token"),
+        },
+    }))?;
+    let client = client_from(kubeconfig).await?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, "kube-system");
+    api.create(&Default::default(), &obj)
+        .await
+        .context("creating the bootstrap token Secret")?;
+    println!("{id}.{secret}");
+    println!("{hash}");
+    println!(
+        "switchyard node --server {server} --token {id}.{secret} --ca-cert-hash {hash} --node-name NAME"
+    );
     Ok(())
 }
 
@@ -587,7 +703,10 @@ fn main() {
         LogFormat::Json => logs.json().init(),
     }
     let files = raise_open_files();
-    if !matches!(cli.command, Command::Load(_) | Command::Kubeconfig(_)) {
+    if !matches!(
+        cli.command,
+        Command::Load(_) | Command::Kubeconfig(_) | Command::Token(_)
+    ) {
         tracing::info!(open_files = ?files, "open-file limit");
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -598,6 +717,9 @@ fn main() {
             Command::Up(args) => up(args).await,
             Command::Load(args) => cli_load::run(args).await,
             Command::Kubeconfig(args) => kubeconfig(args),
+            Command::Token(TokenCommand::Create { kubeconfig, ttl }) => {
+                token_create(&kubeconfig, ttl).await
+            }
         }
     });
     if let Err(e) = result {

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::controllers::{endpointslice, serviceaccounts};
+use crate::controllers::{certificates, endpointslice, serviceaccounts};
 use crate::store::embedded::{EmbeddedStore, Retention};
 use crate::store::StoreError;
 use admission::allocator::{Cidr, IpAllocator, PortAllocator};
@@ -60,6 +60,14 @@ pub struct Config {
     pub service_cidr: Cidr,
     pub node_port_range: RangeInclusive<u16>,
     pub allow_loopback_endpoints: bool,
+    /// The address other machines reach the server at: in its certificate, in the kubeconfigs
+    /// it writes, and the endpoint of the `kubernetes` Service (default: the listen address,
+    /// loopback for a wildcard).
+    pub advertise_address: Option<IpAddr>,
+    /// More names and addresses for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// How long a node's client certificate is valid.
+    pub node_cert_lifetime: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +101,16 @@ fn client_host(addr: SocketAddr) -> IpAddr {
     }
 }
 
+/// Where clients reach the server: the advertised address, else the listen address.
+fn advertised(config: &Config, addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(
+        config.advertise_address.unwrap_or(client_host(addr)),
+        addr.port(),
+    )
+}
+
 fn url(addr: SocketAddr) -> String {
-    match client_host(addr) {
+    match addr.ip() {
         IpAddr::V4(ip) => format!("https://{ip}:{}", addr.port()),
         IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),
     }
@@ -110,6 +126,14 @@ async fn bootstrap(
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         registry
             .ensure(ns, None, json!({"metadata": {"name": name}}))
+            .await?;
+        // Before the server is ready, so the controller finds them made.
+        registry
+            .ensure(
+                builtin(Builtin::ServiceAccount),
+                Some(name),
+                json!({"metadata": {"name": "default", "namespace": name}}),
+            )
             .await?;
     }
     for role in authz::bootstrap::cluster_roles() {
@@ -131,7 +155,7 @@ async fn bootstrap(
         .ensure(builtin(Builtin::Service), Some("default"), svc)
         .await?;
     // The endpoint of the `kubernetes` Service is this server, where its address can be one.
-    let host = client_host(addr);
+    let host = advertised(config, addr).ip();
     if !host.is_loopback() || config.allow_loopback_endpoints {
         let ty = if host.is_ipv4() { "IPv4" } else { "IPv6" };
         let slice = json!({
@@ -160,16 +184,27 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let host = client_host(addr);
+    let public = advertised(&config, addr);
+    let host = public.ip();
+    // Every name a client may use: the advertised address, loopback, the `kubernetes`
+    // Service's names and ClusterIP, and the extra names asked for.
     let mut hosts = vec![
         host.to_string(),
+        client_host(addr).to_string(),
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+        config.service_cidr.at(1).to_string(),
     ];
-    hosts.dedup();
+    hosts.extend(config.tls_sans.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.clone()));
     let creds = pki::ensure(&config.data_dir, &hosts)?;
-    let kubeconfig = pki::write_kubeconfigs(&config.data_dir, &url(addr), &creds)?;
+    let kubeconfig = pki::write_kubeconfigs(&config.data_dir, &url(public), &creds)?;
 
     let store = EmbeddedStore::open(&config.data_dir.join("store.redb"), Retention::default())?;
     for what in pki::tighten(&config.data_dir)? {
@@ -214,6 +249,11 @@ pub async fn run(
     bootstrap(&registry, &config, addr).await?;
     tokio::spawn(endpointslice::Controller::new(registry.clone()).run());
     tokio::spawn(serviceaccounts::run(registry.clone()));
+    tokio::spawn(certificates::run(
+        registry.clone(),
+        creds.ca.clone(),
+        config.node_cert_lifetime,
+    ));
     api.ready.store(true, Ordering::Release);
     Ok(Started {
         addr,

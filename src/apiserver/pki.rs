@@ -166,7 +166,15 @@ fn ensure_rest(
         .serialize_der();
 
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
-    let chain = vec![server_cert.der().clone()];
+    // The CA goes with the serving certificate: a joining node pins it by its hash.
+    let ca_der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| PkiError::Invalid {
+            path: dir.join("ca.crt"),
+            what: "no certificate".into(),
+        })?;
+    let chain = vec![server_cert.der().clone(), ca_der];
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -206,6 +214,27 @@ fn client_verifier(
         path: PathBuf::from("ca.crt"),
         what: e.to_string(),
     })
+}
+
+/// The CA hash a joining node pins, as kubeadm prints it: `sha256:` and the hex SHA-256 of the
+/// CA certificate's DER SubjectPublicKeyInfo.
+pub fn ca_hash(ca_pem: &str) -> Option<String> {
+    let der = rustls_pemfile::certs(&mut ca_pem.as_bytes()).next()?.ok()?;
+    spki_hash(&der)
+}
+
+/// `sha256:HEX` of a DER certificate's SubjectPublicKeyInfo.
+pub fn spki_hash(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    Some(format!(
+        "sha256:{}",
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
 }
 
 /// A client certificate for `user` in `groups` (CN and O), signed by the CA, valid for `days`;

@@ -8,6 +8,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount,
@@ -44,6 +45,7 @@ pub enum Builtin {
     ClusterRole,
     RoleBinding,
     ClusterRoleBinding,
+    CertificateSigningRequest,
 }
 
 /// One served kind.
@@ -230,6 +232,8 @@ static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
         builtin!(ClusterRole, RBAC, "clusterroles", short: &[], cat: &[], ns: false, status: false, generation: false, lists: NONE),
         builtin!(RoleBinding, RBAC, "rolebindings", short: &[], cat: &[], ns: true, status: false, generation: false, lists: NONE),
         builtin!(ClusterRoleBinding, RBAC, "clusterrolebindings", short: &[], cat: &[], ns: false, status: false, generation: false, lists: NONE),
+        builtin!(CertificateSigningRequest, "certificates.k8s.io", "certificatesigningrequests", short: &["csr"], cat: &[], ns: false, status: true, generation: false,
+            lists: &[("status.conditions", "type")]),
     ]
     .into_iter()
     .map(Arc::new)

@@ -265,14 +265,27 @@ fn rules(obj: &Value) -> Vec<Rule> {
 
 /// The checks a write by `user` must pass on the object it would store, if any apply.
 pub(super) fn write_guard(api: &Api, user: &Arc<User>, info: &RequestInfo) -> Option<Guard> {
-    if user.is_master() || !matches!(info.verb, Verb::Create | Verb::Update | Verb::Patch) {
+    if !matches!(info.verb, Verb::Create | Verb::Update | Verb::Patch) {
+        return None;
+    }
+    if info.resource.is(Builtin::CertificateSigningRequest) && info.verb == Verb::Create {
+        // Who asked is recorded by the server, never taken from the request.
+        let user = user.clone();
+        return Some(Arc::new(move |_old: Option<&Value>, new: &mut Value| {
+            new["spec"]["username"] = json!(user.name);
+            new["spec"]["groups"] = json!(user.groups);
+            new["spec"]["uid"] = json!(user.uid);
+            Ok(())
+        }));
+    }
+    if user.is_master() {
         return None;
     }
     let r = info.resource.clone();
     let ns = info.namespace.clone();
     let (state, registry, user) = (api.authz.clone(), api.registry.clone(), user.clone());
     if let Some(node) = user.node_name().map(str::to_string) {
-        return Some(Arc::new(move |_old: Option<&Value>, new: &Value| {
+        return Some(Arc::new(move |_old: Option<&Value>, new: &mut Value| {
             let a = Attributes {
                 user: &user,
                 verb: "create",
@@ -293,7 +306,7 @@ pub(super) fn write_guard(api: &Api, user: &Arc<User>, info: &RequestInfo) -> Op
     ) {
         return None;
     }
-    Some(Arc::new(move |_old: Option<&Value>, new: &Value| {
+    Some(Arc::new(move |_old: Option<&Value>, new: &mut Value| {
         let name = str_at(new, "/metadata/name");
         let allowed = |verb: &str, resource: &str, name: &str| {
             state.allows(&Attributes {

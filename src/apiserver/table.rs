@@ -83,6 +83,14 @@ fn columns(kind: Option<Builtin>) -> &'static [Column] {
             ("Holder", "string", 0),
             ("Age", "string", 0),
         ],
+        Some(Builtin::CertificateSigningRequest) => &[
+            ("Name", "string", 0),
+            ("Age", "string", 0),
+            ("SignerName", "string", 0),
+            ("Requestor", "string", 0),
+            ("RequestedDuration", "string", 0),
+            ("Condition", "string", 0),
+        ],
         _ => &[("Name", "string", 0), ("Age", "string", 0)],
     }
 }
@@ -350,6 +358,35 @@ fn ingress_cells(obj: &Value) -> Vec<Value> {
     ]
 }
 
+/// kubectl's CSR columns: the conditions joined (Pending when there are none, `Issued` added
+/// once a certificate is there).
+fn csr_cells(obj: &Value) -> Vec<Value> {
+    let mut conditions: Vec<&str> = arr(obj, "/status/conditions")
+        .iter()
+        .filter_map(|c| c.get("type").and_then(Value::as_str))
+        .collect();
+    if conditions.is_empty() {
+        conditions.push("Pending");
+    }
+    if obj
+        .pointer("/status/certificate")
+        .is_some_and(|c| !c.is_null())
+    {
+        conditions.push("Issued");
+    }
+    let duration = obj
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .map_or_else(|| "<none>".to_string(), human_duration);
+    vec![
+        json!(age(obj)),
+        json!(s(obj, "/spec/signerName")),
+        json!(s(obj, "/spec/username")),
+        json!(duration),
+        json!(conditions.join(",")),
+    ]
+}
+
 fn count(obj: &Value, fields: &[&str]) -> usize {
     fields
         .iter()
@@ -384,6 +421,7 @@ fn cells(kind: Option<Builtin>, obj: &Value) -> Vec<Value> {
             json!(or_none(s(obj, "/spec/holderIdentity").to_string())),
             json!(age(obj)),
         ],
+        Some(Builtin::CertificateSigningRequest) => csr_cells(obj),
         _ => vec![json!(age(obj))],
     }
 }

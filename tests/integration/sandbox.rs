@@ -148,8 +148,10 @@ fn cluster_ip_from_a_client_pod_with_server_outage() {
     );
 }
 
+/// A node joins a server on another machine with a bootstrap token and the pinned CA hash, gets
+/// its own credential, and serves a ClusterIP to a pod on its node.
 #[test]
-fn client_on_another_node_reaches_a_pod_across_the_link() {
+fn a_node_joins_from_another_machine_and_serves_its_pods() {
     need!(Sandbox);
     let mut sb = Sandbox::new();
     let (n1, n2) = (sb.node("n1", 1), sb.node("n2", 2));
@@ -158,19 +160,100 @@ fn client_on_another_node_reaches_a_pod_across_the_link() {
     let client = sb.pod(&n2, "client");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // The server listens on n1's link address, so n2's agent reaches it (and the certificate
-    // names that address).
-    start_server(&mut sb, &n1, d, &format!("{link1}:6443"));
-    let node_kubeconfig = crate::support::node_kubeconfig(d, "n2");
+    // The server listens on every address of n1 and advertises its link address.
+    let data = d.to_str().unwrap();
+    sb.spawn(
+        &n1.ns,
+        &[
+            bin(),
+            "server",
+            "--data-dir",
+            data,
+            "--listen",
+            "0.0.0.0:6443",
+            "--advertise-address",
+            &link1.to_string(),
+            "--service-cidr",
+            "10.96.0.0/24",
+        ],
+    );
+    eventually(Duration::from_secs(20), || {
+        crate::support::cluster::kubectl(&n1.ns, d, &["get", "--raw", "/readyz"], "")
+            .0
+            .then_some(())
+    });
+    let out = sb.exec(
+        &n1.ns,
+        &[
+            bin(),
+            "token",
+            "create",
+            "--kubeconfig",
+            &format!("{data}/admin.kubeconfig"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = printed.lines().collect();
+    let (token, hash) = (lines[0], lines[1]);
+    assert!(
+        lines[2].contains(&format!("--server https://{link1}:6443")),
+        "{printed}"
+    );
+    let server = format!("https://{link1}:6443");
+    let node_dir = d.join("n2-data");
+    let join = |token: &str, hash: &str| {
+        sb.exec(
+            &n2.ns,
+            &[
+                bin(),
+                "node",
+                "--server",
+                &server,
+                "--token",
+                token,
+                "--ca-cert-hash",
+                hash,
+                "--node-name",
+                "n2",
+                "--data-dir",
+                node_dir.to_str().unwrap(),
+            ],
+        )
+    };
+    // A wrong hash, a wrong token, a token that is not one: one line each, nothing stored.
+    let wrong_hash = format!("sha256:{}", "0".repeat(64));
+    for (t, h, want) in [
+        (token, wrong_hash.as_str(), "does not match --ca-cert-hash"),
+        ("abcdef.0123456789abcdef", hash, "refused the token"),
+        ("not-a-token", hash, "not a bootstrap token"),
+    ] {
+        let out = join(t, h);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{want}: {err}");
+        let errors = err
+            .lines()
+            .filter(|l| l.starts_with("switchyard: "))
+            .count();
+        assert_eq!(errors, 1, "one line of error: {err}");
+        assert!(!node_dir.join("node.kubeconfig").exists());
+    }
+    // The real join: the agent runs as system:node:n2.
     sb.spawn(
         &n2.ns,
         &[
             bin(),
             "node",
-            "--kubeconfig",
-            node_kubeconfig.to_str().unwrap(),
+            "--server",
+            &server,
+            "--token",
+            token,
+            "--ca-cert-hash",
+            hash,
             "--node-name",
             "n2",
+            "--data-dir",
+            node_dir.to_str().unwrap(),
         ],
     );
     sb.http_backend(&backend, 8080, "on-n1");
@@ -188,7 +271,32 @@ fn client_on_another_node_reaches_a_pod_across_the_link() {
             .all(|a| a == "on-n1")
             .then_some(())
     });
-    // The Node object of the agent's node was registered with the node credentials.
+    // Its own credential, private, verifying for the advertised address; its Node registered.
+    let kc = node_dir.join("node.kubeconfig");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kc).unwrap().permissions());
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the node's kubeconfig is readable by others"
+    );
+    let who = sb.exec(
+        &n2.ns,
+        &[
+            "kubectl",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "auth",
+            "whoami",
+        ],
+    );
+    let who = String::from_utf8_lossy(&who.stdout);
+    assert!(
+        who.contains("system:node:n2") && who.contains("system:nodes"),
+        "{who}"
+    );
     let nodes = ok(&n1.ns, d, &["get", "nodes", "-o", "name"], "");
     assert!(nodes.contains("node/n2"), "{nodes}");
+    let csrs = ok(&n1.ns, d, &["get", "csr"], "");
+    assert!(csrs.contains("Approved"), "{csrs}");
 }

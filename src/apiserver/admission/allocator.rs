@@ -80,7 +80,7 @@ impl Cidr {
         self.offset_of(ip).is_some()
     }
 
-    fn at(&self, offset: u128) -> IpAddr {
+    pub fn at(&self, offset: u128) -> IpAddr {
         let (base, width) = to_bits(self.addr);
         let v = base + offset;
         if width == 32 {

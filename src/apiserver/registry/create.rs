@@ -233,7 +233,7 @@ impl Registry {
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         self.check_namespace(r, ns, &name)?;
         if let Some(guard) = &opts.guard {
-            guard(None, &obj)?;
+            guard(None, &mut obj)?;
         }
         let claims = self.admission.create(r, &mut obj)?;
         let key = r.key(ns, &name);

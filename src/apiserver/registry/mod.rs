@@ -47,13 +47,14 @@ pub struct WriteOptions {
     pub default_manager: String,
     /// Take fields other managers own (`force`, for apply).
     pub force: bool,
-    /// What the writer may write, checked on the object as it would be stored (the old one for
-    /// an update): escalation prevention for RBAC objects, NodeRestriction for nodes.
+    /// Admission by who writes, on the object as it would be stored (and the old one, for an
+    /// update): escalation prevention for RBAC objects, NodeRestriction for nodes, the
+    /// requester recorded in a CertificateSigningRequest.
     pub guard: Option<Guard>,
 }
 
 /// A check of a write by who makes it; see [`WriteOptions::guard`].
-pub type Guard = Arc<dyn Fn(Option<&Value>, &Value) -> Result<(), ApiError> + Send + Sync>;
+pub type Guard = Arc<dyn Fn(Option<&Value>, &mut Value) -> Result<(), ApiError> + Send + Sync>;
 
 impl WriteOptions {
     fn writer<'a>(

@@ -89,7 +89,7 @@ impl Registry {
                 );
             }
             if let Some(guard) = &opts.guard {
-                guard(Some(&old), &new)?;
+                guard(Some(&old), &mut new)?;
             }
             let claims = self.admission.update(r, &old, &mut new)?;
             if comparable(&new) == comparable(&old) {

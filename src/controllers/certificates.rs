@@ -1,0 +1,243 @@
+//! The node-certificate controller: approves and signs the CertificateSigningRequests nodes make
+//! to join or to renew (signer `kubernetes.io/kube-apiserver-client-kubelet`), as
+//! kube-controller-manager's csrapproving and csrsigning controllers do for kubelet client
+//! certificates. A request is signed only when it asks for exactly `CN=system:node:NAME,
+//! O=system:nodes`, client auth, no other names, and comes from a bootstrap token
+//! (`system:bootstrappers`) or from that same node renewing; anything else is denied. The
+//! certificate is made from those checked fields, never from the request's other contents.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+};
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::apiserver::auth::{BOOTSTRAPPERS, NODES, NODE_PREFIX};
+use crate::apiserver::registry::{Part, Registry, WriteOptions};
+use crate::apiserver::resources::{builtin, Builtin};
+use crate::store::{EventKind, RangeRequest};
+
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
+
+/// What a request gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Signed for this node name.
+    Sign(String),
+    Deny(String),
+    /// Not ours (another signer) or already decided.
+    Skip,
+}
+
+fn strs(v: &Value, ptr: &str) -> Vec<String> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The PEM certificate request in a CSR object.
+fn request_pem(csr: &Value) -> Option<String> {
+    let b64 = csr.pointer("/spec/request")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Whether and for which node `csr` is to be signed.
+pub fn decide(csr: &Value) -> Decision {
+    let decided = csr
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| !c.is_empty());
+    if decided
+        || csr
+            .pointer("/status/certificate")
+            .is_some_and(|c| !c.is_null())
+    {
+        return Decision::Skip;
+    }
+    if csr.pointer("/spec/signerName").and_then(Value::as_str) != Some(KUBELET_CLIENT_SIGNER) {
+        return Decision::Skip;
+    }
+    let Some(pem) = request_pem(csr) else {
+        return Decision::Deny("spec.request is not a PEM certificate request".into());
+    };
+    let Ok(req) = CertificateSigningRequestParams::from_pem(&pem) else {
+        return Decision::Deny("spec.request does not parse or its signature is bad".into());
+    };
+    let dn = &req.params.distinguished_name;
+    let mut cn = None;
+    let mut orgs = Vec::new();
+    for (ty, v) in dn.iter() {
+        let text = dn_text(v);
+        match ty {
+            DnType::CommonName => cn = Some(text),
+            DnType::OrganizationName => orgs.push(text),
+            _ => return Decision::Deny("the subject may hold only CN and O".into()),
+        }
+    }
+    let Some(node) = cn.as_deref().and_then(|c| c.strip_prefix(NODE_PREFIX)) else {
+        return Decision::Deny("the subject's CN must be system:node:NAME".into());
+    };
+    if node.is_empty() || orgs != [NODES] {
+        return Decision::Deny("the subject must be CN=system:node:NAME, O=system:nodes".into());
+    }
+    if !req.params.subject_alt_names.is_empty() {
+        return Decision::Deny("a node client certificate carries no other names".into());
+    }
+    let usages = strs(csr, "/spec/usages");
+    if !usages.iter().any(|u| u == "client auth")
+        || usages.iter().any(|u| !ALLOWED_USAGES.contains(&u.as_str()))
+    {
+        return Decision::Deny(format!(
+            "usages must be client auth (with digital signature, key encipherment), not {usages:?}"
+        ));
+    }
+    let user = csr
+        .pointer("/spec/username")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let groups = strs(csr, "/spec/groups");
+    let bootstrap =
+        user.starts_with("system:bootstrap:") && groups.iter().any(|g| g == BOOTSTRAPPERS);
+    let renewal = user == format!("{NODE_PREFIX}{node}") && groups.iter().any(|g| g == NODES);
+    if !(bootstrap || renewal) {
+        return Decision::Deny(format!(
+            "{user} may not have a certificate for system:node:{node}: only a bootstrap token or that node"
+        ));
+    }
+    Decision::Sign(node.to_string())
+}
+
+fn dn_text(v: &rcgen::DnValue) -> String {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Signs `csr`'s public key for `node`, valid for `lifetime` (or less, if the request asks).
+pub fn sign(
+    ca: &Issuer<'static, KeyPair>,
+    csr: &Value,
+    node: &str,
+    lifetime: Duration,
+) -> Result<String, String> {
+    let pem = request_pem(csr).ok_or("no request")?;
+    let req = CertificateSigningRequestParams::from_pem(&pem).map_err(|e| e.to_string())?;
+    let asked = csr
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_u64)
+        .map(|s| Duration::from_secs(s.max(600)));
+    let lifetime = asked.map_or(lifetime, |a| a.min(lifetime));
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, NODES);
+    dn.push(DnType::CommonName, format!("{NODE_PREFIX}{node}"));
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+    let signed = CertificateSigningRequestParams {
+        params,
+        public_key: req.public_key,
+    }
+    .signed_by(ca)
+    .map_err(|e| e.to_string())?;
+    Ok(signed.pem())
+}
+
+async fn handle(
+    registry: &Registry,
+    ca: &Issuer<'static, KeyPair>,
+    lifetime: Duration,
+    csr: &Value,
+) {
+    let name = csr
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let now = crate::time::rfc3339(SystemTime::now());
+    let mut status = match decide(csr) {
+        Decision::Skip => return,
+        Decision::Deny(why) => {
+            tracing::warn!(csr = name, reason = %why, "certificate request denied");
+            json!({"conditions": [{"type": "Denied", "status": "True", "reason": "NotANodeClientRequest", "message": why, "lastUpdateTime": now}]})
+        }
+        Decision::Sign(node) => match sign(ca, csr, &node, lifetime) {
+            Ok(pem) => {
+                tracing::info!(csr = name, node = %node, "node client certificate signed");
+                json!({
+                    "conditions": [{"type": "Approved", "status": "True", "reason": "AutoApproved", "message": "node client certificate for a bootstrap token or the node itself", "lastUpdateTime": now}],
+                    "certificate": base64::engine::general_purpose::STANDARD.encode(pem),
+                })
+            }
+            Err(e) => {
+                json!({"conditions": [{"type": "Failed", "status": "True", "reason": "SigningError", "message": e, "lastUpdateTime": now}]})
+            }
+        },
+    };
+    let mut obj = csr.clone();
+    obj["status"] = status.take();
+    let r = builtin(Builtin::CertificateSigningRequest);
+    if let Err(e) = registry
+        .update(r, None, name, obj, Part::Status, &WriteOptions::default())
+        .await
+    {
+        tracing::debug!(csr = name, error = %e, "writing the certificate request's status");
+    }
+}
+
+pub async fn run(registry: Arc<Registry>, ca: Arc<Issuer<'static, KeyPair>>, lifetime: Duration) {
+    let store = registry.store().clone();
+    let prefix = builtin(Builtin::CertificateSigningRequest).prefix();
+    loop {
+        let mut watch = match store.watch(store.revision()) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "certificate controller cannot watch the store");
+                return;
+            }
+        };
+        if let Ok(all) = store.range(&RangeRequest {
+            prefix: &prefix,
+            ..Default::default()
+        }) {
+            for kv in &all.kvs {
+                if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
+                    handle(&registry, &ca, lifetime, &v).await;
+                }
+            }
+        }
+        loop {
+            let batch = match watch.live.recv().await {
+                Ok(b) => b,
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            };
+            for ev in batch.iter() {
+                if ev.kind == EventKind::Put && ev.kv.key.starts_with(&prefix) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&ev.kv.value) {
+                        handle(&registry, &ca, lifetime, &v).await;
+                    }
+                }
+            }
+        }
+    }
+}
