@@ -241,3 +241,101 @@ pub async fn run(registry: Arc<Registry>, ca: Arc<Issuer<'static, KeyPair>>, lif
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(cn: &str, orgs: &[&str], user: &str, groups: &[&str], usages: &[&str]) -> Value {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for o in orgs {
+            dn.push(DnType::OrganizationName, *o);
+        }
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        json!({
+            "metadata": {"name": "x"},
+            "spec": {
+                "request": base64::engine::general_purpose::STANDARD.encode(pem),
+                "signerName": KUBELET_CLIENT_SIGNER,
+                "usages": usages, "username": user, "groups": groups,
+            },
+        })
+    }
+
+    #[test]
+    fn only_node_client_requests_from_bootstrappers_or_the_node_are_signed() {
+        let usages = ["digital signature", "client auth"];
+        let boot = (
+            "system:bootstrap:abcdef",
+            &["system:bootstrappers", "system:authenticated"][..],
+        );
+        let ok = csr("system:node:n1", &[NODES], boot.0, boot.1, &usages);
+        assert_eq!(decide(&ok), Decision::Sign("n1".into()));
+        let renew = csr(
+            "system:node:n1",
+            &[NODES],
+            "system:node:n1",
+            &[NODES],
+            &usages,
+        );
+        assert_eq!(decide(&renew), Decision::Sign("n1".into()));
+        let denied = [
+            csr(
+                "system:node:n2",
+                &[NODES],
+                "system:node:n1",
+                &[NODES],
+                &usages,
+            ),
+            csr("admin", &[NODES], boot.0, boot.1, &usages),
+            csr(
+                "system:node:n1",
+                &["system:masters"],
+                boot.0,
+                boot.1,
+                &usages,
+            ),
+            csr(
+                "system:node:n1",
+                &[NODES, "system:masters"],
+                boot.0,
+                boot.1,
+                &usages,
+            ),
+            csr("system:node:n1", &[NODES], boot.0, boot.1, &["server auth"]),
+            csr(
+                "system:node:n1",
+                &[NODES],
+                "bob",
+                &["system:authenticated"],
+                &usages,
+            ),
+        ];
+        for d in &denied {
+            assert!(matches!(decide(d), Decision::Deny(_)), "{d}");
+        }
+        let mut garbage = ok.clone();
+        garbage["spec"]["request"] = json!("bm90IGEgcmVxdWVzdA==");
+        assert!(matches!(decide(&garbage), Decision::Deny(_)));
+        let mut other = ok.clone();
+        other["spec"]["signerName"] = json!("example.com/other");
+        assert_eq!(decide(&other), Decision::Skip);
+        let mut decided = ok.clone();
+        decided["status"] = json!({"conditions": [{"type": "Approved"}]});
+        assert_eq!(decide(&decided), Decision::Skip);
+        // What is signed says what was checked, whatever else the request held.
+        let (_, ca) = crate::apiserver::pki::ca(tempfile::tempdir().unwrap().path()).unwrap();
+        let pem = sign(&ca, &ok, "n1", Duration::from_secs(3600)).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let user = crate::apiserver::auth::from_certificate(&der).unwrap();
+        assert_eq!(user.name, "system:node:n1");
+        assert_eq!(user.groups, [NODES, "system:authenticated"]);
+    }
+}

@@ -612,3 +612,118 @@ async fn userspace_closes_idle_connections() {
         "an idle connection stayed open: {read:?}"
     );
 }
+
+/// The agent as a ServiceAccount bound to the `switchyard:node-agent` ClusterRole, and nothing
+/// else: it proxies, routes Ingresses and writes their status; the account can do no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_runs_as_a_service_account_with_its_cluster_role() {
+    let server = Server::start(&[
+        "--allow-loopback-endpoints",
+        "--service-cidr",
+        "127.12.0.0/16",
+    ]);
+    server.ok(&[
+        "create",
+        "serviceaccount",
+        "switchyard-node",
+        "-n",
+        "kube-system",
+    ]);
+    server.ok(&[
+        "create",
+        "clusterrolebinding",
+        "switchyard-node",
+        "--clusterrole=switchyard:node-agent",
+        "--serviceaccount=kube-system:switchyard-node",
+    ]);
+    let token = server.ok(&[
+        "create",
+        "token",
+        "switchyard-node",
+        "-n",
+        "kube-system",
+        "--duration=1h",
+    ]);
+    let admin = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let line = admin
+        .lines()
+        .find(|l| l.trim().starts_with("token: "))
+        .unwrap();
+    let sa_kubeconfig = server.dir.path().join("sa.kubeconfig");
+    std::fs::write(
+        &sa_kubeconfig,
+        admin.replace(line, &format!("    token: {}", token.trim())),
+    )
+    .unwrap();
+    // `RESOURCE/SUBRESOURCE` is asked with --subresource (kubectl reads a slash as a name).
+    let as_sa = |verb: &str, what: &str| {
+        let (what, sub) = what.split_once('/').unwrap_or((what, ""));
+        let sub = format!("--subresource={sub}");
+        let kc = sa_kubeconfig.to_str().unwrap();
+        let mut args = vec!["--kubeconfig", kc, "auth", "can-i", verb, what, "-A"];
+        if !sub.ends_with('=') {
+            args.push(&sub);
+        }
+        let (_, out, _) = server.kubectl(&args);
+        out.trim().to_string()
+    };
+    // Least privilege: what it needs, and nothing to change the cluster with.
+    assert_eq!(as_sa("watch", "endpointslices.discovery.k8s.io"), "yes");
+    assert_eq!(as_sa("patch", "ingresses/status"), "yes");
+    assert_eq!(as_sa("patch", "ingresses"), "no");
+    assert_eq!(as_sa("update", "services/status"), "no");
+    assert_eq!(as_sa("create", "pods"), "no");
+    assert_eq!(as_sa("delete", "services"), "no");
+    assert_eq!(as_sa("create", "clusterrolebindings"), "no");
+
+    let (http, metrics) = (free_port(), free_port());
+    let node = Command::new(bin())
+        .args(["node", "--kubeconfig"])
+        .arg(&sa_kubeconfig)
+        .args([
+            "--node-name",
+            "n1",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .args([
+            "--ingress-http",
+            &format!("127.0.0.1:{http}"),
+            "--ingress-status-address",
+            "192.0.2.9",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _node = KillOnDrop(node);
+    let client = server.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let b = tcp_backend("as-sa").await;
+    svcs.create(&PostParams::default(), &service("web", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "web", "TCP", &[b]).await;
+    let vip = cluster_ip(&svcs, "web").await;
+    assert_eq!(
+        eventually_async(Duration::from_secs(15), || async { ask(vip).await }).await,
+        "as-sa"
+    );
+    // An Ingress of its class gets the agent's address in its status.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: switchyard, annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}}\nspec: {controller: switchyard.io/ingress-controller}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: site}\nspec:\n  rules: [{host: site.example, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 8080}}}}]}}]\n",
+    );
+    eventually_async(Duration::from_secs(20), || async {
+        let (_, out, _) = server.kubectl(&[
+            "get",
+            "ingress",
+            "site",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        (out.trim() == "192.0.2.9").then_some(())
+    })
+    .await;
+}

@@ -132,7 +132,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 {"apiGroups": [""], "resources": ["services", "nodes", "namespaces"], "verbs": READ},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
                 {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingressclasses"], "verbs": READ},
-                {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["update", "patch"]},
+                {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["get", "update", "patch"]},
                 {"apiGroups": [""], "resources": ["secrets"], "verbs": READ},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
             ]),

@@ -358,3 +358,119 @@ impl Rule {
                 || (!a.name.is_empty() && self.names.iter().any(|n| n == a.name)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::auth::User;
+    use serde_json::json;
+
+    fn attrs<'a>(
+        user: &'a User,
+        verb: &'a str,
+        ns: Option<&'a str>,
+        res: &'a str,
+        sub: &'a str,
+        name: &'a str,
+    ) -> Attributes<'a> {
+        Attributes {
+            user,
+            verb,
+            namespace: ns,
+            group: "",
+            resource: res,
+            subresource: sub,
+            name,
+            path: None,
+        }
+    }
+
+    #[test]
+    fn bindings_rules_and_coverage() {
+        let o = Objects {
+            roles: vec![
+                json!({"metadata": {"name": "r", "namespace": "a"}, "rules": [
+                    {"apiGroups": [""], "resources": ["services", "pods/*"], "verbs": ["get", "list"]},
+                    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["one"], "verbs": ["*"]},
+                ]}),
+            ],
+            cluster_roles: vec![
+                json!({"metadata": {"name": "urls"}, "rules": [{"nonResourceURLs": ["/healthz", "/api/*"], "verbs": ["get"]}]}),
+                json!({"metadata": {"name": "agg"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]}}),
+                json!({"metadata": {"name": "part", "labels": {"x": "y"}}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}),
+            ],
+            role_bindings: vec![
+                json!({"metadata": {"name": "b", "namespace": "a"}, "roleRef": {"kind": "Role", "name": "r"}, "subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "sa"}]}),
+                json!({"metadata": {"name": "c", "namespace": "b"}, "roleRef": {"kind": "ClusterRole", "name": "agg"}, "subjects": [{"kind": "Group", "name": "g"}]}),
+            ],
+            cluster_role_bindings: vec![
+                json!({"metadata": {"name": "d"}, "roleRef": {"kind": "ClusterRole", "name": "urls"}, "subjects": [{"kind": "Group", "name": "system:authenticated"}]}),
+            ],
+        };
+        let idx = Index::build(&o);
+        let u = User::new("u", &[]);
+        assert!(idx.allows(&attrs(&u, "list", Some("a"), "services", "", "")));
+        assert!(!idx.allows(&attrs(&u, "list", Some("b"), "services", "", "")));
+        assert!(!idx.allows(&attrs(&u, "delete", Some("a"), "services", "", "x")));
+        assert!(idx.allows(&attrs(&u, "get", Some("a"), "pods", "log", "p")));
+        assert!(!idx.allows(&attrs(&u, "get", Some("a"), "pods", "", "p")));
+        assert!(idx.allows(&attrs(&u, "delete", Some("a"), "configmaps", "", "one")));
+        assert!(!idx.allows(&attrs(&u, "delete", Some("a"), "configmaps", "", "two")));
+        assert!(!idx.allows(&attrs(&u, "list", Some("a"), "configmaps", "", "")));
+        let sa = User::service_account("a", "sa", "");
+        assert!(idx.allows(&attrs(&sa, "get", Some("a"), "services", "", "x")));
+        // Aggregated through labels; bound in one namespace only.
+        let g = User::new("v", &["g"]);
+        assert!(idx.allows(&attrs(&g, "get", Some("b"), "secrets", "", "s")));
+        assert!(!idx.allows(&attrs(&g, "get", Some("a"), "secrets", "", "s")));
+        // Non-resource URLs, for everyone authenticated.
+        let path = |p: &'static str| Attributes {
+            path: Some(p),
+            ..attrs(&g, "get", None, "", "", "")
+        };
+        assert!(idx.allows(&path("/api/v1")));
+        assert!(idx.allows(&path("/healthz")));
+        assert!(!idx.allows(&path("/metrics")));
+        // Coverage: what u holds in a, and not more.
+        let a = attrs(&u, "", Some("a"), "", "", "");
+        let rule = |v: serde_json::Value| vec![Rule::from_json(&v)];
+        assert!(idx
+            .covers(
+                &a,
+                &rule(json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}))
+            )
+            .is_ok());
+        assert!(idx
+            .covers(
+                &a,
+                &rule(json!({"apiGroups": [""], "resources": ["services"], "verbs": ["*"]}))
+            )
+            .is_err());
+        assert!(idx
+            .covers(
+                &a,
+                &rule(json!({"apiGroups": ["*"], "resources": ["services"], "verbs": ["get"]}))
+            )
+            .is_err());
+        assert!(idx.covers(&a, &rule(json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["one"], "verbs": ["update"]}))).is_ok());
+        assert!(idx
+            .covers(
+                &a,
+                &rule(json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"]}))
+            )
+            .is_err());
+        assert!(idx
+            .covers(
+                &a,
+                &rule(json!({"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}))
+            )
+            .is_ok());
+        let b = attrs(&u, "", Some("b"), "", "", "");
+        assert!(idx
+            .covers(
+                &b,
+                &rule(json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}))
+            )
+            .is_err());
+    }
+}
