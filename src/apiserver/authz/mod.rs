@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::auth::User;
 use super::error::ApiError;
@@ -293,15 +293,25 @@ impl State {
             };
             self.reload_rbac(store.as_ref());
             self.load_facts(store.as_ref());
-            loop {
-                let batch = match watch.live.recv().await {
-                    Ok(b) => b,
+            'follow: loop {
+                let mut batches = match watch.live.recv().await {
+                    Ok(b) => vec![b],
                     // Missed changes: load everything again.
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => return,
                 };
+                // Whatever else has arrived is taken too, so a burst of RBAC writes costs one
+                // rebuild of the index, not one each.
+                loop {
+                    match watch.live.try_recv() {
+                        Ok(b) => batches.push(b),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Lagged(_)) => break 'follow,
+                        Err(TryRecvError::Closed) => return,
+                    }
+                }
                 let mut rbac_changed = false;
-                for ev in batch.iter() {
+                for ev in batches.iter().flat_map(|b| b.iter()) {
                     let key = ev.kv.key.as_str();
                     if rbac_prefixes.iter().any(|p| key.starts_with(p)) {
                         rbac_changed = true;
