@@ -286,7 +286,16 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
         .map_err(|e: switchyard::apiserver::admission::allocator::CidrError| e.to_string())
 }
 
+/// A flag's duration: the router's units (ms, s, m), and hours for lifetimes (24h, 8760h).
 fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Some(hours) = s.strip_suffix('h') {
+        return hours
+            .parse::<u64>()
+            .ok()
+            .and_then(|h| h.checked_mul(3600))
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m, 24h)"));
+    }
     switchyard_proxy::router::annotations::parse_duration(s)
 }
 

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::controllers::{certificates, endpointslice, serviceaccounts};
+use crate::controllers::{aggregation, certificates, endpointslice, serviceaccounts};
 use crate::store::embedded::{EmbeddedStore, Retention};
 use crate::store::StoreError;
 use admission::allocator::{Cidr, IpAllocator, PortAllocator};
@@ -146,6 +146,8 @@ async fn bootstrap(
             .ensure(builtin(Builtin::ClusterRoleBinding), None, binding)
             .await?;
     }
+    // `admin`, `edit` and `view` show their rules from the start.
+    aggregation::sync(registry).await;
     let ip = registry.first_cluster_ip().to_string();
     let svc = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -249,6 +251,7 @@ pub async fn run(
     bootstrap(&registry, &config, addr).await?;
     tokio::spawn(endpointslice::Controller::new(registry.clone()).run());
     tokio::spawn(serviceaccounts::run(registry.clone()));
+    tokio::spawn(aggregation::run(registry.clone()));
     tokio::spawn(certificates::run(
         registry.clone(),
         creds.ca.clone(),

@@ -340,4 +340,22 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o077, 0, "private key readable by others");
     }
+
+    #[test]
+    fn the_data_directory_is_tightened_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let store = dir.path().join("store.redb");
+        fs::write(&store, "x").unwrap();
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o644)).unwrap();
+        let told = tighten(dir.path()).unwrap();
+        assert_eq!(told.len(), 2, "{told:?}");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&store), 0o600);
+        assert!(
+            tighten(dir.path()).unwrap().is_empty(),
+            "nothing left to tighten"
+        );
+    }
 }

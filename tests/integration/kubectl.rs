@@ -859,6 +859,17 @@ fn service_accounts_rbac_and_no_escalation() {
     eventually(Duration::from_secs(5), || {
         (can(&["get", "secrets", "-n", "a", "--as=carol"]) == "yes").then_some(())
     });
+    // And `view` shows the rules it aggregated.
+    eventually(Duration::from_secs(5), || {
+        let rules = s.ok(&[
+            "get",
+            "clusterrole",
+            "view",
+            "-o",
+            "jsonpath={.rules[*].resources}",
+        ]);
+        (rules.contains("secrets") && rules.contains("endpointslices")).then_some(())
+    });
     // Bad input: invalid rules, unknown accounts, malformed tokens change nothing.
     let bad_role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: bad, namespace: a}\nrules: [{apiGroups: [\"\"], resources: [pods]}]\n";
     let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], bad_role);

@@ -20,7 +20,7 @@ pub const LOAD_BALANCE: &str = "switchyard.io/load-balance";
 
 /// `250ms`, `2s`, `1m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m, 24h)");
+    let bad = || format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)");
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, ""), |i| s.split_at(i));
@@ -29,7 +29,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
-        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad),
         _ => Err(bad()),
     }
 }
