@@ -262,6 +262,23 @@ impl Up {
     }
 }
 
+/// Starts `switchyard server` on a free loopback port with its data in `data`, and waits until
+/// it serves; returns the process and a target with the admin token.
+pub async fn start_server(binary: &Path, data: &Path) -> Result<(Proc, Target)> {
+    let port = free_port();
+    let server = Proc::start(
+        std::process::Command::new(binary)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")]),
+        "switchyard server",
+    )?;
+    wait_for_port(port, "switchyard")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok((server, Target::from_data_dir(port, data)?))
+}
+
 /// Waits until something listens on `port` of 127.0.0.1.
 pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
     let start = Instant::now();

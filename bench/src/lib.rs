@@ -7,6 +7,19 @@ pub mod netns;
 pub mod peers;
 pub mod services;
 
+/// A minimal DNS query for `name` A, with id `id`.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
 /// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
 /// bucket (what `histogram_quantile` does).
 pub fn metric_quantile(text: &str, name: &str, q: f64) -> Option<f64> {

@@ -11,6 +11,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use super::admission::strings_at;
 use super::auth::tokens::{Account, Claims, KubernetesClaims, ISSUER};
 use super::auth::User;
 use super::authz::{self, rbac::Rule, Attributes};
@@ -211,17 +212,10 @@ impl Api {
                 "may not specify a duration larger than 2^32 seconds",
             ));
         }
-        let audiences: Vec<String> = spec
-            .get("audiences")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .filter(|a: &Vec<String>| !a.is_empty())
-            .unwrap_or_else(|| vec![ISSUER.to_string()]);
+        let mut audiences = strings_at(&spec, "/audiences");
+        if audiences.is_empty() {
+            audiences.push(ISSUER.to_string());
+        }
         let now = SystemTime::now();
         let iat = now
             .duration_since(SystemTime::UNIX_EPOCH)

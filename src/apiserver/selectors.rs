@@ -173,16 +173,7 @@ impl LabelSelector {
                 .get("key")
                 .and_then(Value::as_str)
                 .ok_or("an expression has no key")?;
-            let values: Vec<String> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let values = super::admission::strings_at(e, "/values");
             let op = match e.get("operator").and_then(Value::as_str) {
                 Some("In") => Op::In(values),
                 Some("NotIn") => Op::NotIn(values),

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
+use super::{Feed, Follower};
 use crate::apiserver::authz::rbac::{aggregated, Rule};
 use crate::apiserver::registry::{Part, Registry, WriteOptions};
 use crate::apiserver::resources::{builtin, Builtin};
@@ -57,27 +57,15 @@ pub async fn sync(registry: &Registry) {
 }
 
 pub async fn run(registry: Arc<Registry>) {
-    let store = registry.store().clone();
     let prefix = builtin(Builtin::ClusterRole).prefix();
-    loop {
-        let mut watch = match store.watch(store.revision()) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "aggregation controller cannot watch the store");
-                return;
-            }
+    let mut feed = Follower::new(registry.store().clone(), "clusterrole-aggregation");
+    while let Some(next) = feed.next().await {
+        let changed = match next {
+            Feed::Resync => true,
+            Feed::Batch(batch) => batch.iter().any(|ev| ev.kv.key.starts_with(&prefix)),
         };
-        sync(&registry).await;
-        loop {
-            match watch.live.recv().await {
-                Ok(batch) => {
-                    if batch.iter().any(|ev| ev.kv.key.starts_with(&prefix)) {
-                        sync(&registry).await;
-                    }
-                }
-                Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => return,
-            }
+        if changed {
+            sync(&registry).await;
         }
     }
 }

@@ -15,8 +15,9 @@ use rcgen::{
     ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
 };
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
+use super::{Feed, Follower};
+use crate::apiserver::admission::strings_at;
 use crate::apiserver::auth::{BOOTSTRAPPERS, NODES, NODE_PREFIX};
 use crate::apiserver::registry::{Part, Registry, WriteOptions};
 use crate::apiserver::resources::{builtin, Builtin};
@@ -33,18 +34,6 @@ pub enum Decision {
     Deny(String),
     /// Not ours (another signer) or already decided.
     Skip,
-}
-
-fn strs(v: &Value, ptr: &str) -> Vec<String> {
-    v.pointer(ptr)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The PEM certificate request in a CSR object.
@@ -96,7 +85,7 @@ pub fn decide(csr: &Value) -> Decision {
     if !req.params.subject_alt_names.is_empty() {
         return Decision::Deny("a node client certificate carries no other names".into());
     }
-    let usages = strs(csr, "/spec/usages");
+    let usages = strings_at(csr, "/spec/usages");
     if !usages.iter().any(|u| u == "client auth")
         || usages.iter().any(|u| !ALLOWED_USAGES.contains(&u.as_str()))
     {
@@ -108,7 +97,7 @@ pub fn decide(csr: &Value) -> Decision {
         .pointer("/spec/username")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let groups = strs(csr, "/spec/groups");
+    let groups = strings_at(csr, "/spec/groups");
     let bootstrap =
         user.starts_with("system:bootstrap:") && groups.iter().any(|g| g == BOOTSTRAPPERS);
     let renewal = user == format!("{NODE_PREFIX}{node}") && groups.iter().any(|g| g == NODES);
@@ -207,37 +196,29 @@ async fn handle(
 pub async fn run(registry: Arc<Registry>, ca: Arc<Issuer<'static, KeyPair>>, lifetime: Duration) {
     let store = registry.store().clone();
     let prefix = builtin(Builtin::CertificateSigningRequest).prefix();
-    loop {
-        let mut watch = match store.watch(store.revision()) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "certificate controller cannot watch the store");
-                return;
-            }
+    let mut feed = Follower::new(store.clone(), "certificates");
+    while let Some(next) = feed.next().await {
+        let values: Vec<Value> = match next {
+            Feed::Resync => store
+                .range(&RangeRequest {
+                    prefix: &prefix,
+                    ..Default::default()
+                })
+                .map(|all| {
+                    all.kvs
+                        .iter()
+                        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Feed::Batch(batch) => batch
+                .iter()
+                .filter(|ev| ev.kind == EventKind::Put && ev.kv.key.starts_with(&prefix))
+                .filter_map(|ev| serde_json::from_slice(&ev.kv.value).ok())
+                .collect(),
         };
-        if let Ok(all) = store.range(&RangeRequest {
-            prefix: &prefix,
-            ..Default::default()
-        }) {
-            for kv in &all.kvs {
-                if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
-                    handle(&registry, &ca, lifetime, &v).await;
-                }
-            }
-        }
-        loop {
-            let batch = match watch.live.recv().await {
-                Ok(b) => b,
-                Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => return,
-            };
-            for ev in batch.iter() {
-                if ev.kind == EventKind::Put && ev.kv.key.starts_with(&prefix) {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&ev.kv.value) {
-                        handle(&registry, &ca, lifetime, &v).await;
-                    }
-                }
-            }
+        for v in &values {
+            handle(&registry, &ca, lifetime, v).await;
         }
     }
 }

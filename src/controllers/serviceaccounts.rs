@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
+use super::{Feed, Follower};
 use crate::apiserver::registry::Registry;
 use crate::apiserver::resources::{builtin, Builtin};
 use crate::store::{EventKind, RangeRequest};
@@ -32,51 +32,46 @@ pub async fn run(registry: Arc<Registry>) {
     let store = registry.store().clone();
     let ns_prefix = builtin(Builtin::Namespace).prefix();
     let sa_prefix = builtin(Builtin::ServiceAccount).prefix();
-    loop {
-        let mut watch = match store.watch(store.revision()) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "serviceaccount controller cannot watch the store");
-                return;
-            }
-        };
-        if let Ok(all) = store.range(&RangeRequest {
-            prefix: &ns_prefix,
-            ..Default::default()
-        }) {
-            for kv in &all.kvs {
-                let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-                if active(&v) {
-                    ensure(&registry, &kv.key[ns_prefix.len()..]).await;
-                }
-            }
-        }
-        loop {
-            let batch = match watch.live.recv().await {
-                Ok(b) => b,
-                Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => return,
-            };
-            for ev in batch.iter() {
-                let key = ev.kv.key.as_str();
-                if let Some(ns) = key.strip_prefix(&ns_prefix) {
-                    let v: Value = serde_json::from_slice(&ev.kv.value).unwrap_or(Value::Null);
-                    if ev.kind == EventKind::Put && ev.prev.is_none() && active(&v) {
-                        ensure(&registry, ns).await;
-                    }
-                } else if let Some(rest) = key.strip_prefix(&sa_prefix) {
-                    if ev.kind == EventKind::Delete && rest.ends_with("/default") {
-                        let ns = &rest[..rest.len() - "/default".len()];
-                        let ns_kind = builtin(Builtin::Namespace);
-                        let live = registry
-                            .get(ns_kind, None, ns)
-                            .ok()
-                            .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-                            .is_some_and(|v| active(&v));
-                        if live {
-                            ensure(&registry, ns).await;
+    let mut feed = Follower::new(store.clone(), "serviceaccount");
+    while let Some(next) = feed.next().await {
+        let batch = match next {
+            Feed::Resync => {
+                if let Ok(all) = store.range(&RangeRequest {
+                    prefix: &ns_prefix,
+                    ..Default::default()
+                }) {
+                    for kv in &all.kvs {
+                        let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+                        if active(&v) {
+                            ensure(&registry, &kv.key[ns_prefix.len()..]).await;
                         }
                     }
+                }
+                continue;
+            }
+            Feed::Batch(b) => b,
+        };
+        for ev in batch.iter() {
+            let key = ev.kv.key.as_str();
+            if let Some(ns) = key.strip_prefix(&ns_prefix) {
+                let v: Value = serde_json::from_slice(&ev.kv.value).unwrap_or(Value::Null);
+                if ev.kind == EventKind::Put && ev.prev.is_none() && active(&v) {
+                    ensure(&registry, ns).await;
+                }
+            } else if let Some(ns) = key
+                .strip_prefix(&sa_prefix)
+                .and_then(|rest| rest.strip_suffix("/default"))
+            {
+                if ev.kind != EventKind::Delete {
+                    continue;
+                }
+                let live = registry
+                    .get(builtin(Builtin::Namespace), None, ns)
+                    .ok()
+                    .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                    .is_some_and(|v| active(&v));
+                if live {
+                    ensure(&registry, ns).await;
                 }
             }
         }

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use switchyard_bench::api::{
-    api_creates, cpu_seconds, free_port, rss_mb, run_parallel, wait_for_port, Proc, Target,
+    api_creates, cpu_seconds, free_port, rss_mb, run_parallel, start_server, wait_for_port, Proc,
+    Target,
 };
 use switchyard_bench::Samples;
 
@@ -241,21 +242,7 @@ async fn main() -> Result<()> {
     wait_for_port(ec, "etcd")?;
     let etcd_endpoint = format!("http://127.0.0.1:{ec}");
 
-    let port = free_port();
-    let data = dir.path().join("switchyard");
-    let server = Proc::start(
-        Command::new(&args.switchyard).args([
-            "server",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]),
-        "switchyard server",
-    )?;
-    wait_for_port(port, "switchyard")?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let target = Target::from_data_dir(port, &data)?;
+    let (server, target) = start_server(&args.switchyard, &dir.path().join("switchyard")).await?;
 
     println!(
         "\n## creates/s ({} creates of a ~300-byte ConfigMap each; etcd: puts of the same JSON)",

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use switchyard_bench::api::{api_creates, free_port, Proc, Up};
-use switchyard_bench::{http_get, metric_quantile, Samples};
+use switchyard_bench::{dns_query as query, http_get, metric_quantile, Samples};
 use tokio::net::UdpSocket;
 
 #[derive(Parser)]
@@ -41,19 +41,6 @@ fn service(i: usize) -> String {
     format!(
         r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}"}},"spec":{{"ports":[{{"name":"http","port":80}}]}}}}"#
     )
-}
-
-/// A minimal DNS query for `name` A, with id `id`.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::with_capacity(64);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
 }
 
 /// Sends one query and returns the response code (None on timeout).

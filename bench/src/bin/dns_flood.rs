@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use switchyard_bench::api::{free_port, rss_mb, Up};
-use switchyard_bench::Samples;
+use switchyard_bench::{dns_query as query, Samples};
 use tokio::net::UdpSocket;
 
 #[derive(Parser)]
@@ -31,19 +31,6 @@ struct Args {
     /// Flood queries per second (0: as fast as one socket sends).
     #[arg(long, default_value_t = 0)]
     rate: u64,
-}
-
-/// A DNS query for `name` A with id `id`.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::with_capacity(64);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -6,14 +6,13 @@
 //! Usage: rbac-bench --switchyard target/release/switchyard [--bindings 1000] [--creates 20000]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use switchyard_bench::api::{api_creates, free_port, wait_for_port, Proc, Target};
+use switchyard_bench::api::{api_creates, start_server, Target};
 
 #[derive(Parser)]
 struct Args {
@@ -43,21 +42,7 @@ fn configmap(name: &str) -> String {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let data = dir.path().join("switchyard");
-    let _server = Proc::start(
-        Command::new(&args.switchyard).args([
-            "server",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]),
-        "switchyard server",
-    )?;
-    wait_for_port(port, "switchyard")?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let admin = Target::from_data_dir(port, &data)?;
+    let (_server, admin) = start_server(&args.switchyard, &dir.path().join("switchyard")).await?;
     let mut c = admin.connect().await?;
     for ns in std::iter::once("bench".to_string()).chain((0..100).map(|i| format!("ns-{i}"))) {
         c.create(

@@ -61,6 +61,19 @@ pub(crate) fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
 
+/// The strings of the array at `ptr` (others skipped; none when it is not an array).
+pub(crate) fn strings_at(v: &Value, ptr: &str) -> Vec<String> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Appends `problem` as an Invalid error on `field` when there is one.
 pub(crate) fn check(errs: &mut Vec<FieldError>, field: &str, value: &str, problem: Option<String>) {
     if let Some(p) = problem {

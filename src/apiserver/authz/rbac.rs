@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::apiserver::admission::strings_at;
 use crate::apiserver::selectors::{labels_of, LabelSelector};
 
 use super::Attributes;
@@ -22,18 +23,6 @@ pub struct Rule {
     pub urls: Vec<String>,
 }
 
-fn strings(v: &Value, key: &str) -> Vec<String> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn has(list: &[String], x: &str) -> bool {
     list.iter().any(|l| l == "*" || l == x)
 }
@@ -41,11 +30,11 @@ fn has(list: &[String], x: &str) -> bool {
 impl Rule {
     pub fn from_json(v: &Value) -> Rule {
         Rule {
-            verbs: strings(v, "verbs"),
-            groups: strings(v, "apiGroups"),
-            resources: strings(v, "resources"),
-            names: strings(v, "resourceNames"),
-            urls: strings(v, "nonResourceURLs"),
+            verbs: strings_at(v, "/verbs"),
+            groups: strings_at(v, "/apiGroups"),
+            resources: strings_at(v, "/resources"),
+            names: strings_at(v, "/resourceNames"),
+            urls: strings_at(v, "/nonResourceURLs"),
         }
     }
 
