@@ -246,6 +246,18 @@ pub fn client_certificate(
     days: i64,
 ) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
+    let lifetime = std::time::Duration::from_secs(days.max(0) as u64 * 86_400);
+    let cert = client_params(user, groups, lifetime).signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What a client certificate for `user` in `groups` says (CN, O, client auth), valid from five
+/// minutes ago (clock skew) for `lifetime`.
+pub fn client_params(
+    user: &str,
+    groups: &[&str],
+    lifetime: std::time::Duration,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     for g in groups {
@@ -257,9 +269,9 @@ pub fn client_certificate(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::days(days);
-    let cert = params.signed_by(&key, ca)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    params.not_after =
+        now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64);
+    params
 }
 
 /// A kubeconfig with one cluster, one user (a bearer token) and one context.

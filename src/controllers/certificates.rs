@@ -10,15 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateSigningRequestParams, DnType, Issuer, KeyPair};
 use serde_json::{json, Value};
 
 use super::{Feed, Follower};
 use crate::apiserver::admission::strings_at;
 use crate::apiserver::auth::{BOOTSTRAPPERS, NODES, NODE_PREFIX};
+use crate::apiserver::pki::client_params;
 use crate::apiserver::registry::{Part, Registry, WriteOptions};
 use crate::apiserver::resources::{builtin, Builtin};
 use crate::store::{EventKind, RangeRequest};
@@ -133,16 +131,7 @@ pub fn sign(
         .and_then(Value::as_u64)
         .map(|s| Duration::from_secs(s.max(600)));
     let lifetime = asked.map_or(lifetime, |a| a.min(lifetime));
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, NODES);
-    dn.push(DnType::CommonName, format!("{NODE_PREFIX}{node}"));
-    params.distinguished_name = dn;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+    let params = client_params(&format!("{NODE_PREFIX}{node}"), &[NODES], lifetime);
     let signed = CertificateSigningRequestParams {
         params,
         public_key: req.public_key,
@@ -226,6 +215,7 @@ pub async fn run(registry: Arc<Registry>, ca: Arc<Issuer<'static, KeyPair>>, lif
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::{CertificateParams, DistinguishedName};
 
     fn csr(cn: &str, orgs: &[&str], user: &str, groups: &[&str], usages: &[&str]) -> Value {
         let key = KeyPair::generate().unwrap();

@@ -202,26 +202,29 @@ fn a_node_joins_from_another_machine_and_serves_its_pods() {
     );
     let server = format!("https://{link1}:6443");
     let node_dir = d.join("n2-data");
-    let join = |token: &str, hash: &str| {
-        sb.exec(
-            &n2.ns,
-            &[
-                bin(),
-                "node",
-                "--server",
-                &server,
-                "--token",
-                token,
-                "--ca-cert-hash",
-                hash,
-                "--node-name",
-                "n2",
-                "--data-dir",
-                node_dir.to_str().unwrap(),
-            ],
-        )
+    let join_args = |token: &str, hash: &str| -> Vec<String> {
+        [
+            bin(),
+            "node",
+            "--server",
+            &server,
+            "--token",
+            token,
+            "--ca-cert-hash",
+            hash,
+            "--node-name",
+            "n2",
+            "--data-dir",
+            node_dir.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
-    // A wrong hash, a wrong token, a token that is not one: one line each, nothing stored.
+    let join = |token: &str, hash: &str| {
+        let args = join_args(token, hash);
+        sb.exec(&n2.ns, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }; // A wrong hash, a wrong token, a token that is not one: one line each, nothing stored.
     let wrong_hash = format!("sha256:{}", "0".repeat(64));
     for (t, h, want) in [
         (token, wrong_hash.as_str(), "does not match --ca-cert-hash"),
@@ -239,23 +242,8 @@ fn a_node_joins_from_another_machine_and_serves_its_pods() {
         assert!(!node_dir.join("node.kubeconfig").exists());
     }
     // The real join: the agent runs as system:node:n2.
-    sb.spawn(
-        &n2.ns,
-        &[
-            bin(),
-            "node",
-            "--server",
-            &server,
-            "--token",
-            token,
-            "--ca-cert-hash",
-            hash,
-            "--node-name",
-            "n2",
-            "--data-dir",
-            node_dir.to_str().unwrap(),
-        ],
-    );
+    let args = join_args(token, hash);
+    sb.spawn(&n2.ns, &args.iter().map(String::as_str).collect::<Vec<_>>());
     sb.http_backend(&backend, 8080, "on-n1");
     register_pod(&n1.ns, d, "web", "n1", &backend);
     ok(
