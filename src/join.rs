@@ -9,8 +9,9 @@
 //!    files 0600), and the agent runs as that node.
 //!
 //! A node that already has a credential uses it; one past 80% of its lifetime gets a new one
-//! (as itself, while it is valid; with the token once it has expired). A wrong token, an expired
-//! one or a wrong hash is refused with one line, and nothing is written.
+//! (as itself, while it is valid; with the token once it has expired), at start and while the
+//! agent runs ([`renewing_client`]: the TLS client's certificate is swapped in place). A wrong
+//! token, an expired one or a wrong hash is refused with one line, and nothing is written.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -152,29 +153,156 @@ fn pem(tag: &str, der: &[u8]) -> String {
     )
 }
 
-/// How far through its lifetime a certificate is (0.0 new, 1.0 expired), and whether it is
-/// still valid.
-fn lifetime_used(cert_pem: &str) -> Option<f64> {
+/// A certificate's validity, Unix seconds (from, to).
+fn validity(cert_pem: &str) -> Option<(i64, i64)> {
     let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .next()?
         .ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let v = cert.validity();
     let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    (to > from).then_some((from, to))
+}
+
+/// How far through its lifetime a certificate is (0.0 new, 1.0 expired).
+fn lifetime_used(cert_pem: &str) -> Option<f64> {
+    let (from, to) = validity(cert_pem)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if to <= from {
-        return None;
-    }
     Some((now - from) as f64 / (to - from) as f64)
+}
+
+/// When a certificate is to be renewed: at 80% of its lifetime.
+fn renewal_due(cert_pem: &str) -> Option<std::time::SystemTime> {
+    let (from, to) = validity(cert_pem)?;
+    let due = from + (to - from) * 4 / 5;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(due.max(0) as u64))
+}
+
+/// The client certificate the node presents, swapped in place when it is renewed: new
+/// connections present the new one, established ones carry on.
+#[derive(Debug)]
+struct CurrentCert(arc_swap::ArcSwap<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The node's certificate and key (PEM) from its kubeconfig: the one file written last, so a
+/// crash during a renewal leaves a consistent pair.
+fn credential(kubeconfig: &Path) -> Result<(String, String)> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(kubeconfig)?;
+    let kc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let user = &kc["users"][0]["user"];
+    let pem = |field: &str| -> Result<String> {
+        let data = user[field]
+            .as_str()
+            .with_context(|| format!("no {field} in the node's kubeconfig"))?;
+        let b = base64::engine::general_purpose::STANDARD.decode(data)?;
+        Ok(String::from_utf8(b)?)
+    };
+    Ok((pem("client-certificate-data")?, pem("client-key-data")?))
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey> {
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?.context("no private key")?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    Ok(rustls::sign::CertifiedKey::new(certs, signer))
+}
+
+/// A client for the joined node whose certificate is renewed while it runs, and the task that
+/// renews it at 80% of its lifetime (run it next to the agent).
+pub async fn renewing_client(
+    j: &Join<'_>,
+    kubeconfig: &Path,
+) -> Result<(kube::Client, impl std::future::Future<Output = ()>)> {
+    use kube::client::ConfigExt;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let read = |f: &str| {
+        let p = j.data_dir.join(f);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let (cert, key) = credential(kubeconfig)?;
+    let current = Arc::new(CurrentCert(arc_swap::ArcSwap::from_pointee(certified_key(
+        &cert, &key,
+    )?)));
+    let mut tls = config.rustls_client_config()?;
+    tls.client_auth_cert_resolver = current.clone();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(http);
+    let client = kube::Client::new(service, config.default_namespace.clone());
+    let ca_der = rustls_pemfile::certs(&mut read("ca.crt")?.as_bytes())
+        .next()
+        .context("no certificate in ca.crt")??
+        .to_vec();
+    let (server, name, dir) = (
+        j.server.to_string(),
+        j.node_name.to_string(),
+        j.data_dir.to_path_buf(),
+    );
+    let kubeconfig = kubeconfig.to_path_buf();
+    let renewer = client.clone();
+    let renew = async move {
+        let j = Join {
+            server: &server,
+            token: None,
+            ca_cert_hash: "",
+            node_name: &name,
+            data_dir: &dir,
+        };
+        loop {
+            let cert = credential(&kubeconfig).map(|c| c.0).unwrap_or_default();
+            let wait = renewal_due(&cert)
+                .and_then(|due| due.duration_since(std::time::SystemTime::now()).ok())
+                .unwrap_or_default()
+                .max(Duration::from_secs(1));
+            tokio::time::sleep(wait).await;
+            let renewed = async {
+                obtain(&j, renewer.clone(), &ca_der).await?;
+                let (cert, key) = credential(&kubeconfig)?;
+                current.0.store(Arc::new(certified_key(&cert, &key)?));
+                anyhow::Ok(())
+            };
+            match renewed.await {
+                Ok(()) => tracing::info!(node = %name, "node certificate renewed"),
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %format!("{e:#}"), "renewing the node certificate; will retry");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
+    };
+    Ok((client, renew))
 }
 
 /// The node's kubeconfig in `data_dir`, obtained or renewed as needed.
 pub async fn node_credential(j: &Join<'_>) -> Result<PathBuf> {
     let kubeconfig = j.data_dir.join("node.kubeconfig");
-    let cert_path = j.data_dir.join("node.crt");
-    let used = std::fs::read_to_string(&cert_path)
+    let used = credential(&kubeconfig)
         .ok()
-        .and_then(|c| lifetime_used(&c));
+        .and_then(|(cert, _)| lifetime_used(&cert));
     match used {
         Some(u) if u < 0.8 && kubeconfig.exists() => return Ok(kubeconfig),
         // Valid but old: renew as the node itself.
@@ -313,5 +441,30 @@ mod tests {
             ("cp.example".to_string(), "cp.example:443".to_string())
         );
         assert!(authority("http://10.0.0.1:6443").is_err());
+    }
+
+    #[test]
+    fn renewal_comes_at_four_fifths_of_the_lifetime() {
+        let (_, ca) = pki::ca(tempfile::tempdir().unwrap().path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = pki::client_params(
+            "system:node:n",
+            &["system:nodes"],
+            Duration::from_secs(1000),
+        )
+        .signed_by(&key, &ca)
+        .unwrap()
+        .pem();
+        let (from, to) = validity(&cert).unwrap();
+        assert_eq!(
+            to - from,
+            1100,
+            "a tenth of the lifetime before now, for skew"
+        );
+        let used = lifetime_used(&cert).unwrap();
+        assert!((0.08..0.1).contains(&used), "{used}");
+        let due = renewal_due(&cert).unwrap();
+        let due = due.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert_eq!(due, from + 880);
     }
 }

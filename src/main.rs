@@ -513,21 +513,23 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = agent_config(&args.agent, None, &args.service_cidr);
-    let kubeconfig = match (&args.kubeconfig, &args.server) {
-        (Some(k), _) => k.clone(),
+    let client = match (&args.kubeconfig, &args.server) {
+        (Some(k), _) => client_from(k).await?,
         (None, Some(server)) => {
-            switchyard::join::node_credential(&switchyard::join::Join {
+            let join = switchyard::join::Join {
                 server,
                 token: args.token.as_deref(),
                 ca_cert_hash: args.ca_cert_hash.as_deref().unwrap_or_default(),
                 node_name: &config.node_name,
                 data_dir: &args.data_dir,
-            })
-            .await?
+            };
+            let kubeconfig = switchyard::join::node_credential(&join).await?;
+            let (client, renew) = switchyard::join::renewing_client(&join, &kubeconfig).await?;
+            tokio::spawn(renew);
+            client
         }
         (None, None) => anyhow::bail!("--kubeconfig or --server is required"),
     };
-    let client = client_from(&kubeconfig).await?;
     println!(
         "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",
         config.node_name, config.proxy_mode, args.agent.metrics_listen

@@ -251,8 +251,8 @@ pub fn client_certificate(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// What a client certificate for `user` in `groups` says (CN, O, client auth), valid from five
-/// minutes ago (clock skew) for `lifetime`.
+/// What a client certificate for `user` in `groups` says (CN, O, client auth), valid for
+/// `lifetime` and, for clock skew, from a little before now (a tenth of it, five minutes at most).
 pub fn client_params(
     user: &str,
     groups: &[&str],
@@ -268,9 +268,9 @@ pub fn client_params(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after =
-        now + time::Duration::seconds(lifetime.as_secs().min(i64::MAX as u64) as i64);
+    let secs = lifetime.as_secs().min(i64::MAX as u64 / 2) as i64;
+    params.not_before = now - time::Duration::seconds((secs / 10).min(300));
+    params.not_after = now + time::Duration::seconds(secs);
     params
 }
 

@@ -175,6 +175,8 @@ fn a_node_joins_from_another_machine_and_serves_its_pods() {
             &link1.to_string(),
             "--service-cidr",
             "10.96.0.0/24",
+            "--node-certificate-lifetime",
+            "20s",
         ],
     );
     eventually(Duration::from_secs(20), || {
@@ -182,18 +184,28 @@ fn a_node_joins_from_another_machine_and_serves_its_pods() {
             .0
             .then_some(())
     });
-    let out = sb.exec(
-        &n1.ns,
-        &[
-            bin(),
-            "token",
-            "create",
-            "--kubeconfig",
-            &format!("{data}/admin.kubeconfig"),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let admin = format!("{data}/admin.kubeconfig");
+    let token_create = |ttl: &str| {
+        let out = sb.exec(
+            &n1.ns,
+            &[
+                bin(),
+                "token",
+                "create",
+                "--kubeconfig",
+                &admin,
+                "--ttl",
+                ttl,
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let printed = token_create("24h");
+    // One that has expired by the time it is used.
+    let expired = token_create("1s");
+    let expired = expired.lines().next().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(2));
     let lines: Vec<&str> = printed.lines().collect();
     let (token, hash) = (lines[0], lines[1]);
     assert!(
@@ -224,11 +236,14 @@ fn a_node_joins_from_another_machine_and_serves_its_pods() {
     let join = |token: &str, hash: &str| {
         let args = join_args(token, hash);
         sb.exec(&n2.ns, &args.iter().map(String::as_str).collect::<Vec<_>>())
-    }; // A wrong hash, a wrong token, a token that is not one: one line each, nothing stored.
+    };
+    // A wrong hash, a wrong or expired token, a token that is not one: one line each, nothing
+    // stored.
     let wrong_hash = format!("sha256:{}", "0".repeat(64));
     for (t, h, want) in [
         (token, wrong_hash.as_str(), "does not match --ca-cert-hash"),
         ("abcdef.0123456789abcdef", hash, "refused the token"),
+        (expired.as_str(), hash, "refused the token"),
         ("not-a-token", hash, "not a bootstrap token"),
     ] {
         let out = join(t, h);
@@ -287,4 +302,33 @@ fn a_node_joins_from_another_machine_and_serves_its_pods() {
     assert!(nodes.contains("node/n2"), "{nodes}");
     let csrs = ok(&n1.ns, d, &["get", "csr"], "");
     assert!(csrs.contains("Approved"), "{csrs}");
+
+    // The server signs for 20 s here: the running agent renews its credential as itself, and
+    // once the first certificate has expired it still follows changes.
+    let first = std::fs::read_to_string(node_dir.join("node.crt")).unwrap();
+    eventually(Duration::from_secs(40), || {
+        let now = std::fs::read_to_string(node_dir.join("node.crt")).unwrap_or_default();
+        (now != first && now.contains("BEGIN CERTIFICATE")).then_some(())
+    });
+    let requestors = ok(
+        &n1.ns,
+        d,
+        &["get", "csr", "-o", "jsonpath={.items[*].spec.username}"],
+        "",
+    );
+    assert!(
+        requestors.contains("system:node:n2"),
+        "renewed as itself: {requestors}"
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    ok(
+        &n1.ns,
+        d,
+        &["apply", "-f", "-"],
+        &service("web2", 81, "10.96.0.11"),
+    );
+    let url2 = format!("http://{}:81/", cluster_ip(&n1.ns, d, "web2"));
+    eventually(Duration::from_secs(30), || {
+        (sb.http_get(&client, &url2, 1) == ["on-n1"]).then_some(())
+    });
 }
