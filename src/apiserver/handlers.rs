@@ -146,16 +146,19 @@ impl Api {
         Ok(json_response(StatusCode::OK, body))
     }
 
-    pub(super) fn watch(
+    pub(super) async fn watch(
         &self,
         info: &RequestInfo,
         cx: &Context,
     ) -> Result<Response<Body>, ApiError> {
+        let opts = cx.watch_options()?;
+        let store = self.registry.store().clone();
+        watch::wait_for_revision(store.as_ref(), opts.resource_version.as_deref()).await?;
         let rx = watch::start(
-            self.registry.store().clone(),
+            store,
             info.resource.clone(),
             info.namespace.as_deref(),
-            cx.watch_options()?,
+            opts,
         )?;
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv()

@@ -300,7 +300,7 @@ impl Api {
         match info.verb {
             Verb::Get => self.get(&info, &cx),
             Verb::List => self.list(&info, &cx),
-            Verb::Watch => self.watch(&info, &cx),
+            Verb::Watch => self.watch(&info, &cx).await,
             Verb::Create | Verb::Update | Verb::Patch => {
                 let guard = super::reviews::write_guard(self, user, &info);
                 self.write(req, &info, &cx, guard).await

@@ -234,6 +234,37 @@ fn expired(from: i64) -> Bytes {
     line("ERROR", &serde_json::to_vec(&err.status()).expect("json"))
 }
 
+/// How long a watch from a resourceVersion the store has not reached waits for it, as
+/// kube-apiserver's watch cache does.
+const FUTURE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until the store reaches `resource_version`; past [`FUTURE_WAIT`], kube-apiserver's 504
+/// ("Too large resource version") that tells the client to retry.
+pub async fn wait_for_revision(
+    store: &dyn Store,
+    resource_version: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(rv) = resource_version.and_then(|v| v.parse::<i64>().ok()) else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + FUTURE_WAIT;
+    while store.revision() < rv {
+        if tokio::time::Instant::now() >= deadline {
+            let mut err = ApiError::timeout(format!(
+                "Too large resource version: {rv}, current: {}",
+                store.revision()
+            ));
+            err.details = Some(serde_json::json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            }));
+            return Err(err);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Starts a watch; the receiver yields the response body's lines and ends with the watch.
 pub fn start(
     store: Arc<dyn Store>,

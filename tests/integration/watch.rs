@@ -171,3 +171,66 @@ async fn too_old_revision_is_410_and_kube_watcher_recovers_after_restart() {
     task.abort();
     assert!(cms.list(&ListParams::default()).await.unwrap().items.len() >= 3);
 }
+
+/// A watch from a resourceVersion the server has not reached waits for it (about 3 s, as
+/// kube-apiserver), then ends with 504 "Too large resource version"; one the server reaches in
+/// time proceeds from there.
+#[tokio::test]
+async fn a_watch_from_the_future_waits_then_times_out() {
+    let s = Server::start(&[]);
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    let rv: i64 = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
+    // With curl: kube-rs retries a 504 on its own.
+    let dir = s.dir.path();
+    let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!(
+            "https://{}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={}",
+            s.addr,
+            rv + 1000
+        ))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.ends_with("504"), "{out}");
+    assert!(
+        out.contains("Too large resource version") && out.contains("ResourceVersionTooLarge"),
+        "{out}"
+    );
+    // The next revision, written while the watch waits.
+    let writer = {
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cms.create(&PostParams::default(), &cm("soon", serde_json::json!({})))
+                .await
+                .unwrap();
+        })
+    };
+    let mut stream = cms
+        .watch(&WatchParams::default(), &(rv + 1).to_string())
+        .await
+        .unwrap()
+        .boxed();
+    writer.await.unwrap();
+    let more = cms
+        .create(&PostParams::default(), &cm("after", serde_json::json!({})))
+        .await
+        .unwrap();
+    match next_event(&mut stream).await {
+        WatchEvent::Added(c) => assert_eq!(c.metadata.name, more.metadata.name),
+        other => panic!("{other:?}"),
+    }
+}
