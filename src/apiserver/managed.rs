@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::schema::ListSchema;
+use super::schema::{key_value, ListSchema, Merge};
 
 type Path = Vec<String>;
 
@@ -347,18 +347,22 @@ pub fn fields_v1(obj: &Value, lists: &ListSchema) -> Value {
             }
             path.push(k.clone());
             let p: Vec<&str> = path.iter().map(String::as_str).collect();
-            let entry = match (child, lists.merge_key(&p)) {
+            let entry = match (child, lists.keys(&p, Merge::Apply)) {
                 (Value::Object(_), _) => walk(child, path, lists),
-                (Value::Array(items), Some(key)) => {
+                (Value::Array(items), Some(keys)) => {
                     let mut lm = Map::new();
                     for item in items {
-                        if let Some(kv) = item.get(key) {
+                        let id: Option<Map<String, Value>> = keys
+                            .iter()
+                            .map(|k| Some((k.to_string(), key_value(item, k)?)))
+                            .collect();
+                        if let Some(id) = id {
                             let mut e = walk(item, path, lists)
                                 .as_object()
                                 .cloned()
                                 .unwrap_or_default();
                             e.insert(".".into(), json!({}));
-                            lm.insert(format!("k:{}", json!({ key: kv })), Value::Object(e));
+                            lm.insert(format!("k:{}", Value::Object(id)), Value::Object(e));
                         }
                     }
                     Value::Object(lm)
@@ -401,7 +405,7 @@ mod tests {
         assert_eq!(FieldSet::from_v1(&set.to_v1()), set);
         let paths: Vec<String> = set.0.iter().map(|p| display(p)).collect();
         assert!(
-            paths.contains(&".spec.ports[port=80].targetPort".to_string()),
+            paths.contains(&".spec.ports[port=80,protocol=\"TCP\"].targetPort".to_string()),
             "{paths:?}"
         );
         assert_eq!(

@@ -2,7 +2,7 @@
 //! merge keys of the types we serve, and server-side apply.
 //!
 //! Server-side apply here merges the applied configuration like a strategic merge (associative
-//! lists by their key, other lists replaced), records what each manager applied in
+//! lists by their list-map keys — ports by port and protocol — other lists replaced), records what each manager applied in
 //! `metadata.managedFields` (FieldsV1), and removes fields a manager applied before and no longer
 //! applies. It does not detect conflicts between managers.
 
@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::managed::{self, fields_v1};
-use super::schema::ListSchema;
+use super::schema::{key_value, same_item, ListSchema, Merge};
 
 /// The patch formats, by request content type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +60,7 @@ fn smp_map(
     patch: &Map<String, Value>,
     path: &mut Vec<String>,
     lists: &ListSchema,
+    how: Merge,
 ) -> Result<(), ApiError> {
     if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
         *orig = strip_directives(&Value::Object(patch.clone()))
@@ -87,19 +88,19 @@ fn smp_map(
                 orig.remove(k);
             }
             Value::Object(pm) => match orig.get_mut(k) {
-                Some(Value::Object(om)) => smp_map(om, pm, path, lists)?,
+                Some(Value::Object(om)) => smp_map(om, pm, path, lists, how)?,
                 _ => {
                     orig.insert(k.clone(), strip_directives(v));
                 }
             },
             Value::Array(pl) => {
                 let p: Vec<&str> = path.iter().map(String::as_str).collect();
-                if let Some(key) = lists.merge_key(&p) {
+                if let Some(keys) = lists.keys(&p, how) {
                     let mut list = match orig.remove(k) {
                         Some(Value::Array(a)) => a,
                         _ => Vec::new(),
                     };
-                    smp_list(&mut list, pl, key, path, lists)?;
+                    smp_list(&mut list, pl, &keys, path, lists, how)?;
                     orig.insert(k.clone(), Value::Array(list));
                 } else if lists.is_set(&p) {
                     let list = orig.entry(k.clone()).or_insert_with(|| json!([]));
@@ -149,9 +150,10 @@ fn smp_map(
 fn smp_list(
     orig: &mut Vec<Value>,
     patch: &[Value],
-    key: &str,
+    keys: &[&str],
     path: &mut Vec<String>,
     lists: &ListSchema,
+    how: Merge,
 ) -> Result<(), ApiError> {
     if patch
         .iter()
@@ -169,18 +171,18 @@ fn smp_list(
             orig.push(item.clone());
             continue;
         };
-        let Some(kv) = pm.get(key) else {
+        if let Some(missing) = keys.iter().find(|k| key_value(item, k).is_none()) {
             return Err(ApiError::bad_request(format!(
-                "map: {item} does not contain declared merge key: {key}"
+                "map: {item} does not contain declared merge key: {missing}"
             )));
-        };
-        let pos = orig.iter().position(|o| o.get(key) == Some(kv));
+        }
+        let pos = orig.iter().position(|o| same_item(o, item, keys));
         if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
-            orig.retain(|o| o.get(key) != Some(kv));
+            orig.retain(|o| !same_item(o, item, keys));
             continue;
         }
         match pos.and_then(|i| orig[i].as_object_mut()) {
-            Some(om) => smp_map(om, pm, path, lists)?,
+            Some(om) => smp_map(om, pm, path, lists, how)?,
             None => orig.push(strip_directives(item)),
         }
     }
@@ -189,13 +191,23 @@ fn smp_list(
 
 /// Applies a strategic merge patch; `lists` says how the kind's lists merge.
 pub fn strategic(lists: &ListSchema, orig: &Value, patch: &Value) -> Result<Value, ApiError> {
+    merge_lists(lists, orig, patch, Merge::Strategic)
+}
+
+/// A strategic merge with the lists keyed for `how`.
+fn merge_lists(
+    lists: &ListSchema,
+    orig: &Value,
+    patch: &Value,
+    how: Merge,
+) -> Result<Value, ApiError> {
     let (Some(o), Some(p)) = (orig.as_object(), patch.as_object()) else {
         return Err(ApiError::bad_request(
             "a strategic merge patch must be a JSON object",
         ));
     };
     let mut out = o.clone();
-    smp_map(&mut out, p, &mut Vec::new(), lists)?;
+    smp_map(&mut out, p, &mut Vec::new(), lists, how)?;
     Ok(Value::Object(out))
 }
 
@@ -262,9 +274,11 @@ fn prune_list(
     lists: &ListSchema,
 ) {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
-    let (Some(key), Some(items), Some(om)) =
-        (lists.merge_key(&p), list.as_array_mut(), old.as_object())
-    else {
+    let (Some(keys), Some(items), Some(om)) = (
+        lists.keys(&p, Merge::Apply),
+        list.as_array_mut(),
+        old.as_object(),
+    ) else {
         return;
     };
     for (k, osub) in om {
@@ -274,11 +288,10 @@ fn prune_list(
         else {
             continue;
         };
-        let want = kv.get(key);
         match new.get(k) {
-            None => items.retain(|i| i.get(key) != want),
+            None => items.retain(|i| !same_item(i, &kv, &keys)),
             Some(n) => {
-                if let Some(item) = items.iter_mut().find(|i| i.get(key) == want) {
+                if let Some(item) = items.iter_mut().find(|i| same_item(i, &kv, &keys)) {
                     prune(item, osub, Some(n), path, lists);
                 }
             }
@@ -306,7 +319,7 @@ pub fn apply(
                 let now = fields_v1(applied, writer.lists);
                 prune(&mut base, &prev, Some(&now), &mut Vec::new(), writer.lists);
             }
-            strategic(writer.lists, &base, applied)?
+            merge_lists(writer.lists, &base, applied, Merge::Apply)?
         }
     };
     managed::record_apply(live, applied, &mut out, writer, force)?;

@@ -3,6 +3,8 @@
 //! scalars; every other list is replaced whole. Each entry of the kinds table carries one; it is
 //! the one source for strategic merge patch, server-side apply and managed fields.
 
+use serde_json::Value;
+
 /// A path of field names from the object root, list items left out (`spec.containers.ports`).
 type FieldPath = Vec<String>;
 
@@ -10,10 +12,34 @@ fn path(dotted: &str) -> FieldPath {
     dotted.split('.').map(str::to_string).collect()
 }
 
+/// Which merge a list is keyed for: a strategic merge patch matches items by the type's
+/// `patchMergeKey` alone; server-side apply and managed fields by its
+/// `x-kubernetes-list-map-keys`, which for ports add the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    Strategic,
+    Apply,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListSchema {
     keyed: Vec<(FieldPath, String)>,
     sets: Vec<FieldPath>,
+}
+
+/// A list item's value for a key field; the schema's default when the item leaves it out (a
+/// port's protocol is TCP).
+pub fn key_value(item: &Value, key: &str) -> Option<Value> {
+    match item.get(key) {
+        Some(v) => Some(v.clone()),
+        None if key == "protocol" => Some(Value::String("TCP".into())),
+        None => None,
+    }
+}
+
+/// Whether two list items have the same keys.
+pub fn same_item(a: &Value, b: &Value, keys: &[&str]) -> bool {
+    keys.iter().all(|k| key_value(a, k) == key_value(b, k))
 }
 
 impl ListSchema {
@@ -30,12 +56,19 @@ impl ListSchema {
         }
     }
 
-    /// The key field of the list at `path`; None for a list that is replaced whole.
-    pub fn merge_key(&self, path: &[&str]) -> Option<&str> {
-        self.keyed
+    /// The key fields of the list at `path` for `how`; None for a list that is replaced whole.
+    /// A list keyed by a port number is keyed by port and protocol for apply, as the
+    /// Kubernetes types declare it (`x-kubernetes-list-map-keys: [port, protocol]`).
+    pub fn keys(&self, path: &[&str], how: Merge) -> Option<Vec<&str>> {
+        let key = self
+            .keyed
             .iter()
             .find(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
-            .map(|(_, k)| k.as_str())
+            .map(|(_, k)| k.as_str())?;
+        Some(match (how, key) {
+            (Merge::Apply, "port" | "containerPort") => vec![key, "protocol"],
+            _ => vec![key],
+        })
     }
 
     /// Whether the list at `path` is a set of scalars.
@@ -53,10 +86,27 @@ mod tests {
     #[test]
     fn keys_by_exact_path_and_metadata_lists_everywhere() {
         let s = ListSchema::new([("spec.ports", "port")]);
-        assert_eq!(s.merge_key(&["spec", "ports"]), Some("port"));
-        assert_eq!(s.merge_key(&["metadata", "ownerReferences"]), Some("uid"));
-        assert_eq!(s.merge_key(&["spec"]), None);
-        assert_eq!(s.merge_key(&["x", "spec", "ports"]), None);
+        let keys = |p: &[&str], how| s.keys(p, how);
+        assert_eq!(
+            keys(&["spec", "ports"], Merge::Strategic),
+            Some(vec!["port"])
+        );
+        assert_eq!(
+            keys(&["spec", "ports"], Merge::Apply),
+            Some(vec!["port", "protocol"])
+        );
+        assert_eq!(
+            keys(&["metadata", "ownerReferences"], Merge::Apply),
+            Some(vec!["uid"])
+        );
+        assert_eq!(keys(&["spec"], Merge::Strategic), None);
+        assert_eq!(keys(&["x", "spec", "ports"], Merge::Strategic), None);
+        let (udp, tcp) = (
+            serde_json::json!({"port": 53, "protocol": "UDP"}),
+            serde_json::json!({"port": 53}),
+        );
+        assert!(!same_item(&udp, &tcp, &["port", "protocol"]));
+        assert!(same_item(&udp, &tcp, &["port"]));
         assert!(s.is_set(&["metadata", "finalizers"]));
         assert!(!s.is_set(&["spec", "ports"]));
     }

@@ -1003,3 +1003,54 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// Server-side apply keys ports by port and protocol, as the Kubernetes types declare them: a
+/// Service with 53/UDP and 53/TCP (every cluster DNS Service) applies again and again, and an
+/// apply that drops one port removes just that one.
+#[test]
+fn server_side_apply_keys_ports_by_port_and_protocol() {
+    let s = Server::start(&[]);
+    let both = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]\n";
+    for _ in 0..2 {
+        s.ok_stdin(&["apply", "--server-side", "-f", "-"], both);
+    }
+    let ports = s.ok(&[
+        "get",
+        "svc",
+        "dns",
+        "-o",
+        "jsonpath={.spec.ports[*].protocol}",
+    ]);
+    assert_eq!(ports.trim(), "UDP TCP");
+    let keys = s.ok(&[
+        "get",
+        "svc",
+        "dns",
+        "-o",
+        "jsonpath={.metadata.managedFields[0].fieldsV1.f:spec.f:ports}",
+    ]);
+    assert!(
+        keys.contains("port") && keys.contains("protocol") && keys.contains("UDP"),
+        "managed fields key ports by port and protocol: {keys}"
+    );
+    let udp_only = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  ports: [{name: dns, port: 53, protocol: UDP}]\n";
+    s.ok_stdin(&["apply", "--server-side", "-f", "-"], udp_only);
+    let ports = s.ok(&[
+        "get",
+        "svc",
+        "dns",
+        "-o",
+        "jsonpath={.spec.ports[*].protocol}",
+    ]);
+    assert_eq!(ports.trim(), "UDP");
+    // A strategic merge patch still matches ports by port alone, as kube's patchMergeKey.
+    s.ok(&[
+        "patch",
+        "svc",
+        "dns",
+        "-p",
+        r#"{"spec":{"ports":[{"port":53,"name":"renamed"}]}}"#,
+    ]);
+    let names = s.ok(&["get", "svc", "dns", "-o", "jsonpath={.spec.ports[*].name}"]);
+    assert_eq!(names.trim(), "renamed");
+}
