@@ -1054,3 +1054,38 @@ fn server_side_apply_keys_ports_by_port_and_protocol() {
     let names = s.ok(&["get", "svc", "dns", "-o", "jsonpath={.spec.ports[*].name}"]);
     assert_eq!(names.trim(), "renamed");
 }
+
+/// `kubectl create` then `kubectl apply --server-side` of the same values: no conflict, and the
+/// applier co-owns the fields (a second apply changes nothing).
+#[test]
+fn apply_after_create_co_owns_without_conflict() {
+    let s = Server::start(&[]);
+    let cm =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, labels: {a: b}}\ndata: {x: \"1\"}\n";
+    s.ok_stdin(&["create", "-f", "-"], cm);
+    s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    let managers = s.ok(&[
+        "get",
+        "cm",
+        "c",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(managers.trim(), "kubectl-create kubectl");
+    let rv = s.ok(&[
+        "get",
+        "cm",
+        "c",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    let again = s.ok(&[
+        "get",
+        "cm",
+        "c",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    assert_eq!(rv, again, "a repeated apply is not a write");
+}
