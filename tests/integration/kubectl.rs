@@ -1014,35 +1014,21 @@ fn server_side_apply_keys_ports_by_port_and_protocol() {
     for _ in 0..2 {
         s.ok_stdin(&["apply", "--server-side", "-f", "-"], both);
     }
-    let ports = s.ok(&[
-        "get",
+    let ports = s.jsonpath("svc", "dns", "{.spec.ports[*].protocol}");
+    assert_eq!(ports, "UDP TCP");
+    let keys = s.jsonpath(
         "svc",
         "dns",
-        "-o",
-        "jsonpath={.spec.ports[*].protocol}",
-    ]);
-    assert_eq!(ports.trim(), "UDP TCP");
-    let keys = s.ok(&[
-        "get",
-        "svc",
-        "dns",
-        "-o",
-        "jsonpath={.metadata.managedFields[0].fieldsV1.f:spec.f:ports}",
-    ]);
+        "{.metadata.managedFields[0].fieldsV1.f:spec.f:ports}",
+    );
     assert!(
         keys.contains("port") && keys.contains("protocol") && keys.contains("UDP"),
         "managed fields key ports by port and protocol: {keys}"
     );
     let udp_only = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  ports: [{name: dns, port: 53, protocol: UDP}]\n";
     s.ok_stdin(&["apply", "--server-side", "-f", "-"], udp_only);
-    let ports = s.ok(&[
-        "get",
-        "svc",
-        "dns",
-        "-o",
-        "jsonpath={.spec.ports[*].protocol}",
-    ]);
-    assert_eq!(ports.trim(), "UDP");
+    let ports = s.jsonpath("svc", "dns", "{.spec.ports[*].protocol}");
+    assert_eq!(ports, "UDP");
     // A strategic merge patch still matches ports by port alone, as kube's patchMergeKey.
     s.ok(&[
         "patch",
@@ -1051,8 +1037,8 @@ fn server_side_apply_keys_ports_by_port_and_protocol() {
         "-p",
         r#"{"spec":{"ports":[{"port":53,"name":"renamed"}]}}"#,
     ]);
-    let names = s.ok(&["get", "svc", "dns", "-o", "jsonpath={.spec.ports[*].name}"]);
-    assert_eq!(names.trim(), "renamed");
+    let names = s.jsonpath("svc", "dns", "{.spec.ports[*].name}");
+    assert_eq!(names, "renamed");
 }
 
 /// `kubectl create` then `kubectl apply --server-side` of the same values: no conflict, and the
@@ -1064,28 +1050,10 @@ fn apply_after_create_co_owns_without_conflict() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, labels: {a: b}}\ndata: {x: \"1\"}\n";
     s.ok_stdin(&["create", "-f", "-"], cm);
     s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
-    let managers = s.ok(&[
-        "get",
-        "cm",
-        "c",
-        "-o",
-        "jsonpath={.metadata.managedFields[*].manager}",
-    ]);
-    assert_eq!(managers.trim(), "kubectl-create kubectl");
-    let rv = s.ok(&[
-        "get",
-        "cm",
-        "c",
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ]);
+    let managers = s.jsonpath("cm", "c", "{.metadata.managedFields[*].manager}");
+    assert_eq!(managers, "kubectl-create kubectl");
+    let rv = s.jsonpath("cm", "c", "{.metadata.resourceVersion}");
     s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
-    let again = s.ok(&[
-        "get",
-        "cm",
-        "c",
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ]);
+    let again = s.jsonpath("cm", "c", "{.metadata.resourceVersion}");
     assert_eq!(rv, again, "a repeated apply is not a write");
 }

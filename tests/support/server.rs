@@ -183,6 +183,14 @@ impl Server {
         out
     }
 
+    /// `kubectl get KIND NAME -o jsonpath=PATH`, trimmed.
+    pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> String {
+        let path = format!("jsonpath={path}");
+        self.ok(&["get", kind, name, "-o", &path])
+            .trim()
+            .to_string()
+    }
+
     pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
         let (ok, out, err) = self.kubectl_stdin(args, stdin);
         assert!(ok, "kubectl {args:?} failed: {err}{out}");
