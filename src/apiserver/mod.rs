@@ -224,6 +224,7 @@ pub async fn run(
     );
     let registry = Arc::new(Registry::new(Arc::new(store), admission));
     registry.restore_allocations()?;
+    registry.resume_deletions()?;
     let authz = authz::State::new();
     authz.reload_rbac(registry.store().as_ref());
     tokio::spawn(authz.clone().run(registry.store().clone()));

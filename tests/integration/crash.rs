@@ -1,4 +1,5 @@
-//! Durability: every write acknowledged to a client survives kill -9 of the server.
+//! Durability: every write acknowledged to a client survives kill -9 of the server, and so does
+//! what a deletion left to do.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
 
-use crate::support::{free_port, Server};
+use crate::support::{eventually, free_port, Server};
 
 #[tokio::test]
 async fn acknowledged_creates_survive_kill_9() {
@@ -53,4 +54,46 @@ async fn acknowledged_creates_survive_kill_9() {
         acked.len(),
         &lost[..lost.len().min(10)]
     );
+}
+
+/// What a deletion left to do survives a kill -9: a namespace stays Terminating until its content
+/// is gone (and then goes), a pod in its grace period goes when the period ends.
+#[test]
+fn deletions_resume_after_a_restart() {
+    let mut s = Server::start_at(free_port(), &[]);
+    s.ok(&["create", "namespace", "gone"]);
+    let held = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: gone, finalizers: [example.com/hold]}\ndata: {a: \"1\"}\n";
+    s.ok_stdin(&["apply", "-f", "-"], held);
+    s.ok(&["delete", "namespace", "gone", "--wait=false"]);
+    assert_eq!(
+        s.jsonpath("namespace", "gone", "{.status.phase}"),
+        "Terminating"
+    );
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: slow}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 3\n  containers: [{name: c, image: i}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], pod);
+    s.ok(&["delete", "pod", "slow", "--wait=false"]);
+    assert!(s.kubectl(&["get", "pod", "slow"]).0, "in its grace period");
+    s.crash_and_restart(&[]);
+    eventually(Duration::from_secs(20), || {
+        (!s.kubectl(&["get", "pod", "slow"]).0).then_some(())
+    });
+    // Still Terminating while the ConfigMap's finalizer holds; gone once it is released.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        s.jsonpath("namespace", "gone", "{.status.phase}"),
+        "Terminating"
+    );
+    s.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "gone",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    eventually(Duration::from_secs(20), || {
+        (!s.kubectl(&["get", "namespace", "gone"]).0).then_some(())
+    });
 }

@@ -166,13 +166,66 @@ impl Registry {
         });
     }
 
-    /// Deletes everything in a terminating namespace, then the namespace itself.
+    /// Takes up, after a restart, what deletions left to do: terminating namespaces are
+    /// finalized, pods in their grace period are deleted when it ends.
+    pub fn resume_deletions(self: &Arc<Self>) -> Result<(), ApiError> {
+        for (kind, ns_scoped) in [(Builtin::Namespace, false), (Builtin::Pod, true)] {
+            let r = resources::builtin(kind);
+            let all = self
+                .store
+                .range(&crate::store::RangeRequest {
+                    prefix: &r.prefix(),
+                    ..Default::default()
+                })
+                .map_err(store_error)?;
+            for kv in &all.kvs {
+                let obj = decode(kv)?;
+                let Some(when) = meta_str(&obj, "deletionTimestamp") else {
+                    continue;
+                };
+                let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+                let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
+                if !ns_scoped {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.finalize_namespace(&name, &uid).await });
+                    continue;
+                }
+                let finalizers = obj
+                    .pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty());
+                if finalizers {
+                    continue;
+                }
+                let left = crate::time::parse(when)
+                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    .map_or(0, |d| d.as_secs() as i64);
+                let ns = meta_str(&obj, "namespace").map(str::to_string);
+                self.delete_after_grace(r, ns.as_deref(), &name, uid, left);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes everything in a terminating namespace, then the namespace itself — never before
+    /// it is empty, however long that takes (an object with finalizers waits for them).
     async fn finalize_namespace(self: Arc<Self>, name: &str, uid: &str) {
         let now_opts = DeleteOptions {
             grace_period_seconds: Some(0),
             ..Default::default()
         };
-        for _attempt in 0..600 {
+        let nsr = resources::builtin(Builtin::Namespace);
+        let mut pause = Duration::from_millis(200);
+        loop {
+            // The namespace is gone, or another one has its name: nothing left to do.
+            let current = self.store.get(&nsr.key(None, name)).0;
+            if current
+                .as_ref()
+                .and_then(|kv| decode(kv).ok())
+                .is_none_or(|o| meta_str(&o, "uid") != Some(uid))
+            {
+                return;
+            }
             let mut left = 0;
             for r in self.kinds.all().iter().filter(|r| r.namespaced) {
                 let Ok(list) = self.list(r, Some(name), &ListOptions::default()) else {
@@ -193,9 +246,9 @@ impl Registry {
             if left == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
-        let nsr = resources::builtin(Builtin::Namespace);
         let key = nsr.key(None, name);
         if let (Some(kv), _) = self.store.get(&key) {
             let Ok(obj) = decode(&kv) else { return };
