@@ -228,20 +228,33 @@ impl Store for EmbeddedStore {
                 }
             }
         }
-        let live = state
+        let mut live = state
             .map
             .range::<str, _>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(req.prefix))
-            .map(|(k, v)| (k.as_str(), Some(v)));
-        // Merge the live keys with what the undo log says, in key order.
-        let mut merged: BTreeMap<&str, Option<&KeyValue>> = BTreeMap::new();
-        let values: Box<dyn Iterator<Item = &KeyValue>> = if undo.is_empty() {
-            Box::new(live.filter_map(|(_, v)| v))
-        } else {
-            merged.extend(live);
-            merged.extend(undo);
-            Box::new(merged.into_values().flatten())
-        };
+            .map(|(k, v)| (k.as_str(), Some(v)))
+            .peekable();
+        let mut undone = undo.into_iter().peekable();
+        // The live keys and the undo log, merged in key order as far as the page needs (the
+        // log's value wins for a key in both): a page costs its own length, not the prefix's.
+        let values = std::iter::from_fn(|| loop {
+            let next = match (live.peek(), undone.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => live.next(),
+                (None, Some(_)) => undone.next(),
+                (Some((lk, _)), Some((uk, _))) => match lk.cmp(uk) {
+                    std::cmp::Ordering::Less => live.next(),
+                    std::cmp::Ordering::Greater => undone.next(),
+                    std::cmp::Ordering::Equal => {
+                        live.next();
+                        undone.next()
+                    }
+                },
+            };
+            if let Some((_, Some(v))) = next {
+                return Some(v);
+            }
+        });
         let limit = if req.limit == 0 {
             usize::MAX
         } else {
@@ -619,6 +632,22 @@ mod tests {
                 .unwrap();
             assert_eq!(page.kvs[0].key, "/r/b");
             assert!(page.more);
+            // Pages of the past: a deleted key comes back, a later one stays out, in order.
+            let page = |after: Option<&'static str>, limit| {
+                let r = s
+                    .range(&RangeRequest {
+                        prefix: "/r/",
+                        start_after: after,
+                        limit,
+                        revision: Some(4),
+                    })
+                    .unwrap();
+                let keys: Vec<String> = r.kvs.iter().map(|k| k.key.clone()).collect();
+                (keys, r.more)
+            };
+            assert_eq!(page(None, 2), (vec!["/r/a".into(), "/r/b".into()], true));
+            assert_eq!(page(Some("/r/b"), 1), (vec!["/r/c".into()], false));
+            assert_eq!(page(Some("/r/c"), 5), (vec![], false));
             let w = s.watch(5).unwrap();
             assert_eq!(
                 w.backlog.iter().map(|e| e.revision()).collect::<Vec<_>>(),
