@@ -225,6 +225,22 @@ async fn reqwest_get(port: u16, path: &str) -> String {
     out
 }
 
+/// A Service `web` whose one backend answers `answer`; returns its ClusterIP once the node
+/// serves it.
+async fn serve_web(client: &kube::Client, answer: &'static str) -> SocketAddr {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let b = tcp_backend(answer).await;
+    svcs.create(&PostParams::default(), &service("web", "TCP", false))
+        .await
+        .unwrap();
+    set_backends(&slices, "web", "TCP", &[b]).await;
+    let vip = cluster_ip(&svcs, "web").await;
+    let got = eventually_async(Duration::from_secs(15), || async { ask(vip).await }).await;
+    assert_eq!(got, answer);
+    vip
+}
+
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
@@ -261,16 +277,7 @@ async fn routing_survives_the_api_server_going_away() {
         .unwrap();
     // Killed on drop, also when an assertion fails.
     let _node = KillOnDrop(node);
-    let client = server.client().await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let b = tcp_backend("kept").await;
-    svcs.create(&PostParams::default(), &service("web", "TCP", false))
-        .await
-        .unwrap();
-    set_backends(&slices, "web", "TCP", &[b]).await;
-    let vip = cluster_ip(&svcs, "web").await;
-    eventually_async(Duration::from_secs(15), || async { ask(vip).await }).await;
+    let vip = serve_web(&server.client().await, "kept").await;
 
     // The API server dies: the node keeps serving what it had.
     server.child.kill().unwrap();
@@ -697,19 +704,7 @@ async fn the_agent_runs_as_a_service_account_with_its_cluster_role() {
         .spawn()
         .unwrap();
     let _node = KillOnDrop(node);
-    let client = server.client().await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let b = tcp_backend("as-sa").await;
-    svcs.create(&PostParams::default(), &service("web", "TCP", false))
-        .await
-        .unwrap();
-    set_backends(&slices, "web", "TCP", &[b]).await;
-    let vip = cluster_ip(&svcs, "web").await;
-    assert_eq!(
-        eventually_async(Duration::from_secs(15), || async { ask(vip).await }).await,
-        "as-sa"
-    );
+    serve_web(&server.client().await, "as-sa").await;
     // An Ingress of its class gets the agent's address in its status.
     server.ok_stdin(
         &["apply", "-f", "-"],
