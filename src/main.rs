@@ -112,6 +112,9 @@ struct ServerArgs {
     /// How long the client certificates of joining nodes are valid (e.g. 8760h).
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]
     node_certificate_lifetime: Duration,
+    /// How long an Event lives after its last write (e.g. 1h, 30m).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: Duration,
 }
 
 /// What `node` and `up` share.
@@ -483,6 +486,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         advertise_address: args.advertise_address,
         tls_sans: args.tls_san,
         node_cert_lifetime: args.node_certificate_lifetime,
+        event_ttl: args.event_ttl,
     })
     .await?;
     println!("switchyard server listening on https://{}", started.addr);
@@ -548,6 +552,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         advertise_address: None,
         tls_sans: Vec::new(),
         node_cert_lifetime: Duration::from_secs(365 * 24 * 3600),
+        event_ttl: Duration::from_secs(3600),
     })
     .await?;
     started.registry.ensure_default_ingress_class().await?;

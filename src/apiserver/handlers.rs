@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::http::{json_response, value_response, Api, Body, MAX_BODY};
 use super::patch::{Patch, PatchType};
-use super::registry::{DeleteOptions, FieldValidation, Guard, ListOptions, Part, WriteOptions};
+use super::registry::{
+    DeleteOptions, FieldValidation, Guard, ListOptions, Part, Propagation, WriteOptions,
+};
 use super::request::{flag, RequestInfo, Verb};
 use super::resources::Resource;
 use super::selectors::{FieldSelector, LabelSelector};
@@ -398,8 +400,19 @@ fn delete_options(
             ApiError::bad_request(format!("gracePeriodSeconds {g:?} is not a number"))
         })?);
     }
+    if let Some(p) = q.get("propagationPolicy").filter(|p| !p.is_empty()) {
+        opts.propagation = Propagation::parse(p)?;
+    }
+    if q.get("orphanDependents").is_some_and(|v| v == "true") {
+        opts.propagation = Propagation::Orphan;
+    }
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v = parse_body(ct, body)?;
+        if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+            opts.propagation = Propagation::parse(p)?;
+        } else if v.get("orphanDependents") == Some(&Value::Bool(true)) {
+            opts.propagation = Propagation::Orphan;
+        }
         if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
             opts.grace_period_seconds = Some(g);
         }

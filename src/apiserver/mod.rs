@@ -44,7 +44,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::controllers::{aggregation, certificates, endpointslice, serviceaccounts};
+use crate::controllers::{
+    aggregation, certificates, endpointslice, events, garbage, serviceaccounts,
+};
 use crate::store::embedded::{EmbeddedStore, Retention};
 use crate::store::StoreError;
 use admission::allocator::{Cidr, IpAllocator, PortAllocator};
@@ -68,6 +70,8 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// How long a node's client certificate is valid.
     pub node_cert_lifetime: std::time::Duration,
+    /// How long an Event lives after its last write.
+    pub event_ttl: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +257,8 @@ pub async fn run(
     tokio::spawn(endpointslice::Controller::new(registry.clone()).run());
     tokio::spawn(serviceaccounts::run(registry.clone()));
     tokio::spawn(aggregation::run(registry.clone()));
+    tokio::spawn(events::run(registry.clone(), config.event_ttl));
+    tokio::spawn(garbage::run(registry.clone()));
     tokio::spawn(certificates::run(
         registry.clone(),
         creds.ca.clone(),

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -46,6 +46,10 @@ pub enum Builtin {
     RoleBinding,
     ClusterRoleBinding,
     CertificateSigningRequest,
+    /// core/v1 Event, as the older event recorders write them and `kubectl describe` reads them.
+    Event,
+    /// events.k8s.io/v1 Event, as the newer recorders write them.
+    EventsV1Event,
 }
 
 /// One served kind.
@@ -234,6 +238,14 @@ static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
         builtin!(ClusterRoleBinding, RBAC, "clusterrolebindings", short: &[], cat: &[], ns: false, status: false, generation: false, lists: NONE),
         builtin!(CertificateSigningRequest, "certificates.k8s.io", "certificatesigningrequests", short: &["csr"], cat: &[], ns: false, status: true, generation: false,
             lists: &[("status.conditions", "type")]),
+        builtin!(Event, "", "events", short: &["ev"], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        Resource {
+            kind: "Event".to_string(),
+            singular: "event".to_string(),
+            normalize: Arc::new(roundtrip::<k8s_openapi::api::events::v1::Event>),
+            builtin: Some(Builtin::EventsV1Event),
+            ..builtin!(Event, "events.k8s.io", "events", short: &["ev"], cat: &[], ns: true, status: false, generation: false, lists: NONE)
+        },
     ]
     .into_iter()
     .map(Arc::new)

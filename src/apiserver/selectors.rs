@@ -229,6 +229,25 @@ fn field_labels(kind: &str) -> &'static [&'static str] {
         "Secret" => &["type"],
         "Namespace" => &["status.phase"],
         "Node" => &["spec.unschedulable"],
+        // core/v1 Events (what `kubectl describe` selects by) and events.k8s.io/v1 Events.
+        "Event" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "reportingController",
+        ],
         _ => &[],
     }
 }
@@ -272,7 +291,11 @@ impl FieldSelector {
 
     pub fn matches_object(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, want)| {
-            let ptr = format!("/{}", field.replace('.', "/"));
+            // An Event's `source` field label is the reporting component.
+            let ptr = match field.as_str() {
+                "source" => "/source/component".to_string(),
+                f => format!("/{}", f.replace('.', "/")),
+            };
             let have = match obj.pointer(&ptr) {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Bool(b)) => b.to_string(),

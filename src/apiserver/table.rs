@@ -91,6 +91,18 @@ fn columns(kind: Option<Builtin>) -> &'static [Column] {
             ("RequestedDuration", "string", 0),
             ("Condition", "string", 0),
         ],
+        Some(Builtin::Event | Builtin::EventsV1Event) => &[
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Subobject", "string", 1),
+            ("Source", "string", 1),
+            ("Message", "string", 0),
+            ("First Seen", "string", 1),
+            ("Count", "string", 1),
+            ("Name", "string", 1),
+        ],
         _ => &[("Name", "string", 0), ("Age", "string", 0)],
     }
 }
@@ -136,11 +148,12 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn age(obj: &Value) -> String {
-    let created = obj
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str)
-        .and_then(crate::time::parse);
-    match created {
+    since(s(obj, "/metadata/creationTimestamp"))
+}
+
+/// How long ago a time was, as kubectl prints it.
+fn since(time: &str) -> String {
+    match crate::time::parse(time) {
         Some(t) => match SystemTime::now().duration_since(t) {
             Ok(d) => human_duration(d.as_secs() as i64),
             Err(_) => human_duration(-1),
@@ -387,6 +400,81 @@ fn csr_cells(obj: &Value) -> Vec<Value> {
     ]
 }
 
+/// The first of `ptrs` that is set (a core/v1 field or its events.k8s.io/v1 name).
+fn first<'a>(obj: &'a Value, ptrs: &[&str]) -> &'a str {
+    ptrs.iter()
+        .map(|p| s(obj, p))
+        .find(|v| !v.is_empty())
+        .unwrap_or("")
+}
+
+/// kubectl's event row: when, what, about which object, from whom; read from either form.
+fn event_cells(obj: &Value) -> Vec<Value> {
+    let last = first(
+        obj,
+        &[
+            "/series/lastObservedTime",
+            "/lastTimestamp",
+            "/deprecatedLastTimestamp",
+            "/eventTime",
+            "/metadata/creationTimestamp",
+        ],
+    );
+    let first_seen = first(
+        obj,
+        &[
+            "/firstTimestamp",
+            "/deprecatedFirstTimestamp",
+            "/eventTime",
+            "/metadata/creationTimestamp",
+        ],
+    );
+    let about = |f: &str| {
+        first(
+            obj,
+            &[&format!("/involvedObject/{f}"), &format!("/regarding/{f}")],
+        )
+    };
+    let source = [
+        first(
+            obj,
+            &[
+                "/source/component",
+                "/deprecatedSource/component",
+                "/reportingComponent",
+                "/reportingController",
+            ],
+        ),
+        first(obj, &["/source/host", "/deprecatedSource/host"]),
+    ]
+    .into_iter()
+    .filter(|p| !p.is_empty())
+    .collect::<Vec<_>>()
+    .join(", ");
+    let count = obj
+        .pointer("/series/count")
+        .or_else(|| obj.get("count"))
+        .or_else(|| obj.get("deprecatedCount"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    vec![
+        json!(since(last)),
+        json!(s(obj, "/type")),
+        json!(s(obj, "/reason")),
+        json!(format!(
+            "{}/{}",
+            about("kind").to_ascii_lowercase(),
+            about("name")
+        )),
+        json!(about("fieldPath")),
+        json!(source),
+        json!(first(obj, &["/message", "/note"]).trim()),
+        json!(since(first_seen)),
+        json!(count.to_string()),
+        json!(s(obj, "/metadata/name")),
+    ]
+}
+
 fn count(obj: &Value, fields: &[&str]) -> usize {
     fields
         .iter()
@@ -422,6 +510,7 @@ fn cells(kind: Option<Builtin>, obj: &Value) -> Vec<Value> {
             json!(age(obj)),
         ],
         Some(Builtin::CertificateSigningRequest) => csr_cells(obj),
+        Some(Builtin::Event | Builtin::EventsV1Event) => event_cells(obj),
         _ => vec![json!(age(obj))],
     }
 }
@@ -445,7 +534,11 @@ impl IncludeObject {
 }
 
 fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
-    let mut c = vec![json!(s(obj, "/metadata/name"))];
+    // Most kinds print their name first; those that do not place it among their cells.
+    let mut c = Vec::new();
+    if columns(r.builtin).first().is_some_and(|c| c.0 == "Name") {
+        c.push(json!(s(obj, "/metadata/name")));
+    }
     c.extend(cells(r.builtin, obj));
     let object = match include {
         IncludeObject::None => Value::Null,

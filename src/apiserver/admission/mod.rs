@@ -6,6 +6,7 @@
 
 pub mod allocator;
 mod endpointslice;
+mod event;
 mod ingress;
 pub mod names;
 mod pod;
@@ -350,6 +351,8 @@ impl Admission {
             Some(Builtin::Secret) => validate_secret(obj, &mut errs),
             Some(Builtin::ConfigMap) => validate_data_keys(obj, &["data", "binaryData"], &mut errs),
             Some(Builtin::Node) => validate_node(obj, &mut errs),
+            Some(Builtin::Event) => event::validate_core(obj, &mut errs),
+            Some(Builtin::EventsV1Event) => event::validate_v1(obj, &mut errs),
             Some(b) => rbac_validate(b, obj, &mut errs),
             None => {}
         }
@@ -423,6 +426,8 @@ impl Admission {
                 validate_immutable_data(old, new, &mut errs);
             }
             Some(Builtin::Node) => validate_node(new, &mut errs),
+            Some(Builtin::Event) => event::validate_core(new, &mut errs),
+            Some(Builtin::EventsV1Event) => event::validate_v1(new, &mut errs),
             Some(b @ (Builtin::RoleBinding | Builtin::ClusterRoleBinding)) => {
                 rbac_validate(b, new, &mut errs);
                 rbac::validate_binding_update(old, new, &mut errs);

@@ -69,7 +69,8 @@ pub fn cluster_roles() -> Vec<Value> {
             "system:aggregate-to-view",
             aggregate_to(&["admin", "edit", "view"]),
             json!([
-                {"apiGroups": [""], "resources": ["configmaps", "endpoints", "pods", "pods/status", "services", "services/status", "serviceaccounts"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["configmaps", "endpoints", "events", "pods", "pods/status", "services", "services/status", "serviceaccounts"], "verbs": READ},
+                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": READ},
                 {"apiGroups": [""], "resources": ["namespaces", "namespaces/status"], "verbs": READ},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
                 {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingresses/status"], "verbs": READ},

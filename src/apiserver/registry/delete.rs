@@ -63,6 +63,19 @@ impl Registry {
             if opts.dry_run {
                 return Ok(kv.value);
             }
+            // Foreground and Orphan deletion hold the object with their finalizer while the
+            // garbage collector sees to its dependents.
+            if let Some(f) = opts.propagation.finalizer() {
+                if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                    let meta = obj["metadata"]
+                        .as_object_mut()
+                        .expect("stored objects have metadata");
+                    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                    if let Some(a) = list.as_array_mut().filter(|a| !a.contains(&json!(f))) {
+                        a.push(json!(f));
+                    }
+                }
+            }
             let finalizers = obj
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
@@ -249,18 +262,43 @@ impl Registry {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+        // The namespace's own finalizer is done; it goes now, or when the last of its metadata
+        // finalizers is removed.
         let key = nsr.key(None, name);
-        if let (Some(kv), _) = self.store.get(&key) {
-            let Ok(obj) = decode(&kv) else { return };
-            if meta_str(&obj, "uid") == Some(uid) {
-                let _ = self
-                    .store
-                    .txn(vec![Op::Delete {
-                        key,
-                        precondition: Precondition::ModRevision(kv.mod_revision),
-                        tombstone: encoder(obj),
-                    }])
-                    .await;
+        loop {
+            let (Some(kv), _) = self.store.get(&key) else {
+                return;
+            };
+            let Ok(mut obj) = decode(&kv) else { return };
+            if meta_str(&obj, "uid") != Some(uid) {
+                return;
+            }
+            let precondition = Precondition::ModRevision(kv.mod_revision);
+            let waiting = obj
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            let op = if waiting {
+                obj["spec"]["finalizers"] = json!([]);
+                Op::Put {
+                    key: key.clone(),
+                    precondition,
+                    value: encoder(obj),
+                }
+            } else {
+                Op::Delete {
+                    key: key.clone(),
+                    precondition,
+                    tombstone: encoder(obj),
+                }
+            };
+            match self.store.txn(vec![op]).await {
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(namespace = name, error = %e, "namespace finalization");
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(_) => return,
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::apiserver::admission::Admission;
 use crate::apiserver::error::{ApiError, FieldError};
 use crate::apiserver::managed;
 use crate::apiserver::patch::{self, Patch, PatchType};
-use crate::apiserver::resources::Resource;
+use crate::apiserver::resources::{Builtin, Resource};
 use crate::store::{Op, Precondition, StoreError};
 use crate::time::now;
 
@@ -114,11 +114,16 @@ impl Registry {
                     created: false,
                 });
             }
-            let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-                && new
-                    .pointer("/metadata/finalizers")
+            // Gone once being deleted and no finalizer is left (a namespace's own finalizers,
+            // in its spec, are removed when its content is gone).
+            let none_left = |ptr: &str| {
+                new.pointer(ptr)
                     .and_then(Value::as_array)
-                    .is_none_or(Vec::is_empty);
+                    .is_none_or(Vec::is_empty)
+            };
+            let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
+                && none_left("/metadata/finalizers")
+                && none_left("/spec/finalizers");
             let precondition = Precondition::ModRevision(kv.mod_revision);
             let op = if finalized {
                 Op::Delete {
@@ -226,6 +231,18 @@ impl Registry {
                         "no new finalizers can be added if the object is being deleted",
                     )],
                 ));
+            }
+        }
+        // A namespace's finalizers change only through its finalization, as kube's
+        // `namespaces/finalize`.
+        if r.is(Builtin::Namespace) {
+            match old.pointer("/spec/finalizers") {
+                Some(f) => new["spec"]["finalizers"] = f.clone(),
+                None => {
+                    if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                        spec.remove("finalizers");
+                    }
+                }
             }
         }
         if r.status {
