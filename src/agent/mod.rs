@@ -19,6 +19,7 @@
 //! serving.
 
 pub mod build;
+mod events;
 pub mod metrics;
 pub mod node;
 mod programmer;
@@ -580,6 +581,18 @@ pub async fn run(
         tokio::spawn(serve::metrics(listener, metrics.clone()));
     }
     let node_task = tokio::spawn(node::run(client.clone(), config.node_name.clone()));
+    let recorder = events::Recorder::spawn(client.clone(), &config.node_name);
+    recorder.record(
+        events::node_ref(&config.node_name),
+        false,
+        "Starting",
+        "StartAgent",
+        format!(
+            "switchyard node agent {} starting, proxy mode {:?}",
+            env!("CARGO_PKG_VERSION"),
+            config.proxy_mode
+        ),
+    );
     let (tx, rx) = mpsc::channel(1024);
     let watchers = watch::spawn_all(&client, tx, config.ingress.is_some());
     let published = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
@@ -591,6 +604,10 @@ pub async fn run(
                 .map_err(AgentError::Ingress)?;
             let (tx, rx) = notify::channel(Arc::new(Vec::new()));
             served_tx = Some(tx);
+            ingress_tasks.push(tokio::spawn(events::ingress_problems(
+                recorder.clone(),
+                rx.clone(),
+            )));
             if let Some(ip) = ing.status_address {
                 ingress_tasks.push(tokio::spawn(status::run(client.clone(), ip, rx)));
             }
@@ -628,8 +645,13 @@ pub async fn run(
         metrics: metrics.clone(),
     }));
     let (stop_tx, stop_rx) = notify::channel(false);
+    let outputs = programmer::Outputs {
+        applied: applied_tx,
+        metrics,
+        recorder,
+    };
     let programmer = tokio::spawn(programmer::run(
-        proxy, config, published, gen_rx, applied_tx, metrics, stop_rx,
+        proxy, config, published, gen_rx, outputs, stop_rx,
     ));
     shutdown.await;
     for w in watchers {

@@ -9,21 +9,35 @@ use arc_swap::ArcSwap;
 use switchyard_proxy::ServiceProxy;
 use tokio::sync::watch;
 
+use super::events::{node_ref, Recorder};
 use super::{Config, Metrics, Snapshot};
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Where the programmer says what it did: the generation applied, metrics, and Events.
+pub(super) struct Outputs {
+    pub applied: watch::Sender<u64>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
 
 pub(super) async fn run(
     mut proxy: Box<dyn ServiceProxy>,
     config: Config,
     published: Arc<ArcSwap<Snapshot>>,
     mut generations: watch::Receiver<u64>,
-    applied: watch::Sender<u64>,
-    metrics: Arc<Metrics>,
+    outputs: Outputs,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Outputs {
+        applied,
+        metrics,
+        recorder,
+    } = outputs;
     let mut retry: Option<Duration> = None;
+    // The errors last recorded as an Event: one is recorded when they change, not per retry.
+    let mut reported: Vec<String> = Vec::new();
     let mut last_observed = 0u64;
     loop {
         let wait = retry.unwrap_or(config.max_sync);
@@ -51,6 +65,16 @@ pub(super) async fn run(
             last_observed = snapshot.generation;
             let _ = applied.send(snapshot.generation);
         }
+        if report.errors != reported && !report.errors.is_empty() {
+            recorder.record(
+                node_ref(&config.node_name),
+                true,
+                "SyncProxyRulesFailed",
+                "SyncProxyRules",
+                report.errors.join("; "),
+            );
+        }
+        reported = report.errors.clone();
         if report.errors.is_empty() {
             retry = None;
             tracing::info!(generation = snapshot.generation, ports = snapshot.services.ports.len(), frontends = report.frontends, added = report.added, removed = report.removed, took = ?took, "proxy synced");

@@ -26,7 +26,7 @@ const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
 const H2C: &str = "kubernetes.io/h2c";
 
 /// Parsed certificates by Secret, with the resourceVersion they were parsed at.
-pub type CertCache = HashMap<ObjKey, (String, Option<Arc<CertifiedKey>>)>;
+pub type CertCache = HashMap<ObjKey, (String, Result<Arc<CertifiedKey>, String>)>;
 
 /// The inputs of [`build_routes`].
 pub struct Inputs<'a> {
@@ -47,6 +47,22 @@ pub struct Served {
     pub status_ips: Vec<String>,
     /// Served by the router (else: our address, if listed, is to be removed).
     pub ours: bool,
+    /// What in it the router could not serve as written.
+    pub problems: Vec<Problem>,
+}
+
+/// Something in an Ingress the router could not serve as written: an Event's reason and note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: String,
+    pub message: String,
+}
+
+fn problem(reason: &str, message: String) -> Problem {
+    Problem {
+        reason: reason.to_string(),
+        message,
+    }
 }
 
 pub struct Built {
@@ -99,8 +115,10 @@ fn certificate(
     cache: &mut CertCache,
     secrets: &HashMap<ObjKey, Secret>,
     key: &ObjKey,
-) -> Option<Arc<CertifiedKey>> {
-    let secret = secrets.get(key)?;
+) -> Result<Arc<CertifiedKey>, String> {
+    let secret = secrets
+        .get(key)
+        .ok_or_else(|| format!("TLS Secret {}/{} does not exist", key.0, key.1))?;
     let version = secret.metadata.resource_version.clone().unwrap_or_default();
     if let Some((v, cert)) = cache.get(key) {
         if *v == version {
@@ -108,8 +126,10 @@ fn certificate(
         }
     }
     let parsed = parse_tls_secret(secret)
-        .map_err(|e| tracing::warn!(secret = %format!("{}/{}", key.0, key.1), error = %e, "TLS secret not usable"))
-        .ok()
+        .map_err(|e| {
+            tracing::warn!(secret = %format!("{}/{}", key.0, key.1), error = %e, "TLS secret not usable");
+            format!("TLS Secret {}/{} not usable: {e}", key.0, key.1)
+        })
         .map(Arc::new);
     cache.insert(key.clone(), (version, parsed.clone()));
     parsed
@@ -159,7 +179,7 @@ fn backend_spec(
     ingress: &IngressName,
     settings: &switchyard_proxy::router::routes::Settings,
     backend: &IngressBackend,
-) -> Option<BackendSpec> {
+) -> Option<(BackendSpec, Option<Problem>)> {
     let svc_ref = backend.service.as_ref()?;
     let port_ref = svc_ref.port.as_ref();
     let label = match port_ref {
@@ -188,6 +208,23 @@ fn backend_spec(
                 })
         })
     });
+    let missing = match (svc, port) {
+        (None, _) => Some(problem(
+            "ServiceNotFound",
+            format!(
+                "Service {ns}/{} does not exist; its paths answer 503",
+                svc_ref.name
+            ),
+        )),
+        (Some(_), None) => Some(problem(
+            "ServicePortNotFound",
+            format!(
+                "Service {ns}/{} has no TCP port {}; its paths answer 503",
+                svc_ref.name, spec.service
+            ),
+        )),
+        _ => None,
+    };
     if let Some(port) = port {
         spec.h2c = port.app_protocol.as_deref() == Some(H2C);
         let key = (
@@ -200,7 +237,7 @@ fn backend_spec(
             spec.endpoints = usable(eps, false).iter().map(|e| e.addr).collect();
         }
     }
-    Some(spec)
+    Some((spec, missing))
 }
 
 fn tls_hosts(ing: &Ingress) -> impl Iterator<Item = (&str, Option<&str>)> {
@@ -224,8 +261,11 @@ fn add_ingress(
     certs: &mut CertCache,
     key: &ObjKey,
     ing: &Ingress,
-) {
-    let Some(spec) = &ing.spec else { return };
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Some(spec) = &ing.spec else {
+        return problems;
+    };
     let age = age(ing, key);
     let parsed = annotations::parse(
         ing.metadata
@@ -236,20 +276,36 @@ fn add_ingress(
     )
     .unwrap_or_else(|e| {
         tracing::warn!(ingress = %age.1, error = %e, "annotation ignored; using defaults");
+        problems.push(problem(
+            "InvalidAnnotation",
+            format!("{e}; the annotations are ignored"),
+        ));
         annotations::Parsed::default()
     });
     let tls: Vec<&str> = tls_hosts(ing).map(|(h, _)| h).collect();
     for (host, secret) in tls_hosts(ing) {
         if let Some(secret) = secret {
-            if let Some(cert) =
-                certificate(certs, inputs.secrets, &(key.0.clone(), secret.to_string()))
-            {
-                b.certificate(host, &age, cert);
+            match certificate(certs, inputs.secrets, &(key.0.clone(), secret.to_string())) {
+                Ok(cert) => b.certificate(host, &age, cert),
+                Err(e) => {
+                    let p = problem(
+                        "InvalidTLSSecret",
+                        format!("{e}; {host} is served with the default certificate"),
+                    );
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
             }
         }
     }
-    let backend = |b: &mut Builder<'_>, be: &IngressBackend| {
-        backend_spec(inputs, endpoints, &key.0, &age.1, &parsed.settings, be).map(|s| b.backend(s))
+    let mut backend = |b: &mut Builder<'_>, be: &IngressBackend| {
+        let (spec, missing) =
+            backend_spec(inputs, endpoints, &key.0, &age.1, &parsed.settings, be)?;
+        if let Some(m) = missing.filter(|m| !problems.contains(m)) {
+            problems.push(m);
+        }
+        Some(b.backend(spec))
     };
     if let Some(d) = &spec.default_backend {
         if let Some(be) = backend(b, d) {
@@ -273,6 +329,7 @@ fn add_ingress(
             b.rule(host, p, kind, &age, be, redirect);
         }
     }
+    problems
 }
 
 /// Builds the route table of every Ingress of ours; `previous` lends its upstream state.
@@ -310,21 +367,22 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
     let endpoints = endpoints_by_port(slices, "");
     let mut b = previous.builder();
     let mut served = Vec::new();
-    let entry = |key: &ObjKey, ing: &Ingress, ours: bool| Served {
+    let entry = |key: &ObjKey, ing: &Ingress, ours: bool, problems: Vec<Problem>| Served {
         key: key.clone(),
         uid: ing.metadata.uid.clone().unwrap_or_default(),
         status_ips: status_ips(ing),
         ours,
+        problems,
     };
     for (key, ing) in ours {
-        add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
-        served.push(entry(key, ing, true));
+        let problems = add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
+        served.push(entry(key, ing, true, problems));
     }
     let foreign = inputs
         .ingresses
         .iter()
         .filter(|(_, i)| !is_ours(i, inputs.classes))
-        .map(|(key, ing)| entry(key, ing, false))
+        .map(|(key, ing)| entry(key, ing, false, Vec::new()))
         .filter(|s| !s.status_ips.is_empty());
     served.extend(foreign);
     served.sort_by(|a, b| a.key.cmp(&b.key));
