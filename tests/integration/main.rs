@@ -10,6 +10,7 @@ mod ingress;
 mod ingress_hostile;
 mod iptables;
 mod kubectl;
+mod lifecycle;
 mod load;
 mod sandbox;
 #[path = "../support/mod.rs"]
