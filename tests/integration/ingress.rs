@@ -714,3 +714,89 @@ async fn kubernetes_documentation_path_examples() {
         );
     }
 }
+
+/// Core/v1 Events about one object, as `kubectl describe` selects them: (type, reason, message).
+async fn events_about(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let lp = kube::api::ListParams::default().fields(&format!(
+        "involvedObject.kind={kind},involvedObject.name={name}"
+    ));
+    events
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_records_events_for_what_it_cannot_serve() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    // The agent says it started, on its Node.
+    eventually_async(Duration::from_secs(20), || async {
+        let evs = events_about(&client, "default", "Node", "test-node").await;
+        evs.iter()
+            .any(|(t, r, _)| t == "Normal" && r == "Starting")
+            .then_some(())
+    })
+    .await;
+    apply_ingress(&client, serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "tls": [{"hosts": ["b.example"], "secretName": "nowhere"}],
+            "rules": [{"host": "b.example", "http": {"paths": [path("/", "Prefix", "absent")]}}]},
+    }))
+    .await;
+    let evs = eventually_async(Duration::from_secs(20), || async {
+        let evs = events_about(&client, "default", "Ingress", "broken").await;
+        (evs.len() >= 2).then_some(evs)
+    })
+    .await;
+    let has = |reason: &str, text: &str| {
+        evs.iter()
+            .any(|(t, r, m)| t == "Warning" && r == reason && m.contains(text))
+    };
+    assert!(
+        has("InvalidTLSSecret", "default/nowhere does not exist"),
+        "{evs:?}"
+    );
+    assert!(
+        has("ServiceNotFound", "default/absent does not exist"),
+        "{evs:?}"
+    );
+    // kubectl describe shows them.
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(up.kubeconfig())
+        .args(["describe", "ingress", "broken"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("InvalidTLSSecret") && text.contains("switchyard.io/node-agent"),
+        "{text}"
+    );
+    // The same problem is not recorded again while it lasts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        events_about(&client, "default", "Ingress", "broken")
+            .await
+            .len(),
+        evs.len()
+    );
+}
