@@ -174,8 +174,13 @@ impl Api {
         match path.as_str() {
             "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping"
             | "/readyz/ping" => {
+                let unwritable = self.registry.store().unwritable();
                 return if path.starts_with("/readyz") && !self.ready.load(Ordering::Acquire) {
                     Err(ApiError::service_unavailable("not ready"))
+                } else if let (true, Some(why)) = (path.starts_with("/readyz"), unwritable) {
+                    Err(ApiError::service_unavailable(format!(
+                        "not ready: the store cannot write: {why}"
+                    )))
                 } else {
                     Ok(Response::builder()
                         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -7,19 +7,22 @@
 //! lock, and only then acknowledges them. Reads never wait for disk.
 //!
 //! The history keeps recent events with their previous values; it serves watches that resume from
-//! a past revision and reads at a past revision (paged lists). Older revisions are compacted away,
-//! and asking for them is [`StoreError::Compacted`], as with etcd.
+//! a past revision and reads at a past revision (paged lists). It is written to the file with the
+//! keys it changes, so it survives a restart for as long as the retention keeps it. Older
+//! revisions are compacted away, and asking for them is [`StoreError::Compacted`], as with etcd.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::{broadcast, oneshot};
 
 use super::{
     Event, EventKind, KeyValue, Op, Precondition, RangeRequest, RangeResult, Store, StoreError,
@@ -30,6 +33,9 @@ use super::{
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// "revision" -> the store's revision (it does not go back when the newest key is deleted).
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// revision -> the event of that revision (see [`encode_event`]): the retained history, so a
+/// watch from a recent revision resumes after a restart, as etcd's does.
+const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const REVISION_KEY: &str = "revision";
 
 /// How the history is bounded.
@@ -56,17 +62,22 @@ const MAX_BATCH: usize = 1024;
 /// Commits a watcher may fall behind before its watch is ended.
 const WATCH_BUFFER: usize = 8192;
 
+/// Retained events, oldest first, with the time each was committed.
+type History = VecDeque<(Instant, Arc<Event>)>;
+
 struct State {
     map: BTreeMap<String, KeyValue>,
     revision: i64,
     /// Events with revision > `compacted`, oldest first, with the time they were committed.
-    history: VecDeque<(Instant, Arc<Event>)>,
+    history: History,
     compacted: i64,
 }
 
 struct Shared {
     state: RwLock<State>,
     events: broadcast::Sender<Arc<[Arc<Event>]>>,
+    /// Why the last write failed, until a write succeeds again.
+    unwritable: RwLock<Option<String>>,
 }
 
 struct TxnRequest {
@@ -77,7 +88,7 @@ struct TxnRequest {
 /// The way to the committer thread. Dropping the last one ends the thread and waits for it, so
 /// the file is closed when the store is gone.
 struct Writer {
-    tx: Option<mpsc::UnboundedSender<TxnRequest>>,
+    tx: Option<std_mpsc::Sender<TxnRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -123,27 +134,100 @@ fn decode_record(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
     })
 }
 
+/// Reads a length-prefixed record from the front of `raw`.
+fn take<'a>(raw: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+    if raw.len() < n {
+        return Err(backend("history record is truncated"));
+    }
+    let (head, rest) = raw.split_at(n);
+    *raw = rest;
+    Ok(head)
+}
+
+fn take_u32(raw: &mut &[u8]) -> Result<usize, StoreError> {
+    Ok(u32::from_le_bytes(take(raw, 4)?.try_into().expect("4 bytes")) as usize)
+}
+
+fn push_kv(out: &mut Vec<u8>, kv: &KeyValue) {
+    let record = encode_record(kv);
+    out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    out.extend_from_slice(&record);
+}
+
+fn take_kv(raw: &mut &[u8], key: &str) -> Result<KeyValue, StoreError> {
+    let n = take_u32(raw)?;
+    decode_record(key, take(raw, n)?)
+}
+
+/// An event as the log keeps it: kind, commit time (ms since the epoch), key, the key-value, and
+/// the previous one if any.
+fn encode_event(e: &Event, committed_ms: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + e.kv.key.len() + e.kv.value.len());
+    out.push(match e.kind {
+        EventKind::Put => 0,
+        EventKind::Delete => 1,
+    });
+    out.extend_from_slice(&committed_ms.to_le_bytes());
+    out.extend_from_slice(&(e.kv.key.len() as u32).to_le_bytes());
+    out.extend_from_slice(e.kv.key.as_bytes());
+    push_kv(&mut out, &e.kv);
+    if let Some(prev) = &e.prev {
+        push_kv(&mut out, prev);
+    }
+    out
+}
+
+fn decode_event(mut raw: &[u8]) -> Result<(Event, i64), StoreError> {
+    let raw = &mut raw;
+    let kind = match take(raw, 1)?[0] {
+        0 => EventKind::Put,
+        1 => EventKind::Delete,
+        k => return Err(backend(format!("history record has kind {k}"))),
+    };
+    let committed = i64::from_le_bytes(take(raw, 8)?.try_into().expect("8 bytes"));
+    let n = take_u32(raw)?;
+    let key = std::str::from_utf8(take(raw, n)?)
+        .map_err(|_| backend("history record key is not UTF-8"))?
+        .to_string();
+    let kv = take_kv(raw, &key)?;
+    let prev = if raw.is_empty() {
+        None
+    } else {
+        Some(take_kv(raw, &key)?)
+    };
+    Ok((Event { kind, kv, prev }, committed))
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path` and starts its committer thread.
     pub fn open(path: &Path, retention: Retention) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(backend)?;
         let (map, revision) = load(&db)?;
+        let (history, compacted) = load_history(&db, revision, retention)?;
         let state = State {
             map,
             revision,
-            history: VecDeque::new(),
-            compacted: revision,
+            history,
+            compacted,
         };
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
             events,
+            unwritable: RwLock::new(None),
         });
-        let (writes, rx) = mpsc::unbounded_channel();
+        let (writes, rx) = std_mpsc::channel();
         let committer = Committer {
-            db,
+            db: Some(db),
+            path: path.to_path_buf(),
             shared: shared.clone(),
             retention,
+            next_attempt: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("store-committer".into())
@@ -161,12 +245,48 @@ impl EmbeddedStore {
     }
 }
 
+/// The retained history as the log holds it, and the revision before its oldest event. Events
+/// the retention would have dropped by now are left out (and deleted from the log by the next
+/// commit).
+fn load_history(
+    db: &Database,
+    revision: i64,
+    retention: Retention,
+) -> Result<(History, i64), StoreError> {
+    let read = db.begin_read().map_err(backend)?;
+    let log = read.open_table(LOG).map_err(backend)?;
+    let (now, wall) = (Instant::now(), unix_ms(SystemTime::now()));
+    let mut history = VecDeque::new();
+    for entry in log.iter().map_err(backend)? {
+        let (rev, raw) = entry.map_err(backend)?;
+        let (event, committed) = decode_event(raw.value())?;
+        if event.revision() != rev.value() || event.revision() > revision {
+            return Err(backend(format!(
+                "history record {} is inconsistent",
+                rev.value()
+            )));
+        }
+        let age = Duration::from_millis(wall.saturating_sub(committed).max(0) as u64);
+        match now.checked_sub(age) {
+            Some(at) if age <= retention.window => history.push_back((at, Arc::new(event))),
+            // Too old for the window (or for this clock): compacted.
+            _ => history.clear(),
+        }
+    }
+    while history.len() > retention.max_events {
+        history.pop_front();
+    }
+    let compacted = history.front().map_or(revision, |(_, e)| e.revision() - 1);
+    Ok((history, compacted))
+}
+
 fn load(db: &Database) -> Result<(BTreeMap<String, KeyValue>, i64), StoreError> {
     let txn = db.begin_write().map_err(backend)?;
     {
-        // Make sure both tables exist so later reads need no special case.
+        // Make sure every table exists so later reads need no special case.
         txn.open_table(KV).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
+        txn.open_table(LOG).map_err(backend)?;
     }
     txn.commit().map_err(backend)?;
     let read = db.begin_read().map_err(backend)?;
@@ -290,6 +410,14 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn unwritable(&self) -> Option<String> {
+        self.shared
+            .unwritable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn watch(&self, from: i64) -> Result<Watch, StoreError> {
         let state = self.read();
         if from < state.compacted {
@@ -316,9 +444,33 @@ impl Store for EmbeddedStore {
 }
 
 struct Committer {
-    db: Database,
+    /// None while the file could not be reopened after a failed write.
+    db: Option<Database>,
+    path: std::path::PathBuf,
     shared: Arc<Shared>,
     retention: Retention,
+    /// While unwritable: when to try the file again.
+    next_attempt: Instant,
+}
+
+/// While the store cannot write, how often it tries again.
+const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
+/// After a failed write, the store writes again only once its file system has this much room
+/// (more than the largest request body), so it does not flap between failing and not.
+const RECOVERY_ROOM: u64 = 8 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+fn room(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL"))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// What a batch does to the key space, before it is written.
@@ -331,8 +483,25 @@ struct Batch {
 }
 
 impl Committer {
-    fn run(self, mut rx: mpsc::UnboundedReceiver<TxnRequest>) {
-        while let Some(first) = rx.blocking_recv() {
+    fn run(mut self, rx: std_mpsc::Receiver<TxnRequest>) {
+        loop {
+            // While the store cannot write, it tries again on its own, so it recovers (and says
+            // so on /readyz) without waiting for a client's write.
+            let first = if self.failure().is_some() {
+                match rx.recv_timeout(RECOVERY_INTERVAL) {
+                    Ok(r) => r,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        self.recover();
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            };
             let mut requests = vec![first];
             while requests.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -341,6 +510,74 @@ impl Committer {
                 }
             }
             self.commit(requests);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared
+            .unwritable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_failure(&self, why: Option<String>) {
+        *self
+            .shared
+            .unwritable
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// After a failed write: reopens the file (redb refuses every write after an I/O error until
+    /// it is reopened) and proves it can write with an empty commit. A file that holds a newer
+    /// revision than memory (a commit that failed to say it succeeded) is read back whole, and
+    /// the history restarts there (watchers relist).
+    fn recover(&mut self) {
+        if Instant::now() < self.next_attempt {
+            return;
+        }
+        self.next_attempt = Instant::now() + RECOVERY_INTERVAL;
+        self.db = None;
+        let attempt = (|| {
+            let free = room(&self.path).map_err(backend)?;
+            if free < RECOVERY_ROOM {
+                return Err(backend(format!(
+                    "{free} bytes free on its file system; waiting for {RECOVERY_ROOM}"
+                )));
+            }
+            let db = Database::create(&self.path).map_err(backend)?;
+            let (map, revision) = load(&db)?;
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(META)
+                .map_err(backend)?
+                .insert(REVISION_KEY, revision)
+                .map_err(backend)?;
+            txn.commit().map_err(backend)?;
+            Ok::<_, StoreError>((db, map, revision))
+        })();
+        match attempt {
+            Ok((db, map, revision)) => {
+                let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+                if revision != state.revision {
+                    tracing::warn!(
+                        memory = state.revision,
+                        file = revision,
+                        "store file differs from memory after a failed write; reloaded"
+                    );
+                    state.map = map;
+                    state.revision = revision;
+                    state.history.clear();
+                    state.compacted = revision;
+                }
+                drop(state);
+                self.db = Some(db);
+                self.set_failure(None);
+                tracing::info!("store writes again");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "store still cannot write");
+            }
         }
     }
 
@@ -423,7 +660,17 @@ impl Committer {
         Ok(results)
     }
 
-    fn commit(&self, requests: Vec<TxnRequest>) {
+    fn commit(&mut self, requests: Vec<TxnRequest>) {
+        if self.failure().is_some() {
+            self.recover();
+        }
+        if let Some(why) = self.failure() {
+            // Fail fast: nothing is tried while the file cannot be written.
+            for req in requests {
+                let _ = req.reply.send(Err(StoreError::Unwritable(why.clone())));
+            }
+            return;
+        }
         let mut batch = Batch {
             revision: self
                 .shared
@@ -446,9 +693,15 @@ impl Committer {
             return;
         }
         if let Err(e) = self.write(&batch) {
-            tracing::error!(error = %e, "store commit failed");
+            let why = match e {
+                StoreError::Backend(why) => why,
+                other => other.to_string(),
+            };
+            tracing::error!(error = %why, "store commit failed; writes fail until the store can write again");
+            self.set_failure(Some(why.clone()));
+            self.next_attempt = Instant::now();
             for (reply, _) in replies {
-                let _ = reply.send(Err(backend(&e)));
+                let _ = reply.send(Err(StoreError::Unwritable(why.clone())));
             }
             return;
         }
@@ -459,7 +712,11 @@ impl Committer {
     }
 
     fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| backend("the store file is not open"))?;
+        let txn = db.begin_write().map_err(backend)?;
         {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             for (key, value) in &batch.overlay {
@@ -475,6 +732,20 @@ impl Committer {
             }
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert(REVISION_KEY, batch.revision).map_err(backend)?;
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let now = unix_ms(SystemTime::now());
+            for e in &batch.events {
+                log.insert(e.revision(), encode_event(e, now).as_slice())
+                    .map_err(backend)?;
+            }
+            // What the history has compacted since the last commit leaves the log too.
+            let compacted = self
+                .shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .compacted;
+            log.retain_in(..=compacted, |_, _| false).map_err(backend)?;
         }
         txn.commit().map_err(backend)
     }
@@ -658,9 +929,44 @@ mod tests {
         assert_eq!(s.revision(), 7);
         assert_eq!(s.get("/r/a").0.unwrap().value, Bytes::from("w"));
         assert!(s.get("/r/b").0.is_none());
-        // History does not survive a restart: older revisions are compacted.
-        assert!(matches!(s.watch(3), Err(StoreError::Compacted { .. })));
+        // The history survives a restart: a watch resumes, a past revision is read.
+        let w = s.watch(3).unwrap();
+        assert_eq!(
+            w.backlog.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+            [4, 5, 6, 7]
+        );
+        assert_eq!(w.backlog[1].prev.as_ref().unwrap().key, "/r/b");
+        let past = s
+            .range(&RangeRequest {
+                prefix: "/r/",
+                revision: Some(4),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(past.kvs.len(), 3);
         assert!(s.watch(7).is_ok());
+        drop(s);
+        // What falls out of the window is compacted at the next open.
+        let s = EmbeddedStore::open(
+            &dir.path().join("store.redb"),
+            Retention {
+                window: Duration::ZERO,
+                max_events: 10,
+            },
+        )
+        .unwrap();
+        assert!(matches!(s.watch(3), Err(StoreError::Compacted { .. })));
+        s.txn(vec![put("/r/e", Precondition::Absent, "v")])
+            .await
+            .unwrap();
+        drop(s);
+        let s = open(dir.path());
+        let w = s.watch(7).unwrap();
+        assert_eq!(
+            w.backlog.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+            [8]
+        );
+        assert!(matches!(s.watch(6), Err(StoreError::Compacted { .. })));
     }
 
     #[tokio::test]

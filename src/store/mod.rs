@@ -131,6 +131,10 @@ pub enum StoreError {
     FutureRevision { requested: i64, current: i64 },
     #[error("store backend: {0}")]
     Backend(String),
+    /// The store cannot write now (a full disk, an I/O error); nothing was written. It retries
+    /// by itself and writes again once it can.
+    #[error("the store cannot write: {0}")]
+    Unwritable(String),
     #[error("store is shut down")]
     Closed,
 }
@@ -148,4 +152,6 @@ pub trait Store: Send + Sync + 'static {
     fn txn(&self, ops: Vec<Op>) -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>>;
     /// Watch every key from revision `from` (exclusive).
     fn watch(&self, from: i64) -> Result<Watch, StoreError>;
+    /// Why the store cannot write now, if it cannot.
+    fn unwritable(&self) -> Option<String>;
 }

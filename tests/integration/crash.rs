@@ -97,3 +97,109 @@ fn deletions_resume_after_a_restart() {
         (!s.kubectl(&["get", "namespace", "gone"]).0).then_some(())
     });
 }
+
+/// A small tmpfs of the test's own, unmounted (and its mount point removed) when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+
+    /// Fills what is left of it; returns the file that holds the space.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&chunk[..1]);
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A full disk: writes fail fast with a clear Status, /readyz says not ready, nothing
+/// acknowledged is lost, and once space is back the store writes again by itself.
+#[test]
+fn a_full_disk_fails_writes_clearly_and_recovers_by_itself() {
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) != 0 {
+        crate::support::skip("mounting a tmpfs needs root");
+        return;
+    }
+    let disk = Tmpfs::mount("24m");
+    let s = Server::start_in(
+        tempfile::tempdir_in(disk.0.path()).unwrap(),
+        free_port(),
+        &[],
+    );
+    for i in 0..20 {
+        s.ok(&[
+            "create",
+            "configmap",
+            &format!("before-{i}"),
+            "--from-literal=a=b",
+        ]);
+    }
+    let filler = disk.fill();
+    // Writes until one fails (redb may have room left in its file for a few).
+    let mut acked = Vec::new();
+    let err = (0..2000)
+        .find_map(|i| {
+            let name = format!("during-{i}");
+            let data = format!("--from-literal=a={}", "x".repeat(4096));
+            match s.kubectl(&["create", "configmap", &name, &data]) {
+                (true, _, _) => {
+                    acked.push(name);
+                    None
+                }
+                (false, _, err) => Some(err),
+            }
+        })
+        .expect("a write fails on a full disk");
+    assert!(err.contains("the store cannot write"), "{err}");
+    // Every later write fails at once, with the same clear reason; reads go on.
+    let (ok, _, err) = s.kubectl(&["create", "configmap", "refused", "--from-literal=a=b"]);
+    assert!(!ok && err.contains("the store cannot write"), "{err}");
+    assert!(s.kubectl(&["get", "configmap", "before-0"]).0);
+    let (ok, out, err) = s.kubectl(&["get", "--raw", "/readyz"]);
+    assert!(!ok, "ready while the store cannot write: {out}");
+    assert!(
+        err.contains("ServiceUnavailable") || err.contains("503"),
+        "{err}"
+    );
+    assert_eq!(s.kubectl(&["get", "--raw", "/livez"]).1, "ok");
+
+    // Space comes back: writes work again without a restart.
+    std::fs::remove_file(filler).unwrap();
+    eventually(Duration::from_secs(20), || {
+        (s.kubectl(&["get", "--raw", "/readyz"]).1 == "ok").then_some(())
+    });
+    s.ok(&["create", "configmap", "after", "--from-literal=a=b"]);
+    let names = s.ok(&["get", "configmap", "-o", "name"]);
+    for n in acked
+        .iter()
+        .chain([&"after".to_string(), &"before-19".to_string()])
+    {
+        assert!(names.contains(&format!("configmap/{n}\n")), "{n} lost");
+    }
+    assert!(!names.contains("configmap/refused"));
+}

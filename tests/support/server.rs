@@ -111,7 +111,11 @@ impl Server {
 
     /// Starts on a fixed address (so a restart comes back where clients expect it).
     pub fn start_at(port: u16, extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), port, extra)
+    }
+
+    /// Starts on a fixed address with its data in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, port: u16, extra: &[&str]) -> Server {
         let (child, addr) = spawn(dir.path(), &format!("127.0.0.1:{port}"), extra);
         Server {
             child,

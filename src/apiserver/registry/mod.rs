@@ -206,6 +206,9 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
             "Too large resource version: {requested}, current: {current}"
         )),
+        StoreError::Unwritable(why) => ApiError::service_unavailable(format!(
+            "the store cannot write ({why}); nothing was written, and writes fail until it can write again"
+        )),
         other => ApiError::internal(other.to_string()),
     }
 }
