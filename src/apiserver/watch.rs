@@ -3,8 +3,9 @@
 //! kube-apiserver's `410 Expired` error event when the revision is no longer in the history.
 //!
 //! Each watch is one task that reads the store's event feed and writes into a small channel the
-//! HTTP response drains; a watcher that cannot keep up is cut off rather than slowing writers, and
-//! resumes from its last resourceVersion like any kube client.
+//! HTTP response drains; a watcher that cannot keep up (its channel full for [`STALLED`], or too
+//! far behind the feed) is cut off rather than slowing writers or holding memory, and resumes
+//! from its last resourceVersion like any kube client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +40,12 @@ pub struct WatchOptions {
 }
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
-/// Lines a watch may hold for a slow client before it waits.
-const CHANNEL: usize = 256;
+/// Chunks a watch may hold for a client that reads slower than events come (at most about
+/// 1 MiB: a chunk is at most about [`CHUNK`]).
+const CHANNEL: usize = 16;
+/// A watcher whose buffer stays full this long has stopped reading: its watch ends (bounded
+/// memory; the client resumes or relists), as kube-apiserver ends unresponsive watchers.
+const STALLED: Duration = Duration::from_secs(5);
 /// Events that are ready together go out as one chunk of about this size: one write (and one TLS
 /// record) for many events, instead of one each.
 const CHUNK: usize = 64 * 1024;
@@ -132,7 +137,7 @@ impl Watcher {
     }
 
     async fn send(&self, b: Bytes) -> bool {
-        self.tx.send(b).await.is_ok()
+        self.tx.send_timeout(b, STALLED).await.is_ok()
     }
 
     /// Adds the event's line to `out`, if this watcher sees the event.

@@ -234,3 +234,61 @@ async fn a_watch_from_the_future_waits_then_times_out() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A watcher that stops reading is cut off once its buffer stays full, while writers and a
+/// watcher that reads go on and see every event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_that_stops_reading_is_dropped() {
+    let s = Server::start(&[]);
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    // Two clients, so the stalled watch has a connection of its own.
+    let stalled_api: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    let mut stalled = stalled_api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let reader = {
+        let mut live = cms
+            .watch(&WatchParams::default(), "0")
+            .await
+            .unwrap()
+            .boxed();
+        tokio::spawn(async move {
+            let mut added = 0;
+            while added < 200 {
+                match tokio::time::timeout(Duration::from_secs(60), live.next()).await {
+                    Ok(Some(Ok(WatchEvent::Added(_)))) => added += 1,
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!(
+                        "the reading watcher stopped: {:?}",
+                        other.map(|o| o.is_some())
+                    ),
+                }
+            }
+            added
+        })
+    };
+    // 200 objects of 100 KiB: far more than socket buffers and the watch's own buffer hold.
+    let big = "x".repeat(100 * 1024);
+    for i in 0..200 {
+        let obj: ConfigMap = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": format!("big-{i}")}, "data": {"k": big}}),
+        )
+        .unwrap();
+        cms.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    assert_eq!(reader.await.unwrap(), 200);
+    // The stalled watch was ended: reading it now gives fewer events than were written, then
+    // its end.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stalled.next()).await {
+            Ok(Some(Ok(_))) => seen += 1,
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Err(_) => panic!("the stalled watch is still open after {seen} events"),
+        }
+    }
+    assert!(seen < 200, "the stalled watcher got all {seen} events");
+}
