@@ -135,6 +135,44 @@ impl Conn {
     }
 }
 
+/// Opens `n` watch streams on `path` (each on its own connection) and hands every event line to
+/// `on_event`.
+pub async fn spawn_watchers(
+    target: &Target,
+    n: usize,
+    path: &str,
+    on_event: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut watchers = Vec::new();
+    for _ in 0..n {
+        let mut conn = target.connect().await?;
+        conn.tx.ready().await?;
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", conn.token))
+            .body(Full::new(Bytes::new()))?;
+        let resp = conn.tx.send_request(req).await?;
+        let on_event = on_event.clone();
+        watchers.push(tokio::spawn(async move {
+            let _keep = conn;
+            let mut body = resp.into_body();
+            let mut buf = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    on_event(&String::from_utf8_lossy(&line));
+                }
+            }
+        }));
+    }
+    Ok(watchers)
+}
+
 /// Runs `total` operations over `clients` concurrent workers; returns ops/s.
 pub async fn run_parallel<F, Fut>(clients: usize, total: usize, make: F) -> Result<f64>
 where

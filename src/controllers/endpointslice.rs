@@ -2,24 +2,25 @@
 //! matching Pods that have an IP, as kube-controller-manager keeps them.
 //!
 //! It follows the store's event feed (Services, Pods and its own slices), marks the Services an
-//! event touches, and syncs them in small batches. A sync changes only what differs: endpoints
+//! event touches, and syncs them in small batches. An index (each Service's selector, each Pod's
+//! labels, its slices by Service) makes an event cost the Services of its namespace and a sync
+//! read only the Pods its Service selects. A failed sync is tried again with backoff, and every
+//! Service is synced again every five minutes. A sync changes only what differs: endpoints
 //! stay in the slice they are in, new ones fill slices with room (at most 100 per slice), and a
 //! slice is written only when its content changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
+use super::{Feed, Follower};
 use crate::apiserver::error::ApiError;
-use crate::apiserver::registry::{
-    decode, DeleteOptions, ListOptions, Part, Registry, WriteOptions,
-};
+use crate::apiserver::registry::{decode, DeleteOptions, Part, Registry, WriteOptions};
 use crate::apiserver::resources::{builtin, Builtin, Resource};
-use crate::apiserver::selectors::{labels_of, LabelSelector};
-use crate::store::{Event, Store};
+use crate::apiserver::selectors::labels_of;
+use crate::store::{Event, EventKind, RangeRequest};
 
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -57,7 +58,10 @@ fn selector(svc: &Value) -> Option<BTreeMap<String, String>> {
 }
 
 fn selects(sel: &BTreeMap<String, String>, pod: &Value) -> bool {
-    let labels = labels_of(pod);
+    matches(sel, &labels_of(pod))
+}
+
+fn matches(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -231,9 +235,116 @@ fn content(slice: &Value) -> Value {
     })
 }
 
+/// Objects of one namespace, each with a map of labels (a Pod's labels, or a Service's
+/// selector), found by label.
+#[derive(Default)]
+struct ByLabel {
+    maps: HashMap<String, BTreeMap<String, String>>,
+    /// (key, value) -> the names whose map holds it.
+    by_pair: HashMap<(String, String), HashSet<String>>,
+}
+
+impl ByLabel {
+    fn insert(&mut self, name: &str, map: BTreeMap<String, String>) {
+        self.remove(name);
+        for pair in &map {
+            self.by_pair
+                .entry((pair.0.clone(), pair.1.clone()))
+                .or_default()
+                .insert(name.to_string());
+        }
+        self.maps.insert(name.to_string(), map);
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(map) = self.maps.remove(name) else {
+            return;
+        };
+        for pair in map {
+            if let Some(names) = self.by_pair.get_mut(&pair) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_pair.remove(&pair);
+                }
+            }
+        }
+    }
+
+    /// The names whose map holds every pair of `sel` (the Pods a selector selects): the
+    /// rarest pair's names, checked.
+    fn holding(&self, sel: &BTreeMap<String, String>) -> Vec<&String> {
+        let rarest = sel
+            .iter()
+            .map(|(k, v)| self.by_pair.get(&(k.clone(), v.clone())))
+            .min_by_key(|names| names.map_or(0, HashSet::len));
+        match rarest {
+            Some(Some(names)) => names
+                .iter()
+                .filter(|n| self.maps.get(*n).is_some_and(|m| matches(sel, m)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The names whose map `labels` holds entirely (the selectors that select a Pod): those
+    /// sharing a pair with it, checked.
+    fn held_by(&self, labels: &BTreeMap<String, String>) -> HashSet<&String> {
+        labels
+            .iter()
+            .filter_map(|(k, v)| self.by_pair.get(&(k.clone(), v.clone())))
+            .flatten()
+            .filter(|n| self.maps.get(*n).is_some_and(|sel| matches(sel, labels)))
+            .collect()
+    }
+}
+
+/// What the controller knows of the cluster without reading the store: enough to tell which
+/// Services an event touches and which objects a sync reads.
+#[derive(Default)]
+struct Index {
+    /// namespace -> the selectors of the Services this controller manages.
+    services: HashMap<String, ByLabel>,
+    /// namespace -> the labels of its Pods.
+    pods: HashMap<String, ByLabel>,
+    /// (namespace, Service) -> the names of the slices this controller manages for it.
+    slices: HashMap<ServiceKey, BTreeSet<String>>,
+}
+
+/// A Service's managed slice: the Service it belongs to.
+fn managed_slice(obj: &Value) -> Option<ServiceKey> {
+    let labels = obj.pointer("/metadata/labels")?;
+    if labels.get(MANAGED_BY_LABEL).and_then(Value::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    let svc = labels.get(SERVICE_NAME_LABEL)?.as_str()?;
+    Some((name_ns(obj)?.0, svc.to_string()))
+}
+
+/// Removes `name` from namespace `ns` of a per-namespace index (and the namespace, once empty).
+fn forget(m: &mut HashMap<String, ByLabel>, ns: &str, name: &str) {
+    if let Some(inner) = m.get_mut(ns) {
+        inner.remove(name);
+        if inner.maps.is_empty() {
+            m.remove(ns);
+        }
+    }
+}
+
+/// Failed syncs wait this long first, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Every Service is synced again this often, whatever the events said.
+const RESYNC: Duration = Duration::from_secs(300);
+
 pub struct Controller {
     registry: Arc<Registry>,
     kinds: Kinds,
+    index: Index,
+    /// Services whose last sync failed: when to try again, and the backoff after that.
+    retry: HashMap<ServiceKey, (Instant, Duration)>,
+    /// Slices this controller wrote, by store key, with the revision of the write: their events
+    /// need no sync (anyone else's change to a slice does).
+    own: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 impl Controller {
@@ -243,80 +354,158 @@ impl Controller {
             pod: builtin(Builtin::Pod),
             slice: builtin(Builtin::EndpointSlice),
         };
-        Controller { registry, kinds }
+        Controller {
+            registry,
+            kinds,
+            index: Index::default(),
+            retry: HashMap::new(),
+            own: Default::default(),
+        }
     }
 
-    fn objects(
-        &self,
-        r: &Resource,
-        ns: Option<&str>,
-        labels: &str,
-    ) -> Result<Vec<Value>, ApiError> {
-        let opts = ListOptions {
-            labels: LabelSelector::parse(labels)?,
-            ..Default::default()
-        };
-        let list = self.registry.list(r, ns, &opts)?;
-        list.items
-            .iter()
-            .map(|b| serde_json::from_slice(b).map_err(|e| ApiError::internal(e.to_string())))
-            .collect()
+    fn read(&self, key: &str) -> Option<Value> {
+        self.registry
+            .store()
+            .get(key)
+            .0
+            .and_then(|kv| decode(&kv).ok())
     }
 
-    /// The Services an event touches.
-    fn affected(&self, ev: &Event, out: &mut BTreeSet<ServiceKey>) {
-        let key = &ev.kv.key;
-        let objs = [Some(&ev.kv), ev.prev.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|kv| decode(kv).ok());
-        if key.starts_with(&self.kinds.svc.prefix()) {
-            out.extend(objs.filter_map(|o| name_ns(&o)));
-        } else if key.starts_with(&self.kinds.slice.prefix()) {
-            for o in objs {
-                let managed = o
-                    .pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by")
-                    .and_then(Value::as_str)
-                    == Some(MANAGED_BY);
-                if let (true, Some(svc), Some((ns, _))) = (
-                    managed,
-                    o.pointer("/metadata/labels/kubernetes.io~1service-name")
-                        .and_then(Value::as_str),
-                    name_ns(&o),
-                ) {
-                    out.insert((ns, svc.to_string()));
+    /// Reads every Service, Pod and slice into the index; returns every Service.
+    fn rebuild(&mut self) -> Vec<ServiceKey> {
+        self.index = Index::default();
+        self.own.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for r in [self.kinds.svc, self.kinds.pod, self.kinds.slice] {
+            let Ok(all) = self.registry.store().range(&RangeRequest {
+                prefix: &r.prefix(),
+                ..Default::default()
+            }) else {
+                tracing::error!("endpointslice controller cannot read the store");
+                continue;
+            };
+            for kv in &all.kvs {
+                if let Ok(obj) = decode(kv) {
+                    self.index_put(r, &obj);
                 }
             }
-        } else if key.starts_with(&self.kinds.pod.prefix()) {
-            let pods: Vec<Value> = objs.collect();
-            let Some((ns, _)) = pods.first().and_then(name_ns) else {
-                return;
-            };
-            let Ok(services) = self.objects(self.kinds.svc, Some(&ns), "") else {
-                return;
-            };
-            for svc in services {
-                if let Some(sel) = selector(&svc) {
-                    if pods.iter().any(|p| selects(&sel, p)) {
-                        out.extend(name_ns(&svc));
-                    }
+        }
+        // Every Service, managed or not (one that is not may have slices to delete).
+        let services = self.registry.store().range(&RangeRequest {
+            prefix: &self.kinds.svc.prefix(),
+            ..Default::default()
+        });
+        services
+            .map(|all| {
+                all.kvs
+                    .iter()
+                    .filter_map(|kv| decode(kv).ok().as_ref().and_then(name_ns))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn index_put(&mut self, r: &Resource, obj: &Value) {
+        let Some((ns, name)) = name_ns(obj) else {
+            return;
+        };
+        if std::ptr::eq(r, &**self.kinds.svc) {
+            let sel = selector(obj).filter(|_| {
+                obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName")
+            });
+            if let Some(sel) = sel {
+                self.index
+                    .services
+                    .entry(ns)
+                    .or_default()
+                    .insert(&name, sel);
+            }
+        } else if std::ptr::eq(r, &**self.kinds.pod) {
+            self.index
+                .pods
+                .entry(ns)
+                .or_default()
+                .insert(&name, labels_of(obj));
+        } else if let Some(svc) = managed_slice(obj) {
+            self.index.slices.entry(svc).or_default().insert(name);
+        }
+    }
+
+    fn index_delete(&mut self, r: &Resource, obj: &Value) {
+        let Some((ns, name)) = name_ns(obj) else {
+            return;
+        };
+        if std::ptr::eq(r, &**self.kinds.svc) {
+            forget(&mut self.index.services, &ns, &name);
+        } else if std::ptr::eq(r, &**self.kinds.pod) {
+            forget(&mut self.index.pods, &ns, &name);
+        } else if let Some(svc) = managed_slice(obj) {
+            if let Some(names) = self.index.slices.get_mut(&svc) {
+                names.remove(&name);
+                if names.is_empty() {
+                    self.index.slices.remove(&svc);
                 }
             }
         }
     }
 
+    /// Takes one store event into the index, noting the Services it touches.
+    fn observe(&mut self, ev: &Event, out: &mut BTreeSet<ServiceKey>) {
+        let key = &ev.kv.key;
+        let Some(r) = [self.kinds.svc, self.kinds.pod, self.kinds.slice]
+            .into_iter()
+            .find(|r| key.starts_with(&r.prefix()))
+        else {
+            return;
+        };
+        let new = (ev.kind == EventKind::Put)
+            .then(|| decode(&ev.kv).ok())
+            .flatten();
+        let old = ev.prev.as_ref().and_then(|p| decode(p).ok());
+        if std::ptr::eq(&**r, &**self.kinds.svc) {
+            out.extend(new.iter().chain(old.iter()).filter_map(name_ns));
+        } else if std::ptr::eq(&**r, &**self.kinds.slice) {
+            let ours = self
+                .own
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key)
+                == Some(ev.kv.mod_revision);
+            if !ours {
+                out.extend(new.iter().chain(old.iter()).filter_map(managed_slice));
+            }
+        } else if let Some((ns, _)) = new.as_ref().or(old.as_ref()).and_then(name_ns) {
+            // The Services of its namespace that select the Pod as it was or as it is.
+            if let Some(svcs) = self.index.services.get(&ns) {
+                for labels in new.iter().chain(old.iter()).map(labels_of) {
+                    out.extend(
+                        svcs.held_by(&labels)
+                            .into_iter()
+                            .map(|n| (ns.clone(), n.clone())),
+                    );
+                }
+            }
+        }
+        if let Some(o) = &old {
+            self.index_delete(r, o);
+        }
+        if let Some(n) = &new {
+            self.index_put(r, n);
+        }
+    }
+
     /// Brings one Service's slices to the desired state.
     pub async fn sync(&self, ns: &str, name: &str, trigger: SystemTime) -> Result<(), ApiError> {
-        let svc = match self.registry.get(self.kinds.svc, Some(ns), name) {
-            Ok(kv) => Some(decode(&kv)?),
-            Err(e) if e.code == 404 => None,
-            Err(e) => return Err(e),
-        };
-        let existing = self.objects(
-            self.kinds.slice,
-            Some(ns),
-            &format!("{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"),
-        )?;
+        let svc = self.read(&self.kinds.svc.key(Some(ns), name));
+        let slice_names = self
+            .index
+            .slices
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+            .unwrap_or_default();
+        let existing: Vec<Value> = slice_names
+            .iter()
+            .filter_map(|n| self.read(&self.kinds.slice.key(Some(ns), n)))
+            .collect();
         let managed = svc.as_ref().is_some_and(|s| {
             selector(s).is_some()
                 && s.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName")
@@ -327,7 +516,16 @@ impl Controller {
             }
             return Ok(());
         };
-        let pods = self.objects(self.kinds.pod, Some(ns), "")?;
+        let sel = selector(&svc).unwrap_or_default();
+        let pods: Vec<Value> = self
+            .index
+            .pods
+            .get(ns)
+            .map(|pods| pods.holding(&sel))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|pod| self.read(&self.kinds.pod.key(Some(ns), pod)))
+            .collect();
         let mut want = desired(&svc, &pods);
         let mut writes: Vec<Value> = Vec::new();
         let mut unused: Vec<&Value> = Vec::new();
@@ -433,12 +631,12 @@ impl Controller {
         slice: Value,
     ) -> Result<(), ApiError> {
         let opts = WriteOptions::default();
-        match slice.pointer("/metadata/name").and_then(Value::as_str) {
-            None => self
-                .registry
-                .create(self.kinds.slice, Some(ns), slice, &opts)
-                .await
-                .map(drop),
+        let written = match slice.pointer("/metadata/name").and_then(Value::as_str) {
+            None => {
+                self.registry
+                    .create(self.kinds.slice, Some(ns), slice, &opts)
+                    .await?
+            }
             Some(name) => {
                 let current = existing
                     .iter()
@@ -455,10 +653,23 @@ impl Controller {
                         Part::Main,
                         &opts,
                     )
-                    .await
-                    .map(drop)
+                    .await?
             }
+        };
+        let stored: Value = serde_json::from_slice(&written.object)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let name = stored.pointer("/metadata/name").and_then(Value::as_str);
+        let rev = stored
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse().ok());
+        if let (Some(name), Some(rev)) = (name, rev) {
+            self.own
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.kinds.slice.key(Some(ns), name), rev);
         }
+        Ok(())
     }
 
     async fn delete_slice(&self, ns: &str, slice: &Value) -> Result<(), ApiError> {
@@ -476,54 +687,67 @@ impl Controller {
         }
     }
 
-    async fn sync_all(&self, keys: impl IntoIterator<Item = ServiceKey>, trigger: SystemTime) {
-        for (ns, name) in keys {
-            if let Err(e) = self.sync(&ns, &name, trigger).await {
-                tracing::warn!(namespace = %ns, service = %name, error = %e, "endpointslice sync failed");
+    /// Syncs `keys`; a failure is tried again later, with backoff.
+    async fn sync_all(&mut self, keys: impl IntoIterator<Item = ServiceKey>, trigger: SystemTime) {
+        for key in keys {
+            match self.sync(&key.0, &key.1, trigger).await {
+                Ok(()) => {
+                    self.retry.remove(&key);
+                }
+                Err(e) => {
+                    let backoff = self
+                        .retry
+                        .get(&key)
+                        .map_or(FIRST_BACKOFF, |(_, b)| (*b * 2).min(MAX_BACKOFF));
+                    tracing::warn!(namespace = %key.0, service = %key.1, error = %e, retry_in = ?backoff, "endpointslice sync failed");
+                    self.retry.insert(key, (Instant::now() + backoff, backoff));
+                }
             }
         }
     }
 
-    /// Runs until the store closes: one full sync, then incremental ones.
-    pub async fn run(self) {
-        let store: Arc<dyn Store> = self.registry.store().clone();
-        let mut watch = match store.watch(store.revision()) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "endpointslice controller cannot watch the store");
-                return;
-            }
-        };
-        let mut all: HashSet<ServiceKey> = HashSet::new();
-        if let Ok(services) = self.objects(self.kinds.svc, None, "") {
-            all.extend(services.iter().filter_map(name_ns));
-        }
-        self.sync_all(all, SystemTime::now()).await;
+    /// Runs until the store closes: a full sync, then incremental ones; failed syncs are retried
+    /// with backoff, and every Service is synced again every [`RESYNC`].
+    pub async fn run(mut self) {
+        let mut feed = Follower::new(self.registry.store().clone(), "endpointslice");
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.tick().await;
         loop {
+            let next_retry = self.retry.values().map(|(at, _)| *at).min();
+            let retry_in = next_retry
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .unwrap_or(RESYNC);
             let mut dirty = BTreeSet::new();
-            let first = match watch.live.recv().await {
-                Ok(b) => b,
-                Err(RecvError::Lagged(_)) => {
-                    // Missed events: resync everything.
-                    if let Ok(services) = self.objects(self.kinds.svc, None, "") {
-                        dirty.extend(services.iter().filter_map(name_ns));
+            // When the change that starts this round arrived (slices carry it for the agents).
+            let mut trigger = None;
+            tokio::select! {
+                next = feed.next() => match next {
+                    None => return,
+                    Some(Feed::Resync) => dirty.extend(self.rebuild()),
+                    Some(Feed::Batch(first)) => {
+                        trigger = Some(SystemTime::now());
+                        for ev in first.iter() {
+                            self.observe(ev, &mut dirty);
+                        }
+                        // Events that follow at once are synced together.
+                        let deadline = tokio::time::Instant::now() + BATCH;
+                        while let Ok(Some(Feed::Batch(batch))) =
+                            tokio::time::timeout_at(deadline, feed.next()).await
+                        {
+                            for ev in batch.iter() {
+                                self.observe(ev, &mut dirty);
+                            }
+                        }
                     }
-                    self.sync_all(dirty, SystemTime::now()).await;
-                    continue;
+                },
+                _ = tokio::time::sleep(retry_in), if next_retry.is_some() => {
+                    let now = Instant::now();
+                    dirty.extend(self.retry.iter().filter(|(_, (at, _))| *at <= now).map(|(k, _)| k.clone()));
                 }
-                Err(RecvError::Closed) => return,
-            };
-            let trigger = SystemTime::now();
-            for ev in first.iter() {
-                self.affected(ev, &mut dirty);
+                _ = resync.tick() => dirty.extend(self.rebuild()),
             }
-            let deadline = tokio::time::Instant::now() + BATCH;
-            while let Ok(Ok(batch)) = tokio::time::timeout_at(deadline, watch.live.recv()).await {
-                for ev in batch.iter() {
-                    self.affected(ev, &mut dirty);
-                }
-            }
-            self.sync_all(dirty, trigger).await;
+            self.sync_all(dirty, trigger.unwrap_or_else(SystemTime::now))
+                .await;
         }
     }
 }
@@ -562,6 +786,45 @@ mod tests {
         );
         assert_eq!(eps["10.0.0.2"]["conditions"]["ready"], false);
         assert_eq!(eps["10.0.0.1"]["nodeName"], "n1");
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn objects_are_found_by_label() {
+        let mut pods = ByLabel::default();
+        pods.insert("a", map(&[("app", "web"), ("tier", "1")]));
+        pods.insert("b", map(&[("app", "web")]));
+        pods.insert("c", map(&[("app", "db"), ("tier", "1")]));
+        let mut names = |sel: &[(&str, &str)]| {
+            let mut n: Vec<String> = pods.holding(&map(sel)).into_iter().cloned().collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&[("app", "web")]), ["a", "b"]);
+        assert_eq!(names(&[("app", "web"), ("tier", "1")]), ["a"]);
+        assert!(names(&[("app", "none")]).is_empty());
+        // A re-labelled Pod moves; a removed one is gone from every pair.
+        pods.insert("b", map(&[("app", "db")]));
+        pods.remove("a");
+        assert!(pods.holding(&map(&[("app", "web")])).is_empty());
+        assert_eq!(pods.by_pair.len(), 2);
+
+        let mut selectors = ByLabel::default();
+        selectors.insert("web", map(&[("app", "web")]));
+        selectors.insert("web-1", map(&[("app", "web"), ("tier", "1")]));
+        selectors.insert("db", map(&[("app", "db")]));
+        let mut held: Vec<&String> = selectors
+            .held_by(&map(&[("app", "web"), ("tier", "1"), ("x", "y")]))
+            .into_iter()
+            .collect();
+        held.sort();
+        assert_eq!(held, ["web", "web-1"]);
     }
 
     #[test]

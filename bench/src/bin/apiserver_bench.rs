@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
 use switchyard_bench::api::{
-    api_creates, cpu_seconds, free_port, rss_mb, run_parallel, start_server, wait_for_port, Proc,
-    Target,
+    api_creates, cpu_seconds, free_port, rss_mb, run_parallel, spawn_watchers, start_server,
+    wait_for_port, Proc, Target,
 };
 use switchyard_bench::Samples;
 
@@ -104,44 +103,6 @@ async fn etcd_puts(endpoint: &str, clients: usize, total: usize, prefix: &str) -
         }
     })
     .await
-}
-
-/// Opens `n` watch streams on `path` (each on its own connection) and hands every event line to
-/// `on_event`.
-async fn spawn_watchers(
-    target: &Target,
-    n: usize,
-    path: &str,
-    on_event: Arc<dyn Fn(&str) + Send + Sync>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let mut watchers = Vec::new();
-    for _ in 0..n {
-        let mut conn = target.connect().await?;
-        conn.tx.ready().await?;
-        let req = http::Request::builder()
-            .uri(path)
-            .header("host", "127.0.0.1")
-            .header("authorization", format!("Bearer {}", conn.token))
-            .body(Full::new(Bytes::new()))?;
-        let resp = conn.tx.send_request(req).await?;
-        let on_event = on_event.clone();
-        watchers.push(tokio::spawn(async move {
-            let _keep = conn;
-            let mut body = resp.into_body();
-            let mut buf = Vec::new();
-            while let Some(Ok(frame)) = body.frame().await {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                buf.extend_from_slice(&data);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    on_event(&String::from_utf8_lossy(&line));
-                }
-            }
-        }));
-    }
-    Ok(watchers)
 }
 
 /// Waits until `counter` reaches `want` (or 30 s pass); fails if it does not.
