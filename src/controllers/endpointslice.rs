@@ -801,7 +801,7 @@ mod tests {
         pods.insert("a", map(&[("app", "web"), ("tier", "1")]));
         pods.insert("b", map(&[("app", "web")]));
         pods.insert("c", map(&[("app", "db"), ("tier", "1")]));
-        let mut names = |sel: &[(&str, &str)]| {
+        let names = |sel: &[(&str, &str)]| {
             let mut n: Vec<String> = pods.holding(&map(sel)).into_iter().cloned().collect();
             n.sort();
             n
