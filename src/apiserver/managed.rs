@@ -370,6 +370,10 @@ pub fn fields_v1(obj: &Value, lists: &ListSchema) -> Value {
                 _ => json!({}),
             };
             path.pop();
+            // Metadata is owned field by field: one with only system fields (a name) is nobody's.
+            if path.is_empty() && k == "metadata" && entry.as_object().is_some_and(Map::is_empty) {
+                continue;
+            }
             out.insert(format!("f:{k}"), entry);
         }
         Value::Object(out)
@@ -419,6 +423,20 @@ mod tests {
                 ]
             ),
             Some(&json!(8080))
+        );
+    }
+
+    #[test]
+    fn metadata_with_only_a_name_is_nobodys() {
+        let obj = json!({"metadata": {"name": "x", "namespace": "ns"}, "data": {"k": "v"}});
+        assert_eq!(
+            fields_v1(&obj, &ListSchema::default()),
+            json!({"f:data": {"f:k": {}}})
+        );
+        let labelled = json!({"metadata": {"name": "x", "labels": {"a": "1"}}});
+        assert_eq!(
+            fields_v1(&labelled, &ListSchema::default()),
+            json!({"f:metadata": {"f:labels": {"f:a": {}}}})
         );
     }
 

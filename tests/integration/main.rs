@@ -12,6 +12,7 @@ mod iptables;
 mod kubectl;
 mod lifecycle;
 mod load;
+mod python;
 mod sandbox;
 #[path = "../support/mod.rs"]
 mod support;
