@@ -115,6 +115,10 @@ struct ServerArgs {
     /// How long an Event lives after its last write (e.g. 1h, 30m).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
+    /// How long the store keeps the history of changes (watches resume and paged lists read
+    /// within it; older revisions get 410 Expired), across restarts too.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
 }
 
 /// What `node` and `up` share.
@@ -487,6 +491,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         tls_sans: args.tls_san,
         node_cert_lifetime: args.node_certificate_lifetime,
         event_ttl: args.event_ttl,
+        history: args.compaction_interval,
     })
     .await?;
     println!("switchyard server listening on https://{}", started.addr);
@@ -553,6 +558,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tls_sans: Vec::new(),
         node_cert_lifetime: Duration::from_secs(365 * 24 * 3600),
         event_ttl: Duration::from_secs(3600),
+        history: Duration::from_secs(300),
     })
     .await?;
     started.registry.ensure_default_ingress_class().await?;

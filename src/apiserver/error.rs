@@ -241,22 +241,95 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
 
-    /// The `Status` object for this error.
-    pub fn status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
+    /// The `Status` object for this error, as JSON in kube-apiserver's field order (the order of
+    /// the Go types' fields; some clients compare the text).
+    pub fn status_json(&self) -> Vec<u8> {
+        let details = self.details.as_ref().map(|d| {
+            let text = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or_default();
+            let causes = d.get("causes").and_then(Value::as_array).map(|cs| {
+                cs.iter()
+                    .map(|c| StatusCause {
+                        reason: c.get("reason").and_then(Value::as_str).unwrap_or_default(),
+                        message: c.get("message").and_then(Value::as_str).unwrap_or_default(),
+                        field: c.get("field").and_then(Value::as_str).unwrap_or_default(),
+                    })
+                    .collect()
+            });
+            StatusDetails {
+                name: text("name"),
+                group: text("group"),
+                kind: text("kind"),
+                uid: text("uid"),
+                causes,
+                retry_after_seconds: d.get("retryAfterSeconds").and_then(Value::as_i64),
+            }
         });
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
-        }
-        s
+        let status = Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: serde_json::Map::new(),
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details,
+            code: self.code,
+        };
+        serde_json::to_vec(&status).expect("a Status serializes")
     }
+
+    /// The `Status` object for this error, as a value.
+    pub fn status(&self) -> Value {
+        serde_json::from_slice(&self.status_json()).expect("a Status parses")
+    }
+}
+
+fn is_empty(s: &&str) -> bool {
+    s.is_empty()
+}
+
+/// metav1.Status, its fields in the Go type's order, empty ones left out as Go's `omitempty`
+/// does.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: serde_json::Map<String, Value>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<StatusDetails<'a>>,
+    code: u16,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDetails<'a> {
+    #[serde(skip_serializing_if = "is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    group: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    uid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causes: Option<Vec<StatusCause<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct StatusCause<'a> {
+    #[serde(skip_serializing_if = "is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    field: &'a str,
 }
 
 #[cfg(test)]
@@ -294,5 +367,27 @@ mod tests {
             "Service \"web\" is invalid: [spec.ports: Required value, spec.type: Unsupported value: \"Bogus\": supported values: \"ClusterIP\", \"NodePort\"]"
         );
         assert_eq!(two.status()["code"], 422);
+    }
+
+    #[test]
+    fn status_bodies_read_as_kube_apiserver_writes_them() {
+        let r =
+            crate::apiserver::resources::builtin(crate::apiserver::resources::Builtin::ConfigMap);
+        let body = String::from_utf8(ApiError::not_found(r, "x").status_json()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"x\" not found","reason":"NotFound","details":{"name":"x","kind":"configmaps"},"code":404}"#
+        );
+        let invalid = ApiError::invalid(
+            "",
+            "Service",
+            "web",
+            &[FieldError::required("spec.ports", "")],
+        );
+        let body = String::from_utf8(invalid.status_json()).unwrap();
+        assert!(
+            body.contains(r#""details":{"name":"web","kind":"Service","causes":[{"reason":"FieldValueRequired","message":"Required value","field":"spec.ports"}]},"code":422}"#),
+            "{body}"
+        );
     }
 }

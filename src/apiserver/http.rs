@@ -64,7 +64,7 @@ pub(super) fn value_response(status: StatusCode, v: &Value) -> Response<Body> {
 
 fn error_response(e: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    value_response(status, &e.status())
+    json_response(status, e.status_json())
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from timings.

@@ -72,6 +72,8 @@ pub struct Config {
     pub node_cert_lifetime: std::time::Duration,
     /// How long an Event lives after its last write.
     pub event_ttl: std::time::Duration,
+    /// How long the store keeps its history of changes.
+    pub history: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +214,11 @@ pub async fn run(
     let creds = pki::ensure(&config.data_dir, &hosts)?;
     let kubeconfig = pki::write_kubeconfigs(&config.data_dir, &url(public), &creds)?;
 
-    let store = EmbeddedStore::open(&config.data_dir.join("store.redb"), Retention::default())?;
+    let retention = Retention {
+        window: config.history,
+        ..Retention::default()
+    };
+    let store = EmbeddedStore::open(&config.data_dir.join("store.redb"), retention)?;
     for what in pki::tighten(&config.data_dir)? {
         tracing::warn!("data directory permissions tightened: {what}");
     }

@@ -236,7 +236,7 @@ impl Watcher {
 
 fn expired(from: i64) -> Bytes {
     let err = ApiError::gone(format!("too old resource version: {from}"));
-    line("ERROR", &serde_json::to_vec(&err.status()).expect("json"))
+    line("ERROR", &err.status_json())
 }
 
 /// How long a watch from a resourceVersion the store has not reached waits for it, as
