@@ -292,3 +292,48 @@ async fn a_watcher_that_stops_reading_is_dropped() {
     }
     assert!(seen < 200, "the stalled watcher got all {seen} events");
 }
+
+/// A continue token older than the history the server keeps gets 410 Expired, as kube's does;
+/// the client then starts the list again.
+#[tokio::test]
+async fn a_continue_token_past_the_history_is_410() {
+    let s = Server::start(&["--compaction-interval", "1s"]);
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    for i in 0..5 {
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("page-{i}"), serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    // A page within the history is served at the first page's revision.
+    let second = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 2);
+    // Once the history no longer holds every change since its revision, the token is too old.
+    cms.create(&PostParams::default(), &cm("between", serde_json::json!({})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cms.create(&PostParams::default(), &cm("later", serde_json::json!({})))
+        .await
+        .unwrap();
+    match cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"), "{e:?}");
+            assert!(e.message.contains("continue parameter is too old"), "{e:?}");
+        }
+        other => panic!(
+            "expected 410 Expired, got {:?}",
+            other.map(|l| l.items.len())
+        ),
+    }
+}
