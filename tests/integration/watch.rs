@@ -316,9 +316,12 @@ async fn a_continue_token_past_the_history_is_410() {
         .unwrap();
     assert_eq!(second.items.len(), 2);
     // Once the history no longer holds every change since its revision, the token is too old.
-    cms.create(&PostParams::default(), &cm("between", serde_json::json!({})))
-        .await
-        .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("between", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cms.create(&PostParams::default(), &cm("later", serde_json::json!({})))
         .await
