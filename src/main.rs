@@ -240,8 +240,9 @@ impl From<IptablesBackend> for switchyard_proxy::iptables::Backend {
 
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// A kubeconfig for the API server (or join with --server, --token, --ca-cert-hash).
-    #[arg(long, required_unless_present_any = ["cleanup", "server"])]
+    /// A kubeconfig for the API server (or join with --server, --token, --ca-cert-hash; with
+    /// neither, in a pod, its ServiceAccount's in-cluster credentials).
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Join the server at this URL (https://ADDRESS:6443) as this node, with a client
     /// certificate obtained with --token and kept in --data-dir.
@@ -537,7 +538,14 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             tokio::spawn(renew);
             client
         }
-        (None, None) => anyhow::bail!("--kubeconfig or --server is required"),
+        (None, None) => {
+            // In a pod: the ServiceAccount's token and CA, and KUBERNETES_SERVICE_HOST/PORT
+            // (a DaemonSet that replaces kube-proxy sets these to the API server's own address).
+            let cfg = kube::Config::incluster().map_err(|e| {
+                anyhow::anyhow!("--kubeconfig or --server is required outside a pod (in-cluster credentials: {e})")
+            })?;
+            kube::Client::try_from(cfg)?
+        }
     };
     println!(
         "switchyard node {} ({:?} proxy); metrics on http://{}/metrics",
