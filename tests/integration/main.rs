@@ -6,6 +6,7 @@ mod client;
 mod crash;
 mod dns;
 mod ebpf;
+mod image;
 mod ingress;
 mod ingress_hostile;
 mod iptables;
