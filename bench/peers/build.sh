@@ -2,14 +2,16 @@
 # Builds the real Kubernetes components the tests and benchmarks compare with and run against,
 # from their Go modules through the module proxy, into a cache (nothing built here is committed):
 #   kube-apiserver (k8s.io/kubernetes, its staging modules replaced by their published versions)
+#   etcd (go.etcd.io/etcd/server/v3, the version kube-apiserver's release is tested with)
 #
-# Usage: bench/peers/build.sh [COMPONENT...]   (default: kube-apiserver)
+# Usage: bench/peers/build.sh [COMPONENT...]   (default: kube-apiserver etcd)
 # Prints the directory holding the binaries. A component already built at the pinned version is
 # not built again. The cache is $SWITCHYARD_PEERS (default ~/.cache/switchyard-peers).
 set -euo pipefail
 
 K8S_VERSION=v1.34.4
 STAGING_VERSION=v0.34.4
+ETCD_VERSION=v3.6.4
 # k8s.io/kubernetes's go.mod points these at ./staging; outside its tree they are the published
 # modules of the same release.
 STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
@@ -21,7 +23,7 @@ STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
 cache=${SWITCHYARD_PEERS:-$HOME/.cache/switchyard-peers}
 dir="$cache/kubernetes-$K8S_VERSION"
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kube-apiserver)
+[ ${#components[@]} -gt 0 ] || components=(kube-apiserver etcd)
 
 command -v go >/dev/null || { echo "bench/peers/build.sh: the Go toolchain is required" >&2; exit 1; }
 mkdir -p "$dir/bin"
@@ -37,7 +39,26 @@ if [ ! -f "$dir/go.sum" ]; then
   } >"$dir/go.mod"
   (cd "$dir" && go mod download k8s.io/kubernetes && go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >&2)
 fi
+# etcd in a module of its own, so its dependencies do not move kube-apiserver's.
+build_etcd() {
+  local edir="$cache/etcd-$ETCD_VERSION"
+  mkdir -p "$edir"
+  if [ ! -x "$dir/bin/etcd" ]; then
+    echo "== building etcd $ETCD_VERSION (once; cached in $edir)" >&2
+    local start; start=$(date +%s)
+    printf 'module switchyard.local/etcd\n\ngo 1.24.0\n' >"$edir/go.mod"
+    (cd "$edir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 \
+      && go build -trimpath -o "$dir/bin/etcd.tmp" go.etcd.io/etcd/server/v3)
+    mv "$dir/bin/etcd.tmp" "$dir/bin/etcd"
+    echo "== built etcd in $(( $(date +%s) - start )) s" >&2
+  fi
+}
+
 for c in "${components[@]}"; do
+  if [ "$c" = etcd ]; then
+    build_etcd
+    continue
+  fi
   if [ ! -x "$dir/bin/$c" ]; then
     echo "== building $c $K8S_VERSION (once; cached in $dir)" >&2
     start=$(date +%s)

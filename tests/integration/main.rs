@@ -10,6 +10,7 @@ mod image;
 mod ingress;
 mod ingress_hostile;
 mod iptables;
+mod kube_apiserver;
 mod kubectl;
 mod lifecycle;
 mod load;

@@ -1,9 +1,10 @@
 //! Test support: a real `switchyard server` process driven by kubectl and kube-rs ([`server`]),
 //! `switchyard up` on free ports ([`up`]), and clusters built from network namespaces
 //! ([`netns`], with kubectl and pods in them: [`cluster`], and service traffic from those pods:
-//! [`traffic`]).
+//! [`traffic`]), and a real kube-apiserver built from its Go modules ([`kube_apiserver`]).
 
 pub mod cluster;
+pub mod kube_apiserver;
 pub mod netns;
 pub mod server;
 pub mod traffic;
