@@ -59,14 +59,18 @@ fn deploy_is_accepted_by_a_real_kube_apiserver() {
 /// The API server an agent test runs against, inside the sandbox node's namespace.
 enum Api {
     Kube(KubeApiserver),
-    Ours { ns: String, dir: tempfile::TempDir },
+    Ours {
+        ns: String,
+        dir: tempfile::TempDir,
+        handle: usize,
+    },
 }
 
 impl Api {
     fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
         match self {
             Api::Kube(k) => k.kubectl_stdin(args, stdin),
-            Api::Ours { ns, dir } => cluster::kubectl(ns, dir.path(), args, stdin),
+            Api::Ours { ns, dir, .. } => cluster::kubectl(ns, dir.path(), args, stdin),
         }
     }
 
@@ -74,6 +78,17 @@ impl Api {
         let (ok, out, err) = self.kubectl_stdin(args, "");
         assert!(ok, "kubectl {args:?}: {err}{out}");
         out
+    }
+
+    /// Restarts the API server: every watch ends.
+    fn restart(&mut self, sb: &mut Sandbox, node: &Node) {
+        match self {
+            Api::Kube(k) => k.restart(),
+            Api::Ours { dir, handle, .. } => {
+                sb.kill(*handle);
+                *handle = cluster::start_server(sb, node, dir.path(), "127.0.0.1:6443");
+            }
+        }
     }
 
     /// A kubeconfig whose user is `token`.
@@ -105,24 +120,25 @@ fn the_agent_serves_switchyard_server_with_the_deploy_service_account() {
     crate::need!(Iptables);
     agent_serves(|sb, node| {
         let dir = tempfile::tempdir().unwrap();
-        cluster::start_server(sb, node, dir.path(), "127.0.0.1:6443");
+        let handle = cluster::start_server(sb, node, dir.path(), "127.0.0.1:6443");
         Api::Ours {
             ns: node.ns.clone(),
             dir,
+            handle,
         }
     });
 }
 
 /// The node agent, as deploy/ installs it (its ServiceAccount's token, its ClusterRole), in a
 /// node namespace with pods: ClusterIP traffic, cluster DNS, Ingress routing and status, and a
-/// deleted Service going away.
+/// Service deleted while it was not watching going away.
 fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
     let mut sb = Sandbox::new();
     let node = sb.node("kn1", 1);
     let client = sb.pod(&node, "client");
     let web = sb.pod(&node, "web");
     sb.http_backend(&web, 8080, "web-1");
-    let api = start(&mut sb, &node);
+    let mut api = start(&mut sb, &node);
     for f in ["00-namespace.yaml", "01-rbac.yaml", "02-config.yaml"] {
         let (ok, out, err) = api.kubectl_stdin(&["apply", "-f", "-"], &deploy(f));
         assert!(ok, "{f}: {err}{out}");
@@ -154,7 +170,7 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
         .to_string();
 
     let kc = kubeconfig.to_str().unwrap();
-    sb.spawn(
+    let agent = sb.spawn(
         &node.ns,
         &[
             bin(),
@@ -185,7 +201,7 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
         (sb.http_get(&client, &url, 1) == ["web-1"]).then_some(())
     });
     // Cluster DNS answers from the API's Services.
-    let dig = |name: &str| {
+    let dig = |sb: &Sandbox, name: &str| {
         let out = sb.exec(
             &node.ns,
             &["dig", "+short", "@127.0.0.1", "-p", "1053", name],
@@ -193,7 +209,7 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     eventually(Duration::from_secs(10), || {
-        (dig("web.default.svc.cluster.local") == cluster_ip).then_some(())
+        (dig(&sb, "web.default.svc.cluster.local") == cluster_ip).then_some(())
     });
     // The Ingress is routed, and its status written back.
     eventually(Duration::from_secs(10), || {
@@ -219,13 +235,28 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
         ]);
         (ip.trim() == "10.244.1.1").then_some(())
     });
-    // A deleted Service goes: no more traffic, no more name.
+    // A Service deleted while the agent is stopped and its API server restarts (every watch
+    // ends; kube-apiserver's watch cache starts afresh, so the agent's resume gets 410 and it
+    // relists; switchyard server resumes it from its kept history) goes: no more traffic, no
+    // more name.
+    let agent_pid = sb.pid(agent).to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &agent_pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
     api.ok(&["delete", "svc", "web"]);
+    api.restart(&mut sb, &node);
+    signal("-CONT");
     eventually(Duration::from_secs(20), || {
         (sb.connect(&client.ns, &cluster_ip, 80) != "ok").then_some(())
     });
     eventually(Duration::from_secs(10), || {
-        dig("web.default.svc.cluster.local")
+        dig(&sb, "web.default.svc.cluster.local")
             .is_empty()
             .then_some(())
     });

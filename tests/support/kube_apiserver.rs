@@ -11,6 +11,9 @@ use super::free_port;
 pub struct KubeApiserver {
     etcd: Child,
     apiserver: Child,
+    /// How kube-apiserver was started, to start it again.
+    program: PathBuf,
+    args: Vec<String>,
     pub dir: tempfile::TempDir,
     pub port: u16,
     /// The network namespace it runs in (its loopback), if not the test's own.
@@ -75,51 +78,69 @@ impl KubeApiserver {
             "admin-token,admin,admin,system:masters\n",
         )
         .unwrap();
-        let apiserver = spawn(
-            netns,
-            &peers.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{client}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", d.join("certs").display()),
-                "--service-cluster-ip-range=10.96.0.0/24".into(),
-                "--service-node-port-range=30000-32767".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", d.join("sa.pub").display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    d.join("sa.key").display()
-                ),
-                format!("--token-auth-file={}", d.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-            ]
-            .into_iter()
-            .chain(advertise.map(|a| format!("--advertise-address={a}")))
-            .collect::<Vec<_>>(),
-            &d.join("kube-apiserver.log"),
-        );
+        let program = peers.join("kube-apiserver");
+        let args: Vec<String> = [
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", d.join("certs").display()),
+            "--service-cluster-ip-range=10.96.0.0/24".into(),
+            "--service-node-port-range=30000-32767".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", d.join("sa.pub").display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                d.join("sa.key").display()
+            ),
+            format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+        ]
+        .into_iter()
+        .chain(advertise.map(|a| format!("--advertise-address={a}")))
+        .collect();
+        let apiserver = spawn(netns, &program, &args, &d.join("kube-apiserver.log"));
         let mut k = KubeApiserver {
             etcd,
             apiserver,
+            program,
+            args,
             dir,
             port,
             netns: netns.map(str::to_string),
         };
         k.write_kubeconfig("admin.kubeconfig", "admin-token");
+        k.wait_ready();
+        k
+    }
+
+    /// Stops kube-apiserver (every watch ends) and starts it again on the same etcd: its watch
+    /// cache starts afresh, so a watch resuming from before gets 410 and its client relists.
+    pub fn restart(&mut self) {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+        self.apiserver = spawn(
+            self.netns.as_deref(),
+            &self.program,
+            &self.args,
+            &self.dir.path().join("kube-apiserver.log"),
+        );
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
-            if let Ok(Some(status)) = k.apiserver.try_wait() {
-                panic!("kube-apiserver exited: {status}\n{}", k.log());
+            if let Ok(Some(status)) = self.apiserver.try_wait() {
+                panic!("kube-apiserver exited: {status}\n{}", self.log());
             }
-            let (ok, out, _) = k.kubectl(&["get", "--raw", "/readyz"]);
+            let (ok, out, _) = self.kubectl(&["get", "--raw", "/readyz"]);
             if ok && out.trim() == "ok" {
-                return k;
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),
                 "kube-apiserver not ready within 2 minutes\n{}",
-                k.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(300));
         }

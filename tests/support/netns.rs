@@ -342,6 +342,11 @@ impl Sandbox {
         self.children.len() - 1
     }
 
+    /// The pid of a process started with [`Sandbox::spawn`] (`ip netns exec` becomes it).
+    pub fn pid(&self, handle: usize) -> u32 {
+        self.children[handle].id()
+    }
+
     /// Kills a process started with [`Sandbox::spawn`].
     pub fn kill(&mut self, handle: usize) {
         let _ = self.children[handle].kill();
