@@ -66,6 +66,24 @@ pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Prints the agent's own network programming latency (trigger time -> proxy synced), read from
+/// its metrics on `port` and interpolated in the histogram's buckets.
+pub async fn print_programming_metric(port: u16) -> anyhow::Result<()> {
+    let text = http_get(port, "/metrics").await?;
+    let name = "kubeproxy_network_programming_duration_seconds";
+    if let (Some(p50), Some(p99)) = (
+        metric_quantile(&text, name, 0.5),
+        metric_quantile(&text, name, 0.99),
+    ) {
+        println!(
+            "agent metric {name} (trigger time -> proxy synced; bucket-interpolated): p50 {:.2} ms, p99 {:.2} ms",
+            p50 * 1000.0,
+            p99 * 1000.0
+        );
+    }
+    Ok(())
+}
+
 /// Latency samples in microseconds, kept whole so that quantiles are exact.
 #[derive(Clone, Debug, Default)]
 pub struct Samples {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
-use super::{Feed, Follower};
+use super::{Follower, Reactor};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::registry::{decode, DeleteOptions, Part, Registry, WriteOptions};
 use crate::apiserver::resources::{builtin, Builtin, Resource};
@@ -238,35 +238,39 @@ impl Controller {
     }
 }
 
+impl Reactor for Controller {
+    async fn resync(&mut self) {
+        Controller::resync(self);
+    }
+
+    async fn event(&mut self, ev: &crate::store::Event) {
+        self.handle(ev).await;
+    }
+
+    fn wait(&self) -> Option<Duration> {
+        self.expiries
+            .next()
+            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+
+    async fn timer(&mut self) {
+        self.expire().await;
+    }
+
+    async fn settle(&mut self) {}
+}
+
 /// Runs until the store closes.
 pub async fn run(registry: Arc<Registry>, ttl: Duration) {
-    let mut follower = Follower::new(registry.store().clone(), "events");
-    let mut c = Controller {
+    let follower = Follower::new(registry.store().clone(), "events");
+    let c = Controller {
         registry,
         ttl,
         core: builtin(Builtin::Event),
         v1: builtin(Builtin::EventsV1Event),
         expiries: Expiries::default(),
     };
-    loop {
-        let wait = c
-            .expiries
-            .next()
-            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            feed = follower.next() => match feed {
-                None => return,
-                Some(Feed::Resync) => c.resync(),
-                Some(Feed::Batch(batch)) => {
-                    for ev in batch.iter() {
-                        c.handle(ev).await;
-                    }
-                }
-            },
-            _ = tokio::time::sleep(wait) => c.expire().await,
-        }
-    }
+    super::drive(follower, c).await;
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Feed, Follower};
+use super::{Follower, Reactor};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::registry::{
     decode, DeleteOptions, Part, Propagation, Registry, WriteOptions, FOREGROUND_FINALIZER,
@@ -450,39 +450,40 @@ fn drop_finalizer(obj: &mut Value, f: &str) -> bool {
     drop_from(obj, "finalizers", |x| x == f)
 }
 
+impl Reactor for Collector {
+    async fn resync(&mut self) {
+        Collector::resync(self);
+    }
+
+    async fn event(&mut self, ev: &Event) {
+        self.observe(ev);
+    }
+
+    fn wait(&self) -> Option<Duration> {
+        (!self.retry.is_empty()).then_some(RETRY)
+    }
+
+    async fn timer(&mut self) {
+        let again = std::mem::take(&mut self.retry);
+        self.queue.extend(again);
+    }
+
+    async fn settle(&mut self) {
+        self.work().await;
+    }
+}
+
 /// Runs until the store closes.
 pub async fn run(registry: Arc<Registry>) {
-    let mut follower = Follower::new(registry.store().clone(), "garbage-collector");
-    let mut c = Collector {
+    let follower = Follower::new(registry.store().clone(), "garbage-collector");
+    let c = Collector {
         registry,
         graph: Graph::default(),
         queue: BTreeSet::new(),
         retry: BTreeSet::new(),
         waiting: HashMap::new(),
     };
-    loop {
-        let retry_in = if c.retry.is_empty() {
-            Duration::from_secs(3600)
-        } else {
-            RETRY
-        };
-        tokio::select! {
-            feed = follower.next() => match feed {
-                None => return,
-                Some(Feed::Resync) => c.resync(),
-                Some(Feed::Batch(batch)) => {
-                    for ev in batch.iter() {
-                        c.observe(ev);
-                    }
-                }
-            },
-            _ = tokio::time::sleep(retry_in) => {
-                let again = std::mem::take(&mut c.retry);
-                c.queue.extend(again);
-            }
-        }
-        c.work().await;
-    }
+    super::drive(follower, c).await;
 }
 
 #[cfg(test)]

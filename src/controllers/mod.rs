@@ -10,6 +10,7 @@ pub mod events;
 pub mod garbage;
 pub mod serviceaccounts;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,5 +63,38 @@ impl Follower {
                 Err(RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+/// A controller driven by [`drive`]: the feed's events, and a timer of its own.
+pub(crate) trait Reactor: Send {
+    /// Read everything again (first, and whenever events were missed).
+    fn resync(&mut self) -> impl Future<Output = ()> + Send;
+    /// One event of the feed.
+    fn event(&mut self, ev: &Event) -> impl Future<Output = ()> + Send;
+    /// How long until [`Reactor::timer`] is due (None: no timer).
+    fn wait(&self) -> Option<Duration>;
+    fn timer(&mut self) -> impl Future<Output = ()> + Send;
+    /// After each resync, batch or timer.
+    fn settle(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs `r` on the store's feed until the store shuts down.
+pub(crate) async fn drive(mut follower: Follower, mut r: impl Reactor) {
+    loop {
+        let wait = r.wait();
+        tokio::select! {
+            feed = follower.next() => match feed {
+                None => return,
+                Some(Feed::Resync) => r.resync().await,
+                Some(Feed::Batch(batch)) => {
+                    for ev in batch.iter() {
+                        r.event(ev).await;
+                    }
+                }
+            },
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => r.timer().await,
+        }
+        r.settle().await;
     }
 }

@@ -3,7 +3,7 @@
 //! would report them.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use super::netns::{Node, Pod, Sandbox};
@@ -11,30 +11,13 @@ use super::{bin, eventually};
 
 /// kubectl run inside a namespace (where the server's loopback address is reachable).
 pub fn kubectl(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "kubectl", "--kubeconfig"])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "kubectl", "--kubeconfig"])
         .arg(dir.join("admin.kubeconfig"))
         .arg("--cache-dir")
         .arg(dir.join("kubectl-cache"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .args(args);
+    super::run_with_stdin(&mut cmd, stdin)
 }
 
 pub fn ok(ns: &str, dir: &Path, args: &[&str], stdin: &str) -> String {

@@ -175,28 +175,9 @@ impl KubeApiserver {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
-        use std::io::Write;
-        let mut child = command(self.netns.as_deref(), Path::new("kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let mut cmd = command(self.netns.as_deref(), Path::new("kubectl"));
+        cmd.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
+        super::run_with_stdin(&mut cmd, stdin)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {

@@ -20,3 +20,27 @@ pub fn skip(why: &str) {
     eprintln!("skipped: {why}");
 }
 pub use up::Up;
+
+/// Runs `cmd` with `stdin` on its standard input; returns (success, stdout, stderr).
+pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use switchyard_bench::api::{api_creates, Up};
-use switchyard_bench::{http_get, metric_quantile, Samples};
+use switchyard_bench::{print_programming_metric, Samples};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -223,14 +223,7 @@ async fn main() -> Result<()> {
         programming.quantile(0.99) as f64 / 1000.0,
         programming.max() as f64 / 1000.0
     );
-    let text = http_get(metrics, "/metrics").await?;
-    let name = "kubeproxy_network_programming_duration_seconds";
-    if let (Some(p50), Some(p99)) = (
-        metric_quantile(&text, name, 0.5),
-        metric_quantile(&text, name, 0.99),
-    ) {
-        println!("agent metric {name} (trigger time -> proxy synced; bucket-interpolated): p50 {:.2} ms, p99 {:.2} ms", p50 * 1000.0, p99 * 1000.0);
-    }
+    print_programming_metric(metrics).await?;
 
     // Data path: direct vs through the ClusterIP, same client.
     let (echo, sink) = (echo_backend().await?, sink_backend().await?);

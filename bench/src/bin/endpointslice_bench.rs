@@ -28,7 +28,7 @@ use clap::Parser;
 use switchyard_bench::api::{
     api_creates, cpu_seconds, rss_mb, run_parallel, spawn_watchers, start_server, Target, Up,
 };
-use switchyard_bench::{http_get, metric_quantile, Samples};
+use switchyard_bench::{print_programming_metric, Samples};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -334,14 +334,7 @@ async fn main() -> Result<()> {
         p(&mut e2e, 0.99),
         e2e.max() as f64 / 1000.0
     );
-    let text = http_get(metrics, "/metrics").await?;
-    let name = "kubeproxy_network_programming_duration_seconds";
-    if let (Some(p50), Some(p99)) = (
-        metric_quantile(&text, name, 0.5),
-        metric_quantile(&text, name, 0.99),
-    ) {
-        println!("agent's {name}: p50 <= {p50} s, p99 <= {p99} s (histogram buckets)");
-    }
+    print_programming_metric(metrics).await?;
     println!(
         "switchyard up: RSS {:.0} MB; CPU during the flips and end-to-end changes {:.1} s",
         rss_mb(up_pid)?,
