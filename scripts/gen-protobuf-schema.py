@@ -19,6 +19,7 @@ ROOTS = [
     "api.rbac.v1.RoleBinding", "api.rbac.v1.ClusterRoleBinding",
     "api.authentication.v1.TokenRequest", "api.authentication.v1.SelfSubjectReview",
     "api.authorization.v1.SelfSubjectAccessReview", "api.authorization.v1.SubjectAccessReview",
+    "api.core.v1.Event", "api.events.v1.Event",
 ]
 # Messages the decoder renders itself (their JSON form is not an object of their fields).
 SPECIAL = {

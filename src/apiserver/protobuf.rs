@@ -507,6 +507,34 @@ mod tests {
     }
 
     #[test]
+    fn decodes_an_event_as_client_go_recorders_send_it() {
+        let meta = field(1, &[field(1, b"n1.1"), field(3, b"default")].concat());
+        let when = field(2, &[int(1, 1_795_000_000), int(2, 123_000)].concat());
+        let regarding = field(8, &[field(1, b"Node"), field(3, b"n1")].concat());
+        let raw = [
+            meta,
+            when,
+            field(4, b"kube-proxy"),
+            field(5, b"kube-proxy-n1"),
+            field(6, b"StartKubeProxy"),
+            field(7, b"Starting"),
+            regarding,
+            field(11, b"Normal"),
+        ]
+        .concat();
+        let v = decode(&envelope("events.k8s.io/v1", "Event", &raw)).unwrap();
+        assert_eq!(v["eventTime"], "2026-11-18T11:06:40.000123Z");
+        assert_eq!(
+            v["regarding"],
+            serde_json::json!({"kind": "Node", "name": "n1"})
+        );
+        assert_eq!(
+            (&v["reportingController"], &v["reason"], &v["type"]),
+            (&"kube-proxy".into(), &"Starting".into(), &"Normal".into())
+        );
+    }
+
+    #[test]
     fn hostile_bodies_are_errors() {
         assert!(decode(b"nope").is_err());
         assert!(decode(&envelope("v1", "Widget", &[])).is_err());
