@@ -147,6 +147,11 @@ struct AgentArgs {
     /// Serve cluster DNS on this address, UDP and TCP (`up` defaults to 127.0.0.1:1053).
     #[arg(long)]
     dns_listen: Option<SocketAddr>,
+    /// The cluster DNS Service (NAMESPACE/NAME, e.g. kube-system/kube-dns) whose ports this
+    /// node serves with its own DNS listener, in place of CoreDNS's endpoints (needs
+    /// --dns-listen on one of the node's addresses). Empty: none.
+    #[arg(long, default_value = "")]
+    dns_service: String,
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -307,6 +312,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     switchyard_proxy::router::annotations::parse_duration(s)
 }
 
+/// `NAMESPACE/NAME`, or nothing for "".
+fn parse_service_ref(s: &str) -> Result<Option<(String, String)>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(Some((ns.to_string(), name.to_string())))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_lowercase())
@@ -374,7 +392,7 @@ fn agent_config(
     args: &AgentArgs,
     defaults: Option<UpDefaults>,
     service_cidrs: &[Cidr],
-) -> agent::Config {
+) -> anyhow::Result<agent::Config> {
     let node_addr = args
         .nodeport_address
         .or(defaults.map(|d| d.nodeport))
@@ -417,8 +435,16 @@ fn agent_config(
             masquerade_all: args.masquerade_all,
         },
     };
-    agent::Config {
+    let dns_service =
+        parse_service_ref(&args.dns_service).map_err(|e| anyhow::anyhow!("--dns-service: {e}"))?;
+    if let Some((ns, name)) = &dns_service {
+        if dns.as_ref().is_none_or(|d| d.listen.ip().is_unspecified()) {
+            anyhow::bail!("--dns-service {ns}/{name} needs --dns-listen on one of the node's addresses (its ClusterIP is sent there)");
+        }
+    }
+    Ok(agent::Config {
         dns,
+        dns_service,
         ingress,
         node_name: args.node_name.clone().unwrap_or_else(hostname),
         proxy_mode: args.proxy_mode,
@@ -439,7 +465,7 @@ fn agent_config(
             iptables: Some(iptables.clone()),
         },
         iptables,
-    }
+    })
 }
 
 /// Where `up` serves what `node` serves only when asked.
@@ -522,7 +548,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let config = agent_config(&args.agent, None, &args.service_cidr);
+    let config = agent_config(&args.agent, None, &args.service_cidr)?;
     let client = match (&args.kubeconfig, &args.server) {
         (Some(k), _) => client_from(k).await?,
         (None, Some(server)) => {
@@ -571,7 +597,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     started.registry.ensure_default_ingress_class().await?;
     let client = client_from(&started.kubeconfig).await?;
-    let config = agent_config(&args.agent, Some(UP_DEFAULTS), &[args.service_cidr]);
+    let config = agent_config(&args.agent, Some(UP_DEFAULTS), &[args.service_cidr])?;
     println!("switchyard up");
     println!("  API server    https://{}", started.addr);
     println!("  kubeconfig    {}", started.kubeconfig.display());

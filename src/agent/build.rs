@@ -179,6 +179,34 @@ pub fn build_services(
     }
 }
 
+/// The ports of `svc` (the cluster DNS Service, with `--dns-service`) served by this node's own
+/// DNS listener at `listen`: every node answers its pods' DNS itself, where CoreDNS's endpoints
+/// would be. Other ports keep their `Arc`s; these get new ones only when they change.
+pub fn with_local_dns(mut table: ServiceTable, svc: &ObjKey, listen: SocketAddr) -> ServiceTable {
+    fn key(p: &Arc<ServicePort>) -> (&str, &str) {
+        (&p.name.namespace, &p.name.name)
+    }
+    let want = (svc.0.as_str(), svc.1.as_str());
+    let start = table.ports.partition_point(|p| key(p) < want);
+    let end = start + table.ports[start..].partition_point(|p| key(p) == want);
+    let local = Endpoint {
+        addr: listen,
+        ready: true,
+        serving: true,
+        terminating: false,
+        local: true,
+    };
+    for p in &mut table.ports[start..end] {
+        let dns = matches!(p.protocol, Protocol::Udp | Protocol::Tcp);
+        if dns && p.endpoints.as_slice() != std::slice::from_ref(&local) {
+            let mut served = (**p).clone();
+            served.endpoints = vec![local.clone()];
+            *p = Arc::new(served);
+        }
+    }
+    table
+}
+
 /// Whether the service proxy serves a Service: not when its labels give it to another proxy
 /// (`service.kubernetes.io/service-proxy-name`) or mark it headless
 /// (`service.kubernetes.io/headless`), the two labels kube-proxy's watch selects away.
@@ -422,6 +450,32 @@ mod tests {
             .into_iter()
             .collect();
         (services, slices)
+    }
+
+    #[test]
+    fn the_dns_service_is_served_by_the_local_listener() {
+        let (services, slices) = state();
+        let t = build_services(&services, &slices, "n1", &ServiceTable::default());
+        let listen: SocketAddr = "10.244.1.1:53".parse().unwrap();
+        let other = with_local_dns(t.clone(), &("ns".into(), "nope".into()), listen);
+        assert!(other
+            .ports
+            .iter()
+            .zip(&t.ports)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
+        let served = with_local_dns(t.clone(), &("ns".into(), "web".into()), listen);
+        for p in &served.ports {
+            assert_eq!(p.endpoints.len(), 1, "{}", p.name);
+            assert_eq!(p.endpoints[0].addr, listen);
+            assert!(p.endpoints[0].ready && p.endpoints[0].local);
+        }
+        // Applied again, nothing changes.
+        let again = with_local_dns(served.clone(), &("ns".into(), "web".into()), listen);
+        assert!(again
+            .ports
+            .iter()
+            .zip(&served.ports)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Config {
     pub ebpf: switchyard_proxy::ebpf::Config,
     /// Cluster DNS, when it should be served.
     pub dns: Option<DnsConfig>,
+    /// The cluster DNS Service (`--dns-service`, e.g. kube-system/kube-dns) whose ports this
+    /// node serves with its own DNS listener.
+    pub dns_service: Option<ObjKey>,
     /// The ingress router, when it should run.
     pub ingress: Option<IngressConfig>,
 }
@@ -336,6 +339,8 @@ struct StateTask {
     node: String,
     /// The zone's settings, when DNS is on.
     dns: Option<DnsZone>,
+    /// The cluster DNS Service this node serves itself, and its listener.
+    local_dns: Option<(ObjKey, SocketAddr)>,
     /// Where the Ingresses the router serves go, when the router is on.
     served: Option<notify::Sender<Arc<Vec<routes::Served>>>>,
     min_sync: Duration,
@@ -395,13 +400,16 @@ impl Pending {
     /// Builds the next snapshot from `previous`, rebuilding only the views that changed.
     fn build(&mut self, task: &StateTask, previous: &Snapshot) -> Snapshot {
         let state = &self.state;
-        let services = build::update_services(
+        let mut services = build::update_services(
             &previous.services,
             &self.services,
             &state.services.objects,
             &state.slices.objects,
             &task.node,
         );
+        if let Some((svc, listen)) = &task.local_dns {
+            services = build::with_local_dns(services, svc, *listen);
+        }
         let zone = match &task.dns {
             Some(z) if self.dns.any() => build::update_dns(
                 previous.dns.as_deref(),
@@ -636,6 +644,10 @@ pub async fn run(
             ttl: d.ttl,
             pods: d.pod_records,
         }),
+        local_dns: config
+            .dns_service
+            .clone()
+            .zip(config.dns.as_ref().map(|d| d.listen)),
         served: served_tx,
         min_sync: config.min_sync,
         updates: rx,

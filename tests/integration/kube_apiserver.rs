@@ -46,6 +46,63 @@ fn deploy_is_accepted_by_a_real_kube_apiserver() {
         out.contains("daemonset.apps/switchyard-node created (server dry run)"),
         "{out}"
     );
+    // The overlay that replaces kube-proxy and CoreDNS applies over it: the ConfigMap takes the
+    // base's place, and the DaemonSet patch (on a stored DaemonSet: nothing runs it here) adds
+    // the node's address and the DNS Service to what the base has.
+    let (ok, out, err) = k.kubectl_stdin(&["apply", "-f", "-"], &deploy("03-daemonset.yaml"));
+    assert!(ok, "{err}{out}");
+    let (ok, out, err) = k.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &deploy("replace-kube-proxy-coredns/10-config.yaml"),
+    );
+    assert!(ok, "{err}{out}");
+    let patch = Path::new(DEPLOY).join("replace-kube-proxy-coredns/daemonset.patch");
+    k.ok(&[
+        "-n",
+        "switchyard-system",
+        "patch",
+        "daemonset",
+        "switchyard-node",
+        "--patch-file",
+        patch.to_str().unwrap(),
+    ]);
+    let ds: serde_json::Value = serde_json::from_str(&k.ok(&[
+        "-n",
+        "switchyard-system",
+        "get",
+        "daemonset",
+        "switchyard-node",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--dns-listen=$(HOST_IP):53")
+            && args.contains(&"--dns-service=$(DNS_SERVICE)"),
+        "{args:?}"
+    );
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in [
+        "NODE_NAME",
+        "PROXY_MODE",
+        "HOST_IP",
+        "DNS_SERVICE",
+        "KUBERNETES_SERVICE_HOST",
+    ] {
+        assert!(env.contains(&name), "{name} missing from {env:?}");
+    }
     // The deploy ClusterRole is the one `switchyard server` makes for its node agents.
     let rules = |out: String| -> serde_json::Value {
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["rules"].clone()
@@ -130,8 +187,8 @@ fn the_agent_serves_switchyard_server_with_the_deploy_service_account() {
 }
 
 /// The node agent, as deploy/ installs it (its ServiceAccount's token, its ClusterRole), in a
-/// node namespace with pods: ClusterIP traffic, cluster DNS, Ingress routing and status, and a
-/// Service deleted while it was not watching going away.
+/// node namespace with pods: ClusterIP traffic, cluster DNS at the kube-dns Service's IP,
+/// Ingress routing and status, and a Service deleted while it was not watching going away.
 fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
     let mut sb = Sandbox::new();
     let node = sb.node("kn1", 1);
@@ -156,7 +213,8 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
     // kube-controller-manager runs with the real kube-apiserver; the managed-by label keeps our
     // server's controller off it), an IngressClass of ours and an Ingress.
     let objects = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: kube-dns, namespace: kube-system}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: dns-tcp, port: 53, protocol: TCP}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web, endpointslice.kubernetes.io/managed-by: tests.switchyard.io}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: kn1}}]\n---\n\
          apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: switchyard-test}}\nspec: {{controller: switchyard.io/ingress-controller}}\n---\n\
          apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: default}}\nspec:\n  ingressClassName: switchyard-test\n  rules: [{{host: web.example, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]\n",
@@ -186,7 +244,9 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
             "--service-cidr",
             "10.96.0.0/24",
             "--dns-listen",
-            "127.0.0.1:1053",
+            "10.244.1.1:53",
+            "--dns-service",
+            "kube-system/kube-dns",
             "--ingress-http",
             "127.0.0.1:18080",
             "--ingress-https",
@@ -200,12 +260,15 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
     eventually(Duration::from_secs(30), || {
         (sb.http_get(&client, &url, 1) == ["web-1"]).then_some(())
     });
-    // Cluster DNS answers from the API's Services.
+    // Cluster DNS answers from the API's Services, at the kube-dns Service's IP, which the agent
+    // serves itself (`--dns-service`): a pod resolves as it would with CoreDNS.
     let dig = |sb: &Sandbox, name: &str| {
         let out = sb.exec(
-            &node.ns,
-            &["dig", "+short", "@127.0.0.1", "-p", "1053", name],
+            &client.ns,
+            &["dig", "+short", "+tries=1", "@10.96.0.10", name],
         );
+        let out2 = sb.exec(&client.ns, &["dig", "+short", "+tcp", "@10.96.0.10", name]);
+        assert_eq!(out.stdout, out2.stdout, "UDP and TCP answer alike");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     eventually(Duration::from_secs(10), || {
