@@ -40,10 +40,11 @@ fn image() -> Option<&'static str> {
     }
 }
 
-/// A new container from `image`; its name.
+/// A new container from `image`; its name. Seccomp is off, as kubelet leaves it unless a pod
+/// asks for a profile.
 fn container(image: &str) -> String {
     let from = Command::new("buildah")
-        .args(["from", image])
+        .args(["from", "--security-opt", "seccomp=unconfined", image])
         .output()
         .unwrap();
     assert!(
@@ -104,53 +105,101 @@ fn the_image_builds_and_runs_the_agent_and_its_tools() {
 }
 
 /// A containerized agent: killed without warning when dropped (also when a test fails).
-struct Agent(Child);
+struct Agent {
+    run: Child,
+    /// Where its kubeconfig is mounted: unique, so that its process can be found.
+    mount: String,
+}
 
 impl Drop for Agent {
     /// Kills the agent process of the container (found by its kubeconfig mount, as the host sees
     /// it) and the buildah that ran it.
     fn drop(&mut self) {
         let _ = Command::new("pkill")
-            .args(["-9", "-f", "/switchyard node --kubeconfig /kubeconfig"])
+            .args([
+                "-9",
+                "-f",
+                &format!("/switchyard node --kubeconfig {}", self.mount),
+            ])
             .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.run.kill();
+        let _ = self.run.wait();
     }
 }
 
-/// The agent in iptables mode, in a container in `netns` with the capabilities the DaemonSet
-/// gives it.
-fn containerized_agent(container: &str, netns: &str, kubeconfig: &str) -> Agent {
-    let child = Command::new("buildah")
-        .args(["run", "--network", &format!("ns:/run/netns/{netns}")])
-        .args(["--cap-add", "CAP_NET_ADMIN", "--cap-add", "CAP_NET_RAW"])
-        .args(["-v", &format!("{kubeconfig}:/kubeconfig:ro")])
+/// The capabilities the DaemonSet gives the agent.
+const CAPS: [&str; 6] = [
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_BPF",
+    "CAP_SYS_ADMIN",
+    "CAP_PERFMON",
+];
+
+/// The agent, in a container in `netns` with the DaemonSet's capabilities, `mounts` (host paths
+/// at the same place) and `extra` flags.
+fn containerized_agent(
+    container: &str,
+    netns: &str,
+    kubeconfig: &str,
+    mounts: &[&std::path::Path],
+    extra: &[&str],
+) -> Agent {
+    let mount = format!("/kubeconfig-{netns}");
+    let mut cmd = Command::new("buildah");
+    cmd.args(["run", "--network", &format!("ns:/run/netns/{netns}")])
+        .args(["-v", &format!("{kubeconfig}:{mount}:ro")]);
+    for cap in CAPS {
+        cmd.args(["--cap-add", cap]);
+    }
+    for m in mounts {
+        cmd.arg("-v")
+            .arg(format!("{}:{}", m.display(), m.display()));
+    }
+    let child = cmd
         .args([
             container,
             "--",
             "/switchyard",
             "node",
             "--kubeconfig",
-            "/kubeconfig",
+            &mount,
         ])
-        .args(["--node-name", "n1", "--proxy-mode", "iptables"])
-        .args([
-            "--iptables-backend",
-            "nft",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-        ])
+        .args(["--node-name", "n1", "--iptables-backend", "nft"])
+        .args(["--cluster-cidr", "10.244.0.0/16"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Agent(child)
+    Agent { run: child, mount }
 }
 
 #[test]
 fn an_agent_in_a_new_container_takes_over_from_one_in_an_old_container() {
     crate::need!(Iptables);
     let Some(image) = image() else { return };
+    takeover(image, Mode::Iptables);
+}
+
+#[test]
+fn an_ebpf_agent_in_a_new_container_adopts_the_maps_of_one_in_an_old_container() {
+    crate::need!(Ebpf);
+    let Some(image) = image() else { return };
+    takeover(image, Mode::Ebpf);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Iptables,
+    Ebpf,
+}
+
+/// An agent in a container, then (killed without warning while connections flow) another in a
+/// new container: traffic never stops, and the new one adopts what the old one programmed —
+/// iptables rules unchanged, or the very BPF maps it pinned.
+fn takeover(image: &str, mode: Mode) {
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let backend = sb.pod(&n1, "w1");
@@ -171,7 +220,58 @@ fn an_agent_in_a_new_container_takes_over_from_one_in_an_old_container() {
     let ip = cluster_ip(&n1.ns, d, "web");
 
     let (old, new) = (container(image), container(image));
-    let first = containerized_agent(&old, &n1.ns, kc);
+    // The eBPF agent's cgroup and the bpffs its pins go under (the pin directory itself is
+    // made by the agent), and where it pins.
+    let (mounts, extra, pins): (
+        Vec<std::path::PathBuf>,
+        Vec<String>,
+        Option<std::path::PathBuf>,
+    ) = match mode {
+        Mode::Iptables => (
+            Vec::new(),
+            vec!["--proxy-mode".into(), "iptables".into()],
+            None,
+        ),
+        Mode::Ebpf => {
+            let cg = sb.cgroup();
+            let args = [
+                "--proxy-mode",
+                "ebpf",
+                "--cgroup-path",
+                cg.path.to_str().unwrap(),
+                "--bpf-pin-path",
+                cg.pins.to_str().unwrap(),
+            ];
+            (
+                vec![cg.path.clone(), cg.pins.parent().unwrap().to_path_buf()],
+                args.map(str::to_string).to_vec(),
+                Some(cg.pins.clone()),
+            )
+        }
+    };
+    let mounts: Vec<&std::path::Path> = mounts.iter().map(|p| p.as_path()).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    // The maps the agent pinned, by file identity: a new agent that made its own maps would pin
+    // new files. (Its program links are attached anew by design: the new ones before the old go.)
+    let pinned = || -> Vec<(String, u64)> {
+        let Some(dir) = &pins else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with("link-"))
+                    .map(|e| {
+                        let ino = std::os::unix::fs::MetadataExt::ino(&e.metadata().unwrap());
+                        (e.file_name().to_string_lossy().into_owned(), ino)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    let first = containerized_agent(&old, &n1.ns, kc, &mounts, &extra);
     eventually(Duration::from_secs(30), || {
         (answers(&sb, &client, &format!("http://{ip}/"), 3) == set(&["w1"])).then_some(())
     });
@@ -179,13 +279,17 @@ fn an_agent_in_a_new_container_takes_over_from_one_in_an_old_container() {
         String::from_utf8_lossy(&sb.exec(&n1.ns, &["iptables-save"]).stdout).into_owned()
     };
     let before = rules(&sb);
+    let maps_before = pinned();
+    if mode == Mode::Ebpf {
+        assert!(!maps_before.is_empty(), "the eBPF agent pinned nothing");
+    }
 
     // The old container's agent dies; a new container's agent starts while connections keep
     // coming, adopts what the old one programmed, and traffic never stops.
     let running = load(&sb, &client, &ip, 6);
     std::thread::sleep(Duration::from_secs(1));
     drop(first);
-    let second = containerized_agent(&new, &n1.ns, kc);
+    let second = containerized_agent(&new, &n1.ns, kc, &mounts, &extra);
     let (good, failed) = running.join().unwrap();
     assert_eq!(failed, 0, "{failed} connections failed ({good} succeeded)");
     assert!(good > 30, "only {good} connections in 6 s");
@@ -202,7 +306,14 @@ fn an_agent_in_a_new_container_takes_over_from_one_in_an_old_container() {
             .collect()
     };
     assert_eq!(sy(&before), sy(&after), "the new agent rewrote the rules");
-    assert_eq!(after.matches("-j SY-SERVICES").count(), 2);
+    if mode == Mode::Iptables {
+        assert_eq!(after.matches("-j SY-SERVICES").count(), 2);
+    }
+    assert_eq!(
+        maps_before,
+        pinned(),
+        "the new agent did not adopt the pinned maps"
+    );
     drop(second);
     remove(&old);
     remove(&new);

@@ -187,8 +187,9 @@ fn the_agent_serves_switchyard_server_with_the_deploy_service_account() {
 }
 
 /// The node agent, as deploy/ installs it (its ServiceAccount's token, its ClusterRole), in a
-/// node namespace with pods: ClusterIP traffic, cluster DNS at the kube-dns Service's IP,
-/// Ingress routing and status, and a Service deleted while it was not watching going away.
+/// node namespace with pods: ClusterIP and NodePort traffic, cluster DNS at the kube-dns
+/// Service's IP, Ingress routing and status, and a Service deleted while it was not watching
+/// going away.
 fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
     let mut sb = Sandbox::new();
     let node = sb.node("kn1", 1);
@@ -214,7 +215,7 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
     // server's controller off it), an IngressClass of ours and an Ingress.
     let objects = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: kube-dns, namespace: kube-system}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: dns-tcp, port: 53, protocol: TCP}}]\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web, endpointslice.kubernetes.io/managed-by: tests.switchyard.io}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: kn1}}]\n---\n\
          apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: switchyard-test}}\nspec: {{controller: switchyard.io/ingress-controller}}\n---\n\
          apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: default}}\nspec:\n  ingressClassName: switchyard-test\n  rules: [{{host: web.example, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]\n",
@@ -255,11 +256,15 @@ fn agent_serves(start: impl FnOnce(&mut Sandbox, &Node) -> Api) {
             "10.244.1.1",
         ],
     );
-    // ClusterIP traffic from a pod reaches the endpoint.
-    let url = format!("http://{cluster_ip}/");
-    eventually(Duration::from_secs(30), || {
-        (sb.http_get(&client, &url, 1) == ["web-1"]).then_some(())
-    });
+    // ClusterIP and NodePort traffic from a pod reaches the endpoint.
+    for url in [
+        format!("http://{cluster_ip}/"),
+        "http://10.244.1.1:30080/".to_string(),
+    ] {
+        eventually(Duration::from_secs(30), || {
+            (sb.http_get(&client, &url, 1) == ["web-1"]).then_some(())
+        });
+    }
     // Cluster DNS answers from the API's Services, at the kube-dns Service's IP, which the agent
     // serves itself (`--dns-service`): a pod resolves as it would with CoreDNS.
     let dig = |sb: &Sandbox, name: &str| {
