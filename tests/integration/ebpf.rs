@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::need;
-use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
+use crate::support::cluster::{cluster_ip, ok, register_pod, start_server, web_service};
 use crate::support::netns::{Node, Pod, Sandbox};
 use crate::support::traffic::{answers, last_answer, load, service, set, udp_client};
 use crate::support::{bin, eventually};
@@ -236,13 +236,7 @@ fn ebpf_churn_and_restart_lose_no_connection_and_cleanup_leaves_nothing() {
     for i in [1, 2] {
         register_pod(&n1.ns, d, &format!("w{i}"), "n1", &pods[i - 1]);
     }
-    ok(
-        &n1.ns,
-        d,
-        &["apply", "-f", "-"],
-        &service("web", "app: web", ""),
-    );
-    let ip = cluster_ip(&n1.ns, d, "web");
+    let ip = web_service(&n1.ns, d);
     let url = format!("http://{ip}/");
     eventually(Duration::from_secs(30), || {
         (answers(&sb, &client, &url, 10) == set(&["w1", "w2"])).then_some(())
@@ -336,13 +330,7 @@ fn ebpf_starts_with_default_flags_on_a_pure_cgroup_v2_host() {
     sb.spawn(&n1.ns, &args);
     sb.http_backend(&a, 8080, "a");
     register_pod(&n1.ns, d, "a", "n1", &a);
-    ok(
-        &n1.ns,
-        d,
-        &["apply", "-f", "-"],
-        &service("web", "app: web", ""),
-    );
-    let url = format!("http://{}/", cluster_ip(&n1.ns, d, "web"));
+    let url = format!("http://{}/", web_service(&n1.ns, d));
     eventually(Duration::from_secs(30), || {
         (answers(&sb, &client, &url, 4) == set(&["a"])).then_some(())
     });

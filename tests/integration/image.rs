@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
+use crate::support::cluster::{register_pod, start_server, web_service};
 use crate::support::netns::Sandbox;
-use crate::support::traffic::{answers, load, service, set};
+use crate::support::traffic::{answers, load, set};
 use crate::support::{bin, eventually};
 
 /// Builds the image once per test run; None (with the reason skipped) where it cannot be built.
@@ -211,13 +211,7 @@ fn takeover(image: &str, mode: Mode) {
     let kc = kubeconfig.to_str().unwrap();
     sb.http_backend(&backend, 8080, "w1");
     register_pod(&n1.ns, d, "w1", "n1", &backend);
-    ok(
-        &n1.ns,
-        d,
-        &["apply", "-f", "-"],
-        &service("web", "app: web", ""),
-    );
-    let ip = cluster_ip(&n1.ns, d, "web");
+    let ip = web_service(&n1.ns, d);
 
     let (old, new) = (container(image), container(image));
     // The eBPF agent's cgroup and the bpffs its pins go under (the pin directory itself is

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::need;
-use crate::support::cluster::{cluster_ip, ok, register_pod, start_server};
+use crate::support::cluster::{cluster_ip, ok, register_pod, start_server, web_service};
 use crate::support::netns::{Node, Pod, Sandbox};
 use crate::support::traffic::{answers, last_answer, load, service, set, udp_client};
 use crate::support::{bin, eventually};
@@ -258,13 +258,7 @@ fn iptables_agent_restarts_under_load_and_cleans_up() {
         sb.http_backend(pod, 8080, &name);
         register_pod(&n1.ns, d, &name, "n1", pod);
     }
-    ok(
-        &n1.ns,
-        d,
-        &["apply", "-f", "-"],
-        &service("web", "app: web", ""),
-    );
-    let ip = cluster_ip(&n1.ns, d, "web");
+    let ip = web_service(&n1.ns, d);
     eventually(Duration::from_secs(30), || {
         (answers(&sb, &client, &format!("http://{ip}/"), 10) == set(&["w1", "w2"])).then_some(())
     });

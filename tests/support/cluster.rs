@@ -86,3 +86,15 @@ pub fn cluster_ip(ns: &str, dir: &Path, name: &str) -> String {
         "",
     )
 }
+
+/// Applies the `web` Service (pods labelled `app: web`, port 80 to their `http` port); its
+/// ClusterIP.
+pub fn web_service(ns: &str, dir: &Path) -> String {
+    ok(
+        ns,
+        dir,
+        &["apply", "-f", "-"],
+        &super::traffic::service("web", "app: web", ""),
+    );
+    cluster_ip(ns, dir, "web")
+}
