@@ -40,9 +40,18 @@ fn image() -> Option<&'static str> {
     }
 }
 
-/// A new container from `image`; its name. Seccomp is off, as kubelet leaves it unless a pod
-/// asks for a profile.
-fn container(image: &str) -> String {
+/// A working container of the image, removed when dropped (also when a test fails).
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("buildah").args(["rm", &self.0]).output();
+    }
+}
+
+/// A new container from `image`. Seccomp is off, as kubelet leaves it unless a pod asks for a
+/// profile.
+fn container(image: &str) -> Container {
     let from = Command::new("buildah")
         .args(["from", "--security-opt", "seccomp=unconfined", image])
         .output()
@@ -52,11 +61,7 @@ fn container(image: &str) -> String {
         "{}",
         String::from_utf8_lossy(&from.stderr)
     );
-    String::from_utf8_lossy(&from.stdout).trim().to_string()
-}
-
-fn remove(container: &str) {
-    let _ = Command::new("buildah").args(["rm", container]).output();
+    Container(String::from_utf8_lossy(&from.stdout).trim().to_string())
 }
 
 fn run_in(container: &str, args: &[&str]) -> String {
@@ -81,15 +86,15 @@ fn the_image_builds_and_runs_the_agent_and_its_tools() {
         format!("localhost/switchyard:{}", env!("CARGO_PKG_VERSION"))
     );
     let c = container(image);
-    let version = run_in(&c, &["/switchyard", "--version"]);
+    let version = run_in(&c.0, &["/switchyard", "--version"]);
     let tools = [
-        run_in(&c, &["iptables-nft-restore", "--version"]),
-        run_in(&c, &["iptables-legacy-restore", "--version"]),
-        run_in(&c, &["ip6tables-nft-save", "--version"]),
-        run_in(&c, &["conntrack", "--version"]),
-        run_in(&c, &["ip", "-V"]),
+        run_in(&c.0, &["iptables-nft-restore", "--version"]),
+        run_in(&c.0, &["iptables-legacy-restore", "--version"]),
+        run_in(&c.0, &["ip6tables-nft-save", "--version"]),
+        run_in(&c.0, &["conntrack", "--version"]),
+        run_in(&c.0, &["ip", "-V"]),
     ];
-    remove(&c);
+    drop(c);
     assert_eq!(
         version.trim(),
         format!("switchyard {}", env!("CARGO_PKG_VERSION"))
@@ -265,7 +270,7 @@ fn takeover(image: &str, mode: Mode) {
         out.sort();
         out
     };
-    let first = containerized_agent(&old, &n1.ns, kc, &mounts, &extra);
+    let first = containerized_agent(&old.0, &n1.ns, kc, &mounts, &extra);
     eventually(Duration::from_secs(30), || {
         (answers(&sb, &client, &format!("http://{ip}/"), 3) == set(&["w1"])).then_some(())
     });
@@ -283,7 +288,7 @@ fn takeover(image: &str, mode: Mode) {
     let running = load(&sb, &client, &ip, 6);
     std::thread::sleep(Duration::from_secs(1));
     drop(first);
-    let second = containerized_agent(&new, &n1.ns, kc, &mounts, &extra);
+    let second = containerized_agent(&new.0, &n1.ns, kc, &mounts, &extra);
     let (good, failed) = running.join().unwrap();
     assert_eq!(failed, 0, "{failed} connections failed ({good} succeeded)");
     assert!(good > 30, "only {good} connections in 6 s");
@@ -309,6 +314,4 @@ fn takeover(image: &str, mode: Mode) {
         "the new agent did not adopt the pinned maps"
     );
     drop(second);
-    remove(&old);
-    remove(&new);
 }
