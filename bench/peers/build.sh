@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes components the tests and benchmarks compare with and run against,
 # from their Go modules through the module proxy, into a cache (nothing built here is committed):
-#   kube-apiserver (k8s.io/kubernetes, its staging modules replaced by their published versions)
+#   kube-apiserver and kube-proxy (k8s.io/kubernetes, its staging modules replaced by their
+#   published versions)
 #   etcd (go.etcd.io/etcd/server/v3, the version kube-apiserver's release is tested with)
 #
 # Usage: bench/peers/build.sh [COMPONENT...]   (default: kube-apiserver etcd)

@@ -154,6 +154,14 @@ async fn bootstrap(
     }
     // `admin`, `edit` and `view` show their rules from the start.
     aggregation::sync(registry).await;
+    // The range ClusterIPs come from, as kube-apiserver publishes it (kube-proxy reads it).
+    let cidr = json!({
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": [config.service_cidr.to_string()]},
+    });
+    registry
+        .ensure(builtin(Builtin::ServiceCIDR), None, cidr)
+        .await?;
     let ip = registry.first_cluster_ip().to_string();
     let svc = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, ServiceCIDR};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -50,6 +50,8 @@ pub enum Builtin {
     Event,
     /// events.k8s.io/v1 Event, as the newer recorders write them.
     EventsV1Event,
+    /// The ranges ClusterIPs come from (kube-proxy watches them).
+    ServiceCIDR,
 }
 
 /// One served kind.
@@ -239,6 +241,10 @@ static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
         builtin!(CertificateSigningRequest, "certificates.k8s.io", "certificatesigningrequests", short: &["csr"], cat: &[], ns: false, status: true, generation: false,
             lists: &[("status.conditions", "type")]),
         builtin!(Event, "", "events", short: &["ev"], cat: &[], ns: true, status: false, generation: false, lists: NONE),
+        Resource {
+            singular: "servicecidr".to_string(),
+            ..builtin!(ServiceCIDR, "networking.k8s.io", "servicecidrs", short: &[], cat: &[], ns: false, status: true, generation: true, lists: CONDITIONS)
+        },
         Resource {
             kind: "Event".to_string(),
             singular: "event".to_string(),

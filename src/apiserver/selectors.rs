@@ -229,6 +229,8 @@ fn field_labels(kind: &str) -> &'static [&'static str] {
         "Secret" => &["type"],
         "Namespace" => &["status.phase"],
         "Node" => &["spec.unschedulable"],
+        // kube-proxy lists Services with `spec.clusterIP!=None`.
+        "Service" => &["spec.clusterIP", "spec.type"],
         // core/v1 Events (what `kubectl describe` selects by) and events.k8s.io/v1 Events.
         "Event" => &[
             "involvedObject.kind",

@@ -7,6 +7,7 @@ mod crash;
 mod dns;
 mod ebpf;
 mod image;
+mod incumbents;
 mod ingress;
 mod ingress_hostile;
 mod iptables;

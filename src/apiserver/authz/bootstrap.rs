@@ -118,6 +118,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 {"apiGroups": [""], "resources": ["endpoints", "services"], "verbs": ["list", "watch"]},
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": READ},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"], "verbs": ["list", "watch"]},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
             ]),
         ),
