@@ -4,6 +4,11 @@
 #   kube-apiserver and kube-proxy (k8s.io/kubernetes, its staging modules replaced by their
 #   published versions)
 #   etcd (go.etcd.io/etcd/server/v3, the version kube-apiserver's release is tested with)
+#   coredns (github.com/coredns/coredns's server with the plugins a cluster DNS Corefile uses:
+#     bind, errors, log, health, ready, prometheus, cache, kubernetes, loop, forward, reload and
+#     loadbalance; the cloud-provider plugins of its default build are left out, which saves
+#     most of its build)
+#   kwok (sigs.k8s.io/kwok/cmd/kwok: simulated nodes and pods, without kubelets)
 #
 # Usage: bench/peers/build.sh [COMPONENT...]   (default: kube-apiserver etcd)
 # Prints the directory holding the binaries. A component already built at the pinned version is
@@ -13,6 +18,8 @@ set -euo pipefail
 K8S_VERSION=v1.34.4
 STAGING_VERSION=v0.34.4
 ETCD_VERSION=v3.6.4
+COREDNS_VERSION=v1.15.0
+KWOK_VERSION=v0.8.0
 # k8s.io/kubernetes's go.mod points these at ./staging; outside its tree they are the published
 # modules of the same release.
 STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
@@ -55,11 +62,54 @@ build_etcd() {
   fi
 }
 
-for c in "${components[@]}"; do
-  if [ "$c" = etcd ]; then
-    build_etcd
-    continue
+# CoreDNS's own main is coremain.Run with every plugin registered by core/plugin; this one
+# registers only those named above (the server type and the directive order are CoreDNS's).
+build_coredns() {
+  local cdir="$cache/coredns-$COREDNS_VERSION"
+  mkdir -p "$cdir"
+  if [ ! -x "$dir/bin/coredns" ]; then
+    echo "== building coredns $COREDNS_VERSION (once; cached in $cdir)" >&2
+    local start; start=$(date +%s)
+    printf 'module switchyard.local/coredns\n\ngo 1.26.0\n' >"$cdir/go.mod"
+    {
+      echo 'package main'
+      echo
+      echo 'import ('
+      echo '	_ "github.com/coredns/coredns/core/dnsserver"'
+      echo '	"github.com/coredns/coredns/coremain"'
+      for p in bind errors log health ready metrics cache kubernetes loop forward reload loadbalance; do
+        echo "	_ \"github.com/coredns/coredns/plugin/$p\""
+      done
+      echo ')'
+      echo
+      echo 'func main() { coremain.Run() }'
+    } >"$cdir/main.go"
+    (cd "$cdir" && go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2 \
+      && go build -trimpath -o "$dir/bin/coredns.tmp" .)
+    mv "$dir/bin/coredns.tmp" "$dir/bin/coredns"
+    echo "== built coredns in $(( $(date +%s) - start )) s" >&2
   fi
+}
+build_kwok() {
+  local kdir="$cache/kwok-$KWOK_VERSION"
+  mkdir -p "$kdir"
+  if [ ! -x "$dir/bin/kwok" ]; then
+    echo "== building kwok $KWOK_VERSION (once; cached in $kdir)" >&2
+    local start; start=$(date +%s)
+    printf 'module switchyard.local/kwok\n\ngo 1.26.0\n' >"$kdir/go.mod"
+    (cd "$kdir" && go get "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >&2 \
+      && go build -trimpath -o "$dir/bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok)
+    mv "$dir/bin/kwok.tmp" "$dir/bin/kwok"
+    echo "== built kwok in $(( $(date +%s) - start )) s" >&2
+  fi
+}
+
+for c in "${components[@]}"; do
+  case "$c" in
+    etcd) build_etcd; continue ;;
+    coredns) build_coredns; continue ;;
+    kwok) build_kwok; continue ;;
+  esac
   if [ ! -x "$dir/bin/$c" ]; then
     echo "== building $c $K8S_VERSION (once; cached in $dir)" >&2
     start=$(date +%s)

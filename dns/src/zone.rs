@@ -2,11 +2,12 @@
 //! snapshot from plain service data and then only read: a lookup is one hash-map probe.
 //!
 //! - `dns-version.<zone>` TXT "1.1.0";
-//! - ClusterIP services: `<svc>.<ns>.svc.<zone>` A/AAAA, SRV for every named port, PTR for the
-//!   ClusterIPs;
+//! - ClusterIP services: `<svc>.<ns>.svc.<zone>` A/AAAA and SRV for every port, SRV at
+//!   `_<port>._<proto>.<svc>...` for every named port, PTR for the ClusterIPs;
 //! - headless services: A/AAAA per ready endpoint (the name does not exist with none),
 //!   `<hostname>.<svc>.<ns>.svc.<zone>` per endpoint (a dashed address when it has no hostname),
-//!   SRV per ready endpoint and named port, PTR per endpoint address;
+//!   SRV per ready endpoint and port (at the service's name, and at `_<port>._<proto>` for named
+//!   ports), PTR per endpoint address; SRV weights as CoreDNS gives them (100 shared equally);
 //! - ExternalName services: a CNAME (the server follows it to the target's records).
 //!
 //! Every ancestor of a name up to the zone exists (an empty non-terminal answers NODATA, not
@@ -182,6 +183,26 @@ impl Builder<'_> {
         }
     }
 
+    /// SRV records (owner, port, target) weighed as CoreDNS weighs them: the records of one
+    /// owner share a weight of 100 equally, at least 1 each, counted before identical records
+    /// merge. The service's own name has one per port (of every endpoint, when headless), the
+    /// `_<port>._<protocol>` names one per endpoint of that port.
+    fn srv_sets(&mut self, srvs: &[(Name, u16, Name)]) {
+        let mut count: HashMap<&Name, usize> = HashMap::new();
+        for (owner, _, _) in srvs {
+            *count.entry(owner).or_default() += 1;
+        }
+        for (owner, port, target) in srvs {
+            let weight = (100 / count[owner]).max(1) as u16;
+            self.add(Record::from_rdata(
+                owner.clone(),
+                self.ttl,
+                RData::SRV(SRV::new(0, weight, *port, target.clone())),
+            ));
+            self.exists(owner);
+        }
+    }
+
     fn child(&self, labels: &[&str]) -> Option<Name> {
         Name::from_labels(labels.iter().map(|l| l.as_bytes()))
             .ok()?
@@ -194,7 +215,11 @@ impl Builder<'_> {
             return;
         };
         let ttl = self.ttl;
+        // `_<port>._<protocol>.<svc>`, for named ports.
         let srv_name = |p: &Port| {
+            if p.name.is_empty() {
+                return None;
+            }
             Name::from_labels([
                 format!("_{}", p.name).as_bytes(),
                 format!("_{}", p.protocol).as_bytes(),
@@ -226,19 +251,19 @@ impl Builder<'_> {
                         self.add(Record::from_rdata(rev, ttl, RData::PTR(PTR(base.clone()))));
                     }
                 }
-                for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-                    let Some(n) = srv_name(p) else { continue };
-                    self.add(Record::from_rdata(
-                        n.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(0, 100, p.port, base.clone())),
-                    ));
-                    self.exists(&n);
+                let mut srvs = Vec::new();
+                for p in &svc.ports {
+                    srvs.push((base.clone(), p.port, base.clone()));
+                    if let Some(n) = srv_name(p) {
+                        srvs.push((n, p.port, base.clone()));
+                    }
                 }
+                self.srv_sets(&srvs);
                 self.exists(&base);
             }
             Kind::Headless => {
                 let ready: Vec<&Endpoint> = svc.endpoints.iter().filter(|e| e.ready).collect();
+                let mut srvs = Vec::new();
                 for ep in &ready {
                     for ip in &ep.addresses {
                         let host = ep.hostname.clone().unwrap_or_else(|| dashed(*ip));
@@ -257,18 +282,16 @@ impl Builder<'_> {
                                 RData::PTR(PTR(host_name.clone())),
                             ));
                         }
-                        for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-                            let Some(n) = srv_name(p) else { continue };
-                            self.add(Record::from_rdata(
-                                n.clone(),
-                                ttl,
-                                RData::SRV(SRV::new(0, 100, p.port, host_name.clone())),
-                            ));
-                            self.exists(&n);
+                        for p in &svc.ports {
+                            srvs.push((base.clone(), p.port, host_name.clone()));
+                            if let Some(n) = srv_name(p) {
+                                srvs.push((n, p.port, host_name.clone()));
+                            }
                         }
                         self.exists(&host_name);
                     }
                 }
+                self.srv_sets(&srvs);
                 // With no ready endpoint the name does not exist; the namespace still does.
                 if ready.is_empty() {
                     if let Some(ns) = self.child(&[&svc.namespace, "svc"]) {
@@ -510,8 +533,13 @@ impl ClusterZone {
         match found {
             Some(answers) if !answers.is_empty() => {
                 let mut additionals = Vec::new();
+                let mut seen: Vec<&Name> = Vec::new();
                 for r in answers {
                     if let RData::SRV(srv) = &r.data {
+                        if seen.contains(&&srv.target) {
+                            continue;
+                        }
+                        seen.push(&srv.target);
                         if let Some(target) = self.names.get(&wire_key(&srv.target)) {
                             for t in [RecordType::A, RecordType::AAAA] {
                                 additionals.extend(target.sets.get(&t).into_iter().flatten());

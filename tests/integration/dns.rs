@@ -91,7 +91,7 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-fn dig(port: u16, args: &[&str]) -> String {
+pub(crate) fn dig(port: u16, args: &[&str]) -> String {
     let out = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
         .args(args)
@@ -100,7 +100,7 @@ fn dig(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn status(out: &str) -> String {
+pub(crate) fn status(out: &str) -> String {
     out.lines()
         .find_map(|l| l.split("status: ").nth(1))
         .map(|s| s.split(',').next().unwrap_or("").to_string())
@@ -108,7 +108,7 @@ fn status(out: &str) -> String {
 }
 
 /// The answer section as (name, type, data) triples.
-fn answers(out: &str) -> Vec<(String, String, String)> {
+pub(crate) fn answers(out: &str) -> Vec<(String, String, String)> {
     out.lines()
         .skip_while(|l| !l.starts_with(";; ANSWER SECTION"))
         .skip(1)
@@ -208,8 +208,8 @@ async fn cluster_records_with_dig() {
     assert_eq!(
         targets,
         [
-            "0 100 5432 10-244-0-6.db.default.svc.cluster.local.",
-            "0 100 5432 db-0.db.default.svc.cluster.local."
+            "0 50 5432 10-244-0-6.db.default.svc.cluster.local.",
+            "0 50 5432 db-0.db.default.svc.cluster.local."
         ]
     );
     assert_eq!(

@@ -97,12 +97,26 @@ fn cluster_ip_records() {
         )),
         ["0 100 80 web.default.svc.cluster.local."]
     );
-    match z.lookup(
-        &q("_http._tcp.web.default.svc.cluster.local."),
-        RecordType::SRV,
-    ) {
-        Answer::Records { additionals, .. } => assert_eq!(additionals.len(), 2),
-        other => panic!("{other:?}"),
+    let mut bare = data(z.lookup(&q("web.default.svc.cluster.local."), RecordType::SRV));
+    bare.sort();
+    assert_eq!(
+        bare,
+        [
+            "0 50 80 web.default.svc.cluster.local.",
+            "0 50 81 web.default.svc.cluster.local."
+        ],
+        "the service's own name has every port, named or not"
+    );
+    for name in ["_http._tcp.web", "web"] {
+        match z.lookup(
+            &q(&format!("{name}.default.svc.cluster.local.")),
+            RecordType::SRV,
+        ) {
+            Answer::Records { additionals, .. } => {
+                assert_eq!(additionals.len(), 2, "the target's A and AAAA, once")
+            }
+            other => panic!("{other:?}"),
+        }
     }
     assert_eq!(
         data(z.lookup(&q("10.0.96.10.in-addr.arpa."), RecordType::PTR)),
@@ -141,10 +155,14 @@ fn headless_records() {
     assert_eq!(
         srv,
         [
-            "0 100 5432 10-244-0-6.pg.db.svc.cluster.local.",
-            "0 100 5432 pg-0.pg.db.svc.cluster.local."
-        ]
+            "0 50 5432 10-244-0-6.pg.db.svc.cluster.local.",
+            "0 50 5432 pg-0.pg.db.svc.cluster.local."
+        ],
+        "CoreDNS's weights: 100 shared by the records of a name"
     );
+    let mut bare = data(z.lookup(&q("pg.db.svc.cluster.local."), RecordType::SRV));
+    bare.sort();
+    assert_eq!(bare, srv, "the service's own name: every ready endpoint and port");
     assert_eq!(
         data(z.lookup(&q("5.0.244.10.in-addr.arpa."), RecordType::PTR)),
         ["pg-0.pg.db.svc.cluster.local."]
