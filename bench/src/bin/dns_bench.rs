@@ -1,13 +1,20 @@
-//! Cluster DNS benchmark: Switchyard's DNS, NSD and Knot serving the same 10,000-Service zone,
-//! one worker each, measured in the same run.
+//! Cluster DNS benchmark: Switchyard's DNS, CoreDNS (its `kubernetes` plugin reading the same
+//! API, with `cache 30`, `GOMAXPROCS=1`), NSD and Knot serving the same 10,000-Service zone, one
+//! worker each, measured in the same run.
 //!
 //! - dnsperf (`-c 4 -T 1`) against each server: queries per second, average and maximum latency
 //!   (dnsperf 2.10 prints no percentiles);
 //! - a sequential probe (one query at a time over UDP) against each server at light load:
 //!   latency p50/p99;
-//! - DNS programming latency: a Service created through the API until its name resolves, p50/p99.
+//! - the forwarded path: Switchyard and CoreDNS forward names outside the cluster to one
+//!   `unbound` on loopback (one thread; it answers every name under `example.test` from local
+//!   data and refuses all else, so nothing leaves the machine): dnsperf on 1,000 names asked
+//!   again and again (cache hits) and on names never asked before (cache misses), and unbound
+//!   asked directly;
+//! - DNS programming latency: a Service created through the API until its name resolves, p50/p99
+//!   (CoreDNS through a second server block without `cache`, which would hold a negative answer).
 //!
-//! Usage: dns-bench --switchyard target/release/switchyard
+//! Usage: dns-bench --switchyard target/release/switchyard [--coredns PATH]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use switchyard_bench::api::{api_creates, free_port, Proc, Up};
+use switchyard_bench::api::{api_creates, free_port, rss_mb, Proc, Up};
 use switchyard_bench::{dns_query as query, http_get, metric_quantile, Samples};
 use tokio::net::UdpSocket;
 
@@ -33,6 +40,13 @@ struct Args {
     /// Services created for the programming-latency measurement.
     #[arg(long, default_value_t = 100)]
     programming: usize,
+    /// CoreDNS (bench/peers/build.sh coredns); without it CoreDNS is left out.
+    #[arg(long)]
+    coredns: Option<PathBuf>,
+    /// Distinct names in the cache-miss query file (each server gets the same file; no name is
+    /// asked twice of a server unless it answers more than this many within a run).
+    #[arg(long, default_value_t = 1_000_000)]
+    miss_names: usize,
 }
 
 const DOMAIN: &str = "cluster.local";
@@ -69,6 +83,35 @@ async fn probe(server: SocketAddr, names: &[String], n: usize) -> Result<Samples
         s.record(t.elapsed().as_nanos() as u64);
     }
     Ok(s)
+}
+
+/// One sequential probe, printed as a line of the latency table.
+async fn probe_line(what: &str, server: SocketAddr, names: &[String]) -> Result<()> {
+    let mut s = probe(server, names, 20_000).await?;
+    println!(
+        "{what:<12} p50 {:>7.1} µs   p99 {:>7.1} µs",
+        s.quantile(0.5) as f64 / 1000.0,
+        s.quantile(0.99) as f64 / 1000.0
+    );
+    Ok(())
+}
+
+/// dnsperf against each server in turn, printed as a table; the queries per second of each.
+fn dnsperf_each(servers: &[(&str, SocketAddr)], queries: &Path, seconds: u32) -> Result<Vec<f64>> {
+    println!(
+        "{:<12} {:>10} {:>12} {:>12} {:>14}",
+        "server", "qps", "avg ms", "max ms", "lost"
+    );
+    let mut qps = Vec::new();
+    for (what, server) in servers {
+        let p = dnsperf(server.port(), queries, seconds)?;
+        println!(
+            "{what:<12} {:>10.0} {:>12.3} {:>12.3} {:>14}",
+            p.qps, p.avg_ms, p.max_ms, p.lost
+        );
+        qps.push(p.qps);
+    }
+    Ok(qps)
 }
 
 struct Perf {
@@ -143,15 +186,29 @@ async fn main() -> Result<()> {
     let d = dir.path();
     let data = d.join("data");
     // One runtime worker: the DNS server gets one thread, as NSD and Knot get one worker.
+    let unbound_port = free_port();
+    let unbound = SocketAddr::from(([127, 0, 0, 1], unbound_port));
+    std::fs::write(
+        d.join("unbound.conf"),
+        format!(
+            "server:\n  interface: 127.0.0.1@{unbound_port}\n  num-threads: 1\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/unbound.pid\"\n  use-syslog: no\n  do-ip6: no\n  module-config: \"iterator\"\n  access-control: 127.0.0.0/8 allow\n  local-zone: \".\" refuse\n  local-zone: \"example.test.\" redirect\n  local-data: \"example.test. 300 IN A 192.0.2.1\"\nremote-control:\n  control-enable: no\n",
+            dir = d.display()
+        ),
+    )?;
+    let _unbound = Proc::start(
+        Command::new("unbound").arg("-c").arg(d.join("unbound.conf")),
+        "unbound",
+    )?;
     let dns = free_port();
     let dns_listen = format!("127.0.0.1:{dns}");
+    let upstream = unbound.to_string();
     let flags = [
         "--service-cidr",
         "127.20.0.0/16",
         "--dns-listen",
         &dns_listen,
         "--dns-upstream",
-        "127.0.0.1:9",
+        &upstream,
     ];
     let up = Up::start(
         &args.switchyard,
@@ -247,11 +304,43 @@ async fn main() -> Result<()> {
         SocketAddr::from(([127, 0, 0, 1], nsd_port)),
         SocketAddr::from(([127, 0, 0, 1], knot_port)),
     );
-    for (server, what) in [(nsd, "nsd"), (knot, "knot")] {
+    // CoreDNS as a cluster runs it (kubeadm's Corefile, less what does not serve queries), and
+    // a second server block without cache for the programming latency.
+    let coredns = match &args.coredns {
+        Some(bin) => {
+            let (port, fresh) = (free_port(), free_port());
+            std::fs::write(
+                d.join("Corefile"),
+                format!(
+                    "(cluster) {{\n  kubernetes {DOMAIN} in-addr.arpa ip6.arpa {{\n    kubeconfig {kc}\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n  }}\n}}\n.:{port} {{\n  bind 127.0.0.1\n  errors\n  import cluster\n  forward . {upstream}\n  cache 30\n  loadbalance\n}}\n.:{fresh} {{\n  bind 127.0.0.1\n  import cluster\n}}\n",
+                    kc = data.join("admin.kubeconfig").display()
+                ),
+            )?;
+            let proc = Proc::start(
+                Command::new(bin)
+                    .env("GOMAXPROCS", "1")
+                    .arg("-conf")
+                    .arg(d.join("Corefile")),
+                "coredns",
+            )?;
+            Some((
+                proc,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from(([127, 0, 0, 1], fresh)),
+            ))
+        }
+        None => None,
+    };
+    let mut peers = vec![(nsd, "nsd"), (knot, "knot")];
+    if let Some((_, port, fresh)) = &coredns {
+        peers.push((*port, "coredns"));
+        peers.push((*fresh, "coredns (no cache)"));
+    }
+    for (server, what) in peers {
         let start = Instant::now();
         while ask(&sock, server, 2, &names[0]).await != Some(0) {
-            if start.elapsed() > Duration::from_secs(20) {
-                bail!("{what} did not come up on {server}");
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("{what} did not answer {} on {server}", names[0]);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -262,37 +351,65 @@ async fn main() -> Result<()> {
         args.seconds,
         names.len()
     );
-    println!(
-        "{:<12} {:>10} {:>12} {:>12} {:>14}",
-        "server", "qps", "avg ms", "max ms", "lost"
-    );
-    let mut results = Vec::new();
-    for (what, port) in [("switchyard", dns), ("nsd", nsd_port), ("knot", knot_port)] {
-        let p = dnsperf(port, &qfile, args.seconds)?;
-        println!(
-            "{what:<12} {:>10.0} {:>12.3} {:>12.3} {:>14}",
-            p.qps, p.avg_ms, p.max_ms, p.lost
-        );
-        results.push((what, p));
+    let mut servers = vec![("switchyard", ours), ("nsd", nsd), ("knot", knot)];
+    if let Some((_, port, _)) = &coredns {
+        servers.push(("coredns", *port));
     }
-    let ours_qps = results[0].1.qps;
-    println!(
-        "switchyard / nsd: {:.2}x qps; switchyard / knot: {:.2}x qps",
-        ours_qps / results[1].1.qps,
-        ours_qps / results[2].1.qps
-    );
+    let results = dnsperf_each(&servers, &qfile, args.seconds)?;
+    let ours_qps = results[0];
+    let ratios: Vec<String> = servers
+        .iter()
+        .zip(&results)
+        .skip(1)
+        .map(|((what, _), qps)| format!("switchyard / {what}: {:.2}x qps", ours_qps / qps))
+        .collect();
+    println!("{}", ratios.join("; "));
 
     println!("\n## one query at a time (20,000 queries), latency");
-    for (what, server) in [("switchyard", ours), ("nsd", nsd), ("knot", knot)] {
-        let mut s = probe(server, &names, 20_000).await?;
-        println!(
-            "{what:<12} p50 {:>7.1} µs   p99 {:>7.1} µs",
-            s.quantile(0.5) as f64 / 1000.0,
-            s.quantile(0.99) as f64 / 1000.0
-        );
+    for (what, server) in &servers {
+        probe_line(what, *server, &names).await?;
     }
 
-    let mut programming = Samples::new();
+    if let Some((_, port, _)) = &coredns {
+        // Names outside the cluster, forwarded to unbound.
+        let hits: Vec<String> = (0..1000).map(|i| format!("hit-{i}.example.test")).collect();
+        let hfile = d.join("hits.txt");
+        std::fs::write(&hfile, hits.iter().map(|n| format!("{n} A\n")).collect::<String>())?;
+        let mfile = d.join("misses.txt");
+        std::fs::write(
+            &mfile,
+            (0..args.miss_names)
+                .map(|i| format!("miss-{i}.example.test A\n"))
+                .collect::<String>(),
+        )?;
+        let forwarders = [("switchyard", ours), ("coredns", *port), ("unbound", unbound)];
+        for (_, server) in forwarders {
+            probe(server, &hits, hits.len()).await?;
+        }
+        println!("\n## forwarded to unbound, cache hits: dnsperf on 1,000 names asked before");
+        let hit = dnsperf_each(&forwarders, &hfile, args.seconds)?;
+        println!("switchyard / coredns: {:.2}x qps", hit[0] / hit[1]);
+        println!("\n## forwarded, cache hits, one query at a time (20,000 queries), latency");
+        for (what, server) in forwarders {
+            probe_line(what, server, &hits).await?;
+        }
+        println!(
+            "\n## forwarded to unbound, cache misses: dnsperf on {} names never asked before",
+            args.miss_names
+        );
+        let miss = dnsperf_each(&forwarders[..2], &mfile, args.seconds)?;
+        println!("switchyard / coredns: {:.2}x qps", miss[0] / miss[1]);
+        if miss.iter().any(|q| q * args.seconds as f64 > args.miss_names as f64) {
+            println!("(a server answered more queries than there are names: the rest were hits)");
+        }
+    }
+
+    // Each new name is asked of every server in turn until each has answered it.
+    let mut watched = vec![("switchyard", ours)];
+    if let Some((_, _, fresh)) = &coredns {
+        watched.push(("coredns", *fresh));
+    }
+    let mut programming: Vec<Samples> = watched.iter().map(|_| Samples::new()).collect();
     // The first connection sat idle through the dnsperf runs, past the server's idle timeout.
     let mut conn = target.connect().await?;
     for i in 0..args.programming {
@@ -304,12 +421,21 @@ async fn main() -> Result<()> {
         .await?;
         let acked = Instant::now();
         let fqdn = format!("{name}.default.svc.{DOMAIN}");
-        while ask(&sock, ours, 3, &fqdn).await != Some(0) {
+        let mut waiting: Vec<usize> = (0..watched.len()).collect();
+        while !waiting.is_empty() {
             if acked.elapsed() > Duration::from_secs(10) {
-                bail!("{fqdn} never resolved");
+                bail!("{fqdn} never resolved at {}", watched[waiting[0]].0);
             }
+            let mut still = Vec::new();
+            for w in waiting {
+                if ask(&sock, watched[w].1, 3, &fqdn).await == Some(0) {
+                    programming[w].record(acked.elapsed().as_micros() as u64);
+                } else {
+                    still.push(w);
+                }
+            }
+            waiting = still;
         }
-        programming.record(acked.elapsed().as_micros() as u64);
     }
     let text = http_get(metrics, "/metrics").await?;
     let build = "switchyard_snapshot_build_duration_seconds";
@@ -320,12 +446,22 @@ async fn main() -> Result<()> {
         println!("\nagent snapshot build (service table + DNS zone, {} Services; bucket-interpolated): p50 {:.1} ms, p99 {:.1} ms", args.services, p50 * 1e3, p99 * 1e3);
     }
     println!(
-        "\n## DNS programming latency (Service create acknowledged -> name resolves), {} Services on top of {}\np50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        args.programming,
-        args.services,
-        programming.quantile(0.5) as f64 / 1000.0,
-        programming.quantile(0.99) as f64 / 1000.0,
-        programming.max() as f64 / 1000.0
+        "\n## DNS programming latency (Service create acknowledged -> name resolves), {} Services on top of {}",
+        args.programming, args.services,
     );
+    for ((what, _), s) in watched.iter().zip(&mut programming) {
+        println!(
+            "{what:<12} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            s.quantile(0.5) as f64 / 1000.0,
+            s.quantile(0.99) as f64 / 1000.0,
+            s.max() as f64 / 1000.0
+        );
+    }
+    if let Some((proc, _, _)) = &coredns {
+        println!(
+            "\ncoredns RSS {:.1} MB (both server blocks; two sets of informers)",
+            rss_mb(proc.0.id())?
+        );
+    }
     Ok(())
 }
