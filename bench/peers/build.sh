@@ -8,7 +8,9 @@
 #     bind, errors, log, health, ready, prometheus, cache, kubernetes, loop, forward, reload and
 #     loadbalance; the cloud-provider plugins of its default build are left out, which saves
 #     most of its build)
-#   kwok (sigs.k8s.io/kwok/cmd/kwok: simulated nodes and pods, without kubelets)
+#   kwok (sigs.k8s.io/kwok/cmd/kwok: simulated nodes and pods, without kubelets; its node, pod
+#     and Lease heartbeat stages are copied from its module into bin/kwok-stages)
+#   kube-controller-manager (k8s.io/kubernetes, for kube-apiserver's EndpointSlice controller)
 #
 # Usage: bench/peers/build.sh [COMPONENT...]   (default: kube-apiserver etcd)
 # Prints the directory holding the binaries. A component already built at the pinned version is
@@ -101,6 +103,16 @@ build_kwok() {
       && go build -trimpath -o "$dir/bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok)
     mv "$dir/bin/kwok.tmp" "$dir/bin/kwok"
     echo "== built kwok in $(( $(date +%s) - start )) s" >&2
+  fi
+  # kwok acts by Stages: its own "fast" node and pod stages and the Lease heartbeat, from its
+  # module, next to the binary.
+  if [ ! -d "$dir/bin/kwok-stages" ]; then
+    local src; src="$(cd "$kdir" && go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+    mkdir -p "$dir/bin/kwok-stages.tmp"
+    cp "$src/node/fast/node-initialize.yaml" "$src/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+      "$src/pod/fast/pod-ready.yaml" "$src/pod/fast/pod-complete.yaml" "$src/pod/fast/pod-delete.yaml" \
+      "$dir/bin/kwok-stages.tmp/"
+    mv "$dir/bin/kwok-stages.tmp" "$dir/bin/kwok-stages"
   fi
 }
 

@@ -210,19 +210,20 @@ pub async fn api_creates(
     target: &Target,
     clients: usize,
     total: usize,
-    path: &'static str,
+    path: &str,
     body: impl Fn(usize) -> String + Clone + Send + Sync + 'static,
 ) -> Result<f64> {
     let target = target.clone();
+    let path: Arc<str> = path.into();
     run_parallel(clients, total, move |_| {
-        let (target, body) = (target.clone(), body.clone());
+        let (target, body, path) = (target.clone(), body.clone(), path.clone());
         async move {
             let conn = Arc::new(tokio::sync::Mutex::new(target.connect().await?));
             let op: Box<
                 dyn FnMut(usize) -> futures::future::BoxFuture<'static, Result<()>> + Send,
             > = Box::new(move |i| {
-                let (conn, object) = (conn.clone(), body(i));
-                Box::pin(async move { conn.lock().await.create(path, object).await })
+                let (conn, object, path) = (conn.clone(), body(i), path.clone());
+                Box::pin(async move { conn.lock().await.create(&path, object).await })
             });
             Ok(op)
         }
@@ -303,13 +304,23 @@ impl Up {
 /// Starts `switchyard server` on a free loopback port with its data in `data`, and waits until
 /// it serves; returns the process and a target with the admin token.
 pub async fn start_server(binary: &Path, data: &Path) -> Result<(Proc, Target)> {
+    start_server_with(binary, data, &[]).await
+}
+
+/// [`start_server`] with `extra` flags.
+pub async fn start_server_with(
+    binary: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> Result<(Proc, Target)> {
     let port = free_port();
     let server = Proc::start(
         std::process::Command::new(binary)
             .arg("server")
             .arg("--data-dir")
             .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")]),
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra),
         "switchyard server",
     )?;
     wait_for_port(port, "switchyard")?;

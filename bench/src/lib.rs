@@ -3,6 +3,7 @@
 //! crate; the benchmarks drive the built `switchyard` binary (and `switchyard load`) as users do.
 
 pub mod api;
+pub mod cgroup;
 pub mod netns;
 pub mod peers;
 pub mod services;

@@ -80,8 +80,8 @@ impl Netns {
     }
 
     /// Links this namespace to `other` with a veth pair: `here/24` on this side, `there/24`
-    /// on the other.
-    pub fn link(&self, other: &Netns, here: &str, there: &str) -> Result<()> {
+    /// on the other; returns the names of this side's and the other side's device.
+    pub fn link(&self, other: &Netns, here: &str, there: &str) -> Result<(String, String)> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}x{}",
@@ -96,7 +96,7 @@ impl Netns {
         other.ip(&["addr", "add", &format!("{there}/24"), "dev", &b])?;
         self.ip(&["link", "set", &a, "up"])?;
         other.ip(&["link", "set", &b, "up"])?;
-        Ok(())
+        Ok((a, b))
     }
 }
 

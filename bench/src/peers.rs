@@ -1,12 +1,12 @@
-//! Peers the benchmarks measure against: nginx (as a backend or a proxy) and wrk, and the
-//! median and report of wrk-style runs.
+//! Peers the benchmarks measure against: nginx (as a backend or a proxy) and wrk, the median
+//! and report of wrk-style runs, and kube-apiserver on etcd.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::api::Proc;
+use crate::api::{free_port, wait_for_port, Proc, Target};
 
 /// One wrk result.
 #[derive(Clone, Copy, Default)]
@@ -112,5 +112,94 @@ pub fn median(runs: &[Run]) -> Run {
         p50_us: pick(|r| r.p50_us),
         p99_us: pick(|r| r.p99_us),
         errors: runs.iter().map(|r| r.errors).sum(),
+    }
+}
+
+/// kube-apiserver on its own etcd, both built by `bench/peers/build.sh`, on loopback, durable
+/// (etcd's default fsync per commit), with a static token in `system:masters`.
+pub struct KubeApiserver {
+    pub etcd: Proc,
+    pub apiserver: Proc,
+    pub target: Target,
+}
+
+impl KubeApiserver {
+    /// Starts both with their data and keys in `dir`; returns once `/readyz` answers 200.
+    pub async fn start(peers: &Path, dir: &Path) -> Result<KubeApiserver> {
+        std::fs::create_dir_all(dir)?;
+        let (client, peer, port) = (free_port(), free_port(), free_port());
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let etcd = Proc::start(
+            Command::new(peers.join("etcd"))
+                .arg(format!("--data-dir={}", dir.join("etcd").display()))
+                .args(["--listen-client-urls", &url(client)])
+                .args(["--advertise-client-urls", &url(client)])
+                .args(["--listen-peer-urls", &url(peer)])
+                .args(["--initial-advertise-peer-urls", &url(peer)])
+                .arg(format!("--initial-cluster=default={}", url(peer))),
+            "etcd",
+        )?;
+        wait_for_port(client, "etcd")?;
+        // The ServiceAccount signing key kube-apiserver insists on.
+        let key = dir.join("sa.key");
+        for args in [
+            vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"],
+            vec!["ec", "-pubout", "-in", key.to_str().unwrap(), "-out"],
+        ] {
+            let out = dir.join(if args[0] == "ec" { "sa.pub" } else { "sa.key" });
+            let status = Command::new("openssl")
+                .args(&args)
+                .arg(&out)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .context("running openssl")?;
+            if !status.success() {
+                bail!("openssl {args:?} failed");
+            }
+        }
+        std::fs::write(dir.join("admin-token"), "bench-admin-token\n")?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            "bench-admin-token,admin,admin,system:masters\n",
+        )?;
+        let path = |f: &str| dir.join(f).display().to_string();
+        let apiserver = Proc::start(
+            Command::new(peers.join("kube-apiserver"))
+                .arg(format!("--etcd-servers={}", url(client)))
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--secure-port={port}"))
+                .arg(format!("--cert-dir={}", path("certs")))
+                .arg("--service-cluster-ip-range=10.96.0.0/16")
+                .arg("--service-account-issuer=https://kubernetes.default.svc")
+                .arg(format!("--service-account-key-file={}", path("sa.pub")))
+                .arg(format!("--service-account-signing-key-file={}", path("sa.key")))
+                .arg(format!("--token-auth-file={}", path("tokens.csv")))
+                .arg("--authorization-mode=RBAC"),
+            "kube-apiserver",
+        )?;
+        // It signs its own serving certificate at start; that certificate is the CA to trust.
+        let start = std::time::Instant::now();
+        loop {
+            if start.elapsed() > std::time::Duration::from_secs(120) {
+                bail!("kube-apiserver did not become ready within 2 minutes");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let Ok(cert) = std::fs::read(dir.join("certs/apiserver.crt")) else {
+                continue;
+            };
+            std::fs::write(dir.join("ca.crt"), cert)?;
+            let target = Target::from_data_dir(port, dir)?;
+            let ready = match target.connect().await {
+                Ok(mut c) => matches!(c.request("GET", "/readyz", Default::default()).await, Ok((200, _))),
+                Err(_) => false,
+            };
+            if ready {
+                return Ok(KubeApiserver {
+                    etcd,
+                    apiserver,
+                    target,
+                });
+            }
+        }
     }
 }

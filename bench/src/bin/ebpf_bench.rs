@@ -18,12 +18,11 @@
 //! Usage: ebpf-bench [--services 10000] [--endpoints 10]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
+use switchyard_bench::cgroup::BpfEnv;
 use switchyard_bench::netns::Netns;
 use switchyard_bench::services::{
     connect_rate, echo_backend, exchanges, fake_endpoint, port, table, vip,
@@ -57,63 +56,12 @@ struct Args {
     parts: Vec<String>,
 }
 
-/// The cgroup and the bpffs of this run.
-struct Env {
-    cgroup: PathBuf,
-    /// Where the process was, to go back to.
-    home: PathBuf,
-    bpffs: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Result<Env> {
-        let v2 = ebpf::cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo")?)
-            .map_err(anyhow::Error::msg)?;
-        let cgroup = v2.join(format!("sy-bench-{}", std::process::id()));
-        std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
-        let own = std::fs::read_to_string("/proc/self/cgroup")?;
-        let rel = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .context("no cgroup v2 line in /proc/self/cgroup")?;
-        let home = v2.join(rel.trim_start_matches('/'));
-        let bpffs = tempfile::tempdir()?;
-        let out = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(bpffs.path())
-            .output()?;
-        if !out.status.success() {
-            bail!("mount bpffs: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(Env {
-            cgroup,
-            home,
-            bpffs,
-        })
-    }
-
-    fn config(&self) -> ebpf::Config {
-        ebpf::Config {
-            cgroup: Some(self.cgroup.clone()),
-            pin_dir: self.bpffs.path().join("switchyard"),
-            iptables: Some(iptables_config()),
-        }
-    }
-
-    /// Moves this process into (or out of) the benchmark's cgroup.
-    fn enter_cgroup(&self, inside: bool) -> Result<()> {
-        let to = if inside { &self.cgroup } else { &self.home };
-        std::fs::write(to.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("joining {}", to.display()))
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.enter_cgroup(false);
-        let _ = ebpf::cleanup(&self.bpffs.path().join("switchyard"));
-        let _ = Command::new("umount").arg(self.bpffs.path()).status();
-        let _ = std::fs::remove_dir(&self.cgroup);
+/// The proxy configuration for this run's cgroup and bpffs.
+fn config(env: &BpfEnv) -> ebpf::Config {
+    ebpf::Config {
+        cgroup: Some(env.cgroup.clone()),
+        pin_dir: env.pin_dir(),
+        iptables: Some(iptables_config()),
     }
 }
 
@@ -164,9 +112,9 @@ impl Proxy {
 const MODES: [(&str, &str); 2] = [("ebpf", "eBPF"), ("iptables", "iptables (nft)")];
 
 /// The full load and `changes` single-endpoint changes, in a fresh namespace.
-fn programming(args: &Args, env: &Env, mode: &'static str) -> Result<(Duration, Samples)> {
+fn programming(args: &Args, env: &BpfEnv, mode: &'static str) -> Result<(Duration, Samples)> {
     let ns = Netns::new("program")?;
-    let config = env.config();
+    let config = config(&env);
     let pins = config.pin_dir.clone();
     let (n, per, changes) = (args.services, args.endpoints, args.changes);
     let result = ns.enter(move || -> Result<(Duration, Samples)> {
@@ -196,7 +144,7 @@ fn ms(micros: u64) -> String {
     format!("{:.2} ms", micros as f64 / 1000.0)
 }
 
-fn program(args: &Args, env: &Env) -> Result<()> {
+fn program(args: &Args, env: &BpfEnv) -> Result<()> {
     println!(
         "\n## programming {} Services x {} endpoints (whole sync into empty maps / an empty namespace; one endpoint change: median / p99 / max of {})",
         args.services, args.endpoints, args.changes
@@ -224,7 +172,7 @@ struct Figures {
     latency: [Samples; 3],
 }
 
-fn traffic(args: &Args, env: &Env) -> Result<()> {
+fn traffic(args: &Args, env: &BpfEnv) -> Result<()> {
     let n = args.services;
     let (client, node, backend) = (
         Netns::new("client")?,
@@ -257,7 +205,7 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
     for (mode, label) in MODES {
         // Programmed from inside the node namespace; what is programmed outlives the proxy
         // (pinned programs and maps, iptables rules) until it is cleaned up below.
-        let (config, table) = (env.config(), t.clone());
+        let (config, table) = (config(&env), t.clone());
         node.enter(move || -> Result<()> { Proxy::new(mode, config)?.apply(&runtime(), &table) })??;
         if mode == "ebpf" {
             env.enter_cgroup(true)?;
@@ -274,7 +222,7 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
             }
         }
         env.enter_cgroup(false)?;
-        ebpf::cleanup(&env.config().pin_dir)?;
+        ebpf::cleanup(&env.pin_dir())?;
         node.exec(&["iptables-nft", "-t", "nat", "-F"])?;
         let _ = node.exec(&["iptables-nft", "-t", "nat", "-X"]);
         let _ = node.exec(&["iptables-nft", "-F"]);
@@ -317,7 +265,7 @@ fn traffic(args: &Args, env: &Env) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let env = Env::new()?;
+    let env = BpfEnv::new()?;
     if args.parts.iter().any(|p| p == "program") {
         program(&args, &env)?;
     }
