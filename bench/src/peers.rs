@@ -143,7 +143,14 @@ impl KubeApiserver {
         // The ServiceAccount signing key kube-apiserver insists on.
         let key = dir.join("sa.key");
         for args in [
-            vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"],
+            vec![
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ],
             vec!["ec", "-pubout", "-in", key.to_str().unwrap(), "-out"],
         ] {
             let out = dir.join(if args[0] == "ec" { "sa.pub" } else { "sa.key" });
@@ -172,7 +179,10 @@ impl KubeApiserver {
                 .arg("--service-cluster-ip-range=10.96.0.0/16")
                 .arg("--service-account-issuer=https://kubernetes.default.svc")
                 .arg(format!("--service-account-key-file={}", path("sa.pub")))
-                .arg(format!("--service-account-signing-key-file={}", path("sa.key")))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    path("sa.key")
+                ))
                 .arg(format!("--token-auth-file={}", path("tokens.csv")))
                 .arg("--authorization-mode=RBAC"),
             "kube-apiserver",
@@ -190,7 +200,10 @@ impl KubeApiserver {
             std::fs::write(dir.join("ca.crt"), cert)?;
             let target = Target::from_data_dir(port, dir)?;
             let ready = match target.connect().await {
-                Ok(mut c) => matches!(c.request("GET", "/readyz", Default::default()).await, Ok((200, _))),
+                Ok(mut c) => matches!(
+                    c.request("GET", "/readyz", Default::default()).await,
+                    Ok((200, _))
+                ),
                 Err(_) => false,
             };
             if ready {

@@ -72,8 +72,22 @@ pub fn table(n: usize, per: usize, real: &[SocketAddr]) -> ServiceTable {
 
 /// Accepts and drops connections on `ports` of the namespace's address, forever.
 pub fn sink_backend(ns: &Netns, addr: Ipv4Addr, ports: std::ops::Range<u16>) -> Result<()> {
-    for p in ports {
-        let listener = ns.enter(move || std::net::TcpListener::bind((addr, p)))??;
+    let addrs: Vec<SocketAddrV4> = ports.map(|p| SocketAddrV4::new(addr, p)).collect();
+    sinks(ns, &addrs)
+}
+
+/// Accepts and drops connections on each of `addrs` (addresses of the namespace), forever: a
+/// listener with a deep accept queue and a thread of its own each, so that the backend is never
+/// what a connection rate measures.
+pub fn sinks(ns: &Netns, addrs: &[SocketAddrV4]) -> Result<()> {
+    for &addr in addrs {
+        let listener = ns.enter(move || -> Result<std::net::TcpListener> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(4096)?;
+            Ok(s.into())
+        })??;
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 drop(conn);

@@ -200,6 +200,23 @@ impl LabelSelector {
         }
         self.matches(&labels_of(obj))
     }
+
+    /// False only when no object serialized as `raw` (compact JSON, as stored) can match: an
+    /// equality needs its `"key":"value"` pair in the text. Lets a list or a watch skip decoding
+    /// objects that cannot match.
+    pub fn may_match_raw(&self, raw: &[u8]) -> bool {
+        self.0.iter().all(|r| match &r.op {
+            Op::Equals(v) => contains_pair(raw, &r.key, v),
+            Op::In(vs) if vs.len() == 1 => contains_pair(raw, &r.key, &vs[0]),
+            _ => true,
+        })
+    }
+}
+
+/// Whether `raw` holds `"key":"value"` as compact JSON writes it.
+fn contains_pair(raw: &[u8], key: &str, value: &str) -> bool {
+    let needle = format!("{}:{}", Value::from(key), Value::from(value));
+    memchr::memmem::find(raw, needle.as_bytes()).is_some()
 }
 
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
@@ -291,6 +308,23 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// False only when no object serialized as `raw` (compact JSON, as stored) can match: for
+    /// an equality on a string field whose JSON key is its last segment, with a non-empty value
+    /// (an absent field equals ""), the `"key":"value"` pair must be in the text. The case a
+    /// kubelet's and kwok's lists and watches of their node's Pods depend on
+    /// (`spec.nodeName=NODE`, which otherwise decodes every Pod of the cluster).
+    pub fn may_match_raw(&self, raw: &[u8]) -> bool {
+        self.0.iter().all(|(field, eq, want)| {
+            let key = match field.as_str() {
+                "metadata.name" | "metadata.namespace" => &field[9..],
+                "spec.nodeName" => "nodeName",
+                "status.phase" => "phase",
+                _ => return true,
+            };
+            !*eq || want.is_empty() || contains_pair(raw, key, want)
+        })
+    }
+
     pub fn matches_object(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, want)| {
             // An Event's `source` field label is the reporting component.
@@ -357,5 +391,63 @@ mod tests {
             .unwrap()
             .matches_object(&pod));
         assert!(FieldSelector::parse("Service", "spec.nodeName=n1").is_err());
+    }
+
+    /// The text prefilter never turns away an object the selector matches, whatever the
+    /// selector; it turns away the ones whose text lacks an equality's pair.
+    #[test]
+    fn raw_prefilter_never_refuses_a_match() {
+        let objects = [
+            serde_json::json!({"metadata": {"name": "p-1", "namespace": "ns", "labels": {"app": "g-5", "x/y": "a\"b"}}, "spec": {"nodeName": "node-5"}, "status": {"phase": "Running"}}),
+            serde_json::json!({"metadata": {"name": "p-2", "namespace": "ns", "labels": {"app": "g-50"}}, "spec": {"nodeName": "node-50"}}),
+            serde_json::json!({"metadata": {"name": "p-3", "namespace": "ns"}, "spec": {}}),
+        ];
+        let fields = [
+            "spec.nodeName=node-5",
+            "spec.nodeName==node-50",
+            "spec.nodeName=",
+            "spec.nodeName!=node-5",
+            "metadata.name=p-3,metadata.namespace=ns",
+            "status.phase=Running",
+            "status.phase=",
+        ];
+        let labels = [
+            "app=g-5",
+            "app in (g-50)",
+            "app in (g-5,g-50)",
+            "app!=g-5",
+            "x/y=a\"b",
+            "!app",
+            "app",
+        ];
+        let mut refused = 0;
+        for obj in &objects {
+            let raw = serde_json::to_vec(obj).unwrap();
+            for f in fields {
+                let sel = FieldSelector::parse("Pod", f).unwrap();
+                if sel.matches_object(obj) {
+                    assert!(sel.may_match_raw(&raw), "{f} on {obj}");
+                } else if !sel.may_match_raw(&raw) {
+                    refused += 1;
+                }
+            }
+            for l in labels {
+                let Ok(sel) = LabelSelector::parse(l) else {
+                    continue;
+                };
+                if sel.matches_object(obj) {
+                    assert!(sel.may_match_raw(&raw), "{l} on {obj}");
+                } else if !sel.may_match_raw(&raw) {
+                    refused += 1;
+                }
+            }
+        }
+        // spec.nodeName=node-5 turns away node-50's and the unscheduled Pod, and so on.
+        assert!(refused >= 10, "{refused}");
+        let raw = serde_json::to_vec(&objects[1]).unwrap();
+        assert!(!FieldSelector::parse("Pod", "spec.nodeName=node-5")
+            .unwrap()
+            .may_match_raw(&raw));
+        assert!(!LabelSelector::parse("app=g-5").unwrap().may_match_raw(&raw));
     }
 }

@@ -77,6 +77,15 @@ impl Watcher {
         self.opts.labels.matches_object(obj) && self.opts.fields.matches_object(obj)
     }
 
+    /// Whether the stored object is selected; decoded only when its text could match.
+    fn selects(&self, kv: &KeyValue) -> Result<bool, ApiError> {
+        if !self.opts.labels.may_match_raw(&kv.value) || !self.opts.fields.may_match_raw(&kv.value)
+        {
+            return Ok(false);
+        }
+        Ok(self.matches(&decode(kv)?))
+    }
+
     fn filtered(&self) -> bool {
         !self.opts.labels.is_empty() || !self.opts.fields.is_empty()
     }
@@ -111,13 +120,13 @@ impl Watcher {
             }));
         }
         let was = match &ev.prev {
-            Some(p) => self.matches(&decode(p)?),
+            Some(p) => self.selects(p)?,
             None => false,
         };
         if ev.kind == EventKind::Delete {
             return Ok(was.then_some("DELETED"));
         }
-        let is = self.matches(&decode(&ev.kv)?);
+        let is = self.selects(&ev.kv)?;
         Ok(match (was, is) {
             (false, true) => Some("ADDED"),
             (true, true) => Some("MODIFIED"),
@@ -167,10 +176,11 @@ impl Watcher {
         tokio::pin!(deadline);
         let mut last = from;
         let mut out = BytesMut::new();
-        for kv in &initial {
-            let keep = !self.filtered() || decode(kv).map(|o| self.matches(&o)).unwrap_or(false);
+        // Consumed: the objects the watch started from are not kept for as long as it runs.
+        for kv in initial {
+            let keep = !self.filtered() || self.selects(&kv).unwrap_or(false);
             if keep {
-                let Ok(obj) = self.render(kv) else { return };
+                let Ok(obj) = self.render(&kv) else { return };
                 write_line(&mut out, "ADDED", &obj);
                 if !self.flush(&mut out, false).await {
                     return;

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::cluster::{kubectl, ok, register_pod, start_server, web_service};
-use crate::support::{eventually, free_port, Up};
 use crate::support::netns::Sandbox;
 use crate::support::traffic::{answers, set};
+use crate::support::{eventually, free_port, Up};
 
 /// A process killed when the test ends, also when it fails.
 struct KillOnDrop(std::process::Child);
@@ -192,7 +192,11 @@ fn admin_ok(admin: &std::path::Path, args: &[&str], stdin: &str) -> String {
 
 /// A kubeconfig for `account` in kube-system (a token from TokenRequest), next to `admin`.
 fn service_account_kubeconfig(admin: &std::path::Path, account: &str) -> PathBuf {
-    let token = admin_ok(admin, &["create", "token", account, "-n", "kube-system"], "");
+    let token = admin_ok(
+        admin,
+        &["create", "token", account, "-n", "kube-system"],
+        "",
+    );
     let mut kc: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
     kc["users"][0]["user"] = serde_json::json!({"token": token.trim()});
@@ -220,7 +224,14 @@ fn real_coredns_answers_the_cluster_zone_as_switchyard_dns_does() {
     };
     // Names outside the cluster are never asked; a closed port keeps any forward on loopback.
     let closed = free_port().to_string();
-    let up = Up::start(&["--dns-upstream", &format!("127.0.0.1:{closed}"), "--dns-pod-records"], true);
+    let up = Up::start(
+        &[
+            "--dns-upstream",
+            &format!("127.0.0.1:{closed}"),
+            "--dns-pod-records",
+        ],
+        true,
+    );
     let admin = up.kubeconfig();
     let dir = admin.parent().unwrap().to_path_buf();
     let apply = |yaml: &str| {
@@ -237,7 +248,11 @@ fn real_coredns_answers_the_cluster_zone_as_switchyard_dns_does() {
     apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  ports:\n  - {name: http, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: default}\nspec:\n  clusterIP: None\n  ports: [{name: sql, port: 5432}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, namespace: default, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: sql, port: 5432, protocol: TCP}]\nendpoints:\n- {addresses: [10.244.0.5], hostname: db-0, conditions: {ready: true}}\n- {addresses: [10.244.0.6], conditions: {ready: true}}\n- {addresses: [10.244.0.7], hostname: db-2, conditions: {ready: false}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\nspec: {type: ExternalName, externalName: web.default.svc.cluster.local}\n",
     );
-    let ip = admin_ok(&admin, &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"], "");
+    let ip = admin_ok(
+        &admin,
+        &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"],
+        "",
+    );
 
     let port = free_port();
     let ready = free_port();
@@ -262,7 +277,10 @@ fn real_coredns_answers_the_cluster_zone_as_switchyard_dns_does() {
     );
     let tail = || std::fs::read_to_string(&log).unwrap_or_default();
     let start = std::time::Instant::now();
-    while said(port, &["web.default.svc.cluster.local", "A"]).1.is_empty() {
+    while said(port, &["web.default.svc.cluster.local", "A"])
+        .1
+        .is_empty()
+    {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "CoreDNS never answered from switchyard's API; its log:\n{}",
@@ -271,7 +289,10 @@ fn real_coredns_answers_the_cluster_zone_as_switchyard_dns_does() {
         std::thread::sleep(Duration::from_millis(200));
     }
     eventually(Duration::from_secs(20), || {
-        (!said(up.dns, &["db.default.svc.cluster.local", "A"]).1.is_empty()).then_some(())
+        (!said(up.dns, &["db.default.svc.cluster.local", "A"])
+            .1
+            .is_empty())
+        .then_some(())
     });
 
     let ptr = format!(
@@ -316,7 +337,18 @@ fn real_coredns_answers_the_cluster_zone_as_switchyard_dns_does() {
     apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: default}\nspec:\n  ports: [{name: http, port: 8080}]\n",
     );
-    admin_ok(&admin, &["patch", "endpointslice", "db-1", "--type=json", "-p", r#"[{"op":"add","path":"/endpoints/-","value":{"addresses":["10.244.0.8"],"hostname":"db-3","conditions":{"ready":true}}}]"#], "");
+    admin_ok(
+        &admin,
+        &[
+            "patch",
+            "endpointslice",
+            "db-1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/endpoints/-","value":{"addresses":["10.244.0.8"],"hostname":"db-3","conditions":{"ready":true}}}]"#,
+        ],
+        "",
+    );
     admin_ok(&admin, &["delete", "service", "ext"], "");
     let after: &[&[&str]] = &[
         &["late.default.svc.cluster.local", "A"],
@@ -330,5 +362,7 @@ fn real_coredns_answers_the_cluster_zone_as_switchyard_dns_does() {
         let gone = said(port, after[3]);
         (late.1.len() == 1 && db3.1.len() == 1 && gone.0 == "NXDOMAIN").then_some(())
     });
-    eventually(Duration::from_secs(20), || differences(after).is_empty().then_some(()));
+    eventually(Duration::from_secs(20), || {
+        differences(after).is_empty().then_some(())
+    });
 }

@@ -335,9 +335,10 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism()?.get(),
         args.switchyard.display(),
         args.etcd.display(),
-        args.peers
-            .as_ref()
-            .map_or("not measured".into(), |p| p.join("kube-apiserver").display().to_string()),
+        args.peers.as_ref().map_or("not measured".into(), |p| p
+            .join("kube-apiserver")
+            .display()
+            .to_string()),
     );
 
     // etcd, durable (its default: fsync on every commit), loopback only.
@@ -373,7 +374,13 @@ async fn main() -> Result<()> {
     );
     let mut raw = Vec::new();
     for clients in [1usize, 32] {
-        let rate = etcd_puts(&etcd_endpoint, clients, args.creates, &format!("c{clients}")).await?;
+        let rate = etcd_puts(
+            &etcd_endpoint,
+            clients,
+            args.creates,
+            &format!("c{clients}"),
+        )
+        .await?;
         println!("puts/s, {clients} clients: {rate:.0}");
         raw.push(rate);
     }
@@ -399,24 +406,56 @@ async fn main() -> Result<()> {
             .as_ref()
             .map_or("-".to_string(), |t| format!("{:.1}", get(t)))
     };
-    println!("{:<58} {:>12} {:>16}", "figure", "switchyard", "kube-apiserver");
+    println!(
+        "{:<58} {:>12} {:>16}",
+        "figure", "switchyard", "kube-apiserver"
+    );
     let row = |what: String, get: &dyn Fn(&Figures) -> f64| {
         println!("{what:<58} {:>12.1} {:>16}", get(&ours), them(get));
     };
     for (i, (clients, _)) in ours.creates.iter().enumerate() {
-        row(format!("ConfigMap creates/s, {clients} clients (raw etcd puts: {:.0})", raw[i]), &move |f: &Figures| f.creates[i].1);
+        row(
+            format!(
+                "ConfigMap creates/s, {clients} clients (raw etcd puts: {:.0})",
+                raw[i]
+            ),
+            &move |f: &Figures| f.creates[i].1,
+        );
     }
-    row("Service creates/s, 32 clients".into(), &|f: &Figures| f.service_creates);
-    row("EndpointSlice creates/s, 32 clients".into(), &|f: &Figures| f.slice_creates);
-    row(format!("LIST {} Services p50 ms", args.services + 1), &|f: &Figures| f.list_p50_ms);
-    row(format!("LIST {} Services p99 ms", args.services + 1), &|f: &Figures| f.list_p99_ms);
-    row("RSS MB (kube-apiserver: with etcd)".into(), &|f: &Figures| f.rss_mb);
+    row("Service creates/s, 32 clients".into(), &|f: &Figures| {
+        f.service_creates
+    });
+    row(
+        "EndpointSlice creates/s, 32 clients".into(),
+        &|f: &Figures| f.slice_creates,
+    );
+    row(
+        format!("LIST {} Services p50 ms", args.services + 1),
+        &|f: &Figures| f.list_p50_ms,
+    );
+    row(
+        format!("LIST {} Services p99 ms", args.services + 1),
+        &|f: &Figures| f.list_p99_ms,
+    );
+    row(
+        "RSS MB (kube-apiserver: with etcd)".into(),
+        &|f: &Figures| f.rss_mb,
+    );
     for (i, (n, _)) in ours.under_watch.iter().enumerate() {
-        row(format!("creates/s while {n} watchers get every event"), &move |f: &Figures| f.under_watch[i].1);
+        row(
+            format!("creates/s while {n} watchers get every event"),
+            &move |f: &Figures| f.under_watch[i].1,
+        );
     }
     for (i, (n, _, _)) in ours.delivery.iter().enumerate() {
-        row(format!("watch delivery to {n} watchers p50 ms"), &move |f: &Figures| f.delivery[i].1);
-        row(format!("watch delivery to {n} watchers p99 ms"), &move |f: &Figures| f.delivery[i].2);
+        row(
+            format!("watch delivery to {n} watchers p50 ms"),
+            &move |f: &Figures| f.delivery[i].1,
+        );
+        row(
+            format!("watch delivery to {n} watchers p99 ms"),
+            &move |f: &Figures| f.delivery[i].2,
+        );
     }
     Ok(())
 }

@@ -196,7 +196,9 @@ async fn main() -> Result<()> {
         ),
     )?;
     let _unbound = Proc::start(
-        Command::new("unbound").arg("-c").arg(d.join("unbound.conf")),
+        Command::new("unbound")
+            .arg("-c")
+            .arg(d.join("unbound.conf")),
         "unbound",
     )?;
     let dns = free_port();
@@ -374,7 +376,10 @@ async fn main() -> Result<()> {
         // Names outside the cluster, forwarded to unbound.
         let hits: Vec<String> = (0..1000).map(|i| format!("hit-{i}.example.test")).collect();
         let hfile = d.join("hits.txt");
-        std::fs::write(&hfile, hits.iter().map(|n| format!("{n} A\n")).collect::<String>())?;
+        std::fs::write(
+            &hfile,
+            hits.iter().map(|n| format!("{n} A\n")).collect::<String>(),
+        )?;
         let mfile = d.join("misses.txt");
         std::fs::write(
             &mfile,
@@ -382,7 +387,11 @@ async fn main() -> Result<()> {
                 .map(|i| format!("miss-{i}.example.test A\n"))
                 .collect::<String>(),
         )?;
-        let forwarders = [("switchyard", ours), ("coredns", *port), ("unbound", unbound)];
+        let forwarders = [
+            ("switchyard", ours),
+            ("coredns", *port),
+            ("unbound", unbound),
+        ];
         for (_, server) in forwarders {
             probe(server, &hits, hits.len()).await?;
         }
@@ -399,7 +408,10 @@ async fn main() -> Result<()> {
         );
         let miss = dnsperf_each(&forwarders[..2], &mfile, args.seconds)?;
         println!("switchyard / coredns: {:.2}x qps", miss[0] / miss[1]);
-        if miss.iter().any(|q| q * args.seconds as f64 > args.miss_names as f64) {
+        if miss
+            .iter()
+            .any(|q| q * args.seconds as f64 > args.miss_names as f64)
+        {
             println!("(a server answered more queries than there are names: the rest were hits)");
         }
     }

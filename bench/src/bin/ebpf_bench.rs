@@ -114,7 +114,7 @@ const MODES: [(&str, &str); 2] = [("ebpf", "eBPF"), ("iptables", "iptables (nft)
 /// The full load and `changes` single-endpoint changes, in a fresh namespace.
 fn programming(args: &Args, env: &BpfEnv, mode: &'static str) -> Result<(Duration, Samples)> {
     let ns = Netns::new("program")?;
-    let config = config(&env);
+    let config = config(env);
     let pins = config.pin_dir.clone();
     let (n, per, changes) = (args.services, args.endpoints, args.changes);
     let result = ns.enter(move || -> Result<(Duration, Samples)> {
@@ -205,7 +205,7 @@ fn traffic(args: &Args, env: &BpfEnv) -> Result<()> {
     for (mode, label) in MODES {
         // Programmed from inside the node namespace; what is programmed outlives the proxy
         // (pinned programs and maps, iptables rules) until it is cleaned up below.
-        let (config, table) = (config(&env), t.clone());
+        let (config, table) = (config(env), t.clone());
         node.enter(move || -> Result<()> { Proxy::new(mode, config)?.apply(&runtime(), &table) })??;
         if mode == "ebpf" {
             env.enter_cgroup(true)?;

@@ -47,7 +47,11 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     steady_secs: u64,
     /// Which API servers.
-    #[arg(long, value_delimiter = ',', default_value = "switchyard,kube-apiserver")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "switchyard,kube-apiserver"
+    )]
     servers: Vec<String>,
 }
 
@@ -91,7 +95,10 @@ async fn timed(
         .unwrap()
         .record(start.elapsed().as_micros() as u64);
     if !(200..300).contains(&status) {
-        bail!("{method} {path}: {status} {}", String::from_utf8_lossy(&resp));
+        bail!(
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&resp)
+        );
     }
     Ok(resp)
 }
@@ -199,8 +206,16 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
     kwok.arg("--kubeconfig")
         .arg(kc)
         .args(["--manage-all-nodes=false"])
-        .args(["--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"])
-        .args(["--node-lease-duration-seconds", "40", "--cidr", "10.128.0.0/16"])
+        .args([
+            "--manage-nodes-with-annotation-selector",
+            "kwok.x-k8s.io/node=fake",
+        ])
+        .args([
+            "--node-lease-duration-seconds",
+            "40",
+            "--cidr",
+            "10.128.0.0/16",
+        ])
         .args(["--server-address", &format!("127.0.0.1:{}", free_port())]);
     for entry in std::fs::read_dir(&stages).context("kwok's stages")? {
         kwok.arg("-c").arg(entry?.path());
@@ -220,8 +235,7 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
     report(
         &format!("{} Nodes", args.nodes),
         creates(target, "/api/v1/nodes", args.nodes, node).await?,
-    )
-    ;
+    );
     let groups = args.groups;
     report(
         &format!("{groups} Services"),
@@ -231,7 +245,11 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
     let mut conn = target.connect().await?;
     let waiting = Instant::now();
     while conn
-        .request("GET", &format!("{NS}/serviceaccounts/default"), Bytes::new())
+        .request(
+            "GET",
+            &format!("{NS}/serviceaccounts/default"),
+            Bytes::new(),
+        )
         .await?
         .0
         != 200
@@ -255,7 +273,10 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
             break;
         }
         if created.elapsed() > Duration::from_secs(900) {
-            bail!("{ready} of {} Pods are ready endpoints after 15 minutes", args.pods);
+            bail!(
+                "{ready} of {} Pods are ready endpoints after 15 minutes",
+                args.pods
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -297,7 +318,15 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
             let mut i = 0usize;
             while Instant::now() < end {
                 let p = (i * 7919) % pods;
-                timed(&mut c, &s, "GET", &format!("{NS}/pods/p-{p}"), "application/json", String::new()).await?;
+                timed(
+                    &mut c,
+                    &s,
+                    "GET",
+                    &format!("{NS}/pods/p-{p}"),
+                    "application/json",
+                    String::new(),
+                )
+                .await?;
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -309,7 +338,15 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
         tasks.push(tokio::spawn(async move {
             let mut c = t.connect().await?;
             while Instant::now() < end {
-                timed(&mut c, &s, "GET", &format!("{NS}/pods"), "application/json", String::new()).await?;
+                timed(
+                    &mut c,
+                    &s,
+                    "GET",
+                    &format!("{NS}/pods"),
+                    "application/json",
+                    String::new(),
+                )
+                .await?;
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             Ok(())
@@ -328,11 +365,16 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
                         "PATCH",
                         &format!("{NS}/pods/{name}/status"),
                         "application/strategic-merge-patch+json",
-                        Bytes::from(r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#),
+                        Bytes::from(
+                            r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+                        ),
                     )
                     .await?;
                 if status != 200 {
-                    bail!("patching {name}: {status} {}", String::from_utf8_lossy(&body));
+                    bail!(
+                        "patching {name}: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    );
                 }
                 let acked = Instant::now();
                 while !endpoint_unready(&mut c, &svc, &name).await? {
@@ -356,7 +398,10 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
         let mut s = s.lock().unwrap();
         let p99 = ms(s.quantile(0.99));
         let slo = slo_ms.map_or(String::new(), |l| {
-            format!(" (SLO p99 < {l:.0} ms: {})", if p99 < l { "met" } else { "NOT met" })
+            format!(
+                " (SLO p99 < {l:.0} ms: {})",
+                if p99 < l { "met" } else { "NOT met" }
+            )
         });
         println!(
             "{what}: {} calls, p50 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms{slo}",
@@ -369,10 +414,22 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
         "\nsteady window of {} s (kwok renewing {} Leases every 10 s):",
         args.steady_secs, args.nodes
     );
-    line("mutating (ConfigMap create, delete)", &mutating, Some(1000.0));
+    line(
+        "mutating (ConfigMap create, delete)",
+        &mutating,
+        Some(1000.0),
+    );
     line("single-object GET of a Pod", &gets, Some(1000.0));
-    line(&format!("LIST of {} Pods", args.pods), &lists, Some(30_000.0));
-    line("Pod Ready=False -> its endpoint not ready in its slice", &slices, None);
+    line(
+        &format!("LIST of {} Pods", args.pods),
+        &lists,
+        Some(30_000.0),
+    );
+    line(
+        "Pod Ready=False -> its endpoint not ready in its slice",
+        &slices,
+        None,
+    );
     println!(
         "server CPU {:.0}% of one core over the window; RSS {:.0} MB",
         100.0 * used / args.steady_secs as f64,

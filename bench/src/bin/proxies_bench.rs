@@ -34,7 +34,7 @@ use switchyard_bench::api::{
 };
 use switchyard_bench::cgroup::BpfEnv;
 use switchyard_bench::netns::Netns;
-use switchyard_bench::services::connect_rate;
+use switchyard_bench::services::{connect_rate, sinks};
 use switchyard_bench::Samples;
 
 #[derive(Parser)]
@@ -152,7 +152,10 @@ fn start_proxy(
             .args(["--hostname-override", "bench", "--proxy-mode", mode])
             .args(["--cluster-cidr", CLUSTER_CIDR])
             .args(["--metrics-bind-address", &metrics])
-            .args(["--healthz-bind-address", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "--healthz-bind-address",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
             // Leave the kernel's conntrack settings alone.
             .args(["--conntrack-max-per-core", "0"])
             .args(["--conntrack-tcp-timeout-established", "0"])
@@ -376,12 +379,10 @@ fn main() -> Result<()> {
     }
     node.ip(&["route", "add", "10.96.0.0/16", "via", "10.2.0.2"])?;
     // Every endpoint accepts on 8080 (and is closed at once); the changed one answers "B".
-    let sink = backend.enter(|| std::net::TcpListener::bind(("0.0.0.0", 8080)))??;
-    std::thread::spawn(move || {
-        for c in sink.incoming() {
-            drop(c);
-        }
-    });
+    let endpoints: Vec<SocketAddrV4> = (0..args.endpoints)
+        .map(|e| SocketAddrV4::new(Ipv4Addr::new(10, 2, 0, 10 + e as u8), 8080))
+        .collect();
+    sinks(&backend, &endpoints)?;
     let b = backend.enter(|| std::net::TcpListener::bind(SocketAddrV4::new(BACKEND, 9100)))??;
     std::thread::spawn(move || {
         for mut c in b.incoming().flatten() {

@@ -162,7 +162,10 @@ fn headless_records() {
     );
     let mut bare = data(z.lookup(&q("pg.db.svc.cluster.local."), RecordType::SRV));
     bare.sort();
-    assert_eq!(bare, srv, "the service's own name: every ready endpoint and port");
+    assert_eq!(
+        bare, srv,
+        "the service's own name: every ready endpoint and port"
+    );
     assert_eq!(
         data(z.lookup(&q("5.0.244.10.in-addr.arpa."), RecordType::PTR)),
         ["pg-0.pg.db.svc.cluster.local."]

@@ -92,6 +92,11 @@ impl Registry {
                 }
                 start = Some(kv.key.clone());
                 if filtered {
+                    if !opts.labels.may_match_raw(&kv.value)
+                        || !opts.fields.may_match_raw(&kv.value)
+                    {
+                        continue;
+                    }
                     let obj = decode(kv)?;
                     if !opts.labels.matches_object(&obj) || !opts.fields.matches_object(&obj) {
                         continue;
