@@ -49,78 +49,71 @@ if [ ! -f "$dir/go.sum" ]; then
   } >"$dir/go.mod"
   (cd "$dir" && go mod download k8s.io/kubernetes && go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >&2)
 fi
-# etcd in a module of its own, so its dependencies do not move kube-apiserver's.
-build_etcd() {
-  local edir="$cache/etcd-$ETCD_VERSION"
-  mkdir -p "$edir"
-  if [ ! -x "$dir/bin/etcd" ]; then
-    echo "== building etcd $ETCD_VERSION (once; cached in $edir)" >&2
-    local start; start=$(date +%s)
-    printf 'module switchyard.local/etcd\n\ngo 1.24.0\n' >"$edir/go.mod"
-    (cd "$edir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 \
-      && go build -trimpath -o "$dir/bin/etcd.tmp" go.etcd.io/etcd/server/v3)
-    mv "$dir/bin/etcd.tmp" "$dir/bin/etcd"
-    echo "== built etcd in $(( $(date +%s) - start )) s" >&2
-  fi
+# A component from another module is built in a module of its own under the cache, so that its
+# dependencies do not move kube-apiserver's: go_build NAME VERSION GET PACKAGE [SETUP], where GET
+# is what `go get` fetches, PACKAGE what `go build` builds, and SETUP (if given) a function run
+# in the module's directory first, which writes a main package there (then `go mod tidy` runs).
+go_build() {
+  local name=$1 version=$2 get=$3 package=$4 setup=${5:-}
+  local mdir="$cache/$name-$version"
+  [ -x "$dir/bin/$name" ] && return 0
+  mkdir -p "$mdir"
+  echo "== building $name $version (once; cached in $mdir)" >&2
+  local start; start=$(date +%s)
+  printf 'module switchyard.local/%s\n\ngo 1.24.0\n' "$name" >"$mdir/go.mod"
+  (
+    cd "$mdir"
+    if [ -n "$setup" ]; then "$setup"; fi
+    go get "$get" >&2
+    if [ -n "$setup" ]; then go mod tidy >&2; fi
+    go build -trimpath -o "$dir/bin/$name.tmp" "$package"
+  )
+  mv "$dir/bin/$name.tmp" "$dir/bin/$name"
+  echo "== built $name in $(( $(date +%s) - start )) s" >&2
 }
 
 # CoreDNS's own main is coremain.Run with every plugin registered by core/plugin; this one
 # registers only those named above (the server type and the directive order are CoreDNS's).
-build_coredns() {
-  local cdir="$cache/coredns-$COREDNS_VERSION"
-  mkdir -p "$cdir"
-  if [ ! -x "$dir/bin/coredns" ]; then
-    echo "== building coredns $COREDNS_VERSION (once; cached in $cdir)" >&2
-    local start; start=$(date +%s)
-    printf 'module switchyard.local/coredns\n\ngo 1.26.0\n' >"$cdir/go.mod"
-    {
-      echo 'package main'
-      echo
-      echo 'import ('
-      echo '	_ "github.com/coredns/coredns/core/dnsserver"'
-      echo '	"github.com/coredns/coredns/coremain"'
-      for p in bind errors log health ready metrics cache kubernetes loop forward reload loadbalance; do
-        echo "	_ \"github.com/coredns/coredns/plugin/$p\""
-      done
-      echo ')'
-      echo
-      echo 'func main() { coremain.Run() }'
-    } >"$cdir/main.go"
-    (cd "$cdir" && go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2 \
-      && go build -trimpath -o "$dir/bin/coredns.tmp" .)
-    mv "$dir/bin/coredns.tmp" "$dir/bin/coredns"
-    echo "== built coredns in $(( $(date +%s) - start )) s" >&2
-  fi
+coredns_main() {
+  {
+    echo 'package main'
+    echo
+    echo 'import ('
+    echo '	_ "github.com/coredns/coredns/core/dnsserver"'
+    echo '	"github.com/coredns/coredns/coremain"'
+    for p in bind errors log health ready metrics cache kubernetes loop forward reload loadbalance; do
+      echo "	_ \"github.com/coredns/coredns/plugin/$p\""
+    done
+    echo ')'
+    echo
+    echo 'func main() { coremain.Run() }'
+  } >main.go
 }
-build_kwok() {
-  local kdir="$cache/kwok-$KWOK_VERSION"
-  mkdir -p "$kdir"
-  if [ ! -x "$dir/bin/kwok" ]; then
-    echo "== building kwok $KWOK_VERSION (once; cached in $kdir)" >&2
-    local start; start=$(date +%s)
-    printf 'module switchyard.local/kwok\n\ngo 1.26.0\n' >"$kdir/go.mod"
-    (cd "$kdir" && go get "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >&2 \
-      && go build -trimpath -o "$dir/bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok)
-    mv "$dir/bin/kwok.tmp" "$dir/bin/kwok"
-    echo "== built kwok in $(( $(date +%s) - start )) s" >&2
-  fi
-  # kwok acts by Stages: its own "fast" node and pod stages and the Lease heartbeat, from its
-  # module, next to the binary.
-  if [ ! -d "$dir/bin/kwok-stages" ]; then
-    local src; src="$(cd "$kdir" && go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
-    mkdir -p "$dir/bin/kwok-stages.tmp"
-    cp "$src/node/fast/node-initialize.yaml" "$src/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
-      "$src/pod/fast/pod-ready.yaml" "$src/pod/fast/pod-complete.yaml" "$src/pod/fast/pod-delete.yaml" \
-      "$dir/bin/kwok-stages.tmp/"
-    mv "$dir/bin/kwok-stages.tmp" "$dir/bin/kwok-stages"
-  fi
+
+# kwok acts by Stages: its own "fast" node and pod stages and the Lease heartbeat, from its
+# module, next to the binary.
+kwok_stages() {
+  [ -d "$dir/bin/kwok-stages" ] && return 0
+  local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  mkdir -p "$dir/bin/kwok-stages.tmp"
+  cp "$src/node/fast/node-initialize.yaml" "$src/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    "$src/pod/fast/pod-ready.yaml" "$src/pod/fast/pod-complete.yaml" "$src/pod/fast/pod-delete.yaml" \
+    "$dir/bin/kwok-stages.tmp/"
+  mv "$dir/bin/kwok-stages.tmp" "$dir/bin/kwok-stages"
 }
 
 for c in "${components[@]}"; do
   case "$c" in
-    etcd) build_etcd; continue ;;
-    coredns) build_coredns; continue ;;
-    kwok) build_kwok; continue ;;
+    etcd)
+      go_build etcd "$ETCD_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3
+      continue ;;
+    coredns)
+      go_build coredns "$COREDNS_VERSION" "github.com/coredns/coredns@$COREDNS_VERSION" . coredns_main
+      continue ;;
+    kwok)
+      go_build kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+      kwok_stages
+      continue ;;
   esac
   if [ ! -x "$dir/bin/$c" ]; then
     echo "== building $c $K8S_VERSION (once; cached in $dir)" >&2
