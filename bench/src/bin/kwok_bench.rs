@@ -377,9 +377,11 @@ async fn run(name: &str, target: &Target, kc: &Path, pids: &[u32], args: &Args) 
                     );
                 }
                 let acked = Instant::now();
+                // A flip not seen in 30 s is recorded as 30 s and printed; the window goes on.
                 while !endpoint_unready(&mut c, &svc, &name).await? {
                     if acked.elapsed() > Duration::from_secs(30) {
-                        bail!("{name}'s endpoint never turned not ready");
+                        println!("{name}'s endpoint was not yet not ready 30 s after the patch");
+                        break;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
