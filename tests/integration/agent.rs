@@ -202,29 +202,19 @@ async fn up_serves_cluster_ips_and_follows_endpoint_changes() {
     .await;
 
     // Metrics and health, with kube-proxy's names.
-    let metrics = reqwest_get(up.metrics, "/metrics").await;
+    let metrics = crate::support::http_get(up.metrics, "/metrics").await;
     assert!(
         metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
         "{metrics}"
     );
     assert!(metrics.contains("kubeproxy_network_programming_duration_seconds_count"));
-    assert!(reqwest_get(up.metrics, "/healthz")
+    assert!(crate::support::http_get(up.metrics, "/healthz")
         .await
         .contains("lastUpdated"));
     let _ = up.api;
 }
 
 /// A plain HTTP/1.0 GET on loopback.
-async fn reqwest_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// A Service `web` whose one backend answers `answer`; returns its ClusterIP once the node
 /// serves it.
 async fn serve_web(client: &kube::Client, answer: &'static str) -> SocketAddr {

@@ -44,3 +44,17 @@ pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> (bool, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `GET path` over HTTP/1.0 from 127.0.0.1:`port`: the whole response, head and body.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
