@@ -70,6 +70,13 @@ pub fn table(n: usize, per: usize, real: &[SocketAddr]) -> ServiceTable {
     }
 }
 
+/// Service `svc-i` as the API takes it: one TCP port, 80, named `http`, no selector.
+pub fn service_json(i: usize) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}"}},"spec":{{"ports":[{{"name":"http","port":80,"protocol":"TCP"}}]}}}}"#
+    )
+}
+
 /// Accepts and drops connections on `ports` of the namespace's address, forever.
 pub fn sink_backend(ns: &Netns, addr: Ipv4Addr, ports: std::ops::Range<u16>) -> Result<()> {
     let addrs: Vec<SocketAddrV4> = ports.map(|p| SocketAddrV4::new(addr, p)).collect();

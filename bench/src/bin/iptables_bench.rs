@@ -26,7 +26,7 @@ use clap::Parser;
 use switchyard_bench::api::{api_creates, Up};
 use switchyard_bench::netns::Netns;
 use switchyard_bench::services::{
-    connect_rate, endpoints_of, fake_endpoint, port, sink_backend, table, vip,
+    connect_rate, endpoints_of, fake_endpoint, port, service_json, sink_backend, table, vip,
 };
 use switchyard_bench::{http_get, Samples};
 use switchyard_proxy::iptables::render::Options;
@@ -400,12 +400,6 @@ fn connection_rates(args: &Args) -> Result<()> {
         let _ = node.exec(&[&format!("iptables-{variant}"), "-X"]);
     }
     Ok(())
-}
-
-fn service_json(i: usize) -> String {
-    format!(
-        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}"}},"spec":{{"ports":[{{"name":"http","port":80,"protocol":"TCP"}}]}}}}"#
-    )
 }
 
 /// A slice of `per` endpoints on 10.200.0.10.. port 8080, where nothing listens (connections

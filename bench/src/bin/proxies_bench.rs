@@ -34,7 +34,7 @@ use switchyard_bench::api::{
 };
 use switchyard_bench::cgroup::BpfEnv;
 use switchyard_bench::netns::Netns;
-use switchyard_bench::services::{connect_rate, sinks};
+use switchyard_bench::services::{connect_rate, service_json, sinks};
 use switchyard_bench::Samples;
 
 #[derive(Parser)]
@@ -72,12 +72,6 @@ const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
 /// The backend namespace's address, where the changed endpoint answers "B" on port 9100.
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
-
-fn service_json(i: usize) -> String {
-    format!(
-        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}"}},"spec":{{"ports":[{{"name":"http","port":80,"protocol":"TCP"}}]}}}}"#
-    )
-}
 
 /// Service i's slice: `per` endpoints on 10.2.0.10.. port 8080 of the backend namespace.
 fn slice_json(i: usize, per: usize) -> String {
