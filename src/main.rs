@@ -196,11 +196,11 @@ struct AgentArgs {
     /// Log one line per ingress request (target `switchyard::access`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ingress_access_log: bool,
-    /// The pods' address range (repeatable, one per family): with the iptables proxy,
-    /// cluster-IP traffic from outside it is masqueraded. External traffic always is.
+    /// The pods' address range (repeatable, one per family): with the iptables and nftables
+    /// proxies, cluster-IP traffic from outside it is masqueraded. External traffic always is.
     #[arg(long, value_parser = parse_cidr)]
     cluster_cidr: Vec<Cidr>,
-    /// With the iptables proxy, masquerade all service traffic.
+    /// With the iptables and nftables proxies, masquerade all service traffic.
     #[arg(long)]
     masquerade_all: bool,
     /// Which iptables the iptables proxy uses (auto: the one `iptables` is).
@@ -263,8 +263,9 @@ struct NodeArgs {
     /// Where a joined node keeps its key, certificate and kubeconfig.
     #[arg(long, default_value = ".switchyard-node")]
     data_dir: PathBuf,
-    /// Remove every iptables rule, chain and conntrack entry the agent made, the userspace
-    /// proxy's local routes, and the pinned BPF programs and maps of the eBPF proxy, then exit.
+    /// Remove every iptables rule and chain, the nftables tables and the conntrack entries the
+    /// agent made, the userspace proxy's local routes, and the pinned BPF programs and maps of
+    /// the eBPF proxy, then exit.
     #[arg(long)]
     cleanup: bool,
     /// The ClusterIP ranges of the cluster (repeatable, one per family): the userspace proxy
@@ -464,6 +465,9 @@ fn agent_config(
             pin_dir: args.bpf_pin_path.clone(),
             iptables: Some(iptables.clone()),
         },
+        nftables: switchyard_proxy::nftables::Config {
+            options: iptables.options.clone(),
+        },
         iptables,
     })
 }
@@ -534,6 +538,11 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         println!(
             "removed {} chains, {} jump rules; cleared conntrack entries of {} frontends",
             done.chains, done.jumps, done.conntrack_filters
+        );
+        let nft = switchyard_proxy::nftables::cleanup().await?;
+        println!(
+            "removed {} nftables tables; cleared conntrack entries of {} frontends",
+            nft.tables, nft.conntrack_filters
         );
         let routes = switchyard_proxy::userspace::cleanup()
             .await

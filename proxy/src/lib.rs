@@ -23,6 +23,7 @@
 pub mod ebpf;
 pub mod iptables;
 pub mod metrics;
+pub mod nftables;
 pub mod router;
 pub mod table;
 pub mod userspace;
@@ -44,6 +45,72 @@ pub(crate) mod testing {
         let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
         assert!(!ci, "cannot run under CI: {why}");
         eprintln!("skipped: {why}");
+    }
+
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Runs `f` on a thread inside a new network namespace (so are the processes it starts);
+    /// false (after [`skip`]) when there can be none.
+    pub fn in_netns(f: impl FnOnce() + Send + 'static) -> bool {
+        use std::os::fd::AsRawFd;
+        use std::process::Command;
+        if !root() {
+            skip("network namespaces need root");
+            return false;
+        }
+        let name = format!(
+            "sy-proxy-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let ok = Command::new("ip").args(["netns", "add", &name]).status();
+        if !ok.is_ok_and(|s| s.success()) {
+            skip("cannot create a network namespace");
+            return false;
+        }
+        let path = format!("/var/run/netns/{name}");
+        let result = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            f()
+        })
+        .join();
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        true
+    }
+
+    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Compares `actual` with `src/<dir>/golden/<name>`; `SY_UPDATE_GOLDEN=1` rewrites the file
+    /// after a deliberate change (review the diff).
+    pub fn golden(dir: &str, name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src")
+            .join(dir)
+            .join("golden")
+            .join(name);
+        if std::env::var_os("SY_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (SY_UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(
+            expected == actual,
+            "{name} differs from the golden file; actual:\n{actual}"
+        );
     }
 }
 

@@ -55,6 +55,9 @@ pub enum ProxyMode {
     Userspace,
     /// NAT rules in the kernel, loaded with iptables-restore; needs CAP_NET_ADMIN.
     Iptables,
+    /// Verdict maps and maps in nftables tables of our own (kube-proxy's nftables mode),
+    /// changed element by element with `nft`; needs CAP_NET_ADMIN.
+    Nftables,
     /// ClusterIPs translated at the socket by BPF programs on a cgroup; NodePorts and external
     /// addresses by iptables. Needs root.
     Ebpf,
@@ -71,6 +74,7 @@ pub struct Config {
     pub max_sync: Duration,
     pub userspace: switchyard_proxy::userspace::Config,
     pub iptables: switchyard_proxy::iptables::Config,
+    pub nftables: switchyard_proxy::nftables::Config,
     pub ebpf: switchyard_proxy::ebpf::Config,
     /// Cluster DNS, when it should be served.
     pub dns: Option<DnsConfig>,
@@ -119,6 +123,8 @@ pub enum AgentError {
     Ingress(std::io::Error),
     #[error("iptables proxy: {0}")]
     Iptables(#[from] switchyard_proxy::iptables::IptablesError),
+    #[error("nftables proxy: {0}")]
+    Nftables(#[from] switchyard_proxy::nftables::NftError),
     #[error("eBPF proxy: {0}")]
     Ebpf(#[from] switchyard_proxy::ebpf::EbpfError),
 }
@@ -578,6 +584,9 @@ pub async fn run(
         )),
         ProxyMode::Iptables => Box::new(switchyard_proxy::iptables::IptablesProxy::new(
             config.iptables.clone(),
+        )?),
+        ProxyMode::Nftables => Box::new(switchyard_proxy::nftables::NftablesProxy::new(
+            config.nftables.clone(),
         )?),
         ProxyMode::Ebpf => Box::new(switchyard_proxy::ebpf::EbpfProxy::new(config.ebpf.clone())?),
     };

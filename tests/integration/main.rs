@@ -10,7 +10,7 @@ mod image;
 mod incumbents;
 mod ingress;
 mod ingress_hostile;
-mod iptables;
+mod kernel_proxy;
 mod kube_apiserver;
 mod kubectl;
 mod lifecycle;

@@ -28,6 +28,8 @@ pub enum Needs {
     Iptables,
     /// A kernel with BTF and bpftool, besides iptables.
     Ebpf,
+    /// The nftables package (nft), besides iptables (the tests' own rules use it).
+    Nftables,
 }
 
 /// Why the sandbox cannot run here with `needs`, if it cannot.
@@ -49,10 +51,13 @@ pub fn unavailable(needs: Needs) -> Option<String> {
     if needs >= Needs::Iptables && !iptables {
         return Some("iptables is not installed".into());
     }
-    if needs >= Needs::Ebpf && !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if needs == Needs::Nftables && Command::new("nft").arg("--version").output().is_err() {
+        return Some("nft (the nftables package) is not installed".into());
+    }
+    if needs == Needs::Ebpf && !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Some("the kernel has no BTF".into());
     }
-    if needs >= Needs::Ebpf && Command::new("bpftool").arg("version").output().is_err() {
+    if needs == Needs::Ebpf && Command::new("bpftool").arg("version").output().is_err() {
         return Some("bpftool is not installed".into());
     }
     None

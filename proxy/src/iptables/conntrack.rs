@@ -17,7 +17,7 @@ use crate::table::{Protocol, ServicePort, ServicePortName};
 
 /// The arguments of one `conntrack -D`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Filter(Vec<String>);
+pub(crate) struct Filter(Vec<String>);
 
 impl Filter {
     fn new(protocol: &str, dst: Option<IpAddr>, port: u16, endpoint: Option<SocketAddr>) -> Self {
@@ -42,6 +42,16 @@ impl Filter {
         Filter(a)
     }
 
+    /// The NATed entries of one frontend of `family` (all of them for `dst` None: a NodePort).
+    pub(crate) fn nated(family: Family, protocol: &str, dst: Option<IpAddr>, port: u16) -> Self {
+        let mut f = Filter::new(protocol, dst, port, None);
+        if family == Family::V6 && dst.is_none() {
+            f.0.splice(0..0, ["-f".to_string(), "ipv6".to_string()]);
+        }
+        f.0.push("--dst-nat".into());
+        f
+    }
+
     #[cfg(test)]
     pub(super) fn args(&self) -> String {
         self.0.join(" ")
@@ -57,7 +67,7 @@ fn usable(p: &ServicePort) -> BTreeSet<SocketAddr> {
 }
 
 /// Entries of one frontend, or only those NATed to `endpoint`.
-fn frontend(f: &crate::table::Frontend, endpoint: Option<SocketAddr>) -> Option<Filter> {
+pub(crate) fn frontend(f: &crate::table::Frontend, endpoint: Option<SocketAddr>) -> Option<Filter> {
     if let Some(e) = endpoint {
         if e.is_ipv4() != f.addr.is_ipv4() {
             return None;
@@ -70,7 +80,7 @@ fn frontend(f: &crate::table::Frontend, endpoint: Option<SocketAddr>) -> Option<
 type Ports = HashMap<(ServicePortName, Protocol), Arc<ServicePort>>;
 
 /// The UDP entries that `new` makes stale after `old`.
-pub(super) fn stale_udp(old: &Ports, new: &Ports, node_addr: IpAddr) -> Vec<Filter> {
+fn stale_udp(old: &Ports, new: &Ports, node_addr: IpAddr) -> Vec<Filter> {
     let mut out = BTreeSet::new();
     let all = |p: &ServicePort, out: &mut BTreeSet<Filter>| {
         for f in p.frontends(node_addr) {
@@ -135,24 +145,19 @@ pub(super) fn frontends_in(rs: &Ruleset, family: Family) -> Vec<Filter> {
             if dst.is_some_and(|d| Family::of(d) != family) {
                 continue;
             }
-            let mut f = Filter::new(&protocol, dst, port, None);
-            if family == Family::V6 && dst.is_none() {
-                f.0.splice(0..0, ["-f".to_string(), "ipv6".to_string()]);
-            }
-            f.0.push("--dst-nat".into());
-            out.insert(f);
+            out.insert(Filter::nated(family, &protocol, dst, port));
         }
     }
     out.into_iter().collect()
 }
 
-pub(super) struct Conntrack {
+pub(crate) struct Conntrack {
     binary: Option<PathBuf>,
     warned: bool,
 }
 
 impl Conntrack {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Conntrack {
             binary: find("conntrack"),
             warned: false,
@@ -161,7 +166,7 @@ impl Conntrack {
 
     /// Deletes the entries `filters` match. Without the `conntrack` tool it warns once and
     /// does nothing (stale UDP entries then live until they time out).
-    pub(super) async fn delete(&mut self, filters: &[Filter]) -> Result<(), IptablesError> {
+    pub(crate) async fn delete(&mut self, filters: &[Filter]) -> Result<(), IptablesError> {
         if filters.is_empty() {
             return Ok(());
         }
@@ -183,6 +188,44 @@ impl Conntrack {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+}
+
+/// Clears the UDP conntrack entries a sync made stale: it remembers the UDP ports as last
+/// programmed (nothing until the first sync, which adopts what runs instead of clearing it).
+pub(crate) struct StaleUdp {
+    programmed: Option<Ports>,
+    node_addr: IpAddr,
+    conntrack: Conntrack,
+}
+
+impl StaleUdp {
+    pub(crate) fn new(node_addr: IpAddr) -> Self {
+        StaleUdp {
+            programmed: None,
+            node_addr,
+            conntrack: Conntrack::new(),
+        }
+    }
+
+    /// After `table` has been programmed.
+    pub(crate) async fn clear(
+        &mut self,
+        table: &crate::table::ServiceTable,
+    ) -> Result<(), IptablesError> {
+        let now: Ports = table
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
+            .map(|p| ((p.name.clone(), p.protocol), p.clone()))
+            .collect();
+        let stale = match &self.programmed {
+            Some(old) => stale_udp(old, &now, self.node_addr),
+            None => Vec::new(),
+        };
+        self.conntrack.delete(&stale).await?;
+        self.programmed = Some(now);
         Ok(())
     }
 }

@@ -1,58 +1,12 @@
 //! The iptables proxy against the real kernel and the machine's iptables, in a network
 //! namespace of its own (created per test, deleted after). Needs root; skips otherwise.
 
-use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::render::tests::{options, sample};
 use super::*;
-use crate::testing::{root, skip};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// Runs `f` on a thread inside a new network namespace (so are the processes it starts).
-fn in_netns(f: impl FnOnce() + Send + 'static) -> bool {
-    if !root() {
-        skip("network namespaces need root");
-        return false;
-    }
-    let name = format!(
-        "sy-ipt-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let ok = Command::new("ip").args(["netns", "add", &name]).status();
-    if !ok.is_ok_and(|s| s.success()) {
-        skip("cannot create a network namespace");
-        return false;
-    }
-    let path = format!("/var/run/netns/{name}");
-    let result = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join();
-    let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    true
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+use crate::testing::{block_on, in_netns, skip};
 
 /// The rules of this namespace, without iptables-save's timestamped comment lines.
 fn save(variant: &str) -> String {

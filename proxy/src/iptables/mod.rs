@@ -13,22 +13,20 @@
 //!   every chain, jump and conntrack entry Switchyard made. Chains of others are never touched:
 //!   everything Switchyard owns starts with `SY-`.
 
-mod conntrack;
+pub(crate) mod conntrack;
 pub mod render;
 pub mod restore;
 pub mod rules;
 mod tree;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::table::{Protocol, ServicePort, ServicePortName, ServiceTable};
+use crate::table::ServiceTable;
 use crate::SyncReport;
 use render::{Family, Options, Renderer, Ruleset};
 use restore::JUMPS;
@@ -66,7 +64,7 @@ struct Tools {
 
 const SEARCH: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
-fn find(name: &str) -> Option<PathBuf> {
+pub(crate) fn find(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(SEARCH.iter().map(PathBuf::from))
@@ -122,7 +120,11 @@ fn resolve(backend: Backend) -> Result<&'static str, IptablesError> {
     }
 }
 
-async fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+pub(crate) async fn run(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, IptablesError> {
     let command = || {
         format!(
             "{} {}",
@@ -236,11 +238,7 @@ impl FamilyState {
 /// The iptables proxy mode.
 pub struct IptablesProxy {
     families: Vec<FamilyState>,
-    /// The UDP ports as last programmed, for conntrack cleanup (`None` until the first sync,
-    /// which adopts what runs instead of clearing it).
-    udp: Option<HashMap<(ServicePortName, Protocol), Arc<ServicePort>>>,
-    node_addr: std::net::IpAddr,
-    conntrack: conntrack::Conntrack,
+    udp: conntrack::StaleUdp,
 }
 
 impl IptablesProxy {
@@ -259,9 +257,7 @@ impl IptablesProxy {
             .collect();
         Ok(IptablesProxy {
             families,
-            udp: None,
-            node_addr: config.options.node_addr,
-            conntrack: conntrack::Conntrack::new(),
+            udp: conntrack::StaleUdp::new(config.options.node_addr),
         })
     }
 
@@ -293,19 +289,8 @@ impl IptablesProxy {
             }
         }
         if ok {
-            let now: HashMap<_, _> = table
-                .ports
-                .iter()
-                .filter(|p| p.protocol == Protocol::Udp)
-                .map(|p| ((p.name.clone(), p.protocol), p.clone()))
-                .collect();
-            let stale = match &self.udp {
-                Some(old) => conntrack::stale_udp(old, &now, self.node_addr),
-                None => Vec::new(),
-            };
-            match self.conntrack.delete(&stale).await {
-                Ok(()) => self.udp = Some(now),
-                Err(e) => report.errors.push(e.to_string()),
+            if let Err(e) = self.udp.clear(table).await {
+                report.errors.push(e.to_string());
             }
         }
         report

@@ -277,37 +277,68 @@ fn frontend_block(m: &str, masq: &[String], choice: &Choice, name: &str) -> Bloc
     Arc::new(rules)
 }
 
+/// What one service port serves in one address family: its frontends there and the endpoints
+/// each kind of frontend may reach. Shared by the iptables and nftables renderers.
+pub(crate) struct FamilyView {
+    pub cluster: Vec<IpAddr>,
+    /// External and load-balancer IPs.
+    pub external: Vec<IpAddr>,
+    pub node_port: Option<u16>,
+    /// Endpoints of cluster traffic, and of external traffic (NodePorts, external IPs).
+    pub int_eps: Vec<SocketAddr>,
+    pub ext_eps: Vec<SocketAddr>,
+}
+
+impl FamilyView {
+    pub fn new(p: &ServicePort, family: Family, node_addr: IpAddr) -> FamilyView {
+        let in_family = |ip: &IpAddr| Family::of(*ip) == family;
+        let cluster: Vec<IpAddr> = p.cluster_ips.iter().copied().filter(in_family).collect();
+        let external: Vec<IpAddr> = p
+            .external_ips
+            .iter()
+            .chain(&p.load_balancer_ips)
+            .copied()
+            .filter(in_family)
+            .collect();
+        // A port takes part in a family through its cluster IPs; NodePorts follow them. A port
+        // without any (the eBPF proxy serves them at the socket) goes by its endpoints, IPv4
+        // when it has none.
+        let in_port_family = if p.cluster_ips.is_empty() {
+            p.endpoints.iter().any(|e| in_family(&e.addr.ip()))
+                || (p.endpoints.is_empty() && family == Family::V4)
+        } else {
+            !cluster.is_empty()
+        };
+        let node_port = p.node_port.filter(|_| {
+            in_port_family && (node_addr.is_unspecified() || Family::of(node_addr) == family)
+        });
+        let endpoints = |external: bool| -> Vec<SocketAddr> {
+            p.usable(external)
+                .into_iter()
+                .map(|e| e.addr)
+                .filter(|a| in_family(&a.ip()))
+                .collect()
+        };
+        FamilyView {
+            cluster,
+            external,
+            node_port,
+            int_eps: endpoints(false),
+            ext_eps: endpoints(true),
+        }
+    }
+}
+
 /// The rules of one service port in one family.
 fn port_rules(p: &ServicePort, family: Family, o: &Options) -> PortRules {
     let in_family = |ip: &IpAddr| Family::of(*ip) == family;
-    let cluster: Vec<IpAddr> = p.cluster_ips.iter().copied().filter(in_family).collect();
-    let external: Vec<IpAddr> = p
-        .external_ips
-        .iter()
-        .chain(&p.load_balancer_ips)
-        .copied()
-        .filter(in_family)
-        .collect();
-    // A port takes part in a family through its cluster IPs; NodePorts follow them. A port
-    // without any (the eBPF proxy serves them at the socket) goes by its endpoints, IPv4 when
-    // it has none.
-    let in_port_family = if p.cluster_ips.is_empty() {
-        p.endpoints.iter().any(|e| in_family(&e.addr.ip()))
-            || (p.endpoints.is_empty() && family == Family::V4)
-    } else {
-        !cluster.is_empty()
-    };
-    let node_port = p.node_port.filter(|_| {
-        in_port_family && (o.node_addr.is_unspecified() || Family::of(o.node_addr) == family)
-    });
-    let endpoints = |external: bool| -> Vec<SocketAddr> {
-        p.usable(external)
-            .into_iter()
-            .map(|e| e.addr)
-            .filter(|a| in_family(&a.ip()))
-            .collect()
-    };
-    let (int_eps, ext_eps) = (endpoints(false), endpoints(true));
+    let FamilyView {
+        cluster,
+        external,
+        node_port,
+        int_eps,
+        ext_eps,
+    } = FamilyView::new(p, family, o.node_addr);
     let ext_users = external.len() + node_port.is_some() as usize;
     let shared = int_eps == ext_eps;
     let id = format!("{}/{}", p.name, p.protocol);

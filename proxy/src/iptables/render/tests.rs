@@ -81,18 +81,7 @@ pub(crate) fn options() -> Options {
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/iptables/golden")
-        .join(name);
-    if std::env::var_os("SY_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (SY_UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert!(
-        expected == actual,
-        "{name} differs from the golden file; actual:\n{actual}"
-    );
+    crate::testing::golden("iptables", name, actual);
 }
 
 #[test]

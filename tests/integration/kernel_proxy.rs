@@ -1,6 +1,7 @@
-//! The iptables proxy end to end: node agents with `--proxy-mode iptables` program the NAT
-//! tables of their node namespaces; pods reach Services with real traffic. Needs root and the
-//! iptables package; skips with the reason otherwise.
+//! The kernel proxy modes end to end: node agents with `--proxy-mode iptables` (NAT rules) or
+//! `--proxy-mode nftables` (tables of their own) program their node namespaces; pods reach
+//! Services with real traffic. Every test runs in both modes. Needs root, the iptables package
+//! and nft; skips with the reason otherwise.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,8 +12,8 @@ use crate::support::netns::{Node, Pod, Sandbox};
 use crate::support::traffic::{answers, last_answer, load, service, set, udp_client};
 use crate::support::{bin, eventually};
 
-/// A node agent in iptables mode.
-fn agent(sb: &mut Sandbox, node: &Node, name: &str, dir: &Path) -> usize {
+/// A node agent in a kernel proxy mode (`iptables` or `nftables`).
+fn agent(sb: &mut Sandbox, node: &Node, name: &str, dir: &Path, mode: &str) -> usize {
     let kubeconfig = crate::support::node_kubeconfig(dir, name);
     sb.spawn(
         &node.ns,
@@ -24,7 +25,7 @@ fn agent(sb: &mut Sandbox, node: &Node, name: &str, dir: &Path) -> usize {
             "--node-name",
             name,
             "--proxy-mode",
-            "iptables",
+            mode,
             "--cluster-cidr",
             "10.244.0.0/16",
         ],
@@ -57,6 +58,16 @@ fn node_itself(node: &Node) -> Pod {
 #[test]
 fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes() {
     need!(Iptables);
+    serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes("iptables");
+}
+
+#[test]
+fn nftables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes() {
+    need!(Nftables);
+    serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes("nftables");
+}
+
+fn serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(mode: &str) {
     let mut sb = Sandbox::new();
     let (n1, n2) = (sb.node("n1", 1), sb.node("n2", 2));
     let (link1, link2) = sb.link(&n1, &n2, 1);
@@ -72,8 +83,8 @@ fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(
         let out = sb.exec(&n.ns, &["ip", "route", "add", "10.96.0.0/24", "dev", "br0"]);
         assert!(out.status.success());
     }
-    agent(&mut sb, &n1, "n1", d);
-    agent(&mut sb, &n2, "n2", d);
+    agent(&mut sb, &n1, "n1", d, mode);
+    agent(&mut sb, &n2, "n2", d, mode);
     sb.http_backend(&a, 8080, "a");
     sb.http_backend(&b, 8080, "b");
     register_pod(&n1.ns, d, "a", "n1", &a);
@@ -160,6 +171,11 @@ fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(
         (answers(&sb, &client, "http://192.0.2.20/", 12) == set(&["a", "b"])).then_some(())
     });
 
+    // nftables: another table's drop is final whatever our table says (kube-proxy's nftables
+    // mode leaves the host firewall to the admin too).
+    if mode == "nftables" {
+        return;
+    }
     // A host whose FORWARD policy drops: our rules let through what they DNATed, and nothing
     // another tool DNATed. The other tool's port forward to pod a works while FORWARD accepts.
     let foreign = format!("http://{link1}:9090/");
@@ -199,6 +215,16 @@ fn iptables_serves_cluster_ips_node_ports_and_traffic_policies_across_two_nodes(
 #[test]
 fn iptables_udp_flows_move_off_a_removed_endpoint() {
     need!(Iptables);
+    udp_flows_move_off_a_removed_endpoint("iptables");
+}
+
+#[test]
+fn nftables_udp_flows_move_off_a_removed_endpoint() {
+    need!(Nftables);
+    udp_flows_move_off_a_removed_endpoint("nftables");
+}
+
+fn udp_flows_move_off_a_removed_endpoint(mode: &str) {
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let (u1, u2) = (sb.pod(&n1, "u1"), sb.pod(&n1, "u2"));
@@ -206,7 +232,7 @@ fn iptables_udp_flows_move_off_a_removed_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     start_server(&mut sb, &n1, d, "127.0.0.1:6443");
-    agent(&mut sb, &n1, "n1", d);
+    agent(&mut sb, &n1, "n1", d, mode);
     sb.udp_backend(&u1, 5300, "u1");
     sb.udp_backend(&u2, 5300, "u2");
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  selector: {app: web}\n  ports: [{name: udp, port: 53, protocol: UDP, targetPort: udp}]\n";
@@ -238,13 +264,29 @@ fn iptables_udp_flows_move_off_a_removed_endpoint() {
     assert_eq!(last_answer(&log), "u2");
 }
 
-fn saved_rules(sb: &Sandbox, node: &Node) -> String {
-    String::from_utf8_lossy(&sb.exec(&node.ns, &["iptables-save"]).stdout).into_owned()
+/// What the kernel has of the agent's rules: iptables-save, or the nftables ruleset.
+fn saved_rules(sb: &Sandbox, node: &Node, mode: &str) -> String {
+    let cmd: &[&str] = if mode == "nftables" {
+        &["nft", "list", "ruleset"]
+    } else {
+        &["iptables-save"]
+    };
+    String::from_utf8_lossy(&sb.exec(&node.ns, cmd).stdout).into_owned()
 }
 
 #[test]
 fn iptables_agent_restarts_under_load_and_cleans_up() {
     need!(Iptables);
+    agent_restarts_under_load_and_cleans_up("iptables");
+}
+
+#[test]
+fn nftables_agent_restarts_under_load_and_cleans_up() {
+    need!(Nftables);
+    agent_restarts_under_load_and_cleans_up("nftables");
+}
+
+fn agent_restarts_under_load_and_cleans_up(mode: &str) {
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
     let backends: Vec<Pod> = (1..=2).map(|i| sb.pod(&n1, &format!("w{i}"))).collect();
@@ -252,7 +294,7 @@ fn iptables_agent_restarts_under_load_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     start_server(&mut sb, &n1, d, "127.0.0.1:6443");
-    let first = agent(&mut sb, &n1, "n1", d);
+    let first = agent(&mut sb, &n1, "n1", d, mode);
     for (i, pod) in backends.iter().enumerate() {
         let name = format!("w{}", i + 1);
         sb.http_backend(pod, 8080, &name);
@@ -268,7 +310,7 @@ fn iptables_agent_restarts_under_load_and_cleans_up() {
     std::thread::sleep(Duration::from_secs(2));
     sb.kill(first);
     std::thread::sleep(Duration::from_secs(1));
-    let second = agent(&mut sb, &n1, "n1", d);
+    let second = agent(&mut sb, &n1, "n1", d, mode);
     let healthy = || {
         let out = sb.exec(&n1.ns, &["curl", "-sf", "http://127.0.0.1:10249/healthz"]);
         out.status.success().then_some(())
@@ -277,11 +319,19 @@ fn iptables_agent_restarts_under_load_and_cleans_up() {
     let (good, failed) = running.join().unwrap();
     assert_eq!(failed, 0, "{failed} connections failed ({good} succeeded)");
     assert!(good > 50, "only {good} connections in 8 s");
-    assert_eq!(
-        saved_rules(&sb, &n1).matches("-j SY-SERVICES").count(),
-        2,
-        "one jump each from PREROUTING and OUTPUT"
-    );
+    let rules = saved_rules(&sb, &n1, mode);
+    if mode == "nftables" {
+        // One table per family, each with its jumps from prerouting and output.
+        assert_eq!(rules.matches("table ip switchyard").count(), 1, "{rules}");
+        assert_eq!(rules.matches("table ip6 switchyard").count(), 1, "{rules}");
+        assert_eq!(rules.matches("jump services").count(), 4, "{rules}");
+    } else {
+        assert_eq!(
+            rules.matches("-j SY-SERVICES").count(),
+            2,
+            "one jump each from PREROUTING and OUTPUT"
+        );
+    }
 
     // --cleanup removes everything the agent made, and only that.
     sb.kill(second);
@@ -291,8 +341,11 @@ fn iptables_agent_restarts_under_load_and_cleans_up() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rules = saved_rules(&sb, &n1);
-    assert!(!rules.contains("SY-"), "{rules}");
+    let rules = saved_rules(&sb, &n1, mode);
+    assert!(
+        !rules.contains("SY-") && !rules.contains("switchyard"),
+        "{rules}"
+    );
     let flows = sb.exec(&n1.ns, &["conntrack", "-L", "-d", &ip]);
     let listed = String::from_utf8_lossy(&flows.stdout);
     assert!(!listed.contains(&ip), "conntrack entries left: {listed}");

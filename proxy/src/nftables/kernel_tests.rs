@@ -1,0 +1,87 @@
+//! The nftables proxy against the real kernel and the machine's `nft`, in a network namespace
+//! of its own (created per test, deleted after). Needs root; skips otherwise.
+
+use std::process::Command;
+
+use super::*;
+use crate::iptables::render::tests::{options, sample};
+use crate::testing::{block_on, in_netns, skip};
+
+fn list() -> String {
+    let out = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn tables_round_trip_through_the_kernel_and_clean_up() {
+    if find("nft").is_none() {
+        skip("the nft tool is not installed");
+        return;
+    }
+    in_netns(|| {
+        // Someone else's table, which must survive everything below.
+        let st = Command::new("nft")
+            .args(["add table ip other; add chain ip other c; add rule ip other c counter"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let config = Config { options: options() };
+        let table = sample();
+        let mut proxy = NftablesProxy::new(config.clone()).unwrap();
+        let first = block_on(proxy.apply(&table));
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert_eq!(first.frontends, 10 + 1, "ten IPv4 frontends and one IPv6");
+        let rules = list();
+        assert!(
+            rules.contains("10.96.0.53 . udp . 53 . 0 : 10.244.2.9 . 53"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("fd00::10 . tcp . 80 : goto pick-1"),
+            "{rules}"
+        );
+
+        // A restarted agent reads the tables back and finds nothing to write.
+        let mut restarted = NftablesProxy::new(config.clone()).unwrap();
+        let second = block_on(restarted.apply(&table));
+        assert!(second.errors.is_empty(), "{:?}", second.errors);
+        assert_eq!(second.added, 0, "the restart rewrote something");
+        assert_eq!(list(), rules);
+
+        // One service goes: only its elements, chains and sets.
+        let mut smaller = table.clone();
+        smaller.ports.retain(|p| p.name.name != "sticky");
+        let third = block_on(restarted.apply(&smaller));
+        assert!(third.errors.is_empty(), "{:?}", third.errors);
+        let now = list();
+        assert!(
+            !now.contains("aff-") && !now.contains("10.96.0.50"),
+            "{now}"
+        );
+        assert!(now.contains("10.96.0.53 . udp . 53"));
+
+        // Other options: the fixed part differs, and the table is replaced whole.
+        let mut other = options();
+        other.masquerade_all = true;
+        let mut replaced = NftablesProxy::new(Config { options: other }).unwrap();
+        let fourth = block_on(replaced.apply(&smaller));
+        assert!(fourth.errors.is_empty(), "{:?}", fourth.errors);
+        let now = list();
+        assert!(!now.contains("saddr != 10.244.0.0/16"), "{now}");
+        assert_eq!(now.matches("table ip switchyard").count(), 1);
+
+        let done = block_on(cleanup()).unwrap();
+        assert_eq!(done.tables, 2);
+        assert_eq!(
+            done.conntrack_filters, 9,
+            "the frontends with endpoints, IPv4 and IPv6"
+        );
+        let after = list();
+        assert!(!after.contains("switchyard"), "{after}");
+        assert!(after.contains("table ip other"));
+    });
+}
