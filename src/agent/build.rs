@@ -99,9 +99,29 @@ pub fn build_services(
     node: &str,
     previous: &ServiceTable,
 ) -> ServiceTable {
+    ServiceTable {
+        ports: ports_of(services, slices, node, previous)
+            .into_values()
+            .collect(),
+    }
+}
+
+/// The ports of `services`, sorted; one equal to its namesake in `previous` (found by binary
+/// search: the table is sorted) keeps its `Arc`.
+fn ports_of<'a>(
+    services: impl IntoIterator<Item = (&'a ObjKey, &'a Service)>,
+    slices: impl IntoIterator<Item = (&'a ObjKey, &'a EndpointSlice)>,
+    node: &str,
+    previous: &ServiceTable,
+) -> BTreeMap<(ServicePortName, Protocol), Arc<ServicePort>> {
     let mut eps = endpoints_by_port(slices, node);
-    let prev: HashMap<&ServicePortName, &Arc<ServicePort>> =
-        previous.ports.iter().map(|p| (&p.name, p)).collect();
+    let prev = |name: &ServicePortName, proto: Protocol| {
+        previous
+            .ports
+            .binary_search_by(|p| (&p.name, p.protocol).cmp(&(name, proto)))
+            .ok()
+            .map(|i| &previous.ports[i])
+    };
     let mut ports: BTreeMap<(ServicePortName, Protocol), Arc<ServicePort>> = BTreeMap::new();
     for ((ns, name), svc) in services {
         let Some(spec) = &svc.spec else { continue };
@@ -167,28 +187,23 @@ pub fn build_services(
                 external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
                 endpoints,
             };
-            let arc = match prev.get(&sp.name) {
-                Some(old) if ***old == sp => (*old).clone(),
+            let arc = match prev(&sp.name, proto) {
+                Some(old) if **old == sp => old.clone(),
                 _ => Arc::new(sp),
             };
             ports.insert((arc.name.clone(), proto), arc);
         }
     }
-    ServiceTable {
-        ports: ports.into_values().collect(),
-    }
+    ports
 }
 
 /// The ports of `svc` (the cluster DNS Service, with `--dns-service`) served by this node's own
 /// DNS listener at `listen`: every node answers its pods' DNS itself, where CoreDNS's endpoints
 /// would be. Other ports keep their `Arc`s; these get new ones only when they change.
 pub fn with_local_dns(mut table: ServiceTable, svc: &ObjKey, listen: SocketAddr) -> ServiceTable {
-    fn key(p: &Arc<ServicePort>) -> (&str, &str) {
-        (&p.name.namespace, &p.name.name)
-    }
     let want = (svc.0.as_str(), svc.1.as_str());
-    let start = table.ports.partition_point(|p| key(p) < want);
-    let end = start + table.ports[start..].partition_point(|p| key(p) == want);
+    let start = table.ports.partition_point(|p| service_of(p) < want);
+    let end = start + table.ports[start..].partition_point(|p| service_of(p) == want);
     let local = Endpoint {
         addr: listen,
         ready: true,
@@ -222,48 +237,112 @@ pub fn is_headless(svc: &Service) -> bool {
     crate::conventions::is_headless(svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()))
 }
 
+/// The Service of a port, as `(namespace, name)`.
+fn service_of(p: &ServicePort) -> (&str, &str) {
+    (&p.name.namespace, &p.name.name)
+}
+
+/// EndpointSlices by the Service they belong to (`kubernetes.io/service-name`), so that a
+/// change to one Service reads only its own slices.
+#[derive(Debug, Default)]
+pub struct SliceIndex(HashMap<ObjKey, HashSet<ObjKey>>);
+
+/// The Service a slice belongs to.
+pub fn slice_service(namespace: &str, s: &EndpointSlice) -> Option<ObjKey> {
+    let svc = s
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")?;
+    Some((namespace.to_string(), svc.clone()))
+}
+
+impl SliceIndex {
+    pub fn build(slices: &HashMap<ObjKey, EndpointSlice>) -> Self {
+        let mut index = SliceIndex::default();
+        for (key, s) in slices {
+            index.update(key, None, Some(s));
+        }
+        index
+    }
+
+    /// The slice `key` was `old` and is now `new`.
+    pub fn update(
+        &mut self,
+        key: &ObjKey,
+        old: Option<&EndpointSlice>,
+        new: Option<&EndpointSlice>,
+    ) {
+        let before = old.and_then(|s| slice_service(&key.0, s));
+        let after = new.and_then(|s| slice_service(&key.0, s));
+        if before == after {
+            return;
+        }
+        if let Some(svc) = before {
+            if let Some(set) = self.0.get_mut(&svc) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.0.remove(&svc);
+                }
+            }
+        }
+        if let Some(svc) = after {
+            self.0.entry(svc).or_default().insert(key.clone());
+        }
+    }
+
+    /// The slices of `svc`.
+    pub fn of<'a>(
+        &'a self,
+        svc: &ObjKey,
+        slices: &'a HashMap<ObjKey, EndpointSlice>,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a EndpointSlice)> {
+        self.0
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| slices.get_key_value(k))
+    }
+}
+
 /// The service table after `changed`: built whole on a relist, otherwise `previous` with only
-/// the changed Services' ports rebuilt. Unchanged ports keep their `Arc`.
+/// the changed Services' ports rebuilt, spliced in where they sort. The cost is the changed
+/// Services' and their slices', plus copying `previous`'s pointers; unchanged ports keep their
+/// `Arc`.
 pub fn update_services(
     previous: &ServiceTable,
     changed: &Changed,
     services: &HashMap<ObjKey, Service>,
     slices: &HashMap<ObjKey, EndpointSlice>,
+    index: &SliceIndex,
     node: &str,
 ) -> ServiceTable {
     if changed.all {
         return build_services(services, slices, node, previous);
     }
-    let sub_services: HashMap<ObjKey, Service> = changed
-        .services
-        .iter()
-        .filter_map(|k| Some((k.clone(), services.get(k)?.clone())))
-        .collect();
-    let sub_slices: HashMap<ObjKey, EndpointSlice> = slices
-        .iter()
-        .filter(|((ns, _), s)| {
-            let svc = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"));
-            svc.is_some_and(|svc| changed.services.contains(&(ns.clone(), svc.clone())))
-        })
-        .map(|(k, s)| (k.clone(), s.clone()))
-        .collect();
-    let rebuilt = build_services(&sub_services, &sub_slices, node, previous);
-    let mut ports: Vec<Arc<ServicePort>> = previous
-        .ports
-        .iter()
-        .filter(|p| {
-            !changed
-                .services
-                .contains(&(p.name.namespace.clone(), p.name.name.clone()))
-        })
-        .cloned()
-        .chain(rebuilt.ports)
-        .collect();
-    ports.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
+    let mut keys: Vec<&ObjKey> = changed.services.iter().collect();
+    keys.sort();
+    let rebuilt = ports_of(
+        keys.iter().filter_map(|k| services.get_key_value(*k)),
+        keys.iter().flat_map(|k| index.of(k, slices)),
+        node,
+        previous,
+    );
+    let mut rebuilt = rebuilt.into_values().peekable();
+    let old = &previous.ports;
+    let mut ports = Vec::with_capacity(old.len() + 8);
+    let mut cursor = 0;
+    for (ns, name) in keys {
+        let svc = (ns.as_str(), name.as_str());
+        let start = cursor + old[cursor..].partition_point(|p| service_of(p) < svc);
+        let end = start + old[start..].partition_point(|p| service_of(p) == svc);
+        ports.extend_from_slice(&old[cursor..start]);
+        while let Some(p) = rebuilt.next_if(|p| service_of(p) == svc) {
+            ports.push(p);
+        }
+        cursor = end;
+    }
+    ports.extend_from_slice(&old[cursor..]);
     ServiceTable { ports }
 }
 
@@ -332,6 +411,15 @@ fn dns_service(
     Some(entry)
 }
 
+/// How the DNS zone is built.
+#[derive(Clone, Debug)]
+pub struct ZoneSettings {
+    pub domain: String,
+    pub ttl: u32,
+    /// Answer `<a-b-c-d>.<ns>.pod.<zone>`.
+    pub pods: bool,
+}
+
 /// Which Services changed since the zone was last built.
 #[derive(Debug, Default)]
 pub struct Changed {
@@ -353,30 +441,23 @@ pub fn update_dns(
     changed: &Changed,
     services: &HashMap<ObjKey, Service>,
     slices: &HashMap<ObjKey, EndpointSlice>,
-    domain: &str,
-    ttl: u32,
-    pods: bool,
+    index: &SliceIndex,
+    zone: &ZoneSettings,
 ) -> Option<ClusterZone> {
-    let wanted = |key: &ObjKey| changed.all || previous.is_none() || changed.services.contains(key);
-    let mut slices_of: HashMap<ObjKey, Vec<&EndpointSlice>> = HashMap::new();
-    for ((ns, _), slice) in slices {
-        if let Some(svc) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        {
-            let key = (ns.clone(), svc.clone());
-            if wanted(&key) {
-                slices_of.entry(key).or_default().push(slice);
-            }
-        }
-    }
-    let upserted: Vec<switchyard_dns::zone::Service> = services
-        .iter()
-        .filter(|(k, _)| wanted(k))
-        .filter_map(|(k, svc)| dns_service(k, svc, slices_of.get(k).map_or(&[][..], Vec::as_slice)))
-        .collect();
+    let entry = |(k, svc): (&ObjKey, &Service)| {
+        let own: Vec<&EndpointSlice> = index.of(k, slices).map(|(_, s)| s).collect();
+        dns_service(k, svc, &own)
+    };
+    let upserted: Vec<switchyard_dns::zone::Service> = if changed.all || previous.is_none() {
+        services.iter().filter_map(entry).collect()
+    } else {
+        changed
+            .services
+            .iter()
+            .filter_map(|k| services.get_key_value(k))
+            .filter_map(entry)
+            .collect()
+    };
     match previous {
         Some(zone) if !changed.all => {
             let removed: Vec<ObjKey> = changed
@@ -387,7 +468,8 @@ pub fn update_dns(
                 .collect();
             Some(zone.with_changes(&removed, &upserted))
         }
-        _ => ClusterZone::build(domain, ttl, &upserted).map(|z| z.with_pod_records(pods)),
+        _ => ClusterZone::build(&zone.domain, zone.ttl, &upserted)
+            .map(|z| z.with_pod_records(zone.pods)),
     }
 }
 
@@ -410,10 +492,17 @@ mod tests {
             },
             services,
             slices,
-            domain,
-            ttl,
-            false,
+            &SliceIndex::build(slices),
+            &settings(domain, ttl),
         )
+    }
+
+    fn settings(domain: &str, ttl: u32) -> ZoneSettings {
+        ZoneSettings {
+            domain: domain.into(),
+            ttl,
+            pods: false,
+        }
     }
 
     fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -576,9 +665,8 @@ mod tests {
             &changed,
             &services,
             &slices,
-            "cluster.local",
-            5,
-            false,
+            &SliceIndex::build(&slices),
+            &settings("cluster.local", 5),
         )
         .unwrap();
         let q = |s: &str| LowerName::new(&Name::from_ascii(s).unwrap());
@@ -609,10 +697,51 @@ mod tests {
             .into_iter()
             .collect(),
         };
-        let inc = update_services(&first, &changed, &services, &slices, "n1");
+        let index = SliceIndex::build(&slices);
+        let inc = update_services(&first, &changed, &services, &slices, &index, "n1");
         assert_eq!(
             inc,
             build_services(&services, &slices, "n1", &ServiceTable::default())
+        );
+    }
+
+    #[test]
+    fn services_added_between_others_and_slices_that_move_are_spliced_in_order() {
+        let (mut services, mut slices) = state();
+        let mut index = SliceIndex::build(&slices);
+        let first = build_services(&services, &slices, "n1", &ServiceTable::default());
+        // A new Service that sorts between the others, with a slice of its own; the web
+        // slice is relabelled to it.
+        let mut mid = services[&("ns".to_string(), "web".to_string())].clone();
+        mid.metadata.name = Some("m".into());
+        mid.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.11".into()]);
+        services.insert(("ns".into(), "m".into()), mid);
+        let key = ("ns".to_string(), "web-1".to_string());
+        let old = slices[&key].clone();
+        let mut moved = old.clone();
+        moved
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("kubernetes.io/service-name".into(), "m".into());
+        index.update(&key, Some(&old), Some(&moved));
+        slices.insert(key, moved);
+        let changed = Changed {
+            all: false,
+            services: [("ns".into(), "m".into()), ("ns".into(), "web".into())]
+                .into_iter()
+                .collect(),
+        };
+        let inc = update_services(&first, &changed, &services, &slices, &index, "n1");
+        let full = build_services(&services, &slices, "n1", &ServiceTable::default());
+        assert_eq!(inc, full);
+        let web = inc.ports.iter().find(|p| p.name.name == "web").unwrap();
+        assert!(web.endpoints.is_empty(), "the slice left web");
+        assert_eq!(
+            index.of(&("ns".into(), "m".into()), &slices).count(),
+            1,
+            "the index follows the label"
         );
     }
 

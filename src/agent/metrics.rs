@@ -101,8 +101,58 @@ impl switchyard_dns::server::Observer for Metrics {
     }
 }
 
+/// How long each stage of the path from a cluster change to the kernel takes, so that a slow
+/// one shows: `switchyard_agent_stage_duration_seconds{stage}`.
+pub struct Stages {
+    /// From the change (an EndpointSlice's trigger time) to the agent receiving it.
+    pub receive: Histogram,
+    /// Taking a batch of watch events into the cluster state.
+    pub apply: Histogram,
+    /// Building the snapshot's views from the state.
+    pub build: Histogram,
+    /// From publishing a snapshot to the proxy programmer starting on it.
+    pub wait: Histogram,
+    /// Programming the kernel (or the userspace proxy).
+    pub program: Histogram,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        let h = || Histogram::new(switchyard_proxy::metrics::REQUEST_BUCKETS);
+        Stages {
+            receive: h(),
+            apply: h(),
+            build: h(),
+            wait: h(),
+            program: h(),
+        }
+    }
+}
+
+impl Stages {
+    fn render(&self, out: &mut String) {
+        let name = "switchyard_agent_stage_duration_seconds";
+        switchyard_proxy::metrics::header(
+            name,
+            "Time spent in each stage from a cluster change to the data plane",
+            "histogram",
+            out,
+        );
+        for (stage, h) in [
+            ("receive", &self.receive),
+            ("apply", &self.apply),
+            ("build", &self.build),
+            ("wait", &self.wait),
+            ("program", &self.program),
+        ] {
+            h.render_series(name, &format!("stage=\"{stage}\""), out);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    pub stages: Stages,
     pub dns: DnsMetrics,
     /// kubeproxy_sync_proxy_rules_duration_seconds
     pub sync_duration: Histogram,
@@ -183,6 +233,7 @@ impl Metrics {
             "Time to build a snapshot from the cluster state",
             &mut out,
         );
+        self.stages.render(&mut out);
         let gauges = [
             (
                 "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
@@ -250,6 +301,24 @@ mod tests {
             text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"+Inf\"} 3\n")
         );
         assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn every_stage_is_a_series() {
+        let m = Metrics::default();
+        m.stages.wait.observe(Duration::from_micros(300));
+        let text = m.render();
+        for stage in ["receive", "apply", "build", "wait", "program"] {
+            assert!(
+                text.contains(&format!(
+                    "switchyard_agent_stage_duration_seconds_count{{stage=\"{stage}\"}}"
+                )),
+                "{stage}: {text}"
+            );
+        }
+        assert!(text.contains(
+            "switchyard_agent_stage_duration_seconds_bucket{stage=\"wait\",le=\"0.0005\"} 1\n"
+        ));
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Snapshot {
     /// When the changes this snapshot carries happened (for network programming latency), with
     /// the generation that first carried each.
     pub triggers: Arc<[(u64, SystemTime)]>,
+    /// When it was published (for the time it waits for the programmer).
+    pub published_at: Option<Instant>,
 }
 
 /// What the watchers send.
@@ -209,6 +211,8 @@ impl<K: ResourceExt + Clone> Kind<K> {
 struct State {
     services: Kind<Service>,
     slices: Kind<EndpointSlice>,
+    /// The slices of each Service.
+    slice_index: build::SliceIndex,
     ingresses: Kind<Ingress>,
     classes: Kind<IngressClass>,
     secrets: Kind<Secret>,
@@ -225,7 +229,20 @@ impl State {
     fn apply(&mut self, update: Update) -> bool {
         match update {
             Update::Services(ev) => self.services.apply(*ev),
-            Update::Slices(ev) => self.slices.apply(*ev),
+            Update::Slices(ev) => {
+                let relisted = matches!(*ev, Event::InitDone);
+                if let Event::Apply(s) | Event::Delete(s) = &*ev {
+                    let k = key(s);
+                    let old = self.slices.objects.get(&k);
+                    let new = matches!(*ev, Event::Apply(_)).then_some(s);
+                    self.slice_index.update(&k, old, new);
+                }
+                let changed = self.slices.apply(*ev);
+                if relisted {
+                    self.slice_index = build::SliceIndex::build(&self.slices.objects);
+                }
+                changed
+            }
             Update::Ingresses(ev) => self.ingresses.apply(*ev),
             Update::Classes(ev) => self.classes.apply(*ev),
             Update::Secrets(ev) => self.secrets.apply(*ev),
@@ -233,16 +250,19 @@ impl State {
     }
 }
 
-/// EndpointSlice controllers stamp the time of the change that caused a slice write.
+/// The time an EndpointSlice controller stamped on a slice: when the change that caused the
+/// write happened.
+fn stamped(s: &EndpointSlice) -> Option<SystemTime> {
+    s.annotations()
+        .get(crate::conventions::TRIGGER_TIME_ANNOTATION)
+        .and_then(|t| crate::time::parse(t))
+}
+
+/// When the change an update carries happened (now, when nothing says).
 fn trigger_time(ev: &Update) -> Option<SystemTime> {
     match ev {
         Update::Slices(ev) => match &**ev {
-            Event::Apply(s) => Some(
-                s.annotations()
-                    .get(crate::conventions::TRIGGER_TIME_ANNOTATION)
-                    .and_then(|t| crate::time::parse(t))
-                    .unwrap_or_else(SystemTime::now),
-            ),
+            Event::Apply(s) => Some(stamped(s).unwrap_or_else(SystemTime::now)),
             Event::Delete(_) => Some(SystemTime::now()),
             _ => None,
         },
@@ -287,13 +307,8 @@ fn affects_routes(
 }
 
 fn slice_service(s: &EndpointSlice) -> ObjKey {
-    (
-        s.namespace().unwrap_or_default(),
-        s.labels()
-            .get("kubernetes.io/service-name")
-            .cloned()
-            .unwrap_or_default(),
-    )
+    let ns = s.namespace().unwrap_or_default();
+    build::slice_service(&ns, s).unwrap_or((ns, String::new()))
 }
 
 /// Records which Services an update changes: for the service table any Service and the Service
@@ -333,18 +348,11 @@ fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mu
     services.services.insert(key);
 }
 
-/// How the DNS zone is built.
-struct DnsZone {
-    domain: String,
-    ttl: u32,
-    pods: bool,
-}
-
 /// What the state task works with.
 struct StateTask {
     node: String,
     /// The zone's settings, when DNS is on.
-    dns: Option<DnsZone>,
+    dns: Option<build::ZoneSettings>,
     /// The cluster DNS Service this node serves itself, and its listener.
     local_dns: Option<(ObjKey, SocketAddr)>,
     /// Where the Ingresses the router serves go, when the router is on.
@@ -411,6 +419,7 @@ impl Pending {
             &self.services,
             &state.services.objects,
             &state.slices.objects,
+            &state.slice_index,
             &task.node,
         );
         if let Some((svc, listen)) = &task.local_dns {
@@ -422,9 +431,8 @@ impl Pending {
                 &self.dns,
                 &state.services.objects,
                 &state.slices.objects,
-                &z.domain,
-                z.ttl,
-                z.pods,
+                &state.slice_index,
+                z,
             )
             .map(Arc::new),
             _ => previous.dns.clone(),
@@ -466,6 +474,7 @@ impl Pending {
             dns: zone,
             routes: route_table,
             triggers: self.triggers.clone().into(),
+            published_at: None,
         }
     }
 }
@@ -485,24 +494,36 @@ async fn run_state(mut task: StateTask) {
         tokio::select! {
             update = task.updates.recv() => {
                 let Some(mut update) = update else { return };
+                let started = Instant::now();
                 // Take everything already queued before deciding to publish: a burst of
                 // changes makes one snapshot.
                 loop {
+                    if let Update::Slices(ev) = &update {
+                        if let Event::Apply(s) = &**ev {
+                            if let Some(t) = stamped(s) {
+                                let age = SystemTime::now().duration_since(t).unwrap_or_default();
+                                task.metrics.stages.receive.observe(age);
+                            }
+                        }
+                    }
                     p.absorb(update, ingress);
                     match task.updates.try_recv() {
                         Ok(next) => update = next,
                         Err(_) => break,
                     }
                 }
+                task.metrics.stages.apply.observe(started.elapsed());
             }
             _ = tokio::time::sleep(wait), if ready => {
                 let started = Instant::now();
                 // What the proxy has applied no longer waits for its trigger times.
                 let done = *task.applied.borrow_and_update();
                 p.triggers.retain(|(g, _)| *g > done);
-                let snapshot = p.build(&task, &task.published.load());
+                let mut snapshot = p.build(&task, &task.published.load());
                 let generation = snapshot.generation;
                 task.metrics.build_duration.observe(started.elapsed());
+                task.metrics.stages.build.observe(started.elapsed());
+                snapshot.published_at = Some(Instant::now());
                 task.metrics.published(generation, snapshot.services.ports.len(), snapshot.services.endpoint_count());
                 task.published.store(Arc::new(snapshot));
                 let _ = task.generations.send(generation);
@@ -648,7 +669,7 @@ pub async fn run(
     };
     let state = tokio::spawn(run_state(StateTask {
         node: config.node_name.clone(),
-        dns: config.dns.as_ref().map(|d| DnsZone {
+        dns: config.dns.as_ref().map(|d| build::ZoneSettings {
             domain: d.domain.clone(),
             ttl: d.ttl,
             pods: d.pod_records,

@@ -50,11 +50,16 @@ pub(super) async fn run(
         if snapshot.generation == 0 {
             continue;
         }
+        let new = snapshot.generation > last_observed;
+        if let (true, Some(t)) = (new, snapshot.published_at) {
+            metrics.stages.wait.observe(t.elapsed());
+        }
         let started = Instant::now();
         let report = proxy.apply(&snapshot.services).await;
         let took = started.elapsed();
         metrics.applied(snapshot.generation, took, report.frontends);
-        if snapshot.generation > last_observed {
+        metrics.stages.program.observe(took);
+        if new {
             let now = SystemTime::now();
             for (g, t) in snapshot.triggers.iter().filter(|(g, _)| *g > last_observed) {
                 let _ = g;

@@ -532,6 +532,8 @@ pub struct Renderer {
     options: Options,
     parts: HashMap<PortKey, (Arc<ServicePort>, Part)>,
     claims: Claims,
+    /// The ports of the last table, sorted as tables are.
+    previous: Vec<Arc<ServicePort>>,
 }
 
 impl Renderer {
@@ -541,42 +543,74 @@ impl Renderer {
             options,
             parts: HashMap::new(),
             claims: Claims::default(),
+            previous: Vec::new(),
         }
     }
 
-    /// Takes `table` as the desired state; returns what changed. Unchanged ports (the same
-    /// `Arc`) cost a pointer comparison.
+    /// Takes `table` as the desired state; returns what changed. The old and the new table are
+    /// walked side by side (both are sorted by name and protocol): an unchanged port (the
+    /// same `Arc`) costs a pointer comparison, and only changed ports are rendered.
     pub fn update(&mut self, table: &ServiceTable) -> Touched {
+        use std::cmp::Ordering;
         let mut touched = Touched::default();
-        let mut seen: HashSet<PortKey> = HashSet::with_capacity(table.ports.len());
-        for port in &table.ports {
-            let key = (port.name.clone(), port.protocol);
-            if matches!(self.parts.get(&key), Some((old, _)) if Arc::ptr_eq(old, port)) {
-                seen.insert(key);
-                continue;
-            }
-            let new = part(port, self.family, &self.options);
-            if let Some((_, old)) = self.parts.remove(&key) {
-                self.claims.remove(&old, &mut touched);
-            }
-            self.claims.add(&new, &mut touched);
-            self.parts.insert(key.clone(), (port.clone(), new));
-            seen.insert(key);
-        }
-        if seen.len() != self.parts.len() {
-            let gone: Vec<PortKey> = self
-                .parts
-                .keys()
-                .filter(|k| !seen.contains(*k))
-                .cloned()
-                .collect();
-            for key in gone {
-                if let Some((_, old)) = self.parts.remove(&key) {
-                    self.claims.remove(&old, &mut touched);
+        let old = std::mem::take(&mut self.previous);
+        let new = &table.ports;
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            match (old.get(i), new.get(j)) {
+                (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {
+                    i += 1;
+                    j += 1;
                 }
+                (Some(o), Some(n)) => match (&o.name, o.protocol).cmp(&(&n.name, n.protocol)) {
+                    Ordering::Less => {
+                        self.drop_port(o, &mut touched);
+                        i += 1;
+                    }
+                    Ordering::Greater => {
+                        self.add_port(n, &mut touched);
+                        j += 1;
+                    }
+                    Ordering::Equal => {
+                        self.add_port(n, &mut touched);
+                        i += 1;
+                        j += 1;
+                    }
+                },
+                (Some(o), None) => {
+                    self.drop_port(o, &mut touched);
+                    i += 1;
+                }
+                (None, Some(n)) => {
+                    self.add_port(n, &mut touched);
+                    j += 1;
+                }
+                (None, None) => break,
             }
         }
+        self.previous = new.clone();
         touched
+    }
+
+    /// Renders `port`, replacing what its namesake contributed.
+    fn add_port(&mut self, port: &Arc<ServicePort>, touched: &mut Touched) {
+        let key = (port.name.clone(), port.protocol);
+        let new = part(port, self.family, &self.options);
+        if let Some((_, old)) = self.parts.remove(&key) {
+            self.claims.remove(&old, touched);
+        }
+        self.claims.add(&new, touched);
+        self.parts.insert(key, (port.clone(), new));
+    }
+
+    /// Takes back what `port` contributed, unless another port of its name has replaced it.
+    fn drop_port(&mut self, port: &Arc<ServicePort>, touched: &mut Touched) {
+        let key = (port.name.clone(), port.protocol);
+        if matches!(self.parts.get(&key), Some((p, _)) if Arc::ptr_eq(p, port)) {
+            if let Some((_, old)) = self.parts.remove(&key) {
+                self.claims.remove(&old, touched);
+            }
+        }
     }
 
     pub fn frontends(&self) -> usize {
