@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Service proxies side by side: Switchyard (iptables, eBPF) and the real kube-proxy (iptables,
+# Service proxies side by side: Switchyard (nftables, iptables, eBPF) and the real kube-proxy (iptables,
 # nftables; built from k8s.io/kubernetes by bench/peers/build.sh) at 1,000 and 10,000 Services x
 # 10 endpoints, fed by the same switchyard server: cold start, endpoint change -> connect, new
 # connections/s, RSS and CPU. Runs in network namespaces, a cgroup and a bpffs it creates; needs

@@ -24,9 +24,16 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
 /// The quantile of a Prometheus histogram in the text format, by linear interpolation in its
 /// bucket (what `histogram_quantile` does).
 pub fn metric_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    series_quantile(text, name, "", q)
+}
+
+/// [`metric_quantile`] of the series with `labels` (`a="x"`, or empty).
+pub fn series_quantile(text: &str, name: &str, labels: &str, q: f64) -> Option<f64> {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let prefix = format!("{name}_bucket{{{labels}{sep}le=\"");
     let mut buckets: Vec<(f64, f64)> = text
         .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|l| l.strip_prefix(&prefix))
         .filter_map(|l| {
             let (le, v) = l.split_once("\"} ")?;
             let le = if le == "+Inf" {

@@ -1,4 +1,4 @@
-//! Service proxies side by side: Switchyard's node agent (iptables and eBPF modes) and the real
+//! Service proxies side by side: Switchyard's node agent (nftables, iptables and eBPF modes) and the real
 //! kube-proxy (iptables and nftables modes, built from `k8s.io/kubernetes` by
 //! `bench/peers/build.sh`), one after another in the same run, each fed by the same
 //! `switchyard server` holding N Services x 10 endpoints, in the same network namespace on the
@@ -35,7 +35,7 @@ use switchyard_bench::api::{
 use switchyard_bench::cgroup::BpfEnv;
 use switchyard_bench::netns::Netns;
 use switchyard_bench::services::{connect_rate, service_json, sinks};
-use switchyard_bench::Samples;
+use switchyard_bench::{http_get, series_quantile, Samples};
 
 #[derive(Parser)]
 struct Args {
@@ -63,7 +63,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "switchyard-iptables,switchyard-ebpf,kube-proxy-iptables,kube-proxy-nftables"
+        default_value = "switchyard-nftables,switchyard-iptables,switchyard-ebpf,kube-proxy-iptables,kube-proxy-nftables"
     )]
     proxies: Vec<String>,
 }
@@ -113,6 +113,22 @@ struct Figures {
     cpu_per_change_ms: f64,
     rates: Option<(f64, f64, u64)>,
     rss_mb: f64,
+    /// Switchyard's own stage histograms after the changes: p50/p99 per stage.
+    stages: String,
+}
+
+/// p50/p99 of each of the agent's stages, from its metrics (bucket-interpolated).
+async fn stages(metrics: u16) -> Result<String> {
+    let text = http_get(metrics, "/metrics").await?;
+    let mut out = Vec::new();
+    for stage in ["receive", "apply", "build", "wait", "program"] {
+        let labels = format!("stage=\"{stage}\"");
+        let q = |q| series_quantile(&text, "switchyard_agent_stage_duration_seconds", &labels, q);
+        if let (Some(p50), Some(p99)) = (q(0.5), q(0.99)) {
+            out.push(format!("{stage} {:.2}/{:.2}", p50 * 1000.0, p99 * 1000.0));
+        }
+    }
+    Ok(out.join(", "))
 }
 
 /// Starts the proxy `which` in the current namespace.
@@ -189,7 +205,8 @@ async fn measure(
     let vip = |i: usize| SocketAddr::new(ctx.vips[&format!("svc-{i}")].into(), 80);
     let last = vip(n - 1);
     let log = ctx.kubeconfig.with_file_name(format!("{which}-{n}.log"));
-    let mut proxy = start_proxy(which, args, ctx.kubeconfig, ctx.bpf, free_port(), &log)?;
+    let metrics = free_port();
+    let mut proxy = start_proxy(which, args, ctx.kubeconfig, ctx.bpf, metrics, &log)?;
     let pid = proxy.0.id();
     let started = Instant::now();
     let limit = Duration::from_secs(args.start_limit_secs);
@@ -214,6 +231,7 @@ async fn measure(
         cpu_per_change_ms: 0.0,
         rates: None,
         rss_mb: 0.0,
+        stages: String::new(),
     };
     if cold_start.is_some() {
         let mut conn = ctx.target.connect().await?;
@@ -238,6 +256,9 @@ async fn measure(
             samples.record(acked.elapsed().as_micros() as u64);
         }
         f.cpu_per_change_ms = (cpu_seconds(Some(pid))? - before) * 1000.0 / args.changes as f64;
+        if which.starts_with("switchyard-") {
+            f.stages = stages(metrics).await?;
+        }
         f.change = Some((
             samples.quantile(0.5) as f64 / 1000.0,
             samples.quantile(0.99) as f64 / 1000.0,
@@ -358,7 +379,11 @@ async fn size(n: usize, args: &Args, node: &Netns, bpf: &BpfEnv) -> Result<()> {
                 100.0 * last / first
             );
         }
-        println!("; RSS {:.1} MB", f.rss_mb);
+        print!("; RSS {:.1} MB", f.rss_mb);
+        if !f.stages.is_empty() {
+            print!("; stages p50/p99 ms: {}", f.stages);
+        }
+        println!();
     }
     Ok(())
 }

@@ -4,8 +4,9 @@
 //!
 //! - [`render`]: the desired state, updated port by port, and the `nft` transaction between
 //!   two states (golden-text tests).
-//! - [`NftablesProxy::apply`] sends one transaction per family through `nft -f -`: atomic, so a
-//!   packet sees the old state or the new one. The first sync reads the table back (`nft -j
+//! - [`NftablesProxy::apply`] sends one transaction per family: atomic, so a packet sees the old
+//!   state or the new one. Element writes alone (a new Service, an endpoint change) go straight
+//!   to the kernel as a netlink batch ([`netlink`]); the rest through `nft -f -`. The first sync reads the table back (`nft -j
 //!   list table`) and writes only what differs, so a restarted agent rewrites nothing that is
 //!   right; a table written with other options, or one a transaction failed against, is
 //!   replaced whole in one transaction. Stale UDP conntrack entries are cleared as in the
@@ -16,6 +17,7 @@
 //! so (unlike the iptables mode's `SY-FORWARD`) it cannot accept what a FORWARD policy of DROP
 //! in another table drops.
 
+mod netlink;
 pub mod render;
 
 use std::path::PathBuf;
@@ -49,6 +51,8 @@ struct FamilyState {
     fixed: String,
     /// What the kernel has, as far as we know; `None` until read back, and after a failure.
     kernel: Option<State>,
+    /// Transactions the kernel took as netlink element batches.
+    netlink_batches: usize,
 }
 
 /// The nftables proxy mode.
@@ -167,19 +171,39 @@ impl FamilyState {
                 }
             },
         };
-        let (mut text, next, changes) = self.renderer.transaction(&kernel, &touched);
+        let mut kernel = kernel;
+        let t = self.renderer.transaction(&mut kernel, &touched);
         if replace {
             let f = family_name(self.family);
-            text = format!(
-                "table {f} {TABLE}\ndelete table {f} {TABLE}\n{}{text}",
-                self.fixed
+            let text = format!(
+                "table {f} {TABLE}\ndelete table {f} {TABLE}\n{}{}",
+                self.fixed,
+                t.text()
             );
-        }
-        if !text.is_empty() {
             run(nft, &["-f", "-"], Some(&text)).await?;
+        } else if t.elements_only() && !t.is_empty() {
+            // Straight to the kernel; should netlink fail, the batch was undone and `nft`
+            // says why (or succeeds).
+            let sent = match netlink::batch(&t) {
+                Ok((batch, acked)) => {
+                    tokio::task::spawn_blocking(move || netlink::send(&batch, acked))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+                Err(e) => Err(e),
+            };
+            if sent.is_ok() {
+                self.netlink_batches += 1;
+            }
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "netlink element batch refused; retrying with nft");
+                run(nft, &["-f", "-"], Some(&t.text())).await?;
+            }
+        } else if !t.is_empty() {
+            run(nft, &["-f", "-"], Some(&t.text())).await?;
         }
-        self.kernel = Some(next);
-        Ok(changes)
+        self.kernel = Some(kernel);
+        Ok(t.changes())
     }
 }
 
@@ -194,6 +218,7 @@ impl NftablesProxy {
                 renderer: Renderer::new(family, config.options.clone()),
                 fixed: render::fixed(family, &config.options),
                 kernel: None,
+                netlink_batches: 0,
             })
             .collect();
         Ok(NftablesProxy {

@@ -644,96 +644,138 @@ impl Renderer {
         }
     }
 
-    /// The transaction that brings `kernel` to the desired state for the `touched` keys, and
-    /// what the kernel has after it. Empty text: nothing to do.
-    pub fn transaction(&self, kernel: &State, touched: &Touched) -> (String, State, usize) {
-        let f = family_name(self.family);
-        let mut next = kernel.clone();
-        let mut delete: Vec<(&Key, &str)> = Vec::new();
-        let mut add: Vec<(&Key, &str)> = Vec::new();
+    /// The transaction that brings `kernel` to the desired state for the `touched` keys;
+    /// `kernel` becomes what the kernel has after it. Costs what was touched.
+    pub fn transaction(&self, kernel: &mut State, touched: &Touched) -> Transaction {
+        let mut t = Transaction {
+            family: self.family,
+            delete: Vec::new(),
+            add: Vec::new(),
+            new_sets: Vec::new(),
+            new_chains: Vec::new(),
+            old_chains: Vec::new(),
+            old_sets: Vec::new(),
+        };
         for key in &touched.elements {
             let want = self.claims.elements.get(key).and_then(|v| v.first());
             let have = kernel.elements.get(key);
             if want == have {
                 continue;
             }
-            if let Some(v) = have {
-                delete.push((key, v));
-                next.elements.remove(key);
+            if let Some(v) = kernel.elements.remove(key) {
+                t.delete.push((key.clone(), v));
             }
             if let Some(v) = want {
-                add.push((key, v));
-                next.elements.insert(key.clone(), v.clone());
+                t.add.push((key.clone(), v.clone()));
+                kernel.elements.insert(key.clone(), v.clone());
             }
         }
-        let mut new_chains: Vec<(&String, &Arc<Vec<String>>)> = Vec::new();
-        let mut old_chains: Vec<&String> = Vec::new();
         for name in &touched.chains {
             match (
                 self.claims.chains.get(name),
                 kernel.chains.contains_key(name),
             ) {
                 (Some((rules, _)), false) => {
-                    new_chains.push((name, rules));
-                    next.chains.insert(name.clone(), rules.clone());
+                    t.new_chains.push((name.clone(), rules.clone()));
+                    kernel.chains.insert(name.clone(), rules.clone());
                 }
                 (None, true) => {
-                    old_chains.push(name);
-                    next.chains.remove(name);
+                    t.old_chains.push(name.clone());
+                    kernel.chains.remove(name);
                 }
                 _ => {}
             }
         }
-        let mut new_sets: Vec<(&String, u64)> = Vec::new();
-        let mut old_sets: Vec<&String> = Vec::new();
         for name in &touched.sets {
             match (self.claims.sets.get(name), kernel.sets.contains_key(name)) {
                 (Some((timeout, _)), false) => {
-                    new_sets.push((name, *timeout));
-                    next.sets.insert(name.clone(), *timeout);
+                    t.new_sets.push((name.clone(), *timeout));
+                    kernel.sets.insert(name.clone(), *timeout);
                 }
                 (None, true) => {
-                    old_sets.push(name);
-                    next.sets.remove(name);
+                    t.old_sets.push(name.clone());
+                    kernel.sets.remove(name);
                 }
                 _ => {}
             }
         }
-        let changes = delete.len() + add.len() + new_chains.len() + old_chains.len();
+        t.delete.sort();
+        t.add.sort();
+        t.new_sets.sort();
+        // Endpoint chains before the service chains that jump to them, and the other way
+        // round when they go.
+        t.new_chains
+            .sort_by(|a, b| (!a.0.starts_with("ep-"), &a.0).cmp(&(!b.0.starts_with("ep-"), &b.0)));
+        t.old_chains
+            .sort_by(|a, b| (a.starts_with("ep-"), a).cmp(&(b.starts_with("ep-"), b)));
+        t.old_sets.sort();
+        t
+    }
+}
+
+/// One transaction: element writes, and the chains and sets that come and go with them.
+#[derive(Debug)]
+pub struct Transaction {
+    pub family: Family,
+    /// Elements deleted, with the value they had (first in the transaction).
+    pub delete: Vec<(Key, String)>,
+    pub add: Vec<(Key, String)>,
+    pub new_sets: Vec<(String, u64)>,
+    pub new_chains: Vec<(String, Arc<Vec<String>>)>,
+    pub old_chains: Vec<String>,
+    pub old_sets: Vec<String>,
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.changes() == 0 && self.new_sets.is_empty() && self.old_sets.is_empty()
+    }
+
+    /// Elements written or deleted, and chains added or deleted.
+    pub fn changes(&self) -> usize {
+        self.delete.len() + self.add.len() + self.new_chains.len() + self.old_chains.len()
+    }
+
+    /// Only element writes (what goes straight to the kernel over netlink).
+    pub fn elements_only(&self) -> bool {
+        self.new_sets.is_empty()
+            && self.new_chains.is_empty()
+            && self.old_chains.is_empty()
+            && self.old_sets.is_empty()
+    }
+
+    /// The transaction as `nft -f` text: deletions of elements, new sets and chains, new
+    /// elements, then the chains and sets nothing refers to any more.
+    pub fn text(&self) -> String {
+        let f = family_name(self.family);
         let mut t = String::new();
-        write_elements(&mut t, f, "delete", &mut delete, false);
-        new_sets.sort();
-        for (name, timeout) in new_sets {
+        write_elements(&mut t, f, "delete", &self.delete, false);
+        for (name, timeout) in &self.new_sets {
             let _ = writeln!(
                 t,
                 "add set {f} {TABLE} {name} {{ type {}; flags dynamic,timeout; timeout {timeout}s; }}",
                 addr_type(self.family)
             );
         }
-        // Endpoint chains before the service chains that jump to them.
-        new_chains.sort_by_key(|(n, _)| (!n.starts_with("ep-"), n.as_str()));
-        for (name, rules) in new_chains {
+        for (name, rules) in &self.new_chains {
             let _ = writeln!(t, "add chain {f} {TABLE} {name}");
             for r in rules.iter() {
                 let _ = writeln!(t, "add rule {f} {TABLE} {name} {r}");
             }
         }
-        write_elements(&mut t, f, "add", &mut add, true);
-        old_chains.sort_by_key(|n| (n.starts_with("ep-"), n.as_str()));
-        for name in old_chains {
+        write_elements(&mut t, f, "add", &self.add, true);
+        for name in &self.old_chains {
             let _ = writeln!(t, "delete chain {f} {TABLE} {name}");
         }
-        old_sets.sort();
-        for name in old_sets {
+        for name in &self.old_sets {
             let _ = writeln!(t, "delete set {f} {TABLE} {name}");
         }
-        (t, next, changes)
+        t
     }
 }
 
-/// `add element ...` (or delete) lines, one per map, in a stable order.
-fn write_elements(t: &mut String, f: &str, verb: &str, list: &mut [(&Key, &str)], values: bool) {
-    list.sort();
+/// `add element ...` (or delete) lines, one per map, in the order of `list` (sorted).
+fn write_elements(t: &mut String, f: &str, verb: &str, list: &[(Key, String)], values: bool) {
     for map in Map::ALL {
         let items: Vec<String> = list
             .iter()

@@ -10,9 +10,9 @@ use crate::table::Endpoint;
 fn full(family: Family, table: &ServiceTable) -> String {
     let mut r = Renderer::new(family, options());
     r.update(table);
-    let empty = State::default();
-    let (text, _, _) = r.transaction(&empty, &r.everything(&empty));
-    fixed(family, &options()) + &text
+    let mut empty = State::default();
+    let all = r.everything(&empty);
+    fixed(family, &options()) + &r.transaction(&mut empty, &all).text()
 }
 
 #[test]
@@ -60,9 +60,7 @@ fn endpoint(addr: &str) -> Endpoint {
 /// Applies `table` to a renderer and a simulated kernel; returns the transaction text.
 fn step(r: &mut Renderer, kernel: &mut State, table: &ServiceTable) -> String {
     let touched = r.update(table);
-    let (text, next, _) = r.transaction(kernel, &touched);
-    *kernel = next;
-    text
+    r.transaction(kernel, &touched).text()
 }
 
 #[test]
@@ -92,8 +90,9 @@ fn an_endpoint_change_writes_only_elements_of_its_service() {
     // The kernel state is what a fresh render says.
     let mut fresh = Renderer::new(Family::V4, options());
     fresh.update(&table);
-    let empty = State::default();
-    let (_, from_scratch, _) = fresh.transaction(&empty, &fresh.everything(&empty));
+    let mut from_scratch = State::default();
+    let all = fresh.everything(&from_scratch);
+    fresh.transaction(&mut from_scratch, &all);
     assert_eq!(kernel.elements, from_scratch.elements);
     assert_eq!(
         kernel.chains.keys().collect::<HashSet<_>>(),
