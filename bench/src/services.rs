@@ -24,11 +24,13 @@ pub fn fake_endpoint(i: usize, e: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(n), 8080))
 }
 
+/// Service `i`'s port. Names are zero-padded so that a table of them is sorted by name, as the
+/// agent's tables are (the proxies walk old and new tables side by side).
 pub fn port(i: usize, endpoints: Vec<SocketAddr>) -> Arc<ServicePort> {
     Arc::new(ServicePort {
         name: ServicePortName {
             namespace: "default".into(),
-            name: format!("svc-{i}"),
+            name: format!("svc-{i:06}"),
             port: "http".into(),
         },
         protocol: Protocol::Tcp,

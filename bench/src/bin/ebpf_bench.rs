@@ -1,11 +1,11 @@
-//! eBPF proxy benchmark: socket-level translation side by side with the iptables proxy (nft)
-//! and with no service at all, on the same kernel in the same run. Needs root, a kernel with
-//! BTF, and the iptables package.
+//! eBPF proxy benchmark: socket-level translation side by side with the iptables proxy (nft),
+//! the nftables proxy and no service at all, on the same kernel in the same run. Needs root, a
+//! kernel with BTF, and the iptables and nftables packages.
 //!
 //! Prints:
 //! - programming time of N Services x M endpoints into empty maps / an empty namespace, and of
-//!   one endpoint change at N (the proxies' whole sync: plan + map writes, or render + diff +
-//!   `iptables-restore`);
+//!   one endpoint change at N (the proxies' whole sync: plan + map writes, render + diff +
+//!   `iptables-restore`, or the nftables proxy's element batch);
 //! - from a client namespace through a node namespace to a backend namespace: new connections
 //!   per second and the latency of one short exchange (connect, one byte each way) through the
 //!   1st and the Nth ClusterIP, for each mode, against the same straight to the backend's
@@ -31,6 +31,7 @@ use switchyard_bench::Samples;
 use switchyard_proxy::ebpf::{self, EbpfProxy};
 use switchyard_proxy::iptables::render::Options;
 use switchyard_proxy::iptables::{Backend, IptablesProxy};
+use switchyard_proxy::nftables::NftablesProxy;
 use switchyard_proxy::table::ServiceTable;
 use switchyard_proxy::SyncReport;
 
@@ -54,6 +55,9 @@ struct Args {
     rounds: usize,
     #[arg(long, value_delimiter = ',', default_value = "program,traffic")]
     parts: Vec<String>,
+    /// Which proxies.
+    #[arg(long, value_delimiter = ',', default_value = "ebpf,nftables,iptables")]
+    modes: Vec<String>,
 }
 
 /// The proxy configuration for this run's cgroup and bpffs.
@@ -83,16 +87,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Either proxy, behind the one call the benchmark makes.
+/// Any of the proxies, behind the one call the benchmark makes.
 enum Proxy {
     Ebpf(Box<EbpfProxy>),
     Iptables(Box<IptablesProxy>),
+    Nftables(Box<NftablesProxy>),
 }
 
 impl Proxy {
     fn new(mode: &str, config: ebpf::Config) -> Result<Proxy> {
         Ok(match mode {
             "ebpf" => Proxy::Ebpf(Box::new(EbpfProxy::new(config)?)),
+            "nftables" => Proxy::Nftables(Box::new(NftablesProxy::new(
+                switchyard_proxy::nftables::Config {
+                    options: iptables_config().options,
+                },
+            )?)),
             _ => Proxy::Iptables(Box::new(IptablesProxy::new(iptables_config())?)),
         })
     }
@@ -101,6 +111,7 @@ impl Proxy {
         let report: SyncReport = match self {
             Proxy::Ebpf(p) => rt.block_on(p.apply(table)),
             Proxy::Iptables(p) => rt.block_on(p.apply(table)),
+            Proxy::Nftables(p) => rt.block_on(p.apply(table)),
         };
         if !report.errors.is_empty() {
             bail!("{:?}", report.errors);
@@ -109,7 +120,11 @@ impl Proxy {
     }
 }
 
-const MODES: [(&str, &str); 2] = [("ebpf", "eBPF"), ("iptables", "iptables (nft)")];
+const MODES: [(&str, &str); 3] = [
+    ("ebpf", "eBPF"),
+    ("nftables", "nftables"),
+    ("iptables", "iptables (nft)"),
+];
 
 /// The full load and `changes` single-endpoint changes, in a fresh namespace.
 fn programming(args: &Args, env: &BpfEnv, mode: &'static str) -> Result<(Duration, Samples)> {
@@ -151,7 +166,10 @@ fn program(args: &Args, env: &BpfEnv) -> Result<()> {
     );
     println!("| mode | full load | one change |");
     println!("|---|---|---|");
-    for (mode, label) in MODES {
+    for (mode, label) in MODES
+        .into_iter()
+        .filter(|(m, _)| args.modes.iter().any(|a| a == m))
+    {
         let (full, mut s) = programming(args, env, mode)?;
         println!(
             "| {label} | {} | {} / {} / {} |",
@@ -202,7 +220,10 @@ fn traffic(args: &Args, env: &BpfEnv) -> Result<()> {
     // Warm up the path.
     connect_rate(&client, &targets[0], 1)?;
     let mut all = Vec::new();
-    for (mode, label) in MODES {
+    for (mode, label) in MODES
+        .into_iter()
+        .filter(|(m, _)| args.modes.iter().any(|a| a == m))
+    {
         // Programmed from inside the node namespace; what is programmed outlives the proxy
         // (pinned programs and maps, iptables rules) until it is cleaned up below.
         let (config, table) = (config(env), t.clone());
@@ -227,6 +248,9 @@ fn traffic(args: &Args, env: &BpfEnv) -> Result<()> {
         let _ = node.exec(&["iptables-nft", "-t", "nat", "-X"]);
         let _ = node.exec(&["iptables-nft", "-F"]);
         let _ = node.exec(&["iptables-nft", "-X"]);
+        for family in ["ip", "ip6"] {
+            let _ = node.exec(&["nft", "delete", "table", family, "switchyard"]);
+        }
         all.push((label, f));
     }
     println!(

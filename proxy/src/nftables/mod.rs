@@ -53,6 +53,8 @@ struct FamilyState {
     kernel: Option<State>,
     /// Transactions the kernel took as netlink element batches.
     netlink_batches: usize,
+    /// The socket they go through (opened on first use, dropped after a failure).
+    socket: Option<netlink::Socket>,
 }
 
 /// The nftables proxy mode.
@@ -184,14 +186,16 @@ impl FamilyState {
         } else if t.elements_only() && !t.is_empty() {
             // Straight to the kernel; should netlink fail, the batch was undone and `nft`
             // says why (or succeeds).
-            let sent = match netlink::batch(&t) {
-                Ok((batch, acked)) => {
-                    tokio::task::spawn_blocking(move || netlink::send(&batch, acked))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                }
-                Err(e) => Err(e),
-            };
+            // The kernel handles the batch within the send: well under a millisecond.
+            let sent = netlink::batch(&t).and_then(|(batch, acked)| {
+                let socket = match self.socket.take() {
+                    Some(s) => s,
+                    None => netlink::Socket::open()?,
+                };
+                socket.send(&batch, acked)?;
+                self.socket = Some(socket);
+                Ok(())
+            });
             if sent.is_ok() {
                 self.netlink_batches += 1;
             }
@@ -219,6 +223,7 @@ impl NftablesProxy {
                 fixed: render::fixed(family, &config.options),
                 kernel: None,
                 netlink_batches: 0,
+                socket: None,
             })
             .collect();
         Ok(NftablesProxy {

