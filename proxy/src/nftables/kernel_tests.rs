@@ -106,6 +106,28 @@ fn tables_round_trip_through_the_kernel_and_clean_up() {
         assert_eq!(batches(&restarted), [2, 2]);
         assert_eq!(list(), rules, "the new Service is gone without a trace");
 
+        // Someone deletes one of our elements behind our back: the next change that touches it
+        // is refused whole (netlink, then nft), and the sync after reads the table back and
+        // heals it.
+        let st = Command::new("nft")
+            .args(["delete element ip switchyard endpoints { 10.96.0.53 . udp . 53 . 0 }"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut changed = table.clone();
+        let i = changed.ports.iter().position(|p| p.name.name == "dns").unwrap();
+        let mut dns = (*changed.ports[i]).clone();
+        dns.endpoints[0].addr = "10.244.2.10:53".parse().unwrap();
+        changed.ports[i] = std::sync::Arc::new(dns);
+        let refused = block_on(restarted.apply(&changed));
+        assert_eq!(refused.errors.len(), 1, "{:?}", refused.errors);
+        let healed = block_on(restarted.apply(&changed));
+        assert!(healed.errors.is_empty(), "{:?}", healed.errors);
+        assert!(list().contains("10.96.0.53 . udp . 53 . 0 : 10.244.2.10 . 53"));
+        let back = block_on(restarted.apply(&table));
+        assert!(back.errors.is_empty(), "{:?}", back.errors);
+        assert_eq!(list(), rules);
+
         // One service goes: only its elements, chains and sets.
         let mut smaller = table.clone();
         smaller.ports.retain(|p| p.name.name != "sticky");

@@ -158,57 +158,94 @@ impl FamilyState {
     ) -> Result<usize, NftError> {
         let touched = self.renderer.update(table);
         let marker = render::marker(&self.fixed).to_string();
-        let (kernel, touched, replace) = match self.kernel.take() {
-            Some(k) => (k, touched, false),
+        let (mut kernel, touched, start) = match self.kernel.take() {
+            Some(k) => (k, touched, Start::Known),
             None => match read_back(nft, self.family, &marker).await? {
                 Some((k, true)) => {
                     let all = self.renderer.everything(&k);
-                    (k, all, false)
+                    (k, all, Start::Known)
                 }
-                // No table, or one with another fixed part: replace it whole.
-                _ => {
+                found => {
                     let empty = State::default();
                     let all = self.renderer.everything(&empty);
-                    (empty, all, true)
+                    let start = if found.is_some() {
+                        Start::Replace
+                    } else {
+                        Start::Fresh
+                    };
+                    (empty, all, start)
                 }
             },
         };
-        let mut kernel = kernel;
         let t = self.renderer.transaction(&mut kernel, &touched);
-        if replace {
-            let f = family_name(self.family);
-            let text = format!(
-                "table {f} {TABLE}\ndelete table {f} {TABLE}\n{}{}",
-                self.fixed,
-                t.text()
-            );
-            run(nft, &["-f", "-"], Some(&text)).await?;
-        } else if t.elements_only() && !t.is_empty() {
-            // Straight to the kernel; should netlink fail, the batch was undone and `nft`
-            // says why (or succeeds).
-            // The kernel handles the batch within the send: well under a millisecond.
-            let sent = netlink::batch(&t).and_then(|(batch, acked)| {
-                let socket = match self.socket.take() {
-                    Some(s) => s,
-                    None => netlink::Socket::open()?,
-                };
-                socket.send(&batch, acked)?;
-                self.socket = Some(socket);
-                Ok(())
-            });
-            if sent.is_ok() {
-                self.netlink_batches += 1;
+        let f = family_name(self.family);
+        let whole = |body: String| {
+            format!(
+                "table {f} {TABLE}\ndelete table {f} {TABLE}\n{}{body}",
+                self.fixed
+            )
+        };
+        match start {
+            // Another fixed part: replaced whole in one transaction, so traffic never sees a
+            // table half written.
+            Start::Replace => run(nft, &["-f", "-"], Some(&whole(t.text())))
+                .await
+                .map(drop)?,
+            // Nothing is served yet: the chains through nft, then the elements (most of the
+            // work) as netlink batches.
+            Start::Fresh => {
+                run(nft, &["-f", "-"], Some(&whole(t.text_of(true, false)))).await?;
+                self.elements(nft, &t).await?;
             }
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "netlink element batch refused; retrying with nft");
-                run(nft, &["-f", "-"], Some(&t.text())).await?;
+            Start::Known if t.elements_only() => self.elements(nft, &t).await?,
+            Start::Known if !t.is_empty() => {
+                run(nft, &["-f", "-"], Some(&t.text())).await.map(drop)?
             }
-        } else if !t.is_empty() {
-            run(nft, &["-f", "-"], Some(&t.text())).await?;
+            Start::Known => {}
         }
         self.kernel = Some(kernel);
         Ok(t.changes())
     }
+
+    /// `t`'s element writes, straight to the kernel; should netlink fail, the batch was undone
+    /// and `nft` says why (or succeeds).
+    async fn elements(
+        &mut self,
+        nft: &std::path::Path,
+        t: &render::Transaction,
+    ) -> Result<(), NftError> {
+        if t.delete.is_empty() && t.add.is_empty() {
+            return Ok(());
+        }
+        // The kernel handles the batch within the send: well under a millisecond for a change.
+        let sent = netlink::batch(t).and_then(|(batch, acked)| {
+            let socket = match self.socket.take() {
+                Some(s) => s,
+                None => netlink::Socket::open()?,
+            };
+            socket.send(&batch, acked)?;
+            self.socket = Some(socket);
+            Ok(())
+        });
+        match sent {
+            Ok(()) => self.netlink_batches += 1,
+            Err(e) => {
+                tracing::debug!(error = %e, "netlink element batch refused; retrying with nft");
+                run(nft, &["-f", "-"], Some(&t.text_of(false, true))).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the first sync found.
+enum Start {
+    /// Our table, with this fixed part (or what the last sync left).
+    Known,
+    /// No table.
+    Fresh,
+    /// A table with another fixed part.
+    Replace,
 }
 
 impl NftablesProxy {

@@ -197,76 +197,76 @@ fn element(
     Ok(())
 }
 
-/// The batch that carries `t`'s element writes, and how many messages in it are acknowledged.
+/// The batch that carries `t`'s element writes, and how many of its messages are
+/// acknowledged: only the last, since thousands of acknowledgements would overflow the
+/// socket's receive buffer on a first load; errors are reported whatever the flags.
 pub fn batch(t: &Transaction) -> io::Result<(Vec<u8>, u32)> {
     let family = match t.family {
         Family::V4 => libc::NFPROTO_IPV4 as u8,
         Family::V6 => libc::NFPROTO_IPV6 as u8,
     };
+    // (message, elements of one map, with values)
+    let mut messages: Vec<(u16, Map, &[(Key, String)], bool)> = Vec::new();
+    for (list, kind, values) in [
+        (&t.delete, NFT_MSG_DELSETELEM, false),
+        (&t.add, NFT_MSG_NEWSETELEM, true),
+    ] {
+        // The lists are sorted, so each map's elements are contiguous.
+        let mut rest: &[(Key, String)] = list;
+        while let Some(((map, _), _)) = rest.first() {
+            let map = *map;
+            let n = rest.iter().take_while(|((m, _), _)| *m == map).count();
+            for chunk in rest[..n].chunks(PER_MESSAGE) {
+                messages.push((kind, map, chunk, values));
+            }
+            rest = &rest[n..];
+        }
+    }
     let mut out = Vec::new();
-    let mut seq = 0u32;
-    let mut next = || {
-        seq += 1;
-        seq
-    };
     let unspec = libc::AF_UNSPEC as u8;
     Msg::new(
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
-        next(),
+        1,
         unspec,
         NFNL_SUBSYS_NFTABLES,
     )
     .finish(&mut out);
-    let mut acked = 0;
-    // (elements, message, flags, with values)
-    type Group<'a> = (&'a [(Key, String)], u16, u16, bool);
-    let groups: [Group; 2] = [
-        (
-            &t.delete,
-            NFT_MSG_DELSETELEM,
-            NLM_F_REQUEST | NLM_F_ACK,
-            false,
-        ),
-        (
-            &t.add,
-            NFT_MSG_NEWSETELEM,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-            true,
-        ),
-    ];
-    for (list, kind, flags, values) in groups {
-        for map in Map::ALL {
-            let of_map: Vec<&(Key, String)> = list.iter().filter(|((m, _), _)| *m == map).collect();
-            for chunk in of_map.chunks(PER_MESSAGE) {
-                let mut msg = Msg::new(NFNL_SUBSYS_NFTABLES << 8 | kind, flags, next(), family, 0);
-                msg.string(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-                msg.string(NFTA_SET_ELEM_LIST_SET, map.name());
-                msg.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
-                for ((_, key), value) in chunk {
-                    element(
-                        &mut msg,
-                        map,
-                        key,
-                        values.then_some(value.as_str()),
-                        t.family,
-                    )?;
-                }
-                msg.end();
-                msg.finish(&mut out);
-                acked += 1;
-            }
+    let last = messages.len();
+    for (i, (kind, map, chunk, values)) in messages.into_iter().enumerate() {
+        let mut flags = NLM_F_REQUEST;
+        if kind == NFT_MSG_NEWSETELEM {
+            flags |= NLM_F_CREATE;
         }
+        if i + 1 == last {
+            flags |= NLM_F_ACK;
+        }
+        let seq = i as u32 + 2;
+        let mut msg = Msg::new(NFNL_SUBSYS_NFTABLES << 8 | kind, flags, seq, family, 0);
+        msg.string(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        msg.string(NFTA_SET_ELEM_LIST_SET, map.name());
+        msg.begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for ((_, key), value) in chunk {
+            element(
+                &mut msg,
+                map,
+                key,
+                values.then_some(value.as_str()),
+                t.family,
+            )?;
+        }
+        msg.end();
+        msg.finish(&mut out);
     }
     Msg::new(
         NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
-        next(),
+        last as u32 + 2,
         unspec,
         NFNL_SUBSYS_NFTABLES,
     )
     .finish(&mut out);
-    Ok((out, acked))
+    Ok((out, u32::from(last > 0)))
 }
 
 /// A netfilter netlink socket, kept for the proxy's life: closing one costs the kernel an RCU
@@ -305,6 +305,17 @@ impl Socket {
 /// acknowledgement and error (a failed commit is reported against the batch's first message)
 /// is queued by the time `sendto` returns: read until the queue is empty.
 unsafe fn exchange(fd: i32, batch: &[u8], acked: u32) -> io::Result<()> {
+    // A first load is megabytes: the socket's send buffer must hold the whole batch.
+    if batch.len() > 128 * 1024 {
+        let size = (batch.len() + 65536).min(i32::MAX as usize) as i32;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            &size as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        );
+    }
     let mut addr: libc::sockaddr_nl = std::mem::zeroed();
     addr.nl_family = libc::AF_NETLINK as u16;
     let sent = libc::sendto(

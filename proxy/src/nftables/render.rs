@@ -747,9 +747,20 @@ impl Transaction {
     /// The transaction as `nft -f` text: deletions of elements, new sets and chains, new
     /// elements, then the chains and sets nothing refers to any more.
     pub fn text(&self) -> String {
+        self.text_of(true, true)
+    }
+
+    /// The text of the chains and sets (`structure`), of the elements, or of both.
+    pub fn text_of(&self, structure: bool, elements: bool) -> String {
         let f = family_name(self.family);
         let mut t = String::new();
-        write_elements(&mut t, f, "delete", &self.delete, false);
+        if elements {
+            write_elements(&mut t, f, "delete", &self.delete, false);
+        }
+        if !structure {
+            write_elements(&mut t, f, "add", &self.add, true);
+            return t;
+        }
         for (name, timeout) in &self.new_sets {
             let _ = writeln!(
                 t,
@@ -763,7 +774,9 @@ impl Transaction {
                 let _ = writeln!(t, "add rule {f} {TABLE} {name} {r}");
             }
         }
-        write_elements(&mut t, f, "add", &self.add, true);
+        if elements {
+            write_elements(&mut t, f, "add", &self.add, true);
+        }
         for name in &self.old_chains {
             let _ = writeln!(t, "delete chain {f} {TABLE} {name}");
         }
