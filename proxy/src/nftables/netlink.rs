@@ -205,8 +205,9 @@ pub fn batch(t: &Transaction) -> io::Result<(Vec<u8>, u32)> {
         Family::V4 => libc::NFPROTO_IPV4 as u8,
         Family::V6 => libc::NFPROTO_IPV6 as u8,
     };
-    // (message, elements of one map, with values)
-    let mut messages: Vec<(u16, Map, &[(Key, String)], bool)> = Vec::new();
+    // (message, map, its elements, with values)
+    type Message<'a> = (u16, Map, &'a [(Key, String)], bool);
+    let mut messages: Vec<Message> = Vec::new();
     for (list, kind, values) in [
         (&t.delete, NFT_MSG_DELSETELEM, false),
         (&t.add, NFT_MSG_NEWSETELEM, true),
