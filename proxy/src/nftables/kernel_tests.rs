@@ -115,7 +115,11 @@ fn tables_round_trip_through_the_kernel_and_clean_up() {
             .unwrap();
         assert!(st.success());
         let mut changed = table.clone();
-        let i = changed.ports.iter().position(|p| p.name.name == "dns").unwrap();
+        let i = changed
+            .ports
+            .iter()
+            .position(|p| p.name.name == "dns")
+            .unwrap();
         let mut dns = (*changed.ports[i]).clone();
         dns.endpoints[0].addr = "10.244.2.10:53".parse().unwrap();
         changed.ports[i] = std::sync::Arc::new(dns);

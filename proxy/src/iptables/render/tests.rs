@@ -9,7 +9,7 @@ use super::*;
 use crate::iptables::restore::{diff, parse_save, Diff};
 use crate::table::{Endpoint, ServicePort, ServicePortName};
 
-fn ep(addr: &str, local: bool) -> Endpoint {
+pub(crate) fn ep(addr: &str, local: bool) -> Endpoint {
     Endpoint {
         addr: addr.parse().unwrap(),
         ready: true,

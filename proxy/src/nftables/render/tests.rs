@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::iptables::render::tests::{options, sample};
+use crate::iptables::render::tests::{ep, options, sample};
 use crate::table::Endpoint;
 
 fn full(family: Family, table: &ServiceTable) -> String {
@@ -48,13 +48,7 @@ fn the_fixed_part_has_every_picker_and_a_marker_of_its_own() {
 }
 
 fn endpoint(addr: &str) -> Endpoint {
-    Endpoint {
-        addr: addr.parse().unwrap(),
-        ready: true,
-        serving: true,
-        terminating: false,
-        local: false,
-    }
+    ep(addr, false)
 }
 
 /// Applies `table` to a renderer and a simulated kernel; returns the transaction text.
