@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the switchyard container image (localhost/switchyard:VERSION) with buildah, without a
-# registry: the release binary (or BINARY, if given), plus iptables (nft and legacy), conntrack
-# and ip from this machine's Debian packages, each with the shared libraries it links.
+# registry: the release binary (or BINARY, if given), plus iptables (nft and legacy), nft,
+# conntrack and ip from this machine's Debian packages, each with the shared libraries it links.
 #
 # Usage: deploy/image/build.sh [BINARY]        (needs buildah; run from anywhere)
 # Prints the image name. Check it: buildah from --name t localhost/switchyard:0.1.0 &&
@@ -18,8 +18,8 @@ if [ -z "$binary" ]; then
   (cd "$project" && cargo build --release -p switchyard >&2)
   binary=$project/target/release/switchyard
 fi
-for tool in buildah iptables-nft-restore iptables-legacy-restore conntrack ip; do
-  command -v "$tool" >/dev/null || { echo "build.sh: $tool is required (Debian: buildah iptables conntrack iproute2)" >&2; exit 1; }
+for tool in buildah iptables-nft-restore iptables-legacy-restore nft conntrack ip; do
+  command -v "$tool" >/dev/null || { echo "build.sh: $tool is required (Debian: buildah iptables nftables conntrack iproute2)" >&2; exit 1; }
 done
 
 context=$(mktemp -d)
@@ -40,7 +40,9 @@ add() {
 
 install -m 0755 "$binary" "$root/switchyard"
 add "$root/switchyard"
-for f in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/conntrack /bin/ip; do add "$f"; done
+for f in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft /usr/sbin/conntrack /bin/ip; do add "$f"; done
+# nft reads protocol and service names from these.
+cp /etc/protocols /etc/services "$root/etc/"
 # iptables loads its matches and targets at run time.
 for m in /usr/lib/x86_64-linux-gnu/xtables/*.so; do add "$m"; done
 # The names the agent runs, pointing at the multi-call binaries; plain `iptables` is nft, as on

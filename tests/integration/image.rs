@@ -93,6 +93,7 @@ fn the_image_builds_and_runs_the_agent_and_its_tools() {
         run_in(&c.0, &["ip6tables-nft-save", "--version"]),
         run_in(&c.0, &["conntrack", "--version"]),
         run_in(&c.0, &["ip", "-V"]),
+        run_in(&c.0, &["nft", "--version"]),
     ];
     drop(c);
     assert_eq!(
@@ -107,6 +108,7 @@ fn the_image_builds_and_runs_the_agent_and_its_tools() {
         tools[3].contains("conntrack") && tools[4].contains("iproute2"),
         "{tools:?}"
     );
+    assert!(tools[5].contains("nftables"), "{tools:?}");
 }
 
 /// A containerized agent: killed without warning when dropped (also when a test fails).
@@ -189,6 +191,13 @@ fn an_agent_in_a_new_container_takes_over_from_one_in_an_old_container() {
 }
 
 #[test]
+fn an_nftables_agent_in_a_new_container_adopts_the_tables_of_one_in_an_old_container() {
+    crate::need!(Nftables);
+    let Some(image) = image() else { return };
+    takeover(image, Mode::Nftables);
+}
+
+#[test]
 fn an_ebpf_agent_in_a_new_container_adopts_the_maps_of_one_in_an_old_container() {
     crate::need!(Ebpf);
     let Some(image) = image() else { return };
@@ -198,12 +207,13 @@ fn an_ebpf_agent_in_a_new_container_adopts_the_maps_of_one_in_an_old_container()
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Iptables,
+    Nftables,
     Ebpf,
 }
 
 /// An agent in a container, then (killed without warning while connections flow) another in a
 /// new container: traffic never stops, and the new one adopts what the old one programmed —
-/// iptables rules unchanged, or the very BPF maps it pinned.
+/// iptables rules or nftables tables unchanged, or the very BPF maps it pinned.
 fn takeover(image: &str, mode: Mode) {
     let mut sb = Sandbox::new();
     let n1 = sb.node("n1", 1);
@@ -226,9 +236,17 @@ fn takeover(image: &str, mode: Mode) {
         Vec<String>,
         Option<std::path::PathBuf>,
     ) = match mode {
-        Mode::Iptables => (
+        Mode::Iptables | Mode::Nftables => (
             Vec::new(),
-            vec!["--proxy-mode".into(), "iptables".into()],
+            vec![
+                "--proxy-mode".into(),
+                if mode == Mode::Iptables {
+                    "iptables"
+                } else {
+                    "nftables"
+                }
+                .into(),
+            ],
             None,
         ),
         Mode::Ebpf => {
@@ -275,7 +293,12 @@ fn takeover(image: &str, mode: Mode) {
         (answers(&sb, &client, &format!("http://{ip}/"), 3) == set(&["w1"])).then_some(())
     });
     let rules = |sb: &Sandbox| {
-        String::from_utf8_lossy(&sb.exec(&n1.ns, &["iptables-save"]).stdout).into_owned()
+        let cmd: &[&str] = if mode == Mode::Nftables {
+            &["nft", "list", "table", "ip", "switchyard"]
+        } else {
+            &["iptables-save"]
+        };
+        String::from_utf8_lossy(&sb.exec(&n1.ns, cmd).stdout).into_owned()
     };
     let before = rules(&sb);
     let maps_before = pinned();
@@ -298,15 +321,22 @@ fn takeover(image: &str, mode: Mode) {
     };
     eventually(Duration::from_secs(20), healthy);
     let after = rules(&sb);
+    // Ours: the SY- chains of iptables-save, or all of our nftables table.
     let sy = |r: &str| -> Vec<String> {
         r.lines()
-            .filter(|l| l.contains("SY-") && !l.starts_with('#'))
+            .filter(|l| mode == Mode::Nftables || (l.contains("SY-") && !l.starts_with('#')))
             .map(str::to_string)
             .collect()
     };
     assert_eq!(sy(&before), sy(&after), "the new agent rewrote the rules");
     if mode == Mode::Iptables {
         assert_eq!(after.matches("-j SY-SERVICES").count(), 2);
+    }
+    if mode == Mode::Nftables {
+        assert!(
+            after.contains(&format!("{ip} . tcp . 80 : goto")),
+            "{after}"
+        );
     }
     assert_eq!(
         maps_before,
