@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use super::*;
-use crate::iptables::render::tests::{options, sample};
+use crate::iptables::render::tests::{edit, options, sample};
 use crate::testing::{block_on, in_netns, skip};
 
 fn list() -> String {
@@ -115,14 +115,9 @@ fn tables_round_trip_through_the_kernel_and_clean_up() {
             .unwrap();
         assert!(st.success());
         let mut changed = table.clone();
-        let i = changed
-            .ports
-            .iter()
-            .position(|p| p.name.name == "dns")
-            .unwrap();
-        let mut dns = (*changed.ports[i]).clone();
-        dns.endpoints[0].addr = "10.244.2.10:53".parse().unwrap();
-        changed.ports[i] = std::sync::Arc::new(dns);
+        edit(&mut changed, "dns", |dns| {
+            dns.endpoints[0].addr = "10.244.2.10:53".parse().unwrap()
+        });
         let refused = block_on(restarted.apply(&changed));
         assert_eq!(refused.errors.len(), 1, "{:?}", refused.errors);
         let healed = block_on(restarted.apply(&changed));

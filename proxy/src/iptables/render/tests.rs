@@ -72,6 +72,18 @@ pub(crate) fn sample() -> ServiceTable {
     ServiceTable { ports }
 }
 
+/// Replaces the port named `name` of `table` with a copy `f` changed (a new `Arc`).
+pub(crate) fn edit(table: &mut ServiceTable, name: &str, f: impl FnOnce(&mut ServicePort)) {
+    let i = table
+        .ports
+        .iter()
+        .position(|p| p.name.name == name)
+        .unwrap_or_else(|| panic!("no port {name}"));
+    let mut port = (*table.ports[i]).clone();
+    f(&mut port);
+    table.ports[i] = Arc::new(port);
+}
+
 pub(crate) fn options() -> Options {
     Options {
         node_addr: "0.0.0.0".parse().unwrap(),
@@ -134,14 +146,9 @@ fn an_unchanged_table_needs_no_restore_and_one_change_touches_one_chain() {
     assert_eq!(diff(&saved, &first, &[]).written, 0);
 
     let mut changed = table.clone();
-    let i = changed
-        .ports
-        .iter()
-        .position(|p| p.name.name == "dns")
-        .unwrap();
-    let mut dns = (*changed.ports[i]).clone();
-    dns.endpoints.push(ep("10.244.1.9:53", true));
-    changed.ports[i] = Arc::new(dns);
+    edit(&mut changed, "dns", |dns| {
+        dns.endpoints.push(ep("10.244.1.9:53", true))
+    });
     let next = r.render(&changed);
     let d = diff(&first, &next, &[]);
     // The chain holding the dns block, and the hairpin list (a new local endpoint); not the

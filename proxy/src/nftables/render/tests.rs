@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::iptables::render::tests::{ep, options, sample};
+use crate::iptables::render::tests::{edit, ep, options, sample};
 use crate::table::Endpoint;
 
 fn full(family: Family, table: &ServiceTable) -> String {
@@ -66,14 +66,9 @@ fn an_endpoint_change_writes_only_elements_of_its_service() {
     // Nothing changed: nothing to write.
     assert_eq!(step(&mut r, &mut kernel, &table), "");
 
-    let i = table
-        .ports
-        .iter()
-        .position(|p| p.name.name == "dns")
-        .unwrap();
-    let mut dns = (*table.ports[i]).clone();
-    dns.endpoints.push(endpoint("10.244.3.9:53"));
-    table.ports[i] = Arc::new(dns);
+    edit(&mut table, "dns", |dns| {
+        dns.endpoints.push(endpoint("10.244.3.9:53"))
+    });
     let text = step(&mut r, &mut kernel, &table);
     assert_eq!(
         text,
@@ -141,14 +136,9 @@ fn a_timeout_change_makes_new_affinity_sets() {
     let mut table = sample();
     step(&mut r, &mut kernel, &table);
     let before: HashSet<String> = kernel.sets.keys().cloned().collect();
-    let i = table
-        .ports
-        .iter()
-        .position(|p| p.name.name == "sticky")
-        .unwrap();
-    let mut sticky = (*table.ports[i]).clone();
-    sticky.affinity = Some(Duration::from_secs(60));
-    table.ports[i] = Arc::new(sticky);
+    edit(&mut table, "sticky", |sticky| {
+        sticky.affinity = Some(Duration::from_secs(60))
+    });
     step(&mut r, &mut kernel, &table);
     let after: HashSet<String> = kernel.sets.keys().cloned().collect();
     assert!(before.is_disjoint(&after));
