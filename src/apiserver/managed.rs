@@ -245,8 +245,11 @@ fn conflicts(
     let mut out = Vec::new();
     for e in entries(live).iter().filter(|e| !e.is(manager, "Apply")) {
         for p in wanted.0.intersection(&e.fields.0) {
+            // A list item or map with fields of its own (`.` in the set) only says it exists:
+            // its fields conflict or not, it does not.
+            let parent = p.last().is_some_and(|l| l == ".");
             // The applier's own earlier updates are not conflicts.
-            if e.manager != manager && value_at(applied, p) != value_at(live, p) {
+            if !parent && e.manager != manager && value_at(applied, p) != value_at(live, p) {
                 out.push((e.manager.clone(), e.api_version.clone(), p.clone()));
             }
         }
