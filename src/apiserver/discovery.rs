@@ -182,6 +182,10 @@ fn operation(r: &Resource, verb: &str, action: &str, query: &[&str], body: &[&st
 }
 
 fn schema_name(r: &Resource) -> String {
+    if r.custom.is_some() {
+        let reversed: Vec<&str> = r.group.split('.').rev().collect();
+        return format!("{}.{}.{}", reversed.join("."), r.version, r.kind);
+    }
     let g = match r.group.as_str() {
         "" => "io.k8s.api.core".to_string(),
         g => format!("io.k8s.api.{}", g.split('.').next().unwrap_or(g)),
@@ -196,6 +200,32 @@ const PATCH_TYPES: &[&str] = &[
     "application/strategic-merge-patch+json",
     "application/apply-patch+yaml",
 ];
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// ObjectMeta's schema, as the schemas of custom kinds refer to it.
+fn object_meta() -> Value {
+    let s = |d: &str| json!({"type": "string", "description": d});
+    let map = |d: &str| json!({"type": "object", "additionalProperties": {"type": "string", "default": ""}, "description": d});
+    json!({
+        "type": "object",
+        "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects users must create.",
+        "properties": {
+            "name": s("Name must be unique within a namespace."),
+            "generateName": s("A prefix the server uses to generate a unique name when name is not given."),
+            "namespace": s("The namespace the object is in; empty for cluster-scoped objects."),
+            "uid": s("The unique identity of this object, set by the server."),
+            "resourceVersion": s("The version of this object the server holds, for optimistic concurrency and watches."),
+            "generation": {"type": "integer", "format": "int64", "description": "A sequence number of the desired state."},
+            "creationTimestamp": {"type": "string", "format": "date-time", "description": "When the object was created."},
+            "deletionTimestamp": {"type": "string", "format": "date-time", "description": "When the object will be deleted."},
+            "labels": map("Map of string keys and values that can be used to organize and categorize objects."),
+            "annotations": map("Unstructured key value map stored with a resource."),
+            "finalizers": {"type": "array", "items": {"type": "string", "default": ""}, "x-kubernetes-list-type": "set", "description": "Must be empty before the object is deleted from the registry."},
+            "ownerReferences": {"type": "array", "items": {"type": "object"}, "description": "Objects this object depends on."},
+        },
+    })
+}
 
 /// The OpenAPI v3 document of one group-version (`api/v1`, `apis/<group>/<version>`).
 pub fn openapi_gv_doc(kinds: &Kinds, path: &str) -> Option<Value> {
@@ -242,13 +272,23 @@ pub fn openapi_gv_doc(kinds: &Kinds, path: &str) -> Option<Value> {
                 }),
             );
         }
-        schemas.insert(
-            schema_name(r),
-            json!({
+        let schema = match &r.custom {
+            Some(v) => {
+                let mut s = v.openapi.clone();
+                s["x-kubernetes-group-version-kind"] =
+                    json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
+                if let Some(props) = s.get_mut("properties").and_then(Value::as_object_mut) {
+                    props.insert("metadata".into(), json!({"allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}], "description": "Standard object's metadata."}));
+                }
+                schemas.insert(OBJECT_META.to_string(), object_meta());
+                s
+            }
+            None => json!({
                 "type": "object",
                 "description": format!("{} ({}). Validated by the server; see the Kubernetes API reference.", r.kind, r.api_version()),
             }),
-        );
+        };
+        schemas.insert(schema_name(r), schema);
     }
     Some(json!({
         "openapi": "3.0.0",

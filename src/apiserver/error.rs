@@ -21,10 +21,16 @@ pub enum FieldErrorKind {
     },
     NotSupported {
         value: Value,
-        supported: Vec<&'static str>,
+        /// The values allowed, each as it is written in JSON.
+        supported: Vec<String>,
     },
     Duplicate(Value),
     Forbidden(String),
+    TooLong(u64),
+    TooMany {
+        actual: usize,
+        max: u64,
+    },
 }
 
 impl FieldError {
@@ -50,14 +56,35 @@ impl FieldError {
     pub fn not_supported(
         field: impl Into<String>,
         value: impl Into<Value>,
-        supported: &[&'static str],
+        supported: &[&str],
+    ) -> Self {
+        let values: Vec<Value> = supported.iter().map(|s| Value::from(*s)).collect();
+        Self::not_supported_values(field, value, &values)
+    }
+    /// As [`FieldError::not_supported`], for allowed values of any JSON type.
+    pub fn not_supported_values(
+        field: impl Into<String>,
+        value: impl Into<Value>,
+        supported: &[Value],
     ) -> Self {
         FieldError {
             field: field.into(),
             kind: FieldErrorKind::NotSupported {
                 value: value.into(),
-                supported: supported.to_vec(),
+                supported: supported.iter().map(Value::to_string).collect(),
             },
+        }
+    }
+    pub fn too_long(field: impl Into<String>, max: u64) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::TooLong(max),
+        }
+    }
+    pub fn too_many(field: impl Into<String>, actual: usize, max: u64) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::TooMany { actual, max },
         }
     }
     pub fn duplicate(field: impl Into<String>, value: impl Into<Value>) -> Self {
@@ -80,6 +107,8 @@ impl FieldError {
             FieldErrorKind::NotSupported { .. } => "FieldValueNotSupported",
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
             FieldErrorKind::Forbidden(_) => "FieldValueForbidden",
+            FieldErrorKind::TooLong(_) => "FieldValueTooLong",
+            FieldErrorKind::TooMany { .. } => "FieldValueTooMany",
         }
     }
 
@@ -98,14 +127,17 @@ impl FieldError {
                 with(format!("Invalid value: {value}"), detail)
             }
             FieldErrorKind::NotSupported { value, supported } => {
-                let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
                 format!(
                     "Unsupported value: {value}: supported values: {}",
-                    list.join(", ")
+                    supported.join(", ")
                 )
             }
             FieldErrorKind::Duplicate(value) => format!("Duplicate value: {value}"),
             FieldErrorKind::Forbidden(d) => with("Forbidden".into(), d),
+            FieldErrorKind::TooLong(max) => format!("Too long: may not be more than {max} bytes"),
+            FieldErrorKind::TooMany { actual, max } => {
+                format!("Too many: {actual}: must have at most {max} items")
+            }
         }
     }
 }
@@ -226,6 +258,10 @@ impl ApiError {
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {content_type:?})"))
+    }
+    /// A strategic merge patch of a custom resource (whose schema has no patch strategies).
+    pub fn strategic_unsupported() -> Self {
+        Self::new(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
     }
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{json, Value};
 
+use super::crd;
 use super::error::ApiError;
 use super::http::{json_response, value_response, Api, Body, MAX_BODY};
 use super::patch::{Patch, PatchType};
@@ -103,6 +104,12 @@ impl Context {
 impl Api {
     pub(super) fn get(&self, info: &RequestInfo, cx: &Context) -> Result<Response<Body>, ApiError> {
         let r = &info.resource;
+        if info.subresource == Part::Scale {
+            let scale = self
+                .registry
+                .read_scale(r, info.namespace.as_deref(), info.name())?;
+            return Ok(value_response(StatusCode::OK, &scale));
+        }
         let kv = self
             .registry
             .get(r, info.namespace.as_deref(), info.name())?;
@@ -112,7 +119,7 @@ impl Api {
             let tab = table::table(r, &[obj], meta, cx.include);
             return Ok(value_response(StatusCode::OK, &tab));
         }
-        Ok(json_response(StatusCode::OK, kv.value))
+        Ok(json_response(StatusCode::OK, crd::present(r, kv.value)))
     }
 
     pub(super) fn list(
@@ -139,12 +146,8 @@ impl Api {
                 &table::table(r, &objs, meta, cx.include),
             ));
         }
-        let body = list_bytes(
-            r,
-            &list.items,
-            list.revision,
-            list.continue_token.as_deref(),
-        );
+        let items: Vec<Bytes> = list.items.into_iter().map(|b| crd::present(r, b)).collect();
+        let body = list_bytes(r, &items, list.revision, list.continue_token.as_deref());
         Ok(json_response(StatusCode::OK, body))
     }
 
@@ -195,13 +198,11 @@ impl Api {
         let mut opts = write_options(&cx.query, ua)?;
         opts.guard = guard;
         let (ct, body) = read_body(req).await?;
+        if part == Part::Scale {
+            return self.write_scale(info, &opts, &ct, &body).await;
+        }
         let written = match info.verb {
             Verb::Create => {
-                if part == Part::Status {
-                    return Err(ApiError::method_not_allowed(
-                        "create is not allowed on a status subresource",
-                    ));
-                }
                 let obj = parse_body(&ct, &body)?;
                 self.registry.create(r, ns, obj, &opts).await?
             }
@@ -224,7 +225,7 @@ impl Api {
         } else {
             StatusCode::OK
         };
-        let mut resp = json_response(status, written.object);
+        let mut resp = json_response(status, crd::present(r, written.object));
         for w in written.warnings.iter().take(20) {
             let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
             if let Ok(v) = header::HeaderValue::from_str(&text) {
@@ -232,6 +233,40 @@ impl Api {
             }
         }
         Ok(resp)
+    }
+
+    /// PUT or PATCH of a `scale` subresource.
+    async fn write_scale(
+        &self,
+        info: &RequestInfo,
+        opts: &WriteOptions,
+        ct: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        let input = parse_body(ct, body)?;
+        let ty = match info.verb {
+            Verb::Update => None,
+            _ => Some(
+                PatchType::from_content_type(ct)
+                    .filter(|t| matches!(t, PatchType::Json | PatchType::Merge))
+                    .ok_or_else(ApiError::strategic_unsupported)?,
+            ),
+        };
+        let scale = self
+            .registry
+            .update_scale(
+                &info.resource,
+                info.namespace.as_deref(),
+                info.name(),
+                opts,
+                |current| match ty {
+                    None => Ok(input.clone()),
+                    Some(PatchType::Json) => super::patch::json(current, &input),
+                    Some(_) => super::patch::merge(current, &input),
+                },
+            )
+            .await?;
+        Ok(value_response(StatusCode::OK, &scale))
     }
 
     pub(super) async fn delete(
@@ -251,7 +286,10 @@ impl Api {
                 &opts,
             )
             .await?;
-        Ok(json_response(StatusCode::OK, obj))
+        Ok(json_response(
+            StatusCode::OK,
+            crd::present(&info.resource, obj),
+        ))
     }
 
     pub(super) async fn delete_collection(
@@ -281,7 +319,7 @@ impl Api {
                 .unwrap_or_default();
             let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
             match self.registry.delete(r, ns, name, &opts).await {
-                Ok(b) => deleted.push(b),
+                Ok(b) => deleted.push(crd::present(r, b)),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }

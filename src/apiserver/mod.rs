@@ -6,6 +6,7 @@
 //! a handler per verb (`handlers`) -> [`registry`] -> [`admission`] -> the store.
 //!
 //! - [`resources`]: the table of served kinds, which can grow while the server runs;
+//!   [`crd`]: CustomResourceDefinitions, the kinds they add, their schemas and CEL rules;
 //!   [`schema`]: how each kind's lists merge;
 //! - [`registry`]: the verbs over the store, with kube-apiserver's semantics;
 //! - [`admission`]: defaulting, validation, ClusterIP/NodePort allocation;
@@ -18,6 +19,7 @@
 pub mod admission;
 pub mod auth;
 pub mod authz;
+pub mod crd;
 pub mod discovery;
 pub mod error;
 mod handlers;
@@ -242,6 +244,8 @@ pub async fn run(
     );
     let registry = Arc::new(Registry::new(Arc::new(store), admission));
     registry.restore_allocations()?;
+    // The kinds CRDs add are served before a terminating namespace's content is looked for.
+    registry.restore_crds()?;
     registry.resume_deletions()?;
     let authz = authz::State::new();
     authz.reload_rbac(registry.store().as_ref());

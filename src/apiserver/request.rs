@@ -130,6 +130,9 @@ impl RequestInfo {
         let subresource = match rest.get(2) {
             None => Part::Main,
             Some(&"status") if resource.status => Part::Status,
+            Some(&"scale") if resource.custom.as_ref().is_some_and(|v| v.scale.is_some()) => {
+                Part::Scale
+            }
             Some(_) => return Err(ApiError::no_route()),
         };
         let name = rest.get(1).map(|s| s.to_string());
@@ -148,6 +151,12 @@ impl RequestInfo {
                 )))
             }
         };
+        if subresource != Part::Main && !matches!(verb, Verb::Get | Verb::Update | Verb::Patch) {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} on {})",
+                subresource.as_str()
+            )));
+        }
         if namespace.is_some() && !resource.namespaced {
             return Err(ApiError::no_route());
         }

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass, ServiceCIDR};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -52,6 +53,7 @@ pub enum Builtin {
     EventsV1Event,
     /// The ranges ClusterIPs come from (kube-proxy watches them).
     ServiceCIDR,
+    CustomResourceDefinition,
 }
 
 /// One served kind.
@@ -73,6 +75,8 @@ pub struct Resource {
     pub normalize: Normalize,
     /// The built-in strategy; `None` for a kind added at run time.
     pub builtin: Option<Builtin>,
+    /// The schema, columns and state of a kind a CustomResourceDefinition serves.
+    pub custom: Option<Arc<super::crd::Version>>,
 }
 
 impl std::fmt::Debug for Resource {
@@ -184,6 +188,7 @@ macro_rules! builtin {
             lists: ListSchema::new($lists.iter().copied()),
             normalize: Arc::new(roundtrip::<$b>),
             builtin: Some(Builtin::$b),
+            custom: None,
         }
     };
 }
@@ -246,6 +251,11 @@ static BUILTINS: LazyLock<Vec<Arc<Resource>>> = LazyLock::new(|| {
             ..builtin!(ServiceCIDR, "networking.k8s.io", "servicecidrs", short: &[], cat: &[], ns: false, status: true, generation: true, lists: CONDITIONS)
         },
         Resource {
+            singular: "customresourcedefinition".to_string(),
+            ..builtin!(CustomResourceDefinition, "apiextensions.k8s.io", "customresourcedefinitions", short: &["crd", "crds"], cat: &["api-extensions"], ns: false, status: true, generation: true,
+                lists: &[("status.conditions", "type")])
+        },
+        Resource {
             kind: "Event".to_string(),
             singular: "event".to_string(),
             normalize: Arc::new(roundtrip::<k8s_openapi::api::events::v1::Event>),
@@ -270,6 +280,28 @@ pub fn builtin(b: Builtin) -> &'static Arc<Resource> {
 pub enum KindError {
     #[error("{0} is already served")]
     Taken(String),
+}
+
+/// Whether `s` was added at run time as the kind `group`/`plural`.
+fn added_as(s: &Resource, group: &str, plural: &str) -> bool {
+    s.builtin.is_none() && s.group == group && s.plural == plural
+}
+
+fn clash<'a>(
+    served: &[Arc<Resource>],
+    group: &str,
+    plural: &str,
+    versions: impl Iterator<Item = &'a Resource> + Clone,
+) -> Option<Arc<Resource>> {
+    served
+        .iter()
+        .filter(|s| !added_as(s, group, plural))
+        .find(|s| {
+            versions
+                .clone()
+                .any(|v| s.group == v.group && (s.plural == v.plural || s.kind == v.kind))
+        })
+        .cloned()
 }
 
 /// The kinds one server serves: the built-ins and those added while it runs. Readers get a
@@ -322,23 +354,35 @@ impl Kinds {
         out
     }
 
-    /// Starts serving `r`; refused when its group and version already serve its plural or kind.
-    pub fn add(&self, r: Resource) -> Result<Arc<Resource>, KindError> {
-        let r = Arc::new(r);
-        let mut result = Ok(r.clone());
+    /// The kind served now that `versions` (of the kind `group`/`plural`) would clash with:
+    /// another kind of the group with their plural or kind.
+    pub fn clash(&self, group: &str, plural: &str, versions: &[Resource]) -> Option<Arc<Resource>> {
+        clash(&self.served.load(), group, plural, versions.iter())
+    }
+
+    /// Serves `versions` as the kind `group`/`plural`, in place of what was served under that
+    /// name before (one change: readers see the old versions or the new ones); refused when
+    /// it would clash with another kind.
+    pub fn install(
+        &self,
+        group: &str,
+        plural: &str,
+        versions: Vec<Resource>,
+    ) -> Result<(), KindError> {
+        let versions: Vec<Arc<Resource>> = versions.into_iter().map(Arc::new).collect();
+        let mut result = Ok(());
         self.served.rcu(|served| {
-            let clash = served.iter().any(|s| {
-                s.group == r.group
-                    && s.version == r.version
-                    && (s.plural == r.plural || s.kind == r.kind)
-            });
-            let mut next = (**served).clone();
-            if clash {
-                result = Err(KindError::Taken(r.group_resource()));
-            } else {
-                result = Ok(r.clone());
-                next.push(r.clone());
+            if let Some(s) = clash(served, group, plural, versions.iter().map(|v| &**v)) {
+                result = Err(KindError::Taken(s.group_resource()));
+                return (**served).clone();
             }
+            result = Ok(());
+            let mut next: Vec<Arc<Resource>> = served
+                .iter()
+                .filter(|s| !added_as(s, group, plural))
+                .cloned()
+                .collect();
+            next.extend(versions.iter().cloned());
             next
         });
         result
@@ -393,6 +437,7 @@ mod tests {
             lists: ListSchema::default(),
             normalize: Arc::new(|v| Ok((v, Vec::new()))),
             builtin: None,
+            custom: None,
         }
     }
 
@@ -401,11 +446,13 @@ mod tests {
         let kinds = Kinds::default();
         let before = kinds.all();
         assert!(kinds.find("example.com", "v1", "widgets").is_none());
-        let added = kinds.add(custom("Widget", "widgets")).unwrap();
-        assert!(Arc::ptr_eq(
-            &kinds.find("example.com", "v1", "widgets").unwrap(),
-            &added
-        ));
+        kinds
+            .install("example.com", "widgets", vec![custom("Widget", "widgets")])
+            .unwrap();
+        assert_eq!(
+            kinds.find("example.com", "v1", "widgets").unwrap().kind,
+            "Widget"
+        );
         assert_eq!(
             kinds.groups().last().map(String::as_str),
             Some("example.com")
@@ -413,10 +460,35 @@ mod tests {
         // A reader's snapshot does not change under it.
         assert_eq!(before.len() + 1, kinds.all().len());
         assert!(before.iter().all(|r| r.builtin.is_some()));
+        // Installing again replaces (a second version now); the count grows by that one.
+        let mut v2 = custom("Widget", "widgets");
+        v2.version = "v2".into();
+        kinds
+            .install(
+                "example.com",
+                "widgets",
+                vec![custom("Widget", "widgets"), v2],
+            )
+            .unwrap();
+        assert_eq!(kinds.versions("example.com"), ["v1", "v2"]);
+        assert_eq!(before.len() + 2, kinds.all().len());
         // Another kind under the same plural or kind name is refused.
-        let err = kinds.add(custom("Widget", "gadgets")).unwrap_err();
-        assert_eq!(err, KindError::Taken("gadgets.example.com".into()));
-        assert!(kinds.add(custom("Gadget", "widgets")).is_err());
+        let err = kinds
+            .install("example.com", "gadgets", vec![custom("Widget", "gadgets")])
+            .unwrap_err();
+        assert_eq!(err, KindError::Taken("widgets.example.com".into()));
+        assert!(kinds
+            .clash("example.com", "gadgets", &[custom("Widget", "gadgets")])
+            .is_some());
+        assert!(kinds
+            .clash("example.com", "widgets", &[custom("Widget", "widgets")])
+            .is_none());
+        // A built-in's name in its own group is taken.
+        let mut ing = custom("Ingress", "ingresses");
+        ing.group = "networking.k8s.io".into();
+        assert!(kinds
+            .install("networking.k8s.io", "ingresses", vec![ing])
+            .is_err());
         kinds.remove("example.com", "widgets");
         assert!(kinds.find("example.com", "v1", "widgets").is_none());
         assert!(!kinds.groups().contains(&"example.com".to_string()));

@@ -23,7 +23,7 @@ pub enum Merge {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListSchema {
-    keyed: Vec<(FieldPath, String)>,
+    keyed: Vec<(FieldPath, Vec<String>)>,
     sets: Vec<FieldPath>,
 }
 
@@ -48,7 +48,7 @@ impl ListSchema {
         let keyed = [("metadata.ownerReferences", "uid")]
             .into_iter()
             .chain(keyed)
-            .map(|(p, k)| (path(p), k.to_string()))
+            .map(|(p, k)| (path(p), vec![k.to_string()]))
             .collect();
         ListSchema {
             keyed,
@@ -56,18 +56,29 @@ impl ListSchema {
         }
     }
 
+    /// The lists of a kind defined by a schema: map lists with their keys, and sets (paths
+    /// of field names, list items left out), besides those every object's metadata has.
+    pub fn from_schema(keyed: Vec<(FieldPath, Vec<String>)>, sets: Vec<FieldPath>) -> ListSchema {
+        let mut out = ListSchema::new([]);
+        out.keyed.extend(keyed);
+        out.sets.extend(sets);
+        out
+    }
+
     /// The key fields of the list at `path` for `how`; None for a list that is replaced whole.
     /// A list keyed by a port number is keyed by port and protocol for apply, as the
     /// Kubernetes types declare it (`x-kubernetes-list-map-keys: [port, protocol]`).
     pub fn keys(&self, path: &[&str], how: Merge) -> Option<Vec<&str>> {
-        let key = self
+        let keys = self
             .keyed
             .iter()
             .find(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
-            .map(|(_, k)| k.as_str())?;
-        Some(match (how, key) {
-            (Merge::Apply, "port" | "containerPort") => vec![key, "protocol"],
-            _ => vec![key],
+            .map(|(_, k)| k)?;
+        Some(match (how, keys.as_slice()) {
+            (Merge::Apply, [key]) if key == "port" || key == "containerPort" => {
+                vec![key.as_str(), "protocol"]
+            }
+            _ => keys.iter().map(String::as_str).collect(),
         })
     }
 

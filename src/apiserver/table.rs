@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
+use super::crd::Column as PrinterColumn;
 use super::resources::{Builtin, Resource};
 
 /// (name, type, priority): priority 1 columns show with `-o wide`.
@@ -533,13 +534,32 @@ impl IncludeObject {
     }
 }
 
+/// The cells of a custom kind's printer columns: JSONPath results, dates as ages.
+fn custom_cells(columns: &[PrinterColumn], obj: &Value) -> Vec<Value> {
+    columns
+        .iter()
+        .map(|c| match c.path.cell(obj) {
+            Value::String(t) if c.ty == "date" => json!(since(&t)),
+            other => other,
+        })
+        .collect()
+}
+
 fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
     // Most kinds print their name first; those that do not place it among their cells.
     let mut c = Vec::new();
-    if columns(r.builtin).first().is_some_and(|c| c.0 == "Name") {
-        c.push(json!(s(obj, "/metadata/name")));
+    match r.custom.as_deref() {
+        Some(v) if !v.columns.is_empty() => {
+            c.push(json!(s(obj, "/metadata/name")));
+            c.extend(custom_cells(&v.columns, obj));
+        }
+        _ => {
+            if columns(r.builtin).first().is_some_and(|c| c.0 == "Name") {
+                c.push(json!(s(obj, "/metadata/name")));
+            }
+            c.extend(cells(r.builtin, obj));
+        }
     }
-    c.extend(cells(r.builtin, obj));
     let object = match include {
         IncludeObject::None => Value::Null,
         IncludeObject::Object => obj.clone(),
@@ -554,13 +574,21 @@ fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
 
 /// A Table of objects; `metadata` is the list metadata (resourceVersion, continue).
 pub fn table(r: &Resource, objs: &[Value], metadata: Value, include: IncludeObject) -> Value {
-    let defs: Vec<Value> = columns(r.builtin)
-        .iter()
-        .map(|(name, ty, prio)| {
-            let format = if *name == "Name" { "name" } else { "" };
-            json!({"name": name, "type": ty, "format": format, "description": "", "priority": prio})
-        })
-        .collect();
+    let name = || json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0});
+    let defs: Vec<Value> = match r.custom.as_deref() {
+        Some(v) if !v.columns.is_empty() => std::iter::once(name())
+            .chain(v.columns.iter().map(|c| {
+                json!({"name": c.name, "type": c.ty, "format": c.format, "description": c.description, "priority": c.priority})
+            }))
+            .collect(),
+        _ => columns(r.builtin)
+            .iter()
+            .map(|(name, ty, prio)| {
+                let format = if *name == "Name" { "name" } else { "" };
+                json!({"name": name, "type": ty, "format": format, "description": "", "priority": prio})
+            })
+            .collect(),
+    };
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",

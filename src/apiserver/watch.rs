@@ -92,7 +92,7 @@ impl Watcher {
 
     fn render(&self, kv: &KeyValue) -> Result<Bytes, ApiError> {
         match self.opts.format {
-            Format::Object => Ok(kv.value.clone()),
+            Format::Object => Ok(super::crd::present(&self.r, kv.value.clone())),
             Format::Table(include) => {
                 let obj = decode(kv)?;
                 let t = table::table(

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
+use super::crd;
 use super::error::{ApiError, FieldError};
 use super::resources::{Builtin, Resource};
 use allocator::{IpAllocator, PortAllocator};
@@ -281,6 +282,14 @@ fn validate_node(obj: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// A custom object against its CRD version's schema and rules (transition rules against the
+/// old object on an update).
+fn validate_custom(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
+    if let Some(v) = &r.custom {
+        v.schema.validate(obj, old, "", errs);
+    }
+}
+
 /// Fields that may not change once an object has them.
 fn immutable(old: &Value, new: &Value, ptr: &str, field: &str, errs: &mut Vec<FieldError>) {
     let (o, n) = (old.pointer(ptr), new.pointer(ptr));
@@ -353,8 +362,9 @@ impl Admission {
             Some(Builtin::Node) => validate_node(obj, &mut errs),
             Some(Builtin::Event) => event::validate_core(obj, &mut errs),
             Some(Builtin::EventsV1Event) => event::validate_v1(obj, &mut errs),
+            Some(Builtin::CustomResourceDefinition) => crd::admit(obj, None, &mut errs),
             Some(b) => rbac_validate(b, obj, &mut errs),
-            None => {}
+            None => validate_custom(r, obj, None, &mut errs),
         }
         invalid(r, obj, errs)?;
         Ok(Claims::default())
@@ -432,8 +442,9 @@ impl Admission {
                 rbac_validate(b, new, &mut errs);
                 rbac::validate_binding_update(old, new, &mut errs);
             }
+            Some(Builtin::CustomResourceDefinition) => crd::admit(new, Some(old), &mut errs),
             Some(b) => rbac_validate(b, new, &mut errs),
-            None => {}
+            None => validate_custom(r, new, Some(old), &mut errs),
         }
         invalid(r, new, errs)?;
         Ok(UpdateClaims::default())

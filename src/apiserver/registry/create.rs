@@ -220,6 +220,11 @@ impl Registry {
         opts: &WriteOptions,
         applied: bool,
     ) -> Result<Written, ApiError> {
+        if r.custom.as_ref().is_some_and(|v| v.terminating) {
+            return Err(ApiError::method_not_allowed(
+                "create not allowed while custom resource definition is terminating",
+            ));
+        }
         let (mut obj, warnings) = self.decode_input(r, body, opts)?;
         self.prepare_create(r, ns, &mut obj)?;
         if !applied {
@@ -236,6 +241,9 @@ impl Registry {
             guard(None, &mut obj)?;
         }
         let claims = self.admission.create(r, &mut obj)?;
+        if r.is(Builtin::CustomResourceDefinition) {
+            self.check_crd(&obj)?;
+        }
         let key = r.key(ns, &name);
         if opts.dry_run {
             self.admission.release(&claims);
@@ -254,11 +262,16 @@ impl Registry {
             }])
             .await;
         match result {
-            Ok(mut kvs) => Ok(Written {
-                object: kvs.remove(0).value,
-                warnings,
-                created: true,
-            }),
+            Ok(mut kvs) => {
+                if r.is(Builtin::CustomResourceDefinition) {
+                    self.sync_crd(&name);
+                }
+                Ok(Written {
+                    object: kvs.remove(0).value,
+                    warnings,
+                    created: true,
+                })
+            }
             Err(e) => {
                 self.admission.release(&claims);
                 Err(match e {

@@ -127,6 +127,8 @@ impl Registry {
                         if r.is(Builtin::Namespace) {
                             let (me, name) = (self.clone(), name.to_string());
                             tokio::spawn(async move { me.finalize_namespace(&name, &uid).await });
+                        } else if r.is(Builtin::CustomResourceDefinition) {
+                            self.finalize_crd(name.to_string(), uid);
                         } else if graceful && !finalizers {
                             self.delete_after_grace(r, ns, name, uid, grace);
                         }
@@ -148,6 +150,9 @@ impl Registry {
             {
                 Ok(mut kvs) => {
                     self.admission.release(&Admission::held(r, &obj));
+                    if r.is(Builtin::CustomResourceDefinition) {
+                        self.sync_crd(name);
+                    }
                     return Ok(kvs.remove(0).value);
                 }
                 Err(StoreError::Conflict { .. }) => continue,

@@ -7,8 +7,9 @@
 //! By concern: [`create`] (decoding, system metadata, the write), [`update`] (read-modify-write
 //! for update, patch and apply), [`delete`] (finalizers, graceful pod deletion, namespace
 //! lifecycle), [`list`] (paging and continue tokens), [`defaults`] (defaults that read other
-//! objects, and bootstrap objects). This file holds the options, the shared helpers and reads.
+//! objects, and bootstrap objects), [`crds`] (the kinds CustomResourceDefinitions add). This file holds the options, the shared helpers and reads.
 
+mod crds;
 mod create;
 mod defaults;
 mod delete;
@@ -164,6 +165,9 @@ struct How {
 pub enum Part {
     Main,
     Status,
+    /// The `scale` subresource of a custom kind: its replica count, read and written as an
+    /// autoscaling/v1 Scale.
+    Scale,
 }
 
 impl Part {
@@ -172,6 +176,7 @@ impl Part {
         match self {
             Part::Main => "",
             Part::Status => "status",
+            Part::Scale => "scale",
         }
     }
 }
@@ -180,6 +185,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     admission: Admission,
     kinds: Kinds,
+    /// Held while the kinds of a CRD are brought in line with the store.
+    crd_sync: std::sync::Mutex<()>,
 }
 
 /// Encodes an object for the store, its `resourceVersion` the revision of the write.
@@ -230,6 +237,7 @@ impl Registry {
             store,
             admission,
             kinds: Kinds::default(),
+            crd_sync: std::sync::Mutex::new(()),
         }
     }
 

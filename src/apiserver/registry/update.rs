@@ -48,7 +48,7 @@ const MODIFIED: &str =
 impl Registry {
     /// Read-modify-write with compare-and-swap, retried on a concurrent write unless the caller
     /// named the revision it expects. `change` returns the desired object (None: not found).
-    async fn guaranteed_update(
+    pub(super) async fn guaranteed_update(
         &self,
         r: &Resource,
         ns: Option<&str>,
@@ -67,7 +67,8 @@ impl Registry {
                     None => Err(ApiError::not_found(r, name)),
                 };
             };
-            let old = decode(&kv)?;
+            let mut old = decode(&kv)?;
+            crate::apiserver::crd::present_value(r, &mut old);
             let Some(wanted) = change(Some(&old))? else {
                 return Err(ApiError::not_found(r, name));
             };
@@ -98,6 +99,9 @@ impl Registry {
                 guard(Some(&old), &mut new)?;
             }
             let claims = self.admission.update(r, &old, &mut new)?;
+            if r.is(Builtin::CustomResourceDefinition) {
+                self.check_crd(&new)?;
+            }
             if comparable(&new) == comparable(&old) {
                 self.admission.release(&claims.taken);
                 return Ok(Written {
@@ -143,6 +147,9 @@ impl Registry {
                     self.admission.release(&claims.freed);
                     if finalized {
                         self.admission.release(&Admission::held(r, &old));
+                    }
+                    if r.is(Builtin::CustomResourceDefinition) {
+                        self.sync_crd(name);
                     }
                     return Ok(Written {
                         object: kvs.remove(0).value,
@@ -324,6 +331,9 @@ impl Registry {
             let out = match ty {
                 PatchType::Json => patch::json(old, &body)?,
                 PatchType::Merge => patch::merge(old, &body)?,
+                PatchType::Strategic if r.builtin.is_none() => {
+                    return Err(ApiError::strategic_unsupported())
+                }
                 PatchType::Strategic => patch::strategic(&r.lists, old, &body)?,
                 PatchType::Apply => patch::apply(Some(old), &body, &writer, opts.force)?,
             };
