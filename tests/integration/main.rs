@@ -4,6 +4,7 @@ mod agent;
 mod bad_input;
 mod client;
 mod crash;
+mod crd;
 mod dns;
 mod ebpf;
 mod image;

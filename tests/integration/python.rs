@@ -1,6 +1,7 @@
 //! The official Kubernetes Python client (pip `kubernetes`, installed by the test command into
-//! `target/python`): server-side apply, garbage collection with each propagation policy, and a
-//! watch that resumes across a server restart. The flows are in `tests/python/client.py`.
+//! `target/python`): server-side apply, garbage collection with each propagation policy, a
+//! CustomResourceDefinition and its objects through the dynamic client, and a watch that
+//! resumes across a server restart. The flows are in `tests/python/client.py`.
 
 use std::process::Command;
 
@@ -43,6 +44,11 @@ fn the_python_client_applies_collects_and_resumes_watches() {
     assert!(out.contains("ok: force takes the field"), "{out}");
     let out = step(&py, &s, &["gc"]);
     assert!(out.contains("ok: Orphan: the dependent stays"), "{out}");
+    let out = step(&py, &s, &["crd"]);
+    assert!(
+        out.contains("ok: the CRD is deleted with its objects"),
+        "{out}"
+    );
 
     // A watch from a resourceVersion taken before a restart resumes after it.
     let rv = step(&py, &s, &["watch-start"]).trim().to_string();

@@ -8,6 +8,9 @@ Usage: client.py KUBECONFIG STEP [ARG]
   watch-resume RV watches from RV (after a restart): every change made since is delivered,
                   with no 410 and nothing before RV
   write NAME      creates a ConfigMap labelled flow=watch
+  crd             a CustomResourceDefinition made with the typed apiextensions client, then its
+                  objects through the dynamic client: create, get, list by label, merge patch,
+                  status, server-side apply, a schema violation, delete; then the CRD deleted
 
 Prints one line per check; exits non-zero with the reason on the first that fails.
 """
@@ -164,6 +167,64 @@ def step_watch_resume(api_client, rv):
           f"the watch from {rv} resumes across the restart: {seen}")
 
 
+def step_crd(api_client):
+    ext = client.ApiextensionsV1Api(api_client)
+    schema = {"type": "object", "properties": {
+        "spec": {"type": "object", "required": ["colour"],
+                 "x-kubernetes-validations": [{"rule": "self.size <= 10", "message": "too big"}],
+                 "properties": {"colour": {"type": "string", "enum": ["red", "blue"]},
+                                "size": {"type": "integer", "default": 1}}},
+        "status": {"type": "object", "properties": {"phase": {"type": "string"}}}}}
+    ext.create_custom_resource_definition({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True,
+                               "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": schema}}]}})
+
+    def established():
+        crd = ext.read_custom_resource_definition("gadgets.example.com")
+        return any(c.type == "Established" and c.status == "True"
+                   for c in (crd.status.conditions or []))
+    wait_for("the CRD is established", established)
+
+    dyn = dynamic.DynamicClient(api_client)
+    gadgets = dyn.resources.get(api_version="example.com/v1", kind="Gadget")
+    made = gadgets.create(namespace="default", body={
+        "apiVersion": "example.com/v1", "kind": "Gadget",
+        "metadata": {"name": "g1", "labels": {"team": "a"}}, "spec": {"colour": "red"}})
+    check(made.spec.size == 1, "the schema's default is applied")
+    check(gadgets.get(name="g1", namespace="default").spec.colour == "red", "get")
+    listed = gadgets.get(namespace="default", label_selector="team=a")
+    check([i.metadata.name for i in listed.items] == ["g1"], "list by label")
+    patched = gadgets.patch(name="g1", namespace="default", body={"spec": {"size": 5}},
+                            content_type="application/merge-patch+json")
+    check(patched.spec.size == 5 and patched.metadata.generation == 2, "merge patch bumps the generation")
+    gadgets.status.patch(name="g1", namespace="default", body={"status": {"phase": "Ready"}},
+                         content_type="application/merge-patch+json")
+    got = gadgets.get(name="g1", namespace="default")
+    check(got.status.phase == "Ready" and got.metadata.generation == 2, "status through its subresource")
+    applied = gadgets.server_side_apply(namespace="default", field_manager="py", body={
+        "apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g2"},
+        "spec": {"colour": "blue"}})
+    check(applied.spec.colour == "blue", "server-side apply creates")
+    try:
+        gadgets.create(namespace="default", body={
+            "apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g3"},
+            "spec": {"colour": "green", "size": 11}})
+        check(False, "a schema violation is refused")
+    except ApiException as e:
+        check(e.status == 422 and "too big" in e.body and "green" in e.body,
+              f"a schema violation is refused with 422: {e.status}")
+    gadgets.delete(name="g1", namespace="default")
+    wait_for("the object is deleted", lambda: gone(lambda: gadgets.get(name="g1", namespace="default")))
+    ext.delete_custom_resource_definition("gadgets.example.com")
+    wait_for("the CRD is deleted with its objects",
+             lambda: gone(lambda: ext.read_custom_resource_definition("gadgets.example.com")))
+
+
 def main():
     kubeconfig, step = sys.argv[1], sys.argv[2]
     api_client = config.new_client_from_config(config_file=kubeconfig)
@@ -175,6 +236,8 @@ def main():
         step_watch_start(api_client)
     elif step == "write":
         step_write(api_client, sys.argv[3])
+    elif step == "crd":
+        step_crd(api_client)
     elif step == "watch-resume":
         step_watch_resume(api_client, sys.argv[3])
     else:
