@@ -10,9 +10,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use cel::common::types::{CelBool, CelString};
-use cel::objects::{Key, Map};
-use cel::{Context, Env, Program, Value as Cel};
+use std::sync::Mutex;
+
+use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedEntryExpr, LiteralValue};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString,
+};
+use cel::common::value::Val;
+use cel::parser::{Macro, MacroExprHelper, ParseError};
+use cel::{Context, Env, ExecutionError, IdedExpr, Program, Value as Cel};
+use regex::Regex;
 use serde_json::Value;
 
 use super::schema::{Schema, Ty};
@@ -21,7 +28,9 @@ use crate::apiserver::error::FieldError;
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
     let added = env
-        .add_extension(cel::extensions::strings)
+        .add_macro(Macro::receiver("matches", 1, precompile_pattern))
+        .and_then(|_| cel::add_overload!(env, fn matches_compiled: (CelString, CelString) -> Result<CelBool>, name = MATCHES))
+        .and_then(|_| env.add_extension(cel::extensions::strings))
         .and_then(|_| env.add_extension(cel::extensions::lists))
         .and_then(|_| cel::add_overload!(env, fn is_ip: (CelString) -> CelBool, name = "isIP"))
         .and_then(|_| cel::add_overload!(env, fn is_cidr: (CelString) -> CelBool, name = "isCIDR"))
@@ -29,6 +38,62 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     added.expect("the CEL environment's declarations do not clash");
     Arc::new(env)
 });
+
+/// What `x.matches('literal')` calls once compiled: the pattern was compiled with the rule.
+const MATCHES: &str = "_matches_compiled_";
+/// Patterns compiled so far (by their text), shared by every rule that has them; bounded, as
+/// CRDs may come and go.
+static PATTERNS: LazyLock<Mutex<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
+const MAX_PATTERNS: usize = 10_000;
+
+/// Compiles the literal pattern of `x.matches('...')` with the rule (refusing a bad one there,
+/// not on every write) and turns the call into one that finds it compiled. A pattern that is
+/// not a literal stays an ordinary `matches`, compiled when it runs.
+fn precompile_pattern(
+    helper: &mut MacroExprHelper<'_>,
+    target: &mut Option<IdedExpr>,
+    args: &mut Vec<IdedExpr>,
+) -> Result<Option<IdedExpr>, ParseError> {
+    let Some(Expr::Literal(LiteralValue::String(pattern))) = args.first().map(|a| &a.expr) else {
+        return Ok(None);
+    };
+    let pattern = pattern.inner().to_string();
+    let re = Regex::new(&pattern).map_err(|e| {
+        helper.new_error(
+            args[0].id,
+            format!("invalid regular expression {pattern:?}: {e}"),
+        )
+    })?;
+    let mut cache = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() < MAX_PATTERNS {
+        cache.entry(pattern).or_insert_with(|| Arc::new(re));
+    }
+    drop(cache);
+    let (Some(target), Some(pattern)) = (target.take(), args.pop()) else {
+        return Ok(None);
+    };
+    Ok(Some(helper.next_expr(Expr::Call(CallExpr {
+        func_name: MATCHES.to_string(),
+        target: None,
+        args: vec![target, pattern],
+    }))))
+}
+
+fn matches_compiled(s: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    let cached = PATTERNS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(pattern.inner())
+        .cloned();
+    let re = match cached {
+        Some(re) => re,
+        None => Arc::new(
+            Regex::new(pattern.inner())
+                .map_err(|e| ExecutionError::function_error("matches", e))?,
+        ),
+    };
+    Ok(CelBool::from(re.is_match(s.inner())))
+}
 
 fn is_ip(s: &CelString<'_>) -> CelBool {
     CelBool::from(parse_ip(s.inner()).is_some())
@@ -176,7 +241,51 @@ fn compile_one(text: &str) -> Result<Program, String> {
     Ok(program)
 }
 
+/// How deeply comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) nest in `e`: a
+/// rule's cost grows as the size of what it iterates to this power.
+fn comprehension_depth(e: &IdedExpr) -> u32 {
+    let max =
+        |it: &mut dyn Iterator<Item = &IdedExpr>| it.map(comprehension_depth).max().unwrap_or(0);
+    match &e.expr {
+        Expr::Comprehension(c) => {
+            let inner = max(&mut [&c.loop_cond, &c.loop_step, &c.result].into_iter());
+            (1 + inner).max(max(&mut [&c.iter_range, &c.accu_init].into_iter()))
+        }
+        Expr::Call(c) => max(&mut c.target.as_deref().into_iter().chain(c.args.iter())),
+        Expr::Select(s) => comprehension_depth(&s.operand),
+        Expr::List(l) => max(&mut l.elements.iter()),
+        Expr::Map(m) => max(&mut m.entries.iter().flat_map(entry)),
+        Expr::Struct(s) => max(&mut s.entries.iter().flat_map(entry)),
+        _ => 0,
+    }
+}
+
+fn entry(e: &IdedEntryExpr) -> Vec<&IdedExpr> {
+    match &e.expr {
+        EntryExpr::StructField(f) => vec![&f.value],
+        EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+    }
+}
+
+/// The most a rule may cost, in items visited: kube-apiserver's per-rule estimate limit.
+const COST_LIMIT: f64 = 10_000_000.0;
+
 impl Rule {
+    /// Refuses a rule whose nested comprehensions over lists or maps of up to `size` items
+    /// could visit more than [`COST_LIMIT`] items (kube-apiserver estimates the same bound
+    /// from the schema's maxItems, maxProperties and maxLength).
+    pub fn check_cost(&self, size: u64) -> Result<(), String> {
+        let depth = comprehension_depth(self.program.expression());
+        let cost = (size as f64).powi(depth as i32);
+        if depth >= 2 && cost > COST_LIMIT {
+            return Err(format!(
+                "estimated rule cost exceeds budget by factor of {:.0} (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)",
+                (cost / COST_LIMIT).ceil()
+            ));
+        }
+        Ok(())
+    }
+
     /// Compiles one entry of `x-kubernetes-validations`; the error says what is wrong with
     /// which of its fields (`rule`, `messageExpression`, `reason`, `fieldPath`).
     pub fn compile(v: &Value) -> Result<Rule, (&'static str, String)> {
@@ -236,36 +345,6 @@ impl Rule {
         })
     }
 
-    /// Runs the rule on `value` (converted for `schema`) at `path`; a failure or an evaluation
-    /// error becomes a field error.
-    pub fn check(&self, value: &Cel, old: Option<&Cel>, path: &str, errs: &mut Vec<FieldError>) {
-        if self.transition && old.is_none() {
-            return;
-        }
-        let mut cx = Context::with_env(ENV.clone());
-        cx.add_variable_from_value("self", value.clone());
-        if let Some(o) = old {
-            cx.add_variable_from_value("oldSelf", o.clone());
-        }
-        let field = match &self.field_path {
-            Some(p) if path.is_empty() => p.clone(),
-            Some(p) => format!("{path}.{p}"),
-            None => path.to_string(),
-        };
-        let message = match self.program.execute(&cx) {
-            Ok(Cel::Bool(true)) => return,
-            Ok(Cel::Bool(false)) => self.message(&cx),
-            Ok(other) => format!("rule {:?} evaluated to {other:?}, not a boolean", self.text),
-            Err(e) => format!("rule {:?} failed to evaluate: {e}", self.text),
-        };
-        errs.push(match self.reason {
-            Reason::Invalid => FieldError::invalid(field, type_name(value), message),
-            Reason::Required => FieldError::required(field, message),
-            Reason::Forbidden => FieldError::forbidden(field, message),
-            Reason::Duplicate => FieldError::duplicate(field, type_name(value)),
-        });
-    }
-
     fn message(&self, cx: &Context) -> String {
         if let Some(m) = &self.message_expression {
             if let Ok(Cel::String(s)) = m.execute(cx) {
@@ -281,16 +360,52 @@ impl Rule {
     }
 }
 
+/// Runs the rules of one schema node on `value` (and its old value) at `path`: the values are
+/// bound once for all of them, borrowing from the object. A rule that fails or cannot be
+/// evaluated becomes a field error.
+pub fn check_all(
+    rules: &[Rule],
+    schema: &Schema,
+    value: &Value,
+    old: Option<&Value>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let mut cx = Context::with_env(ENV.clone());
+    cx.add_variable_as_val("self", to_val(value, Some(schema)));
+    if let Some(o) = old {
+        cx.add_variable_as_val("oldSelf", to_val(o, Some(schema)));
+    }
+    for rule in rules {
+        if rule.transition && old.is_none() {
+            continue;
+        }
+        let message = match rule.program.execute(&cx) {
+            Ok(Cel::Bool(true)) => continue,
+            Ok(Cel::Bool(false)) => rule.message(&cx),
+            Ok(other) => format!("rule {:?} evaluated to {other:?}, not a boolean", rule.text),
+            Err(e) => format!("rule {:?} failed to evaluate: {e}", rule.text),
+        };
+        let field = match &rule.field_path {
+            Some(p) if path.is_empty() => p.clone(),
+            Some(p) => format!("{path}.{p}"),
+            None => path.to_string(),
+        };
+        errs.push(match rule.reason {
+            Reason::Invalid => FieldError::invalid(field, shown(value), message),
+            Reason::Required => FieldError::required(field, message),
+            Reason::Forbidden => FieldError::forbidden(field, message),
+            Reason::Duplicate => FieldError::duplicate(field, shown(value)),
+        });
+    }
+}
+
 /// How kube-apiserver shows the value a rule failed on: scalars as themselves, others by type.
-fn type_name(v: &Cel) -> Value {
+pub fn shown(v: &Value) -> Value {
     match v {
-        Cel::String(s) => Value::String(s.to_string()),
-        Cel::Int(i) => Value::from(*i),
-        Cel::Float(f) => Value::from(*f),
-        Cel::Bool(b) => Value::Bool(*b),
-        Cel::List(_) => Value::String("array".into()),
-        Cel::Map(_) => Value::String("object".into()),
-        _ => Value::String("value".into()),
+        Value::Object(_) => "object".into(),
+        Value::Array(_) => "array".into(),
+        other => other.clone(),
     }
 }
 
@@ -342,34 +457,46 @@ pub fn escape(name: &str) -> String {
     out
 }
 
-/// A JSON value as a CEL value, typed by its schema: integers of `number` fields are doubles,
-/// properties escaped, maps (`additionalProperties`) and unknown fields kept as they are.
-pub fn to_cel(v: &Value, schema: Option<&Schema>) -> Cel {
+/// A JSON value as a CEL value typed by its schema, borrowing its strings: integers of
+/// `number` fields are doubles, properties escaped, maps (`additionalProperties`) and unknown
+/// fields kept as they are.
+pub fn to_val<'v>(v: &'v Value, schema: Option<&Schema>) -> Box<dyn Val + 'v> {
     match v {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
         Value::Number(n) => match (schema.map(|s| s.ty), n.as_i64()) {
-            (Some(Ty::Number), _) | (_, None) => Cel::Float(n.as_f64().unwrap_or(0.0)),
-            (_, Some(i)) => Cel::Int(i),
+            (Some(Ty::Number), _) | (_, None) => {
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(0.0)))
+            }
+            (_, Some(i)) => Box::new(CelInt::from(i)),
         },
-        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::String(s) => Box::new(CelString::from(s.as_str())),
         Value::Array(items) => {
             let item = schema.and_then(|s| s.items.as_deref());
-            Cel::List(Arc::new(items.iter().map(|i| to_cel(i, item)).collect()))
+            Box::new(CelList::from(
+                items.iter().map(|i| to_val(i, item)).collect::<Vec<_>>(),
+            ))
         }
         Value::Object(m) => {
-            let mut out: HashMap<Key, Cel> = HashMap::with_capacity(m.len());
+            let mut out: HashMap<CelMapKey<'v>, Box<dyn Val + 'v>> =
+                HashMap::with_capacity(m.len());
             for (k, val) in m {
                 let (key, sub) = match schema {
                     Some(s) if !s.properties.is_empty() => {
-                        (escape(k), s.properties.get(k.as_str()))
+                        let escaped = escape(k);
+                        let key = if escaped == *k {
+                            CelMapKey::from(k.as_str())
+                        } else {
+                            CelMapKey::from(escaped)
+                        };
+                        (key, s.properties.get(k.as_str()))
                     }
-                    Some(s) => (k.clone(), s.additional.as_deref()),
-                    None => (k.clone(), None),
+                    Some(s) => (CelMapKey::from(k.as_str()), s.additional.as_deref()),
+                    None => (CelMapKey::from(k.as_str()), None),
                 };
-                out.insert(Key::String(Arc::new(key)), to_cel(val, sub));
+                out.insert(key, to_val(val, sub));
             }
-            Cel::Map(Map { map: Arc::new(out) })
+            Box::new(CelMap::from(out))
         }
     }
 }
@@ -385,8 +512,15 @@ mod tests {
 
     fn run(r: &Rule, v: Value, old: Option<Value>) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        let old = old.map(|o| to_cel(&o, None));
-        r.check(&to_cel(&v, None), old.as_ref(), "spec", &mut errs);
+        let plain = Schema::any();
+        check_all(
+            std::slice::from_ref(r),
+            &plain,
+            &v,
+            old.as_ref(),
+            "spec",
+            &mut errs,
+        );
         errs
     }
 
@@ -418,21 +552,34 @@ mod tests {
         );
         let mut obj = Schema::any();
         obj.properties.insert("namespace".into(), Schema::any());
+        let rules = std::slice::from_ref(&r);
         let mut errs = Vec::new();
-        r.check(
-            &to_cel(&json!({"a": "1s", "b": "1m", "namespace": "n"}), Some(&obj)),
+        check_all(
+            rules,
+            &obj,
+            &json!({"a": "1s", "b": "1m", "namespace": "n"}),
             None,
             "",
             &mut errs,
         );
         assert!(errs.is_empty(), "{errs:?}");
-        r.check(
-            &to_cel(&json!({"a": "2m", "b": "1m", "namespace": "n"}), Some(&obj)),
+        check_all(
+            rules,
+            &obj,
+            &json!({"a": "2m", "b": "1m", "namespace": "n"}),
             None,
             "",
             &mut errs,
         );
         assert_eq!(errs.len(), 1);
+        // Patterns: compiled with the rule (a bad one refused there), or at run time.
+        let r = rule(json!({"rule": "self.a.matches('^[0-9]+s$') && self.b.matches(self.p)"}));
+        assert!(run(&r, json!({"a": "1s", "b": "xy", "p": "^x"}), None).is_empty());
+        assert_eq!(
+            run(&r, json!({"a": "1m", "b": "xy", "p": "^x"}), None).len(),
+            1
+        );
+        assert!(Rule::compile(&json!({"rule": "self.a.matches('(')"})).is_err());
     }
 
     #[test]
@@ -488,6 +635,20 @@ mod tests {
             None
         )
         .is_empty());
+    }
+
+    #[test]
+    fn nested_comprehensions_over_unbounded_lists_cost_too_much() {
+        let nested = rule(json!({"rule": "self.all(a, self.exists_one(b, a == b))"}));
+        assert!(nested.check_cost(64).is_ok());
+        let err = nested.check_cost(1_000_000).unwrap_err();
+        assert!(err.contains("estimated rule cost exceeds budget"), "{err}");
+        // One pass over a list is linear in what the request holds: always allowed.
+        assert!(rule(json!({"rule": "self.all(a, a.startsWith('x'))"}))
+            .check_cost(1_000_000)
+            .is_ok());
+        let deep = rule(json!({"rule": "self.map(a, a.all(b, b.exists(c, c > 0)))"}));
+        assert!(deep.check_cost(300).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde_json::Value;
 
-use super::cel::{to_cel, Rule};
+use super::cel::{shown, Rule};
 use crate::apiserver::error::FieldError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,8 +401,12 @@ impl Schema {
             s.default = Some(d.clone());
         }
         if let Some(rules) = m.get("x-kubernetes-validations").and_then(Value::as_array) {
+            let size = s.largest_collection();
             for (n, r) in rules.iter().enumerate() {
-                match Rule::compile(r) {
+                match Rule::compile(r).and_then(|rule| {
+                    rule.check_cost(size).map_err(|e| ("rule", e))?;
+                    Ok(rule)
+                }) {
                     Ok(rule) => s.rules.push(rule),
                     Err((field, why)) => errs.push(FieldError::invalid(
                         format!("{path}.x-kubernetes-validations[{n}].{field}"),
@@ -413,6 +417,24 @@ impl Schema {
             }
         }
         s
+    }
+
+    /// The most items a list or map at or under this node can hold: its maxItems or
+    /// maxProperties, else as many as a request body could carry.
+    fn largest_collection(&self) -> u64 {
+        let unbounded = (crate::apiserver::http::MAX_BODY / 2) as u64;
+        let own = match self.ty {
+            Ty::Array => self.max_items.unwrap_or(unbounded),
+            Ty::Object if self.additional.is_some() => self.max_properties.unwrap_or(unbounded),
+            Ty::Any if self.preserve_unknown => unbounded,
+            _ => 1,
+        };
+        self.properties
+            .values()
+            .chain(self.items.as_deref())
+            .chain(self.additional.as_deref())
+            .map(Schema::largest_collection)
+            .fold(own, u64::max)
     }
 
     fn compile_list_type(&self, v: &Value, path: &str, errs: &mut Vec<FieldError>) -> ListType {
@@ -659,11 +681,7 @@ impl Schema {
             _ => {}
         }
         if !self.rules.is_empty() {
-            let me = to_cel(v, Some(self));
-            let was = old.map(|o| to_cel(o, Some(self)));
-            for r in &self.rules {
-                r.check(&me, was.as_ref(), path, errs);
-            }
+            super::cel::check_all(&self.rules, self, v, old, path, errs);
         }
     }
 
@@ -946,15 +964,6 @@ impl Schema {
                 ));
             }
         }
-    }
-}
-
-/// How an error shows a value: scalars as themselves, objects and arrays by their type.
-fn shown(v: &Value) -> Value {
-    match v {
-        Value::Object(_) => "object".into(),
-        Value::Array(_) => "array".into(),
-        other => other.clone(),
     }
 }
 
