@@ -182,6 +182,16 @@ fn pod_facts(pod: &Value) -> PodFacts {
     f
 }
 
+/// The kinds whose objects authorization keeps facts of (the Node rules' pods, bound tokens'
+/// ServiceAccounts and Secrets).
+fn fact_kinds() -> [&'static Arc<Resource>; 3] {
+    [
+        builtin(Builtin::Pod),
+        builtin(Builtin::ServiceAccount),
+        builtin(Builtin::Secret),
+    ]
+}
+
 fn rbac_kinds() -> [&'static Arc<Resource>; 4] {
     [
         builtin(Builtin::Role),
@@ -259,11 +269,7 @@ impl State {
     }
 
     fn load_facts(&self, store: &dyn Store) {
-        for r in [
-            builtin(Builtin::Pod),
-            builtin(Builtin::ServiceAccount),
-            builtin(Builtin::Secret),
-        ] {
+        for r in fact_kinds() {
             let prefix = r.prefix();
             let Ok(res) = store.range(&RangeRequest {
                 prefix: &prefix,
@@ -282,6 +288,7 @@ impl State {
     /// Follows the store: loads everything once, then applies each change.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
         let rbac_prefixes: Vec<String> = rbac_kinds().iter().map(|r| r.prefix()).collect();
+        let fact_prefixes: Vec<String> = fact_kinds().iter().map(|r| r.prefix()).collect();
         loop {
             let mut watch = match store.watch(store.revision()) {
                 Ok(w) => w,
@@ -315,6 +322,10 @@ impl State {
                     let key = ev.kv.key.as_str();
                     if rbac_prefixes.iter().any(|p| key.starts_with(p)) {
                         rbac_changed = true;
+                        continue;
+                    }
+                    // Only the kinds decisions read are decoded.
+                    if !fact_prefixes.iter().any(|p| key.starts_with(p)) {
                         continue;
                     }
                     let value = match ev.kind {

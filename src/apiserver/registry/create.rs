@@ -104,10 +104,12 @@ impl Registry {
             .get(&nsr.key(None, ns))
             .0
             .ok_or_else(|| ApiError::not_found(nsr, ns))?;
-        if decode(&kv)?
-            .pointer("/metadata/deletionTimestamp")
-            .is_some()
-        {
+        // Decoded only when it may be terminating.
+        let terminating = memchr::memmem::find(&kv.value, b"\"deletionTimestamp\"").is_some()
+            && decode(&kv)?
+                .pointer("/metadata/deletionTimestamp")
+                .is_some();
+        if terminating {
             return Err(ApiError::forbidden(format!(
                 "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 r.group_resource(),
