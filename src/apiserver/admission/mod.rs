@@ -286,7 +286,8 @@ fn validate_node(obj: &Value, errs: &mut Vec<FieldError>) {
 /// old object on an update).
 fn validate_custom(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
     if let Some(v) = &r.custom {
-        v.schema.validate(obj, old, "", errs);
+        v.schema
+            .validate(obj, old, &crd::schema::Path::Root(""), errs);
     }
 }
 

@@ -22,7 +22,8 @@ use cel::{Context, Env, ExecutionError, IdedExpr, Program, Value as Cel};
 use regex::Regex;
 use serde_json::Value;
 
-use super::schema::{Schema, Ty};
+use super::eval::Fast;
+use super::schema::{Path, Schema, Ty};
 use crate::apiserver::error::FieldError;
 
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
@@ -40,7 +41,7 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
 });
 
 /// What `x.matches('literal')` calls once compiled: the pattern was compiled with the rule.
-const MATCHES: &str = "_matches_compiled_";
+pub(super) const MATCHES: &str = "_matches_compiled_";
 /// Patterns compiled so far (by their text), shared by every rule that has them; bounded, as
 /// CRDs may come and go.
 static PATTERNS: LazyLock<Mutex<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
@@ -96,7 +97,11 @@ fn matches_compiled(s: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBoo
 }
 
 fn is_ip(s: &CelString<'_>) -> CelBool {
-    CelBool::from(parse_ip(s.inner()).is_some())
+    CelBool::from(is_ip_str(s.inner()))
+}
+
+pub(super) fn is_ip_str(s: &str) -> bool {
+    parse_ip(s).is_some()
 }
 
 /// An address as Kubernetes' `isIP` takes it: no zone, no IPv4-mapped IPv6 form.
@@ -109,15 +114,18 @@ fn parse_ip(s: &str) -> Option<std::net::IpAddr> {
 }
 
 fn is_cidr(s: &CelString<'_>) -> CelBool {
-    let ok = s.inner().split_once('/').is_some_and(|(ip, bits)| {
+    CelBool::from(is_cidr_str(s.inner()))
+}
+
+pub(super) fn is_cidr_str(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(ip, bits)| {
         let max = match parse_ip(ip) {
             Some(std::net::IpAddr::V4(_)) => 32,
             Some(std::net::IpAddr::V6(_)) => 128,
             None => return false,
         };
         bits.parse::<u8>().is_ok_and(|b| b <= max) && (bits == "0" || !bits.starts_with('0'))
-    });
-    CelBool::from(ok)
+    })
 }
 
 fn is_url(s: &CelString<'_>) -> CelBool {
@@ -125,7 +133,7 @@ fn is_url(s: &CelString<'_>) -> CelBool {
 }
 
 /// An absolute URL or an absolute path, as Go's `url.ParseRequestURI` accepts them.
-fn url_ok(s: &str) -> bool {
+pub(super) fn url_ok(s: &str) -> bool {
     if s.starts_with('/') {
         return !s.contains(char::is_whitespace);
     }
@@ -219,6 +227,8 @@ pub struct Rule {
     field_path: Option<String>,
     /// Reads `oldSelf`: evaluated on updates only, when there is an old value.
     pub transition: bool,
+    /// The rule compiled for the fast path, when it uses only what that path runs.
+    fast: Option<Fast>,
 }
 
 impl std::fmt::Debug for Rule {
@@ -233,7 +243,7 @@ fn compile_one(text: &str) -> Result<Program, String> {
         format!("compilation failed: {}", first.lines().next().unwrap_or(""))
     })?;
     for f in program.references().functions() {
-        let operator = f.starts_with('_') || f.starts_with('@') || f.starts_with('!');
+        let operator = f.starts_with(['_', '@', '!', '-']);
         if !operator && !FUNCTIONS.contains(&f) {
             return Err(format!("compilation failed: undeclared reference to '{f}'"));
         }
@@ -330,8 +340,16 @@ impl Rule {
             }
             _ => None,
         };
+        let fast = Fast::compile(program.expression(), &|p| {
+            PATTERNS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(p)
+                .cloned()
+        });
         Ok(Rule {
             text: text.to_string(),
+            fast,
             program,
             message: v
                 .get("message")
@@ -368,27 +386,34 @@ pub fn check_all(
     schema: &Schema,
     value: &Value,
     old: Option<&Value>,
-    path: &str,
+    path: &Path<'_>,
     errs: &mut Vec<FieldError>,
 ) {
-    let mut cx = Context::with_env(ENV.clone());
-    cx.add_variable_as_val("self", to_val(value, Some(schema)));
-    if let Some(o) = old {
-        cx.add_variable_as_val("oldSelf", to_val(o, Some(schema)));
-    }
+    // The `cel` crate's context, built only for a rule the fast path does not run or for a
+    // message expression.
+    let mut slow: Option<Context> = None;
     for rule in rules {
         if rule.transition && old.is_none() {
             continue;
         }
-        let message = match rule.program.execute(&cx) {
-            Ok(Cel::Bool(true)) => continue,
-            Ok(Cel::Bool(false)) => rule.message(&cx),
-            Ok(other) => format!("rule {:?} evaluated to {other:?}, not a boolean", rule.text),
+        let outcome = match &rule.fast {
+            Some(f) => f.run(value, old),
+            None => match rule
+                .program
+                .execute(slow_context(&mut slow, schema, value, old))
+            {
+                Ok(Cel::Bool(b)) => Ok(b),
+                Ok(other) => Err(format!("evaluated to {other:?}, not a boolean")),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        let message = match outcome {
+            Ok(true) => continue,
+            Ok(false) => rule.message(slow_context(&mut slow, schema, value, old)),
             Err(e) => format!("rule {:?} failed to evaluate: {e}", rule.text),
         };
         let field = match &rule.field_path {
-            Some(p) if path.is_empty() => p.clone(),
-            Some(p) => format!("{path}.{p}"),
+            Some(p) => Path::Field(path, p).to_string(),
             None => path.to_string(),
         };
         errs.push(match rule.reason {
@@ -400,6 +425,23 @@ pub fn check_all(
     }
 }
 
+/// The `cel` crate's context for the rules of one node, made when first needed.
+fn slow_context<'c, 'v>(
+    slow: &'c mut Option<Context<'v, 'v>>,
+    schema: &Schema,
+    value: &'v Value,
+    old: Option<&'v Value>,
+) -> &'c Context<'v, 'v> {
+    slow.get_or_insert_with(|| {
+        let mut cx = Context::with_env(ENV.clone());
+        cx.add_variable_as_val("self", to_val(value, Some(schema)));
+        if let Some(o) = old {
+            cx.add_variable_as_val("oldSelf", to_val(o, Some(schema)));
+        }
+        cx
+    })
+}
+
 /// How kube-apiserver shows the value a rule failed on: scalars as themselves, others by type.
 pub fn shown(v: &Value) -> Value {
     match v {
@@ -409,7 +451,7 @@ pub fn shown(v: &Value) -> Value {
     }
 }
 
-const RESERVED: &[&str] = &[
+pub(super) const RESERVED: &[&str] = &[
     "true",
     "false",
     "null",
@@ -518,7 +560,7 @@ mod tests {
             &plain,
             &v,
             old.as_ref(),
-            "spec",
+            &Path::Root("spec"),
             &mut errs,
         );
         errs
@@ -545,11 +587,7 @@ mod tests {
         let r = rule(
             json!({"rule": "duration(self.a) <= duration(self.b) && self.__namespace__ == 'n'"}),
         );
-        // Without a schema nothing says `namespace` is a property: it is not escaped.
-        assert_eq!(
-            run(&r, json!({"a": "1s", "b": "1m", "namespace": "n"}), None).len(),
-            1
-        );
+        assert!(run(&r, json!({"a": "1s", "b": "1m", "namespace": "n"}), None).is_empty());
         let mut obj = Schema::any();
         obj.properties.insert("namespace".into(), Schema::any());
         let rules = std::slice::from_ref(&r);
@@ -559,7 +597,7 @@ mod tests {
             &obj,
             &json!({"a": "1s", "b": "1m", "namespace": "n"}),
             None,
-            "",
+            &Path::Root(""),
             &mut errs,
         );
         assert!(errs.is_empty(), "{errs:?}");
@@ -568,7 +606,7 @@ mod tests {
             &obj,
             &json!({"a": "2m", "b": "1m", "namespace": "n"}),
             None,
-            "",
+            &Path::Root(""),
             &mut errs,
         );
         assert_eq!(errs.len(), 1);
@@ -649,6 +687,104 @@ mod tests {
             .is_ok());
         let deep = rule(json!({"rule": "self.map(a, a.all(b, b.exists(c, c > 0)))"}));
         assert!(deep.check_cost(300).is_err());
+    }
+
+    /// The fast path and the `cel` crate's interpreter agree on the same rules and values:
+    /// the same verdict, or both an error.
+    #[test]
+    fn the_fast_path_agrees_with_the_interpreter() {
+        let value = json!({"a": "xy", "l": [1, 2, 3], "m": {"k": 1, "kk": 2}, "s": "a/b/c",
+            "d": "90s", "n": 2, "str_n": "5", "ip": "10.0.0.1", "namespace": "ns",
+            "objs": [{"name": "a", "port": 1}, {"name": "b", "port": 2}], "e": []});
+        let old = json!({"a": "xy", "l": [1], "n": 1});
+        let mut schema = Schema::any();
+        for k in value.as_object().unwrap().keys() {
+            schema.properties.insert(k.clone(), Schema::any());
+        }
+        for text in [
+            "self.a == 'xy'",
+            "self.a != 'xy'",
+            "has(self.a) && self.a.startsWith('x')",
+            "has(self.zz)",
+            "self.l.all(i, i > 0)",
+            "self.l.all(i, i > 1)",
+            "self.l.exists(i, i == 2)",
+            "self.l.exists_one(i, i >= 2)",
+            "self.l.exists_one(i, i == 2)",
+            "self.l.map(i, i * 2)[1] == 4",
+            "self.l.filter(i, i > 1).size() == 2",
+            "size(self.l) == 3 && self.l.size() == 3",
+            "'k' in self.m",
+            "'z' in self.m",
+            "2 in self.l",
+            "self.m.all(k, k.size() < 3)",
+            "self.s.split('/')[0] == 'a'",
+            "self.s.substring(2) == 'b/c'",
+            "self.s.substring(1, 3) == '/b'",
+            "self.s.matches('^a/')",
+            "self.s.matches('^b')",
+            "self.s.contains('/b/') && self.s.endsWith('c')",
+            "duration(self.d) > duration('1m') && duration(self.d) < duration('2m')",
+            "self.n + 1 > 2 ? true : false",
+            "self.n - 3 < 0",
+            "self.n * 3 == 6 && self.n % 2 == 0",
+            "self.n / 0 == 1",
+            "self.missing == 1",
+            "self.l.all(i, i.x == 1)",
+            "!has(self.z) || self.z == 1",
+            "self.l[5] == 1",
+            "self.l[0] == 1",
+            "int(self.str_n) == 5",
+            "string(self.n) == '2'",
+            "isIP(self.ip) && !isCIDR(self.ip) && !isURL(self.ip)",
+            "self.__namespace__ == 'ns'",
+            "self.l.exists(i, i / 0 == 1 || i == 2)",
+            "self.l.all(i, i == 1 || i / 0 == 0)",
+            "self.objs.all(o, self.objs.exists_one(p, p.name == o.name))",
+            "self.objs.exists(o, o.port == 2 && o.name == 'b')",
+            "self.e.all(x, false)",
+            "self.e.size() == 0",
+            "self.m.k + self.m['kk'] == 3",
+            "self.objs[1].name == 'b'",
+            "[1, 2] == [1, 2] && self.l != [1]",
+            "self.a.lowerAscii() == 'xy' && self.a.upperAscii() == 'XY'",
+            "-self.n == -2",
+            "self == oldSelf",
+            "self.a == oldSelf.a && self.l != oldSelf.l",
+            "oldSelf.n < self.n",
+            "self.a + '-' + self.s == 'xy-a/b/c'",
+            "self.objs.map(o, o.port).filter(p, p > 1) == [2]",
+            "self.l",
+            "self.n.startsWith('x')",
+            "1 < 'a'",
+        ] {
+            let r = rule(json!({"rule": text}));
+            let fast = r
+                .fast
+                .as_ref()
+                .unwrap_or_else(|| panic!("{text} is not on the fast path"));
+            let mut cx = Context::with_env(ENV.clone());
+            cx.add_variable_as_val("self", to_val(&value, Some(&schema)));
+            cx.add_variable_as_val("oldSelf", to_val(&old, Some(&schema)));
+            let slow = match r.program.execute(&cx) {
+                Ok(Cel::Bool(b)) => Ok(b),
+                Ok(_) => Err(()),
+                Err(_) => Err(()),
+            };
+            let quick = fast.run(&value, Some(&old)).map_err(|_| ());
+            assert_eq!(quick, slow, "{text}");
+        }
+        // What the fast path leaves to the interpreter.
+        for text in [
+            "self.a.format([1])",
+            "b'x' == b'x'",
+            "self.?a.orValue('') == 'xy'",
+        ] {
+            assert!(
+                Rule::compile(&json!({"rule": text})).is_ok_and(|r| r.fast.is_none()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

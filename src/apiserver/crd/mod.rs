@@ -8,6 +8,7 @@
 //! any served version with that version's `apiVersion` ([`present`]).
 
 pub mod cel;
+mod eval;
 mod format;
 pub mod jsonpath;
 pub mod schema;

@@ -37,6 +37,32 @@ impl Ty {
     }
 }
 
+/// Where a value is in the object, rendered (`spec.rules[0].matches`) only for an error.
+#[derive(Clone, Copy)]
+pub enum Path<'a> {
+    /// The start: "" for the object itself.
+    Root(&'a str),
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root(s) => f.write_str(s),
+            Path::Field(Path::Root(""), k) => f.write_str(k),
+            Path::Field(p, k) => write!(f, "{p}.{k}"),
+            Path::Item(p, n) => write!(f, "{p}[{n}]"),
+        }
+    }
+}
+
+impl From<&Path<'_>> for String {
+    fn from(p: &Path<'_>) -> String {
+        p.to_string()
+    }
+}
+
 /// How a list merges and what makes its items distinct (`x-kubernetes-list-type`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ListType {
@@ -544,7 +570,7 @@ impl Schema {
             } else {
                 let mut found = Vec::new();
                 self.apply_defaults(&mut pruned);
-                self.validate(&pruned, None, "default", &mut found);
+                self.validate(&pruned, None, &Path::Root("default"), &mut found);
                 for mut e in found {
                     e.field = format!("{path}.{}", e.field);
                     errs.push(e);
@@ -644,18 +670,17 @@ impl Schema {
 
     /// Validates `v` at `path` (and, on an update, against its old value for transition
     /// rules).
-    pub fn validate(&self, v: &Value, old: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
+    pub fn validate(
+        &self,
+        v: &Value,
+        old: Option<&Value>,
+        path: &Path<'_>,
+        errs: &mut Vec<FieldError>,
+    ) {
         if !self.validate_value(v, path, errs) {
             // A value of the wrong type is not looked into further, as kube-apiserver does.
             return;
         }
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_string()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
         match v {
             Value::Object(m) => {
                 for (k, val) in m {
@@ -667,14 +692,14 @@ impl Schema {
                         },
                     };
                     let o = old.and_then(|o| o.get(k));
-                    sub.validate(val, o, &join(k), errs);
+                    sub.validate(val, o, &Path::Field(path, k), errs);
                 }
             }
             Value::Array(items) => {
                 if let Some(s) = &self.items {
                     for (n, i) in items.iter().enumerate() {
                         let o = old.and_then(|o| self.correlate(o, i));
-                        s.validate(i, o, &format!("{path}[{n}]"), errs);
+                        s.validate(i, o, &Path::Item(path, n), errs);
                     }
                 }
             }
@@ -699,7 +724,7 @@ impl Schema {
     }
 
     /// The checks of this node alone; false when the value is not of the node's type.
-    fn validate_value(&self, v: &Value, path: &str, errs: &mut Vec<FieldError>) -> bool {
+    fn validate_value(&self, v: &Value, path: &Path<'_>, errs: &mut Vec<FieldError>) -> bool {
         if v.is_null() {
             if !self.nullable && self.ty != Ty::Any {
                 errs.push(FieldError::invalid(
@@ -779,11 +804,7 @@ impl Schema {
                     for f in ["apiVersion", "kind"] {
                         if m.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
                             errs.push(FieldError::required(
-                                if path.is_empty() {
-                                    f.to_string()
-                                } else {
-                                    format!("{path}.{f}")
-                                },
+                                &Path::Field(path, f),
                                 "must not be empty",
                             ));
                         }
@@ -791,12 +812,7 @@ impl Schema {
                 }
                 for r in &self.required {
                     if m.get(r).is_none_or(Value::is_null) {
-                        let field = if path.is_empty() {
-                            r.clone()
-                        } else {
-                            format!("{path}.{r}")
-                        };
-                        errs.push(FieldError::required(field, ""));
+                        errs.push(FieldError::required(&Path::Field(path, r), ""));
                     }
                 }
             }
@@ -806,7 +822,7 @@ impl Schema {
         true
     }
 
-    fn validate_string(&self, s: &str, path: &str, errs: &mut Vec<FieldError>) {
+    fn validate_string(&self, s: &str, path: &Path<'_>, errs: &mut Vec<FieldError>) {
         let chars = s.chars().count() as u64;
         if let Some(max) = self.max_length.filter(|m| chars > *m) {
             errs.push(FieldError::too_long(path, max));
@@ -838,7 +854,7 @@ impl Schema {
         }
     }
 
-    fn validate_number(&self, x: f64, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    fn validate_number(&self, x: f64, v: &Value, path: &Path<'_>, errs: &mut Vec<FieldError>) {
         if let Some((max, excl)) = self.maximum {
             if x > max || (excl && x == max) {
                 let how = if excl {
@@ -888,13 +904,13 @@ impl Schema {
     }
 
     /// Items of sets, and keys of map lists, are unique.
-    fn validate_unique(&self, a: &[Value], path: &str, errs: &mut Vec<FieldError>) {
+    fn validate_unique(&self, a: &[Value], path: &Path<'_>, errs: &mut Vec<FieldError>) {
         match &self.list {
             ListType::Atomic => {}
             ListType::Set => {
                 for (n, i) in a.iter().enumerate() {
                     if a[..n].contains(i) {
-                        errs.push(FieldError::duplicate(format!("{path}[{n}]"), i.clone()));
+                        errs.push(FieldError::duplicate(&Path::Item(path, n), i.clone()));
                     }
                 }
             }
@@ -920,7 +936,7 @@ impl Schema {
                         let shown: serde_json::Map<String, Value> =
                             keys.iter().cloned().zip(k.iter().cloned()).collect();
                         errs.push(FieldError::duplicate(
-                            format!("{path}[{n}]"),
+                            &Path::Item(path, n),
                             Value::Object(shown),
                         ));
                     }
@@ -929,7 +945,7 @@ impl Schema {
         }
     }
 
-    fn validate_junctors(&self, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    fn validate_junctors(&self, v: &Value, path: &Path<'_>, errs: &mut Vec<FieldError>) {
         let passes = |s: &Schema| {
             let mut e = Vec::new();
             s.validate(v, None, path, &mut e);
@@ -1039,10 +1055,10 @@ mod tests {
         assert_eq!(obj["spec"]["keep"]["any"], 1);
         assert_eq!(obj["metadata"]["name"], "n");
         let mut errs = Vec::new();
-        s.validate(&obj, None, "", &mut errs);
+        s.validate(&obj, None, &Path::Root(""), &mut errs);
         assert!(errs.is_empty(), "{errs:?}");
         obj["spec"]["m"]["k"] = json!("one");
-        s.validate(&obj, None, "", &mut errs);
+        s.validate(&obj, None, &Path::Root(""), &mut errs);
         assert_eq!(errs[0].to_string(), "spec.m.k: Invalid value: \"string\": spec.m.k in body must be of type integer: \"string\"");
     }
 }
