@@ -682,6 +682,9 @@ spec:
          "spec.versions[0].schema.openAPIV3Schema.x-kubernetes-validations[0].rule: Invalid value: \"self.spec.a ==\": compilation failed", "cel.example.com"),
         (crd("fn.example.com", "example.com", "Fn", "{type: object, x-kubernetes-validations: [{rule: 'self.nope()'}]}"),
          "undeclared reference to 'nope'", "fn.example.com"),
+        // A rule that could visit every pair of items of a list nothing bounds.
+        (crd("costly.example.com", "example.com", "Costly", "{type: object, properties: {l: {type: array, items: {type: string}, x-kubernetes-validations: [{rule: 'self.all(a, self.exists(b, a == b))'}]}}}"),
+         "estimated rule cost exceeds budget", "costly.example.com"),
         // A default that does not fit its schema.
         (crd("df.example.com", "example.com", "Df", "{type: object, properties: {count: {type: integer, default: x}}}"),
          "spec.versions[0].schema.openAPIV3Schema.properties[count].default", "df.example.com"),

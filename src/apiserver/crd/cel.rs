@@ -251,22 +251,76 @@ fn compile_one(text: &str) -> Result<Program, String> {
     Ok(program)
 }
 
-/// How deeply comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) nest in `e`: a
-/// rule's cost grows as the size of what it iterates to this power.
-fn comprehension_depth(e: &IdedExpr) -> u32 {
-    let max =
-        |it: &mut dyn Iterator<Item = &IdedExpr>| it.map(comprehension_depth).max().unwrap_or(0);
+/// The most items a request could put in a list or map nothing bounds.
+const UNBOUNDED: f64 = (crate::apiserver::http::MAX_BODY / 2) as f64;
+
+/// The most items a comprehension over a value of `schema` visits: its maxItems or
+/// maxProperties (or its properties, for an object), unbounded when nothing says.
+fn items_of(schema: Option<&Schema>) -> f64 {
+    let Some(s) = schema else { return UNBOUNDED };
+    match s.ty {
+        Ty::Array => s.max_items.map_or(UNBOUNDED, |m| m as f64),
+        Ty::Object if s.additional.is_some() => s.max_properties.map_or(UNBOUNDED, |m| m as f64),
+        Ty::Object if !s.preserve_unknown => s.properties.len().max(1) as f64,
+        _ => UNBOUNDED,
+    }
+}
+
+/// The schema of the value `e` reads, when it is a path from `self`, `oldSelf` or a
+/// comprehension variable: what bounds a comprehension over it.
+fn schema_of<'s>(e: &IdedExpr, vars: &[(&str, Option<&'s Schema>)]) -> Option<&'s Schema> {
+    match &e.expr {
+        Expr::Ident(name) => vars.iter().rev().find(|(n, _)| n == name)?.1,
+        Expr::Select(sel) if !sel.test => {
+            let s = schema_of(&sel.operand, vars)?;
+            let key = super::eval::unescape(&sel.field);
+            s.properties.get(&key).or(s.additional.as_deref())
+        }
+        Expr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => {
+            let s = schema_of(&c.args[0], vars)?;
+            s.items.as_deref().or(s.additional.as_deref())
+        }
+        _ => None,
+    }
+}
+
+/// An estimate of the items a rule visits: a comprehension costs the items of what it
+/// iterates times what its body costs; everything else adds up.
+fn cost<'s>(e: &'s IdedExpr, vars: &mut Vec<(&'s str, Option<&'s Schema>)>) -> f64 {
     match &e.expr {
         Expr::Comprehension(c) => {
-            let inner = max(&mut [&c.loop_cond, &c.loop_step, &c.result].into_iter());
-            (1 + inner).max(max(&mut [&c.iter_range, &c.accu_init].into_iter()))
+            let range = schema_of(&c.iter_range, vars);
+            let n = items_of(range);
+            let item = range.and_then(|r| match r.ty {
+                Ty::Array => r.items.as_deref(),
+                _ => None,
+            });
+            let outer = cost(&c.iter_range, vars) + cost(&c.accu_init, vars);
+            vars.push((c.iter_var.as_str(), item));
+            let body = cost(&c.loop_cond, vars) + cost(&c.loop_step, vars);
+            vars.pop();
+            outer + n * body.max(1.0) + cost(&c.result, vars)
         }
-        Expr::Call(c) => max(&mut c.target.as_deref().into_iter().chain(c.args.iter())),
-        Expr::Select(s) => comprehension_depth(&s.operand),
-        Expr::List(l) => max(&mut l.elements.iter()),
-        Expr::Map(m) => max(&mut m.entries.iter().flat_map(entry)),
-        Expr::Struct(s) => max(&mut s.entries.iter().flat_map(entry)),
-        _ => 0,
+        Expr::Call(c) => {
+            1.0 + c
+                .target
+                .as_deref()
+                .into_iter()
+                .chain(c.args.iter())
+                .map(|x| cost(x, vars))
+                .sum::<f64>()
+        }
+        Expr::Select(sel) => 1.0 + cost(&sel.operand, vars),
+        Expr::List(l) => 1.0 + l.elements.iter().map(|x| cost(x, vars)).sum::<f64>(),
+        Expr::Map(m) => {
+            1.0 + m
+                .entries
+                .iter()
+                .flat_map(entry)
+                .map(|x| cost(x, vars))
+                .sum::<f64>()
+        }
+        _ => 1.0,
     }
 }
 
@@ -281,16 +335,17 @@ fn entry(e: &IdedEntryExpr) -> Vec<&IdedExpr> {
 const COST_LIMIT: f64 = 10_000_000.0;
 
 impl Rule {
-    /// Refuses a rule whose nested comprehensions over lists or maps of up to `size` items
-    /// could visit more than [`COST_LIMIT`] items (kube-apiserver estimates the same bound
-    /// from the schema's maxItems, maxProperties and maxLength).
-    pub fn check_cost(&self, size: u64) -> Result<(), String> {
-        let depth = comprehension_depth(self.program.expression());
-        let cost = (size as f64).powi(depth as i32);
-        if depth >= 2 && cost > COST_LIMIT {
+    /// Refuses a rule at a node of `schema` whose comprehensions could visit more than
+    /// [`COST_LIMIT`] items, as kube-apiserver refuses rules by their estimated cost (from the
+    /// schema's maxItems and maxProperties).
+    pub fn check_cost(&self, schema: &Schema) -> Result<(), String> {
+        let e = self.program.expression();
+        let mut vars = vec![("self", Some(schema)), ("oldSelf", Some(schema))];
+        let estimate = cost(e, &mut vars);
+        if estimate > COST_LIMIT {
             return Err(format!(
                 "estimated rule cost exceeds budget by factor of {:.0} (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)",
-                (cost / COST_LIMIT).ceil()
+                (estimate / COST_LIMIT).ceil()
             ));
         }
         Ok(())
@@ -677,16 +732,39 @@ mod tests {
 
     #[test]
     fn nested_comprehensions_over_unbounded_lists_cost_too_much() {
-        let nested = rule(json!({"rule": "self.all(a, self.exists_one(b, a == b))"}));
-        assert!(nested.check_cost(64).is_ok());
-        let err = nested.check_cost(1_000_000).unwrap_err();
+        let list = |max: Option<u64>, item: Value| {
+            let mut errs = Vec::new();
+            let mut v = json!({"type": "array", "items": item});
+            if let Some(m) = max {
+                v["maxItems"] = json!(m);
+            }
+            let s = Schema::compile(
+                &json!({"type": "object", "properties": {"l": v}}),
+                "",
+                &mut errs,
+            );
+            assert!(errs.is_empty(), "{errs:?}");
+            s
+        };
+        let item = json!({"type": "object", "properties": {"name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}}}});
+        let nested = rule(json!({"rule": "self.l.all(a, self.l.exists_one(b, a.name == b.name))"}));
+        assert!(nested.check_cost(&list(Some(64), item.clone())).is_ok());
+        let err = nested.check_cost(&list(None, item.clone())).unwrap_err();
         assert!(err.contains("estimated rule cost exceeds budget"), "{err}");
-        // One pass over a list is linear in what the request holds: always allowed.
-        assert!(rule(json!({"rule": "self.all(a, a.startsWith('x'))"}))
-            .check_cost(1_000_000)
+        // One pass over a bounded list is cheap; over a list as long as a request allows, a
+        // body of a few steps is already too much (as kube-apiserver estimates it too).
+        let one_pass = rule(json!({"rule": "self.l.all(a, a.name.startsWith('x'))"}));
+        assert!(one_pass
+            .check_cost(&list(Some(10_000), item.clone()))
             .is_ok());
-        let deep = rule(json!({"rule": "self.map(a, a.all(b, b.exists(c, c > 0)))"}));
-        assert!(deep.check_cost(300).is_err());
+        assert!(one_pass.check_cost(&list(None, item.clone())).is_err());
+        // What an item holds bounds the inner loop, not the outer list's bound.
+        let inner = rule(json!({"rule": "self.l.all(a, a.tags.all(t, t.size() < 3))"}));
+        assert!(inner.check_cost(&list(Some(64), item.clone())).is_err());
+        let mut bounded = item.clone();
+        bounded["properties"]["tags"]["maxItems"] = json!(8);
+        assert!(inner.check_cost(&list(Some(64), bounded)).is_ok());
     }
 
     /// The fast path and the `cel` crate's interpreter agree on the same rules and values:

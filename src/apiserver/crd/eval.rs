@@ -114,7 +114,7 @@ impl<'a> V<'a> {
 }
 
 /// A property name as written in a rule, unescaped back to the object's key.
-fn unescape(name: &str) -> String {
+pub(super) fn unescape(name: &str) -> String {
     if let Some(inner) = name.strip_prefix("__").and_then(|n| n.strip_suffix("__")) {
         if super::cel::RESERVED.contains(&inner) {
             return inner.to_string();

@@ -83,9 +83,9 @@ pub struct Schema {
     min_length: Option<u64>,
     max_length: Option<u64>,
     min_items: Option<u64>,
-    max_items: Option<u64>,
+    pub(super) max_items: Option<u64>,
     min_properties: Option<u64>,
-    max_properties: Option<u64>,
+    pub(super) max_properties: Option<u64>,
     minimum: Option<(f64, bool)>,
     maximum: Option<(f64, bool)>,
     multiple_of: Option<f64>,
@@ -427,10 +427,9 @@ impl Schema {
             s.default = Some(d.clone());
         }
         if let Some(rules) = m.get("x-kubernetes-validations").and_then(Value::as_array) {
-            let size = s.largest_collection();
             for (n, r) in rules.iter().enumerate() {
                 match Rule::compile(r).and_then(|rule| {
-                    rule.check_cost(size).map_err(|e| ("rule", e))?;
+                    rule.check_cost(&s).map_err(|e| ("rule", e))?;
                     Ok(rule)
                 }) {
                     Ok(rule) => s.rules.push(rule),
@@ -443,24 +442,6 @@ impl Schema {
             }
         }
         s
-    }
-
-    /// The most items a list or map at or under this node can hold: its maxItems or
-    /// maxProperties, else as many as a request body could carry.
-    fn largest_collection(&self) -> u64 {
-        let unbounded = (crate::apiserver::http::MAX_BODY / 2) as u64;
-        let own = match self.ty {
-            Ty::Array => self.max_items.unwrap_or(unbounded),
-            Ty::Object if self.additional.is_some() => self.max_properties.unwrap_or(unbounded),
-            Ty::Any if self.preserve_unknown => unbounded,
-            _ => 1,
-        };
-        self.properties
-            .values()
-            .chain(self.items.as_deref())
-            .chain(self.additional.as_deref())
-            .map(Schema::largest_collection)
-            .fold(own, u64::max)
     }
 
     fn compile_list_type(&self, v: &Value, path: &str, errs: &mut Vec<FieldError>) -> ListType {
