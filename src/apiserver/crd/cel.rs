@@ -237,11 +237,43 @@ impl std::fmt::Debug for Rule {
     }
 }
 
+/// The longest rule or message expression, in bytes.
+const MAX_TEXT: usize = 16 * 1024;
+/// The stack of the thread that parses a rule: enough for [`MAX_TEXT`] bytes of nesting.
+const COMPILE_STACK: usize = 512 << 20;
+/// How deeply a rule's expression may nest.
+const MAX_DEPTH: usize = 64;
+
+fn depth(e: &IdedExpr) -> usize {
+    let max = |it: &mut dyn Iterator<Item = &IdedExpr>| it.map(depth).max().unwrap_or(0);
+    1 + match &e.expr {
+        Expr::Comprehension(c) => max(&mut [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()),
+        Expr::Call(c) => max(&mut c.target.as_deref().into_iter().chain(c.args.iter())),
+        Expr::Select(s) => depth(&s.operand),
+        Expr::List(l) => max(&mut l.elements.iter()),
+        Expr::Map(m) => max(&mut m.entries.iter().flat_map(entry)),
+        Expr::Struct(s) => max(&mut s.entries.iter().flat_map(entry)),
+        _ => 0,
+    }
+}
+
 fn compile_one(text: &str) -> Result<Program, String> {
     let program = ENV.compile(text).map_err(|e| {
         let first = e.to_string();
         format!("compilation failed: {}", first.lines().next().unwrap_or(""))
     })?;
+    if depth(program.expression()) > MAX_DEPTH {
+        return Err(format!(
+            "compilation failed: the expression nests more than {MAX_DEPTH} levels deep"
+        ));
+    }
     for f in program.references().functions() {
         let operator = f.starts_with(['_', '@', '!', '-']);
         if !operator && !FUNCTIONS.contains(&f) {
@@ -353,7 +385,31 @@ impl Rule {
 
     /// Compiles one entry of `x-kubernetes-validations`; the error says what is wrong with
     /// which of its fields (`rule`, `messageExpression`, `reason`, `fieldPath`).
+    ///
+    /// The parser recurses as deeply as the text nests, so it runs on a thread of its own with
+    /// a stack sized for the longest text allowed; a rule that nests deeper than
+    /// [`MAX_DEPTH`] is refused, so that evaluating it never recurses far.
     pub fn compile(v: &Value) -> Result<Rule, (&'static str, String)> {
+        for field in ["rule", "messageExpression"] {
+            let len = v.get(field).and_then(Value::as_str).map_or(0, str::len);
+            if len > MAX_TEXT {
+                return Err((
+                    field,
+                    format!("Too long: may not be more than {MAX_TEXT} bytes"),
+                ));
+            }
+        }
+        let v = v.clone();
+        std::thread::Builder::new()
+            .name("cel-compile".into())
+            .stack_size(COMPILE_STACK)
+            .spawn(move || Rule::compile_here(&v))
+            .map_err(|e| ("rule", format!("compilation failed: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(("rule", "compilation failed".to_string())))
+    }
+
+    fn compile_here(v: &Value) -> Result<Rule, (&'static str, String)> {
         let text = v
             .get("rule")
             .and_then(Value::as_str)
@@ -863,6 +919,29 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn deep_or_long_rules_are_refused_without_harm() {
+        for text in [
+            format!("{}true{}", "(".repeat(8000), ")".repeat(8000)),
+            format!("{}1", "-(".repeat(5000)) + &")".repeat(5000) + " < 0",
+            format!("{}true", "true ? ".repeat(2000) + &"true : ".repeat(0)),
+            vec!["self.a"; 100].join(" + ") + " == 0",
+        ] {
+            let err = Rule::compile(&json!({"rule": text})).err();
+            assert_eq!(err.map(|e| e.0), Some("rule"), "{}", &text[..40]);
+        }
+        let long = format!("{} || true", "false || ".repeat(2000));
+        assert!(Rule::compile(&json!({"rule": long}))
+            .unwrap_err()
+            .1
+            .contains("Too long"));
+        // Nesting within the limit still compiles.
+        assert!(Rule::compile(
+            &json!({"rule": format!("{}true{}", "(".repeat(20), ")".repeat(20))})
+        )
+        .is_ok());
     }
 
     #[test]
