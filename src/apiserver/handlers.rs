@@ -409,7 +409,11 @@ pub(super) fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, ApiEr
 fn list_bytes(r: &Resource, items: &[Bytes], rv: i64, cont: Option<&str>) -> Bytes {
     let size: usize = items.iter().map(|i| i.len() + 1).sum();
     let mut b = BytesMut::with_capacity(size + 256);
-    b.put_slice(format!("{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"", r.kind, r.api_version()).as_bytes());
+    let list_kind = match &r.custom {
+        Some(v) if !v.list_kind.is_empty() => v.list_kind.clone(),
+        _ => format!("{}List", r.kind),
+    };
+    b.put_slice(format!("{{\"kind\":\"{list_kind}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"", r.api_version()).as_bytes());
     if let Some(c) = cont {
         b.put_slice(format!(",\"continue\":\"{c}\"").as_bytes());
     }

@@ -84,6 +84,9 @@ fn columns(kind: Option<Builtin>) -> &'static [Column] {
             ("Holder", "string", 0),
             ("Age", "string", 0),
         ],
+        Some(Builtin::CustomResourceDefinition) => {
+            &[("Name", "string", 0), ("Created At", "date", 0)]
+        }
         Some(Builtin::CertificateSigningRequest) => &[
             ("Name", "string", 0),
             ("Age", "string", 0),
@@ -512,6 +515,10 @@ fn cells(kind: Option<Builtin>, obj: &Value) -> Vec<Value> {
         ],
         Some(Builtin::CertificateSigningRequest) => csr_cells(obj),
         Some(Builtin::Event | Builtin::EventsV1Event) => event_cells(obj),
+        // kubectl prints the creation time itself, not an age.
+        Some(Builtin::CustomResourceDefinition) => {
+            vec![json!(s(obj, "/metadata/creationTimestamp"))]
+        }
         _ => vec![json!(age(obj))],
     }
 }

@@ -546,6 +546,10 @@ spec: {ports: [{port: 53, protocol: TCP, name: other}]}
     assert!(!ok && err.contains("exceeds"), "{err}");
 
     // Columns, short names, categories, wide.
+    assert!(s.ok(&["get", "crds"]).contains("CREATED AT"));
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/apis/example.com/v1/widgets"])).unwrap();
+    assert_eq!(list["kind"], "WidgetList");
     let out = s.ok(&["get", "wd", "-o", "wide"]);
     assert_all(
         &out,
@@ -630,7 +634,51 @@ metadata: {name: w4}
 spec: {size: small}
 ",
     );
-    s.ok(&["delete", "crd", "widgets.example.com", "--timeout=60s"]);
+    // A CRD being deleted says so while its objects go (a finalizer of the object's own holds
+    // it here).
+    s.ok(&[
+        "patch",
+        "widget",
+        "w4",
+        "--type=merge",
+        "-p",
+        "{\"metadata\":{\"finalizers\":[\"example.com/hold\"]}}",
+    ]);
+    s.ok(&["delete", "crd", "widgets.example.com", "--wait=false"]);
+    eventually(Duration::from_secs(20), || {
+        let out = s.ok(&[
+            "get",
+            "crd",
+            "widgets.example.com",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Terminating\")].status}",
+        ]);
+        (out == "True").then_some(())
+    });
+    // New objects are refused meanwhile.
+    let err = refused(
+        &s,
+        "apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w5}
+spec: {size: small}
+",
+    );
+    assert!(err.contains("terminating"), "{err}");
+    s.ok(&[
+        "patch",
+        "widget",
+        "w4",
+        "--type=merge",
+        "-p",
+        "{\"metadata\":{\"finalizers\":null}}",
+    ]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "crd/widgets.example.com",
+        "--timeout=60s",
+    ]);
     let (ok, _, err) = s.kubectl(&["get", "widgets"]);
     assert!(!ok, "{err}");
     let (ok, _, _) = s.kubectl(&["get", "--raw", "/apis/example.com/v1/widgets"]);

@@ -50,6 +50,8 @@ pub struct Version {
     pub columns: Vec<Column>,
     /// Where the `scale` subresource reads and writes replicas, if the version has it.
     pub scale: Option<Scale>,
+    /// The kind of its lists (`spec.names.listKind`).
+    pub list_kind: String,
     /// The CRD serves other versions too: objects read through this one get its apiVersion.
     pub multi: bool,
     /// The CRD is being deleted: its objects are deleted and no new ones are made.
@@ -457,6 +459,25 @@ fn set_status(obj: &mut Value, old: Option<&Value>, storage: &str) {
     }
 }
 
+/// Marks a CRD being deleted: `Terminating` while its objects are deleted.
+pub fn mark_terminating(obj: &mut Value) {
+    let now = crate::time::now();
+    let c = condition(
+        "Terminating",
+        "InstanceDeletionInProgress",
+        "CustomResource deletion is in progress",
+        None,
+        &now,
+    );
+    if let Some(list) = obj
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
+        list.retain(|x| x["type"] != "Terminating");
+        list.push(c);
+    }
+}
+
 /// How the kind's lists merge, from the schema's list types.
 fn lists(schema: &Schema) -> ListSchema {
     fn walk(
@@ -510,6 +531,7 @@ pub fn served(crd: &Value) -> Vec<Resource> {
                     .unwrap_or(json!({})),
                 columns,
                 scale: Scale::of(v),
+                list_kind: str_at(crd, "/spec/names/listKind").to_string(),
                 multi,
                 terminating,
             });

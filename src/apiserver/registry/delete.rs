@@ -111,6 +111,9 @@ impl Registry {
                 if r.is(Builtin::Namespace) {
                     obj["status"]["phase"] = json!("Terminating");
                 }
+                if r.is(Builtin::CustomResourceDefinition) {
+                    crate::apiserver::crd::mark_terminating(&mut obj);
+                }
                 match self
                     .store
                     .txn(vec![Op::Put {
