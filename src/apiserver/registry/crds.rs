@@ -8,16 +8,23 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{
-    decode, encoder, meta_str, store_error, DeleteOptions, How, ListOptions, Part, Registry,
-    WriteOptions,
+    decode, meta_str, store_error, DeleteOptions, How, ListOptions, Part, Registry, WriteOptions,
 };
 use crate::apiserver::crd::{self, CLEANUP_FINALIZER};
 use crate::apiserver::error::{ApiError, FieldError};
 use crate::apiserver::resources::{self, Builtin, KindError, Resource};
-use crate::store::{Op, Precondition, RangeRequest, StoreError};
+use crate::store::RangeRequest;
 
 fn crds() -> &'static Arc<resources::Resource> {
     resources::builtin(Builtin::CustomResourceDefinition)
+}
+
+/// The `scale` subresource of a custom kind (404 for a kind without one).
+fn scale_of(r: &Resource) -> Result<&crd::Scale, ApiError> {
+    r.custom
+        .as_ref()
+        .and_then(|v| v.scale.as_ref())
+        .ok_or_else(ApiError::no_route)
 }
 
 impl Registry {
@@ -146,7 +153,15 @@ impl Registry {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            me.release_crd(&name, &uid).await;
+            me.release(&crds().key(None, &name), &uid, "CRD finalization", |obj| {
+                if let Some(f) = obj
+                    .pointer_mut("/metadata/finalizers")
+                    .and_then(Value::as_array_mut)
+                {
+                    f.retain(|x| x != &json!(CLEANUP_FINALIZER));
+                }
+            })
+            .await;
             me.sync_crd(&name);
         });
     }
@@ -158,12 +173,7 @@ impl Registry {
         ns: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError> {
-        let scale = r
-            .custom
-            .as_ref()
-            .and_then(|v| v.scale.as_ref())
-            .ok_or_else(ApiError::no_route)?;
-        Ok(scale.read(&decode(&self.get(r, ns, name)?)?))
+        Ok(scale_of(r)?.read(&decode(&self.get(r, ns, name)?)?))
     }
 
     /// Changes the replicas of a custom object through its `scale` subresource: `change`
@@ -177,11 +187,7 @@ impl Registry {
         opts: &WriteOptions,
         mut change: impl FnMut(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
-        let scale = r
-            .custom
-            .as_ref()
-            .and_then(|v| v.scale.as_ref())
-            .ok_or_else(ApiError::no_route)?;
+        let scale = scale_of(r)?;
         let how = How {
             part: Part::Main,
             applied: false,
@@ -225,51 +231,5 @@ impl Registry {
         let obj: Value = serde_json::from_slice(&written.object)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(scale.read(&obj))
-    }
-
-    /// Takes the cleanup finalizer off a deleted CRD: it is deleted when no other is left.
-    async fn release_crd(&self, name: &str, uid: &str) {
-        let key = crds().key(None, name);
-        loop {
-            let (Some(kv), _) = self.store.get(&key) else {
-                return;
-            };
-            let Ok(mut obj) = decode(&kv) else { return };
-            if meta_str(&obj, "uid") != Some(uid) {
-                return;
-            }
-            if let Some(f) = obj
-                .pointer_mut("/metadata/finalizers")
-                .and_then(Value::as_array_mut)
-            {
-                f.retain(|x| x != &json!(CLEANUP_FINALIZER));
-            }
-            let left = obj
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            let precondition = Precondition::ModRevision(kv.mod_revision);
-            let op = if left {
-                Op::Put {
-                    key: key.clone(),
-                    precondition,
-                    value: encoder(obj),
-                }
-            } else {
-                Op::Delete {
-                    key: key.clone(),
-                    precondition,
-                    tombstone: encoder(obj),
-                }
-            };
-            match self.store.txn(vec![op]).await {
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => {
-                    tracing::warn!(crd = name, error = %e, "CRD finalization");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Ok(_) => return,
-            }
-        }
     }
 }

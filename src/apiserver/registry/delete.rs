@@ -228,6 +228,54 @@ impl Registry {
         Ok(())
     }
 
+    /// Lets a deleted object (still the one with `uid`) go once the server's own work on it is
+    /// done: `done` takes the server's hold off it; it is written back while other finalizers
+    /// remain, deleted otherwise. Retried on conflicts.
+    pub(super) async fn release(
+        &self,
+        key: &str,
+        uid: &str,
+        what: &'static str,
+        mut done: impl FnMut(&mut Value),
+    ) {
+        loop {
+            let (Some(kv), _) = self.store.get(key) else {
+                return;
+            };
+            let Ok(mut obj) = decode(&kv) else { return };
+            if meta_str(&obj, "uid") != Some(uid) {
+                return;
+            }
+            done(&mut obj);
+            let precondition = Precondition::ModRevision(kv.mod_revision);
+            let held = obj
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            let op = if held {
+                Op::Put {
+                    key: key.to_string(),
+                    precondition,
+                    value: encoder(obj),
+                }
+            } else {
+                Op::Delete {
+                    key: key.to_string(),
+                    precondition,
+                    tombstone: encoder(obj),
+                }
+            };
+            match self.store.txn(vec![op]).await {
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "{what}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok(_) => return,
+            }
+        }
+    }
+
     /// Deletes everything in a terminating namespace, then the namespace itself — never before
     /// it is empty, however long that takes (an object with finalizers waits for them).
     async fn finalize_namespace(self: Arc<Self>, name: &str, uid: &str) {
@@ -272,42 +320,9 @@ impl Registry {
         }
         // The namespace's own finalizer is done; it goes now, or when the last of its metadata
         // finalizers is removed.
-        let key = nsr.key(None, name);
-        loop {
-            let (Some(kv), _) = self.store.get(&key) else {
-                return;
-            };
-            let Ok(mut obj) = decode(&kv) else { return };
-            if meta_str(&obj, "uid") != Some(uid) {
-                return;
-            }
-            let precondition = Precondition::ModRevision(kv.mod_revision);
-            let waiting = obj
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            let op = if waiting {
-                obj["spec"]["finalizers"] = json!([]);
-                Op::Put {
-                    key: key.clone(),
-                    precondition,
-                    value: encoder(obj),
-                }
-            } else {
-                Op::Delete {
-                    key: key.clone(),
-                    precondition,
-                    tombstone: encoder(obj),
-                }
-            };
-            match self.store.txn(vec![op]).await {
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => {
-                    tracing::warn!(namespace = name, error = %e, "namespace finalization");
-                    tokio::time::sleep(pause).await;
-                }
-                Ok(_) => return,
-            }
-        }
+        self.release(&nsr.key(None, name), uid, "namespace finalization", |obj| {
+            obj["spec"]["finalizers"] = json!([]);
+        })
+        .await;
     }
 }
