@@ -194,11 +194,22 @@ fn schema_name(r: &Resource) -> String {
 }
 
 const WRITE_QUERY: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
+/// The patches a kind takes: custom kinds have no strategic merge patch (kubectl reads this to
+/// choose how `kubectl apply` patches).
+fn patch_types(r: &Resource) -> &'static [&'static str] {
+    if r.builtin.is_some() {
+        PATCH_TYPES
+    } else {
+        &PATCH_TYPES[..PATCH_TYPES.len() - 1]
+    }
+}
+
+/// Every patch type; the strategic merge patch last, for [`patch_types`].
 const PATCH_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/merge-patch+json",
-    "application/strategic-merge-patch+json",
     "application/apply-patch+yaml",
+    "application/strategic-merge-patch+json",
 ];
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
@@ -258,7 +269,7 @@ pub fn openapi_gv_doc(kinds: &Kinds, path: &str) -> Option<Value> {
             json!({
                 "get": operation(r, "read", "get", &["pretty"], &[]),
                 "put": operation(r, "replace", "put", WRITE_QUERY, &["application/json", "application/yaml"]),
-                "patch": operation(r, "patch", "patch", &patch_query, PATCH_TYPES),
+                "patch": operation(r, "patch", "patch", &patch_query, patch_types(r)),
                 "delete": operation(r, "delete", "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"], &[]),
             }),
         );
@@ -268,7 +279,7 @@ pub fn openapi_gv_doc(kinds: &Kinds, path: &str) -> Option<Value> {
                 json!({
                     "get": operation(r, "readStatus", "get", &["pretty"], &[]),
                     "put": operation(r, "replaceStatus", "put", WRITE_QUERY, &["application/json"]),
-                    "patch": operation(r, "patchStatus", "patch", &patch_query, PATCH_TYPES),
+                    "patch": operation(r, "patchStatus", "patch", &patch_query, patch_types(r)),
                 }),
             );
         }

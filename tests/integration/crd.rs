@@ -555,6 +555,16 @@ metadata: {name: w2, labels: {tier: b}}
 spec: {size: small}
 ",
     );
+    // kubectl's client-side apply patches custom kinds with a merge patch (the OpenAPI document
+    // offers no strategic merge for them): a change is applied, then nothing is left to apply.
+    let w2 = "apiVersion: example.com/v1beta1
+kind: Widget
+metadata: {name: w2, labels: {tier: b}}
+spec: {size: small, maxReplicas: 5}
+";
+    assert!(s.ok_stdin(&["apply", "-f", "-"], w2).contains("configured"));
+    assert!(s.ok_stdin(&["apply", "-f", "-"], w2).contains("unchanged"));
+    assert_eq!(s.jsonpath("widget", "w2", "{.spec.maxReplicas}"), "5");
     assert_eq!(
         s.ok(&["get", "widgets", "-l", "tier=b", "-o", "name"])
             .trim(),
