@@ -507,16 +507,24 @@ fn lists(schema: &Schema) -> ListSchema {
 
 /// The kinds table entries of a stored CRD: one per served version.
 pub fn served(crd: &Value) -> Vec<Resource> {
+    entries(crd, "served")
+}
+
+/// The entry of a CRD's storage version, served or not: what its stored objects are read
+/// through when they are cleaned up.
+pub fn stored(crd: &Value) -> Option<Resource> {
+    entries(crd, "storage").pop()
+}
+
+/// Kinds table entries for the versions of a CRD whose `flag` is true.
+fn entries(crd: &Value, flag: &str) -> Vec<Resource> {
     let terminating = crd.pointer("/metadata/deletionTimestamp").is_some();
     let versions = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let served: Vec<&Value> = versions
-        .iter()
-        .filter(|v| v["served"] == json!(true))
-        .collect();
+    let served: Vec<&Value> = versions.iter().filter(|v| v[flag] == json!(true)).collect();
     let multi = served.len() > 1;
     served
         .iter()

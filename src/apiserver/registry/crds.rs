@@ -124,7 +124,7 @@ impl Registry {
                 if meta_str(&obj, "uid") != Some(uid.as_str()) {
                     return;
                 }
-                let Some(r) = crd::served(&obj).into_iter().next().map(Arc::new) else {
+                let Some(r) = crd::stored(&obj).map(Arc::new) else {
                     break;
                 };
                 let list = match me.list(&r, None, &ListOptions::default()) {
