@@ -20,6 +20,7 @@
 
 pub mod build;
 mod events;
+pub mod gateway;
 pub mod metrics;
 pub mod node;
 mod programmer;
@@ -34,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::Event;
@@ -45,6 +46,7 @@ use switchyard_proxy::table::ServiceTable;
 use tokio::sync::{mpsc, watch as notify};
 
 use build::ObjKey;
+use gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 pub use metrics::Metrics;
 
 /// How the agent moves service traffic.
@@ -152,6 +154,11 @@ pub(crate) enum Update {
     Ingresses(Box<Event<Ingress>>),
     Classes(Box<Event<IngressClass>>),
     Secrets(Box<Event<Secret>>),
+    Namespaces(Box<Event<Namespace>>),
+    GatewayClasses(Box<Event<GatewayClass>>),
+    Gateways(Box<Event<Gateway>>),
+    HttpRoutes(Box<Event<HttpRoute>>),
+    Grants(Box<Event<ReferenceGrant>>),
 }
 
 /// One kind's objects, with the buffer of a relist in progress.
@@ -216,14 +223,38 @@ struct State {
     ingresses: Kind<Ingress>,
     classes: Kind<IngressClass>,
     secrets: Kind<Secret>,
+    namespaces: Kind<Namespace>,
+    gateway_classes: Kind<GatewayClass>,
+    gateways: Kind<Gateway>,
+    http_routes: Kind<HttpRoute>,
+    grants: Kind<ReferenceGrant>,
 }
 
 impl State {
-    /// Every watched kind has listed once (the ingress kinds only count with `ingress`).
+    /// Every watched kind has listed once (the ingress and Gateway API kinds only count with
+    /// `ingress`; a Gateway API kind the API does not serve counts as listed).
     fn synced(&self, ingress: bool) -> bool {
         self.services.synced
             && self.slices.synced
-            && (!ingress || (self.ingresses.synced && self.classes.synced && self.secrets.synced))
+            && (!ingress
+                || (self.ingresses.synced
+                    && self.classes.synced
+                    && self.secrets.synced
+                    && self.namespaces.synced
+                    && self.gateway_classes.synced
+                    && self.gateways.synced
+                    && self.http_routes.synced
+                    && self.grants.synced))
+    }
+
+    fn gateway_objects(&self) -> gateway::build::Objects<'_> {
+        gateway::build::Objects {
+            classes: &self.gateway_classes.objects,
+            gateways: &self.gateways.objects,
+            routes: &self.http_routes.objects,
+            grants: &self.grants.objects,
+            namespaces: &self.namespaces.objects,
+        }
     }
 
     fn apply(&mut self, update: Update) -> bool {
@@ -246,6 +277,11 @@ impl State {
             Update::Ingresses(ev) => self.ingresses.apply(*ev),
             Update::Classes(ev) => self.classes.apply(*ev),
             Update::Secrets(ev) => self.secrets.apply(*ev),
+            Update::Namespaces(ev) => self.namespaces.apply(*ev),
+            Update::GatewayClasses(ev) => self.gateway_classes.apply(*ev),
+            Update::Gateways(ev) => self.gateways.apply(*ev),
+            Update::HttpRoutes(ev) => self.http_routes.apply(*ev),
+            Update::Grants(ev) => self.grants.apply(*ev),
         }
     }
 }
@@ -270,6 +306,11 @@ fn trigger_time(ev: &Update) -> Option<SystemTime> {
         Update::Ingresses(ev) => changed(ev),
         Update::Classes(ev) => changed(ev),
         Update::Secrets(ev) => changed(ev),
+        Update::Namespaces(ev) => changed(ev),
+        Update::GatewayClasses(ev) => changed(ev),
+        Update::Gateways(ev) => changed(ev),
+        Update::HttpRoutes(ev) => changed(ev),
+        Update::Grants(ev) => changed(ev),
     }
 }
 
@@ -292,7 +333,19 @@ fn affects_routes(
             }),
             _ => true,
         },
-        Update::Classes(_) | Update::Secrets(_) => true,
+        Update::Classes(_) | Update::Secrets(_) | Update::Grants(_) => true,
+        // A status write of ours (or another controller's) changes no route.
+        Update::GatewayClasses(ev) => spec_changed(&state.gateway_classes, ev, |o| &o.spec),
+        Update::Gateways(ev) => spec_changed(&state.gateways, ev, |o| &o.spec),
+        Update::HttpRoutes(ev) => spec_changed(&state.http_routes, ev, |o| &o.spec),
+        Update::Namespaces(ev) => match &**ev {
+            Event::Apply(new) => state
+                .namespaces
+                .objects
+                .get(&key(new))
+                .is_none_or(|old| old.metadata.labels != new.metadata.labels),
+            _ => true,
+        },
         Update::Services(ev) => match &**ev {
             Event::Apply(s) | Event::Delete(s) => route_services.contains(&key(s)),
             Event::InitDone => true,
@@ -303,6 +356,20 @@ fn affects_routes(
             Event::InitDone => true,
             _ => false,
         },
+    }
+}
+
+/// Whether an event changes an object's spec (or adds or removes one).
+fn spec_changed<K: ResourceExt, S: PartialEq>(
+    kind: &Kind<K>,
+    ev: &Event<K>,
+    spec: fn(&K) -> &S,
+) -> bool {
+    match ev {
+        Event::Apply(new) => kind.objects.get(&key(new)).is_none_or(|old| {
+            spec(old) != spec(new) || old.meta().generation != new.meta().generation
+        }),
+        _ => true,
     }
 }
 
@@ -334,7 +401,14 @@ fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mu
             }
             _ => return,
         },
-        Update::Ingresses(_) | Update::Classes(_) | Update::Secrets(_) => return,
+        Update::Ingresses(_)
+        | Update::Classes(_)
+        | Update::Secrets(_)
+        | Update::Namespaces(_)
+        | Update::GatewayClasses(_)
+        | Update::Gateways(_)
+        | Update::HttpRoutes(_)
+        | Update::Grants(_) => return,
     };
     if !via_slice
         || state
@@ -357,6 +431,8 @@ struct StateTask {
     local_dns: Option<(ObjKey, SocketAddr)>,
     /// Where the Ingresses the router serves go, when the router is on.
     served: Option<notify::Sender<Arc<Vec<routes::Served>>>>,
+    /// Where the status of the Gateway API objects of ours goes, when the router is on.
+    gateway_status: Option<notify::Sender<Arc<gateway::build::Statuses>>>,
     min_sync: Duration,
     updates: mpsc::Receiver<Update>,
     published: Arc<ArcSwap<Snapshot>>,
@@ -445,8 +521,18 @@ impl Pending {
                     secrets: &state.secrets.objects,
                     services: &state.services.objects,
                     slices: &state.slices.objects,
+                    gateway: state.gateway_objects(),
                 };
                 let built = routes::build_routes(&inputs, &previous.routes, &mut self.certs);
+                if let Some(tx) = &task.gateway_status {
+                    tx.send_if_modified(|s| {
+                        let new = **s != built.gateway;
+                        if new {
+                            *s = Arc::new(built.gateway);
+                        }
+                        new
+                    });
+                }
                 self.route_services = built.services;
                 served.send_if_modified(|s| {
                     let new = **s != built.served;
@@ -530,6 +616,28 @@ async fn run_state(mut task: StateTask) {
                 last_publish = Instant::now();
                 tracing::debug!(generation, took = ?started.elapsed(), "snapshot published");
             }
+        }
+    }
+}
+
+/// Opens and closes the router's Gateway listener ports after each published snapshot, and
+/// tells the status writer which ports this node could not open.
+async fn sync_listeners(
+    router: Arc<switchyard_proxy::router::Router>,
+    mut generations: notify::Receiver<u64>,
+    errors: notify::Sender<Arc<gateway::status::PortErrors>>,
+) {
+    loop {
+        let now = router.sync_listeners();
+        errors.send_if_modified(|e| {
+            let new = **e != now;
+            if new {
+                *e = Arc::new(now);
+            }
+            new
+        });
+        if generations.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -635,7 +743,9 @@ pub async fn run(
     let watchers = watch::spawn_all(&client, tx, config.ingress.is_some());
     let published = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let mut served_tx = None;
+    let mut gateway_tx = None;
     let mut ingress_tasks = Vec::new();
+    let (gen_tx, gen_rx) = notify::channel(0u64);
     let router = match &config.ingress {
         Some(ing) => {
             let listeners = switchyard_proxy::router::Listeners::bind(&ing.router)
@@ -649,19 +759,32 @@ pub async fn run(
             if let Some(ip) = ing.status_address {
                 ingress_tasks.push(tokio::spawn(status::run(client.clone(), ip, rx)));
             }
-            let router = switchyard_proxy::router::Router::start(
+            let router = Arc::new(switchyard_proxy::router::Router::start(
                 ing.router.clone(),
                 listeners,
                 Arc::new(SnapshotRoutes(published.clone())),
-            );
-            Some(Arc::new(router))
+            ));
+            let (ports_tx, ports_rx) = notify::channel(Arc::new(Default::default()));
+            ingress_tasks.push(tokio::spawn(sync_listeners(
+                router.clone(),
+                gen_rx.clone(),
+                ports_tx,
+            )));
+            let (tx, rx) = notify::channel(Arc::new(Default::default()));
+            gateway_tx = Some(tx);
+            ingress_tasks.push(tokio::spawn(gateway::status::run(
+                client.clone(),
+                ing.status_address,
+                rx,
+                ports_rx,
+            )));
+            Some(router)
         }
         None => None,
     };
     if let Some(r) = &router {
         let _ = metrics.ingress.set(r.clone());
     }
-    let (gen_tx, gen_rx) = notify::channel(0u64);
     let (applied_tx, applied_rx) = notify::channel(0u64);
     let dns = match &config.dns {
         Some(d) => Some(spawn_dns(d, published.clone(), metrics.clone()).await?),
@@ -679,6 +802,7 @@ pub async fn run(
             .clone()
             .zip(config.dns.as_ref().map(|d| d.listen)),
         served: served_tx,
+        gateway_status: gateway_tx,
         min_sync: config.min_sync,
         updates: rx,
         published: published.clone(),

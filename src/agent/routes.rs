@@ -13,11 +13,12 @@ use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use switchyard_proxy::router::annotations;
 use switchyard_proxy::router::routes::{
-    Age, BackendSpec, Builder, IngressName, PathKind, RouteTable,
+    Action, Age, BackendSpec, Builder, Owner, PathMatch, RouteTable,
 };
 use switchyard_proxy::table::{usable, Protocol};
 
 use super::build::{endpoints_by_port, ObjKey};
+use super::gateway::build as gateway;
 
 /// The controller name our IngressClasses carry.
 pub const CONTROLLER: &str = "switchyard.io/ingress-controller";
@@ -35,6 +36,7 @@ pub struct Inputs<'a> {
     pub secrets: &'a HashMap<ObjKey, Secret>,
     pub services: &'a HashMap<ObjKey, Service>,
     pub slices: &'a HashMap<ObjKey, EndpointSlice>,
+    pub gateway: gateway::Objects<'a>,
 }
 
 /// An Ingress the router serves, or one it does not serve whose status lists addresses (ours
@@ -69,6 +71,8 @@ pub struct Built {
     pub table: RouteTable,
     /// The Ingresses whose status the agent writes.
     pub served: Vec<Served>,
+    /// The status of the Gateway API objects of ours.
+    pub gateway: gateway::Statuses,
     /// The Services the table depends on: a change to any other cannot change it.
     pub services: HashSet<ObjKey>,
 }
@@ -111,7 +115,7 @@ pub fn is_ours(ing: &Ingress, classes: &HashMap<ObjKey, IngressClass>) -> bool {
 }
 
 /// The certificate of a `kubernetes.io/tls` Secret, parsed once per resourceVersion.
-fn certificate(
+pub fn certificate(
     cache: &mut CertCache,
     secrets: &HashMap<ObjKey, Secret>,
     key: &ObjKey,
@@ -164,80 +168,109 @@ fn age(ing: &Ingress, key: &ObjKey) -> Age {
             .creation_timestamp
             .as_ref()
             .map_or(i64::MAX, |t| t.0.as_second()),
-        IngressName {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-        },
+        Owner::ingress(&key.0, &key.1),
     )
+}
+
+/// How a reference names a Service port.
+pub enum PortRef<'a> {
+    Name(&'a str),
+    Number(i32),
+}
+
+/// The endpoints of a Service port by slice port, `service`/`port` keyed.
+pub type Endpoints =
+    HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>;
+
+/// The usable endpoints of a Service port and whether it speaks h2c, or why there are none.
+pub fn service_port(
+    services: &HashMap<ObjKey, Service>,
+    endpoints: &Endpoints,
+    ns: &str,
+    name: &str,
+    port_ref: Option<PortRef<'_>>,
+) -> Result<(Vec<std::net::SocketAddr>, bool), Problem> {
+    let Some(svc) = services.get(&(ns.to_string(), name.to_string())) else {
+        return Err(problem(
+            "ServiceNotFound",
+            format!("Service {ns}/{name} does not exist"),
+        ));
+    };
+    let port = svc.spec.as_ref().and_then(|s| {
+        s.ports.iter().flatten().find(|p| {
+            p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                && match &port_ref {
+                    Some(PortRef::Name(n)) => p.name.as_deref() == Some(*n),
+                    Some(PortRef::Number(n)) => p.port == *n,
+                    None => false,
+                }
+        })
+    });
+    let Some(port) = port else {
+        let wanted = match port_ref {
+            Some(PortRef::Name(n)) => n.to_string(),
+            Some(PortRef::Number(n)) => n.to_string(),
+            None => "(none named)".into(),
+        };
+        return Err(problem(
+            "ServicePortNotFound",
+            format!("Service {ns}/{name} has no TCP port {wanted}"),
+        ));
+    };
+    let key = (
+        ns.to_string(),
+        name.to_string(),
+        port.name.clone().unwrap_or_default(),
+        Protocol::Tcp,
+    );
+    let addrs = endpoints
+        .get(&key)
+        .map(|eps| usable(eps, false).iter().map(|e| e.addr).collect())
+        .unwrap_or_default();
+    Ok((addrs, port.app_protocol.as_deref() == Some(H2C)))
 }
 
 /// The backend spec of an Ingress backend: the usable endpoints of the Service port it names.
 fn backend_spec(
     inputs: &Inputs<'_>,
-    endpoints: &HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>,
+    endpoints: &Endpoints,
     ns: &str,
-    ingress: &IngressName,
+    ingress: &Owner,
     settings: &switchyard_proxy::router::routes::Settings,
     backend: &IngressBackend,
 ) -> Option<(BackendSpec, Option<Problem>)> {
     let svc_ref = backend.service.as_ref()?;
-    let port_ref = svc_ref.port.as_ref();
-    let label = match port_ref {
-        Some(p) => match (&p.name, p.number) {
-            (Some(n), _) if !n.is_empty() => format!("{}:{n}", svc_ref.name),
-            (_, Some(n)) => format!("{}:{n}", svc_ref.name),
-            _ => svc_ref.name.clone(),
-        },
+    let port_ref = svc_ref
+        .port
+        .as_ref()
+        .and_then(|p| match (&p.name, p.number) {
+            (Some(n), _) if !n.is_empty() => Some(PortRef::Name(n)),
+            (_, Some(n)) => Some(PortRef::Number(n)),
+            _ => None,
+        });
+    let label = match &port_ref {
+        Some(PortRef::Name(n)) => format!("{}:{n}", svc_ref.name),
+        Some(PortRef::Number(n)) => format!("{}:{n}", svc_ref.name),
         None => svc_ref.name.clone(),
     };
     let mut spec = BackendSpec {
-        ingress: ingress.clone(),
+        owner: ingress.clone(),
         service: label,
         endpoints: vec![],
         h2c: false,
         settings: settings.clone(),
     };
-    let svc = inputs.services.get(&(ns.to_string(), svc_ref.name.clone()));
-    let port = svc.and_then(|s| s.spec.as_ref()).and_then(|s| {
-        s.ports.iter().flatten().find(|p| {
-            p.protocol.as_deref().unwrap_or("TCP") == "TCP"
-                && port_ref.is_some_and(|r| match (&r.name, r.number) {
-                    (Some(n), _) if !n.is_empty() => p.name.as_deref() == Some(n),
-                    (_, Some(n)) => p.port == n,
-                    _ => false,
-                })
-        })
-    });
-    let missing = match (svc, port) {
-        (None, _) => Some(problem(
-            "ServiceNotFound",
-            format!(
-                "Service {ns}/{} does not exist; its paths answer 503",
-                svc_ref.name
-            ),
-        )),
-        (Some(_), None) => Some(problem(
-            "ServicePortNotFound",
-            format!(
-                "Service {ns}/{} has no TCP port {}; its paths answer 503",
-                svc_ref.name, spec.service
-            ),
-        )),
-        _ => None,
-    };
-    if let Some(port) = port {
-        spec.h2c = port.app_protocol.as_deref() == Some(H2C);
-        let key = (
-            ns.to_string(),
-            svc_ref.name.clone(),
-            port.name.clone().unwrap_or_default(),
-            Protocol::Tcp,
-        );
-        if let Some(eps) = endpoints.get(&key) {
-            spec.endpoints = usable(eps, false).iter().map(|e| e.addr).collect();
+    match service_port(inputs.services, endpoints, ns, &svc_ref.name, port_ref) {
+        Ok((addrs, h2c)) => {
+            spec.endpoints = addrs;
+            spec.h2c = h2c;
+            Some((spec, None))
+        }
+        Err(mut p) => {
+            p.message.push_str("; its paths answer 503");
+            Some((spec, Some(p)))
         }
     }
-    Some((spec, missing))
 }
 
 fn tls_hosts(ing: &Ingress) -> impl Iterator<Item = (&str, Option<&str>)> {
@@ -257,7 +290,7 @@ fn tls_hosts(ing: &Ingress) -> impl Iterator<Item = (&str, Option<&str>)> {
 fn add_ingress(
     b: &mut Builder<'_>,
     inputs: &Inputs<'_>,
-    endpoints: &HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>,
+    endpoints: &Endpoints,
     certs: &mut CertCache,
     key: &ObjKey,
     ing: &Ingress,
@@ -309,7 +342,7 @@ fn add_ingress(
     };
     if let Some(d) = &spec.default_backend {
         if let Some(be) = backend(b, d) {
-            b.default_backend(&age, be);
+            b.default_backend(&age, Arc::new(Action::forward(be, false)));
         }
     }
     for rule in spec.rules.iter().flatten() {
@@ -321,12 +354,12 @@ fn add_ingress(
             let Some(be) = backend(b, &path.backend) else {
                 continue;
             };
-            let kind = match path.path_type.as_str() {
-                "Exact" => PathKind::Exact,
-                _ => PathKind::Prefix,
-            };
             let p = path.path.as_deref().unwrap_or("/");
-            b.rule(host, p, kind, &age, be, redirect);
+            let m = match path.path_type.as_str() {
+                "Exact" => PathMatch::exact(p),
+                _ => PathMatch::prefix(p),
+            };
+            b.rule(host, m, &age, Arc::new(Action::forward(be, redirect)));
         }
     }
     problems
@@ -356,6 +389,7 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
             }
         }
     }
+    services.extend(gateway::services(inputs.gateway.routes));
     let slices = inputs.slices.iter().filter(|((ns, _), s)| {
         s.metadata
             .labels
@@ -378,6 +412,12 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
         let problems = add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
         served.push(entry(key, ing, true, problems));
     }
+    let gateway_inputs = gateway::Inputs {
+        objects: inputs.gateway,
+        services: inputs.services,
+        secrets: inputs.secrets,
+    };
+    let gateway = gateway::build(&mut b, &gateway_inputs, &endpoints, certs);
     let foreign = inputs
         .ingresses
         .iter()
@@ -391,6 +431,7 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
     Built {
         table: b.build(),
         served,
+        gateway,
         services,
     }
 }
@@ -417,7 +458,7 @@ pub fn lists(served: &Served, ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_proxy::router::routes::Target;
+    use switchyard_proxy::router::routes::{Req, Target};
 
     fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
         serde_json::from_value(v).unwrap()
@@ -473,14 +514,35 @@ mod tests {
                 {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
                 {"addresses": ["10.0.0.2"], "conditions": {"ready": false}}]}))]);
         let secrets = HashMap::new();
+        let (gc, gw, hr, rg, ns) = (
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+        );
         let inputs = Inputs {
             ingresses: &ingresses,
             classes: &classes,
             secrets: &secrets,
             services: &services,
             slices: &slices,
+            gateway: gateway::Objects {
+                classes: &gc,
+                gateways: &gw,
+                routes: &hr,
+                grants: &rg,
+                namespaces: &ns,
+            },
+        };
+        let headers = http::HeaderMap::new();
+        let get = Req {
+            method: &http::Method::GET,
+            headers: &headers,
+            query: None,
         };
         let built = build_routes(&inputs, &RouteTable::default(), &mut CertCache::new());
+        let at = |path| built.table.route(80, true, "a.example", path, &get);
         let names: Vec<&str> = built
             .served
             .iter()
@@ -488,11 +550,13 @@ mod tests {
             .map(|s| s.key.1.as_str())
             .collect();
         assert_eq!(names, ["defaulted", "missing", "named"]);
-        let Target::Route(r) = built.table.route("a.example", "/a/x") else {
+        let Target::Route(r) = at("/a/x") else {
             panic!("no route for /a")
         };
         let addrs: Vec<String> = r
-            .backend
+            .action
+            .first_backend()
+            .unwrap()
             .endpoints
             .iter()
             .map(|u| u.addr.to_string())
@@ -502,20 +566,14 @@ mod tests {
             ["10.0.0.1:8080"],
             "only the ready endpoint, at the slice's port"
         );
-        assert!(r.backend.h2c);
-        assert!(matches!(
-            built.table.route("a.example", "/b"),
-            Target::Route(_)
-        ));
-        assert!(matches!(
-            built.table.route("a.example", "/c"),
-            Target::NotFound
-        ));
-        let Target::Route(r) = built.table.route("a.example", "/d") else {
+        assert!(r.action.first_backend().unwrap().h2c);
+        assert!(matches!(at("/b"), Target::Route(_)));
+        assert!(matches!(at("/c"), Target::NotFound));
+        let Target::Route(r) = at("/d") else {
             panic!("no route for /d")
         };
         assert!(
-            r.backend.endpoints.is_empty(),
+            r.action.first_backend().unwrap().endpoints.is_empty(),
             "a missing Service has no endpoints"
         );
         assert!(built.services.contains(&("ns".into(), "web".into())));

@@ -2,7 +2,7 @@
 //! 410 or a reconnect and back off while the API is away.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -11,12 +11,38 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use super::Update;
 
+/// Whether a watch failed because the API does not serve the kind (its CRD is not installed)
+/// or does not let us read it.
+fn absent(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if matches!(s.code, 403 | 404))
+}
+
+/// Retries a kind that may not be served yet every two seconds, so a CRD installed later is
+/// picked up quickly.
+struct Poll;
+
+impl Iterator for Poll {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(std::time::Duration::from_secs(2))
+    }
+}
+
+impl kube::runtime::utils::Backoff for Poll {
+    fn reset(&mut self) {}
+}
+
+/// Watches one kind. An `optional` kind (a CRD's) that the API does not serve counts as
+/// listed and empty, and is watched again until it is served.
 fn spawn<K>(
     client: &kube::Client,
     tx: mpsc::Sender<Update>,
     config: watcher::Config,
+    optional: bool,
     wrap: fn(watcher::Event<K>) -> Update,
 ) -> JoinHandle<()>
 where
@@ -26,12 +52,33 @@ where
     let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&Default::default()).to_string();
     tokio::spawn(async move {
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        let events = watcher(api, config);
+        let mut stream = if optional {
+            events.backoff(Poll).boxed()
+        } else {
+            events.default_backoff().boxed()
+        };
+        let mut missing = false;
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => {
+                    // Each attempt starts with `Init`: only a listed kind is no longer missing.
+                    if !matches!(ev, watcher::Event::Init) {
+                        missing = false;
+                    }
                     if tx.send(wrap(ev)).await.is_err() {
                         return;
+                    }
+                }
+                Err(e) if optional && absent(&e) => {
+                    if !missing {
+                        tracing::info!(kind = %kind, error = %e, "kind not served; treated as empty until it is");
+                        missing = true;
+                        for ev in [watcher::Event::Init, watcher::Event::InitDone] {
+                            if tx.send(wrap(ev)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -50,20 +97,49 @@ pub(super) fn spawn_all(
 ) -> Vec<JoinHandle<()>> {
     let all = watcher::Config::default;
     let mut out = vec![
-        spawn::<Service>(client, tx.clone(), all(), |e| Update::Services(Box::new(e))),
-        spawn::<EndpointSlice>(client, tx.clone(), all(), |e| Update::Slices(Box::new(e))),
+        spawn::<Service>(client, tx.clone(), all(), false, |e| {
+            Update::Services(Box::new(e))
+        }),
+        spawn::<EndpointSlice>(client, tx.clone(), all(), false, |e| {
+            Update::Slices(Box::new(e))
+        }),
     ];
     if ingress {
-        out.push(spawn::<Ingress>(client, tx.clone(), all(), |e| {
+        out.push(spawn::<Ingress>(client, tx.clone(), all(), false, |e| {
             Update::Ingresses(Box::new(e))
         }));
-        out.push(spawn::<IngressClass>(client, tx.clone(), all(), |e| {
-            Update::Classes(Box::new(e))
-        }));
+        out.push(spawn::<IngressClass>(
+            client,
+            tx.clone(),
+            all(),
+            false,
+            |e| Update::Classes(Box::new(e)),
+        ));
         // Only TLS Secrets: the agent has no business reading the others.
         let tls = all().fields("type=kubernetes.io/tls");
-        out.push(spawn::<Secret>(client, tx, tls, |e| {
+        out.push(spawn::<Secret>(client, tx.clone(), tls, false, |e| {
             Update::Secrets(Box::new(e))
+        }));
+        // Namespaces for listeners that admit routes by namespace labels.
+        out.push(spawn::<Namespace>(client, tx.clone(), all(), false, |e| {
+            Update::Namespaces(Box::new(e))
+        }));
+        // Gateway API: served only where its CRDs are installed.
+        out.push(spawn::<GatewayClass>(
+            client,
+            tx.clone(),
+            all(),
+            true,
+            |e| Update::GatewayClasses(Box::new(e)),
+        ));
+        out.push(spawn::<Gateway>(client, tx.clone(), all(), true, |e| {
+            Update::Gateways(Box::new(e))
+        }));
+        out.push(spawn::<HttpRoute>(client, tx.clone(), all(), true, |e| {
+            Update::HttpRoutes(Box::new(e))
+        }));
+        out.push(spawn::<ReferenceGrant>(client, tx, all(), true, |e| {
+            Update::Grants(Box::new(e))
         }));
     }
     out

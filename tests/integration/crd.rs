@@ -10,7 +10,7 @@ use crate::support::{eventually, free_port, Server};
 
 /// The Gateway API v1.6.1 standard CRDs: `SWITCHYARD_GATEWAY_API_CRDS` (the test command sets
 /// it from the module `sigs.k8s.io/gateway-api@v1.6.1`), each CRD file of the directory.
-fn gateway_api_crds() -> Option<Vec<PathBuf>> {
+pub(crate) fn gateway_api_crds() -> Option<Vec<PathBuf>> {
     let dir = std::env::var("SWITCHYARD_GATEWAY_API_CRDS").ok()?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?

@@ -56,6 +56,9 @@ pub(crate) async fn backend(name: &'static str) -> SocketAddr {
                             "fwd": h("forwarded"),
                             "xri": h("x-real-ip"),
                             "upgrade": h("upgrade"),
+                            "method": req.method().as_str(),
+                            "query": req.uri().query().unwrap_or(""),
+                            "headers": all_headers(req.headers()),
                         });
                         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
                             body.to_string(),
@@ -69,6 +72,21 @@ pub(crate) async fn backend(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Every header a request carried, repeated ones joined with `,`.
+fn all_headers(h: &http::HeaderMap) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = Default::default();
+    for (k, v) in h {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        out.entry(k.as_str().to_string())
+            .and_modify(|s| {
+                s.push(',');
+                s.push_str(&v)
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    out
 }
 
 /// A WebSocket echo server.
@@ -363,7 +381,7 @@ async fn routes_hosts_paths_backends_and_errors() {
 }
 
 /// A self-signed certificate for `host`, as (cert PEM, key PEM).
-fn cert(host: &str) -> (String, String) {
+pub(crate) fn cert(host: &str) -> (String, String) {
     let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
     (c.cert.pem(), c.signing_key.serialize_pem())
 }

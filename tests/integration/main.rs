@@ -7,6 +7,7 @@ mod crash;
 mod crd;
 mod dns;
 mod ebpf;
+mod gateway;
 mod image;
 mod incumbents;
 mod ingress;

@@ -1,7 +1,7 @@
-//! The L7 router: Kubernetes Ingress v1 host/path routing (Gateway API routes will share the same
-//! [`RouteTable`](routes::RouteTable)) over HTTP/1.1 and HTTP/2, with TLS (certificates chosen by
-//! SNI), WebSocket and other upgrades, pooled upstream connections and passive health. It
-//! depends on nothing of the L4 proxy modes.
+//! The L7 router: Kubernetes Ingress v1 and Gateway API HTTPRoute routing from one
+//! [`RouteTable`](routes::RouteTable), over HTTP/1.1 and HTTP/2, with TLS (certificates chosen by
+//! SNI), WebSocket upgrades, pooled upstream connections and passive health. It depends on
+//! nothing of the L4 proxy modes.
 //!
 //! - [`routes`]: the route table (hosts, paths, backends and their stats), built off the hot
 //!   path; [`annotations`]: the per-Ingress settings; [`upstream`]: pooled upstream connections;
@@ -14,6 +14,11 @@
 //! It runs as `threads` independent event loops, each a single-threaded runtime on its own OS
 //! thread with its own `SO_REUSEPORT` listeners and its own upstream connection pools (the way
 //! nginx runs workers): a request never crosses threads, and nothing on its path is contended.
+//!
+//! Listeners: the ingress ports (`http`, `https`) are bound at start. Each Gateway listener port
+//! of the route table is opened on the ingress address when the table names it
+//! ([`Router::sync_listeners`]) and closed when no listener names it any more; a Gateway
+//! listener on an ingress port shares that port's listener (and must then speak its protocol).
 
 pub mod annotations;
 mod request;
@@ -21,8 +26,9 @@ pub mod routes;
 mod server;
 pub mod upstream;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -30,7 +36,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{escape, header};
-use routes::{BackendStats, IngressName, RouteTable};
+use routes::{BackendStats, Owner, OwnerKind, RouteTable};
 
 /// Where the router gets the current routes.
 pub trait RouteSource: Send + Sync + 'static {
@@ -84,10 +90,13 @@ impl Config {
     }
 }
 
-/// Picks the certificate for each TLS handshake from the current routes.
+/// Picks the certificate for each TLS handshake on one port from the current routes.
 struct Resolver {
     source: Arc<dyn RouteSource>,
     default: Arc<CertifiedKey>,
+    port: u16,
+    /// The ingress HTTPS port (Ingress certificates count).
+    ingress: bool,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -100,7 +109,11 @@ impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         hello
             .server_name()
-            .and_then(|name| self.source.routes().certificate(name))
+            .and_then(|name| {
+                self.source
+                    .routes()
+                    .certificate(self.port, self.ingress, name)
+            })
             .or_else(|| Some(self.default.clone()))
     }
 }
@@ -153,44 +166,71 @@ impl Listeners {
     }
 }
 
+/// What an event loop is told to do with a Gateway listener port.
+enum Command {
+    Listen {
+        port: u16,
+        listener: std::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    },
+    Close(u16),
+}
+
+/// The Gateway listener ports that are open, and the ones that could not be.
+#[derive(Default)]
+struct Ports {
+    open: HashMap<u16, bool>,
+    errors: BTreeMap<u16, String>,
+}
+
 /// A running router.
 pub struct Router {
     shared: Arc<server::Shared>,
     stop: tokio::sync::watch::Sender<bool>,
+    loops: Vec<tokio::sync::mpsc::UnboundedSender<Command>>,
+    ports: Mutex<Ports>,
+}
+
+/// A TLS acceptor whose certificates come from the route table for `port`.
+fn acceptor(
+    source: &Arc<dyn RouteSource>,
+    config: &Config,
+    port: u16,
+    ingress: bool,
+) -> tokio_rustls::TlsAcceptor {
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default TLS versions")
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(Resolver {
+        source: source.clone(),
+        default: config.default_cert.clone(),
+        port,
+        ingress,
+    }));
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
 }
 
 impl Router {
     /// Starts one event loop per listener set; they serve until [`Router::stop`].
     pub fn start(config: Config, listeners: Listeners, source: Arc<dyn RouteSource>) -> Router {
-        let tls = {
-            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default TLS versions")
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Resolver {
-                source: source.clone(),
-                default: config.default_cert.clone(),
-            }));
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls))
-        };
+        let https_port = config.https.map_or(0, |a| a.port());
+        let tls = acceptor(&source, &config, https_port, true);
         let shared = Arc::new(server::Shared {
             source,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
-            unrouted: BackendStats::new(
-                &IngressName {
-                    namespace: String::new(),
-                    name: String::new(),
-                },
-                "",
-            ),
+            unrouted: BackendStats::new(&Owner::ingress("", ""), ""),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut loops = Vec::new();
         for (i, (http, https)) in listeners.sets.into_iter().enumerate() {
             let (shared, tls, mut stopped) = (shared.clone(), tls.clone(), stopped.clone());
+            let (commands, mut received) = tokio::sync::mpsc::unbounded_channel();
+            loops.push(commands);
             let run = move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -202,12 +242,36 @@ impl Router {
                         let Some(l) = l else { continue };
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {
-                                loops.spawn(server::accept_loop(shared.clone(), l, tls));
+                                loops.spawn(server::accept_loop(shared.clone(), l, tls, true));
                             }
                             Err(e) => tracing::error!(error = %e, "ingress listener unusable"),
                         }
                     }
-                    let _ = stopped.wait_for(|s| *s).await;
+                    let mut gateway = HashMap::new();
+                    loop {
+                        tokio::select! {
+                            _ = stopped.wait_for(|s| *s) => break,
+                            command = received.recv() => match command {
+                                None => break,
+                                Some(Command::Listen { port, listener, tls }) => {
+                                    match tokio::net::TcpListener::from_std(listener) {
+                                        Ok(l) => {
+                                            let run = server::accept_loop(shared.clone(), l, tls, false);
+                                            if let Some(old) = gateway.insert(port, loops.spawn(run)) {
+                                                old.abort();
+                                            }
+                                        }
+                                        Err(e) => tracing::error!(port, error = %e, "gateway listener unusable"),
+                                    }
+                                }
+                                Some(Command::Close(port)) => {
+                                    if let Some(h) = gateway.remove(&port) {
+                                        h.abort();
+                                    }
+                                }
+                            },
+                        }
+                    }
                     loops.abort_all();
                 });
             };
@@ -218,7 +282,86 @@ impl Router {
                 tracing::error!(error = %e, "could not start an ingress event loop");
             }
         }
-        Router { shared, stop }
+        Router {
+            shared,
+            stop,
+            loops,
+            ports: Mutex::new(Ports::default()),
+        }
+    }
+
+    /// Opens the Gateway listener ports the current route table names and closes the others;
+    /// returns the ports that could not be served, with the reason. Connections already
+    /// accepted on a closed port run on.
+    pub fn sync_listeners(&self) -> BTreeMap<u16, String> {
+        let config = &self.shared.config;
+        let wanted: HashMap<u16, bool> = self.shared.source.routes().listener_ports().collect();
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        ports.errors.clear();
+        let ip = config.http.or(config.https).map(|a| a.ip());
+        let closing: Vec<u16> = ports
+            .open
+            .iter()
+            .filter(|(p, tls)| wanted.get(p) != Some(tls))
+            .map(|(p, _)| *p)
+            .collect();
+        for port in closing {
+            ports.open.remove(&port);
+            for l in &self.loops {
+                let _ = l.send(Command::Close(port));
+            }
+        }
+        for (&port, &tls) in &wanted {
+            let shared_with = [(config.http, false), (config.https, true)]
+                .into_iter()
+                .find(|(a, _)| a.is_some_and(|a| a.port() == port));
+            if let Some((_, ingress_tls)) = shared_with {
+                if ingress_tls != tls {
+                    let (is, wants) = if ingress_tls {
+                        ("HTTPS", "HTTP")
+                    } else {
+                        ("HTTP", "HTTPS")
+                    };
+                    ports.errors.insert(
+                        port,
+                        format!("port {port} is the router's {is} ingress port; an {wants} listener cannot share it"),
+                    );
+                }
+                continue;
+            }
+            if ports.open.contains_key(&port) {
+                continue;
+            }
+            let Some(ip) = ip else {
+                ports
+                    .errors
+                    .insert(port, "the router has no listen address".into());
+                continue;
+            };
+            let addr = SocketAddr::new(ip, port);
+            let bound: std::io::Result<Vec<std::net::TcpListener>> = (0..self.loops.len())
+                .map(|_| reuseport_listener(addr))
+                .collect();
+            match bound {
+                Ok(listeners) => {
+                    let tls = tls.then(|| acceptor(&self.shared.source, config, port, false));
+                    for (l, listener) in self.loops.iter().zip(listeners) {
+                        let tls = tls.clone();
+                        let _ = l.send(Command::Listen {
+                            port,
+                            listener,
+                            tls,
+                        });
+                    }
+                    ports.open.insert(port, tls.is_some());
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "gateway listener port not served");
+                    ports.errors.insert(port, format!("{addr}: {e}"));
+                }
+            }
+        }
+        ports.errors.clone()
     }
 
     /// The router's Prometheus metrics.
@@ -226,19 +369,24 @@ impl Router {
         let routes = self.shared.source.routes();
         let mut backends: Vec<&BackendStats> = routes.backends().map(|b| &**b).collect();
         backends.push(&self.shared.unrouted);
-        backends.sort_by(|a, b| (&a.ingress, &a.service).cmp(&(&b.ingress, &b.service)));
+        backends.sort_by(|a, b| (&a.owner, &a.service).cmp(&(&b.owner, &b.service)));
+        // Ingress backends are labelled by Ingress, HTTPRoute backends by route.
         let labels = |b: &BackendStats| {
+            let kind = match b.owner.kind {
+                OwnerKind::Ingress => "ingress",
+                OwnerKind::HttpRoute => "httproute",
+            };
             format!(
-                "namespace=\"{}\",ingress=\"{}\",service=\"{}\"",
-                escape(&b.ingress.namespace),
-                escape(&b.ingress.name),
+                "namespace=\"{}\",{kind}=\"{}\",service=\"{}\"",
+                escape(&b.owner.namespace),
+                escape(&b.owner.name),
                 escape(&b.service)
             )
         };
         let name = "switchyard_ingress_requests_total";
         header(
             name,
-            "Requests by Ingress, backend service and status code.",
+            "Requests by Ingress or HTTPRoute, backend service and status code.",
             "counter",
             out,
         );
@@ -253,7 +401,7 @@ impl Router {
         let name = "switchyard_ingress_request_duration_seconds";
         header(
             name,
-            "Time from a request's arrival to its response headers, by Ingress and backend service.",
+            "Time from a request's arrival to its response headers, by Ingress or HTTPRoute and backend service.",
             "histogram",
             out,
         );

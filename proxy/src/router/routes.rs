@@ -1,45 +1,81 @@
-//! The route table: Ingress v1 host and path rules as plain data, and the matching rules of the
-//! Kubernetes documentation.
+//! The route table: Ingress v1 rules and Gateway API HTTPRoute rules as plain data, with the
+//! matching rules of each.
 //!
-//! A request picks a host group first — an exact host, then a `*.` wildcard matching exactly one
-//! label, then the rules without a host — and within the first group that has a matching path,
-//! the longest path wins; on a tie `Exact` beats `Prefix`, then the oldest Ingress wins. When no
-//! group matches, the default backend (of the oldest Ingress that has one) answers.
+//! Ingress (the Kubernetes documentation): a request picks a host group — an exact host, then a
+//! `*.` wildcard matching exactly one label, then the rules without a host — and within the
+//! first group that has a matching path, the longest path wins; on a tie `Exact` beats `Prefix`,
+//! then the oldest Ingress wins. When no group matches, the default backend (of the oldest
+//! Ingress that has one) answers.
+//!
+//! Gateway API, per listener port: the most specific host group answers alone — the exact host,
+//! else the `*.` wildcard with the longest suffix (a Gateway API wildcard covers one or more
+//! labels), else the rules without a host. A request never falls through to a less specific
+//! group, so a listener's routes are isolated from those of a less specific listener. Within the
+//! group the first match wins in the order of the spec: an `Exact` path, then (where the spec
+//! leaves the order to implementations) `RegularExpression` paths, the longest pattern first,
+//! then the longest `PathPrefix`; a method match; more header matches; more query matches; the
+//! oldest route; `namespace/name`; rule and match order within the route.
+//!
+//! A port that is both an ingress port and a Gateway listener port tries the Gateway routes
+//! first; when none matches, the Ingress rules (and their default backend) answer.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Method;
+use regex::Regex;
 use rustls::sign::CertifiedKey;
 
 use super::upstream::Upstream;
 use crate::metrics::{Histogram, REQUEST_BUCKETS};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathKind {
-    /// The whole path, case-sensitive.
-    Exact,
-    /// Element-wise on `/` (`ImplementationSpecific` is treated as this).
-    Prefix,
+/// What kind of object a rule came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OwnerKind {
+    Ingress,
+    HttpRoute,
 }
 
-/// `namespace/name` of the Ingress a rule came from.
+/// The object a rule came from: an Ingress or an HTTPRoute.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IngressName {
+pub struct Owner {
+    pub kind: OwnerKind,
     pub namespace: String,
     pub name: String,
 }
 
-impl std::fmt::Display for IngressName {
+impl Owner {
+    pub fn ingress(namespace: &str, name: &str) -> Owner {
+        Owner {
+            kind: OwnerKind::Ingress,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn http_route(namespace: &str, name: &str) -> Owner {
+        Owner {
+            kind: OwnerKind::HttpRoute,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 
-/// Requests and latencies of one Ingress backend, kept across route-table changes.
+/// Requests and latencies of one backend of one Ingress or route, kept across route-table
+/// changes.
 pub struct BackendStats {
-    pub ingress: IngressName,
+    pub owner: Owner,
     pub service: String,
     /// Responses by status code.
     statuses: Mutex<Vec<(u16, u64)>>,
@@ -47,9 +83,9 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
-    pub fn new(ingress: &IngressName, service: &str) -> BackendStats {
+    pub fn new(owner: &Owner, service: &str) -> BackendStats {
         BackendStats {
-            ingress: ingress.clone(),
+            owner: owner.clone(),
             service: service.to_string(),
             statuses: Mutex::new(Vec::new()),
             latency: Histogram::new(REQUEST_BUCKETS),
@@ -87,11 +123,12 @@ pub enum Balance {
     RoundRobin,
 }
 
-/// Per-Ingress settings, from its `switchyard.io/` annotations.
+/// Per-backend settings (an Ingress's `switchyard.io/` annotations, an HTTPRoute rule's
+/// `timeouts.backendRequest`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub connect_timeout: Duration,
-    /// From the request sent to the response headers received.
+    /// From the request sent to the response headers received, per attempt.
     pub response_timeout: Duration,
     pub balance: Balance,
 }
@@ -106,10 +143,10 @@ impl Default for Settings {
     }
 }
 
-/// Where the requests of one rule go: one port of one Service.
+/// Where requests go: one port of one Service.
 pub struct Backend {
-    pub ingress: IngressName,
-    /// `service:port` as written in the Ingress.
+    pub owner: Owner,
+    /// `service:port` as written in the Ingress or route.
     pub service: String,
     /// The usable endpoints (ready ones, or serving terminating ones when none is ready).
     pub endpoints: Vec<Arc<Upstream>>,
@@ -121,38 +158,321 @@ pub struct Backend {
     pub(super) next: std::sync::atomic::AtomicUsize,
 }
 
-/// The order of precedence between Ingresses: the oldest first, then by name.
-pub type Age = (i64, IngressName);
+/// The order of precedence between objects: the oldest first, then by namespace and name.
+pub type Age = (i64, Owner);
 
-/// One path rule.
-pub struct Route {
-    /// For `Prefix`, without its trailing `/` (so `/` is the empty string).
-    path: Box<str>,
-    kind: PathKind,
-    age: Age,
-    pub backend: Arc<Backend>,
-    /// Plain-HTTP requests are redirected to HTTPS (the host has TLS in this Ingress, unless
+/// A value condition of a header or query parameter match.
+#[derive(Clone, Debug)]
+pub enum ValueMatch {
+    Exact(Box<str>),
+    /// Matches the whole value.
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(e) => **e == *v,
+            ValueMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// Compiles a regular expression that must match a whole value, with a bound on its compiled
+/// size (the pattern comes from a user's object).
+pub fn whole_match(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+}
+
+/// The conditions of an HTTPRoute match besides its path.
+#[derive(Debug, Default)]
+pub struct Conditions {
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, ValueMatch)>,
+    pub query: Vec<(Box<str>, ValueMatch)>,
+}
+
+/// The parts of a request that conditions look at.
+pub struct Req<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+}
+
+/// The first value of a query parameter, percent-decoded.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+impl Conditions {
+    fn matches(&self, req: &Req<'_>) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != req.method) {
+            return false;
+        }
+        let header_ok = |(name, want): &(HeaderName, ValueMatch)| {
+            let mut values = req.headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => false,
+                (Some(v), None) => v.to_str().is_ok_and(|v| want.matches(v)),
+                // A repeated header is matched as its values joined (RFC 9110 section 5.3).
+                (Some(_), Some(_)) => {
+                    let joined: Vec<&str> = req
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    want.matches(&joined.join(","))
+                }
+            }
+        };
+        if !self.headers.iter().all(header_ok) {
+            return false;
+        }
+        self.query.iter().all(|(name, want)| {
+            req.query
+                .and_then(|q| query_value(q, name))
+                .is_some_and(|v| want.matches(&v))
+        })
+    }
+}
+
+/// How a rule matches the path (without the query).
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    /// The whole path, case-sensitive.
+    Exact(Box<str>),
+    /// Element-wise on `/`, kept without its trailing `/` (so `/` is the empty string).
+    Prefix(Box<str>),
+    /// The whole path matches the expression.
+    Regex(Regex),
+}
+
+impl PathMatch {
+    pub fn exact(path: &str) -> PathMatch {
+        PathMatch::Exact(path.into())
+    }
+
+    pub fn prefix(path: &str) -> PathMatch {
+        PathMatch::Prefix(path.trim_end_matches('/').into())
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == &**p,
+            PathMatch::Prefix(p) => {
+                path.starts_with(&**p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+
+    /// Ranks for precedence: the kind (Exact, Regex, Prefix) and the length.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            PathMatch::Exact(p) => (0, p.len()),
+            PathMatch::Regex(r) => (1, r.as_str().len()),
+            PathMatch::Prefix(p) => (2, p.len()),
+        }
+    }
+}
+
+/// A header filter: set (replace), add (append) and remove, in that order.
+#[derive(Debug, Default)]
+pub struct HeaderEdit {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdit {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name, value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name, value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+}
+
+/// How a filter changes the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// `ReplaceFullPath`.
+    Full(Box<str>),
+    /// `ReplacePrefixMatch`: the part the rule's prefix matched is replaced.
+    Prefix(Box<str>),
+}
+
+impl PathRewrite {
+    /// The new path of `path`, which `matched` (a prefix rule's path, without its trailing
+    /// `/`) matched.
+    pub fn apply(&self, matched: &str, path: &str) -> String {
+        match self {
+            PathRewrite::Full(p) => p.to_string(),
+            PathRewrite::Prefix(with) => {
+                let rest = path.get(matched.len()..).unwrap_or("");
+                let mut out = with.trim_end_matches('/').to_string();
+                out.push_str(rest);
+                if out.is_empty() {
+                    out.push('/');
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A `RequestRedirect` filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; the request's when None.
+    pub scheme: Option<Box<str>>,
+    pub hostname: Option<Box<str>>,
+    pub path: Option<PathRewrite>,
+    pub port: Option<u16>,
+    pub status: u16,
+}
+
+/// A `URLRewrite` filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    pub hostname: Option<Box<str>>,
+    pub path: Option<PathRewrite>,
+}
+
+/// What answers the requests of a rule: its filters and its weighted backends.
+#[derive(Default)]
+pub struct Action {
+    /// Weighted destinations; None is a reference that could not be resolved (its share of
+    /// requests gets 500, as the Gateway API specifies).
+    pub backends: Vec<(u32, Option<Arc<Backend>>)>,
+    pub request_headers: HeaderEdit,
+    pub response_headers: HeaderEdit,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    /// From the request's arrival to the response headers, all attempts included.
+    pub request_timeout: Option<Duration>,
+    /// Plain-HTTP requests are redirected to HTTPS (an Ingress host with TLS, unless
     /// `switchyard.io/ssl-redirect: "false"`).
     pub ssl_redirect: bool,
 }
 
-impl Route {
-    fn matches(&self, path: &str) -> bool {
-        match self.kind {
-            PathKind::Exact => path == &*self.path,
-            PathKind::Prefix => {
-                path.starts_with(&*self.path)
-                    && matches!(path.as_bytes().get(self.path.len()), None | Some(b'/'))
-            }
+/// What [`Action::pick`] chose.
+pub enum Destination<'a> {
+    Backend(&'a Arc<Backend>),
+    /// An unresolved reference, or a rule with neither backends nor a redirect.
+    Invalid,
+}
+
+impl Action {
+    /// One backend and nothing else (an Ingress path).
+    pub fn forward(backend: Arc<Backend>, ssl_redirect: bool) -> Action {
+        Action {
+            backends: vec![(1, Some(backend))],
+            ssl_redirect,
+            ..Default::default()
         }
     }
 
-    fn precedence(&self) -> (std::cmp::Reverse<usize>, bool, &Age) {
-        (
-            std::cmp::Reverse(self.path.len()),
-            self.kind == PathKind::Prefix,
-            &self.age,
-        )
+    /// A destination by weight; a rule whose weights are all zero has no valid destination.
+    pub fn pick(&self) -> Destination<'_> {
+        fn dest(d: &Option<Arc<Backend>>) -> Destination<'_> {
+            match d {
+                Some(b) => Destination::Backend(b),
+                None => Destination::Invalid,
+            }
+        }
+        if let [(_, only)] = self.backends.as_slice() {
+            return dest(only);
+        }
+        let total: u64 = self.backends.iter().map(|(w, _)| u64::from(*w)).sum();
+        if total == 0 {
+            return Destination::Invalid;
+        }
+        let mut at = rand::random_range(0..total);
+        for (w, d) in &self.backends {
+            if at < u64::from(*w) {
+                return dest(d);
+            }
+            at -= u64::from(*w);
+        }
+        Destination::Invalid
+    }
+
+    /// The backend stats of a request that reached no backend.
+    pub fn first_backend(&self) -> Option<&Arc<Backend>> {
+        self.backends.iter().find_map(|(_, b)| b.as_ref())
+    }
+}
+
+/// The sort key of a rule within its host group ([`Builder::build`] sorts by it).
+type Order = (
+    u8,
+    Reverse<usize>,
+    u8,
+    Reverse<usize>,
+    Reverse<usize>,
+    Age,
+    usize,
+);
+
+/// One rule: a path and perhaps more conditions, and what answers.
+pub struct Route {
+    path: PathMatch,
+    conditions: Option<Arc<Conditions>>,
+    order: Order,
+    pub action: Arc<Action>,
+}
+
+impl Route {
+    fn matches(&self, path: &str, req: &Req<'_>) -> bool {
+        self.path.matches(path) && self.conditions.as_ref().is_none_or(|c| c.matches(req))
+    }
+
+    /// The prefix a `PathPrefix` rule matched (for `ReplacePrefixMatch`).
+    pub fn matched_prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
     }
 }
 
@@ -161,30 +481,138 @@ impl Route {
 struct Rules(Vec<Route>);
 
 impl Rules {
-    fn find(&self, path: &str) -> Option<&Route> {
-        self.0.iter().find(|r| r.matches(path))
+    fn find(&self, path: &str, req: &Req<'_>) -> Option<&Route> {
+        self.0.iter().find(|r| r.matches(path, req))
     }
+}
+
+/// Rules by host: exact names, `*.` wildcards (keyed by what follows `*.`), and no host.
+#[derive(Default)]
+struct Hosts {
+    exact: HashMap<Box<str>, Rules>,
+    wildcard: HashMap<Box<str>, Rules>,
+    any: Rules,
+}
+
+impl Hosts {
+    fn group(&mut self, host: Option<&str>) -> &mut Rules {
+        match host.map(|h| h.to_ascii_lowercase()) {
+            None => &mut self.any,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(rest) => self.wildcard.entry(rest.into()).or_default(),
+                None => self.exact.entry(h.into()).or_default(),
+            },
+        }
+    }
+
+    /// Ingress: the first group with a matching rule; a wildcard covers one label.
+    fn find_ingress(&self, host: &str, path: &str, req: &Req<'_>) -> Option<&Route> {
+        let exact = self.exact.get(host);
+        let wildcard = host
+            .split_once('.')
+            .and_then(|(_, rest)| self.wildcard.get(rest));
+        [exact, wildcard, Some(&self.any)]
+            .into_iter()
+            .flatten()
+            .find_map(|rules| rules.find(path, req))
+    }
+
+    /// Gateway API: only the most specific group that exists; a wildcard covers one or more
+    /// labels, the longest suffix first.
+    fn find_gateway(&self, host: &str, path: &str, req: &Req<'_>) -> Option<&Route> {
+        let group = self.exact.get(host).or_else(|| {
+            host.match_indices('.')
+                .find_map(|(i, _)| self.wildcard.get(&host[i + 1..]))
+        });
+        group.unwrap_or(&self.any).find(path, req)
+    }
+
+    fn sort(&mut self) {
+        let groups = self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.values_mut())
+            .chain(std::iter::once(&mut self.any));
+        for rules in groups {
+            rules.0.sort_by(|a, b| a.order.cmp(&b.order));
+        }
+    }
+}
+
+/// Certificates by server name: exact names, and `*.` wildcards keyed by their suffix.
+#[derive(Default)]
+struct Certs {
+    exact: HashMap<Box<str>, (Age, Arc<CertifiedKey>)>,
+    wildcard: HashMap<Box<str>, (Age, Arc<CertifiedKey>)>,
+    /// For any name (a Gateway listener without a hostname).
+    any: Option<(Age, Arc<CertifiedKey>)>,
+}
+
+/// Keeps the oldest claim.
+fn claim<V>(slot: &mut Option<(Age, V)>, age: &Age, value: V) {
+    match slot {
+        Some((old, _)) if *old <= *age => {}
+        _ => *slot = Some((age.clone(), value)),
+    }
+}
+
+impl Certs {
+    fn insert(&mut self, host: Option<&str>, age: &Age, cert: Arc<CertifiedKey>) {
+        let Some(host) = host.map(str::to_ascii_lowercase) else {
+            return claim(&mut self.any, age, cert);
+        };
+        let (map, key) = match host.strip_prefix("*.") {
+            Some(rest) => (&mut self.wildcard, rest),
+            None => (&mut self.exact, host.as_str()),
+        };
+        let mut slot = map.remove(key);
+        claim(&mut slot, age, cert);
+        if let Some(v) = slot {
+            map.insert(key.into(), v);
+        }
+    }
+
+    /// `multi_label`: a wildcard covers one or more labels (Gateway API), else exactly one.
+    fn get(&self, name: &str, multi_label: bool) -> Option<Arc<CertifiedKey>> {
+        if let Some((_, c)) = self.exact.get(name) {
+            return Some(c.clone());
+        }
+        let wildcard = if multi_label {
+            name.match_indices('.')
+                .find_map(|(i, _)| self.wildcard.get(&name[i + 1..]))
+        } else {
+            name.split_once('.')
+                .and_then(|(_, rest)| self.wildcard.get(rest))
+        };
+        wildcard.or(self.any.as_ref()).map(|(_, c)| c.clone())
+    }
+}
+
+/// The Gateway listeners of one port.
+#[derive(Default)]
+struct Port {
+    tls: bool,
+    hosts: Hosts,
+    certs: Certs,
 }
 
 /// Everything the router needs, as one immutable value.
 #[derive(Default)]
 pub struct RouteTable {
-    exact: HashMap<Box<str>, Rules>,
-    /// Keyed by what follows `*.`.
-    wildcard: HashMap<Box<str>, Rules>,
-    any_host: Rules,
-    default_backend: Option<(Age, Arc<Backend>)>,
-    certs: HashMap<Box<str>, (Age, Arc<CertifiedKey>)>,
-    wildcard_certs: HashMap<Box<str>, (Age, Arc<CertifiedKey>)>,
+    ingress: Hosts,
+    default_backend: Option<(Age, Arc<Action>)>,
+    certs: Certs,
+    /// Gateway listeners by port.
+    ports: HashMap<u16, Port>,
     /// Every upstream and backend counter, so the next table keeps their state.
     upstreams: HashMap<(SocketAddr, bool), Arc<Upstream>>,
-    stats: HashMap<(IngressName, String), Arc<BackendStats>>,
+    stats: HashMap<(Owner, String), Arc<BackendStats>>,
 }
 
 /// What answers a request.
 pub enum Target<'a> {
     Route(&'a Route),
-    Default(&'a Arc<Backend>),
+    Default(&'a Arc<Action>),
     NotFound,
 }
 
@@ -213,39 +641,58 @@ impl RouteTable {
         }
     }
 
-    /// The route for a request to `host` (already normalized) and `path` (without the query).
-    pub fn route(&self, host: &str, path: &str) -> Target<'_> {
-        let exact = self.exact.get(host);
-        let wildcard = host
-            .split_once('.')
-            .and_then(|(_, rest)| self.wildcard.get(rest));
-        for rules in [exact, wildcard, Some(&self.any_host)]
-            .into_iter()
-            .flatten()
+    /// The route for a request that arrived on `port` (an ingress port when `ingress`), to
+    /// `host` (already normalized) and `path` (without the query).
+    pub fn route(
+        &self,
+        port: u16,
+        ingress: bool,
+        host: &str,
+        path: &str,
+        req: &Req<'_>,
+    ) -> Target<'_> {
+        if let Some(r) = self
+            .ports
+            .get(&port)
+            .and_then(|p| p.hosts.find_gateway(host, path, req))
         {
-            if let Some(r) = rules.find(path) {
-                return Target::Route(r);
-            }
+            return Target::Route(r);
+        }
+        if !ingress {
+            return Target::NotFound;
+        }
+        if let Some(r) = self.ingress.find_ingress(host, path, req) {
+            return Target::Route(r);
         }
         match &self.default_backend {
-            Some((_, b)) => Target::Default(b),
+            Some((_, a)) => Target::Default(a),
             None => Target::NotFound,
         }
     }
 
-    /// The certificate for a TLS server name.
-    pub fn certificate(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for a TLS server name on `port`: a Gateway listener's, else an
+    /// Ingress's (on an ingress port).
+    pub fn certificate(
+        &self,
+        port: u16,
+        ingress: bool,
+        server_name: &str,
+    ) -> Option<Arc<CertifiedKey>> {
         let name = normalize_host(server_name);
-        if let Some((_, c)) = self.certs.get(&*name) {
-            return Some(c.clone());
-        }
-        let (_, rest) = name.split_once('.')?;
-        self.wildcard_certs.get(rest).map(|(_, c)| c.clone())
+        self.ports
+            .get(&port)
+            .and_then(|p| p.certs.get(&name, true))
+            .or_else(|| ingress.then(|| self.certs.get(&name, false)).flatten())
     }
 
-    /// How many hosts have rules.
+    /// The Gateway listener ports, and whether each speaks TLS.
+    pub fn listener_ports(&self) -> impl Iterator<Item = (u16, bool)> + '_ {
+        self.ports.iter().map(|(port, p)| (*port, p.tls))
+    }
+
+    /// How many hosts have Ingress rules.
     pub fn host_count(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
+        self.ingress.exact.len() + self.ingress.wildcard.len()
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &Arc<BackendStats>> {
@@ -253,28 +700,25 @@ impl RouteTable {
     }
 }
 
-/// What one Ingress backend points at.
+/// What one backend points at.
 pub struct BackendSpec {
-    pub ingress: IngressName,
+    pub owner: Owner,
     pub service: String,
     pub endpoints: Vec<SocketAddr>,
     pub h2c: bool,
     pub settings: Settings,
 }
 
+/// One HTTPRoute match, compiled.
+#[derive(Clone)]
+pub struct GatewayMatch {
+    pub path: PathMatch,
+    pub conditions: Option<Arc<Conditions>>,
+}
+
 pub struct Builder<'a> {
     previous: &'a RouteTable,
     table: RouteTable,
-}
-
-/// Inserts `value` unless an older claim exists.
-fn claim<V>(map: &mut HashMap<Box<str>, (Age, V)>, key: &str, age: &Age, value: V) {
-    match map.get(key) {
-        Some((old, _)) if old <= age => {}
-        _ => {
-            map.insert(key.into(), (age.clone(), value));
-        }
-    }
 }
 
 impl Builder<'_> {
@@ -297,19 +741,21 @@ impl Builder<'_> {
                     .clone()
             })
             .collect();
-        let key = (spec.ingress.clone(), spec.service.clone());
-        let stats =
-            self.table
-                .stats
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    self.previous.stats.get(&key).cloned().unwrap_or_else(|| {
-                        Arc::new(BackendStats::new(&spec.ingress, &spec.service))
-                    })
-                })
-                .clone();
+        let key = (spec.owner.clone(), spec.service.clone());
+        let stats = self
+            .table
+            .stats
+            .entry(key.clone())
+            .or_insert_with(|| {
+                self.previous
+                    .stats
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(BackendStats::new(&spec.owner, &spec.service)))
+            })
+            .clone();
         Arc::new(Backend {
-            ingress: spec.ingress,
+            owner: spec.owner,
             service: spec.service,
             endpoints,
             h2c: spec.h2c,
@@ -319,63 +765,88 @@ impl Builder<'_> {
         })
     }
 
-    /// A path rule; `host` is exact, `*.`-wildcard, or None for every host.
-    pub fn rule(
-        &mut self,
-        host: Option<&str>,
-        path: &str,
-        kind: PathKind,
-        age: &Age,
-        backend: Arc<Backend>,
-        ssl_redirect: bool,
-    ) {
-        let path = match kind {
-            PathKind::Exact => path,
-            PathKind::Prefix => path.trim_end_matches('/'),
-        };
+    /// An Ingress path rule; `host` is exact, `*.`-wildcard, or None for every host.
+    pub fn rule(&mut self, host: Option<&str>, path: PathMatch, age: &Age, action: Arc<Action>) {
+        let (kind, len) = path.rank();
         let route = Route {
-            path: path.into(),
-            kind,
-            age: age.clone(),
-            backend,
-            ssl_redirect,
+            path,
+            conditions: None,
+            order: (
+                0,
+                Reverse(len),
+                kind,
+                Reverse(0),
+                Reverse(0),
+                age.clone(),
+                0,
+            ),
+            action,
         };
-        let rules = match host.map(|h| h.to_ascii_lowercase()) {
-            None => &mut self.table.any_host,
-            Some(h) => match h.strip_prefix("*.") {
-                Some(rest) => self.table.wildcard.entry(rest.into()).or_default(),
-                None => self.table.exact.entry(h.into()).or_default(),
-            },
-        };
-        rules.0.push(route);
+        self.table.ingress.group(host).0.push(route);
     }
 
     /// An Ingress's `defaultBackend`: the oldest Ingress's wins.
-    pub fn default_backend(&mut self, age: &Age, backend: Arc<Backend>) {
-        match &self.table.default_backend {
-            Some((old, _)) if old <= age => {}
-            _ => self.table.default_backend = Some((age.clone(), backend)),
-        }
+    pub fn default_backend(&mut self, age: &Age, action: Arc<Action>) {
+        claim(&mut self.table.default_backend, age, action);
     }
 
-    /// A certificate for `host` (exact or `*.` wildcard): the oldest Ingress's wins.
+    /// A certificate for an Ingress host (exact or `*.` wildcard): the oldest Ingress's wins.
     pub fn certificate(&mut self, host: &str, age: &Age, cert: Arc<CertifiedKey>) {
-        let host = host.to_ascii_lowercase();
-        match host.strip_prefix("*.") {
-            Some(rest) => claim(&mut self.table.wildcard_certs, rest, age, cert),
-            None => claim(&mut self.table.certs, &host, age, cert),
-        }
+        self.table.certs.insert(Some(host), age, cert);
+    }
+
+    /// A Gateway listener port; `tls` when its listeners are HTTPS.
+    pub fn listener(&mut self, port: u16, tls: bool) {
+        self.table.ports.entry(port).or_default().tls = tls;
+    }
+
+    /// A listener's certificate for its hostname (None: any name): the oldest Gateway's wins.
+    pub fn listener_certificate(
+        &mut self,
+        port: u16,
+        host: Option<&str>,
+        age: &Age,
+        cert: Arc<CertifiedKey>,
+    ) {
+        let port = self.table.ports.entry(port).or_default();
+        port.certs.insert(host, age, cert);
+    }
+
+    /// An HTTPRoute match on a listener port; `index` orders the matches of one route (rule,
+    /// then match).
+    pub fn gateway_rule(
+        &mut self,
+        port: u16,
+        host: Option<&str>,
+        m: &GatewayMatch,
+        age: &Age,
+        index: usize,
+        action: Arc<Action>,
+    ) {
+        let (kind, len) = m.path.rank();
+        let c = m.conditions.as_deref();
+        let route = Route {
+            path: m.path.clone(),
+            conditions: m.conditions.clone(),
+            order: (
+                kind,
+                Reverse(len),
+                u8::from(c.is_none_or(|c| c.method.is_none())),
+                Reverse(c.map_or(0, |c| c.headers.len())),
+                Reverse(c.map_or(0, |c| c.query.len())),
+                age.clone(),
+                index,
+            ),
+            action,
+        };
+        let port = self.table.ports.entry(port).or_default();
+        port.hosts.group(host).0.push(route);
     }
 
     pub fn build(mut self) -> RouteTable {
-        let groups = self
-            .table
-            .exact
-            .values_mut()
-            .chain(self.table.wildcard.values_mut())
-            .chain(std::iter::once(&mut self.table.any_host));
-        for rules in groups {
-            rules.0.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        self.table.ingress.sort();
+        for port in self.table.ports.values_mut() {
+            port.hosts.sort();
         }
         self.table
     }
@@ -386,18 +857,12 @@ mod tests {
     use super::*;
 
     fn age(n: i64) -> Age {
-        (
-            n,
-            IngressName {
-                namespace: "ns".into(),
-                name: format!("ing{n}"),
-            },
-        )
+        (n, Owner::ingress("ns", &format!("ing{n}")))
     }
 
     fn backend(b: &mut Builder<'_>, name: &str) -> Arc<Backend> {
         b.backend(BackendSpec {
-            ingress: age(0).1,
+            owner: age(0).1,
             service: name.into(),
             endpoints: vec![],
             h2c: false,
@@ -405,12 +870,32 @@ mod tests {
         })
     }
 
+    fn service(a: &Action) -> String {
+        a.first_backend()
+            .map_or(String::new(), |b| b.service.clone())
+    }
+
+    fn req<'a>(method: &'a Method, headers: &'a HeaderMap, query: Option<&'a str>) -> Req<'a> {
+        Req {
+            method,
+            headers,
+            query,
+        }
+    }
+
     fn served(t: &RouteTable, host: &str, path: &str) -> Option<String> {
-        match t.route(&normalize_host(host), path) {
-            Target::Route(r) => Some(r.backend.service.clone()),
-            Target::Default(b) => Some(format!("default:{}", b.service)),
+        let headers = HeaderMap::new();
+        let get = req(&Method::GET, &headers, None);
+        match t.route(80, true, &normalize_host(host), path, &get) {
+            Target::Route(r) => Some(service(&r.action)),
+            Target::Default(a) => Some(format!("default:{}", service(a))),
             Target::NotFound => None,
         }
+    }
+
+    fn rule(b: &mut Builder<'_>, host: Option<&str>, path: PathMatch, n: i64, name: &str) {
+        let be = backend(b, name);
+        b.rule(host, path, &age(n), Arc::new(Action::forward(be, false)));
     }
 
     /// The path rules of the Kubernetes documentation's table, end to end with curl, are in
@@ -419,14 +904,9 @@ mod tests {
     fn prefix_is_element_wise_and_exact_wins_ties() {
         let empty = RouteTable::default();
         let mut b = empty.builder();
-        for (path, kind) in [
-            ("/foo/", PathKind::Prefix),
-            ("/foo", PathKind::Exact),
-            ("/", PathKind::Prefix),
-        ] {
-            let be = backend(&mut b, &format!("{kind:?}{path}"));
-            b.rule(None, path, kind, &age(1), be, false);
-        }
+        rule(&mut b, None, PathMatch::prefix("/foo/"), 1, "Prefix/foo/");
+        rule(&mut b, None, PathMatch::exact("/foo"), 1, "Exact/foo");
+        rule(&mut b, None, PathMatch::prefix("/"), 1, "Prefix/");
         let t = b.build();
         assert_eq!(served(&t, "h", "/foo").as_deref(), Some("Exact/foo"));
         assert_eq!(served(&t, "h", "/foo/").as_deref(), Some("Prefix/foo/"));
@@ -439,28 +919,17 @@ mod tests {
     fn hosts_exact_wildcard_and_none() {
         let empty = RouteTable::default();
         let mut b = empty.builder();
-        let exact = backend(&mut b, "exact");
-        let wild = backend(&mut b, "wild");
-        let any = backend(&mut b, "any");
-        let default = backend(&mut b, "fallback");
-        b.rule(
+        rule(
+            &mut b,
             Some("Bar.Foo.com"),
-            "/api",
-            PathKind::Prefix,
-            &age(1),
-            exact,
-            false,
+            PathMatch::prefix("/api"),
+            1,
+            "exact",
         );
-        b.rule(
-            Some("*.foo.com"),
-            "/",
-            PathKind::Prefix,
-            &age(1),
-            wild,
-            false,
-        );
-        b.rule(None, "/any", PathKind::Prefix, &age(1), any, false);
-        b.default_backend(&age(1), default);
+        rule(&mut b, Some("*.foo.com"), PathMatch::prefix("/"), 1, "wild");
+        rule(&mut b, None, PathMatch::prefix("/any"), 1, "any");
+        let default = backend(&mut b, "fallback");
+        b.default_backend(&age(1), Arc::new(Action::forward(default, false)));
         let t = b.build();
         assert_eq!(
             served(&t, "bar.foo.com", "/api/x").as_deref(),
@@ -490,24 +959,297 @@ mod tests {
     fn the_oldest_ingress_wins_a_conflict() {
         let empty = RouteTable::default();
         let mut b = empty.builder();
-        let young = backend(&mut b, "young");
-        let old = backend(&mut b, "old");
-        let d_young = backend(&mut b, "d-young");
-        let d_old = backend(&mut b, "d-old");
-        b.rule(Some("a.com"), "/x", PathKind::Prefix, &age(5), young, false);
-        b.rule(Some("a.com"), "/x/", PathKind::Prefix, &age(2), old, false);
-        b.default_backend(&age(5), d_young);
-        b.default_backend(&age(2), d_old);
+        rule(&mut b, Some("a.com"), PathMatch::prefix("/x"), 5, "young");
+        rule(&mut b, Some("a.com"), PathMatch::prefix("/x/"), 2, "old");
+        for (n, name) in [(5, "d-young"), (2, "d-old")] {
+            let be = backend(&mut b, name);
+            b.default_backend(&age(n), Arc::new(Action::forward(be, false)));
+        }
         let t = b.build();
         assert_eq!(served(&t, "a.com", "/x/y").as_deref(), Some("old"));
         assert_eq!(served(&t, "b.com", "/").as_deref(), Some("default:d-old"));
         assert_eq!(t.host_count(), 1);
     }
 
+    fn route_age(n: i64, name: &str) -> Age {
+        (n, Owner::http_route("ns", name))
+    }
+
+    fn gateway(
+        b: &mut Builder<'_>,
+        host: Option<&str>,
+        path: PathMatch,
+        conditions: Option<Conditions>,
+        age: &Age,
+        index: usize,
+        name: &str,
+    ) {
+        let be = backend(b, name);
+        let m = GatewayMatch {
+            path,
+            conditions: conditions.map(Arc::new),
+        };
+        b.gateway_rule(
+            80,
+            host,
+            &m,
+            age,
+            index,
+            Arc::new(Action::forward(be, false)),
+        );
+    }
+
+    fn on_gateway(t: &RouteTable, host: &str, req: &Req<'_>, path: &str) -> Option<String> {
+        match t.route(80, false, host, path, req) {
+            Target::Route(r) => Some(service(&r.action)),
+            _ => None,
+        }
+    }
+
+    /// The precedence of the HTTPRoute spec: Exact, longest prefix, method, headers, query,
+    /// then age, name and rule order.
+    #[test]
+    fn gateway_precedence() {
+        let empty = RouteTable::default();
+        let mut b = empty.builder();
+        let old = route_age(1, "old");
+        let young = route_age(2, "young");
+        let header = |n: &str, v: &str| {
+            (
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                ValueMatch::Exact(v.into()),
+            )
+        };
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/"),
+            None,
+            &young,
+            0,
+            "young-root",
+        );
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/"),
+            None,
+            &old,
+            1,
+            "old-root",
+        );
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/a/b"),
+            None,
+            &young,
+            0,
+            "long",
+        );
+        gateway(
+            &mut b,
+            None,
+            PathMatch::exact("/a/b/c"),
+            None,
+            &young,
+            0,
+            "exact",
+        );
+        let post = Conditions {
+            method: Some(Method::POST),
+            ..Default::default()
+        };
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/a"),
+            Some(post),
+            &young,
+            0,
+            "post",
+        );
+        let one = Conditions {
+            headers: vec![header("x-a", "1")],
+            ..Default::default()
+        };
+        let two = Conditions {
+            headers: vec![header("x-a", "1"), header("x-b", "2")],
+            ..Default::default()
+        };
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/a"),
+            Some(one),
+            &old,
+            0,
+            "one-header",
+        );
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/a"),
+            Some(two),
+            &young,
+            0,
+            "two-headers",
+        );
+        let q = Conditions {
+            query: vec![(
+                "animal".into(),
+                ValueMatch::Regex(whole_match("wh.le").unwrap()),
+            )],
+            ..Default::default()
+        };
+        gateway(
+            &mut b,
+            None,
+            PathMatch::prefix("/q"),
+            Some(q),
+            &young,
+            0,
+            "query",
+        );
+        let t = b.build();
+        let mut headers = HeaderMap::new();
+        let get = req(&Method::GET, &headers, None);
+        assert_eq!(on_gateway(&t, "h", &get, "/x").as_deref(), Some("old-root"));
+        assert_eq!(
+            on_gateway(&t, "h", &get, "/a/b/c").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            on_gateway(&t, "h", &get, "/a/b/c/d").as_deref(),
+            Some("long")
+        );
+        assert_eq!(on_gateway(&t, "h", &get, "/a").as_deref(), Some("old-root"));
+        let post = req(&Method::POST, &headers, None);
+        assert_eq!(on_gateway(&t, "h", &post, "/a").as_deref(), Some("post"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let get = req(&Method::GET, &headers, None);
+        assert_eq!(
+            on_gateway(&t, "h", &get, "/a").as_deref(),
+            Some("one-header")
+        );
+        headers.insert("x-b", HeaderValue::from_static("2"));
+        let get = req(&Method::GET, &headers, None);
+        assert_eq!(
+            on_gateway(&t, "h", &get, "/a").as_deref(),
+            Some("two-headers")
+        );
+        let q = |query| req(&Method::GET, &headers, Some(query));
+        assert_eq!(
+            on_gateway(&t, "h", &q("animal=whale"), "/q").as_deref(),
+            Some("query")
+        );
+        assert_eq!(
+            on_gateway(&t, "h", &q("x=1&animal=wh%61le"), "/q").as_deref(),
+            Some("query")
+        );
+        assert_eq!(
+            on_gateway(&t, "h", &q("animal=whales"), "/q").as_deref(),
+            Some("old-root")
+        );
+        // No Ingress fallback on a port that is not an ingress port.
+        assert!(matches!(
+            t.route(81, false, "h", "/", &get),
+            Target::NotFound
+        ));
+    }
+
+    /// A Gateway wildcard covers one or more labels; the most specific group answers alone.
+    #[test]
+    fn gateway_hosts_are_isolated() {
+        let empty = RouteTable::default();
+        let mut b = empty.builder();
+        let a = route_age(1, "r");
+        gateway(
+            &mut b,
+            Some("*.example.com"),
+            PathMatch::prefix("/"),
+            None,
+            &a,
+            0,
+            "wild",
+        );
+        gateway(
+            &mut b,
+            Some("*.foo.example.com"),
+            PathMatch::prefix("/"),
+            None,
+            &a,
+            0,
+            "deeper",
+        );
+        gateway(
+            &mut b,
+            Some("exact.example.com"),
+            PathMatch::prefix("/only"),
+            None,
+            &a,
+            0,
+            "exact",
+        );
+        gateway(&mut b, None, PathMatch::prefix("/"), None, &a, 0, "any");
+        let t = b.build();
+        let headers = HeaderMap::new();
+        let get = req(&Method::GET, &headers, None);
+        let at = |h: &str, p: &str| on_gateway(&t, h, &get, p);
+        assert_eq!(at("a.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(at("a.b.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(at("a.foo.example.com", "/").as_deref(), Some("deeper"));
+        assert_eq!(at("exact.example.com", "/only/x").as_deref(), Some("exact"));
+        assert_eq!(at("exact.example.com", "/other"), None);
+        assert_eq!(at("example.com", "/").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn path_rewrites() {
+        let prefix = PathRewrite::Prefix("/one".into());
+        assert_eq!(prefix.apply("/prefix/one", "/prefix/one/two"), "/one/two");
+        assert_eq!(prefix.apply("/prefix/one", "/prefix/one"), "/one");
+        let strip = PathRewrite::Prefix("/".into());
+        assert_eq!(strip.apply("/strip", "/strip/three"), "/three");
+        assert_eq!(strip.apply("/strip", "/strip"), "/");
+        assert_eq!(strip.apply("", "/x"), "/x");
+        assert_eq!(PathRewrite::Full("/f".into()).apply("/a", "/a/b"), "/f");
+    }
+
+    #[test]
+    fn weights_split_requests() {
+        let empty = RouteTable::default();
+        let mut b = empty.builder();
+        let (x, y) = (backend(&mut b, "x"), backend(&mut b, "y"));
+        let action = Action {
+            backends: vec![(3, Some(x)), (1, Some(y)), (0, None)],
+            ..Default::default()
+        };
+        let mut n = [0; 2];
+        for _ in 0..4000 {
+            match action.pick() {
+                Destination::Backend(b) if b.service == "x" => n[0] += 1,
+                Destination::Backend(_) => n[1] += 1,
+                Destination::Invalid => panic!("a zero weight was picked"),
+            }
+        }
+        assert!((2700..3300).contains(&n[0]), "{n:?}");
+        let none = Action {
+            backends: vec![(0, None)],
+            ..Default::default()
+        };
+        assert!(matches!(none.pick(), Destination::Invalid));
+        let unresolved = Action {
+            backends: vec![(1, None), (1, None)],
+            ..Default::default()
+        };
+        assert!(matches!(unresolved.pick(), Destination::Invalid));
+    }
+
     #[test]
     fn upstream_state_carries_over() {
         let spec = || BackendSpec {
-            ingress: age(1).1,
+            owner: age(1).1,
             service: "svc:80".into(),
             endpoints: vec!["10.0.0.1:80".parse().unwrap()],
             h2c: false,
@@ -516,7 +1258,12 @@ mod tests {
         let empty = RouteTable::default();
         let mut b = empty.builder();
         let first = b.backend(spec());
-        b.rule(None, "/", PathKind::Prefix, &age(1), first.clone(), false);
+        b.rule(
+            None,
+            PathMatch::prefix("/"),
+            &age(1),
+            Arc::new(Action::forward(first.clone(), false)),
+        );
         let t1 = b.build();
         let mut b = t1.builder();
         let second = b.backend(spec());

@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::request::{normalize_path, request_host};
-use super::routes::{Backend, BackendStats, Balance, Target};
+use super::routes::{
+    Action, Backend, BackendStats, Balance, Destination, HeaderEdit, Redirect, Req, Target,
+};
 use super::upstream::{SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
 
@@ -74,6 +76,10 @@ pub(super) struct Shared {
 struct Conn {
     peer: SocketAddr,
     tls: bool,
+    /// The local port it arrived on.
+    port: u16,
+    /// It arrived on an ingress port (Ingress rules apply).
+    ingress: bool,
     forwarded_for: HeaderValue,
     forwarded_port: HeaderValue,
     /// `Forwarded` without the host ([`forwarded_prefix`]).
@@ -257,6 +263,7 @@ fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: 
         path,
         id,
         upgrade,
+        host_rewrite,
     } = to;
     // The routed host came from the Host header unless the target carried an authority: then
     // the header's value is reused as it is.
@@ -264,7 +271,11 @@ fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: 
         Some(h) if req.uri().authority().is_none() => Some(h.clone()),
         _ => HeaderValue::from_str(host).ok(),
     };
-    if let Some(uri) = upstream_uri(req.uri(), host, *path, backend.h2c) {
+    let upstream_host = match host_rewrite {
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => original_host.clone(),
+    };
+    if let Some(uri) = upstream_uri(req.uri(), host_rewrite.unwrap_or(host), *path, backend.h2c) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = if backend.h2c {
@@ -276,8 +287,8 @@ fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: 
     strip_hop_by_hop(headers);
     if backend.h2c {
         headers.remove(header::HOST);
-    } else if let Some(h) = &original_host {
-        headers.insert(header::HOST, h.clone());
+    } else if let Some(h) = upstream_host {
+        headers.insert(header::HOST, h);
     }
     if let Some(proto) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -310,6 +321,8 @@ struct Routed<'a> {
     id: &'a HeaderValue,
     /// The upgrade that is passed on (WebSocket).
     upgrade: Option<HeaderValue>,
+    /// The host the backend receives instead (a `URLRewrite` filter).
+    host_rewrite: Option<&'a str>,
 }
 
 /// Sends `req` on `sender`. A failure hands back the request when it never left, so it can go
@@ -354,9 +367,10 @@ async fn forward(
     conn: &Conn,
     to: Routed<'_>,
     tunnels: &Arc<Semaphore>,
+    edit: &HeaderEdit,
 ) -> (Response<Body>, Option<SocketAddr>) {
     // Named only when something fails.
-    let service = || format!("{}/{}", backend.ingress.namespace, backend.service);
+    let service = || format!("{}/{}", backend.owner.namespace, backend.service);
     // An upgraded connection outlives the request's connection: it holds a connection slot of
     // its own, or is refused.
     let tunnel = match &to.upgrade {
@@ -372,6 +386,8 @@ async fn forward(
     let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let version = req.version();
     to_upstream(&mut req, backend, conn, &to);
+    // A route's own header filter comes last: it may set what the router would.
+    edit.apply(req.headers_mut());
     let settings = &backend.settings;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let attempts = backend.endpoints.len().clamp(1, 3);
@@ -457,6 +473,20 @@ fn switch(
     out
 }
 
+/// What a request is answered with before any backend is asked.
+fn no_backend(a: Option<&Action>) -> Response<Body> {
+    match a {
+        None => local(
+            StatusCode::NOT_FOUND,
+            "no ingress rule or route matches this host and path",
+        ),
+        Some(_) => local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this route has no valid backend",
+        ),
+    }
+}
+
 async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let started = Instant::now();
     let id = request_id(req.headers());
@@ -481,10 +511,18 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
     let host = super::routes::normalize_host(&raw_host).into_owned();
     let version = req.version();
     let routes = shared.source.routes();
-    let (backend, redirect) = match routes.route(&host, path) {
-        Target::Route(r) => (Some(r.backend.clone()), r.ssl_redirect && !conn.tls),
-        Target::Default(b) => (Some(b.clone()), false),
-        Target::NotFound => (None, false),
+    let view = Req {
+        method: req.method(),
+        headers: req.headers(),
+        query: req.uri().query(),
+    };
+    let (action, matched) = match routes.route(conn.port, conn.ingress, &host, path, &view) {
+        Target::Route(r) => (
+            Some(r.action.clone()),
+            r.matched_prefix().map(str::to_owned),
+        ),
+        Target::Default(a) => (Some(a.clone()), None),
+        Target::NotFound => (None, None),
     };
     drop(routes);
     // Kept for the access log only.
@@ -492,45 +530,71 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
         .config
         .access_log
         .then(|| (req.method().clone(), path.to_owned()));
-    let (resp, upstream) = match &backend {
-        _ if redirect => (redirect_to_https(shared, &host, req.uri()), None),
-        None => (
-            local(
-                StatusCode::NOT_FOUND,
-                "no ingress rule matches this host and path",
-            ),
-            None,
-        ),
-        Some(b) if b.endpoints.is_empty() => (
-            local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "service {}/{} has no ready endpoint",
-                    b.ingress.namespace, b.service
-                ),
-            ),
-            None,
-        ),
-        Some(b) => {
-            let to = Routed {
-                host: &raw_host,
-                path: rewritten.as_deref(),
-                id: &id,
-                upgrade: upgrade_protocol(&req),
-            };
-            forward(b, req, &conn, to, &shared.connections).await
+    let matched = matched.as_deref().unwrap_or("");
+    let mut backend = None;
+    let (resp, upstream) = match action.as_deref() {
+        Some(a) if a.ssl_redirect && !conn.tls => {
+            (redirect_to_https(shared, &host, req.uri()), None)
         }
+        Some(a) if a.redirect.is_some() => {
+            let r = a.redirect.as_ref().expect("checked");
+            (redirect(r, &conn, &host, path, matched, req.uri()), None)
+        }
+        None => (no_backend(None), None),
+        Some(a) => match a.pick() {
+            Destination::Invalid => {
+                backend = a.first_backend().cloned();
+                (no_backend(Some(a)), None)
+            }
+            Destination::Backend(b) if b.endpoints.is_empty() => {
+                backend = Some(b.clone());
+                let msg = format!(
+                    "service {}/{} has no ready endpoint",
+                    b.owner.namespace, b.service
+                );
+                (local(StatusCode::SERVICE_UNAVAILABLE, &msg), None)
+            }
+            Destination::Backend(b) => {
+                backend = Some(b.clone());
+                let rewrite = a.rewrite.as_ref();
+                let new_path = rewrite
+                    .and_then(|r| r.path.as_ref())
+                    .map(|p| p.apply(matched, path));
+                let to = Routed {
+                    host: &raw_host,
+                    path: new_path.as_deref().or(rewritten.as_deref()),
+                    id: &id,
+                    upgrade: upgrade_protocol(&req),
+                    host_rewrite: rewrite.and_then(|r| r.hostname.as_deref()),
+                };
+                let forwarded = forward(b, req, &conn, to, &shared.connections, &a.request_headers);
+                match a.request_timeout {
+                    None => forwarded.await,
+                    Some(limit) => match tokio::time::timeout(limit, forwarded).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            let msg =
+                                format!("service {}/{} timed out", b.owner.namespace, b.service);
+                            (local(StatusCode::GATEWAY_TIMEOUT, &msg), None)
+                        }
+                    },
+                }
+            }
+        },
     };
     let mut resp = resp;
+    if let Some(a) = &action {
+        a.response_headers.apply(resp.headers_mut());
+    }
     resp.headers_mut().insert(X_REQUEST_ID, id.clone());
     let took = started.elapsed();
     let status = resp.status().as_u16();
     let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
     stats.record(status, took);
     if let Some((method, path)) = logged {
-        let (ingress, service) = backend
+        let (owner, service) = backend
             .as_ref()
-            .map(|b| (b.ingress.to_string(), b.service.as_str()))
+            .map(|b| (b.owner.to_string(), b.service.as_str()))
             .unwrap_or_default();
         let request_id = id.to_str().unwrap_or("");
         let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
@@ -543,12 +607,54 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
             version = ?version,
             status,
             upstream = %upstream,
-            ingress = %ingress,
+            ingress = %owner,
             service,
             request_id,
             duration_us = took.as_micros() as u64,
             "request"
         );
+    }
+    resp
+}
+
+/// A `RequestRedirect` filter's answer. Unset parts come from the request; the port is left
+/// out when it is the scheme's own.
+fn redirect(
+    r: &Redirect,
+    conn: &Conn,
+    host: &str,
+    path: &str,
+    matched: &str,
+    uri: &Uri,
+) -> Response<Body> {
+    let scheme = r
+        .scheme
+        .as_deref()
+        .unwrap_or(if conn.tls { "https" } else { "http" });
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => p,
+        (None, Some(_)) if scheme == "https" => 443,
+        (None, Some(_)) if scheme == "http" => 80,
+        _ => conn.port,
+    };
+    let host = r.hostname.as_deref().unwrap_or(host);
+    let path = r
+        .path
+        .as_ref()
+        .map_or_else(|| path.to_string(), |p| p.apply(matched, path));
+    let mut location = format!("{scheme}://{host}");
+    if !matches!((scheme, port), ("http", 80) | ("https", 443)) {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(&path);
+    if let Some(q) = uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+    let mut resp = local(status, "redirected");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
 }
@@ -607,6 +713,7 @@ pub(super) async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    ingress: bool,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -631,6 +738,8 @@ pub(super) async fn accept_loop(
             let conn = Conn {
                 peer,
                 tls: tls.is_some(),
+                port: local.port(),
+                ingress,
                 forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                     .expect("an IP is a header value"),
                 forwarded_port: HeaderValue::from(local.port()),

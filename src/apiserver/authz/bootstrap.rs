@@ -2,7 +2,7 @@
 //! bootstrap makes them (for the kinds we serve): `cluster-admin`, the aggregated `admin`, `edit`
 //! and `view`, discovery and self-review for every authenticated user, `system:node-proxier`
 //! (kube-proxy's role), `system:node-bootstrapper`, and `switchyard:node-agent`, what the node
-//! agent needs beyond a node's own rights (Ingress status, TLS Secrets, Events).
+//! agent needs beyond a node's own rights (Ingress and Gateway API status, TLS Secrets, Events).
 
 use serde_json::{json, Value};
 
@@ -135,6 +135,8 @@ pub fn cluster_roles() -> Vec<Value> {
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
                 {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingressclasses"], "verbs": READ},
                 {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["get", "update", "patch"]},
+                {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses", "gateways", "httproutes", "referencegrants"], "verbs": READ},
+                {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses/status", "gateways/status", "httproutes/status"], "verbs": ["get", "update", "patch"]},
                 {"apiGroups": [""], "resources": ["secrets"], "verbs": READ},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
             ]),

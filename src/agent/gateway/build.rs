@@ -1,0 +1,1021 @@
+//! Gateway API objects to route-table rules and to the status each object gets: a pure
+//! function of the cluster state (and the parsed-certificate cache).
+//!
+//! What is ours: a GatewayClass whose `controllerName` is [`CONTROLLER`], the Gateways of such
+//! a class, and the HTTPRoutes (or their parent references) that name such a Gateway. Every
+//! listener of an accepted Gateway is served on its port of the node ([`Builder::listener`]);
+//! a route attaches to the listeners its parent reference selects (`sectionName`, `port`) that
+//! allow it (`allowedRoutes`) and share a hostname with it, under the intersection of the two
+//! hostnames.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use switchyard_proxy::router::routes::{
+    whole_match, Action, Age, BackendSpec, Builder, Conditions, GatewayMatch, HeaderEdit, Owner,
+    PathMatch, PathRewrite, Redirect, Rewrite, Settings, ValueMatch,
+};
+
+use super::types::{
+    parse_duration, BackendRef, Filter, Gateway, GatewayClass, HeaderModifier, HttpRoute, Listener,
+    ParentRef, PathModifier, ReferenceGrant, RouteMatch, Rule, GROUP,
+};
+use crate::agent::build::ObjKey;
+use crate::agent::routes::{certificate, service_port, CertCache, Endpoints, PortRef};
+
+/// The controller name of our GatewayClasses.
+pub const CONTROLLER: &str = "switchyard.io/gateway-controller";
+
+/// The features a GatewayClass of ours supports (sorted, as the spec asks).
+pub const FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRoute302RedirectStatusCode",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
+
+/// The Gateway API objects (and Namespaces) the agent keeps.
+#[derive(Clone, Copy)]
+pub struct Objects<'a> {
+    pub classes: &'a HashMap<ObjKey, GatewayClass>,
+    pub gateways: &'a HashMap<ObjKey, Gateway>,
+    pub routes: &'a HashMap<ObjKey, HttpRoute>,
+    pub grants: &'a HashMap<ObjKey, ReferenceGrant>,
+    pub namespaces: &'a HashMap<ObjKey, Namespace>,
+}
+
+/// Everything [`build`] reads.
+pub struct Inputs<'a> {
+    pub objects: Objects<'a>,
+    pub services: &'a HashMap<ObjKey, Service>,
+    pub secrets: &'a HashMap<ObjKey, Secret>,
+}
+
+impl<'a> std::ops::Deref for Inputs<'a> {
+    type Target = Objects<'a>;
+
+    fn deref(&self) -> &Objects<'a> {
+        &self.objects
+    }
+}
+
+/// One status condition (the writer adds `lastTransitionTime`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn cond(
+    kind: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> Condition {
+    Condition {
+        kind,
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassStatus {
+    pub name: String,
+    pub generation: i64,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub port: u16,
+    /// Route kinds (group, kind) it admits.
+    pub kinds: Vec<(String, String)>,
+    pub attached: i32,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayStatus {
+    pub key: ObjKey,
+    pub generation: i64,
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentStatus {
+    pub parent: ParentRef,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteStatus {
+    pub key: ObjKey,
+    pub generation: i64,
+    /// Our parents only: entries of other controllers are left as they are.
+    pub parents: Vec<ParentStatus>,
+}
+
+/// The status of every object of ours.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Statuses {
+    pub classes: Vec<ClassStatus>,
+    pub gateways: Vec<GatewayStatus>,
+    pub routes: Vec<RouteStatus>,
+}
+
+fn generation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.generation.unwrap_or(0)
+}
+
+fn age_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, owner: Owner) -> Age {
+    (
+        meta.creation_timestamp
+            .as_ref()
+            .map_or(i64::MAX, |t| t.0.as_second()),
+        owner,
+    )
+}
+
+/// The Services HTTPRoutes name, so their endpoints are collected.
+pub fn services(routes: &HashMap<ObjKey, HttpRoute>) -> impl Iterator<Item = ObjKey> + '_ {
+    routes.iter().flat_map(|((ns, _), r)| {
+        r.spec
+            .rules
+            .iter()
+            .flat_map(|rule| &rule.backend_refs)
+            .filter(|b| is_service(&b.target.group, &b.target.kind))
+            .map(move |b| {
+                let ns = b.target.namespace.clone().unwrap_or_else(|| ns.clone());
+                (ns, b.target.name.clone())
+            })
+    })
+}
+
+fn is_service(group: &Option<String>, kind: &Option<String>) -> bool {
+    group.as_deref().unwrap_or("").is_empty() && kind.as_deref().unwrap_or("Service") == "Service"
+}
+
+/// Whether a ReferenceGrant in `to_ns` lets a `from_kind` in `from_ns` refer to the object.
+fn granted(
+    grants: &HashMap<ObjKey, ReferenceGrant>,
+    (from_kind, from_ns): (&str, &str),
+    (to_group, to_kind, to_ns, to_name): (&str, &str, &str, &str),
+) -> bool {
+    grants
+        .iter()
+        .filter(|((ns, _), _)| ns == to_ns)
+        .any(|(_, g)| {
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == GROUP && f.kind == from_kind && f.namespace == from_ns)
+                && g.spec.to.iter().any(|t| {
+                    t.group == to_group
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                })
+        })
+}
+
+/// The hostnames a route is served under on a listener: the intersection of the two (None is
+/// every host). Empty when they share none.
+pub fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<String>> {
+    let route: Vec<String> = route.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let Some(l) = listener.map(str::to_ascii_lowercase) else {
+        if route.is_empty() {
+            return vec![None];
+        }
+        return route.into_iter().map(Some).collect();
+    };
+    if route.is_empty() {
+        return vec![Some(l)];
+    }
+    // `*.a.b` covers `x.a.b` and `x.y.a.b` (and `*.x.a.b`), not `a.b`.
+    let covers = |wild: &str, name: &str| {
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+    };
+    let mut out: Vec<Option<String>> = Vec::new();
+    for h in route {
+        let shared = if h == l || covers(&l, &h) {
+            Some(h)
+        } else if covers(&h, &l) {
+            Some(l.clone())
+        } else {
+            None
+        };
+        if let Some(s) = shared {
+            if !out.contains(&Some(s.clone())) {
+                out.push(Some(s));
+            }
+        }
+    }
+    out
+}
+
+/// A listener as checked: whether it is served, and the routes it admits.
+struct Checked<'a> {
+    listener: &'a Listener,
+    port: u16,
+    /// Served: accepted, no conflict, references resolved.
+    valid: bool,
+    admits_http_route: bool,
+    status: ListenerStatus,
+}
+
+/// Checks a Gateway's listeners, registers their ports and certificates in the table, and
+/// returns them with their status.
+fn listeners<'a>(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    certs: &mut CertCache,
+    key: &ObjKey,
+    gw: &'a Gateway,
+    age: &Age,
+) -> Vec<Checked<'a>> {
+    let all = &gw.spec.listeners;
+    let mut out = Vec::new();
+    for l in all {
+        let port = u16::try_from(l.port).unwrap_or(0);
+        let tls = l.protocol == "HTTPS";
+        let mut conditions = Vec::new();
+        let mut valid = true;
+        let supported_protocol = matches!(l.protocol.as_str(), "HTTP" | "HTTPS") && port != 0;
+        // Conflicts inside the Gateway: one port, two protocols; or one port, protocol and
+        // hostname twice.
+        let same_port = all.iter().filter(|o| o.port == l.port);
+        let protocol_conflict = same_port.clone().any(|o| o.protocol != l.protocol);
+        let hostname_conflict = same_port
+            .filter(|o| o.protocol == l.protocol && o.hostname == l.hostname)
+            .count()
+            > 1;
+        conditions.push(match (protocol_conflict, hostname_conflict) {
+            (true, _) => {
+                valid = false;
+                cond(
+                    "Conflicted",
+                    true,
+                    "ProtocolConflict",
+                    format!("another listener on port {} uses another protocol", l.port),
+                )
+            }
+            (false, true) => {
+                valid = false;
+                cond(
+                    "Conflicted",
+                    true,
+                    "HostnameConflict",
+                    format!("another listener on port {} has the same hostname", l.port),
+                )
+            }
+            _ => cond("Conflicted", false, "NoConflicts", "No conflicts"),
+        });
+        if supported_protocol {
+            conditions.push(cond("Accepted", true, "Accepted", "Listener accepted"));
+        } else {
+            valid = false;
+            conditions.push(cond(
+                "Accepted",
+                false,
+                "UnsupportedProtocol",
+                format!(
+                    "protocol {:?} is not served (HTTP and HTTPS are)",
+                    l.protocol
+                ),
+            ));
+        }
+        // Route kinds: HTTPRoute is the one this listener can serve.
+        let http_route = |group: &Option<String>, kind: &str| {
+            group.as_deref().unwrap_or(GROUP) == GROUP && kind == "HTTPRoute"
+        };
+        let asked = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref());
+        let (kinds, bad_kinds) = match asked {
+            None => (vec![(GROUP.to_string(), "HTTPRoute".to_string())], false),
+            Some(list) => {
+                let good: Vec<(String, String)> = list
+                    .iter()
+                    .filter(|k| http_route(&k.group, &k.kind))
+                    .map(|k| (GROUP.to_string(), k.kind.clone()))
+                    .collect();
+                let bad = good.len() < list.len();
+                (good, bad)
+            }
+        };
+        let mut resolved = if bad_kinds {
+            Err(cond(
+                "ResolvedRefs",
+                false,
+                "InvalidRouteKinds",
+                "only HTTPRoute (gateway.networking.k8s.io) is supported",
+            ))
+        } else {
+            Ok(())
+        };
+        if tls && resolved.is_ok() {
+            resolved = listener_certificate(b, inputs, certs, key, l, port, age);
+        }
+        match resolved {
+            Ok(()) => conditions.push(cond(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "References resolved",
+            )),
+            Err(c) => {
+                // Unsupported route kinds alone leave the listener serving the supported ones.
+                if c.reason != "InvalidRouteKinds" {
+                    valid = false;
+                }
+                conditions.push(c);
+            }
+        }
+        conditions.push(if valid {
+            cond(
+                "Programmed",
+                true,
+                "Programmed",
+                "Listener served on its port of every node",
+            )
+        } else {
+            cond("Programmed", false, "Invalid", "Listener not served")
+        });
+        if valid {
+            b.listener(port, tls);
+        }
+        let admits_http_route = !kinds.is_empty();
+        out.push(Checked {
+            listener: l,
+            port,
+            valid,
+            admits_http_route,
+            status: ListenerStatus {
+                name: l.name.clone(),
+                port,
+                kinds,
+                attached: 0,
+                conditions,
+            },
+        });
+    }
+    out
+}
+
+/// Resolves an HTTPS listener's first certificate and adds it to the table.
+fn listener_certificate(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    certs: &mut CertCache,
+    key: &ObjKey,
+    l: &Listener,
+    port: u16,
+    age: &Age,
+) -> Result<(), Condition> {
+    let invalid = |m: String| cond("ResolvedRefs", false, "InvalidCertificateRef", m);
+    let tls = l
+        .tls
+        .as_ref()
+        .ok_or_else(|| invalid("an HTTPS listener needs tls.certificateRefs".into()))?;
+    if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+        return Err(invalid(format!(
+            "TLS mode {:?} is not supported on HTTPS listeners",
+            tls.mode
+        )));
+    }
+    let r = tls
+        .certificate_refs
+        .first()
+        .ok_or_else(|| invalid("an HTTPS listener needs tls.certificateRefs".into()))?;
+    if !is_secret(r) {
+        return Err(invalid(format!(
+            "certificateRef {:?}/{:?} is not a Secret",
+            r.group.as_deref().unwrap_or(""),
+            r.kind.as_deref().unwrap_or("Secret")
+        )));
+    }
+    let ns = r.namespace.clone().unwrap_or_else(|| key.0.clone());
+    if ns != key.0
+        && !granted(
+            inputs.grants,
+            ("Gateway", &key.0),
+            ("", "Secret", &ns, &r.name),
+        )
+    {
+        return Err(cond(
+            "ResolvedRefs",
+            false,
+            "RefNotPermitted",
+            format!(
+                "no ReferenceGrant in {ns} lets Gateways of {} use Secret {}",
+                key.0, r.name
+            ),
+        ));
+    }
+    let cert = certificate(certs, inputs.secrets, &(ns, r.name.clone())).map_err(invalid)?;
+    b.listener_certificate(port, l.hostname.as_deref(), age, cert);
+    Ok(())
+}
+
+fn is_secret(r: &super::types::ObjectRef) -> bool {
+    r.group.as_deref().unwrap_or("").is_empty() && r.kind.as_deref().unwrap_or("Secret") == "Secret"
+}
+
+/// Whether a listener admits routes from `route_ns`.
+fn admits_namespace(
+    l: &Listener,
+    gw_ns: &str,
+    route_ns: &str,
+    namespaces: &HashMap<ObjKey, Namespace>,
+) -> bool {
+    let ns = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match ns.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+        "All" => true,
+        "Same" => gw_ns == route_ns,
+        "Selector" => {
+            let Some(sel) = ns
+                .and_then(|n| n.selector.as_ref())
+                .and_then(|s| crate::apiserver::selectors::LabelSelector::from_json(s).ok())
+            else {
+                return false;
+            };
+            namespaces
+                .get(&(String::new(), route_ns.to_string()))
+                .is_some_and(|n| sel.matches(&n.metadata.labels.clone().unwrap_or_default()))
+        }
+        _ => false,
+    }
+}
+
+/// An invalid route rule: why (a `UnsupportedValue` message).
+type Invalid = String;
+
+fn header_name(n: &str) -> Result<HeaderName, Invalid> {
+    HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("{n:?} is not a header name"))
+}
+
+fn header_edit(m: &HeaderModifier) -> Result<HeaderEdit, Invalid> {
+    let pair = |nv: &super::types::NameValue| -> Result<(HeaderName, HeaderValue), Invalid> {
+        let v = HeaderValue::from_str(&nv.value)
+            .map_err(|_| format!("{:?} is not a header value", nv.value))?;
+        Ok((header_name(&nv.name)?, v))
+    };
+    Ok(HeaderEdit {
+        set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+        add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| header_name(n))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_rewrite(p: &PathModifier) -> Result<PathRewrite, Invalid> {
+    match (
+        p.kind.as_str(),
+        &p.replace_full_path,
+        &p.replace_prefix_match,
+    ) {
+        ("ReplaceFullPath", Some(v), _) => Ok(PathRewrite::Full(v.as_str().into())),
+        ("ReplacePrefixMatch", _, Some(v)) => Ok(PathRewrite::Prefix(v.as_str().into())),
+        (k, _, _) => Err(format!(
+            "path modifier {k:?} is not supported or has no value"
+        )),
+    }
+}
+
+/// A rule's filters into an action (backends are added by the caller).
+fn filters(filters: &[Filter], prefix_only: bool) -> Result<Action, Invalid> {
+    let mut a = Action::default();
+    for f in filters {
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                if let Some(m) = &f.request_header_modifier {
+                    a.request_headers = header_edit(m)?;
+                }
+            }
+            "ResponseHeaderModifier" => {
+                if let Some(m) = &f.response_header_modifier {
+                    a.response_headers = header_edit(m)?;
+                }
+            }
+            "RequestRedirect" => {
+                let r = f.request_redirect.clone().unwrap_or_default();
+                let status = r.status_code.unwrap_or(302);
+                if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                    return Err(format!("redirect status {status} is not supported"));
+                }
+                if let Some(s) = r
+                    .scheme
+                    .as_deref()
+                    .filter(|s| !matches!(*s, "http" | "https"))
+                {
+                    return Err(format!("redirect scheme {s:?} is not supported"));
+                }
+                a.redirect = Some(Redirect {
+                    scheme: r.scheme.map(Into::into),
+                    hostname: r.hostname.map(Into::into),
+                    path: r.path.as_ref().map(path_rewrite).transpose()?,
+                    port: r.port.and_then(|p| u16::try_from(p).ok()),
+                    status: status as u16,
+                });
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.clone().unwrap_or_default();
+                a.rewrite = Some(Rewrite {
+                    hostname: r.hostname.map(Into::into),
+                    path: r.path.as_ref().map(path_rewrite).transpose()?,
+                });
+            }
+            other => return Err(format!("filter {other:?} is not supported")),
+        }
+    }
+    let prefix_rewrite = [
+        a.redirect.as_ref().and_then(|r| r.path.as_ref()),
+        a.rewrite.as_ref().and_then(|r| r.path.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|p| matches!(p, PathRewrite::Prefix(_)));
+    if prefix_rewrite && !prefix_only {
+        return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix".into());
+    }
+    Ok(a)
+}
+
+/// A rule's matches, compiled (the default is every path).
+fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
+    let default = [RouteMatch::default()];
+    let list: &[RouteMatch] = rule.matches.as_deref().unwrap_or(&default);
+    let list = if list.is_empty() { &default[..] } else { list };
+    list.iter()
+        .map(|m| {
+            let (kind, value) = m.path.as_ref().map_or(("PathPrefix", "/"), |p| {
+                (
+                    p.kind.as_deref().unwrap_or("PathPrefix"),
+                    p.value.as_deref().unwrap_or("/"),
+                )
+            });
+            let path = match kind {
+                "Exact" => PathMatch::exact(value),
+                "PathPrefix" => PathMatch::prefix(value),
+                "RegularExpression" => PathMatch::Regex(
+                    whole_match(value).map_err(|e| format!("path regex {value:?}: {e}"))?,
+                ),
+                k => return Err(format!("path match type {k:?} is not supported")),
+            };
+            let value_match = |kind: Option<&str>, v: &str| -> Result<ValueMatch, Invalid> {
+                match kind.unwrap_or("Exact") {
+                    "Exact" => Ok(ValueMatch::Exact(v.into())),
+                    "RegularExpression" => whole_match(v)
+                        .map(ValueMatch::Regex)
+                        .map_err(|e| format!("regex {v:?}: {e}")),
+                    k => Err(format!("match type {k:?} is not supported")),
+                }
+            };
+            // The first of several matches on one name counts (the spec's rule).
+            let mut headers: Vec<(HeaderName, ValueMatch)> = Vec::new();
+            for h in &m.headers {
+                let name = header_name(&h.name)?;
+                if !headers.iter().any(|(n, _)| *n == name) {
+                    headers.push((name, value_match(h.kind.as_deref(), &h.value)?));
+                }
+            }
+            let mut query: Vec<(Box<str>, ValueMatch)> = Vec::new();
+            for q in &m.query_params {
+                if !query.iter().any(|(n, _)| **n == *q.name) {
+                    query.push((
+                        q.name.as_str().into(),
+                        value_match(q.kind.as_deref(), &q.value)?,
+                    ));
+                }
+            }
+            let method = m
+                .method
+                .as_deref()
+                .map(|s| {
+                    http::Method::from_bytes(s.as_bytes()).map_err(|_| format!("method {s:?}"))
+                })
+                .transpose()?;
+            let conditions =
+                (method.is_some() || !headers.is_empty() || !query.is_empty()).then(|| {
+                    Arc::new(Conditions {
+                        method,
+                        headers,
+                        query,
+                    })
+                });
+            Ok(GatewayMatch { path, conditions })
+        })
+        .collect()
+}
+
+/// Why a backend reference cannot be used, as a ResolvedRefs reason and message.
+type Unresolved = (&'static str, String);
+
+/// A rule's backends: weighted, with None for each reference that did not resolve.
+#[allow(clippy::type_complexity)]
+fn backends(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &Endpoints,
+    key: &ObjKey,
+    owner: &Owner,
+    settings: &Settings,
+    refs: &[BackendRef],
+) -> (
+    Vec<(u32, Option<Arc<switchyard_proxy::router::routes::Backend>>)>,
+    Vec<Unresolved>,
+) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for r in refs {
+        let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
+        let t = &r.target;
+        let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
+        let resolved = if !is_service(&t.group, &t.kind) {
+            Err((
+                "InvalidKind",
+                format!(
+                    "backend {}/{} is not a Service",
+                    t.group.as_deref().unwrap_or(""),
+                    t.kind.as_deref().unwrap_or("Service")
+                ),
+            ))
+        } else if !r.filters.is_empty() {
+            Err((
+                "UnsupportedValue",
+                "filters on a backendRef are not supported".to_string(),
+            ))
+        } else if ns != key.0
+            && !granted(
+                inputs.grants,
+                ("HTTPRoute", &key.0),
+                ("", "Service", &ns, &t.name),
+            )
+        {
+            Err((
+                "RefNotPermitted",
+                format!(
+                    "no ReferenceGrant in {ns} lets HTTPRoutes of {} use Service {}",
+                    key.0, t.name
+                ),
+            ))
+        } else {
+            let port = r.port.map(PortRef::Number);
+            service_port(inputs.services, endpoints, &ns, &t.name, port)
+                .map_err(|p| ("BackendNotFound", p.message))
+        };
+        match resolved {
+            Ok((addrs, h2c)) => {
+                let spec = BackendSpec {
+                    owner: owner.clone(),
+                    service: format!("{}:{}", t.name, r.port.unwrap_or(0)),
+                    endpoints: addrs,
+                    h2c,
+                    settings: settings.clone(),
+                };
+                out.push((weight, Some(b.backend(spec))));
+            }
+            Err(p) => {
+                out.push((weight, None));
+                problems.push(p);
+            }
+        }
+    }
+    (out, problems)
+}
+
+/// One rule, compiled: its matches and its action; or why it cannot be served.
+fn compile_rule(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &Endpoints,
+    key: &ObjKey,
+    owner: &Owner,
+    rule: &Rule,
+    unresolved: &mut Vec<Unresolved>,
+) -> Result<(Vec<GatewayMatch>, Arc<Action>), Invalid> {
+    let ms = matches(rule)?;
+    let prefix_only = ms.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
+    let mut action = filters(&rule.filters, prefix_only)?;
+    let mut settings = Settings::default();
+    let timeout = |s: &Option<String>| -> Result<Option<Duration>, Invalid> {
+        s.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map(|d| d.filter(|d| !d.is_zero()))
+    };
+    if let Some(t) = &rule.timeouts {
+        action.request_timeout = timeout(&t.request)?;
+        if let Some(d) = timeout(&t.backend_request)? {
+            settings.response_timeout = d;
+        }
+    }
+    if action.redirect.is_none() {
+        let (list, problems) = backends(
+            b,
+            inputs,
+            endpoints,
+            key,
+            owner,
+            &settings,
+            &rule.backend_refs,
+        );
+        action.backends = list;
+        unresolved.extend(problems);
+    }
+    Ok((ms, Arc::new(action)))
+}
+
+/// A route's rules, compiled once for all its parents: the served rules (matches and action),
+/// the backend references that did not resolve, and why rules could not be served.
+type Compiled = (
+    Vec<(Vec<GatewayMatch>, Arc<Action>)>,
+    Vec<Unresolved>,
+    Vec<Invalid>,
+);
+
+/// Adds every Gateway and HTTPRoute of ours to the table; returns their status.
+pub fn build(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &Endpoints,
+    certs: &mut CertCache,
+) -> Statuses {
+    let mut st = Statuses::default();
+    let mut ours: HashSet<&str> = HashSet::new();
+    for ((_, name), class) in inputs.classes {
+        if class.spec.controller_name != CONTROLLER {
+            continue;
+        }
+        ours.insert(name);
+        st.classes.push(ClassStatus {
+            name: name.clone(),
+            generation: generation(&class.metadata),
+            conditions: vec![cond(
+                "Accepted",
+                true,
+                "Accepted",
+                "Served by the Switchyard node agents",
+            )],
+        });
+    }
+    // Gateways, with their listeners checked.
+    let mut gateways: HashMap<&ObjKey, (Vec<Checked<'_>>, &Gateway)> = HashMap::new();
+    let mut keys: Vec<&ObjKey> = inputs.gateways.keys().collect();
+    keys.sort();
+    for key in keys {
+        let gw = &inputs.gateways[key];
+        if !ours.contains(gw.spec.gateway_class_name.as_str()) {
+            continue;
+        }
+        let age = age_of(&gw.metadata, Owner::http_route(&key.0, &key.1));
+        if !gw.spec.addresses.is_empty() {
+            gateways.insert(key, (Vec::new(), gw));
+            continue;
+        }
+        let checked = listeners(b, inputs, certs, key, gw, &age);
+        gateways.insert(key, (checked, gw));
+    }
+    // Routes.
+    let mut keys: Vec<&ObjKey> = inputs.routes.keys().collect();
+    keys.sort();
+    for key in keys {
+        let route = &inputs.routes[key];
+        let owner = Owner::http_route(&key.0, &key.1);
+        let age = age_of(&route.metadata, owner.clone());
+        let mut parents = Vec::new();
+        // Compiled once per route, attached once per listener.
+        let mut compiled: Option<Compiled> = None;
+        for parent in &route.spec.parent_refs {
+            if parent.group.as_deref().unwrap_or(GROUP) != GROUP
+                || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+            {
+                continue;
+            }
+            let gw_key = (
+                parent.namespace.clone().unwrap_or_else(|| key.0.clone()),
+                parent.name.clone(),
+            );
+            let Some((checked, _)) = gateways.get_mut(&gw_key) else {
+                continue;
+            };
+            let (rules, unresolved, invalid) = compiled.get_or_insert_with(|| {
+                let mut unresolved = Vec::new();
+                let mut rules = Vec::new();
+                let mut invalid = Vec::new();
+                for rule in &route.spec.rules {
+                    match compile_rule(b, inputs, endpoints, key, &owner, rule, &mut unresolved) {
+                        Ok(r) => rules.push(r),
+                        Err(e) => invalid.push(e),
+                    }
+                }
+                (rules, unresolved, invalid)
+            });
+            let mut conditions = Vec::new();
+            let selected: Vec<usize> = checked
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    parent
+                        .section_name
+                        .as_ref()
+                        .is_none_or(|s| *s == c.listener.name)
+                        && parent.port.is_none_or(|p| p == c.listener.port)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let allowed: Vec<usize> = selected
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let c = &checked[i];
+                    c.valid
+                        && c.admits_http_route
+                        && admits_namespace(c.listener, &gw_key.0, &key.0, inputs.namespaces)
+                })
+                .collect();
+            let mut attached = 0;
+            for &i in &allowed {
+                let c = &mut checked[i];
+                let hosts = intersect(c.listener.hostname.as_deref(), &route.spec.hostnames);
+                if hosts.is_empty() || !invalid.is_empty() {
+                    continue;
+                }
+                attached += 1;
+                c.status.attached += 1;
+                for host in &hosts {
+                    for (r, (ms, action)) in rules.iter().enumerate() {
+                        for (m_i, m) in ms.iter().enumerate() {
+                            b.gateway_rule(
+                                c.port,
+                                host.as_deref(),
+                                m,
+                                &age,
+                                r * 64 + m_i,
+                                action.clone(),
+                            );
+                        }
+                    }
+                }
+            }
+            conditions.push(if !invalid.is_empty() {
+                cond("Accepted", false, "UnsupportedValue", invalid.join("; "))
+            } else if selected.is_empty() {
+                cond(
+                    "Accepted",
+                    false,
+                    "NoMatchingParent",
+                    "no listener matches the sectionName or port",
+                )
+            } else if allowed.is_empty() {
+                cond(
+                    "Accepted",
+                    false,
+                    "NotAllowedByListeners",
+                    "no listener admits this route (allowedRoutes, or the listener is invalid)",
+                )
+            } else if attached == 0 {
+                cond(
+                    "Accepted",
+                    false,
+                    "NoMatchingListenerHostname",
+                    "no listener hostname matches the route's hostnames",
+                )
+            } else {
+                cond("Accepted", true, "Accepted", "Route accepted")
+            });
+            conditions.push(match unresolved.first() {
+                Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone()),
+                None => cond("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
+            });
+            parents.push(ParentStatus {
+                parent: parent.clone(),
+                conditions,
+            });
+        }
+        if !parents.is_empty() {
+            st.routes.push(RouteStatus {
+                key: key.clone(),
+                generation: generation(&route.metadata),
+                parents,
+            });
+        }
+    }
+    let mut keys: Vec<&ObjKey> = gateways.keys().copied().collect();
+    keys.sort();
+    for key in keys {
+        let (checked, gw) = &gateways[key];
+        let mut conditions = Vec::new();
+        let valid = checked.iter().filter(|c| c.valid).count();
+        if !gw.spec.addresses.is_empty() {
+            conditions.push(cond(
+                "Accepted",
+                false,
+                "UnsupportedAddress",
+                "spec.addresses is not supported: a Gateway is served on every node's address",
+            ));
+            conditions.push(cond("Programmed", false, "Invalid", "not served"));
+        } else {
+            conditions.push(match (valid, checked.len()) {
+                (v, n) if v == n => cond("Accepted", true, "Accepted", "Gateway accepted"),
+                (0, _) => cond(
+                    "Accepted",
+                    false,
+                    "ListenersNotValid",
+                    "no listener is valid",
+                ),
+                _ => cond(
+                    "Accepted",
+                    true,
+                    "ListenersNotValid",
+                    "some listeners are not valid",
+                ),
+            });
+            conditions.push(if valid > 0 {
+                cond(
+                    "Programmed",
+                    true,
+                    "Programmed",
+                    "Served by the node agents",
+                )
+            } else {
+                cond("Programmed", false, "Invalid", "no listener is served")
+            });
+        }
+        st.gateways.push(GatewayStatus {
+            key: key.clone(),
+            generation: generation(&gw.metadata),
+            conditions,
+            listeners: checked.iter().map(|c| c.status.clone()).collect(),
+        });
+    }
+    st.classes.sort_by(|a, b| a.name.cmp(&b.name));
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_intersection() {
+        let s = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let got = |l: Option<&str>, r: &[&str]| -> Vec<Option<String>> { intersect(l, &s(r)) };
+        let some = |v: &[&str]| v.iter().map(|h| Some(h.to_string())).collect::<Vec<_>>();
+        assert_eq!(got(None, &[]), vec![None]);
+        assert_eq!(got(None, &["a.com"]), some(&["a.com"]));
+        assert_eq!(got(Some("a.com"), &[]), some(&["a.com"]));
+        assert_eq!(
+            got(
+                Some("*.example.com"),
+                &["foo.example.com", "a.b.example.com", "example.com", "x.org"]
+            ),
+            some(&["foo.example.com", "a.b.example.com"])
+        );
+        assert_eq!(
+            got(Some("foo.example.com"), &["*.example.com"]),
+            some(&["foo.example.com"])
+        );
+        assert_eq!(
+            got(Some("*.example.com"), &["*.foo.example.com"]),
+            some(&["*.foo.example.com"])
+        );
+        assert_eq!(
+            got(Some("*.foo.example.com"), &["*.example.com"]),
+            some(&["*.foo.example.com"])
+        );
+        assert!(got(Some("a.com"), &["b.com"]).is_empty());
+        assert_eq!(got(Some("A.com"), &["a.COM"]), some(&["a.com"]));
+    }
+}

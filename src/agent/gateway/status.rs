@@ -1,0 +1,321 @@
+//! Writes the status of our GatewayClasses, Gateways and HTTPRoutes. Every node computes the
+//! same conditions from the same objects, so a write happens only when what is stored differs
+//! (`lastTransitionTime` aside, which is kept while a condition's status holds); a Gateway's
+//! `status.addresses` gains this node's address and keeps the others'. Writes are conditional
+//! on the resourceVersion read; a conflict is retried.
+//!
+//! A listener whose port this node could not open (another process holds it) is reported with
+//! `Accepted: False`, reason `PortUnavailable`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::build::{Condition, GatewayStatus, ListenerStatus, Statuses, CONTROLLER, FEATURES};
+use super::types::{Gateway, GatewayClass, HttpRoute};
+
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Port errors of this node's router, by port.
+pub type PortErrors = BTreeMap<u16, String>;
+
+/// Conditions as stored: the time of the stored condition of the same type and status is kept.
+fn conditions(list: &[Condition], generation: i64, current: &Value) -> Value {
+    let now = crate::time::now();
+    Value::Array(
+        list.iter()
+            .map(|c| {
+                let status = if c.status { "True" } else { "False" };
+                let since = current
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|o| o["type"] == c.kind && o["status"] == status)
+                    .and_then(|o| o["lastTransitionTime"].as_str())
+                    .map_or_else(|| now.clone(), str::to_string);
+                json!({
+                    "type": c.kind,
+                    "status": status,
+                    "reason": c.reason,
+                    "message": c.message,
+                    "observedGeneration": generation,
+                    "lastTransitionTime": since,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Sets a condition of a listener's (replacing the one of its type).
+fn set(list: &mut Vec<Condition>, c: Condition) {
+    list.retain(|o| o.kind != c.kind);
+    list.push(c);
+}
+
+/// A Gateway's status as this node sees it: its listeners' ports may be unavailable here.
+fn with_port_errors(gw: &GatewayStatus, errors: &PortErrors) -> GatewayStatus {
+    let mut gw = gw.clone();
+    for l in gw.listeners.iter_mut() {
+        let Some(e) = errors.get(&l.port) else {
+            continue;
+        };
+        let programmed = l
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Programmed" && c.status);
+        if !programmed {
+            continue;
+        }
+        set(
+            &mut l.conditions,
+            Condition {
+                kind: "Accepted",
+                status: false,
+                reason: "PortUnavailable",
+                message: e.clone(),
+            },
+        );
+        set(
+            &mut l.conditions,
+            Condition {
+                kind: "Programmed",
+                status: false,
+                reason: "Invalid",
+                message: e.clone(),
+            },
+        );
+    }
+    let any = gw.listeners.iter().any(|l| {
+        l.conditions
+            .iter()
+            .any(|c| c.kind == "Programmed" && c.status)
+    });
+    if !any && !gw.listeners.is_empty() {
+        set(
+            &mut gw.conditions,
+            Condition {
+                kind: "Programmed",
+                status: false,
+                reason: "Invalid",
+                message: "no listener is served".into(),
+            },
+        );
+    }
+    gw
+}
+
+fn listener_json(l: &ListenerStatus, generation: i64, current: &Value) -> Value {
+    let stored = current
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["name"] == l.name.as_str())
+        .map_or(&Value::Null, |o| &o["conditions"]);
+    json!({
+        "name": l.name,
+        "supportedKinds": l.kinds.iter().map(|(g, k)| json!({"group": g, "kind": k})).collect::<Vec<_>>(),
+        "attachedRoutes": l.attached,
+        "conditions": conditions(&l.conditions, generation, stored),
+    })
+}
+
+/// Drops `lastTransitionTime` everywhere, to compare what matters.
+fn timeless(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "lastTransitionTime")
+                .map(|(k, v)| (k.clone(), timeless(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(timeless).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn patch<K>(
+    api: &Api<K>,
+    name: &str,
+    rv: Option<String>,
+    status: Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let body = json!({"metadata": {"resourceVersion": rv}, "status": status});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+async fn write_class(
+    client: &kube::Client,
+    c: &super::build::ClassStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<GatewayClass> = Api::all(client.clone());
+    let current = api.get_status(&c.name).await?;
+    let stored = current.status.clone().unwrap_or_default();
+    let want = json!({
+        "conditions": conditions(&c.conditions, c.generation, &stored["conditions"]),
+        "supportedFeatures": FEATURES.iter().map(|f| json!({"name": f})).collect::<Vec<_>>(),
+    });
+    if timeless(&want)
+        == timeless(
+            &json!({"conditions": stored["conditions"], "supportedFeatures": stored["supportedFeatures"]}),
+        )
+    {
+        return Ok(());
+    }
+    patch(&api, &c.name, current.metadata.resource_version, want).await
+}
+
+async fn write_gateway(
+    client: &kube::Client,
+    ip: Option<IpAddr>,
+    gw: &GatewayStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<Gateway> = Api::namespaced(client.clone(), &gw.key.0);
+    let current = api.get_status(&gw.key.1).await?;
+    let stored = current.status.clone().unwrap_or_default();
+    let mut addresses: Vec<Value> = stored["addresses"].as_array().cloned().unwrap_or_default();
+    if let Some(ip) = ip {
+        let ours = json!({"type": "IPAddress", "value": ip.to_string()});
+        if !addresses.contains(&ours) {
+            addresses.push(ours);
+        }
+    }
+    let want = json!({
+        "addresses": addresses,
+        "conditions": conditions(&gw.conditions, gw.generation, &stored["conditions"]),
+        "listeners": gw.listeners.iter().map(|l| listener_json(l, gw.generation, &stored["listeners"])).collect::<Vec<_>>(),
+    });
+    let have = json!({"addresses": stored["addresses"].as_array().cloned().unwrap_or_default(), "conditions": stored["conditions"], "listeners": stored["listeners"]});
+    if timeless(&want) == timeless(&have) {
+        return Ok(());
+    }
+    patch(&api, &gw.key.1, current.metadata.resource_version, want).await
+}
+
+async fn write_route(
+    client: &kube::Client,
+    r: &super::build::RouteStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<HttpRoute> = Api::namespaced(client.clone(), &r.key.0);
+    let current = api.get_status(&r.key.1).await?;
+    let stored = current.status.clone().unwrap_or_default();
+    let stored_parents: Vec<Value> = stored["parents"].as_array().cloned().unwrap_or_default();
+    let (mine, mut others): (Vec<Value>, Vec<Value>) = stored_parents
+        .into_iter()
+        .partition(|p| p["controllerName"] == CONTROLLER);
+    let ours: Vec<Value> = r
+        .parents
+        .iter()
+        .map(|p| {
+            let parent_ref = serde_json::to_value(&p.parent).unwrap_or_default();
+            let stored = mine
+                .iter()
+                .find(|m| m["parentRef"] == parent_ref)
+                .map_or(&Value::Null, |m| &m["conditions"]);
+            json!({
+                "parentRef": parent_ref,
+                "controllerName": CONTROLLER,
+                "conditions": conditions(&p.conditions, r.generation, stored),
+            })
+        })
+        .collect();
+    if timeless(&Value::Array(ours.clone())) == timeless(&Value::Array(mine)) {
+        return Ok(());
+    }
+    others.extend(ours);
+    patch(
+        &api,
+        &r.key.1,
+        current.metadata.resource_version,
+        json!({"parents": others}),
+    )
+    .await
+}
+
+pub(crate) async fn run(
+    client: kube::Client,
+    ip: Option<IpAddr>,
+    mut statuses: watch::Receiver<Arc<Statuses>>,
+    mut ports: watch::Receiver<Arc<PortErrors>>,
+) {
+    // What was last written for each object (kind, namespace, name): not written again.
+    let mut written: HashMap<(&'static str, String, String), Value> = HashMap::new();
+    loop {
+        let st = statuses.borrow_and_update().clone();
+        let errors = ports.borrow_and_update().clone();
+        let mut failed = false;
+        let mut seen = std::collections::HashSet::new();
+        let mut done = |kind: &'static str, ns: &str, name: &str, v: Value| {
+            let key = (kind, ns.to_string(), name.to_string());
+            seen.insert(key.clone());
+            if written.get(&key) == Some(&v) {
+                return false;
+            }
+            written.insert(key, v);
+            true
+        };
+        let mut results = Vec::new();
+        for c in &st.classes {
+            if done("GatewayClass", "", &c.name, json!(format!("{c:?}"))) {
+                results.push((
+                    "GatewayClass",
+                    c.name.clone(),
+                    write_class(&client, c).await,
+                ));
+            }
+        }
+        for gw in &st.gateways {
+            let gw = with_port_errors(gw, &errors);
+            if done("Gateway", &gw.key.0, &gw.key.1, json!(format!("{gw:?}"))) {
+                results.push((
+                    "Gateway",
+                    format!("{}/{}", gw.key.0, gw.key.1),
+                    write_gateway(&client, ip, &gw).await,
+                ));
+            }
+        }
+        for r in &st.routes {
+            if done("HTTPRoute", &r.key.0, &r.key.1, json!(format!("{r:?}"))) {
+                results.push((
+                    "HTTPRoute",
+                    format!("{}/{}", r.key.0, r.key.1),
+                    write_route(&client, r).await,
+                ));
+            }
+        }
+        written.retain(|k, _| seen.contains(k));
+        for (kind, name, result) in results {
+            if let Err(e) = result {
+                failed = true;
+                tracing::warn!(kind, object = %name, error = %e, "could not write Gateway API status");
+                written.retain(|(k, ns, n), _| {
+                    !(*k == kind && format!("{ns}/{n}").trim_start_matches('/') == name)
+                });
+            }
+        }
+        let wait = async {
+            tokio::select! {
+                c = statuses.changed() => c.is_ok(),
+                c = ports.changed() => c.is_ok(),
+            }
+        };
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => {}
+                alive = wait => if !alive { return },
+            }
+        } else if !wait.await {
+            return;
+        }
+    }
+}
