@@ -46,7 +46,7 @@ use switchyard_proxy::table::ServiceTable;
 use tokio::sync::{mpsc, watch as notify};
 
 use build::ObjKey;
-use gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use gateway::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 pub use metrics::Metrics;
 
 /// How the agent moves service traffic.
@@ -158,6 +158,7 @@ pub(crate) enum Update {
     GatewayClasses(Box<Event<GatewayClass>>),
     Gateways(Box<Event<Gateway>>),
     HttpRoutes(Box<Event<HttpRoute>>),
+    GrpcRoutes(Box<Event<GrpcRoute>>),
     Grants(Box<Event<ReferenceGrant>>),
 }
 
@@ -227,6 +228,7 @@ struct State {
     gateway_classes: Kind<GatewayClass>,
     gateways: Kind<Gateway>,
     http_routes: Kind<HttpRoute>,
+    grpc_routes: Kind<GrpcRoute>,
     grants: Kind<ReferenceGrant>,
 }
 
@@ -244,6 +246,7 @@ impl State {
                     && self.gateway_classes.synced
                     && self.gateways.synced
                     && self.http_routes.synced
+                    && self.grpc_routes.synced
                     && self.grants.synced))
     }
 
@@ -252,6 +255,7 @@ impl State {
             classes: &self.gateway_classes.objects,
             gateways: &self.gateways.objects,
             routes: &self.http_routes.objects,
+            grpc_routes: &self.grpc_routes.objects,
             grants: &self.grants.objects,
             namespaces: &self.namespaces.objects,
         }
@@ -281,6 +285,7 @@ impl State {
             Update::GatewayClasses(ev) => self.gateway_classes.apply(*ev),
             Update::Gateways(ev) => self.gateways.apply(*ev),
             Update::HttpRoutes(ev) => self.http_routes.apply(*ev),
+            Update::GrpcRoutes(ev) => self.grpc_routes.apply(*ev),
             Update::Grants(ev) => self.grants.apply(*ev),
         }
     }
@@ -310,6 +315,7 @@ fn trigger_time(ev: &Update) -> Option<SystemTime> {
         Update::GatewayClasses(ev) => changed(ev),
         Update::Gateways(ev) => changed(ev),
         Update::HttpRoutes(ev) => changed(ev),
+        Update::GrpcRoutes(ev) => changed(ev),
         Update::Grants(ev) => changed(ev),
     }
 }
@@ -338,6 +344,7 @@ fn affects_routes(
         Update::GatewayClasses(ev) => spec_changed(&state.gateway_classes, ev, |o| &o.spec),
         Update::Gateways(ev) => spec_changed(&state.gateways, ev, |o| &o.spec),
         Update::HttpRoutes(ev) => spec_changed(&state.http_routes, ev, |o| &o.spec),
+        Update::GrpcRoutes(ev) => spec_changed(&state.grpc_routes, ev, |o| &o.spec),
         Update::Namespaces(ev) => match &**ev {
             Event::Apply(new) => state
                 .namespaces
@@ -408,6 +415,7 @@ fn track(state: &State, update: &Update, services: &mut build::Changed, dns: &mu
         | Update::GatewayClasses(_)
         | Update::Gateways(_)
         | Update::HttpRoutes(_)
+        | Update::GrpcRoutes(_)
         | Update::Grants(_) => return,
     };
     if !via_slice

@@ -389,7 +389,7 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
             }
         }
     }
-    services.extend(gateway::services(inputs.gateway.routes));
+    services.extend(gateway::services(&inputs.gateway));
     let slices = inputs.slices.iter().filter(|((ns, _), s)| {
         s.metadata
             .labels
@@ -531,6 +531,7 @@ mod tests {
                 classes: &gc,
                 gateways: &gw,
                 routes: &hr,
+                grpc_routes: &HashMap::new(),
                 grants: &rg,
                 namespaces: &ns,
             },

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::gateway::types::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use super::gateway::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 use super::Update;
 
 /// Whether a watch failed because the API does not serve the kind (its CRD is not installed)
@@ -137,6 +137,9 @@ pub(super) fn spawn_all(
         }));
         out.push(spawn::<HttpRoute>(client, tx.clone(), all(), true, |e| {
             Update::HttpRoutes(Box::new(e))
+        }));
+        out.push(spawn::<GrpcRoute>(client, tx.clone(), all(), true, |e| {
+            Update::GrpcRoutes(Box::new(e))
         }));
         out.push(spawn::<ReferenceGrant>(client, tx, all(), true, |e| {
             Update::Grants(Box::new(e))

@@ -597,3 +597,136 @@ spec:
             .then_some(())
     });
 }
+
+/// A gRPC server (tests/python/grpc_peer.py) on 127.0.0.1, stopped when dropped.
+struct GrpcPeer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for GrpcPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const GRPC_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/grpc_peer.py");
+
+fn grpc_server(py: &str, name: &str) -> GrpcPeer {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(py)
+        .args([GRPC_PEER, "serve", name])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the gRPC server's port");
+    GrpcPeer { child, port }
+}
+
+/// A unary gRPC call through the router: the answer, or `status CODE`.
+fn grpc_call(py: &str, port: u16, authority: &str, method: &str, metadata: &[&str]) -> String {
+    let out = std::process::Command::new(py)
+        .args([GRPC_PEER, "call", &port.to_string(), authority, method])
+        .args(metadata)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_routes_match_services_methods_and_headers() {
+    let Some(py) = std::env::var("SWITCHYARD_TEST_PYTHON").ok() else {
+        crate::support::skip(
+            "the gRPC library is not installed (scripts/test installs it into target/python)",
+        );
+        return;
+    };
+    let Some(up) = up_with_crds() else { return };
+    let client = up.client().await;
+    let (a, b) = (grpc_server(&py, "a"), grpc_server(&py, "b"));
+    for (svc, peer) in [("grpc-a", &a), ("grpc-b", &b)] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], peer.port));
+        expose(&client, svc, Some(addr), None).await;
+    }
+    apply(&up, CLASS);
+    let (port, http_only) = (free_port(), free_port());
+    apply(
+        &up,
+        &format!(
+            "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: grpc, namespace: default}}
+spec:
+  gatewayClassName: switchyard
+  listeners:
+  - {{name: any, port: {port}, protocol: HTTP}}
+  - name: http-only
+    port: {http_only}
+    protocol: HTTP
+    allowedRoutes: {{kinds: [{{kind: HTTPRoute}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: calls, namespace: default}}
+spec:
+  parentRefs: [{{name: grpc, sectionName: any}}]
+  hostnames: [grpc.example]
+  rules:
+  - backendRefs: [{{name: grpc-a, port: 80}}]
+  - matches: [{{method: {{service: pkg.Svc, method: Do}}}}]
+    backendRefs: [{{name: grpc-b, port: 80}}]
+  - matches: [{{method: {{service: pkg.Other}}}}]
+    backendRefs: [{{name: grpc-b, port: 80}}]
+  - matches: [{{headers: [{{name: x-canary, value: 'on'}}]}}]
+    backendRefs: [{{name: grpc-b, port: 80}}]
+  - matches: [{{method: {{type: RegularExpression, service: 'reg\\..+', method: 'Get.*'}}}}]
+    backendRefs: [{{name: grpc-b, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: refused, namespace: default}}
+spec:
+  parentRefs: [{{name: grpc, sectionName: http-only}}]
+  rules: [{{backendRefs: [{{name: grpc-a, port: 80}}]}}]
+"
+        ),
+    );
+    eventually(Duration::from_secs(30), || {
+        let st = status(&up, "grpcroute", "default", "calls");
+        let got = condition(&st["parents"].get(0)?["conditions"], "Accepted")?;
+        (got == ("True".into(), "Accepted".into())).then_some(())
+    });
+    let call = |method: &str, md: &[&str]| grpc_call(&py, port, "grpc.example", method, md);
+    eventually(Duration::from_secs(30), || {
+        (call("/pkg.Svc/Do", &[]) == "b /pkg.Svc/Do").then_some(())
+    });
+    assert_eq!(
+        call("/pkg.Svc/Else", &["x-echo=through"]),
+        "a /pkg.Svc/Else through"
+    );
+    assert_eq!(call("/pkg.Other/Any", &[]), "b /pkg.Other/Any");
+    assert_eq!(call("/x.Y/Z", &["x-canary=on"]), "b /x.Y/Z");
+    assert_eq!(call("/reg.Foo/GetThing", &[]), "b /reg.Foo/GetThing");
+    assert_eq!(call("/reg.Foo/Put", &[]), "a /reg.Foo/Put");
+    // Another host has no route on this listener.
+    assert_eq!(
+        grpc_call(&py, port, "other.example", "/pkg.Svc/Do", &[]),
+        "status UNIMPLEMENTED"
+    );
+    let st = status(&up, "grpcroute", "default", "refused");
+    assert_eq!(
+        condition(&st["parents"][0]["conditions"], "Accepted"),
+        Some(("False".into(), "NotAllowedByListeners".into()))
+    );
+}

@@ -370,11 +370,12 @@ impl Router {
         let mut backends: Vec<&BackendStats> = routes.backends().map(|b| &**b).collect();
         backends.push(&self.shared.unrouted);
         backends.sort_by(|a, b| (&a.owner, &a.service).cmp(&(&b.owner, &b.service)));
-        // Ingress backends are labelled by Ingress, HTTPRoute backends by route.
+        // Ingress backends are labelled by Ingress, route backends by route.
         let labels = |b: &BackendStats| {
             let kind = match b.owner.kind {
                 OwnerKind::Ingress => "ingress",
                 OwnerKind::HttpRoute => "httproute",
+                OwnerKind::GrpcRoute => "grpcroute",
             };
             format!(
                 "namespace=\"{}\",{kind}=\"{}\",service=\"{}\"",
@@ -386,7 +387,7 @@ impl Router {
         let name = "switchyard_ingress_requests_total";
         header(
             name,
-            "Requests by Ingress or HTTPRoute, backend service and status code.",
+            "Requests by Ingress or route, backend service and status code.",
             "counter",
             out,
         );
@@ -401,7 +402,7 @@ impl Router {
         let name = "switchyard_ingress_request_duration_seconds";
         header(
             name,
-            "Time from a request's arrival to its response headers, by Ingress or HTTPRoute and backend service.",
+            "Time from a request's arrival to its response headers, by Ingress or route and backend service.",
             "histogram",
             out,
         );

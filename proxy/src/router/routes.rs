@@ -38,9 +38,10 @@ use crate::metrics::{Histogram, REQUEST_BUCKETS};
 pub enum OwnerKind {
     Ingress,
     HttpRoute,
+    GrpcRoute,
 }
 
-/// The object a rule came from: an Ingress or an HTTPRoute.
+/// The object a rule came from: an Ingress, an HTTPRoute or a GRPCRoute.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
     pub kind: OwnerKind,
@@ -50,16 +51,16 @@ pub struct Owner {
 
 impl Owner {
     pub fn ingress(namespace: &str, name: &str) -> Owner {
-        Owner {
-            kind: OwnerKind::Ingress,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
+        Owner::new(OwnerKind::Ingress, namespace, name)
     }
 
     pub fn http_route(namespace: &str, name: &str) -> Owner {
+        Owner::new(OwnerKind::HttpRoute, namespace, name)
+    }
+
+    pub fn new(kind: OwnerKind, namespace: &str, name: &str) -> Owner {
         Owner {
-            kind: OwnerKind::HttpRoute,
+            kind,
             namespace: namespace.to_string(),
             name: name.to_string(),
         }

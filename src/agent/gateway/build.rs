@@ -2,7 +2,8 @@
 //! function of the cluster state (and the parsed-certificate cache).
 //!
 //! What is ours: a GatewayClass whose `controllerName` is [`CONTROLLER`], the Gateways of such
-//! a class, and the HTTPRoutes (or their parent references) that name such a Gateway. Every
+//! a class, and the HTTPRoutes and GRPCRoutes (or their parent references) that name such a
+//! Gateway. Every
 //! listener of an accepted Gateway is served on its port of the node ([`Builder::listener`]);
 //! a route attaches to the listeners its parent reference selects (`sectionName`, `port`) that
 //! allow it (`allowedRoutes`) and share a hostname with it, under the intersection of the two
@@ -15,13 +16,14 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use switchyard_proxy::router::routes::{
-    whole_match, Action, Age, BackendSpec, Builder, Conditions, GatewayMatch, HeaderEdit, Owner,
-    PathMatch, PathRewrite, Redirect, Rewrite, Settings, ValueMatch,
+    whole_match, Action, Age, Backend, BackendSpec, Builder, Conditions, GatewayMatch, HeaderEdit,
+    Owner, OwnerKind, PathMatch, PathRewrite, Redirect, Rewrite, Settings, ValueMatch,
 };
 
 use super::types::{
-    parse_duration, BackendRef, Filter, Gateway, GatewayClass, HeaderModifier, HttpRoute, Listener,
-    ParentRef, PathModifier, ReferenceGrant, RouteMatch, Rule, GROUP,
+    parse_duration, BackendRef, Filter, Gateway, GatewayClass, GrpcMatch, GrpcRoute, GrpcRule,
+    HeaderModifier, HttpRoute, Listener, ParentRef, PathModifier, ReferenceGrant, RouteMatch, Rule,
+    Timeouts, ValueSpec, GROUP,
 };
 use crate::agent::build::ObjKey;
 use crate::agent::routes::{certificate, service_port, CertCache, Endpoints, PortRef};
@@ -31,6 +33,7 @@ pub const CONTROLLER: &str = "switchyard.io/gateway-controller";
 
 /// The features a GatewayClass of ours supports (sorted, as the spec asks).
 pub const FEATURES: &[&str] = &[
+    "GRPCRoute",
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
@@ -61,6 +64,7 @@ pub struct Objects<'a> {
     pub classes: &'a HashMap<ObjKey, GatewayClass>,
     pub gateways: &'a HashMap<ObjKey, Gateway>,
     pub routes: &'a HashMap<ObjKey, HttpRoute>,
+    pub grpc_routes: &'a HashMap<ObjKey, GrpcRoute>,
     pub grants: &'a HashMap<ObjKey, ReferenceGrant>,
     pub namespaces: &'a HashMap<ObjKey, Namespace>,
 }
@@ -136,6 +140,8 @@ pub struct ParentStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteStatus {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: &'static str,
     pub key: ObjKey,
     pub generation: i64,
     /// Our parents only: entries of other controllers are left as they are.
@@ -163,13 +169,18 @@ fn age_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, own
     )
 }
 
-/// The Services HTTPRoutes name, so their endpoints are collected.
-pub fn services(routes: &HashMap<ObjKey, HttpRoute>) -> impl Iterator<Item = ObjKey> + '_ {
-    routes.iter().flat_map(|((ns, _), r)| {
-        r.spec
-            .rules
-            .iter()
-            .flat_map(|rule| &rule.backend_refs)
+/// The Services routes name, so their endpoints are collected.
+pub fn services<'a>(objects: &Objects<'a>) -> impl Iterator<Item = ObjKey> + 'a {
+    let http = objects
+        .routes
+        .iter()
+        .flat_map(|(k, r)| r.spec.rules.iter().map(move |rule| (k, &rule.backend_refs)));
+    let grpc = objects
+        .grpc_routes
+        .iter()
+        .flat_map(|(k, r)| r.spec.rules.iter().map(move |rule| (k, &rule.backend_refs)));
+    http.chain(grpc).flat_map(|((ns, _), refs)| {
+        refs.iter()
             .filter(|b| is_service(&b.target.group, &b.target.kind))
             .map(move |b| {
                 let ns = b.target.namespace.clone().unwrap_or_else(|| ns.clone());
@@ -246,7 +257,8 @@ struct Checked<'a> {
     port: u16,
     /// Served: accepted, no conflict, references resolved.
     valid: bool,
-    admits_http_route: bool,
+    /// The route kinds it admits.
+    kinds: Vec<&'static str>,
     status: ListenerStatus,
 }
 
@@ -311,20 +323,22 @@ fn listeners<'a>(
                 ),
             ));
         }
-        // Route kinds: HTTPRoute is the one this listener can serve.
-        let http_route = |group: &Option<String>, kind: &str| {
-            group.as_deref().unwrap_or(GROUP) == GROUP && kind == "HTTPRoute"
+        // Route kinds: HTTPRoute and GRPCRoute are the ones these listeners serve.
+        let served = |group: &Option<String>, kind: &str| {
+            let kind = ROUTE_KINDS.iter().find(|k| **k == kind)?;
+            (group.as_deref().unwrap_or(GROUP) == GROUP).then_some(*kind)
         };
         let asked = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref());
-        let (kinds, bad_kinds) = match asked {
-            None => (vec![(GROUP.to_string(), "HTTPRoute".to_string())], false),
+        let (kinds, bad_kinds): (Vec<&'static str>, bool) = match asked {
+            None => (ROUTE_KINDS.to_vec(), false),
             Some(list) => {
-                let good: Vec<(String, String)> = list
-                    .iter()
-                    .filter(|k| http_route(&k.group, &k.kind))
-                    .map(|k| (GROUP.to_string(), k.kind.clone()))
-                    .collect();
-                let bad = good.len() < list.len();
+                let mut good: Vec<&'static str> = Vec::new();
+                for k in list.iter().filter_map(|k| served(&k.group, &k.kind)) {
+                    if !good.contains(&k) {
+                        good.push(k);
+                    }
+                }
+                let bad = list.iter().any(|k| served(&k.group, &k.kind).is_none());
                 (good, bad)
             }
         };
@@ -333,7 +347,7 @@ fn listeners<'a>(
                 "ResolvedRefs",
                 false,
                 "InvalidRouteKinds",
-                "only HTTPRoute (gateway.networking.k8s.io) is supported",
+                "only HTTPRoute and GRPCRoute (gateway.networking.k8s.io) are supported",
             ))
         } else {
             Ok(())
@@ -369,16 +383,19 @@ fn listeners<'a>(
         if valid {
             b.listener(port, tls);
         }
-        let admits_http_route = !kinds.is_empty();
+        let supported = kinds
+            .iter()
+            .map(|k| (GROUP.to_string(), k.to_string()))
+            .collect();
         out.push(Checked {
             listener: l,
             port,
             valid,
-            admits_http_route,
+            kinds,
             status: ListenerStatus {
                 name: l.name.clone(),
                 port,
-                kinds,
+                kinds: supported,
                 attached: 0,
                 conditions,
             },
@@ -572,6 +589,29 @@ fn filters(filters: &[Filter], prefix_only: bool) -> Result<Action, Invalid> {
     Ok(a)
 }
 
+/// Header or query value conditions.
+fn value_match(kind: Option<&str>, v: &str) -> Result<ValueMatch, Invalid> {
+    match kind.unwrap_or("Exact") {
+        "Exact" => Ok(ValueMatch::Exact(v.into())),
+        "RegularExpression" => whole_match(v)
+            .map(ValueMatch::Regex)
+            .map_err(|e| format!("regex {v:?}: {e}")),
+        k => Err(format!("match type {k:?} is not supported")),
+    }
+}
+
+/// Header conditions; of several on one name the first counts (the spec's rule).
+fn header_matches(specs: &[ValueSpec]) -> Result<Vec<(HeaderName, ValueMatch)>, Invalid> {
+    let mut headers: Vec<(HeaderName, ValueMatch)> = Vec::new();
+    for h in specs {
+        let name = header_name(&h.name)?;
+        if !headers.iter().any(|(n, _)| *n == name) {
+            headers.push((name, value_match(h.kind.as_deref(), &h.value)?));
+        }
+    }
+    Ok(headers)
+}
+
 /// A rule's matches, compiled (the default is every path).
 fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
     let default = [RouteMatch::default()];
@@ -593,23 +633,7 @@ fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
                 ),
                 k => return Err(format!("path match type {k:?} is not supported")),
             };
-            let value_match = |kind: Option<&str>, v: &str| -> Result<ValueMatch, Invalid> {
-                match kind.unwrap_or("Exact") {
-                    "Exact" => Ok(ValueMatch::Exact(v.into())),
-                    "RegularExpression" => whole_match(v)
-                        .map(ValueMatch::Regex)
-                        .map_err(|e| format!("regex {v:?}: {e}")),
-                    k => Err(format!("match type {k:?} is not supported")),
-                }
-            };
-            // The first of several matches on one name counts (the spec's rule).
-            let mut headers: Vec<(HeaderName, ValueMatch)> = Vec::new();
-            for h in &m.headers {
-                let name = header_name(&h.name)?;
-                if !headers.iter().any(|(n, _)| *n == name) {
-                    headers.push((name, value_match(h.kind.as_deref(), &h.value)?));
-                }
-            }
+            let headers = header_matches(&m.headers)?;
             let mut query: Vec<(Box<str>, ValueMatch)> = Vec::new();
             for q in &m.query_params {
                 if !query.iter().any(|(n, _)| **n == *q.name) {
@@ -642,22 +666,21 @@ fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
 /// Why a backend reference cannot be used, as a ResolvedRefs reason and message.
 type Unresolved = (&'static str, String);
 
-/// A rule's backends: weighted, with None for each reference that did not resolve.
-#[allow(clippy::type_complexity)]
+/// A rule's backends: weighted, with None for each reference that did not resolve. GRPCRoute
+/// backends (`grpc`) always speak HTTP/2 without TLS.
+#[allow(clippy::too_many_arguments)]
 fn backends(
     b: &mut Builder<'_>,
     inputs: &Inputs<'_>,
     endpoints: &Endpoints,
-    key: &ObjKey,
+    route: &RouteRef<'_>,
     owner: &Owner,
     settings: &Settings,
     refs: &[BackendRef],
-) -> (
-    Vec<(u32, Option<Arc<switchyard_proxy::router::routes::Backend>>)>,
-    Vec<Unresolved>,
-) {
+    unresolved: &mut Vec<Unresolved>,
+) -> Vec<(u32, Option<Arc<Backend>>)> {
+    let key = route.key;
     let mut out = Vec::new();
-    let mut problems = Vec::new();
     for r in refs {
         let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
         let t = &r.target;
@@ -679,15 +702,15 @@ fn backends(
         } else if ns != key.0
             && !granted(
                 inputs.grants,
-                ("HTTPRoute", &key.0),
+                (route.kind, &key.0),
                 ("", "Service", &ns, &t.name),
             )
         {
             Err((
                 "RefNotPermitted",
                 format!(
-                    "no ReferenceGrant in {ns} lets HTTPRoutes of {} use Service {}",
-                    key.0, t.name
+                    "no ReferenceGrant in {ns} lets {}s of {} use Service {}",
+                    route.kind, key.0, t.name
                 ),
             ))
         } else {
@@ -701,33 +724,61 @@ fn backends(
                     owner: owner.clone(),
                     service: format!("{}:{}", t.name, r.port.unwrap_or(0)),
                     endpoints: addrs,
-                    h2c,
+                    h2c: h2c || route.kind == GRPC_ROUTE,
                     settings: settings.clone(),
                 };
                 out.push((weight, Some(b.backend(spec))));
             }
             Err(p) => {
                 out.push((weight, None));
-                problems.push(p);
+                unresolved.push(p);
             }
         }
     }
-    (out, problems)
+    out
 }
 
-/// One rule, compiled: its matches and its action; or why it cannot be served.
-fn compile_rule(
-    b: &mut Builder<'_>,
-    inputs: &Inputs<'_>,
-    endpoints: &Endpoints,
-    key: &ObjKey,
-    owner: &Owner,
-    rule: &Rule,
-    unresolved: &mut Vec<Unresolved>,
-) -> Result<(Vec<GatewayMatch>, Arc<Action>), Invalid> {
-    let ms = matches(rule)?;
-    let prefix_only = ms.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
-    let mut action = filters(&rule.filters, prefix_only)?;
+/// A GRPCRoute match as a path match: gRPC calls `POST /service/method`.
+fn grpc_matches(rule: &GrpcRule) -> Result<Vec<GatewayMatch>, Invalid> {
+    let default = [GrpcMatch::default()];
+    let list: &[GrpcMatch] = rule.matches.as_deref().unwrap_or(&default);
+    let list = if list.is_empty() { &default[..] } else { list };
+    list.iter()
+        .map(|m| {
+            let method = m.method.clone().unwrap_or_default();
+            let regex = method.kind.as_deref() == Some("RegularExpression");
+            let (svc, name) = (method.service.as_deref(), method.method.as_deref());
+            let path = match (regex, svc, name) {
+                (false, Some(s), Some(n)) => PathMatch::exact(&format!("/{s}/{n}")),
+                (false, Some(s), None) => PathMatch::prefix(&format!("/{s}")),
+                (false, None, None) => PathMatch::prefix("/"),
+                (false, None, Some(n)) => grpc_regex(&format!("[^/]+/{}", regex::escape(n)))?,
+                (true, s, n) => grpc_regex(&format!(
+                    "{}/{}",
+                    s.unwrap_or("[^/]+"),
+                    n.unwrap_or("[^/]+")
+                ))?,
+            };
+            let headers = header_matches(&m.headers)?;
+            let conditions = (!headers.is_empty()).then(|| {
+                Arc::new(Conditions {
+                    headers,
+                    ..Default::default()
+                })
+            });
+            Ok(GatewayMatch { path, conditions })
+        })
+        .collect()
+}
+
+fn grpc_regex(pattern: &str) -> Result<PathMatch, Invalid> {
+    whole_match(&format!("/{pattern}"))
+        .map(PathMatch::Regex)
+        .map_err(|e| format!("method regex {pattern:?}: {e}"))
+}
+
+/// Per rule: its timeouts and its backend settings.
+fn timeouts(t: Option<&Timeouts>, action: &mut Action) -> Result<Settings, Invalid> {
     let mut settings = Settings::default();
     let timeout = |s: &Option<String>| -> Result<Option<Duration>, Invalid> {
         s.as_deref()
@@ -735,24 +786,41 @@ fn compile_rule(
             .transpose()
             .map(|d| d.filter(|d| !d.is_zero()))
     };
-    if let Some(t) = &rule.timeouts {
+    if let Some(t) = t {
         action.request_timeout = timeout(&t.request)?;
         if let Some(d) = timeout(&t.backend_request)? {
             settings.response_timeout = d;
         }
     }
+    Ok(settings)
+}
+
+/// One rule, compiled: its matches and its action; or why it cannot be served.
+fn compile_rule(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &Endpoints,
+    route: &RouteRef<'_>,
+    owner: &Owner,
+    rule: RuleRef<'_>,
+    unresolved: &mut Vec<Unresolved>,
+) -> Result<(Vec<GatewayMatch>, Arc<Action>), Invalid> {
+    let (ms, filter_list, refs, t) = match rule {
+        RuleRef::Http(r) => (
+            matches(r)?,
+            &r.filters,
+            &r.backend_refs,
+            r.timeouts.as_ref(),
+        ),
+        RuleRef::Grpc(r) => (grpc_matches(r)?, &r.filters, &r.backend_refs, None),
+    };
+    let prefix_only = ms.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
+    let mut action = filters(filter_list, prefix_only)?;
+    let settings = timeouts(t, &mut action)?;
     if action.redirect.is_none() {
-        let (list, problems) = backends(
-            b,
-            inputs,
-            endpoints,
-            key,
-            owner,
-            &settings,
-            &rule.backend_refs,
+        action.backends = backends(
+            b, inputs, endpoints, route, owner, &settings, refs, unresolved,
         );
-        action.backends = list;
-        unresolved.extend(problems);
     }
     Ok((ms, Arc::new(action)))
 }
@@ -765,7 +833,85 @@ type Compiled = (
     Vec<Invalid>,
 );
 
-/// Adds every Gateway and HTTPRoute of ours to the table; returns their status.
+const HTTP_ROUTE: &str = "HTTPRoute";
+const GRPC_ROUTE: &str = "GRPCRoute";
+/// The route kinds our listeners admit.
+const ROUTE_KINDS: &[&str] = &[HTTP_ROUTE, GRPC_ROUTE];
+
+/// One rule of either kind of route.
+#[derive(Clone, Copy)]
+enum RuleRef<'a> {
+    Http(&'a Rule),
+    Grpc(&'a GrpcRule),
+}
+
+/// A route of either kind, as attaching it to listeners sees it.
+struct RouteRef<'a> {
+    kind: &'static str,
+    key: &'a ObjKey,
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    parents: &'a [ParentRef],
+    hostnames: &'a [String],
+    rules: Vec<RuleRef<'a>>,
+}
+
+/// Every HTTPRoute and GRPCRoute, in the order of their keys.
+fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
+    let mut out: Vec<RouteRef<'a>> = objects
+        .routes
+        .iter()
+        .map(|(key, r)| RouteRef {
+            kind: HTTP_ROUTE,
+            key,
+            meta: &r.metadata,
+            parents: &r.spec.parent_refs,
+            hostnames: &r.spec.hostnames,
+            rules: r.spec.rules.iter().map(RuleRef::Http).collect(),
+        })
+        .chain(objects.grpc_routes.iter().map(|(key, r)| RouteRef {
+            kind: GRPC_ROUTE,
+            key,
+            meta: &r.metadata,
+            parents: &r.spec.parent_refs,
+            hostnames: &r.spec.hostnames,
+            rules: r.spec.rules.iter().map(RuleRef::Grpc).collect(),
+        }))
+        .collect();
+    out.sort_by(|a, b| (a.kind, a.key).cmp(&(b.kind, b.key)));
+    out
+}
+
+/// The condition `Accepted` of a route on one parent.
+fn accepted(invalid: &[Invalid], selected: usize, allowed: usize, attached: usize) -> Condition {
+    if !invalid.is_empty() {
+        cond("Accepted", false, "UnsupportedValue", invalid.join("; "))
+    } else if selected == 0 {
+        cond(
+            "Accepted",
+            false,
+            "NoMatchingParent",
+            "no listener matches the sectionName or port",
+        )
+    } else if allowed == 0 {
+        cond(
+            "Accepted",
+            false,
+            "NotAllowedByListeners",
+            "no listener admits this route (allowedRoutes, or the listener is invalid)",
+        )
+    } else if attached == 0 {
+        cond(
+            "Accepted",
+            false,
+            "NoMatchingListenerHostname",
+            "no listener hostname matches the route's hostnames",
+        )
+    } else {
+        cond("Accepted", true, "Accepted", "Route accepted")
+    }
+}
+
+/// Adds every Gateway, HTTPRoute and GRPCRoute of ours to the table; returns their status.
 pub fn build(
     b: &mut Builder<'_>,
     inputs: &Inputs<'_>,
@@ -799,25 +945,31 @@ pub fn build(
         if !ours.contains(gw.spec.gateway_class_name.as_str()) {
             continue;
         }
-        let age = age_of(&gw.metadata, Owner::http_route(&key.0, &key.1));
         if !gw.spec.addresses.is_empty() {
             gateways.insert(key, (Vec::new(), gw));
             continue;
         }
+        // Certificates claimed by two Gateways for one name: the oldest Gateway's.
+        let age = age_of(
+            &gw.metadata,
+            Owner::new(OwnerKind::HttpRoute, &key.0, &key.1),
+        );
         let checked = listeners(b, inputs, certs, key, gw, &age);
         gateways.insert(key, (checked, gw));
     }
-    // Routes.
-    let mut keys: Vec<&ObjKey> = inputs.routes.keys().collect();
-    keys.sort();
-    for key in keys {
-        let route = &inputs.routes[key];
-        let owner = Owner::http_route(&key.0, &key.1);
-        let age = age_of(&route.metadata, owner.clone());
+    for route in all_routes(&inputs.objects) {
+        let key = route.key;
+        let kind = if route.kind == GRPC_ROUTE {
+            OwnerKind::GrpcRoute
+        } else {
+            OwnerKind::HttpRoute
+        };
+        let owner = Owner::new(kind, &key.0, &key.1);
+        let age = age_of(route.meta, owner.clone());
         let mut parents = Vec::new();
         // Compiled once per route, attached once per listener.
         let mut compiled: Option<Compiled> = None;
-        for parent in &route.spec.parent_refs {
+        for parent in route.parents {
             if parent.group.as_deref().unwrap_or(GROUP) != GROUP
                 || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
             {
@@ -834,15 +986,15 @@ pub fn build(
                 let mut unresolved = Vec::new();
                 let mut rules = Vec::new();
                 let mut invalid = Vec::new();
-                for rule in &route.spec.rules {
-                    match compile_rule(b, inputs, endpoints, key, &owner, rule, &mut unresolved) {
+                for rule in &route.rules {
+                    match compile_rule(b, inputs, endpoints, &route, &owner, *rule, &mut unresolved)
+                    {
                         Ok(r) => rules.push(r),
                         Err(e) => invalid.push(e),
                     }
                 }
                 (rules, unresolved, invalid)
             });
-            let mut conditions = Vec::new();
             let selected: Vec<usize> = checked
                 .iter()
                 .enumerate()
@@ -861,14 +1013,14 @@ pub fn build(
                 .filter(|&i| {
                     let c = &checked[i];
                     c.valid
-                        && c.admits_http_route
+                        && c.kinds.contains(&route.kind)
                         && admits_namespace(c.listener, &gw_key.0, &key.0, inputs.namespaces)
                 })
                 .collect();
             let mut attached = 0;
             for &i in &allowed {
                 let c = &mut checked[i];
-                let hosts = intersect(c.listener.hostname.as_deref(), &route.spec.hostnames);
+                let hosts = intersect(c.listener.hostname.as_deref(), route.hostnames);
                 if hosts.is_empty() || !invalid.is_empty() {
                     continue;
                 }
@@ -889,36 +1041,13 @@ pub fn build(
                     }
                 }
             }
-            conditions.push(if !invalid.is_empty() {
-                cond("Accepted", false, "UnsupportedValue", invalid.join("; "))
-            } else if selected.is_empty() {
-                cond(
-                    "Accepted",
-                    false,
-                    "NoMatchingParent",
-                    "no listener matches the sectionName or port",
-                )
-            } else if allowed.is_empty() {
-                cond(
-                    "Accepted",
-                    false,
-                    "NotAllowedByListeners",
-                    "no listener admits this route (allowedRoutes, or the listener is invalid)",
-                )
-            } else if attached == 0 {
-                cond(
-                    "Accepted",
-                    false,
-                    "NoMatchingListenerHostname",
-                    "no listener hostname matches the route's hostnames",
-                )
-            } else {
-                cond("Accepted", true, "Accepted", "Route accepted")
-            });
-            conditions.push(match unresolved.first() {
-                Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone()),
-                None => cond("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
-            });
+            let conditions = vec![
+                accepted(invalid, selected.len(), allowed.len(), attached),
+                match unresolved.first() {
+                    Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone()),
+                    None => cond("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
+                },
+            ];
             parents.push(ParentStatus {
                 parent: parent.clone(),
                 conditions,
@@ -926,8 +1055,9 @@ pub fn build(
         }
         if !parents.is_empty() {
             st.routes.push(RouteStatus {
+                kind: route.kind,
                 key: key.clone(),
-                generation: generation(&route.metadata),
+                generation: generation(route.meta),
                 parents,
             });
         }

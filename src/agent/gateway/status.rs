@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::build::{Condition, GatewayStatus, ListenerStatus, Statuses, CONTROLLER, FEATURES};
-use super::types::{Gateway, GatewayClass, HttpRoute};
+use super::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
 
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -202,13 +202,46 @@ async fn write_gateway(
     patch(&api, &gw.key.1, current.metadata.resource_version, want).await
 }
 
+/// A route kind whose status the writer reads and patches.
+trait Route:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    fn status(&self) -> Option<&Value>;
+}
+
+impl Route for HttpRoute {
+    fn status(&self) -> Option<&Value> {
+        self.status.as_ref()
+    }
+}
+
+impl Route for GrpcRoute {
+    fn status(&self) -> Option<&Value> {
+        self.status.as_ref()
+    }
+}
+
 async fn write_route(
     client: &kube::Client,
     r: &super::build::RouteStatus,
 ) -> Result<(), kube::Error> {
-    let api: Api<HttpRoute> = Api::namespaced(client.clone(), &r.key.0);
+    if r.kind == "GRPCRoute" {
+        write_route_of::<GrpcRoute>(client, r).await
+    } else {
+        write_route_of::<HttpRoute>(client, r).await
+    }
+}
+
+async fn write_route_of<K: Route>(
+    client: &kube::Client,
+    r: &super::build::RouteStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<K> = Api::namespaced(client.clone(), &r.key.0);
     let current = api.get_status(&r.key.1).await?;
-    let stored = current.status.clone().unwrap_or_default();
+    let stored = current.status().cloned().unwrap_or_default();
     let stored_parents: Vec<Value> = stored["parents"].as_array().cloned().unwrap_or_default();
     let (mine, mut others): (Vec<Value>, Vec<Value>) = stored_parents
         .into_iter()
@@ -236,7 +269,7 @@ async fn write_route(
     patch(
         &api,
         &r.key.1,
-        current.metadata.resource_version,
+        current.meta().resource_version.clone(),
         json!({"parents": others}),
     )
     .await
@@ -285,9 +318,9 @@ pub(crate) async fn run(
             }
         }
         for r in &st.routes {
-            if done("HTTPRoute", &r.key.0, &r.key.1, json!(format!("{r:?}"))) {
+            if done(r.kind, &r.key.0, &r.key.1, json!(format!("{r:?}"))) {
                 results.push((
-                    "HTTPRoute",
+                    r.kind,
                     format!("{}/{}", r.key.0, r.key.1),
                     write_route(&client, r).await,
                 ));
