@@ -327,11 +327,7 @@ fn changed<K>(ev: &Event<K>) -> Option<SystemTime> {
 /// Whether an update can change the route table, which depends on the ingress kinds and on
 /// the Services (and their slices) that Ingresses name.
 /// A write to an Ingress's status alone (ours included) changes nothing here.
-fn affects_routes(
-    state: &State,
-    update: &Update,
-    route_services: &std::collections::HashSet<ObjKey>,
-) -> bool {
+fn affects_routes(state: &State, update: &Update, routes: &routes::Caches) -> bool {
     match update {
         Update::Ingresses(ev) => match &**ev {
             Event::Apply(new) => state.ingresses.objects.get(&key(new)).is_none_or(|old| {
@@ -354,16 +350,25 @@ fn affects_routes(
             _ => true,
         },
         Update::Services(ev) => match &**ev {
-            Event::Apply(s) | Event::Delete(s) => route_services.contains(&key(s)),
+            Event::Apply(s) | Event::Delete(s) => routes.depends_on(&key(s)),
             Event::InitDone => true,
             _ => false,
         },
         Update::Slices(ev) => match &**ev {
-            Event::Apply(s) | Event::Delete(s) => route_services.contains(&slice_service(s)),
+            Event::Apply(s) | Event::Delete(s) => routes.depends_on(&slice_service(s)),
             Event::InitDone => true,
             _ => false,
         },
     }
+}
+
+/// An event of an Ingress or a route: these are compiled one by one and their compiled rules are
+/// kept by version, so such an event leaves the others' compiled rules valid.
+fn is_route_object(update: &Update) -> bool {
+    matches!(
+        update,
+        Update::Ingresses(_) | Update::HttpRoutes(_) | Update::GrpcRoutes(_)
+    )
 }
 
 /// Whether an event changes an object's spec (or adds or removes one).
@@ -376,7 +381,9 @@ fn spec_changed<K: ResourceExt, S: PartialEq>(
         Event::Apply(new) => kind.objects.get(&key(new)).is_none_or(|old| {
             spec(old) != spec(new) || old.meta().generation != new.meta().generation
         }),
-        _ => true,
+        // A relist counts once it is whole.
+        Event::Init | Event::InitApply(_) => false,
+        Event::Delete(_) | Event::InitDone => true,
     }
 }
 
@@ -458,9 +465,10 @@ struct Pending {
     services: build::Changed,
     dns: build::Changed,
     routes_dirty: bool,
-    /// The Services the route table reads (a change to one rebuilds the routes).
-    route_services: std::collections::HashSet<ObjKey>,
-    certs: routes::CertCache,
+    caches: routes::Caches,
+    /// Counts the changes the route table depends on other than Ingresses and routes
+    /// themselves: compiled objects are reused while it holds.
+    world: u64,
     /// Trigger times of changes not yet applied by the proxy, with their generation.
     triggers: Vec<(u64, SystemTime)>,
     generation: u64,
@@ -478,8 +486,8 @@ impl Pending {
             services: all(),
             dns: all(),
             routes_dirty: true,
-            route_services: Default::default(),
-            certs: routes::CertCache::new(),
+            caches: routes::Caches::default(),
+            world: 0,
             triggers: Vec::new(),
             generation: 0,
         }
@@ -491,7 +499,11 @@ impl Pending {
             self.triggers.push((self.generation + 1, t));
         }
         track(&self.state, &update, &mut self.services, &mut self.dns);
-        self.routes_dirty |= ingress && affects_routes(&self.state, &update, &self.route_services);
+        let affects = ingress && affects_routes(&self.state, &update, &self.caches);
+        if affects && !is_route_object(&update) {
+            self.world += 1;
+        }
+        self.routes_dirty |= affects;
         self.dirty |= self.state.apply(update);
     }
 
@@ -529,9 +541,11 @@ impl Pending {
                     secrets: &state.secrets.objects,
                     services: &state.services.objects,
                     slices: &state.slices.objects,
+                    slice_index: &state.slice_index,
                     gateway: state.gateway_objects(),
                 };
-                let built = routes::build_routes(&inputs, &previous.routes, &mut self.certs);
+                let built =
+                    routes::build_routes(&inputs, &previous.routes, &mut self.caches, self.world);
                 if let Some(tx) = &task.gateway_status {
                     tx.send_if_modified(|s| {
                         let new = **s != built.gateway;
@@ -541,7 +555,6 @@ impl Pending {
                         new
                     });
                 }
-                self.route_services = built.services;
                 served.send_if_modified(|s| {
                     let new = **s != built.served;
                     if new {

@@ -2,8 +2,10 @@
 //! EndpointSlices and their TLS Secrets: a pure function of the cluster state (plus a cache of
 //! parsed certificates, keyed by the Secret's resourceVersion).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -13,11 +15,11 @@ use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use switchyard_proxy::router::annotations;
 use switchyard_proxy::router::routes::{
-    Action, Age, BackendSpec, Builder, Owner, PathMatch, RouteTable,
+    Action, Age, BackendSpec, Builder, Owner, PathMatch, Recorded, RouteTable,
 };
 use switchyard_proxy::table::{usable, Protocol};
 
-use super::build::{endpoints_by_port, ObjKey};
+use super::build::{endpoints_by_port, ObjKey, SliceIndex};
 use super::gateway::build as gateway;
 
 /// The controller name our IngressClasses carry.
@@ -36,6 +38,7 @@ pub struct Inputs<'a> {
     pub secrets: &'a HashMap<ObjKey, Secret>,
     pub services: &'a HashMap<ObjKey, Service>,
     pub slices: &'a HashMap<ObjKey, EndpointSlice>,
+    pub slice_index: &'a SliceIndex,
     pub gateway: gateway::Objects<'a>,
 }
 
@@ -73,8 +76,6 @@ pub struct Built {
     pub served: Vec<Served>,
     /// The status of the Gateway API objects of ours.
     pub gateway: gateway::Statuses,
-    /// The Services the table depends on: a change to any other cannot change it.
-    pub services: HashSet<ObjKey>,
 }
 
 /// Whether an Ingress belongs to one of our classes. A class named in `spec.ingressClassName`
@@ -168,7 +169,7 @@ fn age(ing: &Ingress, key: &ObjKey) -> Age {
             .creation_timestamp
             .as_ref()
             .map_or(i64::MAX, |t| t.0.as_second()),
-        Owner::ingress(&key.0, &key.1),
+        Arc::new(Owner::ingress(&key.0, &key.1)),
     )
 }
 
@@ -178,9 +179,38 @@ pub enum PortRef<'a> {
     Number(i32),
 }
 
-/// The endpoints of a Service port by slice port, `service`/`port` keyed.
-pub type Endpoints =
+/// The endpoints of each port of one Service.
+type ServiceEndpoints =
     HashMap<(String, String, String, Protocol), Vec<switchyard_proxy::table::Endpoint>>;
+
+/// The endpoints of Services, read from their slices when a compile first asks for them (only
+/// the objects that changed compile).
+pub struct Endpoints<'a> {
+    slices: &'a HashMap<ObjKey, EndpointSlice>,
+    index: &'a SliceIndex,
+    read: RefCell<HashMap<ObjKey, Rc<ServiceEndpoints>>>,
+}
+
+impl<'a> Endpoints<'a> {
+    pub fn new(slices: &'a HashMap<ObjKey, EndpointSlice>, index: &'a SliceIndex) -> Self {
+        Endpoints {
+            slices,
+            index,
+            read: Default::default(),
+        }
+    }
+
+    fn of(&self, ns: &str, name: &str) -> Rc<ServiceEndpoints> {
+        let key = (ns.to_string(), name.to_string());
+        if let Some(e) = self.read.borrow().get(&key) {
+            return e.clone();
+        }
+        // Endpoints here serve every node's ingress traffic: locality does not matter.
+        let e = Rc::new(endpoints_by_port(self.index.of(&key, self.slices), ""));
+        self.read.borrow_mut().insert(key, e.clone());
+        e
+    }
+}
 
 /// The usable endpoints of a Service port and whether it speaks h2c, or why there are none.
 pub fn service_port(
@@ -224,6 +254,7 @@ pub fn service_port(
         Protocol::Tcp,
     );
     let addrs = endpoints
+        .of(ns, name)
         .get(&key)
         .map(|eps| usable(eps, false).iter().map(|e| e.addr).collect())
         .unwrap_or_default();
@@ -235,7 +266,7 @@ fn backend_spec(
     inputs: &Inputs<'_>,
     endpoints: &Endpoints,
     ns: &str,
-    ingress: &Owner,
+    ingress: &Arc<Owner>,
     settings: &switchyard_proxy::router::routes::Settings,
     backend: &IngressBackend,
 ) -> Option<(BackendSpec, Option<Problem>)> {
@@ -287,19 +318,75 @@ fn tls_hosts(ing: &Ingress) -> impl Iterator<Item = (&str, Option<&str>)> {
         })
 }
 
-fn add_ingress(
+/// What one Ingress compiled to, kept while neither it (resourceVersion) nor anything else the
+/// route table reads (`world`) changed.
+pub struct IngressMemo {
+    version: String,
+    world: u64,
+    recorded: Recorded,
+    problems: Vec<Problem>,
+    /// The Services it names (whose changes rebuild it).
+    services: Vec<ObjKey>,
+}
+
+/// The route builds' memory between snapshots: parsed certificates and compiled objects.
+#[derive(Default)]
+pub struct Caches {
+    pub certs: CertCache,
+    ingresses: HashMap<ObjKey, IngressMemo>,
+    pub(crate) routes: gateway::RouteCache,
+    /// The `world` the last table was built at: a build at the same one edits that table.
+    built_at: Option<u64>,
+    /// The Services the compiled objects name, with how many name each.
+    services: HashMap<ObjKey, usize>,
+}
+
+impl Caches {
+    /// Whether the route table reads this Service (a change to any other cannot change it).
+    pub fn depends_on(&self, svc: &ObjKey) -> bool {
+        self.services.contains_key(svc)
+    }
+
+    /// Counts the Services of an object's compiled rules in (`add`) or out.
+    pub(crate) fn count(&mut self, services: &[ObjKey], add: bool) {
+        for svc in services {
+            if add {
+                *self.services.entry(svc.clone()).or_default() += 1;
+            } else if let Some(n) = self.services.get_mut(svc) {
+                *n -= 1;
+                if *n == 0 {
+                    self.services.remove(svc);
+                }
+            }
+        }
+    }
+}
+
+/// Compiles one Ingress: its rules, default backend and certificates, and what in it could not
+/// be served.
+fn compile_ingress(
     b: &mut Builder<'_>,
     inputs: &Inputs<'_>,
     endpoints: &Endpoints,
     certs: &mut CertCache,
     key: &ObjKey,
     ing: &Ingress,
-) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let Some(spec) = &ing.spec else {
-        return problems;
-    };
+    world: u64,
+) -> IngressMemo {
     let age = age(ing, key);
+    let mut memo = IngressMemo {
+        version: ing.metadata.resource_version.clone().unwrap_or_default(),
+        world,
+        recorded: Recorded::new(age.clone()),
+        problems: Vec::new(),
+        services: Vec::new(),
+    };
+    let rec = &mut memo.recorded;
+    let problems = &mut memo.problems;
+    let services = &mut memo.services;
+    let Some(spec) = &ing.spec else {
+        return memo;
+    };
     let parsed = annotations::parse(
         ing.metadata
             .annotations
@@ -319,7 +406,7 @@ fn add_ingress(
     for (host, secret) in tls_hosts(ing) {
         if let Some(secret) = secret {
             match certificate(certs, inputs.secrets, &(key.0.clone(), secret.to_string())) {
-                Ok(cert) => b.certificate(host, &age, cert),
+                Ok(cert) => rec.certificate(host, cert),
                 Err(e) => {
                     let p = problem(
                         "InvalidTLSSecret",
@@ -332,17 +419,22 @@ fn add_ingress(
             }
         }
     }
-    let mut backend = |b: &mut Builder<'_>, be: &IngressBackend| {
+    let mut backend = |rec: &mut Recorded, be: &IngressBackend| {
+        if let Some(s) = &be.service {
+            services.push((key.0.clone(), s.name.clone()));
+        }
         let (spec, missing) =
             backend_spec(inputs, endpoints, &key.0, &age.1, &parsed.settings, be)?;
         if let Some(m) = missing.filter(|m| !problems.contains(m)) {
             problems.push(m);
         }
-        Some(b.backend(spec))
+        let be = b.backend(spec);
+        rec.keep(&be);
+        Some(be)
     };
     if let Some(d) = &spec.default_backend {
-        if let Some(be) = backend(b, d) {
-            b.default_backend(&age, Arc::new(Action::forward(be, false)));
+        if let Some(be) = backend(rec, d) {
+            rec.default_backend(Arc::new(Action::forward(be, false)));
         }
     }
     for rule in spec.rules.iter().flatten() {
@@ -351,7 +443,7 @@ fn add_ingress(
             .ssl_redirect
             .unwrap_or_else(|| host.is_some_and(|h| tls.iter().any(|t| t.eq_ignore_ascii_case(h))));
         for path in rule.http.iter().flat_map(|h| &h.paths) {
-            let Some(be) = backend(b, &path.backend) else {
+            let Some(be) = backend(rec, &path.backend) else {
                 continue;
             };
             let p = path.path.as_deref().unwrap_or("/");
@@ -359,47 +451,35 @@ fn add_ingress(
                 "Exact" => PathMatch::exact(p),
                 _ => PathMatch::prefix(p),
             };
-            b.rule(host, m, &age, Arc::new(Action::forward(be, redirect)));
+            rec.rule(host, m, Arc::new(Action::forward(be, redirect)));
         }
     }
-    problems
+    memo
 }
 
 /// Builds the route table of every Ingress of ours; `previous` lends its upstream state.
-pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut CertCache) -> Built {
+/// Builds the route table of every Ingress and route of ours; `previous` lends its upstream
+/// state. Objects compiled at the same version and `world` (a counter of every other change the
+/// table depends on) are taken from `caches`.
+pub fn build_routes(
+    inputs: &Inputs<'_>,
+    previous: &RouteTable,
+    caches: &mut Caches,
+    world: u64,
+) -> Built {
     let ours: Vec<(&ObjKey, &Ingress)> = inputs
         .ingresses
         .iter()
         .filter(|(_, i)| is_ours(i, inputs.classes))
         .collect();
-    let mut services: HashSet<ObjKey> = HashSet::new();
-    for (key, ing) in &ours {
-        let Some(spec) = &ing.spec else { continue };
-        let backends = spec
-            .default_backend
-            .iter()
-            .chain(spec.rules.iter().flatten().flat_map(|r| {
-                r.http
-                    .iter()
-                    .flat_map(|h| h.paths.iter().map(|p| &p.backend))
-            }));
-        for be in backends {
-            if let Some(s) = &be.service {
-                services.insert((key.0.clone(), s.name.clone()));
-            }
-        }
-    }
-    services.extend(gateway::services(&inputs.gateway));
-    let slices = inputs.slices.iter().filter(|((ns, _), s)| {
-        s.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-            .is_some_and(|svc| services.contains(&(ns.clone(), svc.clone())))
-    });
-    // Endpoints here serve every node's ingress traffic: locality does not matter.
-    let endpoints = endpoints_by_port(slices, "");
-    let mut b = previous.builder();
+    let endpoints = Endpoints::new(inputs.slices, inputs.slice_index);
+    // Only Ingresses and routes changed since the last table: edit it. Anything else: anew.
+    let edit = caches.built_at == Some(world);
+    let mut b = if edit {
+        previous.editor()
+    } else {
+        previous.builder()
+    };
     let mut served = Vec::new();
     let entry = |key: &ObjKey, ing: &Ingress, ours: bool, problems: Vec<Problem>| Served {
         key: key.clone(),
@@ -408,16 +488,78 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
         ours,
         problems,
     };
-    for (key, ing) in ours {
-        let problems = add_ingress(&mut b, inputs, &endpoints, certs, key, ing);
-        served.push(entry(key, ing, true, problems));
+    let count = ours.len();
+    // Default backends and certificates are claimed between Ingresses: when an edit changes
+    // one, the claims are made again from every Ingress.
+    let mut reclaim = false;
+    for (key, ing) in &ours {
+        let version = ing.metadata.resource_version.as_deref().unwrap_or("");
+        let fresh = caches
+            .ingresses
+            .get(*key)
+            .is_some_and(|m| m.world == world && m.version == version);
+        if fresh {
+            if !edit {
+                b.apply(&caches.ingresses[*key].recorded);
+            }
+        } else {
+            let memo = compile_ingress(
+                &mut b,
+                inputs,
+                &endpoints,
+                &mut caches.certs,
+                key,
+                ing,
+                world,
+            );
+            if let Some(old) = caches.ingresses.remove(*key) {
+                caches.count(&old.services, false);
+                if edit {
+                    reclaim |= !old.recorded.editable();
+                    b.remove(&old.recorded);
+                }
+            }
+            reclaim |= !memo.recorded.editable();
+            b.apply(&memo.recorded);
+            caches.count(&memo.services, true);
+            caches.ingresses.insert((*key).clone(), memo);
+        }
+        served.push(entry(
+            key,
+            ing,
+            true,
+            caches.ingresses[*key].problems.clone(),
+        ));
+    }
+    if caches.ingresses.len() > count {
+        let keep: HashSet<&ObjKey> = ours.iter().map(|(k, _)| *k).collect();
+        let gone: Vec<ObjKey> = caches
+            .ingresses
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            let Some(memo) = caches.ingresses.remove(&k) else {
+                continue;
+            };
+            caches.count(&memo.services, false);
+            if edit {
+                reclaim |= !memo.recorded.editable();
+                b.remove(&memo.recorded);
+            }
+        }
+    }
+    if edit && reclaim {
+        b.reclaim(caches.ingresses.values().map(|m| &m.recorded));
     }
     let gateway_inputs = gateway::Inputs {
         objects: inputs.gateway,
         services: inputs.services,
         secrets: inputs.secrets,
     };
-    let gateway = gateway::build(&mut b, &gateway_inputs, &endpoints, certs);
+    let gateway = gateway::build(&mut b, &gateway_inputs, &endpoints, caches, (world, edit));
+    caches.built_at = Some(world);
     let foreign = inputs
         .ingresses
         .iter()
@@ -427,12 +569,11 @@ pub fn build_routes(inputs: &Inputs<'_>, previous: &RouteTable, certs: &mut Cert
     served.extend(foreign);
     served.sort_by(|a, b| a.key.cmp(&b.key));
     // Forget certificates of Secrets that are gone.
-    certs.retain(|k, _| inputs.secrets.contains_key(k));
+    caches.certs.retain(|k, _| inputs.secrets.contains_key(k));
     Built {
         table: b.build(),
         served,
         gateway,
-        services,
     }
 }
 
@@ -521,12 +662,14 @@ mod tests {
             HashMap::new(),
             HashMap::new(),
         );
+        let index = crate::agent::build::SliceIndex::build(&slices);
         let inputs = Inputs {
             ingresses: &ingresses,
             classes: &classes,
             secrets: &secrets,
             services: &services,
             slices: &slices,
+            slice_index: &index,
             gateway: gateway::Objects {
                 classes: &gc,
                 gateways: &gw,
@@ -542,7 +685,8 @@ mod tests {
             headers: &headers,
             query: None,
         };
-        let built = build_routes(&inputs, &RouteTable::default(), &mut CertCache::new());
+        let mut caches = Caches::default();
+        let built = build_routes(&inputs, &RouteTable::default(), &mut caches, 0);
         let at = |path| built.table.route(80, true, "a.example", path, &get);
         let names: Vec<&str> = built
             .served
@@ -577,6 +721,17 @@ mod tests {
             r.action.first_backend().unwrap().endpoints.is_empty(),
             "a missing Service has no endpoints"
         );
-        assert!(built.services.contains(&("ns".into(), "web".into())));
+        assert!(caches.depends_on(&("ns".into(), "web".into())));
+        assert!(caches.depends_on(&("ns".into(), "absent".into())));
+
+        // Unchanged objects keep their compiled rules; any other change recompiles them.
+        let action = |t: &RouteTable| match t.route(80, true, "a.example", "/a", &get) {
+            Target::Route(r) => r.action.clone(),
+            _ => panic!("no route for /a"),
+        };
+        let again = build_routes(&inputs, &built.table, &mut caches, 0);
+        assert!(Arc::ptr_eq(&action(&built.table), &action(&again.table)));
+        let changed = build_routes(&inputs, &again.table, &mut caches, 1);
+        assert!(!Arc::ptr_eq(&action(&again.table), &action(&changed.table)));
     }
 }

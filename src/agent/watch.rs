@@ -14,6 +14,21 @@ use tokio::task::JoinHandle;
 use super::gateway::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 use super::Update;
 
+/// Drops what the agent never reads and every object carries: its managed fields and kubectl's
+/// copy of the last applied object (often the largest parts of an object).
+fn slim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Whether a watch failed because the API does not serve the kind (its CRD is not installed)
 /// or does not let us read it.
 fn absent(e: &watcher::Error) -> bool {
@@ -66,7 +81,7 @@ where
                     if !matches!(ev, watcher::Event::Init) {
                         missing = false;
                     }
-                    if tx.send(wrap(ev)).await.is_err() {
+                    if tx.send(wrap(ev.modify(slim))).await.is_err() {
                         return;
                     }
                 }
@@ -124,22 +139,23 @@ pub(super) fn spawn_all(
         out.push(spawn::<Namespace>(client, tx.clone(), all(), false, |e| {
             Update::Namespaces(Box::new(e))
         }));
-        // Gateway API: served only where its CRDs are installed.
+        // Gateway API: served only where its CRDs are installed. Their status is not kept: the
+        // status writer reads what it replaces.
         out.push(spawn::<GatewayClass>(
             client,
             tx.clone(),
             all(),
             true,
-            |e| Update::GatewayClasses(Box::new(e)),
+            |e| Update::GatewayClasses(Box::new(e.modify(|o| o.status = None))),
         ));
         out.push(spawn::<Gateway>(client, tx.clone(), all(), true, |e| {
-            Update::Gateways(Box::new(e))
+            Update::Gateways(Box::new(e.modify(|o| o.status = None)))
         }));
         out.push(spawn::<HttpRoute>(client, tx.clone(), all(), true, |e| {
-            Update::HttpRoutes(Box::new(e))
+            Update::HttpRoutes(Box::new(e.modify(|o| o.status = None)))
         }));
         out.push(spawn::<GrpcRoute>(client, tx.clone(), all(), true, |e| {
-            Update::GrpcRoutes(Box::new(e))
+            Update::GrpcRoutes(Box::new(e.modify(|o| o.status = None)))
         }));
         out.push(spawn::<ReferenceGrant>(client, tx, all(), true, |e| {
             Update::Grants(Box::new(e))

@@ -223,7 +223,7 @@ impl Router {
             source,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
-            unrouted: BackendStats::new(&Owner::ingress("", ""), ""),
+            unrouted: BackendStats::new(&Arc::new(Owner::ingress("", "")), ""),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut loops = Vec::new();

@@ -20,7 +20,8 @@
 //! first; when none matches, the Ingress rules (and their default backend) answer.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,18 +77,18 @@ impl std::fmt::Display for Owner {
 /// Requests and latencies of one backend of one Ingress or route, kept across route-table
 /// changes.
 pub struct BackendStats {
-    pub owner: Owner,
-    pub service: String,
+    pub owner: Arc<Owner>,
+    pub service: Arc<str>,
     /// Responses by status code.
     statuses: Mutex<Vec<(u16, u64)>>,
     pub latency: Histogram,
 }
 
 impl BackendStats {
-    pub fn new(owner: &Owner, service: &str) -> BackendStats {
+    pub fn new(owner: &Arc<Owner>, service: &str) -> BackendStats {
         BackendStats {
             owner: owner.clone(),
-            service: service.to_string(),
+            service: service.into(),
             statuses: Mutex::new(Vec::new()),
             latency: Histogram::new(REQUEST_BUCKETS),
         }
@@ -146,7 +147,7 @@ impl Default for Settings {
 
 /// Where requests go: one port of one Service.
 pub struct Backend {
-    pub owner: Owner,
+    pub owner: Arc<Owner>,
     /// `service:port` as written in the Ingress or route.
     pub service: String,
     /// The usable endpoints (ready ones, or serving terminating ones when none is ready).
@@ -160,7 +161,7 @@ pub struct Backend {
 }
 
 /// The order of precedence between objects: the oldest first, then by namespace and name.
-pub type Age = (i64, Owner);
+pub type Age = (i64, Arc<Owner>);
 
 /// A value condition of a header or query parameter match.
 #[derive(Clone, Debug)]
@@ -464,6 +465,45 @@ pub struct Route {
 }
 
 impl Route {
+    /// An Ingress path rule.
+    fn ingress(path: PathMatch, age: &Age, action: Arc<Action>) -> Route {
+        let (kind, len) = path.rank();
+        Route {
+            path,
+            conditions: None,
+            order: (
+                0,
+                Reverse(len),
+                kind,
+                Reverse(0),
+                Reverse(0),
+                age.clone(),
+                0,
+            ),
+            action,
+        }
+    }
+
+    /// An HTTPRoute or GRPCRoute match; `index` orders the matches of one route.
+    fn gateway(m: &GatewayMatch, age: &Age, index: usize, action: Arc<Action>) -> Route {
+        let (kind, len) = m.path.rank();
+        let c = m.conditions.as_deref();
+        Route {
+            path: m.path.clone(),
+            conditions: m.conditions.clone(),
+            order: (
+                kind,
+                Reverse(len),
+                u8::from(c.is_none_or(|c| c.method.is_none())),
+                Reverse(c.map_or(0, |c| c.headers.len())),
+                Reverse(c.map_or(0, |c| c.query.len())),
+                age.clone(),
+                index,
+            ),
+            action,
+        }
+    }
+
     fn matches(&self, path: &str, req: &Req<'_>) -> bool {
         self.path.matches(path) && self.conditions.as_ref().is_none_or(|c| c.matches(req))
     }
@@ -477,32 +517,72 @@ impl Route {
     }
 }
 
-/// The rules of one host, in the order they are tried.
-#[derive(Default)]
-struct Rules(Vec<Route>);
+/// The rules of one host, in the order they are tried (shared between tables).
+#[derive(Clone, Default)]
+struct Rules(Vec<Arc<Route>>);
 
 impl Rules {
     fn find(&self, path: &str, req: &Req<'_>) -> Option<&Route> {
-        self.0.iter().find(|r| r.matches(path, req))
+        self.0.iter().find(|r| r.matches(path, req)).map(|r| &**r)
     }
 }
 
-/// Rules by host: exact names, `*.` wildcards (keyed by what follows `*.`), and no host.
-#[derive(Default)]
+/// A host group: an exact name, a `*.` wildcard (by what follows `*.`), or every host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum HostKey {
+    Any,
+    Exact(Arc<str>),
+    Wildcard(Arc<str>),
+}
+
+impl HostKey {
+    fn of(host: Option<&str>) -> HostKey {
+        let Some(h) = host else {
+            return HostKey::Any;
+        };
+        let h = h.to_ascii_lowercase();
+        match h.strip_prefix("*.") {
+            Some(rest) => HostKey::Wildcard(rest.into()),
+            None => HostKey::Exact(h.into()),
+        }
+    }
+}
+
+/// Rules by host: exact names, `*.` wildcards (keyed by what follows `*.`), and no host. Groups
+/// are shared between tables until one changes.
+#[derive(Clone, Default)]
 struct Hosts {
-    exact: HashMap<Box<str>, Rules>,
-    wildcard: HashMap<Box<str>, Rules>,
-    any: Rules,
+    exact: HashMap<Arc<str>, Arc<Rules>>,
+    wildcard: HashMap<Arc<str>, Arc<Rules>>,
+    any: Arc<Rules>,
 }
 
 impl Hosts {
-    fn group(&mut self, host: Option<&str>) -> &mut Rules {
-        match host.map(|h| h.to_ascii_lowercase()) {
-            None => &mut self.any,
-            Some(h) => match h.strip_prefix("*.") {
-                Some(rest) => self.wildcard.entry(rest.into()).or_default(),
-                None => self.exact.entry(h.into()).or_default(),
-            },
+    /// A group to change (copied first when another table shares it).
+    fn group(&mut self, key: &HostKey) -> &mut Rules {
+        let group = match key {
+            HostKey::Any => &mut self.any,
+            HostKey::Exact(h) => self.exact.entry(h.clone()).or_default(),
+            HostKey::Wildcard(h) => self.wildcard.entry(h.clone()).or_default(),
+        };
+        Arc::make_mut(group)
+    }
+
+    /// Sorts a group after a change; an empty one is dropped.
+    fn settle(&mut self, key: &HostKey) {
+        let sort =
+            |rules: &mut Arc<Rules>| Arc::make_mut(rules).0.sort_by(|a, b| a.order.cmp(&b.order));
+        let (map, h) = match key {
+            HostKey::Any => return sort(&mut self.any),
+            HostKey::Exact(h) => (&mut self.exact, h),
+            HostKey::Wildcard(h) => (&mut self.wildcard, h),
+        };
+        match map.get_mut(h) {
+            Some(rules) if rules.0.is_empty() => {
+                map.remove(h);
+            }
+            Some(rules) => sort(rules),
+            None => {}
         }
     }
 
@@ -535,13 +615,13 @@ impl Hosts {
             .chain(self.wildcard.values_mut())
             .chain(std::iter::once(&mut self.any));
         for rules in groups {
-            rules.0.sort_by(|a, b| a.order.cmp(&b.order));
+            Arc::make_mut(rules).0.sort_by(|a, b| a.order.cmp(&b.order));
         }
     }
 }
 
 /// Certificates by server name: exact names, and `*.` wildcards keyed by their suffix.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Certs {
     exact: HashMap<Box<str>, (Age, Arc<CertifiedKey>)>,
     wildcard: HashMap<Box<str>, (Age, Arc<CertifiedKey>)>,
@@ -590,7 +670,7 @@ impl Certs {
 }
 
 /// The Gateway listeners of one port.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Port {
     tls: bool,
     hosts: Hosts,
@@ -598,7 +678,7 @@ struct Port {
 }
 
 /// Everything the router needs, as one immutable value.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct RouteTable {
     ingress: Hosts,
     default_backend: Option<(Age, Arc<Action>)>,
@@ -607,7 +687,7 @@ pub struct RouteTable {
     ports: HashMap<u16, Port>,
     /// Every upstream and backend counter, so the next table keeps their state.
     upstreams: HashMap<(SocketAddr, bool), Arc<Upstream>>,
-    stats: HashMap<(Owner, String), Arc<BackendStats>>,
+    stats: HashMap<(Arc<Owner>, Arc<str>), Arc<BackendStats>>,
 }
 
 /// What answers a request.
@@ -639,6 +719,17 @@ impl RouteTable {
         Builder {
             previous: self,
             table: RouteTable::default(),
+            touched: None,
+        }
+    }
+
+    /// A builder that starts from `self`: objects are taken out ([`Builder::remove`]) and put
+    /// in again, and only the host groups they touch are copied and sorted again.
+    pub fn editor(&self) -> Builder<'_> {
+        Builder {
+            previous: self,
+            table: self.clone(),
+            touched: Some(Default::default()),
         }
     }
 
@@ -703,7 +794,7 @@ impl RouteTable {
 
 /// What one backend points at.
 pub struct BackendSpec {
-    pub owner: Owner,
+    pub owner: Arc<Owner>,
     pub service: String,
     pub endpoints: Vec<SocketAddr>,
     pub h2c: bool,
@@ -720,6 +811,84 @@ pub struct GatewayMatch {
 pub struct Builder<'a> {
     previous: &'a RouteTable,
     table: RouteTable,
+    /// Editing: the groups changed (sorted again at the end). Building anew: None.
+    touched: Option<std::collections::HashSet<(Option<u16>, HostKey)>>,
+}
+
+/// One recorded builder call; rules are made once, shared by every table that holds them.
+enum Op {
+    /// A rule in a host group of the Ingress rules (port None) or of a Gateway listener port.
+    Route(Option<u16>, HostKey, Arc<Route>),
+    Default(Arc<Action>),
+    Certificate(Box<str>, Arc<CertifiedKey>),
+    Keep(Arc<Backend>),
+}
+
+/// The rules of one object (an Ingress, a route), recorded once and applied to every new table
+/// ([`Builder::apply`]) while the object and what it refers to stay as they were: a change to
+/// one object rebuilds that object's rules only.
+pub struct Recorded {
+    age: Age,
+    ops: Vec<Op>,
+}
+
+impl Recorded {
+    /// The rules of the object whose age is `age`.
+    pub fn new(age: Age) -> Recorded {
+        Recorded {
+            age,
+            ops: Vec::new(),
+        }
+    }
+
+    pub fn age(&self) -> &Age {
+        &self.age
+    }
+
+    /// Whether an edit can take these rules out and put them in alone ([`Builder::remove`]):
+    /// rules and backends. A default backend or a certificate is claimed between objects, so an
+    /// edit that changes one claims them again ([`Builder::reclaim`]).
+    pub fn editable(&self) -> bool {
+        self.ops
+            .iter()
+            .all(|op| matches!(op, Op::Route(..) | Op::Keep(_)))
+    }
+
+    /// See [`Builder::rule`].
+    pub fn rule(&mut self, host: Option<&str>, path: PathMatch, action: Arc<Action>) {
+        let route = Route::ingress(path, &self.age, action);
+        self.ops
+            .push(Op::Route(None, HostKey::of(host), Arc::new(route)));
+    }
+
+    /// See [`Builder::default_backend`].
+    pub fn default_backend(&mut self, action: Arc<Action>) {
+        self.ops.push(Op::Default(action));
+    }
+
+    /// See [`Builder::certificate`].
+    pub fn certificate(&mut self, host: &str, cert: Arc<CertifiedKey>) {
+        self.ops.push(Op::Certificate(host.into(), cert));
+    }
+
+    /// See [`Builder::gateway_rule`].
+    pub fn gateway_rule(
+        &mut self,
+        port: u16,
+        host: Option<&str>,
+        m: &GatewayMatch,
+        index: usize,
+        action: Arc<Action>,
+    ) {
+        let route = Route::gateway(m, &self.age, index, action);
+        self.ops
+            .push(Op::Route(Some(port), HostKey::of(host), Arc::new(route)));
+    }
+
+    /// A backend (made with [`Builder::backend`]) whose state later tables keep.
+    pub fn keep(&mut self, backend: &Arc<Backend>) {
+        self.ops.push(Op::Keep(backend.clone()));
+    }
 }
 
 impl Builder<'_> {
@@ -742,7 +911,7 @@ impl Builder<'_> {
                     .clone()
             })
             .collect();
-        let key = (spec.owner.clone(), spec.service.clone());
+        let key: (Arc<Owner>, Arc<str>) = (spec.owner.clone(), spec.service.as_str().into());
         let stats = self
             .table
             .stats
@@ -768,22 +937,23 @@ impl Builder<'_> {
 
     /// An Ingress path rule; `host` is exact, `*.`-wildcard, or None for every host.
     pub fn rule(&mut self, host: Option<&str>, path: PathMatch, age: &Age, action: Arc<Action>) {
-        let (kind, len) = path.rank();
-        let route = Route {
-            path,
-            conditions: None,
-            order: (
-                0,
-                Reverse(len),
-                kind,
-                Reverse(0),
-                Reverse(0),
-                age.clone(),
-                0,
-            ),
-            action,
-        };
-        self.table.ingress.group(host).0.push(route);
+        let route = Route::ingress(path, age, action);
+        self.put(None, &HostKey::of(host), Arc::new(route));
+    }
+
+    /// The host groups of a port (None: the Ingress rules).
+    fn hosts(&mut self, port: Option<u16>) -> &mut Hosts {
+        match port {
+            None => &mut self.table.ingress,
+            Some(p) => &mut self.table.ports.entry(p).or_default().hosts,
+        }
+    }
+
+    fn put(&mut self, port: Option<u16>, key: &HostKey, route: Arc<Route>) {
+        self.hosts(port).group(key).0.push(route);
+        if let Some(t) = self.touched.as_mut() {
+            t.insert((port, key.clone()));
+        }
     }
 
     /// An Ingress's `defaultBackend`: the oldest Ingress's wins.
@@ -824,30 +994,96 @@ impl Builder<'_> {
         index: usize,
         action: Arc<Action>,
     ) {
-        let (kind, len) = m.path.rank();
-        let c = m.conditions.as_deref();
-        let route = Route {
-            path: m.path.clone(),
-            conditions: m.conditions.clone(),
-            order: (
-                kind,
-                Reverse(len),
-                u8::from(c.is_none_or(|c| c.method.is_none())),
-                Reverse(c.map_or(0, |c| c.headers.len())),
-                Reverse(c.map_or(0, |c| c.query.len())),
-                age.clone(),
-                index,
-            ),
-            action,
-        };
-        let port = self.table.ports.entry(port).or_default();
-        port.hosts.group(host).0.push(route);
+        let route = Route::gateway(m, age, index, action);
+        self.put(Some(port), &HostKey::of(host), Arc::new(route));
+    }
+
+    /// Registers a backend made for an earlier table (its stats and upstreams carry on).
+    pub fn keep(&mut self, backend: &Arc<Backend>) {
+        let key = (backend.stats.owner.clone(), backend.stats.service.clone());
+        self.table
+            .stats
+            .entry(key)
+            .or_insert_with(|| backend.stats.clone());
+        for u in &backend.endpoints {
+            self.table
+                .upstreams
+                .entry((u.addr, backend.h2c))
+                .or_insert_with(|| u.clone());
+        }
+    }
+
+    /// Applies the recorded rules of one object.
+    pub fn apply(&mut self, r: &Recorded) {
+        for op in &r.ops {
+            match op {
+                Op::Route(port, key, route) => self.put(*port, key, route.clone()),
+                Op::Default(action) => self.default_backend(&r.age, action.clone()),
+                Op::Certificate(host, cert) => self.certificate(host, &r.age, cert.clone()),
+                Op::Keep(backend) => self.keep(backend),
+            }
+        }
+    }
+
+    /// Claims the default backend and the Ingress certificates again from every object's rules
+    /// (after an edit changed one).
+    pub fn reclaim<'r>(&mut self, all: impl Iterator<Item = &'r Recorded>) {
+        self.table.default_backend = None;
+        self.table.certs = Certs::default();
+        for r in all {
+            for op in &r.ops {
+                match op {
+                    Op::Default(action) => self.default_backend(&r.age, action.clone()),
+                    Op::Certificate(host, cert) => self.certificate(host, &r.age, cert.clone()),
+                    Op::Route(..) | Op::Keep(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Takes the rules of one object out of an edited table ([`RouteTable::editor`]); its
+    /// default backend and certificates stay until [`Builder::reclaim`].
+    pub fn remove(&mut self, r: &Recorded) {
+        for op in &r.ops {
+            match op {
+                Op::Route(port, key, route) => {
+                    self.hosts(*port)
+                        .group(key)
+                        .0
+                        .retain(|x| !Arc::ptr_eq(x, route));
+                    if let Some(t) = self.touched.as_mut() {
+                        t.insert((*port, key.clone()));
+                    }
+                }
+                Op::Keep(backend) => {
+                    let key = (backend.stats.owner.clone(), backend.stats.service.clone());
+                    if self
+                        .table
+                        .stats
+                        .get(&key)
+                        .is_some_and(|s| Arc::ptr_eq(s, &backend.stats))
+                    {
+                        self.table.stats.remove(&key);
+                    }
+                }
+                Op::Default(_) | Op::Certificate(..) => {}
+            }
+        }
     }
 
     pub fn build(mut self) -> RouteTable {
-        self.table.ingress.sort();
-        for port in self.table.ports.values_mut() {
-            port.hosts.sort();
+        match self.touched.take() {
+            None => {
+                self.table.ingress.sort();
+                for port in self.table.ports.values_mut() {
+                    port.hosts.sort();
+                }
+            }
+            Some(touched) => {
+                for (port, key) in &touched {
+                    self.hosts(*port).settle(key);
+                }
+            }
         }
         self.table
     }
@@ -858,7 +1094,7 @@ mod tests {
     use super::*;
 
     fn age(n: i64) -> Age {
-        (n, Owner::ingress("ns", &format!("ing{n}")))
+        (n, Arc::new(Owner::ingress("ns", &format!("ing{n}"))))
     }
 
     fn backend(b: &mut Builder<'_>, name: &str) -> Arc<Backend> {
@@ -973,7 +1209,7 @@ mod tests {
     }
 
     fn route_age(n: i64, name: &str) -> Age {
-        (n, Owner::http_route("ns", name))
+        (n, Arc::new(Owner::http_route("ns", name)))
     }
 
     fn gateway(
@@ -1245,6 +1481,62 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(unresolved.pick(), Destination::Invalid));
+    }
+
+    /// An edit takes one object's rules out and puts its new ones in; the other groups stay
+    /// shared with the previous table, and the default backend is claimed again.
+    #[test]
+    fn edits_touch_only_what_changed() {
+        let empty = RouteTable::default();
+        let mut b = empty.builder();
+        let record = |b: &mut Builder<'_>, n: i64, host: &str, name: &str, default: bool| {
+            let mut r = Recorded::new(age(n));
+            let be = backend(b, name);
+            r.keep(&be);
+            if default {
+                r.default_backend(Arc::new(Action::forward(be.clone(), false)));
+            }
+            r.rule(
+                Some(host),
+                PathMatch::prefix("/"),
+                Arc::new(Action::forward(be, false)),
+            );
+            r
+        };
+        let one = record(&mut b, 1, "one.example", "one", true);
+        let two = record(&mut b, 2, "two.example", "two", false);
+        b.apply(&one);
+        b.apply(&two);
+        let t1 = b.build();
+        assert_eq!(
+            served(&t1, "other.example", "/").as_deref(),
+            Some("default:one")
+        );
+        let mut e = t1.editor();
+        let changed = record(&mut e, 1, "uno.example", "uno", false);
+        e.remove(&one);
+        e.apply(&changed);
+        e.reclaim([&changed, &two].into_iter());
+        let t2 = e.build();
+        assert_eq!(served(&t2, "uno.example", "/x").as_deref(), Some("uno"));
+        assert_eq!(
+            served(&t2, "one.example", "/x"),
+            None,
+            "gone, default gone too"
+        );
+        assert_eq!(served(&t2, "two.example", "/").as_deref(), Some("two"));
+        assert!(
+            !t2.ingress.exact.contains_key("one.example"),
+            "an emptied group goes"
+        );
+        assert!(Arc::ptr_eq(
+            &t1.ingress.exact["two.example"],
+            &t2.ingress.exact["two.example"]
+        ));
+        assert!(
+            t2.stats.keys().all(|(_, s)| &**s != "one"),
+            "its counters go"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use http::header::{HeaderName, HeaderValue};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use switchyard_proxy::router::routes::{
     whole_match, Action, Age, Backend, BackendSpec, Builder, Conditions, GatewayMatch, HeaderEdit,
-    Owner, OwnerKind, PathMatch, PathRewrite, Redirect, Rewrite, Settings, ValueMatch,
+    Owner, OwnerKind, PathMatch, PathRewrite, Recorded, Redirect, Rewrite, Settings, ValueMatch,
 };
 
 use super::types::{
@@ -26,7 +26,7 @@ use super::types::{
     Timeouts, ValueSpec, GROUP,
 };
 use crate::agent::build::ObjKey;
-use crate::agent::routes::{certificate, service_port, CertCache, Endpoints, PortRef};
+use crate::agent::routes::{certificate, service_port, Caches, CertCache, Endpoints, PortRef};
 
 /// The controller name of our GatewayClasses.
 pub const CONTROLLER: &str = "switchyard.io/gateway-controller";
@@ -153,7 +153,7 @@ pub struct RouteStatus {
 pub struct Statuses {
     pub classes: Vec<ClassStatus>,
     pub gateways: Vec<GatewayStatus>,
-    pub routes: Vec<RouteStatus>,
+    pub routes: Vec<Arc<RouteStatus>>,
 }
 
 fn generation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
@@ -165,28 +165,8 @@ fn age_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, own
         meta.creation_timestamp
             .as_ref()
             .map_or(i64::MAX, |t| t.0.as_second()),
-        owner,
+        Arc::new(owner),
     )
-}
-
-/// The Services routes name, so their endpoints are collected.
-pub fn services<'a>(objects: &Objects<'a>) -> impl Iterator<Item = ObjKey> + 'a {
-    let http = objects
-        .routes
-        .iter()
-        .flat_map(|(k, r)| r.spec.rules.iter().map(move |rule| (k, &rule.backend_refs)));
-    let grpc = objects
-        .grpc_routes
-        .iter()
-        .flat_map(|(k, r)| r.spec.rules.iter().map(move |rule| (k, &rule.backend_refs)));
-    http.chain(grpc).flat_map(|((ns, _), refs)| {
-        refs.iter()
-            .filter(|b| is_service(&b.target.group, &b.target.kind))
-            .map(move |b| {
-                let ns = b.target.namespace.clone().unwrap_or_else(|| ns.clone());
-                (ns, b.target.name.clone())
-            })
-    })
 }
 
 fn is_service(group: &Option<String>, kind: &Option<String>) -> bool {
@@ -674,7 +654,7 @@ fn backends(
     inputs: &Inputs<'_>,
     endpoints: &Endpoints,
     route: &RouteRef<'_>,
-    owner: &Owner,
+    owner: &Arc<Owner>,
     settings: &Settings,
     refs: &[BackendRef],
     unresolved: &mut Vec<Unresolved>,
@@ -801,7 +781,7 @@ fn compile_rule(
     inputs: &Inputs<'_>,
     endpoints: &Endpoints,
     route: &RouteRef<'_>,
-    owner: &Owner,
+    owner: &Arc<Owner>,
     rule: RuleRef<'_>,
     unresolved: &mut Vec<Unresolved>,
 ) -> Result<(Vec<GatewayMatch>, Arc<Action>), Invalid> {
@@ -852,7 +832,26 @@ struct RouteRef<'a> {
     meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     parents: &'a [ParentRef],
     hostnames: &'a [String],
-    rules: Vec<RuleRef<'a>>,
+    rules: Rules<'a>,
+}
+
+/// The rules of a route of either kind.
+#[derive(Clone, Copy)]
+enum Rules<'a> {
+    Http(&'a [Rule]),
+    Grpc(&'a [GrpcRule]),
+}
+
+impl<'a> Rules<'a> {
+    fn iter(self) -> impl Iterator<Item = RuleRef<'a>> {
+        let (http, grpc) = match self {
+            Rules::Http(r) => (r, &[][..]),
+            Rules::Grpc(r) => (&[][..], r),
+        };
+        http.iter()
+            .map(RuleRef::Http)
+            .chain(grpc.iter().map(RuleRef::Grpc))
+    }
 }
 
 /// Every HTTPRoute and GRPCRoute, in the order of their keys.
@@ -866,7 +865,7 @@ fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
             meta: &r.metadata,
             parents: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
-            rules: r.spec.rules.iter().map(RuleRef::Http).collect(),
+            rules: Rules::Http(&r.spec.rules),
         })
         .chain(objects.grpc_routes.iter().map(|(key, r)| RouteRef {
             kind: GRPC_ROUTE,
@@ -874,7 +873,7 @@ fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
             meta: &r.metadata,
             parents: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
-            rules: r.spec.rules.iter().map(RuleRef::Grpc).collect(),
+            rules: Rules::Grpc(&r.spec.rules),
         }))
         .collect();
     out.sort_by(|a, b| (a.kind, a.key).cmp(&(b.kind, b.key)));
@@ -911,12 +910,174 @@ fn accepted(invalid: &[Invalid], selected: usize, allowed: usize, attached: usiz
     }
 }
 
+/// What one route compiled to, kept while neither it (uid, generation) nor anything else the
+/// route table reads (`world`) changed.
+pub struct RouteMemo {
+    version: (String, i64),
+    world: u64,
+    recorded: Recorded,
+    /// The Services it names (whose changes rebuild it).
+    services: Vec<ObjKey>,
+    /// The listeners it is attached to: (Gateway, listener index).
+    attached: Vec<(ObjKey, usize)>,
+    status: Option<Arc<RouteStatus>>,
+}
+
+/// Compiled routes by kind, then key.
+pub type RouteCache = HashMap<&'static str, HashMap<ObjKey, RouteMemo>>;
+
+/// The Gateways of ours with their listeners, by key.
+type Listeners<'a> = HashMap<&'a ObjKey, (Vec<Checked<'a>>, &'a Gateway)>;
+
+/// Compiles one route against the listeners of the Gateways it names: its rules on every
+/// listener that admits it, and its status per parent.
+fn compile_route(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &Endpoints,
+    route: &RouteRef<'_>,
+    gateways: &Listeners<'_>,
+    (version, world): ((String, i64), u64),
+) -> RouteMemo {
+    let key = route.key;
+    let kind = if route.kind == GRPC_ROUTE {
+        OwnerKind::GrpcRoute
+    } else {
+        OwnerKind::HttpRoute
+    };
+    let age = age_of(route.meta, Owner::new(kind, &key.0, &key.1));
+    let owner = age.1.clone();
+    let mut memo = RouteMemo {
+        version,
+        world,
+        recorded: Recorded::new(age),
+        services: Vec::new(),
+        attached: Vec::new(),
+        status: None,
+    };
+    let mut parents = Vec::new();
+    // Compiled once per route, attached once per listener.
+    let mut compiled: Option<Compiled> = None;
+    for parent in route.parents {
+        if parent.group.as_deref().unwrap_or(GROUP) != GROUP
+            || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+        {
+            continue;
+        }
+        let gw_key = (
+            parent.namespace.clone().unwrap_or_else(|| key.0.clone()),
+            parent.name.clone(),
+        );
+        let Some((checked, _)) = gateways.get(&gw_key) else {
+            continue;
+        };
+        let (rules, unresolved, invalid) = compiled.get_or_insert_with(|| {
+            let mut unresolved = Vec::new();
+            let mut rules = Vec::new();
+            let mut invalid = Vec::new();
+            for rule in route.rules.iter() {
+                match compile_rule(b, inputs, endpoints, route, &owner, rule, &mut unresolved) {
+                    Ok(r) => rules.push(r),
+                    Err(e) => invalid.push(e),
+                }
+            }
+            (rules, unresolved, invalid)
+        });
+        let selected: Vec<usize> = checked
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                parent
+                    .section_name
+                    .as_ref()
+                    .is_none_or(|s| *s == c.listener.name)
+                    && parent.port.is_none_or(|p| p == c.listener.port)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let allowed: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let c = &checked[i];
+                c.valid
+                    && c.kinds.contains(&route.kind)
+                    && admits_namespace(c.listener, &gw_key.0, &key.0, inputs.namespaces)
+            })
+            .collect();
+        let mut attached = 0;
+        for &i in &allowed {
+            let c = &checked[i];
+            let hosts = intersect(c.listener.hostname.as_deref(), route.hostnames);
+            if hosts.is_empty() || !invalid.is_empty() {
+                continue;
+            }
+            attached += 1;
+            memo.attached.push((gw_key.clone(), i));
+            for host in &hosts {
+                for (r, (ms, action)) in rules.iter().enumerate() {
+                    for (m_i, m) in ms.iter().enumerate() {
+                        memo.recorded.gateway_rule(
+                            c.port,
+                            host.as_deref(),
+                            m,
+                            r * 64 + m_i,
+                            action.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        let conditions = vec![
+            accepted(invalid, selected.len(), allowed.len(), attached),
+            match unresolved.first() {
+                Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone()),
+                None => cond("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
+            },
+        ];
+        parents.push(ParentStatus {
+            parent: parent.clone(),
+            conditions,
+        });
+    }
+    for rule in route.rules.iter() {
+        let refs = match rule {
+            RuleRef::Http(r) => &r.backend_refs,
+            RuleRef::Grpc(r) => &r.backend_refs,
+        };
+        for t in refs.iter().map(|r| &r.target) {
+            if is_service(&t.group, &t.kind) {
+                let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
+                memo.services.push((ns, t.name.clone()));
+            }
+        }
+    }
+    if let Some((rules, _, _)) = &compiled {
+        for (_, action) in rules {
+            for be in action.backends.iter().filter_map(|(_, b)| b.as_ref()) {
+                memo.recorded.keep(be);
+            }
+        }
+    }
+    if !parents.is_empty() {
+        memo.status = Some(Arc::new(RouteStatus {
+            kind: route.kind,
+            key: key.clone(),
+            generation: generation(route.meta),
+            parents,
+        }));
+    }
+    memo
+}
+
 /// Adds every Gateway, HTTPRoute and GRPCRoute of ours to the table; returns their status.
+/// Routes compiled at the same `world` and generation come from `cache`.
 pub fn build(
     b: &mut Builder<'_>,
     inputs: &Inputs<'_>,
     endpoints: &Endpoints,
-    certs: &mut CertCache,
+    caches: &mut Caches,
+    (world, edit): (u64, bool),
 ) -> Statuses {
     let mut st = Statuses::default();
     let mut ours: HashSet<&str> = HashSet::new();
@@ -954,112 +1115,66 @@ pub fn build(
             &gw.metadata,
             Owner::new(OwnerKind::HttpRoute, &key.0, &key.1),
         );
-        let checked = listeners(b, inputs, certs, key, gw, &age);
+        let checked = listeners(b, inputs, &mut caches.certs, key, gw, &age);
         gateways.insert(key, (checked, gw));
     }
-    for route in all_routes(&inputs.objects) {
-        let key = route.key;
-        let kind = if route.kind == GRPC_ROUTE {
-            OwnerKind::GrpcRoute
-        } else {
-            OwnerKind::HttpRoute
-        };
-        let owner = Owner::new(kind, &key.0, &key.1);
-        let age = age_of(route.meta, owner.clone());
-        let mut parents = Vec::new();
-        // Compiled once per route, attached once per listener.
-        let mut compiled: Option<Compiled> = None;
-        for parent in route.parents {
-            if parent.group.as_deref().unwrap_or(GROUP) != GROUP
-                || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
-            {
-                continue;
+    let routes = all_routes(&inputs.objects);
+    for route in &routes {
+        let uid = route.meta.uid.as_deref().unwrap_or("");
+        let gen = generation(route.meta);
+        let fresh = caches
+            .routes
+            .get(route.kind)
+            .and_then(|m| m.get(route.key))
+            .is_some_and(|m| m.world == world && m.version.0 == uid && m.version.1 == gen);
+        if fresh {
+            if !edit {
+                b.apply(&caches.routes[route.kind][route.key].recorded);
             }
-            let gw_key = (
-                parent.namespace.clone().unwrap_or_else(|| key.0.clone()),
-                parent.name.clone(),
-            );
-            let Some((checked, _)) = gateways.get_mut(&gw_key) else {
+        } else {
+            let version = (uid.to_string(), gen);
+            let memo = compile_route(b, inputs, endpoints, route, &gateways, (version, world));
+            let of_kind = caches.routes.entry(route.kind).or_default();
+            let old = of_kind.insert(route.key.clone(), memo);
+            if let Some(old) = old {
+                caches.count(&old.services, false);
+                if edit {
+                    b.remove(&old.recorded);
+                }
+            }
+            let memo = &caches.routes[route.kind][route.key];
+            b.apply(&memo.recorded);
+            let services = memo.services.clone();
+            caches.count(&services, true);
+        }
+        let memo = &caches.routes[route.kind][route.key];
+        for (gw, i) in &memo.attached {
+            if let Some(l) = gateways.get_mut(gw).and_then(|(c, _)| c.get_mut(*i)) {
+                l.status.attached += 1;
+            }
+        }
+        if let Some(s) = &memo.status {
+            st.routes.push(s.clone());
+        }
+    }
+    let cached: usize = caches.routes.values().map(HashMap::len).sum();
+    if cached > routes.len() {
+        let now: HashSet<(&str, &ObjKey)> = routes.iter().map(|r| (r.kind, r.key)).collect();
+        let gone: Vec<(&'static str, ObjKey)> = caches
+            .routes
+            .iter()
+            .flat_map(|(kind, m)| m.keys().map(move |k| (*kind, k)))
+            .filter(|(kind, key)| !now.contains(&(*kind, *key)))
+            .map(|(kind, key)| (kind, key.clone()))
+            .collect();
+        for (kind, key) in gone {
+            let Some(memo) = caches.routes.get_mut(kind).and_then(|m| m.remove(&key)) else {
                 continue;
             };
-            let (rules, unresolved, invalid) = compiled.get_or_insert_with(|| {
-                let mut unresolved = Vec::new();
-                let mut rules = Vec::new();
-                let mut invalid = Vec::new();
-                for rule in &route.rules {
-                    match compile_rule(b, inputs, endpoints, &route, &owner, *rule, &mut unresolved)
-                    {
-                        Ok(r) => rules.push(r),
-                        Err(e) => invalid.push(e),
-                    }
-                }
-                (rules, unresolved, invalid)
-            });
-            let selected: Vec<usize> = checked
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| {
-                    parent
-                        .section_name
-                        .as_ref()
-                        .is_none_or(|s| *s == c.listener.name)
-                        && parent.port.is_none_or(|p| p == c.listener.port)
-                })
-                .map(|(i, _)| i)
-                .collect();
-            let allowed: Vec<usize> = selected
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let c = &checked[i];
-                    c.valid
-                        && c.kinds.contains(&route.kind)
-                        && admits_namespace(c.listener, &gw_key.0, &key.0, inputs.namespaces)
-                })
-                .collect();
-            let mut attached = 0;
-            for &i in &allowed {
-                let c = &mut checked[i];
-                let hosts = intersect(c.listener.hostname.as_deref(), route.hostnames);
-                if hosts.is_empty() || !invalid.is_empty() {
-                    continue;
-                }
-                attached += 1;
-                c.status.attached += 1;
-                for host in &hosts {
-                    for (r, (ms, action)) in rules.iter().enumerate() {
-                        for (m_i, m) in ms.iter().enumerate() {
-                            b.gateway_rule(
-                                c.port,
-                                host.as_deref(),
-                                m,
-                                &age,
-                                r * 64 + m_i,
-                                action.clone(),
-                            );
-                        }
-                    }
-                }
+            caches.count(&memo.services, false);
+            if edit {
+                b.remove(&memo.recorded);
             }
-            let conditions = vec![
-                accepted(invalid, selected.len(), allowed.len(), attached),
-                match unresolved.first() {
-                    Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone()),
-                    None => cond("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
-                },
-            ];
-            parents.push(ParentStatus {
-                parent: parent.clone(),
-                conditions,
-            });
-        }
-        if !parents.is_empty() {
-            st.routes.push(RouteStatus {
-                kind: route.kind,
-                key: key.clone(),
-                generation: generation(route.meta),
-                parents,
-            });
         }
     }
     let mut keys: Vec<&ObjKey> = gateways.keys().copied().collect();

@@ -17,8 +17,12 @@ use kube::Api;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::build::{Condition, GatewayStatus, ListenerStatus, Statuses, CONTROLLER, FEATURES};
+use super::build::{
+    ClassStatus, Condition, GatewayStatus, ListenerStatus, RouteStatus, Statuses, CONTROLLER,
+    FEATURES,
+};
 use super::types::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
+use crate::agent::build::ObjKey;
 
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -281,61 +285,73 @@ pub(crate) async fn run(
     mut statuses: watch::Receiver<Arc<Statuses>>,
     mut ports: watch::Receiver<Arc<PortErrors>>,
 ) {
-    // What was last written for each object (kind, namespace, name): not written again.
-    let mut written: HashMap<(&'static str, String, String), Value> = HashMap::new();
+    // What was last written for each object: not written again while it holds.
+    let mut classes: HashMap<String, ClassStatus> = HashMap::new();
+    let mut gateways: HashMap<ObjKey, GatewayStatus> = HashMap::new();
+    let mut routes: HashMap<(&'static str, ObjKey), Arc<RouteStatus>> = HashMap::new();
+    // The addresses of the statuses in `routes` (which keeps them alive).
+    let mut written: std::collections::HashSet<usize> = Default::default();
     loop {
         let st = statuses.borrow_and_update().clone();
         let errors = ports.borrow_and_update().clone();
         let mut failed = false;
-        let mut seen = std::collections::HashSet::new();
-        let mut done = |kind: &'static str, ns: &str, name: &str, v: Value| {
-            let key = (kind, ns.to_string(), name.to_string());
-            seen.insert(key.clone());
-            if written.get(&key) == Some(&v) {
-                return false;
+        let mut report = |kind: &str, name: String, result: Result<(), kube::Error>| match result {
+            Ok(()) => true,
+            Err(e) => {
+                failed = true;
+                tracing::warn!(kind, object = %name, error = %e, "could not write Gateway API status");
+                false
             }
-            written.insert(key, v);
-            true
         };
-        let mut results = Vec::new();
         for c in &st.classes {
-            if done("GatewayClass", "", &c.name, json!(format!("{c:?}"))) {
-                results.push((
+            if classes.get(&c.name) != Some(c)
+                && report(
                     "GatewayClass",
                     c.name.clone(),
                     write_class(&client, c).await,
-                ));
+                )
+            {
+                classes.insert(c.name.clone(), c.clone());
             }
         }
         for gw in &st.gateways {
             let gw = with_port_errors(gw, &errors);
-            if done("Gateway", &gw.key.0, &gw.key.1, json!(format!("{gw:?}"))) {
-                results.push((
-                    "Gateway",
-                    format!("{}/{}", gw.key.0, gw.key.1),
-                    write_gateway(&client, ip, &gw).await,
-                ));
+            if gateways.get(&gw.key) != Some(&gw) {
+                let name = format!("{}/{}", gw.key.0, gw.key.1);
+                if report("Gateway", name, write_gateway(&client, ip, &gw).await) {
+                    gateways.insert(gw.key.clone(), gw);
+                }
             }
         }
         for r in &st.routes {
-            if done(r.kind, &r.key.0, &r.key.1, json!(format!("{r:?}"))) {
-                results.push((
-                    r.kind,
-                    format!("{}/{}", r.key.0, r.key.1),
-                    write_route(&client, r).await,
-                ));
+            // A route whose compiled status is the one written is skipped without a lookup.
+            if written.contains(&(Arc::as_ptr(r) as usize)) {
+                continue;
+            }
+            let key = (r.kind, r.key.clone());
+            let same = routes.get(&key).is_some_and(|w| w == r);
+            let name = format!("{}/{}", r.key.0, r.key.1);
+            if same || report(r.kind, name, write_route(&client, r).await) {
+                if let Some(old) = routes.insert(key, r.clone()) {
+                    written.remove(&(Arc::as_ptr(&old) as usize));
+                }
+                written.insert(Arc::as_ptr(r) as usize);
             }
         }
-        written.retain(|k, _| seen.contains(k));
-        for (kind, name, result) in results {
-            if let Err(e) = result {
-                failed = true;
-                tracing::warn!(kind, object = %name, error = %e, "could not write Gateway API status");
-                written.retain(|(k, ns, n), _| {
-                    !(*k == kind && format!("{ns}/{n}").trim_start_matches('/') == name)
-                });
-            }
+        // Forget objects that are no longer ours (a later return writes them again).
+        if routes.len() > st.routes.len() {
+            let now: std::collections::HashSet<_> =
+                st.routes.iter().map(|r| (r.kind, &r.key)).collect();
+            routes.retain(|(kind, key), r| {
+                let keep = now.contains(&(*kind, key));
+                if !keep {
+                    written.remove(&(Arc::as_ptr(r) as usize));
+                }
+                keep
+            });
         }
+        gateways.retain(|k, _| st.gateways.iter().any(|g| g.key == *k));
+        classes.retain(|k, _| st.classes.iter().any(|c| c.name == *k));
         let wait = async {
             tokio::select! {
                 c = statuses.changed() => c.is_ok(),
