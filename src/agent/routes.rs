@@ -333,12 +333,12 @@ pub struct IngressMemo {
 #[derive(Default)]
 pub struct Caches {
     pub certs: CertCache,
-    ingresses: HashMap<ObjKey, IngressMemo>,
+    ingresses: foldhash::HashMap<ObjKey, IngressMemo>,
     pub(crate) routes: gateway::RouteCache,
     /// The `world` the last table was built at: a build at the same one edits that table.
     built_at: Option<u64>,
     /// The Services the compiled objects name, with how many name each.
-    services: HashMap<ObjKey, usize>,
+    services: foldhash::HashMap<ObjKey, usize>,
 }
 
 impl Caches {

@@ -854,9 +854,9 @@ impl<'a> Rules<'a> {
     }
 }
 
-/// Every HTTPRoute and GRPCRoute, in the order of their keys.
+/// Every HTTPRoute and GRPCRoute.
 fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
-    let mut out: Vec<RouteRef<'a>> = objects
+    objects
         .routes
         .iter()
         .map(|(key, r)| RouteRef {
@@ -875,9 +875,7 @@ fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
             hostnames: &r.spec.hostnames,
             rules: Rules::Grpc(&r.spec.rules),
         }))
-        .collect();
-    out.sort_by(|a, b| (a.kind, a.key).cmp(&(b.kind, b.key)));
-    out
+        .collect()
 }
 
 /// The condition `Accepted` of a route on one parent.
@@ -924,10 +922,10 @@ pub struct RouteMemo {
 }
 
 /// Compiled routes by kind, then key.
-pub type RouteCache = HashMap<&'static str, HashMap<ObjKey, RouteMemo>>;
+pub type RouteCache = HashMap<&'static str, foldhash::HashMap<ObjKey, RouteMemo>>;
 
 /// The Gateways of ours with their listeners, by key.
-type Listeners<'a> = HashMap<&'a ObjKey, (Vec<Checked<'a>>, &'a Gateway)>;
+type Listeners<'a> = foldhash::HashMap<&'a ObjKey, (Vec<Checked<'a>>, &'a Gateway)>;
 
 /// Compiles one route against the listeners of the Gateways it names: its rules on every
 /// listener that admits it, and its status per parent.
@@ -1098,7 +1096,7 @@ pub fn build(
         });
     }
     // Gateways, with their listeners checked.
-    let mut gateways: HashMap<&ObjKey, (Vec<Checked<'_>>, &Gateway)> = HashMap::new();
+    let mut gateways: Listeners<'_> = Default::default();
     let mut keys: Vec<&ObjKey> = inputs.gateways.keys().collect();
     keys.sort();
     for key in keys {
@@ -1157,7 +1155,7 @@ pub fn build(
             st.routes.push(s.clone());
         }
     }
-    let cached: usize = caches.routes.values().map(HashMap::len).sum();
+    let cached: usize = caches.routes.values().map(|m| m.len()).sum();
     if cached > routes.len() {
         let now: HashSet<(&str, &ObjKey)> = routes.iter().map(|r| (r.kind, r.key)).collect();
         let gone: Vec<(&'static str, ObjKey)> = caches
