@@ -396,17 +396,21 @@ async fn run(args: &Args, path: Kind) -> Result<Figures> {
             path.object(from + i, "svc-a").to_string()
         })
     };
-    create(1, args.routes).await?;
-    let last = format!("host-{}.example", args.routes - 1);
-    until_served(
-        &mut Client::new(port),
-        &last,
-        b"a",
-        Duration::from_secs(120),
-    )
-    .await?;
-    wait_idle(pid).await?;
-    let rss1 = rss_mb(pid)?;
+    // Objects `from..to` created, the last one served, the agent idle: its RSS.
+    let fill = |from: usize, to: usize| async move {
+        create(from, to).await?;
+        let last = format!("host-{}.example", to - 1);
+        until_served(
+            &mut Client::new(port),
+            &last,
+            b"a",
+            Duration::from_secs(120),
+        )
+        .await?;
+        wait_idle(pid).await?;
+        rss_mb(pid)
+    };
+    let rss1 = fill(1, args.routes).await?;
 
     let before = builds(metrics).await?;
     let propagation = changes(&target, path, port, args.changes, "b").await?;
@@ -446,17 +450,7 @@ async fn run(args: &Args, path: Kind) -> Result<Figures> {
     }
     wait_idle(pid).await?;
 
-    create(args.routes, args.memory_routes).await?;
-    let last = format!("host-{}.example", args.memory_routes - 1);
-    until_served(
-        &mut Client::new(port),
-        &last,
-        b"a",
-        Duration::from_secs(120),
-    )
-    .await?;
-    wait_idle(pid).await?;
-    let rss2 = rss_mb(pid)?;
+    let rss2 = fill(args.routes, args.memory_routes).await?;
     drop(node);
     Ok(Figures {
         build_ms,

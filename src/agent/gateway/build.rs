@@ -21,9 +21,8 @@ use switchyard_proxy::router::routes::{
 };
 
 use super::types::{
-    parse_duration, BackendRef, Filter, Gateway, GatewayClass, GrpcMatch, GrpcRoute, GrpcRule,
-    HeaderModifier, HttpRoute, Listener, ParentRef, PathModifier, ReferenceGrant, RouteMatch, Rule,
-    Timeouts, ValueSpec, GROUP,
+    parse_duration, BackendRef, Filter, Gateway, GatewayClass, GrpcRoute, GrpcRule, HeaderModifier,
+    HttpRoute, Listener, ParentRef, PathModifier, ReferenceGrant, Rule, Timeouts, ValueSpec, GROUP,
 };
 use crate::agent::build::ObjKey;
 use crate::agent::routes::{certificate, service_port, Caches, CertCache, Endpoints, PortRef};
@@ -592,12 +591,18 @@ fn header_matches(specs: &[ValueSpec]) -> Result<Vec<(HeaderName, ValueMatch)>, 
     Ok(headers)
 }
 
+/// A rule's matches; none is one that matches every request.
+fn or_match_all<T: Default + Clone>(matches: &Option<Vec<T>>) -> Vec<T> {
+    match matches.as_deref() {
+        None | Some([]) => vec![T::default()],
+        Some(list) => list.to_vec(),
+    }
+}
+
 /// A rule's matches, compiled (the default is every path).
 fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
-    let default = [RouteMatch::default()];
-    let list: &[RouteMatch] = rule.matches.as_deref().unwrap_or(&default);
-    let list = if list.is_empty() { &default[..] } else { list };
-    list.iter()
+    or_match_all(&rule.matches)
+        .iter()
         .map(|m| {
             let (kind, value) = m.path.as_ref().map_or(("PathPrefix", "/"), |p| {
                 (
@@ -646,84 +651,109 @@ fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
 /// Why a backend reference cannot be used, as a ResolvedRefs reason and message.
 type Unresolved = (&'static str, String);
 
-/// A rule's backends: weighted, with None for each reference that did not resolve. GRPCRoute
-/// backends (`grpc`) always speak HTTP/2 without TLS.
-#[allow(clippy::too_many_arguments)]
-fn backends(
-    b: &mut Builder<'_>,
-    inputs: &Inputs<'_>,
-    endpoints: &Endpoints,
-    route: &RouteRef<'_>,
-    owner: &Arc<Owner>,
-    settings: &Settings,
-    refs: &[BackendRef],
-    unresolved: &mut Vec<Unresolved>,
-) -> Vec<(u32, Option<Arc<Backend>>)> {
-    let key = route.key;
-    let mut out = Vec::new();
-    for r in refs {
-        let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
-        let t = &r.target;
-        let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
-        let resolved = if !is_service(&t.group, &t.kind) {
-            Err((
-                "InvalidKind",
-                format!(
-                    "backend {}/{} is not a Service",
-                    t.group.as_deref().unwrap_or(""),
-                    t.kind.as_deref().unwrap_or("Service")
-                ),
-            ))
-        } else if !r.filters.is_empty() {
-            Err((
-                "UnsupportedValue",
-                "filters on a backendRef are not supported".to_string(),
-            ))
-        } else if ns != key.0
-            && !granted(
-                inputs.grants,
-                (route.kind, &key.0),
-                ("", "Service", &ns, &t.name),
-            )
-        {
-            Err((
-                "RefNotPermitted",
-                format!(
-                    "no ReferenceGrant in {ns} lets {}s of {} use Service {}",
-                    route.kind, key.0, t.name
-                ),
-            ))
-        } else {
-            let port = r.port.map(PortRef::Number);
-            service_port(inputs.services, endpoints, &ns, &t.name, port)
-                .map_err(|p| ("BackendNotFound", p.message))
-        };
-        match resolved {
-            Ok((addrs, h2c)) => {
-                let spec = BackendSpec {
-                    owner: owner.clone(),
-                    service: format!("{}:{}", t.name, r.port.unwrap_or(0)),
-                    endpoints: addrs,
-                    h2c: h2c || route.kind == GRPC_ROUTE,
-                    settings: settings.clone(),
-                };
-                out.push((weight, Some(b.backend(spec))));
-            }
-            Err(p) => {
-                out.push((weight, None));
-                unresolved.push(p);
+/// Compiles the rules of one route, noting the backend references that do not resolve.
+struct RouteCompiler<'c, 'b> {
+    b: &'c mut Builder<'b>,
+    inputs: &'c Inputs<'c>,
+    endpoints: &'c Endpoints<'c>,
+    route: &'c RouteRef<'c>,
+    owner: Arc<Owner>,
+    unresolved: Vec<Unresolved>,
+}
+
+impl RouteCompiler<'_, '_> {
+    /// A rule's backends: weighted, with None for each reference that did not resolve. GRPCRoute
+    /// backends always speak HTTP/2 without TLS.
+    fn backends(
+        &mut self,
+        settings: &Settings,
+        refs: &[BackendRef],
+    ) -> Vec<(u32, Option<Arc<Backend>>)> {
+        let (inputs, route) = (self.inputs, self.route);
+        let key = route.key;
+        let mut out = Vec::new();
+        for r in refs {
+            let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
+            let t = &r.target;
+            let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
+            let resolved = if !is_service(&t.group, &t.kind) {
+                Err((
+                    "InvalidKind",
+                    format!(
+                        "backend {}/{} is not a Service",
+                        t.group.as_deref().unwrap_or(""),
+                        t.kind.as_deref().unwrap_or("Service")
+                    ),
+                ))
+            } else if !r.filters.is_empty() {
+                Err((
+                    "UnsupportedValue",
+                    "filters on a backendRef are not supported".to_string(),
+                ))
+            } else if ns != key.0
+                && !granted(
+                    inputs.grants,
+                    (route.kind, &key.0),
+                    ("", "Service", &ns, &t.name),
+                )
+            {
+                Err((
+                    "RefNotPermitted",
+                    format!(
+                        "no ReferenceGrant in {ns} lets {}s of {} use Service {}",
+                        route.kind, key.0, t.name
+                    ),
+                ))
+            } else {
+                let port = r.port.map(PortRef::Number);
+                service_port(inputs.services, self.endpoints, &ns, &t.name, port)
+                    .map_err(|p| ("BackendNotFound", p.message))
+            };
+            match resolved {
+                Ok((addrs, h2c)) => {
+                    let spec = BackendSpec {
+                        owner: self.owner.clone(),
+                        service: format!("{}:{}", t.name, r.port.unwrap_or(0)),
+                        endpoints: addrs,
+                        h2c: h2c || route.kind == GRPC_ROUTE,
+                        settings: settings.clone(),
+                    };
+                    out.push((weight, Some(self.b.backend(spec))));
+                }
+                Err(p) => {
+                    out.push((weight, None));
+                    self.unresolved.push(p);
+                }
             }
         }
+        out
     }
-    out
+
+    /// One rule, compiled: its matches and its action; or why it cannot be served.
+    fn rule(&mut self, rule: RuleRef<'_>) -> Result<(Vec<GatewayMatch>, Arc<Action>), Invalid> {
+        let (ms, filter_list, refs, t) = match rule {
+            RuleRef::Http(r) => (
+                matches(r)?,
+                &r.filters,
+                &r.backend_refs,
+                r.timeouts.as_ref(),
+            ),
+            RuleRef::Grpc(r) => (grpc_matches(r)?, &r.filters, &r.backend_refs, None),
+        };
+        let prefix_only = ms.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
+        let mut action = filters(filter_list, prefix_only)?;
+        let settings = timeouts(t, &mut action)?;
+        if action.redirect.is_none() {
+            action.backends = self.backends(&settings, refs);
+        }
+        Ok((ms, Arc::new(action)))
+    }
 }
 
 /// A GRPCRoute match as a path match: gRPC calls `POST /service/method`.
 fn grpc_matches(rule: &GrpcRule) -> Result<Vec<GatewayMatch>, Invalid> {
-    let default = [GrpcMatch::default()];
-    let list: &[GrpcMatch] = rule.matches.as_deref().unwrap_or(&default);
-    let list = if list.is_empty() { &default[..] } else { list };
-    list.iter()
+    or_match_all(&rule.matches)
+        .iter()
         .map(|m| {
             let method = m.method.clone().unwrap_or_default();
             let regex = method.kind.as_deref() == Some("RegularExpression");
@@ -773,36 +803,6 @@ fn timeouts(t: Option<&Timeouts>, action: &mut Action) -> Result<Settings, Inval
         }
     }
     Ok(settings)
-}
-
-/// One rule, compiled: its matches and its action; or why it cannot be served.
-fn compile_rule(
-    b: &mut Builder<'_>,
-    inputs: &Inputs<'_>,
-    endpoints: &Endpoints,
-    route: &RouteRef<'_>,
-    owner: &Arc<Owner>,
-    rule: RuleRef<'_>,
-    unresolved: &mut Vec<Unresolved>,
-) -> Result<(Vec<GatewayMatch>, Arc<Action>), Invalid> {
-    let (ms, filter_list, refs, t) = match rule {
-        RuleRef::Http(r) => (
-            matches(r)?,
-            &r.filters,
-            &r.backend_refs,
-            r.timeouts.as_ref(),
-        ),
-        RuleRef::Grpc(r) => (grpc_matches(r)?, &r.filters, &r.backend_refs, None),
-    };
-    let prefix_only = ms.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
-    let mut action = filters(filter_list, prefix_only)?;
-    let settings = timeouts(t, &mut action)?;
-    if action.redirect.is_none() {
-        action.backends = backends(
-            b, inputs, endpoints, route, owner, &settings, refs, unresolved,
-        );
-    }
-    Ok((ms, Arc::new(action)))
 }
 
 /// A route's rules, compiled once for all its parents: the served rules (matches and action),
@@ -970,16 +970,23 @@ fn compile_route(
             continue;
         };
         let (rules, unresolved, invalid) = compiled.get_or_insert_with(|| {
-            let mut unresolved = Vec::new();
+            let mut c = RouteCompiler {
+                b: &mut *b,
+                inputs,
+                endpoints,
+                route,
+                owner: owner.clone(),
+                unresolved: Vec::new(),
+            };
             let mut rules = Vec::new();
             let mut invalid = Vec::new();
             for rule in route.rules.iter() {
-                match compile_rule(b, inputs, endpoints, route, &owner, rule, &mut unresolved) {
+                match c.rule(rule) {
                     Ok(r) => rules.push(r),
                     Err(e) => invalid.push(e),
                 }
             }
-            (rules, unresolved, invalid)
+            (rules, c.unresolved, invalid)
         });
         let selected: Vec<usize> = checked
             .iter()

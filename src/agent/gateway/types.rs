@@ -12,7 +12,7 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 
 /// `kube::Resource` for a Gateway API kind of version v1.
 macro_rules! resource {
-    ($ty:ident, $kind:literal, $plural:literal, $scope:ty) => {
+    ($ty:ty, $kind:literal, $plural:literal, $scope:ty) => {
         impl kube::Resource for $ty {
             type DynamicType = ();
             type Scope = $scope;
@@ -148,27 +148,41 @@ pub struct RouteKind {
 
 resource!(Gateway, "Gateway", "gateways", NamespaceResourceScope);
 
+/// An HTTPRoute or a GRPCRoute, by the kind of its rules.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct HttpRoute {
+pub struct Route<R> {
     #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: HttpRouteSpec,
+    #[serde(default = "RouteSpec::empty")]
+    pub spec: RouteSpec<R>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct HttpRouteSpec {
+pub struct RouteSpec<R> {
     #[serde(default)]
     pub parent_refs: Vec<ParentRef>,
     #[serde(default)]
     pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<Rule>,
+    #[serde(default = "Vec::new")]
+    pub rules: Vec<R>,
 }
+
+impl<R> RouteSpec<R> {
+    fn empty() -> Self {
+        RouteSpec {
+            parent_refs: Vec::new(),
+            hostnames: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+pub type HttpRoute = Route<Rule>;
+pub type GrpcRoute = Route<GrpcRule>;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
@@ -304,29 +318,12 @@ pub struct Timeouts {
     pub backend_request: Option<String>,
 }
 
-resource!(HttpRoute, "HTTPRoute", "httproutes", NamespaceResourceScope);
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct GrpcRoute {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: GrpcRouteSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct GrpcRouteSpec {
-    #[serde(default)]
-    pub parent_refs: Vec<ParentRef>,
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<GrpcRule>,
-}
+resource!(
+    Route<Rule>,
+    "HTTPRoute",
+    "httproutes",
+    NamespaceResourceScope
+);
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -355,7 +352,12 @@ pub struct GrpcMethod {
     pub method: Option<String>,
 }
 
-resource!(GrpcRoute, "GRPCRoute", "grpcroutes", NamespaceResourceScope);
+resource!(
+    Route<GrpcRule>,
+    "GRPCRoute",
+    "grpcroutes",
+    NamespaceResourceScope
+);
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
