@@ -229,6 +229,17 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /slow}}]
     timeouts: {request: 500ms}
     backendRefs: [{name: v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ['https://www.foo.com', 'https://*.bar.com']
+        allowCredentials: true
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1]
+        exposeHeaders: [x-header-3]
+        maxAge: 3600
+    backendRefs: [{name: v1, port: 80}]
 ",
     );
     wait_route(&up, "default", "main", "Accepted", ("True", "Accepted"));
@@ -300,6 +311,45 @@ spec:
     assert!((0..20).all(|_| who(port, h, "/zero", &[]) == "v2"));
     // The request timeout: the backend takes three seconds.
     assert_eq!(who(port, h, "/slow", &[]), "504");
+    // CORS: preflights are answered by the router; allowed origins' answers are marked.
+    let preflight = |origin: &str| {
+        let origin = format!("Origin: {origin}");
+        let ask = [
+            "-X",
+            "OPTIONS",
+            "-H",
+            &origin,
+            "-H",
+            "Access-Control-Request-Method: GET",
+        ];
+        request(port, h, "/cors", &ask)
+    };
+    let (code, body, headers) = preflight("https://www.foo.com");
+    assert_eq!((code, body), (200, Value::Null), "not forwarded");
+    for want in [
+        "access-control-allow-origin: https://www.foo.com",
+        "access-control-allow-credentials: true",
+        "access-control-allow-methods: get, options",
+        "access-control-max-age: 3600",
+    ] {
+        assert!(headers.contains(want), "{want} in {headers}");
+    }
+    let (code, _, headers) = preflight("https://evil.example");
+    assert_eq!(code, 200);
+    assert!(
+        !headers.contains("access-control-allow-origin"),
+        "{headers}"
+    );
+    let (code, body, headers) = request(port, h, "/cors", &["-H", "Origin: https://a.b.bar.com"]);
+    assert_eq!((code, body["backend"].as_str()), (200, Some("v1")));
+    assert!(
+        headers.contains("access-control-allow-origin: https://a.b.bar.com"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("access-control-expose-headers: x-header-3"),
+        "{headers}"
+    );
 
     // A backend that does not exist: 500, and ResolvedRefs says why.
     apply(

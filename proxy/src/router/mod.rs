@@ -21,6 +21,7 @@
 //! listener on an ingress port shares that port's listener (and must then speak its protocol).
 
 pub mod annotations;
+pub mod cors;
 mod request;
 pub mod routes;
 mod server;

@@ -390,6 +390,8 @@ pub struct Action {
     pub response_headers: HeaderEdit,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
+    /// A `CORS` filter: preflights answered here, allowed origins' answers marked.
+    pub cors: Option<super::cors::Cors>,
     /// From the request's arrival to the response headers, all attempts included.
     pub request_timeout: Option<Duration>,
     /// Plain-HTTP requests are redirected to HTTPS (an Ingress host with TLS, unless

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::cors::Cors;
 use super::request::{normalize_path, request_host};
 use super::routes::{
     Action, Backend, BackendStats, Balance, Destination, HeaderEdit, Redirect, Req, Target,
@@ -532,9 +533,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
         .then(|| (req.method().clone(), path.to_owned()));
     let matched = matched.as_deref().unwrap_or("");
     let mut backend = None;
+    // A CORS route answers preflights itself and marks the answers to allowed origins.
+    let cors = action.as_deref().and_then(|a| a.cors.as_ref());
+    let preflight = cors.is_some() && Cors::is_preflight(req.method(), req.headers());
+    let origin = cors.and_then(|_| req.headers().get(header::ORIGIN).cloned());
     let (resp, upstream) = match action.as_deref() {
         Some(a) if a.ssl_redirect && !conn.tls => {
             (redirect_to_https(shared, &host, req.uri()), None)
+        }
+        Some(a) if preflight => {
+            let mut resp = local(StatusCode::OK, "");
+            if let Some(cors) = &a.cors {
+                resp.headers_mut().extend(cors.preflight(req.headers()));
+            }
+            (resp, None)
         }
         Some(a) if a.redirect.is_some() => {
             let r = a.redirect.as_ref().expect("checked");
@@ -585,6 +597,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
     let mut resp = resp;
     if let Some(a) = &action {
         a.response_headers.apply(resp.headers_mut());
+        if let (Some(cors), false) = (&a.cors, preflight) {
+            cors.answer(origin.as_ref(), resp.headers_mut());
+        }
     }
     resp.headers_mut().insert(X_REQUEST_ID, id.clone());
     let took = started.elapsed();

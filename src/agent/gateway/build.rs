@@ -26,6 +26,7 @@ use super::types::{
 };
 use crate::agent::build::ObjKey;
 use crate::agent::routes::{certificate, service_port, Caches, CertCache, Endpoints, PortRef};
+use switchyard_proxy::router::cors::{Cors, OriginPattern};
 
 /// The controller name of our GatewayClasses.
 pub const CONTROLLER: &str = "switchyard.io/gateway-controller";
@@ -44,6 +45,7 @@ pub const FEATURES: &[&str] = &[
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
     "HTTPRouteParentRefPort",
@@ -550,6 +552,23 @@ fn filters(filters: &[Filter], prefix_only: bool) -> Result<Action, Invalid> {
                 a.rewrite = Some(Rewrite {
                     hostname: r.hostname.map(Into::into),
                     path: r.path.as_ref().map(path_rewrite).transpose()?,
+                });
+            }
+            "CORS" => {
+                let c = f.cors.clone().unwrap_or_default();
+                let origins = c
+                    .allow_origins
+                    .iter()
+                    .map(|o| OriginPattern::parse(o).ok_or_else(|| format!("CORS origin {o:?}")))
+                    .collect::<Result<_, _>>()?;
+                let names = |v: Vec<String>| v.into_iter().map(Into::into).collect();
+                a.cors = Some(Cors {
+                    origins,
+                    credentials: c.allow_credentials.unwrap_or(false),
+                    methods: names(c.allow_methods),
+                    headers: names(c.allow_headers),
+                    expose: names(c.expose_headers),
+                    max_age: c.max_age.and_then(|m| u32::try_from(m).ok()).unwrap_or(5),
                 });
             }
             other => return Err(format!("filter {other:?} is not supported")),

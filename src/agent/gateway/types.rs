@@ -252,6 +252,22 @@ pub struct Filter {
     pub response_header_modifier: Option<HeaderModifier>,
     pub request_redirect: Option<RedirectSpec>,
     pub url_rewrite: Option<UrlRewrite>,
+    pub cors: Option<CorsSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsSpec {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
