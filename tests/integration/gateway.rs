@@ -376,6 +376,25 @@ spec:
         "True"
     );
     wait_who(port, "missing.example.com", "/", "500");
+    // A route that stops naming our Gateway loses our status entry.
+    apply(
+        &up,
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: missing, namespace: default}
+spec:
+  parentRefs: [{name: not-ours}]
+  rules: [{backendRefs: [{name: nowhere, port: 80}]}]
+",
+    );
+    eventually(Duration::from_secs(30), || {
+        let st = status(&up, "httproute", "default", "missing");
+        st["parents"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+            .then_some(())
+    });
 
     // Another namespace: the `web` listener admits only its own namespace's routes, `open`
     // admits all; a Service across namespaces needs a ReferenceGrant.
@@ -457,7 +476,7 @@ spec:
             .iter()
             .find(|l| l["name"] == "web")?
             .clone();
-        (web["attachedRoutes"] == 2).then_some(st)
+        (web["attachedRoutes"] == 1).then_some(st)
     });
     assert_eq!(
         condition(&gw["conditions"], "Programmed").unwrap(),

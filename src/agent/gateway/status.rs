@@ -338,17 +338,33 @@ pub(crate) async fn run(
                 written.insert(Arc::as_ptr(r) as usize);
             }
         }
-        // Forget objects that are no longer ours (a later return writes them again).
+        // A route no longer ours (or gone) loses our parent entries; a later return writes them
+        // again.
         if routes.len() > st.routes.len() {
             let now: std::collections::HashSet<_> =
                 st.routes.iter().map(|r| (r.kind, &r.key)).collect();
+            let mut released = Vec::new();
             routes.retain(|(kind, key), r| {
                 let keep = now.contains(&(*kind, key));
                 if !keep {
                     written.remove(&(Arc::as_ptr(r) as usize));
+                    released.push(r.clone());
                 }
                 keep
             });
+            for r in released {
+                let none = RouteStatus {
+                    parents: Vec::new(),
+                    ..(*r).clone()
+                };
+                match write_route(&client, &none).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    result => {
+                        let name = format!("{}/{}", r.key.0, r.key.1);
+                        report(r.kind, name, result);
+                    }
+                }
+            }
         }
         gateways.retain(|k, _| st.gateways.iter().any(|g| g.key == *k));
         classes.retain(|k, _| st.classes.iter().any(|c| c.name == *k));
