@@ -940,8 +940,50 @@ pub struct RouteMemo {
     status: Option<Arc<RouteStatus>>,
 }
 
-/// Compiled routes by kind, then key.
-pub type RouteCache = HashMap<&'static str, foldhash::HashMap<ObjKey, RouteMemo>>;
+/// Compiled routes by kind and key, and how many are attached to each listener.
+#[derive(Default)]
+pub struct RouteCache {
+    http: foldhash::HashMap<ObjKey, RouteMemo>,
+    grpc: foldhash::HashMap<ObjKey, RouteMemo>,
+    /// (Gateway, listener index) -> attached routes, of the compiled routes.
+    attached: foldhash::HashMap<(ObjKey, usize), i32>,
+}
+
+impl RouteCache {
+    fn of(&mut self, kind: &str) -> &mut foldhash::HashMap<ObjKey, RouteMemo> {
+        if kind == GRPC_ROUTE {
+            &mut self.grpc
+        } else {
+            &mut self.http
+        }
+    }
+
+    /// Puts a compiled route in, returning the one it replaces; attachments are counted.
+    fn insert(&mut self, kind: &str, key: &ObjKey, memo: RouteMemo) -> Option<RouteMemo> {
+        self.attach(&memo.attached, 1);
+        let old = self.of(kind).insert(key.clone(), memo);
+        if let Some(old) = &old {
+            self.attach(&old.attached, -1);
+        }
+        old
+    }
+
+    fn remove(&mut self, kind: &str, key: &ObjKey) -> Option<RouteMemo> {
+        let old = self.of(kind).remove(key)?;
+        self.attach(&old.attached, -1);
+        Some(old)
+    }
+
+    fn attach(&mut self, listeners: &[(ObjKey, usize)], n: i32) {
+        for l in listeners {
+            let count = self.attached.entry(l.clone()).or_default();
+            *count += n;
+            if *count == 0 {
+                self.attached.remove(l);
+            }
+        }
+    }
+}
 
 /// The Gateways of ours with their listeners, by key.
 type Listeners<'a> = foldhash::HashMap<&'a ObjKey, (Vec<Checked<'a>>, &'a Gateway)>;
@@ -1146,59 +1188,58 @@ pub fn build(
     for route in &routes {
         let uid = route.meta.uid.as_deref().unwrap_or("");
         let gen = generation(route.meta);
-        let fresh = caches
-            .routes
-            .get(route.kind)
-            .and_then(|m| m.get(route.key))
-            .is_some_and(|m| m.world == world && m.version.0 == uid && m.version.1 == gen);
-        if fresh {
+        let cached = caches.routes.of(route.kind).get(route.key);
+        if let Some(memo) =
+            cached.filter(|m| m.world == world && m.version.0 == uid && m.version.1 == gen)
+        {
             if !edit {
-                b.apply(&caches.routes[route.kind][route.key].recorded);
+                b.apply(&memo.recorded);
             }
-        } else {
-            let version = (uid.to_string(), gen);
-            let memo = compile_route(b, inputs, endpoints, route, &gateways, (version, world));
-            let of_kind = caches.routes.entry(route.kind).or_default();
-            let old = of_kind.insert(route.key.clone(), memo);
-            if let Some(old) = old {
-                caches.count(&old.services, false);
-                if edit {
-                    b.remove(&old.recorded);
-                }
+            if let Some(s) = &memo.status {
+                st.routes.push(s.clone());
             }
-            let memo = &caches.routes[route.kind][route.key];
-            b.apply(&memo.recorded);
-            let services = memo.services.clone();
-            caches.count(&services, true);
+            continue;
         }
-        let memo = &caches.routes[route.kind][route.key];
-        for (gw, i) in &memo.attached {
-            if let Some(l) = gateways.get_mut(gw).and_then(|(c, _)| c.get_mut(*i)) {
-                l.status.attached += 1;
-            }
-        }
+        let version = (uid.to_string(), gen);
+        let memo = compile_route(b, inputs, endpoints, route, &gateways, (version, world));
+        b.apply(&memo.recorded);
+        caches.count(&memo.services, true);
         if let Some(s) = &memo.status {
             st.routes.push(s.clone());
         }
+        if let Some(old) = caches.routes.insert(route.kind, route.key, memo) {
+            caches.count(&old.services, false);
+            if edit {
+                b.remove(&old.recorded);
+            }
+        }
     }
-    let cached: usize = caches.routes.values().map(|m| m.len()).sum();
+    let cached = caches.routes.http.len() + caches.routes.grpc.len();
     if cached > routes.len() {
         let now: HashSet<(&str, &ObjKey)> = routes.iter().map(|r| (r.kind, r.key)).collect();
-        let gone: Vec<(&'static str, ObjKey)> = caches
-            .routes
-            .iter()
-            .flat_map(|(kind, m)| m.keys().map(move |k| (*kind, k)))
-            .filter(|(kind, key)| !now.contains(&(*kind, *key)))
-            .map(|(kind, key)| (kind, key.clone()))
-            .collect();
+        let gone: Vec<(&'static str, ObjKey)> = [
+            (HTTP_ROUTE, &caches.routes.http),
+            (GRPC_ROUTE, &caches.routes.grpc),
+        ]
+        .into_iter()
+        .flat_map(|(kind, m)| m.keys().map(move |k| (kind, k)))
+        .filter(|(kind, key)| !now.contains(&(*kind, *key)))
+        .map(|(kind, key)| (kind, key.clone()))
+        .collect();
         for (kind, key) in gone {
-            let Some(memo) = caches.routes.get_mut(kind).and_then(|m| m.remove(&key)) else {
+            let Some(memo) = caches.routes.remove(kind, &key) else {
                 continue;
             };
             caches.count(&memo.services, false);
             if edit {
                 b.remove(&memo.recorded);
             }
+        }
+    }
+    for (key, (checked, _)) in gateways.iter_mut() {
+        for (i, l) in checked.iter_mut().enumerate() {
+            let n = caches.routes.attached.get(&((*key).clone(), i));
+            l.status.attached = n.copied().unwrap_or(0);
         }
     }
     let mut keys: Vec<&ObjKey> = gateways.keys().copied().collect();
