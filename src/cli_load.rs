@@ -147,6 +147,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         by_peer: args.by_peer,
         queries: args.queries,
     };
+    // Registered before anything runs, and kept across the loop: a Ctrl-C is never lost (a new
+    // `ctrl_c()` per iteration missed one that came between two).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
     let run = load::start(config).await?;
     let tty = std::io::stderr().is_terminal();
     let mut last = (0.0, 0u64);
@@ -155,7 +159,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let mut interrupted = false;
     while !run.finished() {
         tokio::select! {
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            _ = interrupt.recv(), if !interrupted => {
                 // Stop sending; the report covers what ran.
                 run.stop();
                 interrupted = true;
