@@ -290,6 +290,7 @@ fn backend_spec(
         endpoints: vec![],
         h2c: false,
         settings: settings.clone(),
+        edits: None,
     };
     match service_port(inputs.services, endpoints, ns, &svc_ref.name, port_ref) {
         Ok((addrs, h2c)) => {

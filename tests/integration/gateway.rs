@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 
 use super::ingress::{backend, cert, curl, expose, ws_backend};
-use crate::support::{eventually, free_port, run_with_stdin, Up};
+use crate::support::{eventually, eventually_async, free_port, run_with_stdin, Up};
 
 /// `switchyard up` with the Gateway API CRDs installed; None (skipped) without the CRDs.
 fn up_with_crds() -> Option<Up> {
@@ -146,6 +146,9 @@ async fn http_routes_match_filter_split_and_report() {
         "Gateway",
         "HTTPRoute",
         "HTTPRouteQueryParamMatching",
+        "HTTPRouteRequestMirror",
+        "HTTPRouteRequestPercentageMirror",
+        "HTTPRouteBackendRequestHeaderModification",
         "ReferenceGrant",
     ] {
         assert!(features.contains(&f), "{features:?}");
@@ -798,4 +801,259 @@ spec:
         condition(&st["parents"][0]["conditions"], "Accepted"),
         Some(("False".into(), "NotAllowedByListeners".into()))
     );
+}
+
+/// What a recording backend saw of one request.
+struct Seen {
+    path: String,
+    headers: http::HeaderMap,
+    body: usize,
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<Seen>>>;
+
+/// An HTTP backend that reads each request's body and records it; it answers with its name and
+/// the body's length.
+async fn recorder(name: &'static str) -> (std::net::SocketAddr, Log) {
+    use http_body_util::BodyExt;
+    let log: Log = Default::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let log = kept.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let len = body.collect().await.map_or(0, |b| b.to_bytes().len());
+                            log.lock().unwrap().push(Seen {
+                                path: parts.uri.path().to_string(),
+                                headers: parts.headers,
+                                body: len,
+                            });
+                            let answer = serde_json::json!({"backend": name, "len": len});
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(answer.to_string())),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// How many requests a recorder saw under `prefix`, and the last of them.
+fn seen(log: &Log, prefix: &str) -> (usize, Option<(http::HeaderMap, usize)>) {
+    let log = log.lock().unwrap();
+    let mut under = log.iter().filter(|s| s.path.starts_with(prefix));
+    let n = under.clone().count();
+    (n, under.next_back().map(|s| (s.headers.clone(), s.body)))
+}
+
+/// A backend that accepts connections and never reads from them.
+async fn stalled() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// A file of `len` bytes for curl to send.
+fn body_file(len: usize) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&vec![b'm'; len]).unwrap();
+    f
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_routes_mirror_requests_and_filter_per_backend() {
+    let Some(up) = up_with_crds() else { return };
+    let client = up.client().await;
+    let (prim, prim_log) = recorder("prim").await;
+    let (m1, m1_log) = recorder("m1").await;
+    let (m2, m2_log) = recorder("m2").await;
+    expose(&client, "prim", Some(prim), None).await;
+    expose(&client, "m1", Some(m1), None).await;
+    expose(&client, "m2", Some(m2), None).await;
+    expose(&client, "stall", Some(stalled().await), None).await;
+    apply(&up, CLASS);
+    let port = free_port();
+    apply(
+        &up,
+        &format!(
+            "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: switchyard
+  listeners: [{{name: web, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: mirrors, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [mirror.example]
+  rules:
+  - name: one-mirror
+    matches: [{{path: {{type: PathPrefix, value: /one}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: X-Tagged, value: 'yes'}}]}}
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: m1, port: 80}}}}
+    backendRefs: [{{name: prim, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /two}}}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: m1, port: 80}}}}
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: m2, port: 80}}}}
+    backendRefs: [{{name: prim, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /never}}}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: m2, port: 80}}, percent: 0}}
+    backendRefs: [{{name: prim, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /half}}}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: m2, port: 80}}, fraction: {{numerator: 1, denominator: 2}}}}
+    backendRefs: [{{name: prim, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /stall}}}}]
+    timeouts: {{backendRequest: 1s}}
+    filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: stall, port: 80}}}}
+    backendRefs: [{{name: prim, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /per-backend}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: X-Rule, value: rule}}, {{name: X-Both, value: rule}}]}}
+    backendRefs:
+    - name: prim
+      port: 80
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier: {{set: [{{name: X-Both, value: backend}}], remove: [X-Drop]}}
+      - type: ResponseHeaderModifier
+        responseHeaderModifier: {{add: [{{name: X-From, value: prim}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: lost-mirror, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [lost.example]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: nowhere, port: 80}}}}
+    backendRefs: [{{name: prim, port: 80}}]
+"
+        ),
+    );
+    wait_route(&up, "default", "mirrors", "Accepted", ("True", "Accepted"));
+    wait_route(
+        &up,
+        "default",
+        "mirrors",
+        "ResolvedRefs",
+        ("True", "ResolvedRefs"),
+    );
+    let h = "mirror.example";
+    wait_who(port, h, "/one", "prim");
+
+    // The backend answers; the mirror gets the same request, filters applied, and its
+    // answer is dropped.
+    let sent = body_file(48 * 1024);
+    let data = format!("@{}", sent.path().display());
+    let (code, body, _) = request(port, h, "/one/post", &["--data-binary", &data]);
+    assert_eq!((code, body["backend"].as_str()), (200, Some("prim")));
+    assert_eq!(body["len"], 48 * 1024);
+    let (headers, len) = eventually(Duration::from_secs(10), || seen(&m1_log, "/one/post").1);
+    assert_eq!(len, 48 * 1024, "the mirror gets the whole body");
+    assert_eq!(headers["x-tagged"], "yes");
+    assert_eq!(headers["x-forwarded-host"], h);
+    assert_eq!(seen(&prim_log, "/one/post").0, 1);
+
+    // Two mirrors on one rule: each gets its copy.
+    assert_eq!(who(port, h, "/two/a", &[]), "prim");
+    eventually(Duration::from_secs(10), || {
+        (seen(&m1_log, "/two/a").0 == 1 && seen(&m2_log, "/two/a").0 == 1).then_some(())
+    });
+
+    // Shares: none at 0%; a fraction of 1/2 sends some of 200, not all, not none.
+    for _ in 0..20 {
+        assert_eq!(who(port, h, "/never", &[]), "prim");
+    }
+    for _ in 0..200 {
+        assert_eq!(who(port, h, "/half", &[]), "prim");
+    }
+    // Copies arrive after the answers; more never do than were chosen.
+    let half = eventually(Duration::from_secs(10), || {
+        let n = seen(&m2_log, "/half").0;
+        (n > 0).then_some(n)
+    });
+    assert!(half < 200, "1/2 of 200 requests mirrored: {half}");
+    assert_eq!(seen(&m2_log, "/never").0, 0);
+
+    // A mirror that never reads holds nothing back: a body far larger than any buffer reaches
+    // the backend, and the mirror is given up.
+    let big = body_file(8 << 20);
+    let data = format!("@{}", big.path().display());
+    let (code, body, _) = request(port, h, "/stall", &["--data-binary", &data]);
+    assert_eq!((code, body["len"].as_u64()), (200, Some(8 << 20)));
+    let failed = "switchyard_ingress_mirrored_requests_total{result=\"failed\"}";
+    eventually_async(Duration::from_secs(15), || async {
+        let m = crate::support::http_get(up.metrics, "/metrics").await;
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(failed))?
+            .trim()
+            .parse()
+            .ok()?;
+        (n >= 1).then_some(())
+    })
+    .await;
+
+    // Filters on a backend reference: after the rule's on the way in, and on the way out.
+    let (code, _, headers) = request(port, h, "/per-backend", &["-H", "X-Drop: x"]);
+    assert_eq!(code, 200);
+    assert!(headers.contains("x-from: prim"), "{headers}");
+    let (hs, _) = seen(&prim_log, "/per-backend").1.unwrap();
+    assert_eq!(hs["x-rule"], "rule");
+    assert_eq!(hs["x-both"], "backend");
+    assert!(hs.get("x-drop").is_none());
+
+    // A mirror whose Service does not exist is left out and reported; the route still serves.
+    let parent = wait_route(
+        &up,
+        "default",
+        "lost-mirror",
+        "ResolvedRefs",
+        ("False", "BackendNotFound"),
+    );
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted").unwrap().0,
+        "True"
+    );
+    wait_who(port, "lost.example", "/", "prim");
 }

@@ -22,6 +22,7 @@
 
 pub mod annotations;
 pub mod cors;
+mod mirror;
 mod request;
 pub mod routes;
 mod server;
@@ -223,6 +224,8 @@ impl Router {
         let shared = Arc::new(server::Shared {
             source,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            mirror_slots: Arc::new(Semaphore::new(mirror::MAX_MIRRORS)),
+            mirrored: Default::default(),
             config,
             unrouted: BackendStats::new(&Arc::new(Owner::ingress("", "")), ""),
         });
@@ -409,6 +412,22 @@ impl Router {
         );
         for b in backends.iter().filter(|b| b.latency.count() > 0) {
             b.latency.render_series(name, &labels(b), out);
+        }
+        let name = "switchyard_ingress_mirrored_requests_total";
+        header(
+            name,
+            "Copies of requests sent by RequestMirror filters, by outcome (answered, failed, or skipped with too many in flight).",
+            "counter",
+            out,
+        );
+        let m = &self.shared.mirrored;
+        for (result, n) in [
+            ("answered", &m.answered),
+            ("failed", &m.failed),
+            ("skipped", &m.skipped),
+        ] {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            out.push_str(&format!("{name}{{result=\"{result}\"}} {n}\n"));
         }
         let name = "switchyard_ingress_hosts";
         header(name, "Hosts with Ingress rules.", "gauge", out);

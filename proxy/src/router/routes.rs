@@ -155,6 +155,8 @@ pub struct Backend {
     /// The Service port speaks HTTP/2 without TLS (`appProtocol: kubernetes.io/h2c`).
     pub h2c: bool,
     pub settings: Settings,
+    /// Header filters of this backend reference alone (a Gateway API `backendRefs[].filters`).
+    pub edits: Option<Box<BackendEdits>>,
     pub stats: Arc<BackendStats>,
     /// Round-robin position.
     pub(super) next: std::sync::atomic::AtomicUsize,
@@ -392,11 +394,29 @@ pub struct Action {
     pub rewrite: Option<Rewrite>,
     /// A `CORS` filter: preflights answered here, allowed origins' answers marked.
     pub cors: Option<super::cors::Cors>,
+    /// `RequestMirror` filters: copies of requests go there too; their answers are dropped.
+    pub mirrors: Vec<Mirror>,
     /// From the request's arrival to the response headers, all attempts included.
     pub request_timeout: Option<Duration>,
     /// Plain-HTTP requests are redirected to HTTPS (an Ingress host with TLS, unless
     /// `switchyard.io/ssl-redirect: "false"`).
     pub ssl_redirect: bool,
+}
+
+/// A backend that receives a copy of a share of a route's requests.
+pub struct Mirror {
+    pub backend: Arc<Backend>,
+    /// Mirrored are `numerator` of every `denominator` requests (at random).
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl Mirror {
+    /// Whether this request is copied.
+    pub fn chosen(&self) -> bool {
+        self.numerator >= self.denominator
+            || (self.numerator > 0 && rand::random_range(0..self.denominator) < self.numerator)
+    }
 }
 
 /// What [`Action::pick`] chose.
@@ -801,6 +821,15 @@ pub struct BackendSpec {
     pub endpoints: Vec<SocketAddr>,
     pub h2c: bool,
     pub settings: Settings,
+    pub edits: Option<Box<BackendEdits>>,
+}
+
+/// Header filters on one backend reference: applied after the rule's own on the way in, before
+/// them on the way out.
+#[derive(Debug, Default)]
+pub struct BackendEdits {
+    pub request: HeaderEdit,
+    pub response: HeaderEdit,
 }
 
 /// One HTTPRoute match, compiled.
@@ -932,6 +961,7 @@ impl Builder<'_> {
             endpoints,
             h2c: spec.h2c,
             settings: spec.settings,
+            edits: spec.edits,
             stats,
             next: Default::default(),
         })
@@ -1095,6 +1125,30 @@ impl Builder<'_> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn mirror_shares_are_drawn() {
+        let mirror = |numerator, denominator| Mirror {
+            backend: Arc::new(Backend {
+                owner: age(0).1,
+                service: "m:80".into(),
+                endpoints: vec![],
+                h2c: false,
+                settings: Settings::default(),
+                edits: None,
+                stats: Arc::new(BackendStats::new(&age(0).1, "m:80")),
+                next: Default::default(),
+            }),
+            numerator,
+            denominator,
+        };
+        let count = |m: &Mirror| (0..1000).filter(|_| m.chosen()).count();
+        assert_eq!(count(&mirror(0, 100)), 0);
+        assert_eq!(count(&mirror(100, 100)), 1000);
+        assert_eq!(count(&mirror(1, 1)), 1000);
+        let half = count(&mirror(1, 2));
+        assert!(half > 0 && half < 1000, "{half}");
+    }
+
     fn age(n: i64) -> Age {
         (n, Arc::new(Owner::ingress("ns", &format!("ing{n}"))))
     }
@@ -1106,6 +1160,7 @@ mod tests {
             endpoints: vec![],
             h2c: false,
             settings: Settings::default(),
+            edits: None,
         })
     }
 
@@ -1549,6 +1604,7 @@ mod tests {
             endpoints: vec!["10.0.0.1:80".parse().unwrap()],
             h2c: false,
             settings: Settings::default(),
+            edits: None,
         };
         let empty = RouteTable::default();
         let mut b = empty.builder();

@@ -20,10 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::cors::Cors;
+use super::mirror::{MirrorStats, RequestBody, Tee};
 use super::request::{normalize_path, request_host};
-use super::routes::{
-    Action, Backend, BackendStats, Balance, Destination, HeaderEdit, Redirect, Req, Target,
-};
+use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
 use super::upstream::{SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
 
@@ -69,6 +68,9 @@ pub(super) struct Shared {
     /// Requests that matched no backend.
     pub unrouted: BackendStats,
     pub connections: Arc<Semaphore>,
+    /// Bounds the mirrored requests in flight.
+    pub mirror_slots: Arc<Semaphore>,
+    pub mirrored: Arc<MirrorStats>,
 }
 
 /// Where a request came in, with the forwarding headers that follow from it (built once per
@@ -199,7 +201,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// Picks an endpoint that is not known to be down (any when all are): power of two choices on
 /// in-flight requests, or round robin. `tried` are skipped.
-fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+pub(super) fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
     let n = backend.endpoints.len();
     if let [only] = backend.endpoints.as_slice() {
         return (!tried.contains(&only.addr)).then(|| only.clone());
@@ -258,7 +260,7 @@ fn upstream_uri(uri: &Uri, host: &str, path: Option<&str>, h2c: bool) -> Option<
 /// Rewrites a client's request into what the backend receives: the backend's URI form and
 /// protocol, no hop-by-hop headers, the upgrade that is meant, and the `X-Forwarded-*` set and
 /// request id (replacing whatever the client sent).
-fn to_upstream(req: &mut Request<Incoming>, backend: &Backend, conn: &Conn, to: &Routed<'_>) {
+fn to_upstream<B>(req: &mut Request<B>, backend: &Backend, conn: &Conn, to: &Routed<'_>) {
     let Routed {
         host,
         path,
@@ -328,15 +330,15 @@ struct Routed<'a> {
 
 /// Sends `req` on `sender`. A failure hands back the request when it never left, so it can go
 /// again on a fresh connection (only from a reused HTTP/1.1 connection, or HTTP/2).
-async fn send(
+pub(super) async fn send(
     sender: Sender,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<
     (
         Response<Incoming>,
-        Option<hyper::client::conn::http1::SendRequest<Incoming>>,
+        Option<hyper::client::conn::http1::SendRequest<RequestBody>>,
     ),
-    (hyper::Error, Option<Request<Incoming>>),
+    (hyper::Error, Option<Request<RequestBody>>),
 > {
     match sender {
         Sender::H1 { mut sender, reused } => match sender.try_send_request(req).await {
@@ -364,18 +366,18 @@ const RESENDS: usize = 2;
 /// bodies name the Service, never where its endpoints live.
 async fn forward(
     backend: &Backend,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: &Conn,
     to: Routed<'_>,
-    tunnels: &Arc<Semaphore>,
-    edit: &HeaderEdit,
+    shared: &Shared,
+    action: &Action,
 ) -> (Response<Body>, Option<SocketAddr>) {
     // Named only when something fails.
     let service = || format!("{}/{}", backend.owner.namespace, backend.service);
     // An upgraded connection outlives the request's connection: it holds a connection slot of
     // its own, or is refused.
     let tunnel = match &to.upgrade {
-        Some(_) => match tunnels.clone().try_acquire_owned() {
+        Some(_) => match shared.connections.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 let msg = "too many connections for another upgraded one";
@@ -384,11 +386,19 @@ async fn forward(
         },
         None => None,
     };
+    let (parts, body) = req.into_parts();
+    let mut req = Request::from_parts(parts, ());
     let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let version = req.version();
+    let mut body = Tee::new(body);
+    if tunnel.is_none() {
+        for m in action.mirrors.iter().filter(|m| m.chosen()) {
+            mirror(shared, &req, body.copy(), conn, &to, action, &m.backend);
+        }
+    }
+    let mut req = req.map(|()| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
-    // A route's own header filter comes last: it may set what the router would.
-    edit.apply(req.headers_mut());
+    edit_request(req.headers_mut(), action, backend);
     let settings = &backend.settings;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let attempts = backend.endpoints.len().clamp(1, 3);
@@ -449,6 +459,41 @@ async fn forward(
     }
     let msg = format!("no endpoint of service {} accepted a connection", service());
     (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())
+}
+
+/// A route's own header filters come last: they may set what the router would; a backend
+/// reference's filters after the rule's.
+fn edit_request(headers: &mut HeaderMap, action: &Action, backend: &Backend) {
+    action.request_headers.apply(headers);
+    if let Some(e) = &backend.edits {
+        e.request.apply(headers);
+    }
+}
+
+/// Sends a copy of `req` (the client's, not yet rewritten) to a mirror backend, unless too many
+/// are in flight.
+fn mirror(
+    shared: &Shared,
+    req: &Request<()>,
+    body: RequestBody,
+    conn: &Conn,
+    to: &Routed<'_>,
+    action: &Action,
+    backend: &Arc<Backend>,
+) {
+    let Ok(slot) = shared.mirror_slots.clone().try_acquire_owned() else {
+        shared.mirrored.skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    to_upstream(&mut copy, backend, conn, to);
+    edit_request(copy.headers_mut(), action, backend);
+    let stats = shared.mirrored.clone();
+    tokio::spawn(super::mirror::run(backend.clone(), copy, stats, slot));
 }
 
 /// A 101 from the upstream: answer the client with it and join the two upgraded connections.
@@ -579,7 +624,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
                     upgrade: upgrade_protocol(&req),
                     host_rewrite: rewrite.and_then(|r| r.hostname.as_deref()),
                 };
-                let forwarded = forward(b, req, &conn, to, &shared.connections, &a.request_headers);
+                let forwarded = forward(b, req, &conn, to, shared, a);
                 match a.request_timeout {
                     None => forwarded.await,
                     Some(limit) => match tokio::time::timeout(limit, forwarded).await {
@@ -595,6 +640,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
         },
     };
     let mut resp = resp;
+    if let Some(e) = backend.as_ref().and_then(|b| b.edits.as_ref()) {
+        e.response.apply(resp.headers_mut());
+    }
     if let Some(a) = &action {
         a.response_headers.apply(resp.headers_mut());
         if let (Some(cors), false) = (&a.cors, preflight) {

@@ -20,6 +20,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::mirror::RequestBody;
+
 /// Idle keep-alive connections kept per endpoint.
 const MAX_IDLE: usize = 256;
 /// How long an endpoint that refused a connection is skipped.
@@ -36,8 +38,8 @@ const SWEEP_AT: usize = 1024;
 /// This event loop's idle connections.
 #[derive(Default)]
 struct Pool {
-    h1: HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<Incoming>>,
+    h1: HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>,
+    h2: HashMap<SocketAddr, http2::SendRequest<RequestBody>>,
 }
 
 thread_local! {
@@ -73,10 +75,10 @@ impl std::fmt::Display for SendError {
 /// A connection ready for one request.
 pub enum Sender {
     H1 {
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<RequestBody>,
         reused: bool,
     },
-    H2(http2::SendRequest<Incoming>),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl Upstream {
@@ -170,7 +172,7 @@ impl Upstream {
         Ok(TokioIo::new(tcp))
     }
 
-    fn release(&self, sender: http1::SendRequest<Incoming>) {
+    fn release(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -204,14 +206,14 @@ impl Drop for InFlight {
 /// HTTP/1.1 connection goes back to the pool once the body has ended.
 pub struct UpstreamBody {
     inner: Incoming,
-    finish: Option<(InFlight, Option<http1::SendRequest<Incoming>>)>,
+    finish: Option<(InFlight, Option<http1::SendRequest<RequestBody>>)>,
 }
 
 impl UpstreamBody {
     pub fn new(
         inner: Incoming,
         in_flight: InFlight,
-        keep: Option<http1::SendRequest<Incoming>>,
+        keep: Option<http1::SendRequest<RequestBody>>,
     ) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,

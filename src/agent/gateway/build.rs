@@ -16,13 +16,15 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use switchyard_proxy::router::routes::{
-    whole_match, Action, Age, Backend, BackendSpec, Builder, Conditions, GatewayMatch, HeaderEdit,
-    Owner, OwnerKind, PathMatch, PathRewrite, Recorded, Redirect, Rewrite, Settings, ValueMatch,
+    whole_match, Action, Age, Backend, BackendEdits, BackendSpec, Builder, Conditions,
+    GatewayMatch, HeaderEdit, Mirror, Owner, OwnerKind, PathMatch, PathRewrite, Recorded, Redirect,
+    Rewrite, Settings, ValueMatch,
 };
 
 use super::types::{
     parse_duration, BackendRef, Filter, Gateway, GatewayClass, GrpcRoute, GrpcRule, HeaderModifier,
-    HttpRoute, Listener, ParentRef, PathModifier, ReferenceGrant, Rule, Timeouts, ValueSpec, GROUP,
+    HttpRoute, Listener, MirrorSpec, ParentRef, PathModifier, ReferenceGrant, Rule, Timeouts,
+    ValueSpec, GROUP,
 };
 use crate::agent::build::ObjKey;
 use crate::agent::routes::{certificate, service_port, Caches, CertCache, Endpoints, PortRef};
@@ -44,15 +46,20 @@ pub const FEATURES: &[&str] = &[
     "HTTPRoute308RedirectStatusCode",
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
     "HTTPRouteCORS",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
@@ -571,6 +578,8 @@ fn filters(filters: &[Filter], prefix_only: bool) -> Result<Action, Invalid> {
                     max_age: c.max_age.and_then(|m| u32::try_from(m).ok()).unwrap_or(5),
                 });
             }
+            // Its backend is resolved with the rule's ([`RouteCompiler::rule`]).
+            "RequestMirror" => {}
             other => return Err(format!("filter {other:?} is not supported")),
         }
     }
@@ -681,64 +690,17 @@ struct RouteCompiler<'c, 'b> {
 }
 
 impl RouteCompiler<'_, '_> {
-    /// A rule's backends: weighted, with None for each reference that did not resolve. GRPCRoute
-    /// backends always speak HTTP/2 without TLS.
+    /// A rule's backends: weighted, with None for each reference that did not resolve.
     fn backends(
         &mut self,
         settings: &Settings,
         refs: &[BackendRef],
     ) -> Vec<(u32, Option<Arc<Backend>>)> {
-        let (inputs, route) = (self.inputs, self.route);
-        let key = route.key;
         let mut out = Vec::new();
         for r in refs {
             let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
-            let t = &r.target;
-            let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
-            let resolved = if !is_service(&t.group, &t.kind) {
-                Err((
-                    "InvalidKind",
-                    format!(
-                        "backend {}/{} is not a Service",
-                        t.group.as_deref().unwrap_or(""),
-                        t.kind.as_deref().unwrap_or("Service")
-                    ),
-                ))
-            } else if !r.filters.is_empty() {
-                Err((
-                    "UnsupportedValue",
-                    "filters on a backendRef are not supported".to_string(),
-                ))
-            } else if ns != key.0
-                && !granted(
-                    inputs.grants,
-                    (route.kind, &key.0),
-                    ("", "Service", &ns, &t.name),
-                )
-            {
-                Err((
-                    "RefNotPermitted",
-                    format!(
-                        "no ReferenceGrant in {ns} lets {}s of {} use Service {}",
-                        route.kind, key.0, t.name
-                    ),
-                ))
-            } else {
-                let port = r.port.map(PortRef::Number);
-                service_port(inputs.services, self.endpoints, &ns, &t.name, port)
-                    .map_err(|p| ("BackendNotFound", p.message))
-            };
-            match resolved {
-                Ok((addrs, h2c)) => {
-                    let spec = BackendSpec {
-                        owner: self.owner.clone(),
-                        service: format!("{}:{}", t.name, r.port.unwrap_or(0)),
-                        endpoints: addrs,
-                        h2c: h2c || route.kind == GRPC_ROUTE,
-                        settings: settings.clone(),
-                    };
-                    out.push((weight, Some(self.b.backend(spec))));
-                }
+            match backend_edits(&r.filters).and_then(|e| self.resolve(r, settings, e)) {
+                Ok(b) => out.push((weight, Some(b))),
                 Err(p) => {
                     out.push((weight, None));
                     self.unresolved.push(p);
@@ -746,6 +708,73 @@ impl RouteCompiler<'_, '_> {
             }
         }
         out
+    }
+
+    /// A backend reference as a backend, or why it cannot be one. GRPCRoute backends always
+    /// speak HTTP/2 without TLS.
+    fn resolve(
+        &mut self,
+        r: &BackendRef,
+        settings: &Settings,
+        edits: Option<Box<BackendEdits>>,
+    ) -> Result<Arc<Backend>, Unresolved> {
+        let (inputs, route) = (self.inputs, self.route);
+        let key = route.key;
+        let t = &r.target;
+        let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
+        if !is_service(&t.group, &t.kind) {
+            return Err((
+                "InvalidKind",
+                format!(
+                    "backend {}/{} is not a Service",
+                    t.group.as_deref().unwrap_or(""),
+                    t.kind.as_deref().unwrap_or("Service")
+                ),
+            ));
+        }
+        if ns != key.0
+            && !granted(
+                inputs.grants,
+                (route.kind, &key.0),
+                ("", "Service", &ns, &t.name),
+            )
+        {
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "no ReferenceGrant in {ns} lets {}s of {} use Service {}",
+                    route.kind, key.0, t.name
+                ),
+            ));
+        }
+        let port = r.port.map(PortRef::Number);
+        let (addrs, h2c) = service_port(inputs.services, self.endpoints, &ns, &t.name, port)
+            .map_err(|p| ("BackendNotFound", p.message))?;
+        Ok(self.b.backend(BackendSpec {
+            owner: self.owner.clone(),
+            service: format!("{}:{}", t.name, r.port.unwrap_or(0)),
+            endpoints: addrs,
+            h2c: h2c || route.kind == GRPC_ROUTE,
+            settings: settings.clone(),
+            edits,
+        }))
+    }
+
+    /// A rule's `RequestMirror` filters; a mirror whose backend does not resolve is left out.
+    fn mirrors(&mut self, settings: &Settings, filters: &[Filter]) -> Result<Vec<Mirror>, Invalid> {
+        let mut out = Vec::new();
+        for m in filters.iter().filter_map(|f| f.request_mirror.as_ref()) {
+            let (numerator, denominator) = mirror_share(m)?;
+            match self.resolve(&m.backend_ref, settings, None) {
+                Ok(backend) => out.push(Mirror {
+                    backend,
+                    numerator,
+                    denominator,
+                }),
+                Err(p) => self.unresolved.push(p),
+            }
+        }
+        Ok(out)
     }
 
     /// One rule, compiled: its matches and its action; or why it cannot be served.
@@ -763,10 +792,50 @@ impl RouteCompiler<'_, '_> {
         let mut action = filters(filter_list, prefix_only)?;
         let settings = timeouts(t, &mut action)?;
         if action.redirect.is_none() {
+            action.mirrors = self.mirrors(&settings, filter_list)?;
             action.backends = self.backends(&settings, refs);
         }
         Ok((ms, Arc::new(action)))
     }
+}
+
+/// The share of requests a mirror copies: `percent` of 100, or a fraction; all by default.
+fn mirror_share(m: &MirrorSpec) -> Result<(u32, u32), Invalid> {
+    let (n, d) = match (m.percent, &m.fraction) {
+        (Some(p), None) => (p, 100),
+        (None, Some(f)) => (f.numerator, f.denominator.unwrap_or(100)),
+        (None, None) => (1, 1),
+        (Some(_), Some(_)) => return Err("a mirror has both percent and fraction".into()),
+    };
+    match (u32::try_from(n), u32::try_from(d)) {
+        (Ok(n), Ok(d)) if d > 0 && n <= d => Ok((n, d)),
+        _ => Err(format!(
+            "mirror share {n}/{d} is not a fraction of requests"
+        )),
+    }
+}
+
+/// A backend reference's own filters: header modifiers only.
+fn backend_edits(filters: &[Filter]) -> Result<Option<Box<BackendEdits>>, Unresolved> {
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let unsupported = |m: String| ("UnsupportedValue", m);
+    let mut edits = BackendEdits::default();
+    for f in filters {
+        let (target, modifier) = match f.kind.as_str() {
+            "RequestHeaderModifier" => (&mut edits.request, &f.request_header_modifier),
+            "ResponseHeaderModifier" => (&mut edits.response, &f.response_header_modifier),
+            other => {
+                let msg = format!("filter {other:?} is not supported on a backendRef");
+                return Err(unsupported(msg));
+            }
+        };
+        if let Some(m) = modifier {
+            *target = header_edit(m).map_err(unsupported)?;
+        }
+    }
+    Ok(Some(Box::new(edits)))
 }
 
 /// A GRPCRoute match as a path match: gRPC calls `POST /service/method`.
@@ -1297,6 +1366,62 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirror_shares() {
+        let share = |percent: Option<i32>, fraction: Option<(i32, Option<i32>)>| {
+            mirror_share(&MirrorSpec {
+                backend_ref: BackendRef::default(),
+                percent,
+                fraction: fraction.map(|(numerator, denominator)| super::super::types::Fraction {
+                    numerator,
+                    denominator,
+                }),
+            })
+        };
+        assert_eq!(share(None, None), Ok((1, 1)));
+        assert_eq!(share(Some(20), None), Ok((20, 100)));
+        assert_eq!(share(None, Some((1, Some(3)))), Ok((1, 3)));
+        assert_eq!(share(None, Some((7, None))), Ok((7, 100)));
+        for bad in [
+            share(Some(-1), None),
+            share(Some(101), None),
+            share(None, Some((4, Some(3)))),
+            share(None, Some((0, Some(0)))),
+            share(Some(5), Some((1, None))),
+        ] {
+            assert!(bad.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backend_filters_are_header_modifiers_only() {
+        let modifier = HeaderModifier {
+            set: vec![super::super::types::NameValue {
+                name: "x-a".into(),
+                value: "1".into(),
+            }],
+            ..Default::default()
+        };
+        let f = |kind: &str| Filter {
+            kind: kind.into(),
+            request_header_modifier: Some(modifier.clone()),
+            response_header_modifier: Some(modifier.clone()),
+            ..Default::default()
+        };
+        assert!(backend_edits(&[]).unwrap().is_none());
+        let e = backend_edits(&[f("RequestHeaderModifier")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.request.set.len(), 1);
+        assert!(e.response.is_empty());
+        let e = backend_edits(&[f("ResponseHeaderModifier")])
+            .unwrap()
+            .unwrap();
+        assert!(e.request.is_empty() && e.response.set.len() == 1);
+        let err = backend_edits(&[f("RequestMirror")]).unwrap_err();
+        assert_eq!(err.0, "UnsupportedValue");
+    }
 
     #[test]
     fn hostname_intersection() {

@@ -253,6 +253,26 @@ pub struct Filter {
     pub request_redirect: Option<RedirectSpec>,
     pub url_rewrite: Option<UrlRewrite>,
     pub cors: Option<CorsSpec>,
+    pub request_mirror: Option<MirrorSpec>,
+}
+
+/// A `RequestMirror` filter: where copies go (a backend reference without weight or filters)
+/// and what share of requests (all when neither is set).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorSpec {
+    #[serde(default)]
+    pub backend_ref: BackendRef,
+    pub percent: Option<i32>,
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Fraction {
+    #[serde(default)]
+    pub numerator: i32,
+    pub denominator: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
