@@ -508,7 +508,7 @@ impl Route {
 
     /// An HTTPRoute or GRPCRoute match; `index` orders the matches of one route.
     fn gateway(m: &GatewayMatch, age: &Age, index: usize, action: Arc<Action>) -> Route {
-        let (kind, len) = m.path.rank();
+        let (kind, len) = m.rank.unwrap_or_else(|| m.path.rank());
         let c = m.conditions.as_deref();
         Route {
             path: m.path.clone(),
@@ -837,6 +837,9 @@ pub struct BackendEdits {
 pub struct GatewayMatch {
     pub path: PathMatch,
     pub conditions: Option<Arc<Conditions>>,
+    /// Replaces the path's own rank ([`PathMatch::rank`]): a GRPCRoute's matches rank by the
+    /// characters of their service, then of their method.
+    pub rank: Option<(u8, usize)>,
 }
 
 pub struct Builder<'a> {
@@ -1282,6 +1285,7 @@ mod tests {
         let m = GatewayMatch {
             path,
             conditions: conditions.map(Arc::new),
+            rank: None,
         };
         b.gateway_rule(
             80,

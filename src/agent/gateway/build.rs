@@ -671,7 +671,11 @@ fn matches(rule: &Rule) -> Result<Vec<GatewayMatch>, Invalid> {
                         query,
                     })
                 });
-            Ok(GatewayMatch { path, conditions })
+            Ok(GatewayMatch {
+                path,
+                conditions,
+                rank: None,
+            })
         })
         .collect()
 }
@@ -864,7 +868,15 @@ fn grpc_matches(rule: &GrpcRule) -> Result<Vec<GatewayMatch>, Invalid> {
                     ..Default::default()
                 })
             });
-            Ok(GatewayMatch { path, conditions })
+            // The spec's order: more characters in the service, then in the method (as
+            // written, whatever the match type); packed into one length.
+            let chars = |v: Option<&str>| v.map_or(0, |v| v.len().min(0xffff));
+            let rank = Some((0, chars(svc) << 16 | chars(name)));
+            Ok(GatewayMatch {
+                path,
+                conditions,
+                rank,
+            })
         })
         .collect()
 }
@@ -1366,6 +1378,34 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_matches_rank_by_service_then_method() {
+        let rank = |svc: Option<&str>, method: Option<&str>| {
+            let rule: GrpcRule = serde_json::from_value(serde_json::json!({
+                "matches": [{"method": {"service": svc, "method": method}}]
+            }))
+            .unwrap();
+            grpc_matches(&rule).unwrap()[0].rank.unwrap()
+        };
+        // Lower sorts first.
+        let key = |r: (u8, usize)| (r.0, std::cmp::Reverse(r.1));
+        let exact = key(rank(Some("pkg.Svc"), Some("Get")));
+        let service = key(rank(Some("pkg.Svc"), None));
+        let longer_service = key(rank(Some("pkg.Service"), None));
+        let method = key(rank(None, Some("GetEverything")));
+        let any = key(rank(None, None));
+        assert!(exact < service, "a method as well wins");
+        assert!(
+            longer_service < exact,
+            "a longer service wins whatever the method"
+        );
+        assert!(
+            service < method,
+            "any service characters beat method characters"
+        );
+        assert!(method < any);
+    }
 
     #[test]
     fn mirror_shares() {
