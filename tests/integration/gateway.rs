@@ -1056,4 +1056,17 @@ spec:
         "True"
     );
     wait_who(port, "lost.example", "/", "prim");
+    // Its Service appearing is a change the route follows.
+    expose(&client, "nowhere", Some(m2), None).await;
+    wait_route(
+        &up,
+        "default",
+        "lost-mirror",
+        "ResolvedRefs",
+        ("True", "ResolvedRefs"),
+    );
+    eventually(Duration::from_secs(10), || {
+        assert_eq!(who(port, "lost.example", "/found", &[]), "prim");
+        (seen(&m2_log, "/found").0 > 0).then_some(())
+    });
 }

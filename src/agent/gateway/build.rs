@@ -1188,11 +1188,15 @@ fn compile_route(
         });
     }
     for rule in route.rules.iter() {
-        let refs = match rule {
-            RuleRef::Http(r) => &r.backend_refs,
-            RuleRef::Grpc(r) => &r.backend_refs,
+        let (refs, filters) = match rule {
+            RuleRef::Http(r) => (&r.backend_refs, &r.filters),
+            RuleRef::Grpc(r) => (&r.backend_refs, &r.filters),
         };
-        for t in refs.iter().map(|r| &r.target) {
+        let mirrors = filters
+            .iter()
+            .filter_map(|f| f.request_mirror.as_ref())
+            .map(|m| &m.backend_ref);
+        for t in refs.iter().chain(mirrors).map(|r| &r.target) {
             if is_service(&t.group, &t.kind) {
                 let ns = t.namespace.clone().unwrap_or_else(|| key.0.clone());
                 memo.services.push((ns, t.name.clone()));
@@ -1201,7 +1205,8 @@ fn compile_route(
     }
     if let Some((rules, _, _)) = &compiled {
         for (_, action) in rules {
-            for be in action.backends.iter().filter_map(|(_, b)| b.as_ref()) {
+            let backends = action.backends.iter().filter_map(|(_, b)| b.as_ref());
+            for be in backends.chain(action.mirrors.iter().map(|m| &m.backend)) {
                 memo.recorded.keep(be);
             }
         }
