@@ -742,6 +742,7 @@ impl RouteTable {
             previous: self,
             table: RouteTable::default(),
             touched: None,
+            kept: Default::default(),
         }
     }
 
@@ -752,6 +753,7 @@ impl RouteTable {
             previous: self,
             table: self.clone(),
             touched: Some(Default::default()),
+            kept: Default::default(),
         }
     }
 
@@ -847,6 +849,9 @@ pub struct Builder<'a> {
     table: RouteTable,
     /// Editing: the groups changed (sorted again at the end). Building anew: None.
     touched: Option<std::collections::HashSet<(Option<u16>, HostKey)>>,
+    /// The counters kept by this builder (by address): taking an object out does not drop
+    /// those its new rules keep, whether they were put in before or after.
+    kept: foldhash::HashSet<usize>,
 }
 
 /// One recorded builder call; rules are made once, shared by every table that holds them.
@@ -1035,6 +1040,7 @@ impl Builder<'_> {
 
     /// Registers a backend made for an earlier table (its stats and upstreams carry on).
     pub fn keep(&mut self, backend: &Arc<Backend>) {
+        self.kept.insert(Arc::as_ptr(&backend.stats) as usize);
         let key = (backend.stats.owner.clone(), backend.stats.service.clone());
         self.table
             .stats
@@ -1092,11 +1098,13 @@ impl Builder<'_> {
                 }
                 Op::Keep(backend) => {
                     let key = (backend.stats.owner.clone(), backend.stats.service.clone());
-                    if self
-                        .table
-                        .stats
-                        .get(&key)
-                        .is_some_and(|s| Arc::ptr_eq(s, &backend.stats))
+                    let kept = self.kept.contains(&(Arc::as_ptr(&backend.stats) as usize));
+                    if !kept
+                        && self
+                            .table
+                            .stats
+                            .get(&key)
+                            .is_some_and(|s| Arc::ptr_eq(s, &backend.stats))
                     {
                         self.table.stats.remove(&key);
                     }
@@ -1597,6 +1605,17 @@ mod tests {
         assert!(
             t2.stats.keys().all(|(_, s)| &**s != "one"),
             "its counters go"
+        );
+        // An object compiled again keeps its counters, whichever way round the two are
+        // swapped.
+        let mut e = t2.editor();
+        let again = record(&mut e, 2, "two.example", "two", false);
+        e.apply(&again);
+        e.remove(&two);
+        let t3 = e.build();
+        assert!(
+            t3.stats.keys().any(|(_, s)| &**s == "two"),
+            "its counters stay"
         );
     }
 
