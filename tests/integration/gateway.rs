@@ -760,6 +760,8 @@ spec:
     backendRefs: [{{name: grpc-b, port: 80}}]
   - matches: [{{method: {{service: pkg.Other}}}}]
     backendRefs: [{{name: grpc-b, port: 80}}]
+  - matches: [{{method: {{method: Any}}}}]
+    backendRefs: [{{name: grpc-a, port: 80}}]
   - matches: [{{headers: [{{name: x-canary, value: 'on'}}]}}]
     backendRefs: [{{name: grpc-b, port: 80}}]
   - matches: [{{method: {{type: RegularExpression, service: 'reg\\..+', method: 'Get.*'}}}}]
@@ -787,7 +789,9 @@ spec:
         call("/pkg.Svc/Else", &["x-echo=through"]),
         "a /pkg.Svc/Else through"
     );
+    // A service match outranks a method match (more characters in the service).
     assert_eq!(call("/pkg.Other/Any", &[]), "b /pkg.Other/Any");
+    assert_eq!(call("/x.Y/Any", &["x-echo=m"]), "a /x.Y/Any m");
     assert_eq!(call("/x.Y/Z", &["x-canary=on"]), "b /x.Y/Z");
     assert_eq!(call("/reg.Foo/GetThing", &[]), "b /reg.Foo/GetThing");
     assert_eq!(call("/reg.Foo/Put", &[]), "a /reg.Foo/Put");
@@ -801,6 +805,39 @@ spec:
         condition(&st["parents"][0]["conditions"], "Accepted"),
         Some(("False".into(), "NotAllowedByListeners".into()))
     );
+
+    // An HTTPRoute on the same listener and hostname as an older GRPCRoute is not accepted
+    // (the two are never merged); on another hostname it is.
+    let web = backend("web").await;
+    expose(&client, "web", Some(web), None).await;
+    let http_route = |name: &str, host: &str| {
+        format!(
+            "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: grpc, sectionName: any}}]
+  hostnames: ['{host}']
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+"
+        )
+    };
+    apply(&up, &http_route("clash", "*.example"));
+    apply(&up, &http_route("beside", "web.example"));
+    wait_route(&up, "default", "clash", "Accepted", ("False", "Conflicted"));
+    wait_route(&up, "default", "beside", "Accepted", ("True", "Accepted"));
+    wait_who(port, "web.example", "/", "web");
+    assert_eq!(call("/pkg.Svc/Do", &[]), "b /pkg.Svc/Do");
+    assert_eq!(
+        who(port, "other.example", "/", &[]),
+        "404",
+        "the losing route serves none of its hostnames there"
+    );
+    // Once the GRPCRoute is gone the HTTPRoute has the listener.
+    ok(&up, &["delete", "grpcroute", "calls"], "");
+    wait_route(&up, "default", "clash", "Accepted", ("True", "Accepted"));
+    wait_who(port, "grpc.example", "/", "web");
 }
 
 /// What a recording backend saw of one request.

@@ -979,7 +979,12 @@ fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
 }
 
 /// The condition `Accepted` of a route on one parent.
-fn accepted(invalid: &[Invalid], selected: usize, allowed: usize, attached: usize) -> Condition {
+fn accepted(
+    invalid: &[Invalid],
+    selected: usize,
+    allowed: usize,
+    (attached, lost): (usize, usize),
+) -> Condition {
     if !invalid.is_empty() {
         cond("Accepted", false, "UnsupportedValue", invalid.join("; "))
     } else if selected == 0 {
@@ -996,12 +1001,20 @@ fn accepted(invalid: &[Invalid], selected: usize, allowed: usize, attached: usiz
             "NotAllowedByListeners",
             "no listener admits this route (allowedRoutes, or the listener is invalid)",
         )
-    } else if attached == 0 {
+    } else if attached == 0 && lost == 0 {
         cond(
             "Accepted",
             false,
             "NoMatchingListenerHostname",
             "no listener hostname matches the route's hostnames",
+        )
+    } else if attached == 0 {
+        cond(
+            "Accepted",
+            false,
+            "Conflicted",
+            "an older route of the other kind (HTTPRoute or GRPCRoute) serves these hostnames on \
+             the listener",
         )
     } else {
         cond("Accepted", true, "Accepted", "Route accepted")
@@ -1016,9 +1029,26 @@ pub struct RouteMemo {
     recorded: Recorded,
     /// The Services it names (whose changes rebuild it).
     services: Vec<ObjKey>,
-    /// The listeners it is attached to: (Gateway, listener index).
-    attached: Vec<(ObjKey, usize)>,
+    /// The listeners it is attached to.
+    claims: Vec<Claim>,
     status: Option<Arc<RouteStatus>>,
+}
+
+/// A listener by Gateway and index.
+type ListenerKey = (ObjKey, usize);
+
+/// A route attached to a listener, under these hostnames.
+struct Claim {
+    listener: ListenerKey,
+    hosts: Vec<Option<String>>,
+    /// An older route of the other kind has these hostnames here: this one is not served.
+    lost: bool,
+}
+
+impl RouteMemo {
+    fn lost(&self) -> impl Iterator<Item = &ListenerKey> {
+        self.claims.iter().filter(|c| c.lost).map(|c| &c.listener)
+    }
 }
 
 /// Compiled routes by kind and key, and how many are attached to each listener.
@@ -1026,8 +1056,11 @@ pub struct RouteMemo {
 pub struct RouteCache {
     http: foldhash::HashMap<ObjKey, RouteMemo>,
     grpc: foldhash::HashMap<ObjKey, RouteMemo>,
-    /// (Gateway, listener index) -> attached routes, of the compiled routes.
-    attached: foldhash::HashMap<(ObjKey, usize), i32>,
+    /// Listener -> attached routes of each kind (HTTPRoutes, GRPCRoutes), of the compiled
+    /// routes.
+    attached: foldhash::HashMap<ListenerKey, [i32; 2]>,
+    /// Routes that lost a listener to a route of the other kind.
+    losers: HashSet<(&'static str, ObjKey)>,
 }
 
 impl RouteCache {
@@ -1040,30 +1073,89 @@ impl RouteCache {
     }
 
     /// Puts a compiled route in, returning the one it replaces; attachments are counted.
-    fn insert(&mut self, kind: &str, key: &ObjKey, memo: RouteMemo) -> Option<RouteMemo> {
-        self.attach(&memo.attached, 1);
+    fn insert(&mut self, kind: &'static str, key: &ObjKey, memo: RouteMemo) -> Option<RouteMemo> {
+        self.attach(kind, key, &memo, 1);
         let old = self.of(kind).insert(key.clone(), memo);
         if let Some(old) = &old {
-            self.attach(&old.attached, -1);
+            self.attach(kind, key, old, -1);
+        }
+        let memo = &self.of(kind)[key];
+        if memo.lost().next().is_some() {
+            self.losers.insert((kind, key.clone()));
         }
         old
     }
 
-    fn remove(&mut self, kind: &str, key: &ObjKey) -> Option<RouteMemo> {
+    fn remove(&mut self, kind: &'static str, key: &ObjKey) -> Option<RouteMemo> {
         let old = self.of(kind).remove(key)?;
-        self.attach(&old.attached, -1);
+        self.attach(kind, key, &old, -1);
         Some(old)
     }
 
-    fn attach(&mut self, listeners: &[(ObjKey, usize)], n: i32) {
-        for l in listeners {
-            let count = self.attached.entry(l.clone()).or_default();
-            *count += n;
-            if *count == 0 {
-                self.attached.remove(l);
+    fn attach(&mut self, kind: &'static str, key: &ObjKey, memo: &RouteMemo, n: i32) {
+        let side = usize::from(kind == GRPC_ROUTE);
+        for c in &memo.claims {
+            let count = self.attached.entry(c.listener.clone()).or_default();
+            count[side] += n;
+            if *count == [0, 0] {
+                self.attached.remove(&c.listener);
             }
         }
+        if n < 0 {
+            self.losers.remove(&(kind, key.clone()));
+        }
     }
+
+    /// Where each route loses to an older one of the other kind with a hostname in common on
+    /// the same listener (the spec accepts exactly one of the two: the oldest, then by
+    /// `namespace/name`). Only listeners with routes of both kinds are looked at.
+    fn conflicts(&self) -> HashMap<(&'static str, ObjKey), Vec<ListenerKey>> {
+        let mut out: HashMap<(&'static str, ObjKey), Vec<ListenerKey>> = HashMap::new();
+        let mixed = self
+            .attached
+            .iter()
+            .filter(|(_, [http, grpc])| *http > 0 && *grpc > 0);
+        for (listener, _) in mixed {
+            // Every route on this listener, oldest first; each is served unless it shares a
+            // hostname with an older served route of the other kind.
+            let mut here: Vec<(&Age, &'static str, &ObjKey, &[Option<String>])> = Vec::new();
+            for (kind, memos) in [(HTTP_ROUTE, &self.http), (GRPC_ROUTE, &self.grpc)] {
+                for (key, memo) in memos {
+                    if let Some(c) = memo.claims.iter().find(|c| c.listener == *listener) {
+                        here.push((memo.recorded.age(), kind, key, &c.hosts));
+                    }
+                }
+            }
+            here.sort_by(|a, b| {
+                let order = |x: &Age| (x.0, x.1.namespace.clone(), x.1.name.clone());
+                order(a.0).cmp(&order(b.0))
+            });
+            let mut served: Vec<(&'static str, &[Option<String>])> = Vec::new();
+            for (_, kind, key, hosts) in here {
+                let clash = served
+                    .iter()
+                    .any(|(k, theirs)| *k != kind && hosts_overlap(hosts, theirs));
+                if clash {
+                    out.entry((kind, key.clone()))
+                        .or_default()
+                        .push(listener.clone());
+                } else {
+                    served.push((kind, hosts));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether two routes' hostnames on a listener have one in common (None is every host).
+fn hosts_overlap(a: &[Option<String>], b: &[Option<String>]) -> bool {
+    a.iter().any(|x| {
+        b.iter().any(|y| match (x, y) {
+            (None, _) | (_, None) => true,
+            (Some(x), Some(y)) => !intersect(Some(x), std::slice::from_ref(y)).is_empty(),
+        })
+    })
 }
 
 /// The Gateways of ours with their listeners, by key.
@@ -1078,6 +1170,7 @@ fn compile_route(
     route: &RouteRef<'_>,
     gateways: &Listeners<'_>,
     (version, world): ((String, i64), u64),
+    lost: &[ListenerKey],
 ) -> RouteMemo {
     let key = route.key;
     let kind = if route.kind == GRPC_ROUTE {
@@ -1092,7 +1185,7 @@ fn compile_route(
         world,
         recorded: Recorded::new(age),
         services: Vec::new(),
-        attached: Vec::new(),
+        claims: Vec::new(),
         status: None,
     };
     let mut parents = Vec::new();
@@ -1152,16 +1245,28 @@ fn compile_route(
                     && admits_namespace(c.listener, &gw_key.0, &key.0, inputs.namespaces)
             })
             .collect();
-        let mut attached = 0;
+        let (mut attached, mut conflicted) = (0, 0);
         for &i in &allowed {
             let c = &checked[i];
             let hosts = intersect(c.listener.hostname.as_deref(), route.hostnames);
             if hosts.is_empty() || !invalid.is_empty() {
                 continue;
             }
+            let listener = (gw_key.clone(), i);
+            let lost = lost.contains(&listener);
+            let claim = Claim {
+                listener,
+                hosts,
+                lost,
+            };
+            memo.claims.push(claim);
+            if lost {
+                conflicted += 1;
+                continue;
+            }
             attached += 1;
-            memo.attached.push((gw_key.clone(), i));
-            for host in &hosts {
+            let hosts = &memo.claims.last().expect("just pushed").hosts;
+            for host in hosts {
                 for (r, (ms, action)) in rules.iter().enumerate() {
                     for (m_i, m) in ms.iter().enumerate() {
                         memo.recorded.gateway_rule(
@@ -1176,7 +1281,12 @@ fn compile_route(
             }
         }
         let conditions = vec![
-            accepted(invalid, selected.len(), allowed.len(), attached),
+            accepted(
+                invalid,
+                selected.len(),
+                allowed.len(),
+                (attached, conflicted),
+            ),
             match unresolved.first() {
                 Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone()),
                 None => cond("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
@@ -1220,6 +1330,61 @@ fn compile_route(
         }));
     }
     memo
+}
+
+/// Compiles again the routes whose conflicts changed: those that lose a listener now, and those
+/// that lost one before.
+fn settle_conflicts(
+    b: &mut Builder<'_>,
+    inputs: &Inputs<'_>,
+    endpoints: &Endpoints,
+    caches: &mut Caches,
+    routes: &[RouteRef<'_>],
+    gateways: &Listeners<'_>,
+    st: &mut Statuses,
+) {
+    let conflicts = caches.routes.conflicts();
+    if conflicts.is_empty() && caches.routes.losers.is_empty() {
+        return;
+    }
+    let mut involved: HashSet<(&'static str, ObjKey)> = caches.routes.losers.clone();
+    involved.extend(conflicts.keys().cloned());
+    for route in routes {
+        let id = (route.kind, route.key.clone());
+        if !involved.contains(&id) {
+            continue;
+        }
+        let want = conflicts.get(&id).map_or(&[][..], Vec::as_slice);
+        let Some(memo) = caches.routes.of(route.kind).get(route.key) else {
+            continue;
+        };
+        if memo.lost().eq(want.iter()) {
+            continue;
+        }
+        let (version, world) = (memo.version.clone(), memo.world);
+        let memo = compile_route(
+            b,
+            inputs,
+            endpoints,
+            route,
+            gateways,
+            (version, world),
+            want,
+        );
+        b.apply(&memo.recorded);
+        if let Some(s) = &memo.status {
+            let same = |x: &Arc<RouteStatus>| x.kind == s.kind && x.key == s.key;
+            match st.routes.iter_mut().find(|x| same(x)) {
+                Some(x) => *x = s.clone(),
+                None => st.routes.push(s.clone()),
+            }
+        }
+        caches.count(&memo.services, true);
+        if let Some(old) = caches.routes.insert(route.kind, route.key, memo) {
+            caches.count(&old.services, false);
+            b.remove(&old.recorded);
+        }
+    }
 }
 
 /// Adds every Gateway, HTTPRoute and GRPCRoute of ours to the table; returns their status.
@@ -1287,7 +1452,17 @@ pub fn build(
             continue;
         }
         let version = (uid.to_string(), gen);
-        let memo = compile_route(b, inputs, endpoints, route, &gateways, (version, world));
+        // Conflicts as they were; settled below, once every route is compiled.
+        let lost: Vec<ListenerKey> = cached.map_or(Vec::new(), |m| m.lost().cloned().collect());
+        let memo = compile_route(
+            b,
+            inputs,
+            endpoints,
+            route,
+            &gateways,
+            (version, world),
+            &lost,
+        );
         b.apply(&memo.recorded);
         caches.count(&memo.services, true);
         if let Some(s) = &memo.status {
@@ -1322,10 +1497,11 @@ pub fn build(
             }
         }
     }
+    settle_conflicts(b, inputs, endpoints, caches, &routes, &gateways, &mut st);
     for (key, (checked, _)) in gateways.iter_mut() {
         for (i, l) in checked.iter_mut().enumerate() {
             let n = caches.routes.attached.get(&((*key).clone(), i));
-            l.status.attached = n.copied().unwrap_or(0);
+            l.status.attached = n.map_or(0, |[http, grpc]| http + grpc);
         }
     }
     let mut keys: Vec<&ObjKey> = gateways.keys().copied().collect();
@@ -1410,6 +1586,33 @@ mod tests {
             "any service characters beat method characters"
         );
         assert!(method < any);
+    }
+
+    #[test]
+    fn route_hostnames_overlap() {
+        let h = |v: &[Option<&str>]| v.iter().map(|x| x.map(str::to_string)).collect::<Vec<_>>();
+        assert!(hosts_overlap(&h(&[None]), &h(&[Some("a.example")])));
+        assert!(hosts_overlap(
+            &h(&[Some("*.example")]),
+            &h(&[Some("a.b.example")])
+        ));
+        assert!(hosts_overlap(
+            &h(&[Some("a.example")]),
+            &h(&[Some("*.example")])
+        ));
+        assert!(hosts_overlap(
+            &h(&[Some("*.b.example")]),
+            &h(&[Some("*.example")])
+        ));
+        assert!(!hosts_overlap(
+            &h(&[Some("a.example")]),
+            &h(&[Some("b.example")])
+        ));
+        assert!(!hosts_overlap(
+            &h(&[Some("*.example")]),
+            &h(&[Some("example")])
+        ));
+        assert!(!hosts_overlap(&h(&[]), &h(&[None])));
     }
 
     #[test]
