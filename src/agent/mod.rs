@@ -339,8 +339,16 @@ fn affects_routes(state: &State, update: &Update, routes: &routes::Caches) -> bo
         // A status write of ours (or another controller's) changes no route.
         Update::GatewayClasses(ev) => spec_changed(&state.gateway_classes, ev, |o| &o.spec),
         Update::Gateways(ev) => spec_changed(&state.gateways, ev, |o| &o.spec),
-        Update::HttpRoutes(ev) => spec_changed(&state.http_routes, ev, |o| &o.spec),
-        Update::GrpcRoutes(ev) => spec_changed(&state.grpc_routes, ev, |o| &o.spec),
+        // A route's status counts when it gains or loses entries of ours (the watch keeps only
+        // those): a route that is not ours has them taken out.
+        Update::HttpRoutes(ev) => {
+            spec_changed(&state.http_routes, ev, |o| &o.spec)
+                || spec_changed(&state.http_routes, ev, |o| &o.status)
+        }
+        Update::GrpcRoutes(ev) => {
+            spec_changed(&state.grpc_routes, ev, |o| &o.spec)
+                || spec_changed(&state.grpc_routes, ev, |o| &o.status)
+        }
         Update::Namespaces(ev) => match &**ev {
             Event::Apply(new) => state
                 .namespaces

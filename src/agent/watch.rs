@@ -27,6 +27,21 @@ fn slim<K: Resource>(o: &mut K) {
     }
 }
 
+/// A route status reduced to the parents our controller has entries for (None without any):
+/// their conditions are left out, so a status write of ours that changes only those is no
+/// change here.
+fn our_entries(status: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    let mut parents = match status?.get_mut("parents")?.take() {
+        serde_json::Value::Array(p) => p,
+        _ => return None,
+    };
+    parents.retain(|p| p["controllerName"] == super::gateway::build::CONTROLLER);
+    for p in &mut parents {
+        *p = serde_json::json!({ "parentRef": p["parentRef"].take() });
+    }
+    (!parents.is_empty()).then(|| serde_json::json!({ "parents": parents }))
+}
+
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Whether a watch failed because the API does not serve the kind (its CRD is not installed)
@@ -139,8 +154,9 @@ pub(super) fn spawn_all(
         out.push(spawn::<Namespace>(client, tx.clone(), all(), false, |e| {
             Update::Namespaces(Box::new(e))
         }));
-        // Gateway API: served only where its CRDs are installed. Their status is not kept: the
-        // status writer reads what it replaces.
+        // Gateway API: served only where its CRDs are installed. Their status is not kept (the
+        // status writer reads what it replaces), but for a route's entries of ours: a route
+        // that is no longer ours has them taken out.
         out.push(spawn::<GatewayClass>(
             client,
             tx.clone(),
@@ -152,10 +168,14 @@ pub(super) fn spawn_all(
             Update::Gateways(Box::new(e.modify(|o| o.status = None)))
         }));
         out.push(spawn::<HttpRoute>(client, tx.clone(), all(), true, |e| {
-            Update::HttpRoutes(Box::new(e.modify(|o| o.status = None)))
+            Update::HttpRoutes(Box::new(
+                e.modify(|o| o.status = our_entries(o.status.take())),
+            ))
         }));
         out.push(spawn::<GrpcRoute>(client, tx.clone(), all(), true, |e| {
-            Update::GrpcRoutes(Box::new(e.modify(|o| o.status = None)))
+            Update::GrpcRoutes(Box::new(
+                e.modify(|o| o.status = our_entries(o.status.take())),
+            ))
         }));
         out.push(spawn::<ReferenceGrant>(client, tx, all(), true, |e| {
             Update::Grants(Box::new(e))

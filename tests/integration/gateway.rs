@@ -495,6 +495,54 @@ spec:
     assert_eq!(open["attachedRoutes"], 1);
     assert_eq!(open["supportedKinds"][0]["kind"], "HTTPRoute");
 
+    // A route that is not ours but carries entries of ours (it changed while no agent ran)
+    // loses them; other controllers' entries stay.
+    apply(
+        &up,
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: default}
+spec:
+  parentRefs: [{name: not-ours}]
+  rules: [{backendRefs: [{name: v1, port: 80}]}]
+",
+    );
+    let entry = |controller: &str| {
+        serde_json::json!({
+            "parentRef": {"name": "gw"},
+            "controllerName": controller,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        })
+    };
+    let stale = serde_json::json!({"status": {"parents": [
+        entry("switchyard.io/gateway-controller"),
+        entry("example.com/other-controller"),
+    ]}});
+    ok(
+        &up,
+        &[
+            "patch",
+            "httproute",
+            "elsewhere",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &stale.to_string(),
+        ],
+        "",
+    );
+    eventually(Duration::from_secs(30), || {
+        let parents = status(&up, "httproute", "default", "elsewhere")["parents"].clone();
+        let controllers: Vec<&str> = parents
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["controllerName"].as_str())
+            .collect();
+        (controllers == ["example.com/other-controller"]).then_some(())
+    });
+
     // Deleting the Gateway closes its ports.
     ok(&up, &["delete", "gateway", "gw"], "");
     eventually(Duration::from_secs(30), || {

@@ -933,6 +933,8 @@ struct RouteRef<'a> {
     parents: &'a [ParentRef],
     hostnames: &'a [String],
     rules: Rules<'a>,
+    /// Its status has entries of ours (the watch keeps no others).
+    listed: bool,
 }
 
 /// The rules of a route of either kind.
@@ -966,6 +968,7 @@ fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
             parents: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
             rules: Rules::Http(&r.spec.rules),
+            listed: r.status.is_some(),
         })
         .chain(objects.grpc_routes.iter().map(|(key, r)| RouteRef {
             kind: GRPC_ROUTE,
@@ -974,6 +977,7 @@ fn all_routes<'a>(objects: &Objects<'a>) -> Vec<RouteRef<'a>> {
             parents: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
             rules: Rules::Grpc(&r.spec.rules),
+            listed: r.status.is_some(),
         }))
         .collect()
 }
@@ -1026,6 +1030,8 @@ fn accepted(
 pub struct RouteMemo {
     version: (String, i64),
     world: u64,
+    /// Whether the route had entries of ours when compiled.
+    listed: bool,
     recorded: Recorded,
     /// The Services it names (whose changes rebuild it).
     services: Vec<ObjKey>,
@@ -1183,6 +1189,7 @@ fn compile_route(
     let mut memo = RouteMemo {
         version,
         world,
+        listed: route.listed,
         recorded: Recorded::new(age),
         services: Vec::new(),
         claims: Vec::new(),
@@ -1321,7 +1328,9 @@ fn compile_route(
             }
         }
     }
-    if !parents.is_empty() {
+    // A route with entries of ours and no parent of ours (it changed while no agent ran) gets
+    // them taken out.
+    if !parents.is_empty() || route.listed {
         memo.status = Some(Arc::new(RouteStatus {
             kind: route.kind,
             key: key.clone(),
@@ -1440,9 +1449,10 @@ pub fn build(
         let uid = route.meta.uid.as_deref().unwrap_or("");
         let gen = generation(route.meta);
         let cached = caches.routes.of(route.kind).get(route.key);
-        if let Some(memo) =
-            cached.filter(|m| m.world == world && m.version.0 == uid && m.version.1 == gen)
-        {
+        let fresh = |m: &&RouteMemo| {
+            m.world == world && m.version.0 == uid && m.version.1 == gen && m.listed == route.listed
+        };
+        if let Some(memo) = cached.filter(fresh) {
             if !edit {
                 b.apply(&memo.recorded);
             }
