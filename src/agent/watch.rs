@@ -27,19 +27,21 @@ fn slim<K: Resource>(o: &mut K) {
     }
 }
 
-/// A route status reduced to the parents our controller has entries for (None without any):
-/// their conditions are left out, so a status write of ours that changes only those is no
-/// change here.
+/// A route status reduced to the parents our controller has entries for, each as its JSON
+/// text (None without any): a few bytes, where the status as JSON values takes kilobytes. Their
+/// conditions are left out, so a status write of ours that changes only those is no change
+/// here.
 fn our_entries(status: Option<serde_json::Value>) -> Option<serde_json::Value> {
-    let mut parents = match status?.get_mut("parents")?.take() {
-        serde_json::Value::Array(p) => p,
-        _ => return None,
+    use serde_json::Value;
+    let Value::Array(parents) = status?.get_mut("parents")?.take() else {
+        return None;
     };
-    parents.retain(|p| p["controllerName"] == super::gateway::build::CONTROLLER);
-    for p in &mut parents {
-        *p = serde_json::json!({ "parentRef": p["parentRef"].take() });
-    }
-    (!parents.is_empty()).then(|| serde_json::json!({ "parents": parents }))
+    let ours: Vec<Value> = parents
+        .iter()
+        .filter(|p| p["controllerName"] == super::gateway::build::CONTROLLER)
+        .map(|p| Value::String(p["parentRef"].to_string()))
+        .collect();
+    (!ours.is_empty()).then_some(Value::Array(ours))
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

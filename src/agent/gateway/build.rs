@@ -164,6 +164,23 @@ pub struct Statuses {
     pub routes: Vec<Arc<RouteStatus>>,
 }
 
+impl Statuses {
+    /// A compiled route's status. A route with entries of ours and no parent of ours (it
+    /// changed while no agent ran) gets an empty one: its entries are taken out.
+    fn route(&mut self, route: &RouteRef<'_>, memo: &RouteMemo) {
+        match &memo.status {
+            Some(s) => self.routes.push(s.clone()),
+            None if route.listed => self.routes.push(Arc::new(RouteStatus {
+                kind: route.kind,
+                key: route.key.clone(),
+                generation: generation(route.meta),
+                parents: Vec::new(),
+            })),
+            None => {}
+        }
+    }
+}
+
 fn generation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
     meta.generation.unwrap_or(0)
 }
@@ -1030,8 +1047,6 @@ fn accepted(
 pub struct RouteMemo {
     version: (String, i64),
     world: u64,
-    /// Whether the route had entries of ours when compiled.
-    listed: bool,
     recorded: Recorded,
     /// The Services it names (whose changes rebuild it).
     services: Vec<ObjKey>,
@@ -1189,7 +1204,6 @@ fn compile_route(
     let mut memo = RouteMemo {
         version,
         world,
-        listed: route.listed,
         recorded: Recorded::new(age),
         services: Vec::new(),
         claims: Vec::new(),
@@ -1328,9 +1342,7 @@ fn compile_route(
             }
         }
     }
-    // A route with entries of ours and no parent of ours (it changed while no agent ran) gets
-    // them taken out.
-    if !parents.is_empty() || route.listed {
+    if !parents.is_empty() {
         memo.status = Some(Arc::new(RouteStatus {
             kind: route.kind,
             key: key.clone(),
@@ -1449,16 +1461,13 @@ pub fn build(
         let uid = route.meta.uid.as_deref().unwrap_or("");
         let gen = generation(route.meta);
         let cached = caches.routes.of(route.kind).get(route.key);
-        let fresh = |m: &&RouteMemo| {
-            m.world == world && m.version.0 == uid && m.version.1 == gen && m.listed == route.listed
-        };
-        if let Some(memo) = cached.filter(fresh) {
+        if let Some(memo) =
+            cached.filter(|m| m.world == world && m.version.0 == uid && m.version.1 == gen)
+        {
             if !edit {
                 b.apply(&memo.recorded);
             }
-            if let Some(s) = &memo.status {
-                st.routes.push(s.clone());
-            }
+            st.route(route, memo);
             continue;
         }
         let version = (uid.to_string(), gen);
@@ -1475,9 +1484,7 @@ pub fn build(
         );
         b.apply(&memo.recorded);
         caches.count(&memo.services, true);
-        if let Some(s) = &memo.status {
-            st.routes.push(s.clone());
-        }
+        st.route(route, &memo);
         if let Some(old) = caches.routes.insert(route.kind, route.key, memo) {
             caches.count(&old.services, false);
             if edit {
