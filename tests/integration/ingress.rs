@@ -312,11 +312,14 @@ async fn routes_hosts_paths_backends_and_errors() {
     assert!(headers.contains("x-request-id: req-42"), "{headers}");
     let (_, body, _) = get(&up, "shop.example", "/foo");
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        seen["rid"].as_str().unwrap().len(),
-        32,
-        "a request id is generated"
-    );
+    let rid = seen["rid"].as_str().unwrap().to_string();
+    assert_eq!(rid.len(), 32, "a request id is generated");
+    assert!(rid
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let (_, body, _) = get(&up, "shop.example", "/foo");
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(again["rid"].as_str(), Some(rid.as_str()), "one per request");
 
     // h2c upstream when the Service port's appProtocol says so.
     let (code, body, _) = get(&up, "shop.example", "/h2");

@@ -113,6 +113,10 @@ pub struct Tee {
 }
 
 impl Tee {
+    pub fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
     pub fn new(inner: Incoming) -> Tee {
         Tee {
             inner,

@@ -22,6 +22,7 @@
 
 pub mod annotations;
 pub mod cors;
+mod h1;
 mod mirror;
 mod request;
 pub mod routes;

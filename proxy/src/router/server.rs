@@ -20,28 +20,34 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::cors::Cors;
+use super::h1::{self, UpstreamH1Body};
 use super::mirror::{MirrorStats, RequestBody, Tee};
 use super::request::{normalize_path, request_host};
 use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
 use super::upstream::{SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
 
-/// What the router answers with: an upstream's body or a short one of its own.
+/// What the router answers with: an upstream's body (read by hyper's client or by the lean
+/// HTTP/1.1 one) or a short one of its own.
 pub enum Body {
     Upstream(UpstreamBody),
+    UpstreamH1(UpstreamH1Body),
     Local(Option<Bytes>),
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::UpstreamH1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -49,6 +55,7 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Upstream(b) => b.is_end_stream(),
+            Body::UpstreamH1(b) => b.is_end_stream(),
             Body::Local(b) => b.is_none(),
         }
     }
@@ -56,6 +63,7 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Upstream(b) => b.size_hint(),
+            Body::UpstreamH1(b) => b.size_hint(),
             Body::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -112,6 +120,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` stays.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than a lookup for each.
+    let present = headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || *k == header::TE);
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -194,8 +209,15 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         {
             v.clone()
         }
-        _ => HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>()))
-            .expect("hex is a valid header value"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let n = rand::random::<u128>();
+            let mut out = [0u8; 32];
+            for (i, d) in out.iter_mut().enumerate() {
+                *d = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+            }
+            HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+        }
     }
 }
 
@@ -396,6 +418,11 @@ async fn forward(
             mirror(shared, &req, body.copy(), conn, &to, action, &m.backend);
         }
     }
+    if !backend.h2c && tunnel.is_none() && body.is_end_stream() {
+        to_upstream(&mut req, backend, conn, &to);
+        edit_request(req.headers_mut(), action, backend);
+        return forward_h1(backend, &req, version).await;
+    }
     let mut req = req.map(|()| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
     edit_request(req.headers_mut(), action, backend);
@@ -456,6 +483,71 @@ async fn forward(
         parts.version = version;
         let body = Body::Upstream(UpstreamBody::new(body, in_flight, keep));
         return (Response::from_parts(parts, body), Some(addr));
+    }
+    let msg = format!("no endpoint of service {} accepted a connection", service());
+    (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())
+}
+
+/// [`forward`] for the common case, through the lean HTTP/1.1 client: a request without a body
+/// or an upgrade to an HTTP/1.1 backend. The same endpoint choice, connect retries, resends
+/// and errors.
+async fn forward_h1(
+    backend: &Backend,
+    req: &Request<()>,
+    version: Version,
+) -> (Response<Body>, Option<SocketAddr>) {
+    let service = || format!("{}/{}", backend.owner.namespace, backend.service);
+    let settings = &backend.settings;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let attempts = backend.endpoints.len().clamp(1, 3);
+    let mut resends = 0;
+    while tried.len() < attempts {
+        let Some(upstream) = pick(backend, &tried) else {
+            break;
+        };
+        tried.push(upstream.addr);
+        let (conn, reused) = match h1::Conn::pooled(upstream.addr) {
+            Some(c) => (c, true),
+            None => match upstream.connect(settings.connect_timeout).await {
+                Ok(tcp) => (h1::Conn::new(tcp, upstream.addr), false),
+                Err(e) => {
+                    upstream.mark_down();
+                    tracing::debug!(upstream = %upstream.addr, error = %e, "upstream connect failed");
+                    continue;
+                }
+            },
+        };
+        let exchange = h1::exchange(conn, req, upstream.start());
+        let resp = match tokio::time::timeout(settings.response_timeout, exchange).await {
+            Err(_) => {
+                let msg = format!("service {} timed out", service());
+                return (
+                    local(StatusCode::GATEWAY_TIMEOUT, &msg),
+                    Some(upstream.addr),
+                );
+            }
+            // A pooled connection closed under the request: it goes again on a fresh one
+            // when repeating it is harmless.
+            Ok(Err(h1::Error::Closed(e)))
+                if reused && resends < RESENDS && req.method().is_idempotent() =>
+            {
+                tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
+                resends += 1;
+                tried.pop();
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
+                let msg = format!("service {} failed to answer", service());
+                return (local(StatusCode::BAD_GATEWAY, &msg), Some(upstream.addr));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = version;
+        let resp = Response::from_parts(parts, Body::UpstreamH1(body));
+        return (resp, Some(upstream.addr));
     }
     let msg = format!("no endpoint of service {} accepted a connection", service());
     (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())

@@ -118,7 +118,7 @@ impl Upstream {
             if let Some(s) = pooled.filter(|s| !s.is_closed()) {
                 return Ok(Sender::H2(s));
             }
-            let io = self.connect(connect_timeout).await?;
+            let io = TokioIo::new(self.connect(connect_timeout).await?);
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
@@ -141,7 +141,7 @@ impl Upstream {
                 });
             }
         }
-        let io = self.connect(connect_timeout).await?;
+        let io = TokioIo::new(self.connect(connect_timeout).await?);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -153,10 +153,8 @@ impl Upstream {
         })
     }
 
-    async fn connect(
-        &self,
-        timeout: Duration,
-    ) -> Result<TokioIo<tokio::net::TcpStream>, SendError> {
+    /// A new connection, without delay on small writes.
+    pub async fn connect(&self, timeout: Duration) -> Result<tokio::net::TcpStream, SendError> {
         let tcp =
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await {
                 Ok(Ok(tcp)) => tcp,
@@ -169,7 +167,7 @@ impl Upstream {
                 }
             };
         let _ = tcp.set_nodelay(true);
-        Ok(TokioIo::new(tcp))
+        Ok(tcp)
     }
 
     fn release(&self, sender: http1::SendRequest<RequestBody>) {

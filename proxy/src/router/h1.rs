@@ -1,0 +1,719 @@
+//! A lean HTTP/1.1 client for the common upstream exchange: a request without a body and
+//! without an upgrade, on a pooled keep-alive connection, driven inline by the request's own
+//! task (no connection task, no dispatch channel). Everything else goes through hyper's
+//! client.
+//!
+//! Responses are read as RFC 9112 frames them: no body for HEAD, 1xx, 204 and 304;
+//! `Transfer-Encoding` with chunked last (trailers passed on), then `Content-Length`, then
+//! until the connection closes. A connection goes back to the pool only when its response was
+//! read whole and nothing in it asked for the connection to close.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::upstream::InFlight;
+
+/// Response head limits: bytes and header count.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line (with extensions), and the trailers.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Idle connections kept per endpoint and event loop.
+const MAX_IDLE: usize = 256;
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+}
+
+/// One upstream connection and what was read from it beyond the last response.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    addr: SocketAddr,
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The connection closed or broke before any of the response arrived: on a reused
+    /// connection the request may go again on a fresh one.
+    Closed(io::Error),
+    /// A broken or oversized response, or a connection lost in the middle of one.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Closed(e) => write!(f, "connection closed: {e}"),
+            Error::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn invalid<T>(m: impl Into<String>) -> Result<T, Error> {
+    Err(Error::Invalid(m.into()))
+}
+
+impl Conn {
+    pub fn new(io: TcpStream, addr: SocketAddr) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            addr,
+        }
+    }
+
+    /// An idle pooled connection to `addr` that has not been closed by its peer.
+    pub fn pooled(addr: SocketAddr) -> Option<Conn> {
+        loop {
+            let conn = IDLE.with_borrow_mut(|idle| idle.get_mut(&addr)?.pop())?;
+            if conn.is_idle() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Nothing to read: an idle connection with data or an end of stream waiting is done. The
+    /// readiness the event loop has already seen answers without a system call.
+    fn is_idle(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    fn release(self) {
+        IDLE.with_borrow_mut(|idle| {
+            if idle.len() >= 1024 && !idle.contains_key(&self.addr) {
+                // Endpoints come and go: forget those without idle connections.
+                idle.retain(|_, c| !c.is_empty());
+            }
+            let list = idle.entry(self.addr).or_default();
+            if list.len() < MAX_IDLE {
+                list.push(self);
+            }
+        });
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let spare = self.buf.spare_capacity_mut();
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        // SAFETY: `n` bytes of the spare capacity were just initialised by the read.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+        Poll::Ready(Ok(n > 0))
+    }
+
+    async fn fill(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// The request head as it goes on the wire (origin-form target, the headers as they are).
+fn encode(req: &Request<()>, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the rest of a response is framed.
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the connection closes.
+    Close,
+}
+
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    End,
+    Trailers,
+    Done,
+}
+
+/// Sends `req` (no body) on `conn` and reads the response head.
+pub async fn exchange(
+    mut conn: Conn,
+    req: &Request<()>,
+    in_flight: InFlight,
+) -> Result<Response<UpstreamH1Body>, Error> {
+    let mut head = Vec::with_capacity(512);
+    encode(req, &mut head);
+    conn.io.write_all(&head).await.map_err(Error::Closed)?;
+    let mut received = false;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let status = match parsed.parse(&conn.buf) {
+            Ok(s) => s,
+            Err(e) => return invalid(format!("malformed response head: {e}")),
+        };
+        let httparse::Status::Complete(len) = status else {
+            if conn.buf.len() >= MAX_HEAD {
+                return invalid("response head too large");
+            }
+            match conn.fill().await {
+                Ok(true) => {
+                    received = true;
+                    continue;
+                }
+                Ok(false) if !received => {
+                    let closed = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(Error::Closed(closed));
+                }
+                Ok(false) => return invalid("connection closed in the response head"),
+                Err(e) if !received => return Err(Error::Closed(e)),
+                Err(e) => return invalid(format!("reading the response head: {e}")),
+            }
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Error::Invalid(format!("response status {code}")))?;
+        let version = parsed.version.unwrap_or(1);
+        let mut map = HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| Error::Invalid(format!("response header name {:?}", h.name)))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| Error::Invalid(format!("response header {name} value")))?;
+            map.append(name, value);
+        }
+        conn.buf.advance(len);
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return invalid("an upgrade that was not asked for");
+            }
+            // 103 Early Hints and the like: the final response follows.
+            continue;
+        }
+        let (framing, mut keep) = framing(req.method(), status, &map)?;
+        keep &= version == 1 && !closes(&map);
+        let mut resp = Response::new(UpstreamH1Body {
+            conn: Some(conn),
+            framing,
+            keep,
+            _in_flight: in_flight,
+        });
+        *resp.status_mut() = status;
+        *resp.version_mut() = Version::HTTP_11;
+        *resp.headers_mut() = map;
+        let body = resp.body_mut();
+        if matches!(body.framing, Framing::Empty | Framing::Length(0)) {
+            body.finish();
+        }
+        return Ok(resp);
+    }
+}
+
+/// Whether the response asks for the connection to close.
+fn closes(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// The response body's framing (RFC 9112 section 6.3), and whether the connection may be reused
+/// after it.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), Error> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    if te.iter().next().is_some() {
+        // A value that is not text counts as a coding that is not chunked.
+        let last = te
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty());
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        // With a Content-Length as well the message was framed twice: not reused.
+        let clean = headers.get(header::CONTENT_LENGTH).is_none();
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), clean)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            let n: u64 = match part.bytes().all(|b| b.is_ascii_digit()) && !part.is_empty() {
+                true => part
+                    .parse()
+                    .map_err(|_| Error::Invalid("content-length".into()))?,
+                false => return invalid("response content-length is not a number"),
+            };
+            if length.is_some_and(|l| l != n) {
+                return invalid("response content-lengths differ");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// A response body read from a [`Conn`]; the connection goes back to the pool once the body has
+/// ended cleanly.
+pub struct UpstreamH1Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep: bool,
+    _in_flight: InFlight,
+}
+
+impl UpstreamH1Body {
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        if let Some(conn) = self.conn.take() {
+            if self.keep && conn.buf.is_empty() {
+                conn.release();
+            }
+        }
+    }
+
+    fn fail(&mut self, m: impl Into<String>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.framing = Framing::Empty;
+        Poll::Ready(Some(Err(Error::Invalid(m.into()))))
+    }
+
+    /// More bytes in the buffer; an error when the connection ended first.
+    fn poll_more(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<Result<(), String>> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("a body being read has its connection");
+        match ready!(conn.poll_fill(cx)) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Ready(Err(format!("connection closed in the {what}"))),
+            Err(e) => Poll::Ready(Err(format!("reading the {what}: {e}"))),
+        }
+    }
+
+    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let Framing::Chunked(state) = &mut self.framing else {
+                return Poll::Ready(None);
+            };
+            let conn = self
+                .conn
+                .as_mut()
+                .expect("a body being read has its connection");
+            match state {
+                Chunk::Size => {
+                    let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if conn.buf.len() > MAX_CHUNK_LINE {
+                            return self.fail("chunk-size line too long");
+                        }
+                        if let Err(e) = ready!(self.poll_more(cx, "chunk size")) {
+                            return self.fail(e);
+                        }
+                        continue;
+                    };
+                    let line = &conn.buf[..end];
+                    let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
+                    let hex = std::str::from_utf8(hex)
+                        .unwrap_or("")
+                        .trim_matches([' ', '\t']);
+                    let size = match u64::from_str_radix(hex, 16) {
+                        Ok(n) if !hex.is_empty() && hex.len() <= 15 => n,
+                        _ => return self.fail("malformed chunk size"),
+                    };
+                    conn.buf.advance(end + 2);
+                    *state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(rest) => {
+                    if conn.buf.is_empty() {
+                        if let Err(e) = ready!(self.poll_more(cx, "chunk data")) {
+                            return self.fail(e);
+                        }
+                        continue;
+                    }
+                    let n = conn
+                        .buf
+                        .len()
+                        .min(usize::try_from(*rest).unwrap_or(usize::MAX));
+                    let data = conn.buf.split_to(n).freeze();
+                    *rest -= n as u64;
+                    if *rest == 0 {
+                        *state = Chunk::End;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Chunk::End => {
+                    if conn.buf.len() < 2 {
+                        if let Err(e) = ready!(self.poll_more(cx, "chunk end")) {
+                            return self.fail(e);
+                        }
+                        continue;
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return self.fail("chunk data longer than its size");
+                    }
+                    conn.buf.advance(2);
+                    *state = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(&conn.buf, &mut headers) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for h in fields {
+                                let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(h.name.as_bytes()),
+                                    HeaderValue::from_bytes(h.value),
+                                ) else {
+                                    return self.fail("malformed trailer");
+                                };
+                                trailers.append(n, v);
+                            }
+                            conn.buf.advance(len);
+                            *state = Chunk::Done;
+                            if !trailers.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if conn.buf.len() > MAX_TRAILERS {
+                                return self.fail("trailers too large");
+                            }
+                            if let Err(e) = ready!(self.poll_more(cx, "trailers")) {
+                                return self.fail(e);
+                            }
+                        }
+                        Err(e) => return self.fail(format!("malformed trailers: {e}")),
+                    }
+                }
+                Chunk::Done => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+impl Body for UpstreamH1Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match &mut this.framing {
+            Framing::Empty => Poll::Ready(None),
+            Framing::Length(rest) => {
+                let rest = *rest;
+                let conn = this
+                    .conn
+                    .as_mut()
+                    .expect("a body being read has its connection");
+                if conn.buf.is_empty() {
+                    if let Err(e) = ready!(this.poll_more(cx, "response body")) {
+                        return this.fail(e);
+                    }
+                }
+                let conn = this.conn.as_mut().expect("still here");
+                let n = conn
+                    .buf
+                    .len()
+                    .min(usize::try_from(rest).unwrap_or(usize::MAX));
+                let data = conn.buf.split_to(n).freeze();
+                let left = rest - n as u64;
+                this.framing = Framing::Length(left);
+                if left == 0 {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Framing::Chunked(_) => this.poll_chunked(cx),
+            Framing::Close => {
+                let conn = this
+                    .conn
+                    .as_mut()
+                    .expect("a body being read has its connection");
+                if conn.buf.is_empty() {
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            this.conn = None;
+                            this.framing = Framing::Empty;
+                            return Poll::Ready(None);
+                        }
+                        Err(e) => return this.fail(format!("reading the response body: {e}")),
+                    }
+                }
+                let conn = this.conn.as_mut().expect("still here");
+                let data = conn.buf.split().freeze();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use crate::router::upstream::Upstream;
+
+    /// A backend that answers each request on one connection with the next canned answer,
+    /// then closes.
+    async fn backend(answers: Vec<&'static [u8]>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for answer in answers {
+                let mut seen = Vec::new();
+                while !seen.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    seen.push(b[0]);
+                }
+                s.write_all(answer).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    fn get(method: Method) -> Request<()> {
+        let mut r = Request::new(());
+        *r.method_mut() = method;
+        *r.uri_mut() = "/x?y=1".parse().unwrap();
+        r.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("b.example"));
+        r
+    }
+
+    async fn send(addr: SocketAddr, method: Method) -> Result<Response<UpstreamH1Body>, Error> {
+        let conn = match Conn::pooled(addr) {
+            Some(c) => c,
+            None => Conn::new(TcpStream::connect(addr).await.unwrap(), addr),
+        };
+        let upstream = Arc::new(Upstream::new(addr, false));
+        exchange(conn, &get(method), upstream.start()).await
+    }
+
+    /// The body's data and trailers, or its error.
+    async fn read(mut body: UpstreamH1Body) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| e.to_string())?;
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        Ok((data, trailers))
+    }
+
+    fn pooled(addr: SocketAddr) -> bool {
+        IDLE.with_borrow(|idle| idle.get(&addr).is_some_and(|c| !c.is_empty()))
+    }
+
+    #[tokio::test]
+    async fn lengths_chunks_and_reuse() {
+        let addr = backend(vec![
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let resp = send(addr, Method::GET).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-a"], "1");
+        assert_eq!(read(resp.into_body()).await.unwrap().0, b"hello");
+        assert!(pooled(addr), "read whole: back in the pool");
+        // The same connection, chunked with trailers.
+        let resp = send(addr, Method::GET).await.unwrap();
+        let (data, trailers) = read(resp.into_body()).await.unwrap();
+        assert_eq!(data, b"abcde");
+        assert_eq!(trailers.unwrap()["x-sum"], "5");
+        let resp = send(addr, Method::DELETE).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        // A HEAD answer carries a length and no body.
+        let resp = send(addr, Method::HEAD).await.unwrap();
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        let resp = send(addr, Method::GET).await.unwrap();
+        assert_eq!(read(resp.into_body()).await.unwrap().0, b"ok");
+        assert!(!pooled(addr), "asked to close: not kept");
+    }
+
+    #[tokio::test]
+    async fn close_delimited_and_twice_framed_bodies_are_not_reused() {
+        let addr = backend(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
+        let resp = send(addr, Method::GET).await.unwrap();
+        assert_eq!(read(resp.into_body()).await.unwrap().0, b"until the end");
+        assert!(!pooled(addr));
+        let addr = backend(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n1\r\nz\r\n0\r\n\r\n",
+        ])
+        .await;
+        let resp = send(addr, Method::GET).await.unwrap();
+        assert_eq!(read(resp.into_body()).await.unwrap().0, b"z");
+        assert!(!pooled(addr));
+    }
+
+    #[tokio::test]
+    async fn broken_answers_are_errors() {
+        for (answer, want) in [
+            (&b"HTTP/1.1 2000 Nope\r\n\r\n"[..], "malformed"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                "differ",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                "not a number",
+            ),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "upgrade"),
+            (
+                b"HTTP/1.1 200 OK\r\nX-A: 1\r\n",
+                "closed in the response head",
+            ),
+        ] {
+            let addr = backend(vec![answer]).await;
+            match send(addr, Method::GET).await {
+                Err(Error::Invalid(m)) => assert!(m.contains(want), "{m}"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("accepted {:?}", String::from_utf8_lossy(answer)),
+            }
+        }
+        for (answer, want) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+                "chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n",
+                "longer",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+                "closed in the response body",
+            ),
+        ] {
+            let addr = backend(vec![answer]).await;
+            let resp = send(addr, Method::GET).await.unwrap();
+            let err = read(resp.into_body()).await.unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert!(!pooled(addr));
+        }
+        // Nothing at all: the request may go again elsewhere.
+        let addr = backend(vec![]).await;
+        assert!(matches!(
+            send(addr, Method::GET).await,
+            Err(Error::Closed(_))
+        ));
+        // An endless head is cut off.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            let line = format!("X-Long: {}\r\n", "a".repeat(1000));
+            while s.write_all(line.as_bytes()).await.is_ok() {}
+        });
+        match send(addr, Method::GET).await {
+            Err(Error::Invalid(m)) => {
+                assert!(m.contains("too large") || m.contains("malformed"), "{m}")
+            }
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_by_its_peer_is_not_used() {
+        let addr = backend(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).await;
+        let resp = send(addr, Method::GET).await.unwrap();
+        drop(resp);
+        assert!(pooled(addr));
+        // The backend closes after its one answer; the event loop sees it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(Conn::pooled(addr).is_none());
+    }
+}
