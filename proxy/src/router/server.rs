@@ -394,8 +394,6 @@ async fn forward(
     shared: &Shared,
     action: &Action,
 ) -> (Response<Body>, Option<SocketAddr>) {
-    // Named only when something fails.
-    let service = || format!("{}/{}", backend.owner.namespace, backend.service);
     // An upgraded connection outlives the request's connection: it holds a connection slot of
     // its own, or is refused.
     let tunnel = match &to.upgrade {
@@ -427,14 +425,8 @@ async fn forward(
     to_upstream(&mut req, backend, conn, &to);
     edit_request(req.headers_mut(), action, backend);
     let settings = &backend.settings;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let attempts = backend.endpoints.len().clamp(1, 3);
-    let mut resends = 0;
-    while tried.len() < attempts {
-        let Some(upstream) = pick(backend, &tried) else {
-            break;
-        };
-        tried.push(upstream.addr);
+    let mut attempts = Attempts::new(backend);
+    while let Some(upstream) = attempts.next() {
         let in_flight = upstream.start();
         let sender = match upstream.sender(settings.connect_timeout).await {
             Ok(s) => s,
@@ -448,27 +440,14 @@ async fn forward(
         };
         let sent = tokio::time::timeout(settings.response_timeout, send(sender, req)).await;
         let (resp, keep) = match sent {
-            Err(_) => {
-                let msg = format!("service {} timed out", service());
-                return (
-                    local(StatusCode::GATEWAY_TIMEOUT, &msg),
-                    Some(upstream.addr),
-                );
-            }
-            Ok(Err((e, Some(unsent)))) if resends < RESENDS => {
-                // The connection closed under the request before it went out: the request is
-                // intact, so send it again on a fresh connection.
-                tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
-                resends += 1;
+            Err(_) => return attempts.timed_out(&upstream),
+            // The connection closed under the request before it went out: the request is
+            // intact, so it goes again on a fresh connection.
+            Ok(Err((e, Some(unsent)))) if attempts.resend(&upstream, &e) => {
                 req = unsent;
-                tried.pop();
                 continue;
             }
-            Ok(Err((e, _))) => {
-                tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
-                let msg = format!("service {} failed to answer", service());
-                return (local(StatusCode::BAD_GATEWAY, &msg), Some(upstream.addr));
-            }
+            Ok(Err((e, _))) => return attempts.failed(&upstream, &e),
             Ok(Ok(r)) => r,
         };
         let addr = upstream.addr;
@@ -484,8 +463,7 @@ async fn forward(
         let body = Body::Upstream(UpstreamBody::new(body, in_flight, keep));
         return (Response::from_parts(parts, body), Some(addr));
     }
-    let msg = format!("no endpoint of service {} accepted a connection", service());
-    (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())
+    attempts.exhausted()
 }
 
 /// [`forward`] for the common case, through the lean HTTP/1.1 client: a request without a body
@@ -496,16 +474,9 @@ async fn forward_h1(
     req: &Request<()>,
     version: Version,
 ) -> (Response<Body>, Option<SocketAddr>) {
-    let service = || format!("{}/{}", backend.owner.namespace, backend.service);
     let settings = &backend.settings;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let attempts = backend.endpoints.len().clamp(1, 3);
-    let mut resends = 0;
-    while tried.len() < attempts {
-        let Some(upstream) = pick(backend, &tried) else {
-            break;
-        };
-        tried.push(upstream.addr);
+    let mut attempts = Attempts::new(backend);
+    while let Some(upstream) = attempts.next() {
         let (conn, reused) = match h1::Conn::pooled(upstream.addr) {
             Some(c) => (c, true),
             None => match upstream.connect(settings.connect_timeout).await {
@@ -519,28 +490,15 @@ async fn forward_h1(
         };
         let exchange = h1::exchange(conn, req, upstream.start());
         let resp = match tokio::time::timeout(settings.response_timeout, exchange).await {
-            Err(_) => {
-                let msg = format!("service {} timed out", service());
-                return (
-                    local(StatusCode::GATEWAY_TIMEOUT, &msg),
-                    Some(upstream.addr),
-                );
-            }
+            Err(_) => return attempts.timed_out(&upstream),
             // A pooled connection closed under the request: it goes again on a fresh one
             // when repeating it is harmless.
             Ok(Err(h1::Error::Closed(e)))
-                if reused && resends < RESENDS && req.method().is_idempotent() =>
+                if reused && req.method().is_idempotent() && attempts.resend(&upstream, &e) =>
             {
-                tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
-                resends += 1;
-                tried.pop();
-                continue;
+                continue
             }
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
-                let msg = format!("service {} failed to answer", service());
-                return (local(StatusCode::BAD_GATEWAY, &msg), Some(upstream.addr));
-            }
+            Ok(Err(e)) => return attempts.failed(&upstream, &e),
             Ok(Ok(r)) => r,
         };
         let (mut parts, body) = resp.into_parts();
@@ -549,8 +507,79 @@ async fn forward_h1(
         let resp = Response::from_parts(parts, Body::UpstreamH1(body));
         return (resp, Some(upstream.addr));
     }
-    let msg = format!("no endpoint of service {} accepted a connection", service());
-    (local(StatusCode::BAD_GATEWAY, &msg), tried.last().copied())
+    attempts.exhausted()
+}
+
+/// The endpoints one request tries: up to three, each once, and resends of a request that a
+/// closing connection never took. Its answers name the Service, never where its endpoints live.
+struct Attempts<'a> {
+    backend: &'a Backend,
+    tried: Vec<SocketAddr>,
+    resends: usize,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(backend: &'a Backend) -> Attempts<'a> {
+        Attempts {
+            backend,
+            tried: Vec::new(),
+            resends: 0,
+        }
+    }
+
+    /// The next endpoint to try, if any is left.
+    fn next(&mut self) -> Option<Arc<Upstream>> {
+        if self.tried.len() >= self.backend.endpoints.len().clamp(1, 3) {
+            return None;
+        }
+        let upstream = pick(self.backend, &self.tried)?;
+        self.tried.push(upstream.addr);
+        Some(upstream)
+    }
+
+    /// Whether the request may go to the same endpoint again on a fresh connection.
+    fn resend(&mut self, upstream: &Upstream, e: &dyn std::fmt::Display) -> bool {
+        if self.resends >= RESENDS {
+            return false;
+        }
+        tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
+        self.resends += 1;
+        self.tried.pop();
+        true
+    }
+
+    fn service(&self) -> String {
+        format!("{}/{}", self.backend.owner.namespace, self.backend.service)
+    }
+
+    fn timed_out(&self, upstream: &Upstream) -> (Response<Body>, Option<SocketAddr>) {
+        let msg = format!("service {} timed out", self.service());
+        (
+            local(StatusCode::GATEWAY_TIMEOUT, &msg),
+            Some(upstream.addr),
+        )
+    }
+
+    fn failed(
+        &self,
+        upstream: &Upstream,
+        e: &dyn std::fmt::Display,
+    ) -> (Response<Body>, Option<SocketAddr>) {
+        tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
+        let msg = format!("service {} failed to answer", self.service());
+        (local(StatusCode::BAD_GATEWAY, &msg), Some(upstream.addr))
+    }
+
+    fn exhausted(&self) -> (Response<Body>, Option<SocketAddr>) {
+        let msg = format!(
+            "no endpoint of service {} accepted a connection",
+            self.service()
+        );
+        (
+            local(StatusCode::BAD_GATEWAY, &msg),
+            self.tried.last().copied(),
+        )
+    }
 }
 
 /// A route's own header filters come last: they may set what the router would; a backend
