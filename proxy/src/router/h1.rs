@@ -42,8 +42,6 @@ thread_local! {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    /// The request head being written (kept for the next one).
-    head: Vec<u8>,
     addr: SocketAddr,
 }
 
@@ -77,7 +75,6 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
-            head: Vec::new(),
             addr,
         }
     }
@@ -178,11 +175,9 @@ pub async fn exchange(
     req: &Request<()>,
     in_flight: InFlight,
 ) -> Result<Response<UpstreamH1Body>, Error> {
-    let mut head = std::mem::take(&mut conn.head);
-    head.clear();
+    let mut head = Vec::with_capacity(512);
     encode(req, &mut head);
     conn.io.write_all(&head).await.map_err(Error::Closed)?;
-    conn.head = head;
     let mut received = false;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -213,24 +208,15 @@ pub async fn exchange(
         let status = StatusCode::from_u16(code)
             .map_err(|_| Error::Invalid(format!("response status {code}")))?;
         let version = parsed.version.unwrap_or(1);
-        // The values share the head's bytes instead of each getting a copy.
-        let base = conn.buf.as_ptr() as usize;
-        let mut names: [Option<(HeaderName, usize, usize)>; MAX_HEADERS] =
-            [const { None }; MAX_HEADERS];
-        let count = parsed.headers.len();
-        for (slot, h) in names.iter_mut().zip(parsed.headers.iter()) {
+        let mut map = HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| Error::Invalid(format!("response header name {:?}", h.name)))?;
-            let start = h.value.as_ptr() as usize - base;
-            *slot = Some((name, start, start + h.value.len()));
-        }
-        let head = conn.buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count);
-        for (name, start, end) in names.into_iter().take(count).flatten() {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            let value = HeaderValue::from_bytes(h.value)
                 .map_err(|_| Error::Invalid(format!("response header {name} value")))?;
             map.append(name, value);
         }
+        conn.buf.advance(len);
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return invalid("an upgrade that was not asked for");
@@ -320,18 +306,6 @@ fn framing(
     })
 }
 
-/// The next `n` bytes of the buffer. Small pieces are copied, so the read buffer stays this
-/// connection's own and is refilled in place; large ones are handed over without a copy.
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n <= 4096 {
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        buf.advance(n);
-        data
-    } else {
-        buf.split_to(n).freeze()
-    }
-}
-
 /// A response body read from a [`Conn`]; the connection goes back to the pool once the body has
 /// ended cleanly.
 pub struct UpstreamH1Body {
@@ -417,7 +391,7 @@ impl UpstreamH1Body {
                         .buf
                         .len()
                         .min(usize::try_from(*rest).unwrap_or(usize::MAX));
-                    let data = take(&mut conn.buf, n);
+                    let data = conn.buf.split_to(n).freeze();
                     *rest -= n as u64;
                     if *rest == 0 {
                         *state = Chunk::End;
@@ -504,7 +478,7 @@ impl Body for UpstreamH1Body {
                     .buf
                     .len()
                     .min(usize::try_from(rest).unwrap_or(usize::MAX));
-                let data = take(&mut conn.buf, n);
+                let data = conn.buf.split_to(n).freeze();
                 let left = rest - n as u64;
                 this.framing = Framing::Length(left);
                 if left == 0 {
@@ -530,8 +504,7 @@ impl Body for UpstreamH1Body {
                     }
                 }
                 let conn = this.conn.as_mut().expect("still here");
-                let n = conn.buf.len();
-                let data = take(&mut conn.buf, n);
+                let data = conn.buf.split().freeze();
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
         }

@@ -514,32 +514,26 @@ async fn forward_h1(
 /// closing connection never took. Its answers name the Service, never where its endpoints live.
 struct Attempts<'a> {
     backend: &'a Backend,
-    /// The endpoints tried, the first `n` (no allocation per request).
-    tried: [SocketAddr; MAX_ATTEMPTS],
-    n: usize,
+    tried: Vec<SocketAddr>,
     resends: usize,
 }
-
-const MAX_ATTEMPTS: usize = 3;
 
 impl<'a> Attempts<'a> {
     fn new(backend: &'a Backend) -> Attempts<'a> {
         Attempts {
             backend,
-            tried: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS],
-            n: 0,
+            tried: Vec::new(),
             resends: 0,
         }
     }
 
     /// The next endpoint to try, if any is left.
     fn next(&mut self) -> Option<Arc<Upstream>> {
-        if self.n >= self.backend.endpoints.len().clamp(1, MAX_ATTEMPTS) {
+        if self.tried.len() >= self.backend.endpoints.len().clamp(1, 3) {
             return None;
         }
-        let upstream = pick(self.backend, &self.tried[..self.n])?;
-        self.tried[self.n] = upstream.addr;
-        self.n += 1;
+        let upstream = pick(self.backend, &self.tried)?;
+        self.tried.push(upstream.addr);
         Some(upstream)
     }
 
@@ -550,7 +544,7 @@ impl<'a> Attempts<'a> {
         }
         tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
         self.resends += 1;
-        self.n -= 1;
+        self.tried.pop();
         true
     }
 
@@ -581,8 +575,10 @@ impl<'a> Attempts<'a> {
             "no endpoint of service {} accepted a connection",
             self.service()
         );
-        let last = self.n.checked_sub(1).map(|i| self.tried[i]);
-        (local(StatusCode::BAD_GATEWAY, &msg), last)
+        (
+            local(StatusCode::BAD_GATEWAY, &msg),
+            self.tried.last().copied(),
+        )
     }
 }
 
