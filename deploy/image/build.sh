@@ -2,6 +2,9 @@
 # Builds the switchyard container image (localhost/switchyard:VERSION) with buildah, without a
 # registry: the release binary (or BINARY, if given), plus iptables (nft and legacy), nft,
 # conntrack and ip from this machine's Debian packages, each with the shared libraries it links.
+# The binary goes in without its debug information (symbols stay, so backtraces name functions),
+# and an image this replaces under the same name is removed, so rebuilding does not pile up
+# untagged images.
 #
 # Usage: deploy/image/build.sh [BINARY]        (needs buildah; run from anywhere)
 # Prints the image name. Check it: buildah from --name t localhost/switchyard:0.1.0 &&
@@ -18,8 +21,8 @@ if [ -z "$binary" ]; then
   (cd "$project" && cargo build --release -p switchyard >&2)
   binary=$project/target/release/switchyard
 fi
-for tool in buildah iptables-nft-restore iptables-legacy-restore nft conntrack ip; do
-  command -v "$tool" >/dev/null || { echo "build.sh: $tool is required (Debian: buildah iptables nftables conntrack iproute2)" >&2; exit 1; }
+for tool in buildah objcopy iptables-nft-restore iptables-legacy-restore nft conntrack ip; do
+  command -v "$tool" >/dev/null || { echo "build.sh: $tool is required (Debian: buildah binutils iptables nftables conntrack iproute2)" >&2; exit 1; }
 done
 
 context=$(mktemp -d)
@@ -38,7 +41,8 @@ add() {
   done
 }
 
-install -m 0755 "$binary" "$root/switchyard"
+objcopy --strip-debug "$binary" "$root/switchyard"
+chmod 0755 "$root/switchyard"
 add "$root/switchyard"
 for f in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft /usr/sbin/conntrack /bin/ip; do add "$f"; done
 # nft reads protocol and service names from these.
@@ -64,5 +68,11 @@ echo "root:x:0:0:root:/:/switchyard" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 
 cp "$here/Containerfile" "$context/Containerfile"
+old=$(buildah images --quiet --no-trunc "$image" 2>/dev/null || true)
 buildah build --quiet --layers=false -f "$context/Containerfile" -t "$image" "$context" >&2
+new=$(buildah images --quiet --no-trunc "$image")
+if [ -n "$old" ] && [ "$old" != "$new" ]; then
+  # Left untagged by the build; kept only if a container still uses it.
+  buildah rmi "$old" >/dev/null 2>&1 || true
+fi
 echo "$image"
