@@ -21,9 +21,26 @@ pub struct Proc(pub Child);
 impl Proc {
     /// Starts `cmd` with its output discarded.
     pub fn start(cmd: &mut std::process::Command, what: &str) -> Result<Proc> {
+        Self::start_logging(cmd, what, None)
+    }
+
+    /// Starts `cmd` with its output (stdout and stderr) written to `log`, or discarded.
+    pub fn start_logging(
+        cmd: &mut std::process::Command,
+        what: &str,
+        log: Option<&Path>,
+    ) -> Result<Proc> {
+        use std::process::Stdio;
+        let (out, err) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path)?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .map_err(|e| anyhow!("starting {what}: {e}"))?;
         Ok(Proc(child))
@@ -248,15 +265,50 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_string(),
     };
-    let stat = std::fs::read_to_string(path)?;
-    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let (_, user, system) = stat_cpu(&std::fs::read_to_string(path)?)?;
+    Ok(user + system)
+}
+
+/// The parent pid, user and system CPU seconds in the text of a `/proc/PID/stat`.
+fn stat_cpu(stat: &str) -> Result<(u32, f64, f64)> {
+    // Fields after the command name (which may hold spaces): the parent is the 4th, utime the
+    // 14th, stime the 15th.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
         .ok_or_else(|| anyhow!("bad stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
+    if f.len() < 13 {
+        bail!("bad stat");
+    }
+    Ok((
+        f[1].parse()?,
+        f[11].parse::<f64>()? / 100.0,
+        f[12].parse::<f64>()? / 100.0,
+    ))
+}
+
+/// User and system CPU seconds of a process and its children (an nginx master and its workers).
+pub fn tree_cpu(pid: u32) -> Result<(f64, f64)> {
+    let (_, mut user, mut system) =
+        stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    for entry in std::fs::read_dir("/proc")? {
+        let name = entry?.file_name();
+        let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        if let Ok((parent, u, s)) = stat_cpu(&text) {
+            if parent == pid {
+                user += u;
+                system += s;
+            }
+        }
+    }
+    Ok((user, system))
 }
 
 /// A `switchyard up` on loopback with its own data directory: the process, its API server, and
@@ -275,6 +327,17 @@ impl Up {
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Result<Up> {
+        Self::start_logging(binary, data, env, extra, None).await
+    }
+
+    /// [`Up::start`] with the process's output written to `log`.
+    pub async fn start_logging(
+        binary: &Path,
+        data: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Result<Up> {
         let (api, metrics) = (free_port(), free_port());
         let mut cmd = std::process::Command::new(binary);
         cmd.envs(env.iter().copied())
@@ -289,7 +352,7 @@ impl Up {
             "bench",
         ]);
         cmd.args(extra);
-        let process = Proc::start(&mut cmd, "switchyard up")?;
+        let process = Proc::start_logging(&mut cmd, "switchyard up", log)?;
         wait_for_port(api, "switchyard up")?;
         wait_for_port(metrics, "switchyard up metrics")?;
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -66,6 +66,64 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, headers: &[String]) -> R
     Ok(run)
 }
 
+/// h2load (one thread, `clients` connections with up to `streams` requests in flight on each)
+/// for `seconds`; the latency percentiles come from its per-request log, written to `log`.
+/// Requests still in flight when the time is up count as h2load's "failed"; they are not errors.
+pub fn h2load(
+    url: &str,
+    clients: usize,
+    streams: usize,
+    seconds: u64,
+    headers: &[String],
+    log: &Path,
+) -> Result<(Run, String)> {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-t1", &format!("-c{clients}"), &format!("-m{streams}")])
+        .arg(format!("-D{seconds}"))
+        .arg(format!("--log-file={}", log.display()));
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("running h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut run = Run::default();
+    let mut tls = String::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["finished", "in", _, rate, "req/s,", ..] => {
+                run.rps = rate.trim_end_matches(',').parse()?
+            }
+            ["TLS", "Protocol:", v] => tls = v.to_string(),
+            ["status", "codes:", ..] => {
+                // "status codes: N 2xx, N 3xx, N 4xx, N 5xx": everything but 2xx is an error.
+                let n: Vec<u64> = f[2..].iter().filter_map(|n| n.parse().ok()).collect();
+                run.errors += n.iter().skip(1).sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    if run.rps == 0.0 {
+        bail!("h2load printed no rate:\n{text}");
+    }
+    // Each line: start (µs since the epoch), status, µs until the response ended.
+    let mut took: Vec<f64> = std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
+        .collect();
+    if took.is_empty() {
+        bail!("h2load logged no request");
+    }
+    took.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+    run.p50_us = at(0.50);
+    run.p99_us = at(0.99);
+    Ok((run, tls))
+}
+
 pub fn nginx(dir: &Path, name: &str, body: &str) -> Result<Proc> {
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
