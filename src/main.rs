@@ -371,6 +371,11 @@ fn ingress_config(
     router.header_timeout = args.ingress_header_timeout;
     router.max_connections = args.ingress_max_connections;
     router.access_log = args.ingress_access_log;
+    // The access log writes its lines itself, in the format of the process's other lines.
+    router.access_log_format = match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => switchyard_proxy::router::AccessLogFormat::Json,
+        _ => switchyard_proxy::router::AccessLogFormat::Text,
+    };
     if let Some(n) = args.ingress_threads {
         router.threads = n.max(1);
     }
@@ -754,8 +759,12 @@ fn raise_open_files() -> Option<u64> {
     Some(lim.rlim_cur)
 }
 
+/// The `--log-format` this process runs with.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 fn main() {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -20,7 +20,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{eventually_async, Up};
+use crate::support::{eventually, eventually_async, Up};
 
 /// An HTTP backend (HTTP/1.1 and h2c) that answers with what it saw, as JSON. `/slow` waits
 /// three seconds first.
@@ -820,4 +820,95 @@ async fn the_agent_records_events_for_what_it_cannot_serve() {
             .len(),
         evs.len()
     );
+}
+
+/// The access log's lines for the requests with these ids, once all are there.
+fn access_lines(up: &Up, ids: &[&str]) -> Vec<String> {
+    eventually(Duration::from_secs(10), || {
+        let log = up.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("switchyard::access"))
+            .filter(|l| ids.iter().any(|id| l.contains(id)))
+            .map(str::to_string)
+            .collect();
+        (lines.len() == ids.len()).then_some(lines)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_names_each_request_in_the_log_format() {
+    for json in [false, true] {
+        let up = Up::start(if json { &["--log-format", "json"] } else { &[] }, false);
+        let client = up.client().await;
+        expose(&client, "web", Some(backend("a").await), None).await;
+        apply_ingress(
+            &client,
+            serde_json::json!({"metadata": {"name": "shop"}, "spec": {"rules": [
+                {"host": "shop.example", "http": {"paths": [path("/", "Prefix", "web")]}}]}}),
+        )
+        .await;
+        wait_for(&up, "shop.example", "/", "a").await;
+        let url = format!("http://127.0.0.1:{}/cart/../items?page=2", up.http);
+        let served = curl(&[
+            "--path-as-is",
+            "-H",
+            "Host: Shop.Example",
+            "-H",
+            "X-Request-Id: served\"1",
+            &url,
+        ]);
+        assert_eq!(served.0, 200);
+        let missed = curl(&[
+            "-H",
+            "Host: nowhere.example",
+            "-H",
+            "X-Request-Id: missed-1",
+            &url,
+        ]);
+        assert_eq!(missed.0, 404);
+        let lines = access_lines(&up, &["served", "missed-1"]);
+        if json {
+            let fields: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .inspect(|v| {
+                    assert_eq!(v["level"], "INFO");
+                    assert_eq!(v["target"], "switchyard::access");
+                    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+                })
+                .map(|v| v["fields"].clone())
+                .collect();
+            let served = fields.iter().find(|f| f["status"] == 200).unwrap();
+            assert_eq!(served["request_id"], "served\"1");
+            assert_eq!(served["method"], "GET");
+            assert_eq!(served["host"], "shop.example");
+            assert_eq!(served["path"], "/items");
+            assert_eq!(served["ingress"], "default/shop");
+            assert_eq!(served["service"], "web:http");
+            assert_eq!(served["version"], "HTTP/1.1");
+            assert!(served["upstream"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"));
+            assert!(served["duration_us"].is_u64());
+            let missed = fields.iter().find(|f| f["status"] == 404).unwrap();
+            assert_eq!(missed["upstream"], "-");
+            assert_eq!(missed["ingress"], "");
+        } else {
+            let served = lines.iter().find(|l| l.contains("status=200")).unwrap();
+            for part in [
+                "INFO switchyard::access: request client=127.0.0.1:",
+                " method=GET host=shop.example path=/items version=HTTP/1.1 status=200 upstream=127.0.0.1:",
+                " ingress=default/shop service=\"web:http\" request_id=\"served\\\"1\" duration_us=",
+            ] {
+                assert!(served.contains(part), "{part:?} not in {served:?}");
+            }
+            let missed = lines.iter().find(|l| l.contains("status=404")).unwrap();
+            assert!(
+                missed.contains(" upstream=- ingress= service=\"\""),
+                "{missed}"
+            );
+        }
+    }
 }

@@ -62,7 +62,9 @@ impl Up {
         if !extra.contains(&"--node-name") {
             cmd.args(["--node-name", "test-node"]);
         }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // Its log (and access log) goes to a file in its directory; see [`Up::log`].
+        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
         if drop_root {
             cmd.uid(65534).gid(65534);
         }
@@ -92,6 +94,11 @@ impl Up {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What the process has written to its standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
     }
 
     pub fn kubeconfig(&self) -> std::path::PathBuf {

@@ -20,6 +20,7 @@
 //! ([`Router::sync_listeners`]) and closed when no listener names it any more; a Gateway
 //! listener on an ingress port shares that port's listener (and must then speak its protocol).
 
+mod access;
 pub mod annotations;
 pub mod cors;
 mod h1;
@@ -39,6 +40,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{escape, header};
+pub use access::Format as AccessLogFormat;
 use routes::{BackendStats, Owner, OwnerKind, RouteTable};
 
 /// Where the router gets the current routes.
@@ -58,8 +60,11 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Connections beyond this wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// One line per request through tracing (target `switchyard::access`).
+    /// One line per request (target `switchyard::access`), when the log filter lets info
+    /// events of that target through.
     pub access_log: bool,
+    /// The access log's line format: the process's log format.
+    pub access_log_format: AccessLogFormat,
     /// Event loops (OS threads), each accepting on its own `SO_REUSEPORT` listeners.
     pub threads: usize,
 }
@@ -73,6 +78,7 @@ impl std::fmt::Debug for Config {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
             .field("access_log", &self.access_log)
+            .field("access_log_format", &self.access_log_format)
             .field("threads", &self.threads)
             .finish_non_exhaustive()
     }
@@ -88,6 +94,7 @@ impl Config {
             max_header_bytes: 64 * 1024,
             max_connections: 16_384,
             access_log: true,
+            access_log_format: AccessLogFormat::Text,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -219,7 +226,9 @@ fn acceptor(
 
 impl Router {
     /// Starts one event loop per listener set; they serve until [`Router::stop`].
-    pub fn start(config: Config, listeners: Listeners, source: Arc<dyn RouteSource>) -> Router {
+    pub fn start(mut config: Config, listeners: Listeners, source: Arc<dyn RouteSource>) -> Router {
+        // The log filter decides once, as it would for each event.
+        config.access_log &= tracing::enabled!(target: "switchyard::access", tracing::Level::INFO);
         let https_port = config.https.map_or(0, |a| a.port());
         let tls = acceptor(&source, &config, https_port, true);
         let shared = Arc::new(server::Shared {
@@ -278,6 +287,7 @@ impl Router {
                         }
                     }
                     loops.abort_all();
+                    access::flush();
                 });
             };
             if let Err(e) = std::thread::Builder::new()

@@ -776,27 +776,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response
     let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
     stats.record(status, took);
     if let Some((method, path)) = logged {
-        let (owner, service) = backend
-            .as_ref()
-            .map(|b| (b.owner.to_string(), b.service.as_str()))
-            .unwrap_or_default();
-        let request_id = id.to_str().unwrap_or("");
-        let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
-        tracing::info!(
-            target: "switchyard::access",
-            client = %conn.peer,
-            method = %method,
-            host = %host,
-            path = %path,
-            version = ?version,
+        let entry = super::access::Entry {
+            client: conn.peer,
+            method: &method,
+            host: &host,
+            path: &path,
+            version,
             status,
-            upstream = %upstream,
-            ingress = %owner,
-            service,
-            request_id,
-            duration_us = took.as_micros() as u64,
-            "request"
-        );
+            upstream,
+            owner: backend.as_ref().map(|b| &b.owner as &dyn std::fmt::Display),
+            service: backend.as_ref().map_or("", |b| b.service.as_str()),
+            request_id: id.to_str().unwrap_or(""),
+            duration_us: took.as_micros() as u64,
+        };
+        super::access::record(shared.config.access_log_format, &entry);
     }
     resp
 }
