@@ -132,9 +132,10 @@ fn ingress(name: &str, host: &str, tls: bool) -> String {
         spec["tls"] =
             serde_json::json!([{"hosts": [host, "localhost"], "secretName": "bench-tls"}]);
     }
+    // nginx does not redirect plain HTTP to HTTPS in this benchmark: neither does Switchyard.
     serde_json::json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": {"switchyard.io/ssl-redirect": "false"}},
         "spec": spec,
     })
     .to_string()
@@ -174,30 +175,62 @@ async fn wait_idle(pid: u32) -> Result<Duration> {
     }
 }
 
+/// The URL `protocol`'s load goes to on `target`.
+fn url(protocol: Protocol, target: &Target) -> Result<String> {
+    Ok(match (protocol, target.https) {
+        (Protocol::Http1, _) => format!("http://127.0.0.1:{}{PATH}", target.http),
+        (_, Some(p)) => format!("https://localhost:{p}{PATH}"),
+        (_, None) => bail!("{} has no TLS port", target.name),
+    })
+}
+
+/// Fails unless `target` answers `protocol`'s request with the backend's 200 (not with a
+/// redirect or an error of its own, which the load tools would count as answers).
+fn check(protocol: Protocol, target: &Target) -> Result<()> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--max-time", "5", "-H", &format!("Host: {HOST}")])
+        .args(["-w", "%{http_code} %{http_version}"]);
+    if protocol == Protocol::H2 {
+        curl.arg("--http2");
+    }
+    let out = curl
+        .arg(url(protocol, target)?)
+        .output()
+        .context("running curl")?;
+    let got = String::from_utf8_lossy(&out.stdout).to_string();
+    let want = if protocol == Protocol::H2 {
+        "ok\n200 2"
+    } else {
+        "ok\n200 1.1"
+    };
+    if got != want {
+        bail!(
+            "{} answered {got:?} where the backend's {want:?} was expected",
+            target.name
+        );
+    }
+    Ok(())
+}
+
 /// One run of `protocol`'s load against `target`, with the CPU its process tree used.
 fn measure(args: &Args, dir: &Path, protocol: Protocol, target: &Target) -> Result<Measured> {
-    let secure = |t: &Target| {
-        t.https
-            .map(|p| format!("https://localhost:{p}{PATH}"))
-            .context("the target has no TLS port")
-    };
     let (user0, sys0) = tree_cpu(target.pid)?;
     let run = match protocol {
         Protocol::Http1 => wrk(
-            &format!("http://127.0.0.1:{}{PATH}", target.http),
+            &url(protocol, target)?,
             args.connections,
             args.duration,
             &[format!("Host: {HOST}")],
         )?,
         Protocol::Tls => wrk(
-            &secure(target)?,
+            &url(protocol, target)?,
             args.connections,
             args.duration,
             &[format!("Host: {HOST}")],
         )?,
         Protocol::H2 => {
             let (run, tls) = h2load(
-                &secure(target)?,
+                &url(protocol, target)?,
                 args.h2_clients,
                 args.h2_streams,
                 args.duration,
@@ -251,6 +284,9 @@ fn compare(
     protocol: Protocol,
     targets: &[Target],
 ) -> Result<Vec<Measured>> {
+    for t in targets {
+        check(protocol, t)?;
+    }
     let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); targets.len()];
     for round in 0..args.rounds {
         for (i, t) in targets.iter().enumerate() {
