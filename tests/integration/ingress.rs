@@ -909,6 +909,18 @@ async fn the_access_log_names_each_request_in_the_log_format() {
                 missed.contains(" upstream=- ingress= service=\"\""),
                 "{missed}"
             );
+            // The lines of a stopping agent are written before it exits.
+            let mut up = up;
+            let last = curl(&[
+                "-H",
+                "Host: shop.example",
+                "-H",
+                "X-Request-Id: last-1",
+                &url,
+            ]);
+            assert_eq!(last.0, 200);
+            assert!(up.terminate().success());
+            assert!(up.log().contains("request_id=\"last-1\""));
         }
     }
 }

@@ -92,6 +92,19 @@ impl Up {
         panic!("switchyard up did not serve its API and metrics within a minute")
     }
 
+    /// Stops the process as kubelet would (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("switchyard up did not exit within 30 s of SIGTERM")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -198,6 +198,8 @@ pub struct Router {
     shared: Arc<server::Shared>,
     stop: tokio::sync::watch::Sender<bool>,
     loops: Vec<tokio::sync::mpsc::UnboundedSender<Command>>,
+    /// The event loops' threads, waited for briefly on stop.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     ports: Mutex<Ports>,
 }
 
@@ -241,6 +243,7 @@ impl Router {
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut loops = Vec::new();
+        let mut threads = Vec::new();
         for (i, (http, https)) in listeners.sets.into_iter().enumerate() {
             let (shared, tls, mut stopped) = (shared.clone(), tls.clone(), stopped.clone());
             let (commands, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -290,17 +293,19 @@ impl Router {
                     access::flush();
                 });
             };
-            if let Err(e) = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("ingress-{i}"))
                 .spawn(run)
             {
-                tracing::error!(error = %e, "could not start an ingress event loop");
+                Ok(thread) => threads.push(thread),
+                Err(e) => tracing::error!(error = %e, "could not start an ingress event loop"),
             }
         }
         Router {
             shared,
             stop,
             loops,
+            threads: Mutex::new(threads),
             ports: Mutex::new(Ports::default()),
         }
     }
@@ -448,8 +453,17 @@ impl Router {
 
 impl Router {
     /// Stops the event loops, closing their connections.
+    /// Stops the event loops, and waits up to a second for them to end (they write their last
+    /// access-log lines as they do).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        for t in threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 
