@@ -180,13 +180,8 @@ pub async fn exchange(
     conn.io.write_all(&head).await.map_err(Error::Closed)?;
     let mut received = false;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let status = match parsed.parse(&conn.buf) {
-            Ok(s) => s,
-            Err(e) => return invalid(format!("malformed response head: {e}")),
-        };
-        let httparse::Status::Complete(len) = status else {
+        // Parsed by a function of its own: the header array stays out of this future's state.
+        let Some((len, status, version, map)) = parse_head(&conn.buf)? else {
             if conn.buf.len() >= MAX_HEAD {
                 return invalid("response head too large");
             }
@@ -204,18 +199,6 @@ pub async fn exchange(
                 Err(e) => return invalid(format!("reading the response head: {e}")),
             }
         };
-        let code = parsed.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code)
-            .map_err(|_| Error::Invalid(format!("response status {code}")))?;
-        let version = parsed.version.unwrap_or(1);
-        let mut map = HeaderMap::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| Error::Invalid(format!("response header name {:?}", h.name)))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| Error::Invalid(format!("response header {name} value")))?;
-            map.append(name, value);
-        }
         conn.buf.advance(len);
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -241,6 +224,30 @@ pub async fn exchange(
         }
         return Ok(resp);
     }
+}
+
+/// A complete response head at the start of `buf`: its length, status, minor version and
+/// headers; None while it is incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, StatusCode, u8, HeaderMap)>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return invalid(format!("malformed response head: {e}")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| Error::Invalid(format!("response status {code}")))?;
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Error::Invalid(format!("response header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| Error::Invalid(format!("response header {name} value")))?;
+        map.append(name, value);
+    }
+    Ok(Some((len, status, parsed.version.unwrap_or(1), map)))
 }
 
 /// Whether the response asks for the connection to close.

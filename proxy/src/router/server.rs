@@ -424,6 +424,26 @@ async fn forward(
     let mut req = req.map(|()| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
     edit_request(req.headers_mut(), action, backend);
+    // Boxed: its state would otherwise be part of every request's future, which is moved
+    // whole when a request starts.
+    Box::pin(forward_hyper(
+        backend,
+        req,
+        version,
+        tunnel,
+        downstream_upgrade,
+    ))
+    .await
+}
+
+/// [`forward`] through hyper's client: requests with a body, upgrades and h2c backends.
+async fn forward_hyper(
+    backend: &Backend,
+    mut req: Request<RequestBody>,
+    version: Version,
+    tunnel: Option<tokio::sync::OwnedSemaphorePermit>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> (Response<Body>, Option<SocketAddr>) {
     let settings = &backend.settings;
     let mut attempts = Attempts::new(backend);
     while let Some(upstream) = attempts.next() {
