@@ -62,11 +62,13 @@ impl Drop for Pending {
 }
 
 thread_local! {
-    static PENDING: RefCell<Pending> = RefCell::new(Pending {
-        buf: String::new(),
-        second: u64::MAX,
-        date: String::new(),
-    });
+    static PENDING: RefCell<Pending> = const {
+        RefCell::new(Pending {
+            buf: String::new(),
+            second: u64::MAX,
+            date: String::new(),
+        })
+    };
 }
 
 /// Appends `entry`'s line to this event loop's batch; writes the batch when it is full, or
