@@ -190,9 +190,11 @@ fn check(protocol: Protocol, target: &Target) -> Result<()> {
     let mut curl = Command::new("curl");
     curl.args(["-sk", "--max-time", "5", "-H", &format!("Host: {HOST}")])
         .args(["-w", "%{http_code} %{http_version}"]);
-    if protocol == Protocol::H2 {
-        curl.arg("--http2");
-    }
+    curl.arg(if protocol == Protocol::H2 {
+        "--http2"
+    } else {
+        "--http1.1"
+    });
     let out = curl
         .arg(url(protocol, target)?)
         .output()
