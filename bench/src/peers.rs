@@ -30,19 +30,24 @@ pub fn micros(s: &str) -> Option<f64> {
     })
 }
 
-/// wrk with one thread, `connections` connections, for `seconds`, with `--latency`.
-pub fn wrk(url: &str, connections: usize, seconds: u64, headers: &[String]) -> Result<Run> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", &format!("-c{connections}")])
-        .args([&format!("-d{seconds}s"), "--latency"]);
+/// Runs a load generator with `-H` for each header and `url` last; its standard output.
+fn load(mut cmd: Command, headers: &[String], url: &str, what: &str) -> Result<String> {
     for h in headers {
         cmd.args(["-H", h]);
     }
     let out = cmd
         .arg(url)
         .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .with_context(|| format!("running {what}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// wrk with one thread, `connections` connections, for `seconds`, with `--latency`.
+pub fn wrk(url: &str, connections: usize, seconds: u64, headers: &[String]) -> Result<Run> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{connections}")])
+        .args([&format!("-d{seconds}s"), "--latency"]);
+    let text = load(cmd, headers, url, "wrk (apt-get install wrk)")?;
     let mut run = Run::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -81,14 +86,7 @@ pub fn h2load(
     cmd.args(["-t1", &format!("-c{clients}"), &format!("-m{streams}")])
         .arg(format!("-D{seconds}"))
         .arg(format!("--log-file={}", log.display()));
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd
-        .arg(url)
-        .output()
-        .context("running h2load (apt-get install nghttp2-client)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = load(cmd, headers, url, "h2load (apt-get install nghttp2-client)")?;
     let mut run = Run::default();
     let mut tls = String::new();
     for line in text.lines() {

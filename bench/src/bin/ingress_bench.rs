@@ -218,13 +218,7 @@ fn check(protocol: Protocol, target: &Target) -> Result<()> {
 fn measure(args: &Args, dir: &Path, protocol: Protocol, target: &Target) -> Result<Measured> {
     let (user0, sys0) = tree_cpu(target.pid)?;
     let run = match protocol {
-        Protocol::Http1 => wrk(
-            &url(protocol, target)?,
-            args.connections,
-            args.duration,
-            &[format!("Host: {HOST}")],
-        )?,
-        Protocol::Tls => wrk(
+        Protocol::Http1 | Protocol::Tls => wrk(
             &url(protocol, target)?,
             args.connections,
             args.duration,
