@@ -888,21 +888,27 @@ fn builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExec
     b
 }
 
-async fn serve_io<I>(shared: Arc<Shared>, io: I, conn: Conn)
+/// Serves one connection; `h2` when it chose HTTP/2 in its TLS handshake. hyper runs each
+/// HTTP/2 stream's request as a task of its own and moves its future more than once on the way:
+/// there the future is boxed, so the moves are of a pointer.
+async fn serve_io<I>(shared: Arc<Shared>, io: I, conn: Conn, h2: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = {
+    let builder = builder(&shared.config);
+    let call = move |req| {
         let shared = shared.clone();
-        hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
-        })
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
     };
-    let _ = builder(&shared.config)
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await;
+    let io = TokioIo::new(io);
+    let _ = if h2 {
+        let service = hyper::service::service_fn(move |req| Box::pin(call(req)));
+        builder.http2_only().serve_connection(io, service).await
+    } else {
+        let service = hyper::service::service_fn(call);
+        builder.serve_connection_with_upgrades(io, service).await
+    };
 }
 
 /// Accepts connections up to the connection limit; with `tls`, completes the handshake first.
@@ -943,12 +949,15 @@ pub(super) async fn accept_loop(
                 forwarded: forwarded_prefix(peer, tls.is_some()).into(),
             };
             match tls {
-                None => serve_io(shared, tcp, conn).await,
+                None => serve_io(shared, tcp, conn, false).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(shared.config.header_timeout, acceptor.accept(tcp));
                     match handshake.await {
-                        Ok(Ok(stream)) => serve_io(shared, stream, conn).await,
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_io(shared, stream, conn, h2).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
                         }
