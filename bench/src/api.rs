@@ -288,10 +288,9 @@ fn stat_cpu(stat: &str) -> Result<(u32, f64, f64)> {
     ))
 }
 
-/// User and system CPU seconds of a process and its children (an nginx master and its workers).
-pub fn tree_cpu(pid: u32) -> Result<(f64, f64)> {
-    let (_, mut user, mut system) =
-        stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+/// The pids of a process's children, with the text of their `/proc/PID/stat`.
+fn children(pid: u32) -> Result<Vec<(u32, String)>> {
+    let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let name = entry?.file_name();
         let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -301,14 +300,71 @@ pub fn tree_cpu(pid: u32) -> Result<(f64, f64)> {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
             continue;
         };
-        if let Ok((parent, u, s)) = stat_cpu(&text) {
-            if parent == pid {
-                user += u;
-                system += s;
+        if matches!(stat_cpu(&text), Ok((parent, _, _)) if parent == pid) {
+            out.push((child, text));
+        }
+    }
+    Ok(out)
+}
+
+/// User and system CPU seconds of a process and its children (an nginx master and its workers).
+pub fn tree_cpu(pid: u32) -> Result<(f64, f64)> {
+    let (_, mut user, mut system) =
+        stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    for (_, text) in children(pid)? {
+        let (_, u, s) = stat_cpu(&text)?;
+        user += u;
+        system += s;
+    }
+    Ok((user, system))
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Pins every thread of a process and of its children to `cpus`; threads and processes they
+/// start later inherit it.
+pub fn pin_tree(pid: u32, cpus: &[usize]) -> Result<()> {
+    // SAFETY: as in `allowed_cpus`; CPU_SET only writes inside the set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    let mut pids = vec![pid];
+    pids.extend(children(pid)?.into_iter().map(|(p, _)| p));
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks {
+            let Some(tid) = task?
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: sched_setaffinity reads the set; a thread that exited gives ESRCH.
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            if unsafe { libc::sched_setaffinity(tid, size, &set) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    bail!("pinning thread {tid} of {p} to CPUs {cpus:?}: {e}");
+                }
             }
         }
     }
-    Ok((user, system))
+    Ok(())
 }
 
 /// A `switchyard up` on loopback with its own data directory: the process, its API server, and

@@ -6,8 +6,9 @@
 //! setting (off, then on: Switchyard's default) and per protocol: HTTP/1.1 keep-alive and
 //! HTTP/1.1 over TLS with wrk, HTTP/2 over TLS with h2load — the same certificate in nginx and
 //! Switchyard. Besides requests/s and latency, each proxy's CPU time per request (user and
-//! system, its whole process tree). Rounds alternate between the targets so drift on the
-//! shared machine hits all of them alike. Then 10,000 more hosts go into Switchyard's table and
+//! system, its whole process tree). The proxy under test runs alone on a core of its own, the
+//! backend and the load generator on the others (sharing one when the machine has two). Rounds
+//! alternate between the targets so drift hits all of them alike. Then 10,000 more hosts go into Switchyard's table and
 //! its plain HTTP/1.1 figure is measured again.
 //!
 //! Usage: ingress-bench --switchyard target/release/switchyard
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use switchyard_bench::api::{
-    api_creates, cpu_seconds, free_port, tree_cpu, wait_for_port, Proc, Up,
+    allowed_cpus, api_creates, cpu_seconds, free_port, pin_tree, tree_cpu, wait_for_port, Proc, Up,
 };
 use switchyard_bench::http_get;
 use switchyard_bench::peers::{h2load, median, nginx, report, wrk, Run};
@@ -76,6 +77,33 @@ struct Measured {
     run: Run,
     user_us: f64,
     sys_us: f64,
+}
+
+/// Where each part runs: the proxy under test alone on the last allowed CPU, the backend on the
+/// first, the load generator (and this benchmark) on the ones between — or on the backend's when
+/// there are only two. With one CPU nothing is pinned.
+struct Cores {
+    backend: Vec<usize>,
+    load: Vec<usize>,
+    proxy: Vec<usize>,
+}
+
+impl Cores {
+    fn of(cpus: &[usize]) -> Option<Cores> {
+        match cpus {
+            [] | [_] => None,
+            [first, last] => Some(Cores {
+                backend: vec![*first],
+                load: vec![*first],
+                proxy: vec![*last],
+            }),
+            [first, between @ .., last] => Some(Cores {
+                backend: vec![*first],
+                load: between.to_vec(),
+                proxy: vec![*last],
+            }),
+        }
+    }
 }
 
 /// A proxy under test: the process whose CPU is counted and its plain and TLS ports.
@@ -302,6 +330,18 @@ fn compare(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let cores = Cores::of(&allowed_cpus());
+    match &cores {
+        Some(c) => {
+            println!(
+                "CPUs: proxy under test {:?}, backend {:?}, load generator {:?}",
+                c.proxy, c.backend, c.load
+            );
+            // Whatever this process starts from now on inherits the load generator's CPUs.
+            pin_tree(std::process::id(), &c.load)?;
+        }
+        None => println!("one CPU: the proxy, the backend and the load share it"),
+    }
     let dir = tempfile::tempdir()?;
     let (cert, key) = certificate(dir.path())?;
     let backend = free_port();
@@ -431,6 +471,14 @@ async fn main() -> Result<()> {
             http,
             https: Some(https),
         };
+        // Pinned once every process has its workers (nginx forks them after it listens).
+        if let Some(c) = &cores {
+            pin_tree(backend_proc.0.id(), &c.backend)?;
+            let proxies = [Some(nginx_proxy.0.id()), haproxy.as_ref().map(|h| h.0.id())];
+            for pid in proxies.into_iter().flatten().chain([switchyard.pid]) {
+                pin_tree(pid, &c.proxy)?;
+            }
+        }
         for &protocol in &args.protocols {
             let what = match protocol {
                 Protocol::Http1 => format!(
