@@ -924,3 +924,210 @@ async fn the_access_log_names_each_request_in_the_log_format() {
         }
     }
 }
+
+/// A backend that writes its answers by hand, so their framing is exactly what the test says:
+/// `/length` (5 bytes), `/chunked` (two chunks and trailers, one of them not announced),
+/// `/nocontent` (204), `/stall` (never: the flag is set when the router closes the connection);
+/// a request with a body gets it back.
+async fn framing_backend() -> (SocketAddr, Arc<AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    buf.drain(..end);
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..length).collect();
+                    if target == "/stall" {
+                        let mut rest = Vec::new();
+                        let _ = s.read_to_end(&mut rest).await;
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    let answer = if length > 0 {
+                        let mut a = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n")
+                            .into_bytes();
+                        a.extend_from_slice(&body);
+                        a
+                    } else if target == "/chunked" {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+                          5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\nx-unannounced: 1\r\n\r\n"
+                            .to_vec()
+                    } else if target == "/nocontent" {
+                        b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()
+                    } else {
+                        let body = if head.starts_with("head ") {
+                            ""
+                        } else {
+                            "hello"
+                        };
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{body}").into_bytes()
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, dropped)
+}
+
+/// Writes `requests` on one connection at once and reads until the router closes it.
+async fn exchange(up: &Up, requests: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    s.write_all(requests).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the router closes the connection after Connection: close")
+        .unwrap();
+    String::from_utf8_lossy(&got).to_lowercase()
+}
+
+/// The answers in `text`, each from its status line to the next.
+fn answers(text: &str) -> Vec<&str> {
+    let starts: Vec<usize> = text.match_indices("http/1.").map(|(i, _)| i).collect();
+    let mut ends = starts[1..].to_vec();
+    ends.push(text.len());
+    starts.iter().zip(ends).map(|(&s, e)| &text[s..e]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http1_framing_pipelining_and_keep_alive() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    let (backend, stall_dropped) = framing_backend().await;
+    expose(&client, "framing", Some(backend), None).await;
+    apply_ingress(&client, serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "framing"},
+        "spec": {"rules": [{"host": "framing.example", "http": {"paths": [path("/", "Prefix", "framing")]}}]},
+    }))
+    .await;
+    eventually_async(Duration::from_secs(20), || {
+        let ok = get(&up, "framing.example", "/length").1 == "hello";
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // Five requests written at once on one connection, the last asking to close.
+    let r = |method: &str, path: &str, extra: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: framing.example\r\n{extra}\r\n")
+    };
+    let text = exchange(
+        &up,
+        [
+            r("GET", "/length", ""),
+            r("HEAD", "/length", ""),
+            r("GET", "/chunked", ""),
+            r("GET", "/nocontent", "Connection: keep-alive\r\n"),
+            r("GET", "/length", "Connection: close\r\n"),
+        ]
+        .concat()
+        .as_bytes(),
+    )
+    .await;
+    let a = answers(&text);
+    assert_eq!(a.len(), 5, "{text}");
+    assert!(a[0].starts_with("http/1.1 200 ok\r\n"), "{}", a[0]);
+    assert!(a[0].contains("\r\ncontent-length: 5\r\n") && a[0].contains("\r\ndate: "));
+    assert!(a[0].ends_with("\r\n\r\nhello"), "{}", a[0]);
+    // HEAD: the length of what a GET would get, and no body.
+    assert!(
+        a[1].contains("\r\ncontent-length: 5\r\n") && a[1].ends_with("\r\n\r\n"),
+        "{}",
+        a[1]
+    );
+    // Chunked on, with the announced trailer only.
+    assert!(
+        a[2].contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{}",
+        a[2]
+    );
+    assert!(!a[2].contains("content-length"), "{}", a[2]);
+    let body = a[2].split_once("\r\n\r\n").unwrap().1;
+    assert!(body.contains("hello") && body.contains(" world"), "{body}");
+    assert!(body.ends_with("0\r\nx-sum: 11\r\n\r\n"), "{body}");
+    assert!(!body.contains("x-unannounced"), "{body}");
+    assert!(a[3].starts_with("http/1.1 204 no content\r\n"), "{}", a[3]);
+    assert!(
+        !a[3].contains("content-length") && a[3].ends_with("\r\n\r\n"),
+        "{}",
+        a[3]
+    );
+    assert!(
+        a[4].contains("\r\nconnection: close\r\n") && a[4].ends_with("hello"),
+        "{}",
+        a[4]
+    );
+
+    // A request with a body after a plain one on the same connection, then HTTP/1.0.
+    let text = exchange(
+        &up,
+        [
+            r("GET", "/length", ""),
+            r("POST", "/echo", "Content-Length: 4\r\n") + "ping",
+            "GET /length HTTP/1.0\r\nHost: framing.example\r\n\r\n".to_string(),
+        ]
+        .concat()
+        .as_bytes(),
+    )
+    .await;
+    let a = answers(&text);
+    assert_eq!(a.len(), 3, "{text}");
+    assert!(a[0].ends_with("hello") && a[1].ends_with("ping"), "{text}");
+    assert!(
+        a[2].starts_with("http/1.0 200") && a[2].ends_with("hello"),
+        "{}",
+        a[2]
+    );
+
+    // A target that is not UTF-8 is a 400 and the end of the connection.
+    let text = exchange(&up, b"GET /\xff HTTP/1.1\r\nHost: framing.example\r\n\r\n").await;
+    assert!(text.starts_with("http/1.1 400 "), "{text}");
+    // A head that httparse refuses goes to hyper, which answers 400 too.
+    let text = exchange(&up, b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n").await;
+    assert!(text.starts_with("http/1.1 400 "), "{text}");
+
+    // A client that goes away while the backend has not answered takes its request with it:
+    // the router closes the upstream connection (long before its 60 s response timeout).
+    let mut s = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    s.write_all(r("GET", "/stall", "").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    eventually_async(Duration::from_secs(10), || {
+        let done = stall_dropped.load(Ordering::SeqCst);
+        async move { done.then_some(()) }
+    })
+    .await;
+}

@@ -57,7 +57,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Client(b) => b.is_end_stream(),
-            RequestBody::Teed(t) => t.inner.is_end_stream(),
+            RequestBody::Teed(t) => t.is_end_stream(),
             RequestBody::Copy(c) => c.ended,
             RequestBody::Empty => true,
         }
@@ -66,7 +66,10 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Client(b) => b.size_hint(),
-            RequestBody::Teed(t) => t.inner.size_hint(),
+            RequestBody::Teed(t) => t
+                .inner
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
             RequestBody::Copy(c) => c.size,
             RequestBody::Empty => SizeHint::with_exact(0),
         }
@@ -108,16 +111,17 @@ impl Feed {
 
 /// The client's body, handing each frame to its copies as it passes.
 pub struct Tee {
-    inner: Incoming,
+    /// None for a request without a body.
+    inner: Option<Incoming>,
     feeds: Vec<Feed>,
 }
 
 impl Tee {
     pub fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
-    pub fn new(inner: Incoming) -> Tee {
+    pub fn new(inner: Option<Incoming>) -> Tee {
         Tee {
             inner,
             feeds: Vec::new(),
@@ -126,9 +130,9 @@ impl Tee {
 
     /// A copy of the body for a mirror.
     pub fn copy(&mut self) -> RequestBody {
-        if self.inner.is_end_stream() {
+        let Some(inner) = self.inner.as_ref().filter(|b| !b.is_end_stream()) else {
             return RequestBody::Empty;
-        }
+        };
         let (tx, rx) = mpsc::channel(COPY_FRAMES);
         let progress = Arc::new(Progress::default());
         self.feeds.push(Feed {
@@ -138,27 +142,30 @@ impl Tee {
         RequestBody::Copy(Copied {
             rx,
             progress,
-            size: self.inner.size_hint(),
+            size: inner.size_hint(),
             ended: false,
         })
     }
 
     /// The original, with its copies fed (or the plain body when nothing copies it).
     pub fn into_body(self) -> RequestBody {
-        if self.feeds.is_empty() {
-            RequestBody::Client(self.inner)
-        } else {
-            RequestBody::Teed(self)
+        match self.inner {
+            None => RequestBody::Empty,
+            Some(inner) if self.feeds.is_empty() => RequestBody::Client(inner),
+            Some(_) => RequestBody::Teed(self),
         }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
                 // A copy that cannot take the frame now has fallen behind: it is dropped.
                 self.feeds.retain(|f| f.feed(frame));
-                if self.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     self.finish();
                 }
             }

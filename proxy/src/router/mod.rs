@@ -23,6 +23,7 @@
 mod access;
 pub mod annotations;
 pub mod cors;
+mod fast;
 mod h1;
 mod mirror;
 mod request;

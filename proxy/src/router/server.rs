@@ -35,7 +35,7 @@ pub enum Body {
     Local(Option<Bytes>),
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl HttpBody for Body {
     type Data = Bytes;
@@ -84,7 +84,7 @@ pub(super) struct Shared {
 /// Where a request came in, with the forwarding headers that follow from it (built once per
 /// connection).
 #[derive(Clone)]
-struct Conn {
+pub(super) struct Conn {
     peer: SocketAddr,
     tls: bool,
     /// The local port it arrived on.
@@ -153,7 +153,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// WebSocket is passed on: any other upgrade (`h2c` above all, which would hand the client a raw
 /// HTTP/2 connection to the backend past every rule) is dropped with the other hop-by-hop
 /// headers, and the request goes on as an ordinary one.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -388,7 +388,7 @@ const RESENDS: usize = 2;
 /// bodies name the Service, never where its endpoints live.
 async fn forward(
     backend: &Backend,
-    req: Request<Incoming>,
+    req: Request<Option<Incoming>>,
     conn: &Conn,
     to: Routed<'_>,
     shared: &Shared,
@@ -674,7 +674,12 @@ fn no_backend(a: Option<&Action>) -> Response<Body> {
     }
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+/// Routes and answers one request; its body is None when the request has none.
+pub(super) async fn handle(
+    shared: &Shared,
+    req: Request<Option<Incoming>>,
+    conn: Conn,
+) -> Response<Body> {
     let started = Instant::now();
     let id = request_id(req.headers());
     // One host and one path: routed on, and forwarded.
@@ -891,15 +896,15 @@ fn builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExec
 /// Serves one connection; `h2` when it chose HTTP/2 in its TLS handshake. hyper runs each
 /// HTTP/2 stream's request as a task of its own and moves its future more than once on the way:
 /// there the future is boxed, so the moves are of a pointer.
-async fn serve_io<I>(shared: Arc<Shared>, io: I, conn: Conn, h2: bool)
+pub(super) async fn serve_io<I>(shared: Arc<Shared>, io: I, conn: Conn, h2: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = builder(&shared.config);
-    let call = move |req| {
+    let call = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req, conn).await) }
+        async move { Ok::<_, Infallible>(handle(&shared, req.map(Some), conn).await) }
     };
     let io = TokioIo::new(io);
     let _ = if h2 {
@@ -949,14 +954,17 @@ pub(super) async fn accept_loop(
                 forwarded: forwarded_prefix(peer, tls.is_some()).into(),
             };
             match tls {
-                None => serve_io(shared, tcp, conn, false).await,
+                None => super::fast::serve(shared, tcp, conn).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(shared.config.header_timeout, acceptor.accept(tcp));
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_io(shared, stream, conn, h2).await
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                serve_io(shared, stream, conn, true).await
+                            } else {
+                                super::fast::serve(shared, stream, conn).await
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")

@@ -1,0 +1,524 @@
+//! The router's own HTTP/1.1 server for the common request: HTTP/1.1, no body, no upgrade, no
+//! `Expect`, an origin-form target. Such a request is read and answered here, on the
+//! connection's task, without hyper's dispatcher; the first request that is anything else —
+//! a body, an upgrade, HTTP/1.0, HTTP/2's preface, a head hyper would refuse (malformed, too
+//! large, too many headers) — hands the connection, with the bytes read so far, to hyper's
+//! server for good, so every unusual case keeps hyper's behaviour and errors.
+//!
+//! Answers follow RFC 9112 as hyper's server writes them: no body for HEAD, 204 and 304; a
+//! `Content-Length` the response has is kept, else the body's known length is written, else the
+//! body is chunked (trailers passed on when the response's `Trailer` header names them); `Date`
+//! is added when missing; `Connection: close` when the client asked for it. The head timeout
+//! counts from the end of the previous answer, as hyper's does, so idle keep-alive connections
+//! close after it too; a client that closes its connection while its request is being answered
+//! cancels it, as hyper's server does.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::server::{handle, serve_io, Body, Conn, Shared};
+
+/// Headers the fast path takes; a request with more goes to hyper (which allows 100).
+const MAX_HEADERS: usize = 64;
+/// Answers are gathered up to this size before they are written.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// What the buffer holds. Returned once per request and matched at once: the request is not
+/// boxed for the sake of the empty variants.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// A request the fast path serves, and whether the client asked to close after it.
+    Simple(Request<()>, bool),
+    /// Anything else: hyper takes the connection.
+    Other,
+}
+
+/// Serves a connection that did not choose HTTP/2 in its TLS handshake.
+pub(super) async fn serve<I>(shared: Arc<Shared>, mut io: I, conn: Conn)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = shared.config.max_header_bytes;
+    let timeout = shared.config.header_timeout;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timeout);
+        let (req, close) = loop {
+            let hyper = match take_request(&mut buf) {
+                Parsed::Simple(req, close) => break (req, close),
+                Parsed::Other => true,
+                // hyper answers an oversized head (431).
+                Parsed::Partial => buf.len() >= limit,
+            };
+            if hyper {
+                let io = Prefixed {
+                    prefix: buf.freeze(),
+                    io,
+                };
+                return serve_io(shared, io, conn, false).await;
+            }
+            tokio::select! {
+                biased;
+                more = read_more(&mut io, &mut buf) => if !more {
+                    return;
+                },
+                // A head not complete in time: the connection closes, as hyper closes it.
+                () = &mut deadline => return,
+            }
+        };
+        let head_only = req.method() == Method::HEAD;
+        // The client is read meanwhile: pipelined requests go into the buffer, and a client
+        // that goes away drops its request (and the upstream exchange), as hyper does.
+        let handled = handle(&shared, req.map(|()| None), conn.clone());
+        tokio::pin!(handled);
+        let resp = loop {
+            if buf.len() >= limit {
+                break handled.await;
+            }
+            tokio::select! {
+                biased;
+                resp = &mut handled => break resp,
+                more = read_more(&mut io, &mut buf) => if !more {
+                    return;
+                },
+            }
+        };
+        let keep = match respond(&mut io, &mut out, resp, head_only, close).await {
+            Ok(keep) => keep && !close,
+            Err(_) => return,
+        };
+        if !keep {
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Reads more from the client; false when it closed or broke the connection.
+async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> bool {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8192);
+    }
+    matches!(io.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// The request at the start of `buf`, taken out of it when the fast path serves it.
+fn take_request(buf: &mut BytesMut) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if parsed.version != Some(1) {
+        return Parsed::Other;
+    }
+    let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
+        return Parsed::Other;
+    };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::Other;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    // Where each part lies in the head, so the request shares the head's bytes.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let target = at(target.as_bytes());
+    let mut close = false;
+    let mut names: [Option<HeaderName>; MAX_HEADERS] = std::array::from_fn(|_| None);
+    let mut values = [(0, 0); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (h, (name, value)) in parsed.headers.iter().zip(names.iter_mut().zip(&mut values)) {
+        let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Other;
+        };
+        if [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::EXPECT,
+        ]
+        .contains(&n)
+        {
+            return Parsed::Other;
+        }
+        if n == header::CONNECTION {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    return Parsed::Other;
+                }
+            }
+        }
+        // What `HeaderValue` takes: no control characters but tab.
+        if !h
+            .value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        {
+            return Parsed::Other;
+        }
+        *name = Some(n);
+        *value = at(h.value);
+    }
+    let head = buf.split_to(len).freeze();
+    let slice = |(start, len): (usize, usize)| head.slice(start..start + len);
+    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
+        // httparse took a target the URI type refuses (one too long, say): the head goes back
+        // in front of the rest, for hyper to answer.
+        let mut whole = BytesMut::from(&head[..]);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Parsed::Other;
+    };
+    let mut map = HeaderMap::with_capacity(count + 8);
+    for (name, &value) in names.iter_mut().zip(&values).take(count) {
+        let value = HeaderValue::from_maybe_shared(slice(value)).expect("checked above");
+        map.append(name.take().expect("set above"), value);
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = map;
+    Parsed::Simple(req, close)
+}
+
+thread_local! {
+    /// The `Date` value, made once a second.
+    static DATE: RefCell<(u64, HeaderValue)> = const {
+        RefCell::new((u64::MAX, HeaderValue::from_static("")))
+    };
+}
+
+fn date() -> HeaderValue {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, value)| {
+        if *at != secs {
+            *at = secs;
+            *value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .expect("an HTTP date is a header value");
+        }
+        value.clone()
+    })
+}
+
+/// Fields a trailer may not carry (RFC 9110 section 6.5.1: framing, routing, and what a
+/// recipient must see before the content).
+fn allowed_in_trailer(name: &HeaderName) -> bool {
+    ![
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::HOST,
+        header::MAX_FORWARDS,
+        header::SET_COOKIE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ]
+    .contains(name)
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Vec<HeaderName>),
+}
+
+/// Writes `resp`; whether the connection may carry another request.
+async fn respond<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    mut resp: Response<Body>,
+    head_only: bool,
+    close: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let status = resp.status();
+    let headers = resp.headers_mut();
+    headers.remove(header::TRANSFER_ENCODING);
+    let bodyless =
+        head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let known = resp.body().size_hint().exact();
+    let headers = resp.headers_mut();
+    let framing = match (declared, known) {
+        (Some(n), _) => Framing::Length(n),
+        (None, Some(n)) if !bodyless || (head_only && n > 0) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Framing::Length(n)
+        }
+        (None, Some(_)) => Framing::None,
+        (None, None) if bodyless => Framing::None,
+        (None, None) => {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            let named = headers
+                .get_all(header::TRAILER)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .filter(allowed_in_trailer)
+                .collect();
+            Framing::Chunked(named)
+        }
+    };
+    let framing = if bodyless { Framing::None } else { framing };
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date());
+    }
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut body = resp.into_body();
+    let keep = match framing {
+        Framing::None => true,
+        Framing::Length(n) => {
+            let mut left = n;
+            let mut whole = true;
+            while let Some(frame) = next_frame(&mut body).await {
+                match frame.map(|f| f.into_data()) {
+                    Ok(Ok(data)) if data.len() as u64 <= left => {
+                        left -= data.len() as u64;
+                        put(io, out, data).await?;
+                    }
+                    // Trailers have no place in a body framed by its length.
+                    Ok(Err(_)) => {}
+                    Ok(Ok(_)) | Err(_) => {
+                        whole = false;
+                        break;
+                    }
+                }
+            }
+            whole && left == 0
+        }
+        Framing::Chunked(trailers) => {
+            let mut whole = true;
+            let mut sent_trailers = false;
+            while let Some(frame) = next_frame(&mut body).await {
+                let Ok(frame) = frame else {
+                    whole = false;
+                    break;
+                };
+                match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        put(io, out, data).await?;
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    Err(frame) => {
+                        if let Ok(fields) = frame.into_trailers() {
+                            out.extend_from_slice(b"0\r\n");
+                            for (name, value) in &fields {
+                                if trailers.contains(name) {
+                                    out.extend_from_slice(name.as_str().as_bytes());
+                                    out.extend_from_slice(b": ");
+                                    out.extend_from_slice(value.as_bytes());
+                                    out.extend_from_slice(b"\r\n");
+                                }
+                            }
+                            out.extend_from_slice(b"\r\n");
+                            sent_trailers = true;
+                        }
+                    }
+                }
+            }
+            if whole && !sent_trailers {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            whole
+        }
+    };
+    io.write_all(out).await?;
+    io.flush().await?;
+    out.clear();
+    Ok(keep)
+}
+
+async fn next_frame(
+    body: &mut Body,
+) -> Option<Result<http_body::Frame<Bytes>, super::server::BoxError>> {
+    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+}
+
+/// Adds body bytes to what is to be written: small ones are gathered, large ones written
+/// after what was gathered.
+async fn put<I>(io: &mut I, out: &mut Vec<u8>, data: Bytes) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    if out.len() + data.len() <= WRITE_BATCH {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    io.write_all(out).await?;
+    out.clear();
+    if data.len() <= WRITE_BATCH {
+        out.extend_from_slice(&data);
+        Ok(())
+    } else {
+        io.write_all(&data).await
+    }
+}
+
+/// A connection with bytes already read from it in front, for hyper to read first.
+struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.has_remaining() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(text: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(text);
+        (take_request(&mut buf), buf)
+    }
+
+    #[test]
+    fn plain_requests_are_taken_and_the_rest_left_to_hyper() {
+        let (parsed, rest) = take(
+            b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nGET /next HTTP/1.1\r\n",
+        );
+        let Parsed::Simple(req, close) = parsed else {
+            panic!("a plain GET is taken")
+        };
+        assert!(!close);
+        assert_eq!(req.uri().path(), "/a");
+        assert_eq!(req.uri().query(), Some("b=c"));
+        assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
+        // Only the first request left the buffer.
+        assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n");
+        let (parsed, _) = take(b"HEAD / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n");
+        assert!(matches!(parsed, Parsed::Simple(_, true)));
+
+        for other in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-hop\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        ] {
+            let (parsed, rest) = take(other);
+            assert!(
+                matches!(parsed, Parsed::Other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+            // hyper gets every byte.
+            assert_eq!(&rest[..], other);
+        }
+        let (parsed, rest) = take(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert!(matches!(parsed, Parsed::Partial));
+        assert_eq!(&rest[..], b"GET / HTTP/1.1\r\nHost: x\r\n");
+        // A target httparse takes and the URI type refuses (longer than it allows): hyper
+        // answers it (414), with every byte.
+        let long = format!("GET /{} HTTP/1.1\r\n\r\nrest", "a".repeat(70_000));
+        let (parsed, rest) = take(long.as_bytes());
+        assert!(matches!(parsed, Parsed::Other));
+        assert_eq!(&rest[..], long.as_bytes());
+    }
+}
