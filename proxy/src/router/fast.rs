@@ -26,6 +26,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::h1::write_fields;
 use super::server::{handle, serve_io, Body, Conn, Shared};
 
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
@@ -312,12 +313,7 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in resp.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(resp.headers(), out);
     out.extend_from_slice(b"\r\n");
     let mut body = resp.into_body();
     let keep = match framing {
@@ -359,14 +355,7 @@ where
                     Err(frame) => {
                         if let Ok(fields) = frame.into_trailers() {
                             out.extend_from_slice(b"0\r\n");
-                            for (name, value) in &fields {
-                                if trailers.contains(name) {
-                                    out.extend_from_slice(name.as_str().as_bytes());
-                                    out.extend_from_slice(b": ");
-                                    out.extend_from_slice(value.as_bytes());
-                                    out.extend_from_slice(b"\r\n");
-                                }
-                            }
+                            write_fields(fields.iter().filter(|(n, _)| trailers.contains(n)), out);
                             out.extend_from_slice(b"\r\n");
                             sent_trailers = true;
                         }

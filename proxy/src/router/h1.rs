@@ -142,13 +142,21 @@ fn encode(req: &Request<()>, out: &mut Vec<u8>) {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    write_fields(req.headers(), out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header fields as they go on the wire: a `name: value` line each.
+pub(super) fn write_fields<'a>(
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    out: &mut Vec<u8>,
+) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How the rest of a response is framed.
