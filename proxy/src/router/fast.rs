@@ -33,6 +33,8 @@ use super::server::{handle, serve_io, Body, Conn, Shared};
 const MAX_HEADERS: usize = 64;
 /// Answers are gathered up to this size before they are written.
 const WRITE_BATCH: usize = 16 * 1024;
+/// Buffers larger than this (after a large head or answer) are given back between requests.
+const IDLE_BUFFER: usize = 16 * 1024;
 
 /// What the buffer holds. Returned once per request and matched at once: the request is not
 /// boxed for the sake of the empty variants.
@@ -109,13 +111,16 @@ where
             let _ = io.shutdown().await;
             return;
         }
+        if buf.is_empty() && buf.capacity() > IDLE_BUFFER {
+            buf = BytesMut::with_capacity(4096);
+        }
     }
 }
 
 /// Reads more from the client; false when it closed or broke the connection.
 async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> bool {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(8192);
+        buf.reserve(4096);
     }
     matches!(io.read_buf(buf).await, Ok(n) if n > 0)
 }
@@ -370,7 +375,12 @@ where
     };
     io.write_all(out).await?;
     io.flush().await?;
-    out.clear();
+    // An idle connection keeps a small buffer, whatever its largest answer was.
+    if out.capacity() > IDLE_BUFFER {
+        *out = Vec::with_capacity(1024);
+    } else {
+        out.clear();
+    }
     Ok(keep)
 }
 
