@@ -21,12 +21,12 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::h1::write_fields;
+use super::h1::{fields, offsets, slice, write_fields, Span};
 use super::server::{handle, serve_io, Body, Conn, Shared};
 
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
@@ -147,28 +147,23 @@ fn take_request(buf: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     };
     // Where each part lies in the head, so the request shares the head's bytes.
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let target = at(target.as_bytes());
+    let target = offsets(buf, target.as_bytes());
     let mut close = false;
-    let mut names: [Option<HeaderName>; MAX_HEADERS] = std::array::from_fn(|_| None);
-    let mut values = [(0, 0); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (h, (name, value)) in parsed.headers.iter().zip(names.iter_mut().zip(&mut values)) {
-        let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::Other;
-        };
-        if [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-            header::EXPECT,
+    let mut spans = [Span::default(); MAX_HEADERS];
+    for (h, span) in parsed.headers.iter().zip(&mut spans) {
+        let name = h.name.as_bytes();
+        let framed_or_upgraded = [
+            &b"content-length"[..],
+            b"transfer-encoding",
+            b"upgrade",
+            b"expect",
         ]
-        .contains(&n)
-        {
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n));
+        if framed_or_upgraded {
             return Parsed::Other;
         }
-        if n == header::CONNECTION {
+        if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -178,32 +173,20 @@ fn take_request(buf: &mut BytesMut) -> Parsed {
                 }
             }
         }
-        // What `HeaderValue` takes: no control characters but tab.
-        if !h
-            .value
-            .iter()
-            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-        {
-            return Parsed::Other;
-        }
-        *name = Some(n);
-        *value = at(h.value);
+        *span = Span::of(buf, h);
     }
+    let count = parsed.headers.len();
     let head = buf.split_to(len).freeze();
-    let slice = |(start, len): (usize, usize)| head.slice(start..start + len);
-    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
-        // httparse took a target the URI type refuses (one too long, say): the head goes back
-        // in front of the rest, for hyper to answer.
+    let uri = Uri::from_maybe_shared(slice(&head, target));
+    // Room for the forwarding headers the router adds.
+    let (Ok(uri), Some(map)) = (uri, fields(&head, &spans[..count], 8)) else {
+        // httparse took a target or a field the http types refuse (a target too long, say):
+        // the head goes back in front of the rest, for hyper to answer.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
         *buf = whole;
         return Parsed::Other;
     };
-    let mut map = HeaderMap::with_capacity(count + 8);
-    for (name, &value) in names.iter_mut().zip(&values).take(count) {
-        let value = HeaderValue::from_maybe_shared(slice(value)).expect("checked above");
-        map.append(name.take().expect("set above"), value);
-    }
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -33,6 +33,8 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// Idle connections kept per endpoint and event loop.
 const MAX_IDLE: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
+/// A request head buffer larger than this is not kept for the next request.
+const MAX_IDLE_OUT: usize = 16 * 1024;
 
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
@@ -42,6 +44,8 @@ thread_local! {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The request head being written (kept between requests while small).
+    out: Vec<u8>,
     addr: SocketAddr,
 }
 
@@ -75,6 +79,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            out: Vec::new(),
             addr,
         }
     }
@@ -183,13 +188,17 @@ pub async fn exchange(
     req: &Request<()>,
     in_flight: InFlight,
 ) -> Result<Response<UpstreamH1Body>, Error> {
-    let mut head = Vec::with_capacity(512);
+    let mut head = std::mem::take(&mut conn.out);
+    head.clear();
     encode(req, &mut head);
     conn.io.write_all(&head).await.map_err(Error::Closed)?;
+    if head.capacity() <= MAX_IDLE_OUT {
+        conn.out = head;
+    }
     let mut received = false;
     loop {
         // Parsed by a function of its own: the header array stays out of this future's state.
-        let Some((len, status, version, map)) = parse_head(&conn.buf)? else {
+        let Some((status, version, map)) = take_head(&mut conn.buf)? else {
             if conn.buf.len() >= MAX_HEAD {
                 return invalid("response head too large");
             }
@@ -207,7 +216,6 @@ pub async fn exchange(
                 Err(e) => return invalid(format!("reading the response head: {e}")),
             }
         };
-        conn.buf.advance(len);
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return invalid("an upgrade that was not asked for");
@@ -234,9 +242,9 @@ pub async fn exchange(
     }
 }
 
-/// A complete response head at the start of `buf`: its length, status, minor version and
-/// headers; None while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, StatusCode, u8, HeaderMap)>, Error> {
+/// A complete response head taken from the start of `buf`: its status, minor version and
+/// headers (sharing the head's bytes); None while it is incomplete.
+fn take_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, u8, HeaderMap)>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -247,15 +255,58 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, StatusCode, u8, HeaderMap)>, 
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code)
         .map_err(|_| Error::Invalid(format!("response status {code}")))?;
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::Invalid(format!("response header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| Error::Invalid(format!("response header {name} value")))?;
+    let version = parsed.version.unwrap_or(1);
+    let mut spans = [Span::default(); MAX_HEADERS];
+    for (field, span) in parsed.headers.iter().zip(&mut spans) {
+        *span = Span::of(buf, field);
+    }
+    let count = parsed.headers.len();
+    let head = buf.split_to(len).freeze();
+    // Room for what the router adds to an answer.
+    let map = fields(&head, &spans[..count], 4)
+        .ok_or_else(|| Error::Invalid("malformed response header".into()))?;
+    Ok(Some((status, version, map)))
+}
+
+/// Where one header field lies in a head, as offsets into it.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    /// The span of `field`, which httparse read from `head`.
+    pub(super) fn of(head: &[u8], field: &httparse::Header<'_>) -> Span {
+        Span {
+            name: offsets(head, field.name.as_bytes()),
+            value: offsets(head, field.value),
+        }
+    }
+}
+
+/// Where `part`, a slice of `head`, lies in it.
+pub(super) fn offsets(head: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = part.as_ptr() as usize - head.as_ptr() as usize;
+    (start as u32, part.len() as u32)
+}
+
+/// The bytes of `head` at `(start, len)`, shared.
+pub(super) fn slice(head: &Bytes, (start, len): (u32, u32)) -> Bytes {
+    head.slice(start as usize..(start + len) as usize)
+}
+
+/// The fields of a head taken out of its buffer, with room for `extra` more: the values share
+/// the head's bytes. None when a name or a value is one the http types refuse.
+pub(super) fn fields(head: &Bytes, spans: &[Span], extra: usize) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(spans.len() + extra);
+    for span in spans {
+        let (start, len) = span.name;
+        let name = HeaderName::from_bytes(&head[start as usize..(start + len) as usize]).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice(head, span.value)).ok()?;
         map.append(name, value);
     }
-    Ok(Some((len, status, parsed.version.unwrap_or(1), map)))
+    Some(map)
 }
 
 /// Whether the response asks for the connection to close.
