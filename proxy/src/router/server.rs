@@ -2,6 +2,7 @@
 //! the response back.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -22,9 +23,9 @@ use tokio::sync::Semaphore;
 use super::cors::Cors;
 use super::h1::{self, UpstreamH1Body};
 use super::mirror::{MirrorStats, RequestBody, Tee};
-use super::request::{normalize_path, request_host};
+use super::request::{normalize_path, request_host, RequestError};
 use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
-use super::upstream::{SendError, Sender, Upstream, UpstreamBody};
+use super::upstream::{now_ms, SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
 
 /// What the router answers with: an upstream's body (read by hyper's client or by the lean
@@ -107,8 +108,9 @@ fn local(status: StatusCode, text: &str) -> Response<Body> {
     resp
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1);
+/// `Connection` first.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -120,22 +122,36 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` stays.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a lookup for each.
-    let present = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || *k == header::TE);
-    if !present {
+    // Most messages carry one or none: one pass over the names finds which, and only those are
+    // looked up again. Bit i stands for `HOP_BY_HOP[i]`.
+    let mut present = 0u8;
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+        te |= *name == header::TE;
+    }
+    if present == 0 && !te {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // The fields `Connection` names, a value at a time (a clone shares its bytes) and
+        // removed by the names as written: nothing is collected or copied.
+        let mut i = 0;
+        while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
+            i += 1;
+            for name in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                if !name.eq_ignore_ascii_case("connection") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     let te_trailers = headers
         .get_all(header::TE)
@@ -184,19 +200,48 @@ fn forwarded_prefix(peer: SocketAddr, tls: bool) -> String {
     }
 }
 
+/// Block size for [`carve`].
+const BLOCK: usize = 2048;
+
+thread_local! {
+    /// What is left of this event loop's current block for [`carve`].
+    static BLOCK_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A small per-request value (request id, `Forwarded`) written by `write`, about `len` bytes,
+/// cut from a block shared with others: no allocation of its own, and its clones share it. A
+/// block is freed with the last value cut from it, so a value held long holds at most one.
+fn carve(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    BLOCK_LEFT.with_borrow_mut(|left| {
+        if left.capacity() < len {
+            *left = BytesMut::with_capacity(BLOCK.max(len));
+        }
+        write(left);
+        left.split().freeze()
+    })
+}
+
 /// `Forwarded` for one request: the connection's part and the host it asked for (quoted).
 fn forwarded(conn: &Conn, host: &str) -> Option<HeaderValue> {
-    let mut v = String::with_capacity(conn.forwarded.len() + host.len() + 9);
-    v.push_str(&conn.forwarded);
-    v.push_str(";host=\"");
-    for c in host.chars() {
-        if matches!(c, '"' | '\\') {
-            v.push('\\');
+    let escaped = |b: &u8| matches!(b, b'"' | b'\\');
+    let escapes = host.bytes().filter(escaped).count();
+    let len = conn.forwarded.len() + host.len() + escapes + 8;
+    let value = carve(len, |v| {
+        v.extend_from_slice(conn.forwarded.as_bytes());
+        v.extend_from_slice(b";host=\"");
+        if escapes == 0 {
+            v.extend_from_slice(host.as_bytes());
+        } else {
+            for b in host.bytes() {
+                if escaped(&b) {
+                    v.extend_from_slice(b"\\");
+                }
+                v.extend_from_slice(&[b]);
+            }
         }
-        v.push(c);
-    }
-    v.push('"');
-    HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        v.extend_from_slice(b"\"");
+    });
+    HeaderValue::from_maybe_shared(value).ok()
 }
 
 /// A client's request id when it is short printable ASCII, otherwise a new one.
@@ -212,47 +257,47 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         _ => {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             let n = rand::random::<u128>();
-            let mut out = [0u8; 32];
-            for (i, d) in out.iter_mut().enumerate() {
+            let mut hex = [0u8; 32];
+            for (i, d) in hex.iter_mut().enumerate() {
                 *d = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
             }
-            HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+            let id = carve(hex.len(), |out| out.extend_from_slice(&hex));
+            HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
         }
     }
 }
 
 /// Picks an endpoint that is not known to be down (any when all are): power of two choices on
-/// in-flight requests, or round robin. `tried` are skipped.
+/// in-flight requests, or round robin. `tried` are skipped. Nothing is collected: the
+/// candidates are counted, then the chosen ones found by their place among them.
 pub(super) fn pick(backend: &Backend, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
     let n = backend.endpoints.len();
     if let [only] = backend.endpoints.as_slice() {
         return (!tried.contains(&only.addr)).then(|| only.clone());
     }
-    let eligible = |u: &&Arc<Upstream>| !tried.contains(&u.addr);
-    let healthy: Vec<&Arc<Upstream>> = backend
+    let now = now_ms();
+    let eligible = |u: &Arc<Upstream>| !tried.contains(&u.addr);
+    // When every endpoint left is down, any of them.
+    let any_up = backend
         .endpoints
         .iter()
-        .filter(eligible)
-        .filter(|u| !u.is_down())
-        .collect();
-    let pool: Vec<&Arc<Upstream>> = if healthy.is_empty() {
-        backend.endpoints.iter().filter(eligible).collect()
-    } else {
-        healthy
-    };
-    match pool.len() {
+        .any(|u| eligible(u) && !u.is_down(now));
+    let candidate = |u: &&Arc<Upstream>| eligible(u) && (!any_up || !u.is_down(now));
+    let len = backend.endpoints.iter().filter(candidate).count();
+    let nth = |i: usize| backend.endpoints.iter().filter(candidate).nth(i).cloned();
+    match len {
         0 => None,
-        1 => Some(pool[0].clone()),
+        1 => nth(0),
         len => match backend.settings.balance {
             Balance::RoundRobin => {
                 let i = backend.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-                Some(pool[i % len].clone())
+                nth(i % len)
             }
             Balance::LeastRequest => {
                 let a = rand::random_range(0..len);
                 let b = (a + rand::random_range(1..len)) % len;
-                let (x, y) = (pool[a], pool[b]);
-                Some(if y.in_flight() < x.in_flight() { y } else { x }.clone())
+                let (x, y) = (nth(a)?, nth(b)?);
+                Some(if y.in_flight() < x.in_flight() { y } else { x })
             }
         },
     }
@@ -530,11 +575,16 @@ async fn forward_h1(
     attempts.exhausted()
 }
 
-/// The endpoints one request tries: up to three, each once, and resends of a request that a
+/// Endpoints one request tries at most.
+const TRIES: usize = 3;
+
+/// The endpoints one request tries: up to [`TRIES`], each once, and resends of a request that a
 /// closing connection never took. Its answers name the Service, never where its endpoints live.
 struct Attempts<'a> {
     backend: &'a Backend,
-    tried: Vec<SocketAddr>,
+    /// The first `count` are the endpoints tried so far.
+    tried: [SocketAddr; TRIES],
+    count: usize,
     resends: usize,
 }
 
@@ -542,18 +592,20 @@ impl<'a> Attempts<'a> {
     fn new(backend: &'a Backend) -> Attempts<'a> {
         Attempts {
             backend,
-            tried: Vec::new(),
+            tried: [SocketAddr::from(([0, 0, 0, 0], 0)); TRIES],
+            count: 0,
             resends: 0,
         }
     }
 
     /// The next endpoint to try, if any is left.
     fn next(&mut self) -> Option<Arc<Upstream>> {
-        if self.tried.len() >= self.backend.endpoints.len().clamp(1, 3) {
+        if self.count >= self.backend.endpoints.len().clamp(1, TRIES) {
             return None;
         }
-        let upstream = pick(self.backend, &self.tried)?;
-        self.tried.push(upstream.addr);
+        let upstream = pick(self.backend, &self.tried[..self.count])?;
+        self.tried[self.count] = upstream.addr;
+        self.count += 1;
         Some(upstream)
     }
 
@@ -564,7 +616,7 @@ impl<'a> Attempts<'a> {
         }
         tracing::debug!(upstream = %upstream.addr, error = %e, "retrying on a new connection");
         self.resends += 1;
-        self.tried.pop();
+        self.count -= 1;
         true
     }
 
@@ -597,7 +649,7 @@ impl<'a> Attempts<'a> {
         );
         (
             local(StatusCode::BAD_GATEWAY, &msg),
-            self.tried.last().copied(),
+            self.tried[..self.count].last().copied(),
         )
     }
 }
@@ -688,9 +740,15 @@ pub(super) async fn handle(
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         };
-        Ok((h.to_owned(), rewritten))
+        // The host kept past the request: the Host header itself (sharing its bytes) when it
+        // is the one routed on.
+        let kept = match (req.uri().authority(), req.headers().get(header::HOST)) {
+            (None, Some(v)) => v.clone(),
+            _ => HeaderValue::from_str(h).map_err(|_| RequestError::BadHost)?,
+        };
+        Ok((kept, rewritten))
     });
-    let (raw_host, rewritten) = match checked {
+    let (host_value, rewritten) = match checked {
         Ok(c) => c,
         Err(e) => {
             let mut resp = local(StatusCode::BAD_REQUEST, &e.to_string());
@@ -700,7 +758,8 @@ pub(super) async fn handle(
         }
     };
     let path = rewritten.as_deref().unwrap_or(req.uri().path());
-    let host = super::routes::normalize_host(&raw_host).into_owned();
+    let raw_host = host_value.to_str().unwrap_or("");
+    let host = super::routes::normalize_host(raw_host);
     let version = req.version();
     let routes = shared.source.routes();
     let view = Req {
@@ -709,10 +768,14 @@ pub(super) async fn handle(
         query: req.uri().query(),
     };
     let (action, matched) = match routes.route(conn.port, conn.ingress, &host, path, &view) {
-        Target::Route(r) => (
-            Some(r.action.clone()),
-            r.matched_prefix().map(str::to_owned),
-        ),
+        Target::Route(r) => {
+            // The prefix that matched is kept only for what rewrites paths with it.
+            let a = &r.action;
+            let rewrites =
+                a.redirect.is_some() || a.rewrite.as_ref().is_some_and(|w| w.path.is_some());
+            let matched = r.matched_prefix().filter(|_| rewrites).map(str::to_owned);
+            (Some(a.clone()), matched)
+        }
         Target::Default(a) => (Some(a.clone()), None),
         Target::NotFound => (None, None),
     };
@@ -721,7 +784,7 @@ pub(super) async fn handle(
     let logged = shared
         .config
         .access_log
-        .then(|| (req.method().clone(), path.to_owned()));
+        .then(|| (req.method().clone(), req.uri().clone()));
     let matched = matched.as_deref().unwrap_or("");
     let mut backend = None;
     // A CORS route answers preflights itself and marks the answers to allowed origins.
@@ -764,7 +827,7 @@ pub(super) async fn handle(
                     .and_then(|r| r.path.as_ref())
                     .map(|p| p.apply(matched, path));
                 let to = Routed {
-                    host: &raw_host,
+                    host: raw_host,
                     path: new_path.as_deref().or(rewritten.as_deref()),
                     id: &id,
                     upgrade: upgrade_protocol(&req),
@@ -800,12 +863,13 @@ pub(super) async fn handle(
     let status = resp.status().as_u16();
     let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
     stats.record(status, took);
-    if let Some((method, path)) = logged {
+    if let Some((method, uri)) = logged {
+        let path = rewritten.as_deref().unwrap_or(uri.path());
         let entry = super::access::Entry {
             client: conn.peer,
             method: &method,
             host: &host,
-            path: &path,
+            path,
             version,
             status,
             upstream,
@@ -974,5 +1038,120 @@ pub(super) async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::routes::{Owner, OwnerKind, Settings};
+
+    fn backend(endpoints: usize, balance: Balance) -> Backend {
+        let owner = Arc::new(Owner::new(OwnerKind::Ingress, "default", "web"));
+        Backend {
+            stats: Arc::new(BackendStats::new(&owner, "web:80")),
+            owner,
+            service: "web:80".into(),
+            endpoints: (0..endpoints)
+                .map(|i| Arc::new(Upstream::new(([10, 0, 0, i as u8], 80).into(), false)))
+                .collect(),
+            h2c: false,
+            settings: Settings {
+                balance,
+                ..Settings::default()
+            },
+            edits: None,
+            next: Default::default(),
+        }
+    }
+
+    fn last_octets(b: &Backend, tried: &[SocketAddr], picks: usize) -> Vec<u8> {
+        (0..picks)
+            .map(|_| match pick(b, tried).map(|u| u.addr.ip()) {
+                Some(std::net::IpAddr::V4(ip)) => ip.octets()[3],
+                other => panic!("picked {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_are_picked_in_turn_skipping_the_tried_and_the_down() {
+        let b = backend(3, Balance::RoundRobin);
+        assert_eq!(last_octets(&b, &[], 6), [0, 1, 2, 0, 1, 2]);
+        let tried = [b.endpoints[1].addr];
+        let picked = last_octets(&b, &tried, 4);
+        assert!(picked.iter().all(|&o| o != 1), "{picked:?}");
+        assert!(picked.contains(&0) && picked.contains(&2), "{picked:?}");
+
+        b.endpoints[0].mark_down();
+        let picked = last_octets(&b, &[], 6);
+        assert!(picked.iter().all(|&o| o != 0), "{picked:?}");
+        // Down and the only one not tried: still chosen before giving up.
+        let tried = [b.endpoints[1].addr, b.endpoints[2].addr];
+        assert_eq!(last_octets(&b, &tried, 2), [0, 0]);
+        // Every endpoint down: any of them.
+        for u in &b.endpoints {
+            u.mark_down();
+        }
+        let picked = last_octets(&b, &[], 6);
+        assert_eq!(picked.len(), 6);
+        let every = [
+            b.endpoints[0].addr,
+            b.endpoints[1].addr,
+            b.endpoints[2].addr,
+        ];
+        assert!(pick(&b, &every).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "X-Hop, keep-alive"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip, Trailers"),
+            ("x-kept", "3"),
+            ("content-length", "4"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["content-length: 4", "te: trailers", "x-kept: 3"]);
+
+        // Nothing hop-by-hop: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        // A `TE` that Connection names goes whole.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn least_request_prefers_the_endpoint_with_fewer_in_flight() {
+        let b = backend(2, Balance::LeastRequest);
+        let _busy: Vec<_> = (0..5).map(|_| b.endpoints[0].start()).collect();
+        assert_eq!(last_octets(&b, &[], 20), [1; 20]);
+        let one = backend(1, Balance::LeastRequest);
+        assert_eq!(last_octets(&one, &[], 2), [0, 0]);
+        assert!(pick(&one, &[one.endpoints[0].addr]).is_none());
     }
 }

@@ -27,7 +27,8 @@ const MAX_IDLE: usize = 256;
 /// How long an endpoint that refused a connection is skipped.
 pub const DOWN_FOR: Duration = Duration::from_secs(10);
 
-fn now_ms() -> u64 {
+/// Milliseconds on a monotonic clock, for [`Upstream::is_down`].
+pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -95,9 +96,9 @@ impl Upstream {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Skipped after refusing connections, until [`DOWN_FOR`] has passed.
-    pub fn is_down(&self) -> bool {
-        self.down_until.load(Ordering::Relaxed) > now_ms()
+    /// Skipped after refusing connections, until [`DOWN_FOR`] has passed; `now` from [`now_ms`].
+    pub fn is_down(&self, now: u64) -> bool {
+        self.down_until.load(Ordering::Relaxed) > now
     }
 
     pub fn mark_down(&self) {
