@@ -8,20 +8,21 @@
 //! until the connection closes. A connection goes back to the pool only when its response was
 //! read whole and nothing in it asked for the connection to close.
 
+use foldhash::HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::hop;
 use super::upstream::InFlight;
 
 /// Response head limits: bytes and header count.
@@ -37,7 +38,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_IDLE_OUT: usize = 16 * 1024;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::default());
 }
 
 /// One upstream connection and what was read from it beyond the last response.
@@ -198,7 +199,7 @@ pub async fn exchange(
     let mut received = false;
     loop {
         // Parsed by a function of its own: the header array stays out of this future's state.
-        let Some((status, version, map)) = take_head(&mut conn.buf)? else {
+        let Some(head) = take_head(&mut conn.buf, req.method())? else {
             if conn.buf.len() >= MAX_HEAD {
                 return invalid("response head too large");
             }
@@ -216,24 +217,22 @@ pub async fn exchange(
                 Err(e) => return invalid(format!("reading the response head: {e}")),
             }
         };
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
+        if head.status.is_informational() {
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return invalid("an upgrade that was not asked for");
             }
             // 103 Early Hints and the like: the final response follows.
             continue;
         }
-        let (framing, mut keep) = framing(req.method(), status, &map)?;
-        keep &= version == 1 && !closes(&map);
         let mut resp = Response::new(UpstreamH1Body {
             conn: Some(conn),
-            framing,
-            keep,
+            framing: head.framing,
+            keep: head.keep,
             _in_flight: in_flight,
         });
-        *resp.status_mut() = status;
+        *resp.status_mut() = head.status;
         *resp.version_mut() = Version::HTTP_11;
-        *resp.headers_mut() = map;
+        *resp.headers_mut() = head.fields;
         let body = resp.body_mut();
         if matches!(body.framing, Framing::Empty | Framing::Length(0)) {
             body.finish();
@@ -242,9 +241,20 @@ pub async fn exchange(
     }
 }
 
-/// A complete response head taken from the start of `buf`: its status, minor version and
-/// headers (sharing the head's bytes); None while it is incomplete.
-fn take_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, u8, HeaderMap)>, Error> {
+/// A response head as read.
+struct Head {
+    status: StatusCode,
+    /// Its end-to-end fields (none for a 1xx).
+    fields: HeaderMap,
+    framing: Framing,
+    /// Whether the connection may carry another request after the response.
+    keep: bool,
+}
+
+/// A complete response head to a `method` request taken from the start of `buf`; None while it
+/// is incomplete. Its hop-by-hop fields are left out as it is read: they and what they say
+/// about the connection are settled here, from the head's own bytes.
+fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -255,17 +265,58 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, u8, HeaderMap)>, 
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code)
         .map_err(|_| Error::Invalid(format!("response status {code}")))?;
-    let version = parsed.version.unwrap_or(1);
-    let mut spans = [Span::default(); MAX_HEADERS];
-    for (field, span) in parsed.headers.iter().zip(&mut spans) {
-        *span = Span::of(buf, field);
+    if status.is_informational() {
+        buf.advance(len);
+        let (fields, framing, keep) = (HeaderMap::new(), Framing::Empty, false);
+        return Ok(Some(Head {
+            status,
+            fields,
+            framing,
+            keep,
+        }));
     }
-    let count = parsed.headers.len();
+    let (framing, keep) = framing(method, status, parsed.headers)?;
+    // `Connection: close` ends the connection; a field `Connection` names that is not
+    // hop-by-hop anyway (or a `TE` or `Close` field) is rare enough for the header map to
+    // settle it.
+    let mut close = false;
+    let mut by_map = false;
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.is_empty() && hop::index(token).is_none() {
+                    by_map = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"te") || name.eq_ignore_ascii_case(b"close") {
+            by_map = true;
+        }
+    }
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let mut count = 0;
+    for field in parsed.headers.iter() {
+        if by_map || hop::index(field.name.as_bytes()).is_none() {
+            spans[count] = Span::of(buf, field);
+            count += 1;
+        }
+    }
+    let keep = keep && parsed.version == Some(1) && !close;
     let head = buf.split_to(len).freeze();
     // Room for what the router adds to an answer.
-    let map = fields(&head, &spans[..count], 4)
+    let mut fields = fields(&head, &spans[..count], 4)
         .ok_or_else(|| Error::Invalid("malformed response header".into()))?;
-    Ok(Some((status, version, map)))
+    if by_map {
+        hop::strip(&mut fields);
+    }
+    Ok(Some(Head {
+        status,
+        fields,
+        framing,
+        keep,
+    }))
 }
 
 /// Where one header field lies in a head, as offsets into it.
@@ -309,22 +360,12 @@ pub(super) fn fields(head: &Bytes, spans: &[Span], extra: usize) -> Option<Heade
     Some(map)
 }
 
-/// Whether the response asks for the connection to close.
-fn closes(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
-}
-
-/// The response body's framing (RFC 9112 section 6.3), and whether the connection may be reused
-/// after it.
+/// The response body's framing (RFC 9112 section 6.3) from the head's fields, and whether the
+/// connection may be reused after it.
 fn framing(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    fields: &[httparse::Header<'_>],
 ) -> Result<(Framing, bool), Error> {
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -332,18 +373,27 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    let te = headers.get_all(header::TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
-        // A value that is not text counts as a coding that is not chunked.
-        let last = te
+    let named = |name: &'static [u8]| {
+        fields
             .iter()
-            .map(|v| v.to_str().unwrap_or("?"))
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+            .filter(move |f| f.name.as_bytes().eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
+    let mut codings = named(b"transfer-encoding").peekable();
+    if codings.peek().is_some() {
+        let mut last: Option<&[u8]> = None;
+        for value in codings {
+            if !value.is_ascii() {
+                // A value that is not text counts as a coding that is not chunked.
+                last = Some(b"?");
+                continue;
+            }
+            let mut tokens = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            last = tokens.rfind(|c| !c.is_empty()).or(last);
+        }
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         // With a Content-Length as well the message was framed twice: not reused.
-        let clean = headers.get(header::CONTENT_LENGTH).is_none();
+        let clean = named(b"content-length").next().is_none();
         return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), clean)
         } else {
@@ -351,15 +401,15 @@ fn framing(
         });
     }
     let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            let n: u64 = match part.bytes().all(|b| b.is_ascii_digit()) && !part.is_empty() {
-                true => part
-                    .parse()
-                    .map_err(|_| Error::Invalid("content-length".into()))?,
-                false => return invalid("response content-length is not a number"),
-            };
+    for value in named(b"content-length") {
+        for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return invalid("response content-length is not a number");
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| Error::Invalid("content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return invalid("response content-lengths differ");
             }
@@ -592,6 +642,7 @@ impl Body for UpstreamH1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use std::sync::Arc;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
@@ -687,6 +738,28 @@ mod tests {
         let resp = send(addr, Method::GET).await.unwrap();
         assert_eq!(read(resp.into_body()).await.unwrap().0, b"ok");
         assert!(!pooled(addr), "asked to close: not kept");
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_fields_are_left_out() {
+        let addr = backend(vec![
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nProxy-Connection: x\r\nUpgrade: h2c\r\n\r\n1\r\nz\r\n0\r\n\r\n",
+            // Named by Connection: left out too, whatever the case.
+            b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nconnection: x-HOP, keep-alive\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n",
+        ])
+        .await;
+        let names = |resp: &Response<UpstreamH1Body>| {
+            let mut names: Vec<_> = resp.headers().keys().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        let resp = send(addr, Method::GET).await.unwrap();
+        assert_eq!(names(&resp), ["x-a"]);
+        assert_eq!(read(resp.into_body()).await.unwrap().0, b"z");
+        assert!(pooled(addr), "keep-alive asked for nothing more");
+        let resp = send(addr, Method::GET).await.unwrap();
+        assert_eq!(names(&resp), ["content-length", "x-b"]);
+        assert!(resp.body().is_end_stream());
     }
 
     #[tokio::test]

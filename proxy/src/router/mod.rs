@@ -25,6 +25,7 @@ pub mod annotations;
 pub mod cors;
 mod fast;
 mod h1;
+mod hop;
 mod mirror;
 mod request;
 pub mod routes;

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use super::cors::Cors;
 use super::h1::{self, UpstreamH1Body};
+use super::hop;
 use super::mirror::{MirrorStats, RequestBody, Tee};
 use super::request::{normalize_path, request_host, RequestError};
 use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
@@ -106,63 +107,6 @@ fn local(status: StatusCode, text: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1);
-/// `Connection` first.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` stays.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry one or none: one pass over the names finds which, and only those are
-    // looked up again. Bit i stands for `HOP_BY_HOP[i]`.
-    let mut present = 0u8;
-    let mut te = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
-        te |= *name == header::TE;
-    }
-    if present == 0 && !te {
-        return;
-    }
-    if present & 1 != 0 {
-        // The fields `Connection` names, a value at a time (a clone shares its bytes) and
-        // removed by the names as written: nothing is collected or copied.
-        let mut i = 0;
-        while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
-            i += 1;
-            for name in value.to_str().unwrap_or("").split(',').map(str::trim) {
-                if !name.eq_ignore_ascii_case("connection") {
-                    headers.remove(name);
-                }
-            }
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
 }
 
 /// The protocol a request asks to switch to, for HTTP/1.1 `Connection: upgrade` requests. Only
@@ -354,7 +298,7 @@ fn to_upstream<B>(req: &mut Request<B>, backend: &Backend, conn: &Conn, to: &Rou
         Version::HTTP_11
     };
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    hop::strip(headers);
     if backend.h2c {
         headers.remove(header::HOST);
     } else if let Some(h) = upstream_host {
@@ -522,7 +466,7 @@ async fn forward_hyper(
             }
         }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        hop::strip(&mut parts.headers);
         // The client's protocol, whatever the upstream's was.
         parts.version = version;
         let body = Body::Upstream(UpstreamBody::new(body, in_flight, keep));
@@ -566,8 +510,8 @@ async fn forward_h1(
             Ok(Err(e)) => return attempts.failed(&upstream, &e),
             Ok(Ok(r)) => r,
         };
+        // Its hop-by-hop fields were left out as its head was read.
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
         parts.version = version;
         let resp = Response::from_parts(parts, Body::UpstreamH1(body));
         return (resp, Some(upstream.addr));
@@ -1101,48 +1045,6 @@ mod tests {
             b.endpoints[2].addr,
         ];
         assert!(pick(&b, &every).is_none());
-    }
-
-    #[test]
-    fn hop_by_hop_fields_and_those_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        for (name, value) in [
-            ("connection", "X-Hop, keep-alive"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-hop", "1"),
-            ("x-other", "2"),
-            ("proxy-connection", "keep-alive"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("te", "gzip, Trailers"),
-            ("x-kept", "3"),
-            ("content-length", "4"),
-        ] {
-            h.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<_> = h
-            .iter()
-            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
-            .collect();
-        left.sort();
-        assert_eq!(left, ["content-length: 4", "te: trailers", "x-kept: 3"]);
-
-        // Nothing hop-by-hop: nothing changes.
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("a"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        // A `TE` that Connection names goes whole.
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("te"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty());
     }
 
     #[test]

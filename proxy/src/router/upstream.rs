@@ -5,8 +5,8 @@
 //! Pools are per event loop (thread-local): a connection is only used by the loop that drives
 //! it, so no lock is taken and no wake-up crosses threads.
 
+use foldhash::HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
