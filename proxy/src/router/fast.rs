@@ -26,7 +26,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::h1::{fields, offsets, slice, write_fields, Span};
+use super::h1::{fields, offsets, slice, spare, write_fields, Span};
 use super::server::{handle, serve_io, Body, Conn, Shared};
 
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
@@ -303,7 +303,8 @@ where
     out.extend_from_slice(b"\r\n");
     write_fields(resp.headers(), out);
     out.extend_from_slice(b"\r\n");
-    let mut body = resp.into_body();
+    let (mut parts, mut body) = resp.into_parts();
+    spare(std::mem::take(&mut parts.headers));
     let keep = match framing {
         Framing::None => true,
         Framing::Length(n) => {

@@ -37,8 +37,13 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A request head buffer larger than this is not kept for the next request.
 const MAX_IDLE_OUT: usize = 16 * 1024;
 
+/// Emptied header maps kept per event loop for the next heads, and the largest kept.
+const SPARE_MAPS: usize = 64;
+const SPARE_MAP_FIELDS: usize = 128;
+
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::default());
+    static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One upstream connection and what was read from it beyond the last response.
@@ -350,7 +355,7 @@ pub(super) fn slice(head: &Bytes, (start, len): (u32, u32)) -> Bytes {
 /// The fields of a head taken out of its buffer, with room for `extra` more: the values share
 /// the head's bytes. None when a name or a value is one the http types refuse.
 pub(super) fn fields(head: &Bytes, spans: &[Span], extra: usize) -> Option<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(spans.len() + extra);
+    let mut map = empty_map(spans.len() + extra);
     for span in spans {
         let (start, len) = span.name;
         let name = HeaderName::from_bytes(&head[start as usize..(start + len) as usize]).ok()?;
@@ -358,6 +363,32 @@ pub(super) fn fields(head: &Bytes, spans: &[Span], extra: usize) -> Option<Heade
         map.append(name, value);
     }
     Some(map)
+}
+
+/// An empty header map with room for `fields`: one given back by [`spare`] when there is one,
+/// so that a head does not allocate its map's tables.
+fn empty_map(fields: usize) -> HeaderMap {
+    match SPARE.with_borrow_mut(Vec::pop) {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Gives back the map of a head that has been written, for [`empty_map`]; it is emptied here.
+/// A loop keeps a few, and none that grew large.
+pub(super) fn spare(mut map: HeaderMap) {
+    if !(8..=SPARE_MAP_FIELDS).contains(&map.capacity()) {
+        return;
+    }
+    map.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAPS {
+            spare.push(map);
+        }
+    });
 }
 
 /// The response body's framing (RFC 9112 section 6.3) from the head's fields, and whether the

@@ -408,7 +408,9 @@ async fn forward(
     if !backend.h2c && tunnel.is_none() && body.is_end_stream() {
         to_upstream(&mut req, backend, conn, &to);
         edit_request(req.headers_mut(), action, backend);
-        return forward_h1(backend, &req, version).await;
+        let answer = forward_h1(backend, &req, version).await;
+        h1::spare(std::mem::take(req.headers_mut()));
+        return answer;
     }
     let mut req = req.map(|()| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
