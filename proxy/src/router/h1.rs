@@ -11,6 +11,7 @@
 use foldhash::HashMap;
 use std::cell::RefCell;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -204,7 +205,11 @@ pub async fn exchange(
     let mut received = false;
     loop {
         // Parsed by a function of its own: the header array stays out of this future's state.
-        let Some(head) = take_head(&mut conn.buf, req.method())? else {
+        let head = match conn.buf.is_empty() {
+            true => None,
+            false => take_head(&mut conn.buf, req.method())?,
+        };
+        let Some(head) = head else {
             if conn.buf.len() >= MAX_HEAD {
                 return invalid("response head too large");
             }
@@ -260,9 +265,10 @@ struct Head {
 /// is incomplete. Its hop-by-hop fields are left out as it is read: they and what they say
 /// about the connection are settled here, from the head's own bytes.
 fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return invalid(format!("malformed response head: {e}")),
