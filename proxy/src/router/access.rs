@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
+use super::routes::Owner;
+
 /// Bytes collected before they are written at once.
 const BATCH: usize = 32 * 1024;
 /// How long a line waits at most.
@@ -41,8 +43,8 @@ pub(super) struct Entry<'a> {
     pub version: Version,
     pub status: u16,
     pub upstream: Option<SocketAddr>,
-    /// `namespace/name` of the Ingress or route, when one matched.
-    pub owner: Option<&'a dyn std::fmt::Display>,
+    /// The Ingress or route, when one matched.
+    pub owner: Option<&'a Owner>,
     pub service: &'a str,
     pub request_id: &'a str,
     pub duration_us: u64,
@@ -139,7 +141,8 @@ fn civil(secs: u64) -> String {
     )
 }
 
-/// Appends one line (with its newline).
+/// Appends one line (with its newline). Written piece by piece: the formatting machinery would
+/// cost more than the rest of a proxied request.
 fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>) {
     let version = match e.version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -149,89 +152,146 @@ fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>
         Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/?",
     };
-    let upstream = Shown(
-        e.upstream.as_ref().map(|a| a as &dyn std::fmt::Display),
-        "-",
-    );
-    let owner = Shown(e.owner, "");
-    // Writing to a String does not fail.
-    let _ = match format {
+    let mut digits = itoa::Buffer::new();
+    match format {
         Format::Text => {
-            let _ = write!(
-                out,
-                "{date}.{micros:06}Z  INFO switchyard::access: request client={} method={} \
-                 host={} path={} version={version} status={} upstream={upstream} ingress={owner} \
-                 service=",
-                e.client, e.method, e.host, e.path, e.status,
-            );
+            out.push_str(date);
+            timestamp_fraction(out, micros);
+            out.push_str("  INFO switchyard::access: request client=");
+            address(out, e.client);
+            out.push_str(" method=");
+            out.push_str(e.method.as_str());
+            out.push_str(" host=");
+            out.push_str(e.host);
+            out.push_str(" path=");
+            out.push_str(e.path);
+            out.push_str(" version=");
+            out.push_str(version);
+            out.push_str(" status=");
+            out.push_str(digits.format(e.status));
+            out.push_str(" upstream=");
+            match e.upstream {
+                Some(a) => address(out, a),
+                None => out.push('-'),
+            }
+            out.push_str(" ingress=");
+            if let Some(o) = e.owner {
+                out.push_str(&o.namespace);
+                out.push('/');
+                out.push_str(&o.name);
+            }
+            out.push_str(" service=");
             quoted(out, e.service);
             out.push_str(" request_id=");
             quoted(out, e.request_id);
-            writeln!(out, " duration_us={}", e.duration_us)
+            out.push_str(" duration_us=");
+            out.push_str(digits.format(e.duration_us));
+            out.push('\n');
         }
         Format::Json => {
-            let _ = write!(
-                out,
-                "{{\"timestamp\":\"{date}.{micros:06}Z\",\"level\":\"INFO\",\"fields\":{{\
-                 \"message\":\"request\",\"client\":\"{}\",\"method\":",
-                e.client
-            );
-            json(out, e.method.as_str());
+            out.push_str("{\"timestamp\":\"");
+            out.push_str(date);
+            timestamp_fraction(out, micros);
+            out.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"client\":\"");
+            address(out, e.client);
+            out.push_str("\",\"method\":");
+            json(out, &[e.method.as_str()]);
             out.push_str(",\"host\":");
-            json(out, e.host);
+            json(out, &[e.host]);
             out.push_str(",\"path\":");
-            json(out, e.path);
-            let _ = write!(
-                out,
-                ",\"version\":\"{version}\",\"status\":{},\"upstream\":\"{upstream}\",\"ingress\":",
-                e.status
-            );
-            json(out, &owner.to_string());
+            json(out, &[e.path]);
+            out.push_str(",\"version\":\"");
+            out.push_str(version);
+            out.push_str("\",\"status\":");
+            out.push_str(digits.format(e.status));
+            out.push_str(",\"upstream\":\"");
+            match e.upstream {
+                Some(a) => address(out, a),
+                None => out.push('-'),
+            }
+            out.push_str("\",\"ingress\":");
+            match e.owner {
+                Some(o) => json(out, &[&o.namespace, "/", &o.name]),
+                None => json(out, &[]),
+            }
             out.push_str(",\"service\":");
-            json(out, e.service);
+            json(out, &[e.service]);
             out.push_str(",\"request_id\":");
-            json(out, e.request_id);
-            writeln!(
-                out,
-                ",\"duration_us\":{}}},\"target\":\"switchyard::access\"}}",
-                e.duration_us
-            )
-        }
-    };
-}
-
-/// A value, or `none` when there is none.
-struct Shown<'a>(Option<&'a dyn std::fmt::Display>, &'static str);
-
-impl std::fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str(self.1),
+            json(out, &[e.request_id]);
+            out.push_str(",\"duration_us\":");
+            out.push_str(digits.format(e.duration_us));
+            out.push_str("},\"target\":\"switchyard::access\"}\n");
         }
     }
 }
 
-/// A string as Rust's `Debug` quotes it (as tracing's text format shows string fields).
-fn quoted(out: &mut String, s: &str) {
-    let _ = write!(out, "{s:?}");
+/// `.` and the microseconds, six digits, and `Z`.
+fn timestamp_fraction(out: &mut String, micros: u32) {
+    let mut digits = [b'0'; 6];
+    let mut n = micros % 1_000_000;
+    for d in digits.iter_mut().rev() {
+        *d += (n % 10) as u8;
+        n /= 10;
+    }
+    out.push('.');
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
+    out.push('Z');
 }
 
-/// A JSON string.
-fn json(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+/// An address as `Display` shows it; IPv4 without the formatting machinery.
+fn address(out: &mut String, addr: SocketAddr) {
+    let SocketAddr::V4(v4) = addr else {
+        let _ = write!(out, "{addr}");
+        return;
+    };
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
         }
+        out.push_str(digits.format(octet));
+    }
+    out.push(':');
+    out.push_str(digits.format(v4.port()));
+}
+
+/// A string as Rust's `Debug` quotes it (as tracing's text format shows string fields).
+fn quoted(out: &mut String, s: &str) {
+    // Printable ASCII other than `"` and `\` stands for itself.
+    let plain = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
+    if s.bytes().all(plain) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// A JSON string of `parts` joined.
+fn json(out: &mut String, parts: &[&str]) {
+    out.push('"');
+    for s in parts {
+        let mut plain = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                b if b < 0x20 => "",
+                _ => continue,
+            };
+            out.push_str(&s[plain..i]);
+            plain = i + 1;
+            if escape.is_empty() {
+                let _ = write!(out, "\\u{b:04x}");
+            } else {
+                out.push_str(escape);
+            }
+        }
+        out.push_str(&s[plain..]);
     }
     out.push('"');
 }
@@ -240,7 +300,7 @@ fn json(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
-    fn entry<'a>(owner: Option<&'a dyn std::fmt::Display>, id: &'a str) -> Entry<'a> {
+    fn entry<'a>(owner: Option<&'a Owner>, id: &'a str) -> Entry<'a> {
         Entry {
             client: "10.0.0.7:41000".parse().unwrap(),
             method: &Method::GET,
@@ -267,7 +327,7 @@ mod tests {
 
     #[test]
     fn text_lines_read_as_tracing_writes_them() {
-        let owner = "default/shop";
+        let owner = Owner::ingress("default", "shop");
         let mut out = String::new();
         let e = entry(Some(&owner), "a\"b");
         line(&mut out, Format::Text, "2026-12-02T10:56:05", 49_821, &e);
@@ -298,5 +358,33 @@ mod tests {
         assert_eq!(f["ingress"], "");
         assert_eq!(f["request_id"], "id\\\u{1}");
         assert_eq!(f["duration_us"], 172);
+    }
+
+    #[test]
+    fn values_are_quoted_and_escaped_as_the_formatters_would() {
+        let owner = Owner::ingress("team \"a\"", "shop\u{7f}");
+        for id in [
+            "plain-id",
+            "tab\there",
+            "quote\"back\\slash",
+            "ünïcode\u{200b}",
+            "nl\n\u{1f}",
+        ] {
+            let mut e = entry(Some(&owner), id);
+            e.client = "[2001:db8::7]:41000".parse().unwrap();
+            let mut text = String::new();
+            line(&mut text, Format::Text, "2026-12-02T10:56:05", 0, &e);
+            assert!(
+                text.contains(&format!(" request_id={id:?} duration_us=")),
+                "{text}"
+            );
+            assert!(text.contains(" client=[2001:db8::7]:41000 "), "{text}");
+            let mut json_line = String::new();
+            line(&mut json_line, Format::Json, "2026-12-02T10:56:05", 0, &e);
+            let v: serde_json::Value = serde_json::from_str(&json_line).unwrap();
+            assert_eq!(v["fields"]["request_id"], id);
+            assert_eq!(v["fields"]["ingress"], "team \"a\"/shop\u{7f}");
+            assert_eq!(v["fields"]["client"], "[2001:db8::7]:41000");
+        }
     }
 }

@@ -819,7 +819,7 @@ pub(super) async fn handle(
             version,
             status,
             upstream,
-            owner: backend.as_ref().map(|b| &b.owner as &dyn std::fmt::Display),
+            owner: backend.as_ref().map(|b| &*b.owner),
             service: backend.as_ref().map_or("", |b| b.service.as_str()),
             request_id: id.to_str().unwrap_or(""),
             duration_us: took.as_micros() as u64,
