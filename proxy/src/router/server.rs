@@ -198,17 +198,33 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         {
             v.clone()
         }
-        _ => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let n = rand::random::<u128>();
-            let mut hex = [0u8; 32];
-            for (i, d) in hex.iter_mut().enumerate() {
-                *d = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-            }
-            let id = carve(hex.len(), |out| out.extend_from_slice(&hex));
-            HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
+        _ => new_request_id(),
+    }
+}
+
+thread_local! {
+    /// This event loop's random half of its request ids, and how many it has made.
+    static IDS: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((rand::random(), 0));
+}
+
+/// 32 hex digits, unique (not secret): the loop's random half, then its count through a
+/// bijective mix (so that consecutive ids do not look alike).
+fn new_request_id() -> HeaderValue {
+    let (random, count) = IDS.get();
+    IDS.set((random, count.wrapping_add(1)));
+    let mut mixed = count;
+    mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    mixed ^= mixed >> 31;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (half, n) in [random, mixed].into_iter().enumerate() {
+        for i in 0..16 {
+            hex[half * 16 + i] = HEX[(n >> (60 - 4 * i)) as usize & 0xf];
         }
     }
+    let id = carve(hex.len(), |out| out.extend_from_slice(&hex));
+    HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
 }
 
 /// Picks an endpoint that is not known to be down (any when all are): power of two choices on
@@ -1047,6 +1063,32 @@ mod tests {
             b.endpoints[2].addr,
         ];
         assert!(pick(&b, &every).is_none());
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_plain_and_otherwise_new_and_unique() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("client-id-1"));
+        assert_eq!(request_id(&h), "client-id-1");
+        let mut seen = std::collections::HashSet::new();
+        for bad in ["", "has space", &"x".repeat(129)] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = request_id(&h);
+            assert_eq!(id.len(), 32);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+            assert!(seen.insert(id));
+        }
+        for _ in 0..10_000 {
+            assert!(seen.insert(request_id(&HeaderMap::new())));
+        }
+        // Consecutive ids differ in their second half throughout, not in a last digit.
+        let (a, b) = (new_request_id(), new_request_id());
+        let differing = a.as_bytes()[16..]
+            .iter()
+            .zip(&b.as_bytes()[16..])
+            .filter(|(x, y)| x != y)
+            .count();
+        assert!(differing > 4, "{a:?} {b:?}");
     }
 
     #[test]
