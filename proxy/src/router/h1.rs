@@ -10,11 +10,13 @@
 
 use foldhash::HashMap;
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -22,6 +24,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::hop;
 use super::upstream::InFlight;
@@ -54,6 +57,9 @@ pub struct Conn {
     /// The request head being written (kept between requests while small).
     out: Vec<u8>,
     addr: SocketAddr,
+    /// The response deadline, kept with the connection: an exchange moves it instead of adding
+    /// a timer and taking it out again. Made by the first exchange.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// Why an exchange failed.
@@ -64,6 +70,8 @@ pub enum Error {
     Closed(io::Error),
     /// A broken or oversized response, or a connection lost in the middle of one.
     Invalid(String),
+    /// No response head within the exchange's time.
+    TimedOut,
 }
 
 impl std::fmt::Display for Error {
@@ -71,6 +79,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Closed(e) => write!(f, "connection closed: {e}"),
             Error::Invalid(m) => f.write_str(m),
+            Error::TimedOut => f.write_str("no response in time"),
         }
     }
 }
@@ -88,6 +97,7 @@ impl Conn {
             buf: BytesMut::new(),
             out: Vec::new(),
             addr,
+            deadline: None,
         }
     }
 
@@ -147,6 +157,19 @@ impl Conn {
     }
 }
 
+/// `io`, unless `deadline` passes first. The deadline is looked at only while `io` waits.
+async fn within<T>(
+    deadline: &mut Pin<Box<Sleep>>,
+    io: impl Future<Output = T>,
+) -> Result<T, Error> {
+    let mut io = std::pin::pin!(io);
+    std::future::poll_fn(|cx| match io.as_mut().poll(cx) {
+        Poll::Ready(done) => Poll::Ready(Ok(done)),
+        Poll::Pending => deadline.as_mut().poll(cx).map(|()| Err(Error::TimedOut)),
+    })
+    .await
+}
+
 /// The request head as it goes on the wire (origin-form target, the headers as they are).
 fn encode(req: &Request<()>, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -189,16 +212,27 @@ enum Chunk {
     Done,
 }
 
-/// Sends `req` (no body) on `conn` and reads the response head.
+/// Sends `req` (no body) on `conn` and reads the response head, within `timeout`.
 pub async fn exchange(
     mut conn: Conn,
     req: &Request<()>,
     in_flight: InFlight,
+    timeout: Duration,
 ) -> Result<Response<UpstreamH1Body>, Error> {
+    let until = Instant::now() + timeout;
+    let mut deadline = match conn.deadline.take() {
+        Some(mut d) => {
+            d.as_mut().reset(until);
+            d
+        }
+        None => Box::pin(tokio::time::sleep_until(until)),
+    };
     let mut head = std::mem::take(&mut conn.out);
     head.clear();
     encode(req, &mut head);
-    conn.io.write_all(&head).await.map_err(Error::Closed)?;
+    within(&mut deadline, conn.io.write_all(&head))
+        .await?
+        .map_err(Error::Closed)?;
     if head.capacity() <= MAX_IDLE_OUT {
         conn.out = head;
     }
@@ -213,7 +247,7 @@ pub async fn exchange(
             if conn.buf.len() >= MAX_HEAD {
                 return invalid("response head too large");
             }
-            match conn.fill().await {
+            match within(&mut deadline, conn.fill()).await? {
                 Ok(true) => {
                     received = true;
                     continue;
@@ -234,6 +268,7 @@ pub async fn exchange(
             // 103 Early Hints and the like: the final response follows.
             continue;
         }
+        conn.deadline = Some(deadline);
         let mut resp = Response::new(UpstreamH1Body {
             conn: Some(conn),
             framing: head.framing,
@@ -723,7 +758,8 @@ mod tests {
             None => Conn::new(TcpStream::connect(addr).await.unwrap(), addr),
         };
         let upstream = Arc::new(Upstream::new(addr, false));
-        exchange(conn, &get(method), upstream.start()).await
+        let timeout = std::time::Duration::from_secs(5);
+        exchange(conn, &get(method), upstream.start(), timeout).await
     }
 
     /// The body's data and trailers, or its error.
@@ -880,6 +916,36 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|r| r.status())),
         }
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_come_in_time_is_a_timeout() {
+        // One answer, then silence on the same connection.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = s.read(&mut b).await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let upstream = Arc::new(Upstream::new(addr, false));
+        let short = std::time::Duration::from_millis(200);
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap(), addr);
+        let resp = exchange(conn, &get(Method::GET), upstream.start(), short)
+            .await
+            .unwrap();
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        // The pooled connection keeps its deadline: the next exchange moves it.
+        let conn = Conn::pooled(addr).expect("pooled");
+        let answer = exchange(conn, &get(Method::GET), upstream.start(), short).await;
+        assert!(matches!(answer, Err(Error::TimedOut)));
+        assert!(!pooled(addr));
     }
 
     #[tokio::test]

@@ -515,18 +515,18 @@ async fn forward_h1(
                 }
             },
         };
-        let exchange = h1::exchange(conn, req, upstream.start());
-        let resp = match tokio::time::timeout(settings.response_timeout, exchange).await {
-            Err(_) => return attempts.timed_out(&upstream),
+        let exchange = h1::exchange(conn, req, upstream.start(), settings.response_timeout);
+        let resp = match exchange.await {
+            Err(h1::Error::TimedOut) => return attempts.timed_out(&upstream),
             // A pooled connection closed under the request: it goes again on a fresh one
             // when repeating it is harmless.
-            Ok(Err(h1::Error::Closed(e)))
+            Err(h1::Error::Closed(e))
                 if reused && req.method().is_idempotent() && attempts.resend(&upstream, &e) =>
             {
                 continue
             }
-            Ok(Err(e)) => return attempts.failed(&upstream, &e),
-            Ok(Ok(r)) => r,
+            Err(e) => return attempts.failed(&upstream, &e),
+            Ok(r) => r,
         };
         // Its hop-by-hop fields were left out as its head was read.
         let (mut parts, body) = resp.into_parts();
