@@ -202,6 +202,15 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
+/// The request id as an answer carries it: marked for HTTP/2's header compression to leave
+/// out of its table. Every id is new, so indexing them would only push the fields that repeat
+/// (`server`, `content-type`) out of the table and make each answer search a chain of old ids.
+fn answer_id(id: &HeaderValue) -> HeaderValue {
+    let mut id = id.clone();
+    id.set_sensitive(true);
+    id
+}
+
 thread_local! {
     /// This event loop's random half of its request ids, and how many it has made.
     static IDS: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((rand::random(), 0));
@@ -714,7 +723,7 @@ pub(super) async fn handle(
         Ok(c) => c,
         Err(e) => {
             let mut resp = local(StatusCode::BAD_REQUEST, &e.to_string());
-            resp.headers_mut().insert(X_REQUEST_ID, id);
+            resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
             shared.unrouted.record(400, started.elapsed());
             return resp;
         }
@@ -820,7 +829,7 @@ pub(super) async fn handle(
             cors.answer(origin.as_ref(), resp.headers_mut());
         }
     }
-    resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+    resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
     let took = started.elapsed();
     let status = resp.status().as_u16();
     let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
