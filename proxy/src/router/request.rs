@@ -51,9 +51,13 @@ fn hex(b: u8) -> Option<u8> {
 /// The path to route on and forward. Most paths need nothing and are borrowed as they are.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, RequestError> {
     let b = raw.as_bytes();
-    let plain =
-        !b.iter().any(|&c| c == b'%' || c == b'\\') && !raw.contains("//") && !raw.contains("/.");
-    if plain {
+    // No escape, no backslash, no empty or dot segment: one pass over the bytes.
+    let special = |i: usize| match b[i] {
+        b'%' | b'\\' => true,
+        b'/' => matches!(b.get(i + 1), Some(b'/' | b'.')),
+        _ => false,
+    };
+    if !(0..b.len()).any(special) {
         return Ok(Cow::Borrowed(raw));
     }
     // Decode what may be decoded; refuse what is ambiguous.
