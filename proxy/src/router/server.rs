@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -285,8 +286,17 @@ fn upstream_uri(uri: &Uri, host: &str, path: Option<&str>, h2c: bool) -> Option<
     if h2c {
         let absolute = format!("http://{host}{pq}").parse();
         Some(absolute.unwrap_or_else(|_| Uri::from_static("/")))
-    } else if uri.authority().is_some() || rewritten.is_some() {
+    } else if rewritten.is_some() {
         Some(pq.parse().unwrap_or_else(|_| Uri::from_static("/")))
+    } else if uri.authority().is_some() {
+        // The client's path and query as they are (sharing their bytes), without the rest.
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Some(Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/")))
     } else {
         // Already origin-form: nothing to rewrite.
         None
@@ -1098,6 +1108,30 @@ mod tests {
             .filter(|(x, y)| x != y)
             .count();
         assert!(differing > 4, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn upstream_targets_are_origin_form_or_absolute_for_h2c() {
+        let target = |uri: &str, path: Option<&str>, h2c: bool| {
+            let uri: Uri = uri.parse().unwrap();
+            upstream_uri(&uri, "b.example", path, h2c).map(|u| u.to_string())
+        };
+        assert_eq!(target("/a?b=1", None, false), None);
+        let absolute = "https://b.example:8443/a/b?c=%20";
+        assert_eq!(target(absolute, None, false).as_deref(), Some("/a/b?c=%20"));
+        assert_eq!(
+            target("https://b.example", None, false).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            target(absolute, Some("/x"), false).as_deref(),
+            Some("/x?c=%20")
+        );
+        assert_eq!(target("/a", Some("/x/"), false).as_deref(), Some("/x/"));
+        assert_eq!(
+            target("/a?q", None, true).as_deref(),
+            Some("http://b.example/a?q")
+        );
     }
 
     #[test]
