@@ -27,7 +27,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::h1::{fields, offsets, slice, spare, write_fields, Span};
+use super::h1::{deadline_after, fields, offsets, slice, spare, write_fields, Span};
 use super::server::{handle, serve_io, Body, Conn, Shared};
 
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
@@ -61,9 +61,7 @@ where
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + timeout);
+        deadline.as_mut().reset(deadline_after(timeout));
         let (req, close) = loop {
             let hyper = match take_request(&mut buf) {
                 Parsed::Simple(req, close) => break (req, close),

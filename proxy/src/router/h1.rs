@@ -41,6 +41,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A request head buffer larger than this is not kept for the next request.
 const MAX_IDLE_OUT: usize = 16 * 1024;
 
+/// The deadline of an exchange whose timeout is too long to add to now.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 /// Emptied header maps kept per event loop for the next heads, and the largest kept.
 const SPARE_MAPS: usize = 64;
 const SPARE_MAP_FIELDS: usize = 128;
@@ -157,6 +160,13 @@ impl Conn {
     }
 }
 
+/// Now plus `timeout`; a timeout too long to add (an annotation or a flag may ask for u64::MAX
+/// seconds) is no deadline rather than an overflow.
+pub(super) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
 /// `io`, unless `deadline` passes first. The deadline is looked at only while `io` waits.
 async fn within<T>(
     deadline: &mut Pin<Box<Sleep>>,
@@ -219,7 +229,7 @@ pub async fn exchange(
     in_flight: InFlight,
     timeout: Duration,
 ) -> Result<Response<UpstreamH1Body>, Error> {
-    let until = Instant::now() + timeout;
+    let until = deadline_after(timeout);
     let mut deadline = match conn.deadline.take() {
         Some(mut d) => {
             d.as_mut().reset(until);
@@ -936,7 +946,8 @@ mod tests {
         let upstream = Arc::new(Upstream::new(addr, false));
         let short = std::time::Duration::from_millis(200);
         let conn = Conn::new(TcpStream::connect(addr).await.unwrap(), addr);
-        let resp = exchange(conn, &get(Method::GET), upstream.start(), short)
+        // A timeout too long to be a deadline (as an annotation may write it) is none.
+        let resp = exchange(conn, &get(Method::GET), upstream.start(), Duration::MAX)
             .await
             .unwrap();
         assert!(resp.body().is_end_stream());
