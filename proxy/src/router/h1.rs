@@ -8,7 +8,6 @@
 //! until the connection closes. A connection goes back to the pool only when its response was
 //! read whole and nothing in it asked for the connection to close.
 
-use foldhash::HashMap;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -19,6 +18,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use foldhash::HashMap;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};

@@ -5,7 +5,6 @@
 //! Pools are per event loop (thread-local): a connection is only used by the loop that drives
 //! it, so no lock is taken and no wake-up crosses threads.
 
-use foldhash::HashMap;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
