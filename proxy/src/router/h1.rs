@@ -181,14 +181,19 @@ async fn within<T>(
 }
 
 /// The request head as it goes on the wire (origin-form target, the headers as they are).
-fn encode(req: &Request<()>, out: &mut Vec<u8>) {
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
+pub(super) fn encode(req: &Request<()>, out: &mut Vec<u8>) {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_request_line(req.method(), target, out);
     write_fields(req.headers(), out);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `METHOD target HTTP/1.1`, the first line of a request head.
+pub(super) fn write_request_line(method: &Method, target: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
 /// Header fields as they go on the wire: a `name: value` line each.
@@ -197,11 +202,16 @@ pub(super) fn write_fields<'a>(
     out: &mut Vec<u8>,
 ) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(name.as_str(), value.as_bytes(), out);
     }
+}
+
+/// One `name: value` line; `value` must be a field value (no CR, LF or NUL).
+pub(super) fn write_field(name: &str, value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How the rest of a response is framed.
@@ -222,10 +232,12 @@ enum Chunk {
     Done,
 }
 
-/// Sends `req` (no body) on `conn` and reads the response head, within `timeout`.
+/// Sends a request without a body, its head written by `head`, on `conn` and reads the
+/// response head, within `timeout`.
 pub async fn exchange(
     mut conn: Conn,
-    req: &Request<()>,
+    method: &Method,
+    head: &(dyn Fn(&mut Vec<u8>) + Sync),
     in_flight: InFlight,
     timeout: Duration,
 ) -> Result<Response<UpstreamH1Body>, Error> {
@@ -237,21 +249,21 @@ pub async fn exchange(
         }
         None => Box::pin(tokio::time::sleep_until(until)),
     };
-    let mut head = std::mem::take(&mut conn.out);
-    head.clear();
-    encode(req, &mut head);
-    within(&mut deadline, conn.io.write_all(&head))
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
+    head(&mut out);
+    within(&mut deadline, conn.io.write_all(&out))
         .await?
         .map_err(Error::Closed)?;
-    if head.capacity() <= MAX_IDLE_OUT {
-        conn.out = head;
+    if out.capacity() <= MAX_IDLE_OUT {
+        conn.out = out;
     }
     let mut received = false;
     loop {
         // Parsed by a function of its own: the header array stays out of this future's state.
         let head = match conn.buf.is_empty() {
             true => None,
-            false => take_head(&mut conn.buf, req.method())?,
+            false => take_head(&mut conn.buf, method)?,
         };
         let Some(head) = head else {
             if conn.buf.len() >= MAX_HEAD {
@@ -769,7 +781,19 @@ mod tests {
         };
         let upstream = Arc::new(Upstream::new(addr, false));
         let timeout = std::time::Duration::from_secs(5);
-        exchange(conn, &get(method), upstream.start(), timeout).await
+        get_on(conn, method, &upstream, timeout).await
+    }
+
+    /// A GET (or `method`) of `/x?y=1` on `conn`.
+    async fn get_on(
+        conn: Conn,
+        method: Method,
+        upstream: &Arc<Upstream>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamH1Body>, Error> {
+        let req = get(method);
+        let head = |out: &mut Vec<u8>| encode(&req, out);
+        exchange(conn, req.method(), &head, upstream.start(), timeout).await
     }
 
     /// The body's data and trailers, or its error.
@@ -947,14 +971,14 @@ mod tests {
         let short = std::time::Duration::from_millis(200);
         let conn = Conn::new(TcpStream::connect(addr).await.unwrap(), addr);
         // A timeout too long to be a deadline (as an annotation may write it) is none.
-        let resp = exchange(conn, &get(Method::GET), upstream.start(), Duration::MAX)
+        let resp = get_on(conn, Method::GET, &upstream, Duration::MAX)
             .await
             .unwrap();
         assert!(resp.body().is_end_stream());
         drop(resp);
         // The pooled connection keeps its deadline: the next exchange moves it.
         let conn = Conn::pooled(addr).expect("pooled");
-        let answer = exchange(conn, &get(Method::GET), upstream.start(), short).await;
+        let answer = get_on(conn, Method::GET, &upstream, short).await;
         assert!(matches!(answer, Err(Error::TimedOut)));
         assert!(!pooled(addr));
     }

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -100,6 +100,21 @@ pub(super) struct Conn {
     forwarded: Arc<str>,
 }
 
+impl Conn {
+    fn new(peer: SocketAddr, port: u16, tls: bool, ingress: bool) -> Conn {
+        Conn {
+            peer,
+            tls,
+            port,
+            ingress,
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP is a header value"),
+            forwarded_port: HeaderValue::from(port),
+            forwarded: forwarded_prefix(peer, tls).into(),
+        }
+    }
+}
+
 fn local(status: StatusCode, text: &str) -> Response<Body> {
     let mut resp = Response::new(Body::Local(Some(Bytes::from(format!("{text}\n")))));
     *resp.status_mut() = status;
@@ -166,27 +181,19 @@ fn carve(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
     })
 }
 
-/// `Forwarded` for one request: the connection's part and the host it asked for (quoted).
-fn forwarded(conn: &Conn, host: &str) -> Option<HeaderValue> {
-    let escaped = |b: &u8| matches!(b, b'"' | b'\\');
-    let escapes = host.bytes().filter(escaped).count();
-    let len = conn.forwarded.len() + host.len() + escapes + 8;
-    let value = carve(len, |v| {
-        v.extend_from_slice(conn.forwarded.as_bytes());
-        v.extend_from_slice(b";host=\"");
-        if escapes == 0 {
-            v.extend_from_slice(host.as_bytes());
-        } else {
-            for b in host.bytes() {
-                if escaped(&b) {
-                    v.extend_from_slice(b"\\");
-                }
-                v.extend_from_slice(&[b]);
-            }
-        }
-        v.extend_from_slice(b"\"");
-    });
-    HeaderValue::from_maybe_shared(value).ok()
+/// `Forwarded` for one request: the connection's part and the host it asked for (quoted). The
+/// host is visible ASCII (it was read from a field as text), so the value is one too.
+fn write_forwarded(conn: &Conn, host: &str, out: &mut impl BufMut) {
+    out.put_slice(conn.forwarded.as_bytes());
+    out.put_slice(b";host=\"");
+    let mut rest = host.as_bytes();
+    while let Some(i) = rest.iter().position(|b| matches!(b, b'"' | b'\\')) {
+        out.put_slice(&rest[..i]);
+        out.put_slice(&[b'\\', rest[i]]);
+        rest = &rest[i + 1..];
+    }
+    out.put_slice(rest);
+    out.put_slice(b"\"");
 }
 
 /// A client's request id when it is short printable ASCII, otherwise a new one.
@@ -304,27 +311,10 @@ fn upstream_uri(uri: &Uri, host: &str, path: Option<&str>, h2c: bool) -> Option<
 }
 
 /// Rewrites a client's request into what the backend receives: the backend's URI form and
-/// protocol, no hop-by-hop headers, the upgrade that is meant, and the `X-Forwarded-*` set and
-/// request id (replacing whatever the client sent).
+/// protocol, no hop-by-hop headers, and the [`Forwarding`] fields.
 fn to_upstream<B>(req: &mut Request<B>, backend: &Backend, conn: &Conn, to: &Routed<'_>) {
-    let Routed {
-        host,
-        path,
-        id,
-        upgrade,
-        host_rewrite,
-    } = to;
-    // The routed host came from the Host header unless the target carried an authority: then
-    // the header's value is reused as it is.
-    let original_host = match req.headers().get(header::HOST) {
-        Some(h) if req.uri().authority().is_none() => Some(h.clone()),
-        _ => HeaderValue::from_str(host).ok(),
-    };
-    let upstream_host = match host_rewrite {
-        Some(h) => HeaderValue::from_str(h).ok(),
-        None => original_host.clone(),
-    };
-    if let Some(uri) = upstream_uri(req.uri(), host_rewrite.unwrap_or(host), *path, backend.h2c) {
+    let forwarding = Forwarding::new(req, conn, to);
+    if let Some(uri) = upstream_uri(req.uri(), to.upstream_host(), to.path, backend.h2c) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = if backend.h2c {
@@ -334,31 +324,117 @@ fn to_upstream<B>(req: &mut Request<B>, backend: &Backend, conn: &Conn, to: &Rou
     };
     let headers = req.headers_mut();
     hop::strip(headers);
-    if backend.h2c {
-        headers.remove(header::HOST);
-    } else if let Some(h) = upstream_host {
-        headers.insert(header::HOST, h);
+    forwarding.apply(headers, backend.h2c);
+}
+
+/// The fields the router sets on a request it forwards, in place of any the client sent: the
+/// host the backend receives, the upgrade that is meant, the `X-Forwarded-*` set, `Forwarded`
+/// and the request id. The router is the edge: what clients claim in these is replaced, not
+/// trusted. Set in a header map ([`Forwarding::apply`]), or written into an HTTP/1.1 head with
+/// the client's other fields ([`Forwarding::write_head`]).
+struct Forwarding<'a> {
+    conn: &'a Conn,
+    /// The host as the client asked for it (`X-Forwarded-Host`).
+    original_host: Option<HeaderValue>,
+    /// What the backend receives as `Host`.
+    upstream_host: Option<HeaderValue>,
+    to: &'a Routed<'a>,
+}
+
+impl<'a> Forwarding<'a> {
+    fn new<B>(req: &Request<B>, conn: &'a Conn, to: &'a Routed<'a>) -> Self {
+        // The routed host came from the Host header unless the target carried an authority:
+        // then the header's value is reused as it is.
+        let original_host = match req.headers().get(header::HOST) {
+            Some(h) if req.uri().authority().is_none() => Some(h.clone()),
+            _ => HeaderValue::from_str(to.host).ok(),
+        };
+        let upstream_host = match to.host_rewrite {
+            Some(h) => HeaderValue::from_str(h).ok(),
+            None => original_host.clone(),
+        };
+        Forwarding {
+            conn,
+            original_host,
+            upstream_host,
+            to,
+        }
     }
-    if let Some(proto) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, proto.clone());
+
+    fn proto(&self) -> &'static str {
+        if self.conn.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
-    // The router is the edge: what clients claim in these headers is replaced, not trusted.
-    headers.insert(X_FORWARDED_FOR, conn.forwarded_for.clone());
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    if let Some(h) = &original_host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
+
+    /// Sets the fields in `headers` (an HTTP/2 backend takes the host from the target).
+    fn apply(self, headers: &mut HeaderMap, h2c: bool) {
+        let conn = self.conn;
+        let proto = self.proto();
+        if h2c {
+            headers.remove(header::HOST);
+        } else if let Some(h) = self.upstream_host {
+            headers.insert(header::HOST, h);
+        }
+        if let Some(proto) = &self.to.upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        headers.insert(X_FORWARDED_FOR, conn.forwarded_for.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        if let Some(h) = self.original_host {
+            headers.insert(X_FORWARDED_HOST, h);
+        }
+        headers.insert(X_FORWARDED_PORT, conn.forwarded_port.clone());
+        headers.insert(X_REAL_IP, conn.forwarded_for.clone());
+        let host = self.to.host;
+        let len = conn.forwarded.len() + 2 * host.len() + 8;
+        let forwarded = carve(len, |v| write_forwarded(conn, host, v));
+        match HeaderValue::from_maybe_shared(forwarded) {
+            Ok(f) => headers.insert(header::FORWARDED, f),
+            Err(_) => headers.remove(header::FORWARDED),
+        };
+        headers.insert(X_REQUEST_ID, self.to.id.clone());
     }
-    headers.insert(X_FORWARDED_PORT, conn.forwarded_port.clone());
-    headers.insert(X_REAL_IP, conn.forwarded_for.clone());
-    match forwarded(conn, host) {
-        Some(f) => headers.insert(header::FORWARDED, f),
-        None => headers.remove(header::FORWARDED),
-    };
-    headers.insert(X_REQUEST_ID, (*id).clone());
+
+    /// Whether the client's field `name` gives way to one of these (in a head written by
+    /// [`Forwarding::write_head`]).
+    fn replaces(&self, name: &HeaderName) -> bool {
+        match name.as_str() {
+            "host" => self.upstream_host.is_some(),
+            "x-forwarded-host" => self.original_host.is_some(),
+            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-port" | "x-real-ip"
+            | "forwarded" | "x-request-id" => true,
+            _ => false,
+        }
+    }
+
+    /// The HTTP/1.1 head of a request without a body or an upgrade: `method target`, the
+    /// client's `fields` (hop-by-hop ones already removed) but those replaced, then these.
+    /// Every value written is a field value (the client's and the connection's were, and the
+    /// routed host is text read from one), so no line can be cut short or added.
+    fn write_head(&self, method: &Method, target: &str, fields: &HeaderMap, out: &mut Vec<u8>) {
+        let conn = self.conn;
+        h1::write_request_line(method, target, out);
+        if let Some(h) = &self.upstream_host {
+            h1::write_field("host", h.as_bytes(), out);
+        }
+        h1::write_fields(fields.iter().filter(|(n, _)| !self.replaces(n)), out);
+        h1::write_field("x-forwarded-for", conn.forwarded_for.as_bytes(), out);
+        h1::write_field("x-forwarded-proto", self.proto().as_bytes(), out);
+        if let Some(h) = &self.original_host {
+            h1::write_field("x-forwarded-host", h.as_bytes(), out);
+        }
+        h1::write_field("x-forwarded-port", conn.forwarded_port.as_bytes(), out);
+        h1::write_field("x-real-ip", conn.forwarded_for.as_bytes(), out);
+        out.extend_from_slice(b"forwarded: ");
+        write_forwarded(conn, self.to.host, out);
+        out.extend_from_slice(b"\r\n");
+        h1::write_field("x-request-id", self.to.id.as_bytes(), out);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// What routing decided about a request, and what the backend is to receive.
@@ -372,6 +448,13 @@ struct Routed<'a> {
     upgrade: Option<HeaderValue>,
     /// The host the backend receives instead (a `URLRewrite` filter).
     host_rewrite: Option<&'a str>,
+}
+
+impl Routed<'_> {
+    /// The host the backend is asked for.
+    fn upstream_host(&self) -> &str {
+        self.host_rewrite.unwrap_or(self.host)
+    }
 }
 
 /// Sends `req` on `sender`. A failure hands back the request when it never left, so it can go
@@ -441,9 +524,28 @@ async fn forward(
         }
     }
     if !backend.h2c && tunnel.is_none() && body.is_end_stream() {
-        to_upstream(&mut req, backend, conn, &to);
-        edit_request(req.headers_mut(), action, backend);
-        let answer = forward_h1(backend, &req, version).await;
+        let edited = !action.request_headers.is_empty()
+            || backend
+                .edits
+                .as_ref()
+                .is_some_and(|e| !e.request.is_empty());
+        let answer = if edited {
+            to_upstream(&mut req, backend, conn, &to);
+            edit_request(req.headers_mut(), action, backend);
+            let head = |out: &mut Vec<u8>| h1::encode(&req, out);
+            forward_h1(backend, req.method(), &head, version).await
+        } else {
+            // No filter edits the fields: the forwarding ones go into the head as it is
+            // written, not into the map first.
+            let forwarding = Forwarding::new(&req, conn, &to);
+            hop::strip(req.headers_mut());
+            let uri = upstream_uri(req.uri(), to.upstream_host(), to.path, false);
+            let target = uri.as_ref().unwrap_or(req.uri()).path_and_query();
+            let target = target.map_or("/", |p| p.as_str());
+            let head =
+                |out: &mut Vec<u8>| forwarding.write_head(req.method(), target, req.headers(), out);
+            forward_h1(backend, req.method(), &head, version).await
+        };
         h1::spare(std::mem::take(req.headers_mut()));
         return answer;
     }
@@ -517,7 +619,8 @@ async fn forward_hyper(
 /// and errors.
 async fn forward_h1(
     backend: &Backend,
-    req: &Request<()>,
+    method: &Method,
+    head: &(dyn Fn(&mut Vec<u8>) + Sync),
     version: Version,
 ) -> (Response<Body>, Option<SocketAddr>) {
     let settings = &backend.settings;
@@ -534,13 +637,19 @@ async fn forward_h1(
                 }
             },
         };
-        let exchange = h1::exchange(conn, req, upstream.start(), settings.response_timeout);
+        let exchange = h1::exchange(
+            conn,
+            method,
+            head,
+            upstream.start(),
+            settings.response_timeout,
+        );
         let resp = match exchange.await {
             Err(h1::Error::TimedOut) => return attempts.timed_out(&upstream),
             // A pooled connection closed under the request: it goes again on a fresh one
             // when repeating it is harmless.
             Err(h1::Error::Closed(e))
-                if reused && req.method().is_idempotent() && attempts.resend(&upstream, &e) =>
+                if reused && method.is_idempotent() && attempts.resend(&upstream, &e) =>
             {
                 continue
             }
@@ -988,16 +1097,7 @@ pub(super) async fn accept_loop(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let conn = Conn {
-                peer,
-                tls: tls.is_some(),
-                port: local.port(),
-                ingress,
-                forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
-                    .expect("an IP is a header value"),
-                forwarded_port: HeaderValue::from(local.port()),
-                forwarded: forwarded_prefix(peer, tls.is_some()).into(),
-            };
+            let conn = Conn::new(peer, local.port(), tls.is_some(), ingress);
             match tls {
                 None => super::fast::serve(shared, tcp, conn).await,
                 Some(acceptor) => {
@@ -1132,6 +1232,131 @@ mod tests {
             target("/a?q", None, true).as_deref(),
             Some("http://b.example/a?q")
         );
+    }
+
+    /// The head's request line and its fields, sorted.
+    fn head_parts(head: &[u8]) -> (String, Vec<(String, String)>) {
+        let text = std::str::from_utf8(head).unwrap();
+        let text = text.strip_suffix("\r\n\r\n").expect("a whole head");
+        let mut lines = text.split("\r\n");
+        let first = lines.next().unwrap().to_string();
+        let mut fields: Vec<_> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(": ").expect("name: value");
+                (n.to_ascii_lowercase(), v.to_string())
+            })
+            .collect();
+        fields.sort();
+        (first, fields)
+    }
+
+    #[test]
+    fn forwarding_fields_written_into_a_head_are_those_set_in_a_map() {
+        let peer: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+        let id = HeaderValue::from_static("id-1");
+        for (uri, client_host, routed, rewrite, tls) in [
+            ("/a?b", Some("shop.example"), "shop.example", None, false),
+            (
+                "http://shop.example:80/a",
+                Some("shop.example"),
+                "shop.example:80",
+                None,
+                true,
+            ),
+            ("/a", None, "", None, false),
+            ("/q", Some("we\"ird\\host"), "we\"ird\\host", None, false),
+            (
+                "/r",
+                Some("shop.example"),
+                "shop.example",
+                Some("in.example"),
+                false,
+            ),
+        ] {
+            let mut req = Request::new(());
+            *req.uri_mut() = uri.parse().unwrap();
+            let fields = req.headers_mut();
+            if let Some(h) = client_host {
+                fields.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            for (n, v) in [
+                ("x-forwarded-for", "203.0.113.9"),
+                ("X-Forwarded-Host", "evil.example"),
+                ("x-forwarded-proto", "gopher"),
+                ("x-forwarded-port", "1"),
+                ("x-real-ip", "203.0.113.9"),
+                ("forwarded", "for=203.0.113.9"),
+                ("x-request-id", "theirs"),
+                ("keep-alive", "timeout=5"),
+                ("accept", "*/*"),
+                ("cookie", "a=1"),
+            ] {
+                fields.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            fields.append(header::COOKIE, HeaderValue::from_static("b=2"));
+            let to = Routed {
+                host: routed,
+                path: None,
+                id: &id,
+                upgrade: None,
+                host_rewrite: rewrite,
+            };
+            let conn = Conn::new(peer, 8443, tls, true);
+            let b = backend(1, Balance::RoundRobin);
+
+            let mut mapped = req.clone();
+            to_upstream(&mut mapped, &b, &conn, &to);
+            let mut through_map = Vec::new();
+            h1::encode(&mapped, &mut through_map);
+
+            let forwarding = Forwarding::new(&req, &conn, &to);
+            hop::strip(req.headers_mut());
+            let target = upstream_uri(req.uri(), to.upstream_host(), None, false);
+            let target = target
+                .as_ref()
+                .unwrap_or(req.uri())
+                .path_and_query()
+                .unwrap();
+            let mut written = Vec::new();
+            forwarding.write_head(req.method(), target.as_str(), req.headers(), &mut written);
+
+            let (line, fields) = head_parts(&written);
+            assert_eq!(
+                (line.clone(), fields.clone()),
+                head_parts(&through_map),
+                "{uri}"
+            );
+            let field = |n: &str| {
+                let all: Vec<_> = fields.iter().filter(|(k, _)| k == n).collect();
+                assert_eq!(all.len(), 1, "one {n} in {fields:?}");
+                all[0].1.clone()
+            };
+            assert!(line.starts_with("GET /"), "{line}");
+            assert_eq!(field("x-forwarded-for"), "2001:db8::7");
+            assert_eq!(field("x-real-ip"), "2001:db8::7");
+            assert_eq!(field("x-forwarded-port"), "8443");
+            assert_eq!(field("x-request-id"), "id-1");
+            assert_eq!(
+                field("x-forwarded-proto"),
+                if tls { "https" } else { "http" }
+            );
+            // The client's Host as it was, unless the target named the host or a filter
+            // rewrites it.
+            let origin_form = uri.starts_with('/');
+            let host = client_host.filter(|_| origin_form).unwrap_or(routed);
+            assert_eq!(field("host"), rewrite.unwrap_or(host));
+            let escaped = routed.replace('\\', "\\\\").replace('"', "\\\"");
+            let proto = if tls { "https" } else { "http" };
+            assert_eq!(
+                field("forwarded"),
+                format!("for=\"[2001:db8::7]\";proto={proto};host=\"{escaped}\"")
+            );
+            assert!(fields.iter().all(|(n, _)| n != "keep-alive"));
+            assert_eq!(fields.iter().filter(|(n, _)| n == "cookie").count(), 2);
+        }
     }
 
     #[test]
