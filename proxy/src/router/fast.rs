@@ -257,13 +257,21 @@ where
     I: AsyncWrite + Unpin,
 {
     let status = resp.status();
+    // An upstream answer's fields as read, written as they are.
+    let wire = match resp.body_mut() {
+        Body::UpstreamH1(b) => b.wire.take(),
+        _ => None,
+    };
     let headers = resp.headers_mut();
     headers.remove(header::TRANSFER_ENCODING);
     let bodyless =
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let declared = match &wire {
+        Some(w) => w.length,
+        None => headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok()),
+    };
     let known = resp.body().size_hint().exact();
     let headers = resp.headers_mut();
     let framing = match (declared, known) {
@@ -294,7 +302,7 @@ where
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !headers.contains_key(header::DATE) {
+    if !headers.contains_key(header::DATE) && !wire.as_ref().is_some_and(|w| w.dated) {
         headers.insert(header::DATE, date());
     }
     out.clear();
@@ -303,6 +311,9 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(w) = &wire {
+        out.extend_from_slice(w.as_bytes());
+    }
     write_fields(resp.headers(), out);
     out.extend_from_slice(b"\r\n");
     let (mut parts, mut body) = resp.into_parts();

@@ -59,6 +59,9 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written (kept between requests while small).
     out: Vec<u8>,
+    /// Where answers' fields are kept as read ([`WireFields`]); its space is used again once
+    /// the answer that holds it is gone.
+    lines: BytesMut,
     addr: SocketAddr,
     /// The response deadline, kept with the connection: an exchange moves it instead of adding
     /// a timer and taking it out again. Made by the first exchange.
@@ -99,6 +102,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            lines: BytesMut::new(),
             addr,
             deadline: None,
         }
@@ -263,7 +267,7 @@ pub async fn exchange(
         // Parsed by a function of its own: the header array stays out of this future's state.
         let head = match conn.buf.is_empty() {
             true => None,
-            false => take_head(&mut conn.buf, method)?,
+            false => take_head(&mut conn.buf, &mut conn.lines, method)?,
         };
         let Some(head) = head else {
             if conn.buf.len() >= MAX_HEAD {
@@ -291,15 +295,21 @@ pub async fn exchange(
             continue;
         }
         conn.deadline = Some(deadline);
+        let (fields, wire) = match head.fields {
+            Fields::Map(map) => (map, None),
+            // Room for what the router adds to an answer.
+            Fields::Wire(wire) => (empty_map(4), Some(wire)),
+        };
         let mut resp = Response::new(UpstreamH1Body {
             conn: Some(conn),
             framing: head.framing,
             keep: head.keep,
+            wire,
             _in_flight: in_flight,
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = Version::HTTP_11;
-        *resp.headers_mut() = head.fields;
+        *resp.headers_mut() = fields;
         let body = resp.body_mut();
         if matches!(body.framing, Framing::Empty | Framing::Length(0)) {
             body.finish();
@@ -312,16 +322,74 @@ pub async fn exchange(
 struct Head {
     status: StatusCode,
     /// Its end-to-end fields (none for a 1xx).
-    fields: HeaderMap,
+    fields: Fields,
     framing: Framing,
     /// Whether the connection may carry another request after the response.
     keep: bool,
 }
 
+enum Fields {
+    Map(HeaderMap),
+    Wire(WireFields),
+}
+
+/// An answer's end-to-end fields kept as they go on the wire, one `name: value` line each (the
+/// names as the upstream wrote them), in place of a header map: an answer passed on as it came
+/// is written without one. Kept for answers framed by their `Content-Length` (or without a
+/// body and without one): the only field the writer needs is known from the head.
+pub struct WireFields {
+    lines: Bytes,
+    /// The `Content-Length`, when the answer has one.
+    pub length: Option<u64>,
+    /// It has a `Date` field.
+    pub dated: bool,
+    /// It has an `X-Request-Id` field (which the router replaces).
+    pub request_id: bool,
+}
+
+impl WireFields {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// The fields, one `(name, value)` pair each.
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\r"))
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((&line[..colon], &line[colon + 2..]))
+            })
+    }
+
+    /// Adds the fields to `map`. The head's parser takes the names and values a header map
+    /// takes, so every field goes in; None if one did not (nothing is added then).
+    pub fn into_map(self, map: &mut HeaderMap) -> Option<()> {
+        let mut parsed = Vec::new();
+        for (name, value) in self.fields() {
+            let name = HeaderName::from_bytes(name).ok()?;
+            let start = value.as_ptr() as usize - self.lines.as_ptr() as usize;
+            let value = self.lines.slice(start..start + value.len());
+            parsed.push((name, HeaderValue::from_maybe_shared(value).ok()?));
+        }
+        map.reserve(parsed.len());
+        for (name, value) in parsed {
+            map.append(name, value);
+        }
+        Some(())
+    }
+}
+
 /// A complete response head to a `method` request taken from the start of `buf`; None while it
 /// is incomplete. Its hop-by-hop fields are left out as it is read: they and what they say
-/// about the connection are settled here, from the head's own bytes.
-fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+/// about the connection are settled here, from the head's own bytes. The end-to-end fields are
+/// kept as [`WireFields`] (written into `lines`) when they can be, else in a header map.
+fn take_head(
+    buf: &mut BytesMut,
+    lines: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<Head>, Error> {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
@@ -335,7 +403,7 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
         .map_err(|_| Error::Invalid(format!("response status {code}")))?;
     if status.is_informational() {
         buf.advance(len);
-        let (fields, framing, keep) = (HeaderMap::new(), Framing::Empty, false);
+        let (fields, framing, keep) = (Fields::Map(HeaderMap::new()), Framing::Empty, false);
         return Ok(Some(Head {
             status,
             fields,
@@ -349,8 +417,12 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
     // settle it.
     let mut close = false;
     let mut by_map = false;
+    let (mut length_field, mut dated, mut request_id) = (false, false, false);
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
+        length_field |= name.eq_ignore_ascii_case(b"content-length");
+        dated |= name.eq_ignore_ascii_case(b"date");
+        request_id |= name.eq_ignore_ascii_case(b"x-request-id");
         if name.eq_ignore_ascii_case(b"connection") {
             for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -363,6 +435,39 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
             by_map = true;
         }
     }
+    let keep = keep && parsed.version == Some(1) && !close;
+    // A body until the connection closes or in chunks (the writer frames it anew and may need
+    // the `Trailer` field), or a length the writer would have to read: a map.
+    let length = match framing {
+        Framing::Length(n) => Some(Some(n)),
+        Framing::Empty if !length_field => Some(None),
+        _ => None,
+    };
+    if let (Some(length), false) = (length, by_map) {
+        lines.reserve(len);
+        for field in parsed.headers.iter() {
+            if hop::index(field.name.as_bytes()).is_none() {
+                lines.extend_from_slice(field.name.as_bytes());
+                lines.extend_from_slice(b": ");
+                lines.extend_from_slice(field.value);
+                lines.extend_from_slice(b"\r\n");
+            }
+        }
+        let lines = lines.split().freeze();
+        buf.advance(len);
+        let fields = Fields::Wire(WireFields {
+            lines,
+            length,
+            dated,
+            request_id,
+        });
+        return Ok(Some(Head {
+            status,
+            fields,
+            framing,
+            keep,
+        }));
+    }
     let mut spans = [Span::default(); MAX_HEADERS];
     let mut count = 0;
     for field in parsed.headers.iter() {
@@ -371,7 +476,6 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
             count += 1;
         }
     }
-    let keep = keep && parsed.version == Some(1) && !close;
     let head = buf.split_to(len).freeze();
     // Room for what the router adds to an answer.
     let mut fields = fields(&head, &spans[..count], 4)
@@ -381,7 +485,7 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error>
     }
     Ok(Some(Head {
         status,
-        fields,
+        fields: Fields::Map(fields),
         framing,
         keep,
     }))
@@ -522,6 +626,8 @@ pub struct UpstreamH1Body {
     conn: Option<Conn>,
     framing: Framing,
     keep: bool,
+    /// The answer's fields when its header map was left empty for them.
+    pub wire: Option<WireFields>,
     _in_flight: InFlight,
 }
 
@@ -781,7 +887,12 @@ mod tests {
         };
         let upstream = Arc::new(Upstream::new(addr, false));
         let timeout = std::time::Duration::from_secs(5);
-        get_on(conn, method, &upstream, timeout).await
+        let mut resp = get_on(conn, method, &upstream, timeout).await?;
+        // The fields as a map, whichever way they were kept.
+        if let Some(wire) = resp.body_mut().wire.take() {
+            wire.into_map(resp.headers_mut()).expect("every field");
+        }
+        Ok(resp)
     }
 
     /// A GET (or `method`) of `/x?y=1` on `conn`.
@@ -867,6 +978,127 @@ mod tests {
         let resp = send(addr, Method::GET).await.unwrap();
         assert_eq!(names(&resp), ["content-length", "x-b"]);
         assert!(resp.body().is_end_stream());
+    }
+
+    /// The head at the start of `text` as taken, and its fields as wire lines when so kept.
+    fn head_of(text: &[u8], method: Method) -> Result<(Head, Option<String>), Error> {
+        let mut buf = BytesMut::from(text);
+        let mut lines = BytesMut::new();
+        let mut head = take_head(&mut buf, &mut lines, &method)?.expect("a whole head");
+        let wire = match &mut head.fields {
+            Fields::Wire(w) => Some(String::from_utf8_lossy(w.as_bytes()).into_owned()),
+            Fields::Map(_) => None,
+        };
+        Ok((head, wire))
+    }
+
+    #[test]
+    fn answers_framed_by_length_keep_their_fields_as_written() {
+        let text = b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nX-A:  a b \r\nContent-Length: 2\r\nkeep-alive: timeout=5\r\nX-E:\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok";
+        let (head, wire) = head_of(text, Method::GET).unwrap();
+        assert_eq!(
+            wire.as_deref(),
+            Some("Server: up\r\nX-A: a b\r\nContent-Length: 2\r\nX-E: \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n")
+        );
+        let Fields::Wire(w) = head.fields else {
+            unreachable!()
+        };
+        assert_eq!((w.length, w.dated, w.request_id), (Some(2), false, false));
+        let mut map = HeaderMap::new();
+        w.into_map(&mut map).unwrap();
+        assert_eq!(map.len(), 6);
+        assert_eq!(map["x-a"], "a b");
+        assert_eq!(map["x-e"], "");
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        // Without a body and without a length.
+        let text = b"HTTP/1.1 304 Not Modified\r\nETag: x\r\nx-request-ID: 1\r\nDATE: now\r\n\r\n";
+        let (head, wire) = head_of(text, Method::GET).unwrap();
+        assert_eq!(
+            wire.as_deref(),
+            Some("ETag: x\r\nx-request-ID: 1\r\nDATE: now\r\n")
+        );
+        let Fields::Wire(w) = head.fields else {
+            unreachable!()
+        };
+        assert_eq!((w.length, w.dated, w.request_id), (None, true, true));
+
+        // A map when the writer would need more than the length, or the map settles the
+        // hop-by-hop fields.
+        for (text, method) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                Method::GET,
+            ),
+            (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n", Method::GET),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::HEAD,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+                Method::GET,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n",
+                Method::GET,
+            ),
+        ] {
+            let (_, wire) = head_of(text, method).unwrap();
+            assert_eq!(wire, None, "{}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn what_the_head_parser_takes_a_header_map_takes() {
+        // Every byte in a value and in a name: refused as the head is read, or a field that
+        // goes into a header map whole (nothing the map would refuse is written as it came).
+        let mut taken = 0;
+        for b in 0..=255u8 {
+            for text in [
+                [
+                    &b"HTTP/1.1 200 OK\r\nX-V: a"[..],
+                    &[b],
+                    b"b\r\nContent-Length: 0\r\n\r\n",
+                ]
+                .concat(),
+                [
+                    &b"HTTP/1.1 200 OK\r\nX-"[..],
+                    &[b],
+                    b": v\r\nContent-Length: 0\r\n\r\n",
+                ]
+                .concat(),
+            ] {
+                let Ok((head, _)) = head_of(&text, Method::GET) else {
+                    continue;
+                };
+                let Fields::Wire(w) = head.fields else {
+                    panic!("kept as written: {text:?}")
+                };
+                let lines = w.as_bytes().to_vec();
+                let mut map = HeaderMap::new();
+                assert!(w.into_map(&mut map).is_some(), "{lines:?}");
+                assert_eq!(map.len(), 2, "{lines:?}");
+                taken += 1;
+            }
+        }
+        // Values take visible ASCII, space, tab and bytes above 127; names take tokens (and
+        // `X-:` is a name too).
+        assert_eq!(taken, (96 + 128) + (26 * 2 + 10 + 15 + 1), "{taken}");
+        // Lines folded onto the next, or ended by a bare LF, are refused or taken whole.
+        for text in [
+            &b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 0\n\n",
+        ] {
+            if let Ok((head, _)) = head_of(text, Method::GET) {
+                let Fields::Wire(w) = head.fields else {
+                    panic!("kept as written: {text:?}")
+                };
+                let mut map = HeaderMap::new();
+                assert!(w.into_map(&mut map).is_some());
+                assert_eq!(map.len(), 2);
+            }
+        }
     }
 
     #[tokio::test]

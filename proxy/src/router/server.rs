@@ -457,6 +457,20 @@ impl Routed<'_> {
     }
 }
 
+/// Moves an upstream answer's fields kept as read ([`h1::WireFields`]) into its header map; an
+/// answer whose fields a header map would not take becomes a 502.
+fn settle_fields(resp: &mut Response<Body>) {
+    let Body::UpstreamH1(body) = resp.body_mut() else {
+        return;
+    };
+    let Some(wire) = body.wire.take() else {
+        return;
+    };
+    if wire.into_map(resp.headers_mut()).is_none() {
+        *resp = local(StatusCode::BAD_GATEWAY, "malformed response header");
+    }
+}
+
 /// Sends `req` on `sender`. A failure hands back the request when it never left, so it can go
 /// again on a fresh connection (only from a reused HTTP/1.1 connection, or HTTP/2).
 pub(super) async fn send(
@@ -939,6 +953,21 @@ pub(super) async fn handle(
         },
     };
     let mut resp = resp;
+    let edited = backend
+        .as_ref()
+        .and_then(|b| b.edits.as_ref())
+        .is_some_and(|e| !e.response.is_empty())
+        || action
+            .as_ref()
+            .is_some_and(|a| !a.response_headers.is_empty() || (a.cors.is_some() && !preflight));
+    let wire = match resp.body() {
+        Body::UpstreamH1(b) => b.wire.as_ref(),
+        _ => None,
+    };
+    // Filters, and the request id that replaces an upstream's, work on the header map.
+    if wire.is_some_and(|w| edited || w.request_id) {
+        settle_fields(&mut resp);
+    }
     if let Some(e) = backend.as_ref().and_then(|b| b.edits.as_ref()) {
         e.response.apply(resp.headers_mut());
     }
@@ -1058,7 +1087,12 @@ where
     let call = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req.map(Some), conn).await) }
+        async move {
+            let mut resp = handle(&shared, req.map(Some), conn).await;
+            // hyper writes the header map alone.
+            settle_fields(&mut resp);
+            Ok::<_, Infallible>(resp)
+        }
     };
     let io = TokioIo::new(io);
     let _ = if h2 {
