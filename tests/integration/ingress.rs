@@ -982,6 +982,10 @@ async fn framing_backend() -> (SocketAddr, Arc<AtomicBool>) {
                             .to_vec()
                     } else if target == "/nocontent" {
                         b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()
+                    } else if target == "/ids" {
+                        // Fields the router replaces or keeps, as a backend may write them.
+                        b"HTTP/1.1 200 OK\r\nX-Request-ID: upstream-1\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+                            .to_vec()
                     } else {
                         let body = if head.starts_with("head ") {
                             ""
@@ -1088,6 +1092,38 @@ async fn http1_framing_pipelining_and_keep_alive() {
         "{}",
         a[4]
     );
+
+    // An upstream's request id is replaced and its Date kept, one of each, whoever writes
+    // the answer (the router's own HTTP/1.1 server, or hyper's for HTTP/1.0).
+    let text = exchange(
+        &up,
+        [
+            r("GET", "/ids", "X-Request-Id: client-7\r\n"),
+            "GET /ids HTTP/1.0\r\nHost: framing.example\r\nX-Request-Id: client-8\r\n\r\n"
+                .to_string(),
+        ]
+        .concat()
+        .as_bytes(),
+    )
+    .await;
+    let a = answers(&text);
+    assert_eq!(a.len(), 2, "{text}");
+    for (answer, id) in a.iter().zip(["client-7", "client-8"]) {
+        let count = |name: &str| answer.matches(&format!("\r\n{name}: ")).count();
+        assert_eq!((count("x-request-id"), count("date")), (1, 1), "{answer}");
+        assert!(
+            answer.contains(&format!("\r\nx-request-id: {id}\r\n")),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\r\ndate: mon, 01 jan 2024 00:00:00 gmt\r\n"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("keep-alive") && answer.ends_with("\r\n\r\nok"),
+            "{answer}"
+        );
+    }
 
     // A request with a body after a plain one on the same connection, then HTTP/1.0.
     let text = exchange(
