@@ -49,7 +49,7 @@ const SPARE_MAPS: usize = 64;
 const SPARE_MAP_FIELDS: usize = 128;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::default());
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Box<Conn>>>> = RefCell::new(HashMap::default());
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -97,19 +97,20 @@ fn invalid<T>(m: impl Into<String>) -> Result<T, Error> {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, addr: SocketAddr) -> Conn {
-        Conn {
+    /// Boxed: it moves with every answer read from it, and into and out of the pool.
+    pub fn new(io: TcpStream, addr: SocketAddr) -> Box<Conn> {
+        Box::new(Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
             lines: BytesMut::new(),
             addr,
             deadline: None,
-        }
+        })
     }
 
     /// An idle pooled connection to `addr` that has not been closed by its peer.
-    pub fn pooled(addr: SocketAddr) -> Option<Conn> {
+    pub fn pooled(addr: SocketAddr) -> Option<Box<Conn>> {
         loop {
             let conn = IDLE.with_borrow_mut(|idle| idle.get_mut(&addr)?.pop())?;
             if conn.is_idle() {
@@ -132,7 +133,7 @@ impl Conn {
         }
     }
 
-    fn release(self) {
+    fn release(self: Box<Self>) {
         IDLE.with_borrow_mut(|idle| {
             if idle.len() >= 1024 && !idle.contains_key(&self.addr) {
                 // Endpoints come and go: forget those without idle connections.
@@ -239,7 +240,7 @@ enum Chunk {
 /// Sends a request without a body, its head written by `head`, on `conn` and reads the
 /// response head, within `timeout`.
 pub async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     method: &Method,
     head: &(dyn Fn(&mut Vec<u8>) + Sync),
     in_flight: InFlight,
@@ -623,7 +624,7 @@ fn framing(
 /// A response body read from a [`Conn`]; the connection goes back to the pool once the body has
 /// ended cleanly.
 pub struct UpstreamH1Body {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     keep: bool,
     /// The answer's fields when its header map was left empty for them.
@@ -897,7 +898,7 @@ mod tests {
 
     /// A GET (or `method`) of `/x?y=1` on `conn`.
     async fn get_on(
-        conn: Conn,
+        conn: Box<Conn>,
         method: Method,
         upstream: &Arc<Upstream>,
         timeout: Duration,
