@@ -88,21 +88,25 @@ where
         let head_only = req.method() == Method::HEAD;
         // The client is read meanwhile: pipelined requests go into the buffer, and a client
         // that goes away drops its request (and the upstream exchange), as hyper does.
-        let handled = handle(&shared, req.map(|()| None), conn.clone());
-        tokio::pin!(handled);
-        let resp = loop {
-            if buf.len() >= limit {
-                break handled.await;
-            }
-            tokio::select! {
-                biased;
-                resp = &mut handled => break resp,
-                more = read_more(&mut io, &mut buf) => if !more {
-                    return;
-                },
+        let resp = {
+            let handled = handle(&shared, req.map(|()| None), &conn);
+            tokio::pin!(handled);
+            loop {
+                if buf.len() >= limit {
+                    break handled.await;
+                }
+                tokio::select! {
+                    biased;
+                    resp = &mut handled => break resp,
+                    more = read_more(&mut io, &mut buf) => if !more {
+                        return;
+                    },
+                }
             }
         };
-        let keep = match respond(&mut io, &mut out, resp, head_only, close).await {
+        // The head is written here; only the body is waited on.
+        let (framing, body) = answer_head(&mut out, resp, head_only, close);
+        let keep = match send_body(&mut io, &mut out, framing, body).await {
             Ok(keep) => keep && !close,
             Err(_) => return,
         };
@@ -245,17 +249,13 @@ enum Framing {
     Chunked(Vec<HeaderName>),
 }
 
-/// Writes `resp`; whether the connection may carry another request.
-async fn respond<I>(
-    io: &mut I,
+/// Writes the head of `resp` into `out`; how its body is framed, and the body.
+fn answer_head(
     out: &mut Vec<u8>,
     mut resp: Response<Body>,
     head_only: bool,
     close: bool,
-) -> io::Result<bool>
-where
-    I: AsyncWrite + Unpin,
-{
+) -> (Framing, Body) {
     let status = resp.status();
     // An upstream answer's fields as read, written as they are.
     let wire = match resp.body_mut() {
@@ -316,8 +316,22 @@ where
     }
     write_fields(resp.headers(), out);
     out.extend_from_slice(b"\r\n");
-    let (mut parts, mut body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     spare(std::mem::take(&mut parts.headers));
+    (framing, body)
+}
+
+/// Writes the body after the head in `out`, and then all of `out`; whether the connection may
+/// carry another request.
+async fn send_body<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    mut body: Body,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
     let keep = match framing {
         Framing::None => true,
         Framing::Length(n) => {

@@ -834,7 +834,7 @@ fn no_backend(a: Option<&Action>) -> Response<Body> {
 pub(super) async fn handle(
     shared: &Shared,
     req: Request<Option<Incoming>>,
-    conn: Conn,
+    conn: &Conn,
 ) -> Response<Body> {
     let started = Instant::now();
     let id = request_id(req.headers());
@@ -908,7 +908,7 @@ pub(super) async fn handle(
         }
         Some(a) if a.redirect.is_some() => {
             let r = a.redirect.as_ref().expect("checked");
-            (redirect(r, &conn, &host, path, matched, req.uri()), None)
+            (redirect(r, conn, &host, path, matched, req.uri()), None)
         }
         None => (no_backend(None), None),
         Some(a) => match a.pick() {
@@ -937,7 +937,7 @@ pub(super) async fn handle(
                     upgrade: upgrade_protocol(&req),
                     host_rewrite: rewrite.and_then(|r| r.hostname.as_deref()),
                 };
-                let forwarded = forward(b, req, &conn, to, shared, a);
+                let forwarded = forward(b, req, conn, to, shared, a);
                 match a.request_timeout {
                     None => forwarded.await,
                     Some(limit) => match tokio::time::timeout(limit, forwarded).await {
@@ -1088,7 +1088,7 @@ where
         let shared = shared.clone();
         let conn = conn.clone();
         async move {
-            let mut resp = handle(&shared, req.map(Some), conn).await;
+            let mut resp = handle(&shared, req.map(Some), &conn).await;
             // hyper writes the header map alone.
             settle_fields(&mut resp);
             Ok::<_, Infallible>(resp)
