@@ -49,6 +49,9 @@ const SPARE_MAPS: usize = 64;
 const SPARE_MAP_FIELDS: usize = 128;
 
 thread_local! {
+    /// Idle connections kept in their boxes: taking one out and putting it back moves a
+    /// pointer.
+    #[allow(clippy::vec_box)]
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Box<Conn>>>> = RefCell::new(HashMap::default());
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
