@@ -385,6 +385,45 @@ impl WireFields {
     }
 }
 
+/// What reading a response head needs to know of a field, from its name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Connection,
+    TransferEncoding,
+    /// Another hop-by-hop field.
+    OtherHop,
+    /// `TE` or `Close`: settled by the header map.
+    TeOrClose,
+    ContentLength,
+    Date,
+    RequestId,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is(b"date") => Kind::Date,
+            10 if is(b"connection") => Kind::Connection,
+            12 if is(b"x-request-id") => Kind::RequestId,
+            14 if is(b"content-length") => Kind::ContentLength,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            2 if is(b"te") => Kind::TeOrClose,
+            5 if is(b"close") => Kind::TeOrClose,
+            _ if hop::index(name).is_some() => Kind::OtherHop,
+            _ => Kind::Other,
+        }
+    }
+
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Kind::Connection | Kind::TransferEncoding | Kind::OtherHop
+        )
+    }
+}
+
 /// A complete response head to a `method` request taken from the start of `buf`; None while it
 /// is incomplete. Its hop-by-hop fields are left out as it is read: they and what they say
 /// about the connection are settled here, from the head's own bytes. The end-to-end fields are
@@ -415,30 +454,39 @@ fn take_head(
             keep,
         }));
     }
-    let (framing, keep) = framing(method, status, parsed.headers)?;
-    // `Connection: close` ends the connection; a field `Connection` names that is not
-    // hop-by-hop anyway (or a `TE` or `Close` field) is rare enough for the header map to
-    // settle it.
-    let mut close = false;
-    let mut by_map = false;
-    let (mut length_field, mut dated, mut request_id) = (false, false, false);
-    for field in parsed.headers.iter() {
-        let name = field.name.as_bytes();
-        length_field |= name.eq_ignore_ascii_case(b"content-length");
-        dated |= name.eq_ignore_ascii_case(b"date");
-        request_id |= name.eq_ignore_ascii_case(b"x-request-id");
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !token.is_empty() && hop::index(token).is_none() {
-                    by_map = true;
+    // One look at each name. `Connection: close` ends the connection; a field `Connection`
+    // names that is not hop-by-hop anyway (or a `TE` or `Close` field) is rare enough for the
+    // header map to settle it.
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    let (mut close, mut by_map, mut length_field) = (false, false, false);
+    let (mut dated, mut request_id) = (false, false);
+    for (field, kind) in parsed.headers.iter().zip(&mut kinds) {
+        *kind = Kind::of(field.name.as_bytes());
+        match kind {
+            Kind::Connection => {
+                for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && hop::index(token).is_none() {
+                        by_map = true;
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"te") || name.eq_ignore_ascii_case(b"close") {
-            by_map = true;
+            Kind::TeOrClose => by_map = true,
+            Kind::ContentLength => length_field = true,
+            Kind::Date => dated = true,
+            Kind::RequestId => request_id = true,
+            Kind::TransferEncoding | Kind::OtherHop | Kind::Other => {}
         }
     }
+    let values = |wanted: Kind| {
+        let fields = parsed.headers.iter().zip(&kinds);
+        fields
+            .filter(move |(_, k)| **k == wanted)
+            .map(|(f, _)| f.value)
+    };
+    let (codings, lengths) = (values(Kind::TransferEncoding), values(Kind::ContentLength));
+    let (framing, keep) = framing(method, status, codings, lengths)?;
     let keep = keep && parsed.version == Some(1) && !close;
     // A body until the connection closes or in chunks (the writer frames it anew and may need
     // the `Trailer` field), or a length the writer would have to read: a map.
@@ -449,8 +497,8 @@ fn take_head(
     };
     if let (Some(length), false) = (length, by_map) {
         lines.reserve(len);
-        for field in parsed.headers.iter() {
-            if hop::index(field.name.as_bytes()).is_none() {
+        for (field, kind) in parsed.headers.iter().zip(&kinds) {
+            if !kind.hop_by_hop() {
                 lines.extend_from_slice(field.name.as_bytes());
                 lines.extend_from_slice(b": ");
                 lines.extend_from_slice(field.value);
@@ -474,8 +522,8 @@ fn take_head(
     }
     let mut spans = [Span::default(); MAX_HEADERS];
     let mut count = 0;
-    for field in parsed.headers.iter() {
-        if by_map || hop::index(field.name.as_bytes()).is_none() {
+    for (field, kind) in parsed.headers.iter().zip(&kinds) {
+        if by_map || !kind.hop_by_hop() {
             spans[count] = Span::of(buf, field);
             count += 1;
         }
@@ -564,10 +612,11 @@ pub(super) fn spare(mut map: HeaderMap) {
 
 /// The response body's framing (RFC 9112 section 6.3) from the head's fields, and whether the
 /// connection may be reused after it.
-fn framing(
+fn framing<'a>(
     method: &Method,
     status: StatusCode,
-    fields: &[httparse::Header<'_>],
+    codings: impl Iterator<Item = &'a [u8]>,
+    lengths: impl Iterator<Item = &'a [u8]>,
 ) -> Result<(Framing, bool), Error> {
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -575,13 +624,8 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    let named = |name: &'static [u8]| {
-        fields
-            .iter()
-            .filter(move |f| f.name.as_bytes().eq_ignore_ascii_case(name))
-            .map(|f| f.value)
-    };
-    let mut codings = named(b"transfer-encoding").peekable();
+    let mut codings = codings.peekable();
+    let mut lengths = lengths.peekable();
     if codings.peek().is_some() {
         let mut last: Option<&[u8]> = None;
         for value in codings {
@@ -595,7 +639,7 @@ fn framing(
         }
         let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         // With a Content-Length as well the message was framed twice: not reused.
-        let clean = named(b"content-length").next().is_none();
+        let clean = lengths.peek().is_none();
         return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), clean)
         } else {
@@ -603,7 +647,7 @@ fn framing(
         });
     }
     let mut length: Option<u64> = None;
-    for value in named(b"content-length") {
+    for value in lengths {
         for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return invalid("response content-length is not a number");
