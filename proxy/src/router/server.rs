@@ -133,6 +133,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
+    let proto = req.headers().get(header::UPGRADE)?;
     let asks = req
         .headers()
         .get_all(header::CONNECTION)
@@ -140,7 +141,6 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let proto = req.headers().get(header::UPGRADE)?;
     (asks && proto.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| proto.clone())
 }
 
