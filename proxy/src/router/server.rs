@@ -98,19 +98,33 @@ pub(super) struct Conn {
     forwarded_port: HeaderValue,
     /// `Forwarded` without the host ([`forwarded_prefix`]).
     forwarded: Arc<str>,
+    /// `X-Forwarded-For`, `-Proto` and `-Port` and `X-Real-IP` as lines of a head: the same for
+    /// every request on the connection.
+    forwarded_lines: Arc<[u8]>,
 }
 
 impl Conn {
     fn new(peer: SocketAddr, port: u16, tls: bool, ingress: bool) -> Conn {
+        let ip = peer.ip().to_string();
+        let proto = if tls { "https" } else { "http" };
+        let mut lines = Vec::new();
+        h1::write_field(X_FORWARDED_FOR.as_str(), ip.as_bytes(), &mut lines);
+        h1::write_field(X_FORWARDED_PROTO.as_str(), proto.as_bytes(), &mut lines);
+        h1::write_field(
+            X_FORWARDED_PORT.as_str(),
+            port.to_string().as_bytes(),
+            &mut lines,
+        );
+        h1::write_field(X_REAL_IP.as_str(), ip.as_bytes(), &mut lines);
         Conn {
             peer,
             tls,
             port,
             ingress,
-            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
-                .expect("an IP is a header value"),
+            forwarded_for: HeaderValue::from_str(&ip).expect("an IP is a header value"),
             forwarded_port: HeaderValue::from(port),
             forwarded: forwarded_prefix(peer, tls).into(),
+            forwarded_lines: lines.into(),
         }
     }
 }
@@ -419,20 +433,17 @@ impl<'a> Forwarding<'a> {
         let conn = self.conn;
         h1::write_request_line(method, target, out);
         if let Some(h) = &self.upstream_host {
-            h1::write_field("host", h.as_bytes(), out);
+            h1::write_field(header::HOST.as_str(), h.as_bytes(), out);
         }
         h1::write_fields(fields.iter().filter(|(n, _)| !self.replaces(n)), out);
-        h1::write_field("x-forwarded-for", conn.forwarded_for.as_bytes(), out);
-        h1::write_field("x-forwarded-proto", self.proto().as_bytes(), out);
+        out.extend_from_slice(&conn.forwarded_lines);
         if let Some(h) = &self.original_host {
-            h1::write_field("x-forwarded-host", h.as_bytes(), out);
+            h1::write_field(X_FORWARDED_HOST.as_str(), h.as_bytes(), out);
         }
-        h1::write_field("x-forwarded-port", conn.forwarded_port.as_bytes(), out);
-        h1::write_field("x-real-ip", conn.forwarded_for.as_bytes(), out);
         out.extend_from_slice(b"forwarded: ");
         write_forwarded(conn, self.to.host, out);
         out.extend_from_slice(b"\r\n");
-        h1::write_field("x-request-id", self.to.id.as_bytes(), out);
+        h1::write_field(X_REQUEST_ID.as_str(), self.to.id.as_bytes(), out);
         out.extend_from_slice(b"\r\n");
     }
 }
