@@ -368,18 +368,14 @@ impl WireFields {
     }
 
     /// Adds the fields to `map`. The head's parser takes the names and values a header map
-    /// takes, so every field goes in; None if one did not (nothing is added then).
+    /// takes, so every field goes in; None if one did not (the map is then incomplete, and
+    /// not to be used).
     pub fn into_map(self, map: &mut HeaderMap) -> Option<()> {
-        let mut parsed = Vec::new();
         for (name, value) in self.fields() {
             let name = HeaderName::from_bytes(name).ok()?;
             let start = value.as_ptr() as usize - self.lines.as_ptr() as usize;
             let value = self.lines.slice(start..start + value.len());
-            parsed.push((name, HeaderValue::from_maybe_shared(value).ok()?));
-        }
-        map.reserve(parsed.len());
-        for (name, value) in parsed {
-            map.append(name, value);
+            map.append(name, HeaderValue::from_maybe_shared(value).ok()?);
         }
         Some(())
     }
