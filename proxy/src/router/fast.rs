@@ -50,10 +50,11 @@ enum Parsed {
 }
 
 /// Serves a connection that did not choose HTTP/2 in its TLS handshake.
-pub(super) async fn serve<I>(shared: Arc<Shared>, mut io: I, conn: Conn)
+pub(super) async fn serve<I>(shared: Arc<Shared>, mut io: I, mut conn: Conn)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    conn.wire_answers = true;
     let limit = shared.config.max_header_bytes;
     let timeout = shared.config.header_timeout;
     let mut buf = BytesMut::with_capacity(4096);

@@ -241,11 +241,13 @@ enum Chunk {
 }
 
 /// Sends a request without a body, its head written by `head`, on `conn` and reads the
-/// response head, within `timeout`.
+/// response head, within `timeout`. With `wire`, the answer's fields are kept as
+/// [`WireFields`] when they can be.
 pub async fn exchange(
     mut conn: Box<Conn>,
     method: &Method,
     head: &(dyn Fn(&mut Vec<u8>) + Sync),
+    wire: bool,
     in_flight: InFlight,
     timeout: Duration,
 ) -> Result<Response<UpstreamH1Body>, Error> {
@@ -271,7 +273,7 @@ pub async fn exchange(
         // Parsed by a function of its own: the header array stays out of this future's state.
         let head = match conn.buf.is_empty() {
             true => None,
-            false => take_head(&mut conn.buf, &mut conn.lines, method)?,
+            false => take_head(&mut conn.buf, &mut conn.lines, method, wire)?,
         };
         let Some(head) = head else {
             if conn.buf.len() >= MAX_HEAD {
@@ -423,11 +425,13 @@ impl Kind {
 /// A complete response head to a `method` request taken from the start of `buf`; None while it
 /// is incomplete. Its hop-by-hop fields are left out as it is read: they and what they say
 /// about the connection are settled here, from the head's own bytes. The end-to-end fields are
-/// kept as [`WireFields`] (written into `lines`) when they can be, else in a header map.
+/// kept as [`WireFields`] (written into `lines`) when `wire` asks for them and they can be,
+/// else in a header map.
 fn take_head(
     buf: &mut BytesMut,
     lines: &mut BytesMut,
     method: &Method,
+    wire: bool,
 ) -> Result<Option<Head>, Error> {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -491,7 +495,7 @@ fn take_head(
         Framing::Empty if !length_field => Some(None),
         _ => None,
     };
-    if let (Some(length), false) = (length, by_map) {
+    if let (Some(length), false, true) = (length, by_map, wire) {
         lines.reserve(len);
         for (field, kind) in parsed.headers.iter().zip(&kinds) {
             if !kind.hop_by_hop() {
@@ -948,7 +952,7 @@ mod tests {
     ) -> Result<Response<UpstreamH1Body>, Error> {
         let req = get(method);
         let head = |out: &mut Vec<u8>| encode(&req, out);
-        exchange(conn, req.method(), &head, upstream.start(), timeout).await
+        exchange(conn, req.method(), &head, true, upstream.start(), timeout).await
     }
 
     /// The body's data and trailers, or its error.
@@ -1028,7 +1032,7 @@ mod tests {
     fn head_of(text: &[u8], method: Method) -> Result<(Head, Option<String>), Error> {
         let mut buf = BytesMut::from(text);
         let mut lines = BytesMut::new();
-        let mut head = take_head(&mut buf, &mut lines, &method)?.expect("a whole head");
+        let mut head = take_head(&mut buf, &mut lines, &method, true)?.expect("a whole head");
         let wire = match &mut head.fields {
             Fields::Wire(w) => Some(String::from_utf8_lossy(w.as_bytes()).into_owned()),
             Fields::Map(_) => None,

@@ -101,6 +101,9 @@ pub(super) struct Conn {
     /// `X-Forwarded-For`, `-Proto` and `-Port` and `X-Real-IP` as lines of a head: the same for
     /// every request on the connection.
     forwarded_lines: Arc<[u8]>,
+    /// Its answers are written by the router's own HTTP/1.1 server, which writes upstream
+    /// fields as they were read ([`h1::WireFields`]); hyper's server needs header maps.
+    pub(super) wire_answers: bool,
 }
 
 impl Conn {
@@ -125,6 +128,7 @@ impl Conn {
             forwarded_port: HeaderValue::from(port),
             forwarded: forwarded_prefix(peer, tls).into(),
             forwarded_lines: lines.into(),
+            wire_answers: false,
         }
     }
 }
@@ -558,7 +562,7 @@ async fn forward(
             to_upstream(&mut req, backend, conn, &to);
             edit_request(req.headers_mut(), action, backend);
             let head = |out: &mut Vec<u8>| h1::encode(&req, out);
-            forward_h1(backend, req.method(), &head, version).await
+            forward_h1(backend, req.method(), &head, version, conn.wire_answers).await
         } else {
             // No filter edits the fields: the forwarding ones go into the head as it is
             // written, not into the map first.
@@ -569,7 +573,7 @@ async fn forward(
             let target = target.map_or("/", |p| p.as_str());
             let head =
                 |out: &mut Vec<u8>| forwarding.write_head(req.method(), target, req.headers(), out);
-            forward_h1(backend, req.method(), &head, version).await
+            forward_h1(backend, req.method(), &head, version, conn.wire_answers).await
         };
         h1::spare(std::mem::take(req.headers_mut()));
         return answer;
@@ -647,6 +651,7 @@ async fn forward_h1(
     method: &Method,
     head: &(dyn Fn(&mut Vec<u8>) + Sync),
     version: Version,
+    wire: bool,
 ) -> (Response<Body>, Option<SocketAddr>) {
     let settings = &backend.settings;
     let mut attempts = Attempts::new(backend);
@@ -662,13 +667,8 @@ async fn forward_h1(
                 }
             },
         };
-        let exchange = h1::exchange(
-            conn,
-            method,
-            head,
-            upstream.start(),
-            settings.response_timeout,
-        );
+        let timeout = settings.response_timeout;
+        let exchange = h1::exchange(conn, method, head, wire, upstream.start(), timeout);
         let resp = match exchange.await {
             Err(h1::Error::TimedOut) => return attempts.timed_out(&upstream),
             // A pooled connection closed under the request: it goes again on a fresh one
@@ -1090,17 +1090,19 @@ fn builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExec
 /// Serves one connection; `h2` when it chose HTTP/2 in its TLS handshake. hyper runs each
 /// HTTP/2 stream's request as a task of its own and moves its future more than once on the way:
 /// there the future is boxed, so the moves are of a pointer.
-pub(super) async fn serve_io<I>(shared: Arc<Shared>, io: I, conn: Conn, h2: bool)
+pub(super) async fn serve_io<I>(shared: Arc<Shared>, io: I, mut conn: Conn, h2: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    conn.wire_answers = false;
     let builder = builder(&shared.config);
     let call = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
         async move {
             let mut resp = handle(&shared, req.map(Some), &conn).await;
-            // hyper writes the header map alone.
+            // hyper writes the header map alone (its connections do not ask for fields kept
+            // as read; this keeps any there would be).
             settle_fields(&mut resp);
             Ok::<_, Infallible>(resp)
         }
