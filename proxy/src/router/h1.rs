@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -54,6 +55,48 @@ thread_local! {
     #[allow(clippy::vec_box)]
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Box<Conn>>>> = RefCell::new(HashMap::default());
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static NAMES: RefCell<Names> = RefCell::new(Names::new());
+}
+
+/// Slots of the name cache ([`name`]).
+const NAME_SLOTS: usize = 256;
+/// Names longer than this are not kept.
+const NAME_KEPT: usize = 64;
+
+/// Field names as they were written, and what they stand for: a direct-mapped cache, one name
+/// per slot, a name that misses taking its slot. A name seen before is neither lower-cased,
+/// looked up nor (when it is not a standard one) copied again. Bounded whatever names come in:
+/// at most [`NAME_SLOTS`] of at most [`NAME_KEPT`] bytes.
+struct Names {
+    slots: Vec<Option<(Box<[u8]>, HeaderName)>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Names {
+    fn new() -> Names {
+        Names {
+            slots: vec![None; NAME_SLOTS],
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+/// The field name `raw` (any case) stands for; None if it is not one.
+pub(super) fn name(raw: &[u8]) -> Option<HeaderName> {
+    if raw.len() > NAME_KEPT {
+        return HeaderName::from_bytes(raw).ok();
+    }
+    NAMES.with_borrow_mut(|names| {
+        let slot = names.hasher.hash_one(raw) as usize % NAME_SLOTS;
+        if let Some((kept, name)) = &names.slots[slot] {
+            if **kept == *raw {
+                return Some(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        names.slots[slot] = Some((raw.into(), name.clone()));
+        Some(name)
+    })
 }
 
 /// One upstream connection and what was read from it beyond the last response.
@@ -373,8 +416,8 @@ impl WireFields {
     /// takes, so every field goes in; None if one did not (the map is then incomplete, and
     /// not to be used).
     pub fn into_map(self, map: &mut HeaderMap) -> Option<()> {
-        for (name, value) in self.fields() {
-            let name = HeaderName::from_bytes(name).ok()?;
+        for (raw, value) in self.fields() {
+            let name = name(raw)?;
             let start = value.as_ptr() as usize - self.lines.as_ptr() as usize;
             let value = self.lines.slice(start..start + value.len());
             map.append(name, HeaderValue::from_maybe_shared(value).ok()?);
@@ -577,7 +620,7 @@ pub(super) fn fields(head: &Bytes, spans: &[Span], extra: usize) -> Option<Heade
     let mut map = empty_map(spans.len() + extra);
     for span in spans {
         let (start, len) = span.name;
-        let name = HeaderName::from_bytes(&head[start as usize..(start + len) as usize]).ok()?;
+        let name = name(&head[start as usize..(start + len) as usize])?;
         let value = HeaderValue::from_maybe_shared(slice(head, span.value)).ok()?;
         map.append(name, value);
     }
@@ -1026,6 +1069,47 @@ mod tests {
         let resp = send(addr, Method::GET).await.unwrap();
         assert_eq!(names(&resp), ["content-length", "x-b"]);
         assert!(resp.body().is_end_stream());
+    }
+
+    #[test]
+    fn names_are_kept_in_a_bounded_cache() {
+        let long = "x-".repeat(40);
+        for raw in [
+            "Host",
+            "host",
+            "HOST",
+            "X-Custom",
+            "x-custom",
+            "Sec-Fetch-Mode",
+            &long,
+        ] {
+            for _ in 0..3 {
+                assert_eq!(
+                    name(raw.as_bytes()),
+                    HeaderName::from_bytes(raw.as_bytes()).ok()
+                );
+            }
+        }
+        for bad in [&b""[..], b"bad name", b"x\xff", b"a:b"] {
+            assert_eq!(name(bad), None, "{bad:?}");
+            assert_eq!(name(bad), None, "{bad:?}");
+        }
+        // Many names come and go; each is still what it stands for, and the cache holds at
+        // most its slots, none longer than kept.
+        for i in 0..10_000 {
+            let raw = format!("X-Name-{i}");
+            assert_eq!(
+                name(raw.as_bytes()).unwrap().as_str(),
+                raw.to_ascii_lowercase()
+            );
+        }
+        assert_eq!(name(b"X-Custom").unwrap(), "x-custom");
+        NAMES.with_borrow(|names| {
+            assert_eq!(names.slots.len(), NAME_SLOTS);
+            let kept = names.slots.iter().flatten();
+            assert!(kept.clone().all(|(raw, _)| raw.len() <= NAME_KEPT));
+            assert!(kept.count() > NAME_SLOTS / 2);
+        });
     }
 
     /// The head at the start of `text` as taken, and its fields as wire lines when so kept.
