@@ -10,7 +10,9 @@
 # Needs: valgrind, wrk, h2load, nginx, curl, openssl
 #   (apt-get install valgrind wrk nghttp2-client nginx-light curl openssl).
 # Usage: bench/ingress-instructions.sh [BINARY ...]   (default: target/release/switchyard, built)
-# PROTOCOLS="http1 tls h2" (the default) chooses what is measured.
+# PROTOCOLS="http1 browser tls h2" (the default) chooses what is measured; "browser" is HTTP/1.1
+# with the twelve request fields a browser sends for a page (user agent, accepts, cookie,
+# referer, fetch metadata), where per-field costs show.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -eq 0 ]; then
@@ -23,7 +25,7 @@ for tool in valgrind callgrind_control wrk h2load nginx curl openssl; do
     exit 1
   }
 done
-protocols=${PROTOCOLS:-http1 tls h2}
+protocols=${PROTOCOLS:-http1 browser tls h2}
 export PATH="$PATH:/usr/sbin"
 
 cpus=$(taskset -pc $$ | sed 's/.*: //')
@@ -65,15 +67,26 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -subj /CN=bench.example -addext subjectAltName=DNS:bench.example,DNS:localhost \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-# One load run of $1 (http1, tls, h2) against ports $2 (plain) and $3 (TLS) for $4 seconds;
-# prints the requests answered.
+# A page request's fields as a current browser writes them (besides Host).
+browser=(
+  -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
+  -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'
+  -H 'Accept-Language: en-US,en;q=0.5' -H 'Accept-Encoding: gzip, deflate, br'
+  -H 'Referer: https://bench.example/home' -H 'Cookie: session=4f2a9c1e7b3d5f60; theme=dark'
+  -H 'Upgrade-Insecure-Requests: 1' -H 'Sec-Fetch-Dest: document'
+  -H 'Sec-Fetch-Mode: navigate' -H 'Sec-Fetch-Site: same-origin' -H 'Priority: u=0, i'
+)
+
+# One load run of $1 (http1, browser, tls, h2) against ports $2 (plain) and $3 (TLS) for $4
+# seconds; prints the requests answered.
 load() {
   local out
   case $1 in
-    http1 | tls)
-      local url="http://127.0.0.1:$2/api"
+    http1 | browser | tls)
+      local url="http://127.0.0.1:$2/api" extra=()
       [ "$1" = tls ] && url="https://localhost:$3/api"
-      out=$(taskset -c "$first" wrk -t1 -c50 -d"$4"s -H 'Host: bench.example' "$url")
+      [ "$1" = browser ] && extra=("${browser[@]}")
+      out=$(taskset -c "$first" wrk -t1 -c50 -d"$4"s -H 'Host: bench.example' "${extra[@]}" "$url")
       echo "$out" | awk '/requests in/ {print $1}'
       ;;
     h2)
