@@ -1112,29 +1112,34 @@ mod tests {
         });
     }
 
-    /// The head at the start of `text` as taken, and its fields as wire lines when so kept.
-    fn head_of(text: &[u8], method: Method) -> Result<(Head, Option<String>), Error> {
+    /// The fields of the head at the start of `text`: Some when kept as read, None when put
+    /// in a map.
+    fn wire_of(text: &[u8], method: Method) -> Result<Option<WireFields>, Error> {
         let mut buf = BytesMut::from(text);
         let mut lines = BytesMut::new();
-        let mut head = take_head(&mut buf, &mut lines, &method, true)?.expect("a whole head");
-        let wire = match &mut head.fields {
-            Fields::Wire(w) => Some(String::from_utf8_lossy(w.as_bytes()).into_owned()),
+        let head = take_head(&mut buf, &mut lines, &method, true)?.expect("a whole head");
+        Ok(match head.fields {
+            Fields::Wire(w) => Some(w),
             Fields::Map(_) => None,
-        };
-        Ok((head, wire))
+        })
+    }
+
+    /// Fields kept as read, checked to go into a header map whole; how many went in.
+    fn into_map_whole(w: WireFields) -> usize {
+        let lines = w.as_bytes().to_vec();
+        let mut map = HeaderMap::new();
+        assert!(w.into_map(&mut map).is_some(), "{lines:?}");
+        map.len()
     }
 
     #[test]
     fn answers_framed_by_length_keep_their_fields_as_written() {
         let text = b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nX-A:  a b \r\nContent-Length: 2\r\nkeep-alive: timeout=5\r\nX-E:\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok";
-        let (head, wire) = head_of(text, Method::GET).unwrap();
+        let w = wire_of(text, Method::GET).unwrap().expect("kept as read");
         assert_eq!(
-            wire.as_deref(),
-            Some("Server: up\r\nX-A: a b\r\nContent-Length: 2\r\nX-E: \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n")
+            w.as_bytes(),
+            b"Server: up\r\nX-A: a b\r\nContent-Length: 2\r\nX-E: \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
         );
-        let Fields::Wire(w) = head.fields else {
-            unreachable!()
-        };
         assert_eq!((w.length, w.dated, w.request_id), (Some(2), false, false));
         let mut map = HeaderMap::new();
         w.into_map(&mut map).unwrap();
@@ -1145,14 +1150,8 @@ mod tests {
         assert_eq!(cookies, ["a=1", "b=2"]);
         // Without a body and without a length.
         let text = b"HTTP/1.1 304 Not Modified\r\nETag: x\r\nx-request-ID: 1\r\nDATE: now\r\n\r\n";
-        let (head, wire) = head_of(text, Method::GET).unwrap();
-        assert_eq!(
-            wire.as_deref(),
-            Some("ETag: x\r\nx-request-ID: 1\r\nDATE: now\r\n")
-        );
-        let Fields::Wire(w) = head.fields else {
-            unreachable!()
-        };
+        let w = wire_of(text, Method::GET).unwrap().expect("kept as read");
+        assert_eq!(w.as_bytes(), b"ETag: x\r\nx-request-ID: 1\r\nDATE: now\r\n");
         assert_eq!((w.length, w.dated, w.request_id), (None, true, true));
 
         // A map when the writer would need more than the length, or the map settles the
@@ -1176,8 +1175,8 @@ mod tests {
                 Method::GET,
             ),
         ] {
-            let (_, wire) = head_of(text, method).unwrap();
-            assert_eq!(wire, None, "{}", String::from_utf8_lossy(text));
+            let wire = wire_of(text, method).unwrap();
+            assert!(wire.is_none(), "{}", String::from_utf8_lossy(text));
         }
     }
 
@@ -1201,16 +1200,11 @@ mod tests {
                 ]
                 .concat(),
             ] {
-                let Ok((head, _)) = head_of(&text, Method::GET) else {
+                let Ok(wire) = wire_of(&text, Method::GET) else {
                     continue;
                 };
-                let Fields::Wire(w) = head.fields else {
-                    panic!("kept as written: {text:?}")
-                };
-                let lines = w.as_bytes().to_vec();
-                let mut map = HeaderMap::new();
-                assert!(w.into_map(&mut map).is_some(), "{lines:?}");
-                assert_eq!(map.len(), 2, "{lines:?}");
+                let w = wire.unwrap_or_else(|| panic!("kept as read: {text:?}"));
+                assert_eq!(into_map_whole(w), 2, "{text:?}");
                 taken += 1;
             }
         }
@@ -1222,13 +1216,9 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 0\n\n",
         ] {
-            if let Ok((head, _)) = head_of(text, Method::GET) {
-                let Fields::Wire(w) = head.fields else {
-                    panic!("kept as written: {text:?}")
-                };
-                let mut map = HeaderMap::new();
-                assert!(w.into_map(&mut map).is_some());
-                assert_eq!(map.len(), 2);
+            if let Ok(wire) = wire_of(text, Method::GET) {
+                let w = wire.unwrap_or_else(|| panic!("kept as read: {text:?}"));
+                assert_eq!(into_map_whole(w), 2, "{text:?}");
             }
         }
     }
