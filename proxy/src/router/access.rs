@@ -36,7 +36,8 @@ pub enum Format {
 
 /// What one line says about a request.
 pub(super) struct Entry<'a> {
-    pub client: SocketAddr,
+    /// The client's address as `Display` shows it.
+    pub client: &'a str,
     pub method: &'a Method,
     pub host: &'a str,
     pub path: &'a str,
@@ -158,7 +159,7 @@ fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>
             out.push_str(date);
             timestamp_fraction(out, micros);
             out.push_str("  INFO switchyard::access: request client=");
-            address(out, e.client);
+            out.push_str(e.client);
             out.push_str(" method=");
             out.push_str(e.method.as_str());
             out.push_str(" host=");
@@ -171,7 +172,7 @@ fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>
             out.push_str(digits.format(e.status));
             out.push_str(" upstream=");
             match e.upstream {
-                Some(a) => address(out, a),
+                Some(a) => upstream(out, a),
                 None => out.push('-'),
             }
             out.push_str(" ingress=");
@@ -193,7 +194,7 @@ fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>
             out.push_str(date);
             timestamp_fraction(out, micros);
             out.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"client\":\"");
-            address(out, e.client);
+            out.push_str(e.client);
             out.push_str("\",\"method\":");
             json(out, &[e.method.as_str()]);
             out.push_str(",\"host\":");
@@ -206,7 +207,7 @@ fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>
             out.push_str(digits.format(e.status));
             out.push_str(",\"upstream\":\"");
             match e.upstream {
-                Some(a) => address(out, a),
+                Some(a) => upstream(out, a),
                 None => out.push('-'),
             }
             out.push_str("\",\"ingress\":");
@@ -238,21 +239,22 @@ fn timestamp_fraction(out: &mut String, micros: u32) {
     out.push('Z');
 }
 
-/// An address as `Display` shows it; IPv4 without the formatting machinery.
-fn address(out: &mut String, addr: SocketAddr) {
-    let SocketAddr::V4(v4) = addr else {
-        let _ = write!(out, "{addr}");
-        return;
-    };
-    let mut digits = itoa::Buffer::new();
-    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
+thread_local! {
+    /// The last upstream address written and its text: it repeats from line to line.
+    static LAST_UPSTREAM: RefCell<(Option<SocketAddr>, String)> =
+        const { RefCell::new((None, String::new())) };
+}
+
+/// An upstream's address as `Display` shows it, formatted when it is not the last one's.
+fn upstream(out: &mut String, addr: SocketAddr) {
+    LAST_UPSTREAM.with_borrow_mut(|(last, text)| {
+        if *last != Some(addr) {
+            text.clear();
+            let _ = write!(text, "{addr}");
+            *last = Some(addr);
         }
-        out.push_str(digits.format(octet));
-    }
-    out.push(':');
-    out.push_str(digits.format(v4.port()));
+        out.push_str(text);
+    });
 }
 
 /// A string as Rust's `Debug` quotes it (as tracing's text format shows string fields).
@@ -302,7 +304,7 @@ mod tests {
 
     fn entry<'a>(owner: Option<&'a Owner>, id: &'a str) -> Entry<'a> {
         Entry {
-            client: "10.0.0.7:41000".parse().unwrap(),
+            client: "10.0.0.7:41000",
             method: &Method::GET,
             host: "shop.example",
             path: "/cart",
@@ -341,6 +343,25 @@ mod tests {
     }
 
     #[test]
+    fn upstream_addresses_are_written_as_they_change() {
+        let owner = Owner::ingress("default", "shop");
+        let mut e = entry(Some(&owner), "id");
+        for addr in [
+            "10.1.2.3:8080",
+            "10.1.2.4:8080",
+            "[2001:db8::9]:80",
+            "10.1.2.3:8080",
+        ] {
+            for _ in 0..2 {
+                e.upstream = Some(addr.parse().unwrap());
+                let mut out = String::new();
+                line(&mut out, Format::Text, "2026-12-02T10:56:05", 0, &e);
+                assert!(out.contains(&format!(" upstream={addr} ")), "{out}");
+            }
+        }
+    }
+
+    #[test]
     fn json_lines_are_json_with_tracing_s_fields() {
         let mut out = String::new();
         let e = entry(None, "id\\\u{1}");
@@ -371,7 +392,7 @@ mod tests {
             "nl\n\u{1f}",
         ] {
             let mut e = entry(Some(&owner), id);
-            e.client = "[2001:db8::7]:41000".parse().unwrap();
+            e.client = "[2001:db8::7]:41000";
             let mut text = String::new();
             line(&mut text, Format::Text, "2026-12-02T10:56:05", 0, &e);
             assert!(

@@ -88,7 +88,6 @@ pub(super) struct Shared {
 /// connection).
 #[derive(Clone)]
 pub(super) struct Conn {
-    peer: SocketAddr,
     tls: bool,
     /// The local port it arrived on.
     port: u16,
@@ -101,6 +100,8 @@ pub(super) struct Conn {
     /// `X-Forwarded-For`, `-Proto` and `-Port` and `X-Real-IP` as lines of a head: the same for
     /// every request on the connection.
     forwarded_lines: Arc<[u8]>,
+    /// The client's address as the access log writes it.
+    peer_text: Arc<str>,
     /// Its answers are written by the router's own HTTP/1.1 server, which writes upstream
     /// fields as they were read ([`h1::WireFields`]); hyper's server needs header maps.
     pub(super) wire_answers: bool,
@@ -120,7 +121,6 @@ impl Conn {
         );
         h1::write_field(X_REAL_IP.as_str(), ip.as_bytes(), &mut lines);
         Conn {
-            peer,
             tls,
             port,
             ingress,
@@ -128,6 +128,7 @@ impl Conn {
             forwarded_port: HeaderValue::from(port),
             forwarded: forwarded_prefix(peer, tls).into(),
             forwarded_lines: lines.into(),
+            peer_text: peer.to_string().into(),
             wire_answers: false,
         }
     }
@@ -996,7 +997,7 @@ pub(super) async fn handle(
     if let Some((method, uri)) = logged {
         let path = rewritten.as_deref().unwrap_or(uri.path());
         let entry = super::access::Entry {
-            client: conn.peer,
+            client: &conn.peer_text,
             method: &method,
             host: &host,
             path,
