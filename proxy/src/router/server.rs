@@ -949,17 +949,24 @@ pub(super) async fn handle(
                     upgrade: upgrade_protocol(&req),
                     host_rewrite: rewrite.and_then(|r| r.hostname.as_deref()),
                 };
-                let forwarded = forward(b, req, conn, to, shared, a);
+                // Awaited where it is made: a future kept in a local first is copied whole
+                // (more than a kilobyte) on the way to being awaited.
                 match a.request_timeout {
-                    None => forwarded.await,
-                    Some(limit) => match tokio::time::timeout(limit, forwarded).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            let msg =
-                                format!("service {}/{} timed out", b.owner.namespace, b.service);
-                            (local(StatusCode::GATEWAY_TIMEOUT, &msg), None)
+                    None => forward(b, req, conn, to, shared, a).await,
+                    Some(limit) => {
+                        match tokio::time::timeout(limit, forward(b, req, conn, to, shared, a))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => {
+                                let msg = format!(
+                                    "service {}/{} timed out",
+                                    b.owner.namespace, b.service
+                                );
+                                (local(StatusCode::GATEWAY_TIMEOUT, &msg), None)
+                            }
                         }
-                    },
+                    }
                 }
             }
         },
