@@ -252,15 +252,33 @@ fn new_request_id() -> HeaderValue {
     mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     mixed ^= mixed >> 31;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 32];
-    for (half, n) in [random, mixed].into_iter().enumerate() {
-        for i in 0..16 {
-            hex[half * 16 + i] = HEX[(n >> (60 - 4 * i)) as usize & 0xf];
-        }
-    }
-    let id = carve(hex.len(), |out| out.extend_from_slice(&hex));
+    let id = carve(32, |out| {
+        out.extend_from_slice(&hex(random));
+        out.extend_from_slice(&hex(mixed));
+    });
     HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
+}
+
+/// `n` as 16 lower-case hex digits, all at once: each half's nibbles are spread into the bytes
+/// of a word, then each byte becomes `'0' + d`, or `'a' + d - 10` past 9.
+fn hex(n: u64) -> [u8; 16] {
+    fn spread(x: u64) -> u64 {
+        let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        // Nibble i in byte i: the most significant digit in the word's first byte, big-endian.
+        (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f
+    }
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let digits = |x: u64| {
+        // 6 + d carries into the high nibble exactly when d > 9.
+        let letters = ((x + 6 * ONES) >> 4) & ONES;
+        (x + b'0' as u64 * ONES + letters * (b'a' - b'0' - 10) as u64).to_be_bytes()
+    };
+    let (hi, lo) = (digits(spread(n >> 32)), digits(spread(n & 0xffff_ffff)));
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hi);
+    out[8..].copy_from_slice(&lo);
+    out
 }
 
 /// Picks an endpoint that is not known to be down (any when all are): power of two choices on
@@ -1237,6 +1255,18 @@ mod tests {
             b.endpoints[2].addr,
         ];
         assert!(pick(&b, &every).is_none());
+    }
+
+    #[test]
+    fn hex_digits_are_those_format_writes() {
+        let mut n: u64 = 0x0123_4567_89ab_cdef;
+        for _ in 0..10_000 {
+            assert_eq!(hex(n), format!("{n:016x}").as_bytes(), "{n:#x}");
+            n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+        for n in [0, u64::MAX, 0x9999_9999_9999_9999, 0xaaaa_aaaa_aaaa_aaaa] {
+            assert_eq!(hex(n), format!("{n:016x}").as_bytes(), "{n:#x}");
+        }
     }
 
     #[test]
