@@ -13,6 +13,7 @@
 //! close after it too; a client that closes its connection while its request is being answered
 //! cancels it, as hyper's server does.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
@@ -22,12 +23,14 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::h1::{deadline_after, fields, offsets, slice, spare, write_fields, Span};
+use super::h1::{self, deadline_after, offsets, slice, spare, write_fields};
+use super::request::RequestError;
+use super::routes::{join, FieldValues};
 use super::server::{handle, serve_io, Body, Conn, Shared};
 
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
@@ -43,8 +46,9 @@ const IDLE_BUFFER: usize = 16 * 1024;
 enum Parsed {
     /// Not a whole head yet.
     Partial,
-    /// A request the fast path serves, and whether the client asked to close after it.
-    Simple(Request<()>, bool),
+    /// A request the fast path serves (its fields kept as read, its header map empty), and
+    /// whether the client asked to close after it.
+    Simple(Request<()>, ClientFields, bool),
     /// Anything else: hyper takes the connection.
     Other,
 }
@@ -63,9 +67,9 @@ where
     tokio::pin!(deadline);
     loop {
         deadline.as_mut().reset(deadline_after(timeout));
-        let (req, close) = loop {
+        let (req, fields, close) = loop {
             let hyper = match take_request(&mut buf) {
-                Parsed::Simple(req, close) => break (req, close),
+                Parsed::Simple(req, fields, close) => break (req, fields, close),
                 Parsed::Other => true,
                 // hyper answers an oversized head (431).
                 Parsed::Partial => buf.len() >= limit,
@@ -90,7 +94,7 @@ where
         // The client is read meanwhile: pipelined requests go into the buffer, and a client
         // that goes away drops its request (and the upstream exchange), as hyper does.
         let resp = {
-            let handled = handle(&shared, req.map(|()| None), &conn);
+            let handled = handle(&shared, req.map(|()| None), Some(fields), &conn);
             tokio::pin!(handled);
             loop {
                 if buf.len() >= limit {
@@ -156,50 +160,134 @@ fn take_request(buf: &mut BytesMut) -> Parsed {
     // Where each part lies in the head, so the request shares the head's bytes.
     let target = offsets(buf, target.as_bytes());
     let mut close = false;
-    let mut spans = [Span::default(); MAX_HEADERS];
-    for (h, span) in parsed.headers.iter().zip(&mut spans) {
+    let (mut host, mut hosts, mut request_id) = (None, 0u8, None);
+    for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
-        let framed_or_upgraded = [
-            &b"content-length"[..],
-            b"transfer-encoding",
-            b"upgrade",
-            b"expect",
-        ]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n));
-        if framed_or_upgraded {
-            return Parsed::Other;
-        }
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    return Parsed::Other;
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is(b"host") => {
+                hosts = hosts.saturating_add(1);
+                host = host.or(Some(offsets(buf, h.value)));
+            }
+            12 if is(b"x-request-id") => request_id = request_id.or(Some(offsets(buf, h.value))),
+            // A body or an upgrade.
+            6 if is(b"expect") => return Parsed::Other,
+            7 if is(b"upgrade") => return Parsed::Other,
+            14 if is(b"content-length") => return Parsed::Other,
+            17 if is(b"transfer-encoding") => return Parsed::Other,
+            10 if is(b"connection") => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Parsed::Other;
+                    }
                 }
             }
+            _ => {}
         }
-        *span = Span::of(buf, h);
     }
-    let count = parsed.headers.len();
+    // The field lines start after the request line (httparse skips empty lines before it,
+    // so the line is found from the target on).
+    let after_target = buf[target.0 as usize..len].iter().position(|&b| b == b'\n');
+    let lines = target.0 as usize + after_target.unwrap_or(0) + 1;
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(slice(&head, target));
-    // Room for the forwarding headers the router adds.
-    let (Ok(uri), Some(map)) = (uri, fields(&head, &spans[..count], 8)) else {
-        // httparse took a target or a field the http types refuse (a target too long, say):
+    let host = host.map(|span| HeaderValue::from_maybe_shared(slice(&head, span)));
+    let (Ok(uri), None | Some(Ok(_))) = (uri, &host) else {
+        // httparse took a target or a host the http types refuse (a target too long, say):
         // the head goes back in front of the rest, for hyper to answer.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
         *buf = whole;
         return Parsed::Other;
     };
+    let fields = ClientFields {
+        head,
+        lines: lines as u32,
+        host: host.and_then(Result::ok),
+        hosts,
+        request_id,
+        close,
+    };
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = map;
-    Parsed::Simple(req, close)
+    Parsed::Simple(req, fields, close)
+}
+
+/// The header fields of a request the fast path serves, kept in its head as the client wrote
+/// them instead of in a header map: most requests are forwarded without one, their fields
+/// written from these lines. What the router looks up in every request, the `Host` and
+/// `X-Request-Id` fields, was found as the head was parsed. Routes and filters that work on a
+/// header map get one made from these ([`ClientFields::to_map`]).
+pub(super) struct ClientFields {
+    head: Bytes,
+    /// Where the field lines start in `head`.
+    lines: u32,
+    /// The first `Host` field, and how many there are.
+    host: Option<HeaderValue>,
+    hosts: u8,
+    /// Where the first `X-Request-Id` field's value lies.
+    request_id: Option<(u32, u32)>,
+    /// `Connection` named `close`.
+    close: bool,
+}
+
+impl ClientFields {
+    /// The fields, `(name, value)` each, the values without the whitespace around them, as the
+    /// head's parser read them (it took only well-formed lines, each ending in CRLF or LF).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.head[self.lines as usize..]
+            .split(|&b| b == b'\n')
+            .filter_map(|line| {
+                // The empty line that ends the head has no colon.
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((&line[..colon], line[colon + 1..].trim_ascii()))
+            })
+    }
+
+    /// The one `Host` field, if there is one.
+    pub(super) fn host(&self) -> Result<Option<&HeaderValue>, RequestError> {
+        match self.hosts {
+            0 | 1 => Ok(self.host.as_ref()),
+            _ => Err(RequestError::ManyHosts),
+        }
+    }
+
+    /// The first `X-Request-Id` field's value, when it is one.
+    pub(super) fn request_id(&self) -> Option<HeaderValue> {
+        let value = slice(&self.head, self.request_id?);
+        HeaderValue::from_maybe_shared(value).ok()
+    }
+
+    /// Whether the client's `Connection` field named `close`.
+    pub(super) fn close_named(&self) -> bool {
+        self.close
+    }
+
+    /// The fields in a header map, sharing the head's bytes; None when a name or a value is
+    /// one the http types refuse.
+    pub(super) fn to_map(&self) -> Option<HeaderMap> {
+        let mut map = HeaderMap::with_capacity(self.iter().count() + 8);
+        for (name, value) in self.iter() {
+            let (start, len) = offsets(&self.head, value);
+            let value = self.head.slice(start as usize..(start + len) as usize);
+            map.append(h1::name(name)?, HeaderValue::from_maybe_shared(value).ok()?);
+        }
+        Some(map)
+    }
+}
+
+impl FieldValues for ClientFields {
+    fn joined(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        let named = self
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_ref()));
+        join(named.map(|(_, v)| v))
+    }
 }
 
 thread_local! {
@@ -475,6 +563,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     }
 }
 
+/// The fields of `head`, a request the fast path takes.
+#[cfg(test)]
+pub(super) fn client_fields(head: &[u8]) -> ClientFields {
+    match take_request(&mut BytesMut::from(head)) {
+        Parsed::Simple(_, fields, _) => fields,
+        _ => panic!("not a request the fast path takes"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,17 +586,18 @@ mod tests {
         let (parsed, rest) = take(
             b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nGET /next HTTP/1.1\r\n",
         );
-        let Parsed::Simple(req, close) = parsed else {
+        let Parsed::Simple(req, fields, close) = parsed else {
             panic!("a plain GET is taken")
         };
         assert!(!close);
         assert_eq!(req.uri().path(), "/a");
         assert_eq!(req.uri().query(), Some("b=c"));
-        assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
+        let map = fields.to_map().unwrap();
+        assert_eq!(map.get_all("x-two").iter().count(), 2);
         // Only the first request left the buffer.
         assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n");
         let (parsed, _) = take(b"HEAD / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n");
-        assert!(matches!(parsed, Parsed::Simple(_, true)));
+        assert!(matches!(parsed, Parsed::Simple(_, _, true)));
 
         for other in [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..],
@@ -531,5 +629,49 @@ mod tests {
         let (parsed, rest) = take(long.as_bytes());
         assert!(matches!(parsed, Parsed::Other));
         assert_eq!(&rest[..], long.as_bytes());
+    }
+
+    #[test]
+    fn fields_kept_as_read_are_those_a_header_map_holds() {
+        let head = b"\r\nGET /p HTTP/1.1\r\nHost: a.example\r\nX-Request-Id:  id-7 \r\n\
+            x-two: 1\nX-Two:\t2, 3\r\nX-Request-Id: second\r\nEmpty:\r\n\
+            Colon: a:b\r\nConnection: close\r\n\r\n";
+        let (parsed, rest) = take(head);
+        assert!(rest.is_empty());
+        let Parsed::Simple(_, fields, true) = parsed else {
+            panic!("taken, and asked to close")
+        };
+        let map = fields.to_map().unwrap();
+        let mut lines: Vec<_> = fields
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        let mut mapped: Vec<_> = map
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        lines.sort();
+        mapped.sort();
+        assert_eq!(lines, mapped);
+        assert_eq!(lines.len(), 8);
+        assert_eq!(map["x-request-id"], "id-7");
+        assert_eq!(map["colon"], "a:b");
+        assert_eq!(map["empty"], "");
+        assert_eq!(fields.request_id().unwrap(), "id-7");
+        assert_eq!(fields.host().unwrap().unwrap(), "a.example");
+        assert!(fields.close_named());
+        let two = HeaderName::from_static("x-two");
+        assert_eq!(fields.joined(&two).as_deref(), Some("1,2, 3"));
+        assert_eq!(fields.joined(&two), map.joined(&two));
+        let host = HeaderName::from_static("host");
+        assert_eq!(fields.joined(&host).as_deref(), Some("a.example"));
+        assert_eq!(fields.joined(&HeaderName::from_static("absent")), None);
+
+        let (parsed, _) = take(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n");
+        let Parsed::Simple(_, fields, false) = parsed else {
+            panic!("taken")
+        };
+        assert_eq!(fields.host(), Err(RequestError::ManyHosts));
+        assert!(fields.request_id().is_none());
     }
 }

@@ -22,6 +22,23 @@ pub(super) fn index(name: &[u8]) -> Option<usize> {
         .position(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// Whether a request field read as the client wrote it goes on to the backend as it is, in a
+/// head whose `Connection` names nothing but `close` and `keep-alive`: not hop-by-hop, not
+/// a field that `Connection` names (`close`, when `close_named`), and not `TE` (which goes on
+/// as `trailers` alone when one asks for them, as [`strip`] leaves it).
+pub(super) fn passes(name: &[u8], close_named: bool) -> bool {
+    index(name).is_none()
+        && !name.eq_ignore_ascii_case(b"te")
+        && !(close_named && name.eq_ignore_ascii_case(b"close"))
+}
+
+/// Whether a `TE` value lists `trailers`.
+pub(super) fn wants_trailers(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+}
+
 /// Removes hop-by-hop fields, and those the `Connection` field names. `TE: trailers` stays.
 pub(super) fn strip(headers: &mut HeaderMap) {
     // Most messages carry one or none: one pass over the names finds which, and only those are
@@ -56,9 +73,7 @@ pub(super) fn strip(headers: &mut HeaderMap) {
         let trailers = headers
             .get_all(header::TE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+            .any(|v| wants_trailers(v.as_bytes()));
         headers.remove(header::TE);
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));

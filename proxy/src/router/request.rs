@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::Uri;
 
 use super::routes::normalize_host;
@@ -116,14 +116,25 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, RequestError> {
     Ok(Cow::Owned(path))
 }
 
+/// The request's `Host` field; more than one is an error.
+pub fn host_field(headers: &HeaderMap) -> Result<Option<&HeaderValue>, RequestError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(RequestError::ManyHosts),
+        (h, None) => Ok(h),
+    }
+}
+
 /// The one host a request is for, as the client wrote it (the router matches it normalised and
 /// forwards it as written): the target's authority if it has one, else the `Host` header.
-pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<&'a str, RequestError> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let header = match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err(RequestError::ManyHosts),
-        (Some(h), None) => Some(h.to_str().map_err(|_| RequestError::BadHost)?),
-        (None, None) => None,
+/// `field` is the request's one `Host` field ([`host_field`]).
+pub fn request_host<'a>(
+    uri: &'a Uri,
+    field: Option<&'a HeaderValue>,
+) -> Result<&'a str, RequestError> {
+    let header = match field {
+        Some(h) => Some(h.to_str().map_err(|_| RequestError::BadHost)?),
+        None => None,
     };
     match (uri.authority().map(|a| a.as_str()), header) {
         (Some(a), Some(h)) if normalize_host(a) != normalize_host(h) => {
@@ -191,25 +202,26 @@ mod tests {
             }
             m
         };
+        let host = |uri, hs: &[&str]| {
+            let m = headers(hs);
+            host_field(&m).and_then(|h| request_host(uri, h).map(str::to_owned))
+        };
         let origin: Uri = "/x".parse().unwrap();
         let absolute: Uri = "http://h.example/x".parse().unwrap();
+        assert_eq!(host(&origin, &["h.example"]), Ok("h.example".into()));
+        assert_eq!(host(&origin, &[]), Ok("".into()));
+        assert_eq!(host(&absolute, &[]), Ok("h.example".into()));
         assert_eq!(
-            request_host(&origin, &headers(&["h.example"])),
-            Ok("h.example")
-        );
-        assert_eq!(request_host(&origin, &headers(&[])), Ok(""));
-        assert_eq!(request_host(&absolute, &headers(&[])), Ok("h.example"));
-        assert_eq!(
-            request_host(&absolute, &headers(&["H.example:80"])),
-            Ok("h.example"),
+            host(&absolute, &["H.example:80"]),
+            Ok("h.example".into()),
             "the same host, written otherwise"
         );
         assert_eq!(
-            request_host(&absolute, &headers(&["evil.example"])),
+            host(&absolute, &["evil.example"]),
             Err(RequestError::HostMismatch)
         );
         assert_eq!(
-            request_host(&origin, &headers(&["a.example", "b.example"])),
+            host(&origin, &["a.example", "b.example"]),
             Err(RequestError::ManyHosts)
         );
     }

@@ -202,8 +202,41 @@ pub struct Conditions {
 /// The parts of a request that conditions look at.
 pub struct Req<'a> {
     pub method: &'a Method,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn FieldValues,
     pub query: Option<&'a str>,
+}
+
+/// A request's header fields as conditions read them: in a header map, or kept as the client
+/// wrote them.
+pub trait FieldValues: Sync {
+    /// The values of the fields named `name` as text, joined by commas (RFC 9110 section 5.3)
+    /// when there are several; None when there is none, or one that is not text.
+    fn joined(&self, name: &HeaderName) -> Option<std::borrow::Cow<'_, str>>;
+}
+
+impl FieldValues for HeaderMap {
+    fn joined(&self, name: &HeaderName) -> Option<std::borrow::Cow<'_, str>> {
+        join(self.get_all(name).iter().map(HeaderValue::as_bytes))
+    }
+}
+
+/// Field values as [`FieldValues::joined`] gives them. Text is what `HeaderValue::to_str`
+/// takes: visible ASCII, spaces and tabs.
+pub(super) fn join<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> Option<std::borrow::Cow<'a, str>> {
+    fn text(v: &[u8]) -> Option<&str> {
+        v.iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+            .then(|| std::str::from_utf8(v).ok())
+            .flatten()
+    }
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return text(first).map(std::borrow::Cow::Borrowed);
+    };
+    let all = [first, second].into_iter().chain(values).filter_map(text);
+    Some(std::borrow::Cow::Owned(all.collect::<Vec<_>>().join(",")))
 }
 
 /// The first value of a query parameter, percent-decoded.
@@ -242,22 +275,9 @@ impl Conditions {
         if self.method.as_ref().is_some_and(|m| m != req.method) {
             return false;
         }
+        // A repeated header is matched as its values joined.
         let header_ok = |(name, want): &(HeaderName, ValueMatch)| {
-            let mut values = req.headers.get_all(name).iter();
-            match (values.next(), values.next()) {
-                (None, _) => false,
-                (Some(v), None) => v.to_str().is_ok_and(|v| want.matches(v)),
-                // A repeated header is matched as its values joined (RFC 9110 section 5.3).
-                (Some(_), Some(_)) => {
-                    let joined: Vec<&str> = req
-                        .headers
-                        .get_all(name)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect();
-                    want.matches(&joined.join(","))
-                }
-            }
+            req.headers.joined(name).is_some_and(|v| want.matches(&v))
         };
         if !self.headers.iter().all(header_ok) {
             return false;

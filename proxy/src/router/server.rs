@@ -22,10 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::cors::Cors;
+use super::fast::ClientFields;
 use super::h1::{self, UpstreamH1Body};
 use super::hop;
 use super::mirror::{MirrorStats, RequestBody, Tee};
-use super::request::{normalize_path, request_host, RequestError};
+use super::request::{host_field, normalize_path, request_host, RequestError};
 use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
 use super::upstream::{now_ms, SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
@@ -215,15 +216,16 @@ fn write_forwarded(conn: &Conn, host: &str, out: &mut impl BufMut) {
     out.put_slice(b"\"");
 }
 
-/// A client's request id when it is short printable ASCII, otherwise a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
+/// The client's request id (its first `X-Request-Id` field) when it is short printable ASCII,
+/// otherwise a new one.
+fn request_id(theirs: Option<HeaderValue>) -> HeaderValue {
+    match theirs {
         Some(v)
             if !v.is_empty()
                 && v.len() <= 128
                 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
         {
-            v.clone()
+            v
         }
         _ => new_request_id(),
     }
@@ -350,7 +352,7 @@ fn upstream_uri(uri: &Uri, host: &str, path: Option<&str>, h2c: bool) -> Option<
 /// Rewrites a client's request into what the backend receives: the backend's URI form and
 /// protocol, no hop-by-hop headers, and the [`Forwarding`] fields.
 fn to_upstream<B>(req: &mut Request<B>, backend: &Backend, conn: &Conn, to: &Routed<'_>) {
-    let forwarding = Forwarding::new(req, conn, to);
+    let forwarding = Forwarding::new(conn, to);
     if let Some(uri) = upstream_uri(req.uri(), to.upstream_host(), to.path, backend.h2c) {
         *req.uri_mut() = uri;
     }
@@ -379,13 +381,8 @@ struct Forwarding<'a> {
 }
 
 impl<'a> Forwarding<'a> {
-    fn new<B>(req: &Request<B>, conn: &'a Conn, to: &'a Routed<'a>) -> Self {
-        // The routed host came from the Host header unless the target carried an authority:
-        // then the header's value is reused as it is.
-        let original_host = match req.headers().get(header::HOST) {
-            Some(h) if req.uri().authority().is_none() => Some(h.clone()),
-            _ => HeaderValue::from_str(to.host).ok(),
-        };
+    fn new(conn: &'a Conn, to: &'a Routed<'a>) -> Self {
+        let original_host = Some(to.host_value.clone());
         let upstream_host = match to.host_rewrite {
             Some(h) => HeaderValue::from_str(h).ok(),
             None => original_host.clone(),
@@ -436,29 +433,56 @@ impl<'a> Forwarding<'a> {
         headers.insert(X_REQUEST_ID, self.to.id.clone());
     }
 
-    /// Whether the client's field `name` gives way to one of these (in a head written by
-    /// [`Forwarding::write_head`]).
-    fn replaces(&self, name: &HeaderName) -> bool {
-        match name.as_str() {
-            "host" => self.upstream_host.is_some(),
-            "x-forwarded-host" => self.original_host.is_some(),
-            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-port" | "x-real-ip"
-            | "forwarded" | "x-request-id" => true,
+    /// Whether the client's field `name` (in any case) gives way to one of these (in a head
+    /// written by [`Forwarding::write_head`]).
+    fn replaces(&self, name: &[u8]) -> bool {
+        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        match name.len() {
+            4 if is(&header::HOST) => self.upstream_host.is_some(),
+            16 if is(&X_FORWARDED_HOST) => self.original_host.is_some(),
+            15 => is(&X_FORWARDED_FOR),
+            17 => is(&X_FORWARDED_PROTO),
+            16 => is(&X_FORWARDED_PORT),
+            9 => is(&X_REAL_IP) || is(&header::FORWARDED),
+            12 => is(&X_REQUEST_ID),
             _ => false,
         }
     }
 
     /// The HTTP/1.1 head of a request without a body or an upgrade: `method target`, the
-    /// client's `fields` (hop-by-hop ones already removed) but those replaced, then these.
-    /// Every value written is a field value (the client's and the connection's were, and the
-    /// routed host is text read from one), so no line can be cut short or added.
-    fn write_head(&self, method: &Method, target: &str, fields: &HeaderMap, out: &mut Vec<u8>) {
+    /// client's fields but the hop-by-hop ones and those replaced, then these. The fields are
+    /// a header map (hop-by-hop ones already removed) or the client's lines as read. Every
+    /// value written is a field value (the client's and the connection's were, and the routed
+    /// host is text read from one), so no line can be cut short or added.
+    fn write_head(&self, method: &Method, target: &str, fields: Fields<'_>, out: &mut Vec<u8>) {
         let conn = self.conn;
         h1::write_request_line(method, target, out);
         if let Some(h) = &self.upstream_host {
             h1::write_field(header::HOST.as_str(), h.as_bytes(), out);
         }
-        h1::write_fields(fields.iter().filter(|(n, _)| !self.replaces(n)), out);
+        match fields {
+            Fields::Map(map) => h1::write_fields(
+                map.iter()
+                    .filter(|(n, _)| !self.replaces(n.as_str().as_bytes())),
+                out,
+            ),
+            Fields::Lines(lines) => {
+                let close = lines.close_named();
+                let mut trailers = false;
+                for (name, value) in lines.iter() {
+                    if hop::passes(name, close) {
+                        if !self.replaces(name) {
+                            h1::write_field(name, value, out);
+                        }
+                    } else if name.eq_ignore_ascii_case(b"te") {
+                        trailers |= hop::wants_trailers(value);
+                    }
+                }
+                if trailers {
+                    h1::write_field(header::TE.as_str(), b"trailers", out);
+                }
+            }
+        }
         out.extend_from_slice(&conn.forwarded_lines);
         if let Some(h) = &self.original_host {
             h1::write_field(X_FORWARDED_HOST.as_str(), h.as_bytes(), out);
@@ -471,10 +495,19 @@ impl<'a> Forwarding<'a> {
     }
 }
 
+/// A request's fields: in its header map, or (a fast-path request's) as the client wrote them.
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    Map(&'a HeaderMap),
+    Lines(&'a ClientFields),
+}
+
 /// What routing decided about a request, and what the backend is to receive.
 struct Routed<'a> {
     /// The one host the request is for, as the client wrote it.
     host: &'a str,
+    /// The same, as a field value (the `Host` field when the host came from it).
+    host_value: &'a HeaderValue,
     /// The normalised path, when it differs from the request's.
     path: Option<&'a str>,
     id: &'a HeaderValue,
@@ -544,6 +577,7 @@ const RESENDS: usize = 2;
 async fn forward(
     backend: &Backend,
     req: Request<Option<Incoming>>,
+    lines: Option<ClientFields>,
     conn: &Conn,
     to: Routed<'_>,
     shared: &Shared,
@@ -566,6 +600,11 @@ async fn forward(
     let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let version = req.version();
     let mut body = Tee::new(body);
+    // Mirrors and filters work on the header map.
+    let mut lines = lines;
+    if !action.mirrors.is_empty() && !fill_map(&mut req, lines.take()) {
+        return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
+    }
     if tunnel.is_none() {
         for m in action.mirrors.iter().filter(|m| m.chosen()) {
             mirror(shared, &req, body.copy(), conn, &to, action, &m.backend);
@@ -578,6 +617,9 @@ async fn forward(
                 .as_ref()
                 .is_some_and(|e| !e.request.is_empty());
         let answer = if edited {
+            if !fill_map(&mut req, lines) {
+                return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
+            }
             to_upstream(&mut req, backend, conn, &to);
             edit_request(req.headers_mut(), action, backend);
             let head = |out: &mut Vec<u8>| h1::encode(&req, out);
@@ -585,17 +627,25 @@ async fn forward(
         } else {
             // No filter edits the fields: the forwarding ones go into the head as it is
             // written, not into the map first.
-            let forwarding = Forwarding::new(&req, conn, &to);
-            hop::strip(req.headers_mut());
+            let forwarding = Forwarding::new(conn, &to);
+            let fields = match &lines {
+                Some(lines) => Fields::Lines(lines),
+                None => {
+                    hop::strip(req.headers_mut());
+                    Fields::Map(req.headers())
+                }
+            };
             let uri = upstream_uri(req.uri(), to.upstream_host(), to.path, false);
             let target = uri.as_ref().unwrap_or(req.uri()).path_and_query();
             let target = target.map_or("/", |p| p.as_str());
-            let head =
-                |out: &mut Vec<u8>| forwarding.write_head(req.method(), target, req.headers(), out);
+            let head = |out: &mut Vec<u8>| forwarding.write_head(req.method(), target, fields, out);
             forward_h1(backend, req.method(), &head, version, conn.wire_answers).await
         };
         h1::spare(std::mem::take(req.headers_mut()));
         return answer;
+    }
+    if !fill_map(&mut req, lines) {
+        return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
     }
     let mut req = req.map(|()| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
@@ -860,23 +910,57 @@ fn no_backend(a: Option<&Action>) -> Response<Body> {
     }
 }
 
-/// Routes and answers one request; its body is None when the request has none.
+/// Puts a fast-path request's fields, kept as read, into its header map, for what works on
+/// one; false when the map refuses one of them (the request is then answered 400).
+fn fill_map<B>(req: &mut Request<B>, lines: Option<ClientFields>) -> bool {
+    match lines.map(|l| l.to_map()) {
+        None => true,
+        Some(Some(map)) => {
+            *req.headers_mut() = map;
+            true
+        }
+        Some(None) => false,
+    }
+}
+
+/// Why a request with a field that the http types refuse is answered 400 (see [`fill_map`]).
+const MALFORMED_FIELD: &str = "malformed header field";
+
+/// A 400 answered before the request reached a backend, counted with the unrouted ones.
+fn bad_request(text: &str, id: &HeaderValue, shared: &Shared, started: Instant) -> Response<Body> {
+    let mut resp = local(StatusCode::BAD_REQUEST, text);
+    resp.headers_mut().insert(X_REQUEST_ID, answer_id(id));
+    shared.unrouted.record(400, started.elapsed());
+    resp
+}
+
+/// Routes and answers one request; its body is None when the request has none. A fast-path
+/// request comes with its fields kept as read (`lines`) and an empty header map.
 pub(super) async fn handle(
     shared: &Shared,
     req: Request<Option<Incoming>>,
+    lines: Option<ClientFields>,
     conn: &Conn,
 ) -> Response<Body> {
     let started = Instant::now();
-    let id = request_id(req.headers());
+    let id = request_id(match &lines {
+        Some(l) => l.request_id(),
+        None => req.headers().get(X_REQUEST_ID).cloned(),
+    });
     // One host and one path: routed on, and forwarded.
-    let checked = request_host(req.uri(), req.headers()).and_then(|h| {
+    let field = match &lines {
+        Some(l) => l.host(),
+        None => host_field(req.headers()),
+    };
+    let checked = field.and_then(|field| {
+        let h = request_host(req.uri(), field)?;
         let rewritten = match normalize_path(req.uri().path())? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         };
         // The host kept past the request: the Host header itself (sharing its bytes) when it
         // is the one routed on.
-        let kept = match (req.uri().authority(), req.headers().get(header::HOST)) {
+        let kept = match (req.uri().authority(), field) {
             (None, Some(v)) => v.clone(),
             _ => HeaderValue::from_str(h).map_err(|_| RequestError::BadHost)?,
         };
@@ -884,12 +968,7 @@ pub(super) async fn handle(
     });
     let (host_value, rewritten) = match checked {
         Ok(c) => c,
-        Err(e) => {
-            let mut resp = local(StatusCode::BAD_REQUEST, &e.to_string());
-            resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
-            shared.unrouted.record(400, started.elapsed());
-            return resp;
-        }
+        Err(e) => return bad_request(&e.to_string(), &id, shared, started),
     };
     let path = rewritten.as_deref().unwrap_or(req.uri().path());
     let raw_host = host_value.to_str().unwrap_or("");
@@ -898,7 +977,10 @@ pub(super) async fn handle(
     let routes = shared.source.routes();
     let view = Req {
         method: req.method(),
-        headers: req.headers(),
+        headers: match &lines {
+            Some(l) => l,
+            None => req.headers(),
+        },
         query: req.uri().query(),
     };
     let (action, matched) = match routes.route(conn.port, conn.ingress, &host, path, &view) {
@@ -921,10 +1003,19 @@ pub(super) async fn handle(
         .then(|| (req.method().clone(), req.uri().clone()));
     let matched = matched.as_deref().unwrap_or("");
     let mut backend = None;
-    // A CORS route answers preflights itself and marks the answers to allowed origins.
+    // A CORS route answers preflights itself and marks the answers to allowed origins; it
+    // reads the fields in a header map.
     let cors = action.as_deref().and_then(|a| a.cors.as_ref());
-    let preflight = cors.is_some() && Cors::is_preflight(req.method(), req.headers());
-    let origin = cors.and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    let cors_map = match (cors, &lines) {
+        (Some(_), Some(l)) => match l.to_map() {
+            Some(map) => Some(map),
+            None => return bad_request(MALFORMED_FIELD, &id, shared, started),
+        },
+        _ => None,
+    };
+    let fields = cors_map.as_ref().unwrap_or(req.headers());
+    let preflight = cors.is_some() && Cors::is_preflight(req.method(), fields);
+    let origin = cors.and_then(|_| fields.get(header::ORIGIN).cloned());
     let (resp, upstream) = match action.as_deref() {
         Some(a) if a.ssl_redirect && !conn.tls => {
             (redirect_to_https(shared, &host, req.uri()), None)
@@ -932,7 +1023,7 @@ pub(super) async fn handle(
         Some(a) if preflight => {
             let mut resp = local(StatusCode::OK, "");
             if let Some(cors) = &a.cors {
-                resp.headers_mut().extend(cors.preflight(req.headers()));
+                resp.headers_mut().extend(cors.preflight(fields));
             }
             (resp, None)
         }
@@ -962,6 +1053,7 @@ pub(super) async fn handle(
                     .map(|p| p.apply(matched, path));
                 let to = Routed {
                     host: raw_host,
+                    host_value: &host_value,
                     path: new_path.as_deref().or(rewritten.as_deref()),
                     id: &id,
                     upgrade: upgrade_protocol(&req),
@@ -970,10 +1062,13 @@ pub(super) async fn handle(
                 // Awaited where it is made: a future kept in a local first is copied whole
                 // (more than a kilobyte) on the way to being awaited.
                 match a.request_timeout {
-                    None => forward(b, req, conn, to, shared, a).await,
+                    None => forward(b, req, lines, conn, to, shared, a).await,
                     Some(limit) => {
-                        match tokio::time::timeout(limit, forward(b, req, conn, to, shared, a))
-                            .await
+                        match tokio::time::timeout(
+                            limit,
+                            forward(b, req, lines, conn, to, shared, a),
+                        )
+                        .await
                         {
                             Ok(r) => r,
                             Err(_) => {
@@ -1126,7 +1221,7 @@ where
         let shared = shared.clone();
         let conn = conn.clone();
         async move {
-            let mut resp = handle(&shared, req.map(Some), &conn).await;
+            let mut resp = handle(&shared, req.map(Some), None, &conn).await;
             // hyper writes the header map alone (its connections do not ask for fields kept
             // as read; this keeps any there would be).
             settle_fields(&mut resp);
@@ -1271,19 +1366,17 @@ mod tests {
 
     #[test]
     fn request_ids_are_kept_when_plain_and_otherwise_new_and_unique() {
-        let mut h = HeaderMap::new();
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("client-id-1"));
-        assert_eq!(request_id(&h), "client-id-1");
+        let theirs = |v: &str| Some(HeaderValue::from_str(v).unwrap());
+        assert_eq!(request_id(theirs("client-id-1")), "client-id-1");
         let mut seen = std::collections::HashSet::new();
         for bad in ["", "has space", &"x".repeat(129)] {
-            h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
-            let id = request_id(&h);
+            let id = request_id(theirs(bad));
             assert_eq!(id.len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
             assert!(seen.insert(id));
         }
         for _ in 0..10_000 {
-            assert!(seen.insert(request_id(&HeaderMap::new())));
+            assert!(seen.insert(request_id(None)));
         }
         // Consecutive ids differ in their second half throughout, not in a last digit.
         let (a, b) = (new_request_id(), new_request_id());
@@ -1364,7 +1457,7 @@ mod tests {
             if let Some(h) = client_host {
                 fields.insert(header::HOST, HeaderValue::from_str(h).unwrap());
             }
-            for (n, v) in [
+            let client_fields = [
                 ("x-forwarded-for", "203.0.113.9"),
                 ("X-Forwarded-Host", "evil.example"),
                 ("x-forwarded-proto", "gopher"),
@@ -1373,17 +1466,25 @@ mod tests {
                 ("forwarded", "for=203.0.113.9"),
                 ("x-request-id", "theirs"),
                 ("keep-alive", "timeout=5"),
+                ("Connection", "close"),
+                ("close", "x"),
+                ("TE", "gzip, trailers"),
                 ("accept", "*/*"),
                 ("cookie", "a=1"),
-            ] {
+                ("cookie", "b=2"),
+            ];
+            for (n, v) in client_fields {
                 fields.append(
                     HeaderName::from_bytes(n.as_bytes()).unwrap(),
                     v.parse().unwrap(),
                 );
             }
-            fields.append(header::COOKIE, HeaderValue::from_static("b=2"));
+            // As `handle` keeps it: the Host field unless the target named the host.
+            let kept = client_host.filter(|_| uri.starts_with('/'));
+            let host_value = HeaderValue::from_str(kept.unwrap_or(routed)).unwrap();
             let to = Routed {
                 host: routed,
+                host_value: &host_value,
                 path: None,
                 id: &id,
                 upgrade: None,
@@ -1397,7 +1498,7 @@ mod tests {
             let mut through_map = Vec::new();
             h1::encode(&mapped, &mut through_map);
 
-            let forwarding = Forwarding::new(&req, &conn, &to);
+            let forwarding = Forwarding::new(&conn, &to);
             hop::strip(req.headers_mut());
             let target = upstream_uri(req.uri(), to.upstream_host(), None, false);
             let target = target
@@ -1406,7 +1507,8 @@ mod tests {
                 .path_and_query()
                 .unwrap();
             let mut written = Vec::new();
-            forwarding.write_head(req.method(), target.as_str(), req.headers(), &mut written);
+            let map = Fields::Map(req.headers());
+            forwarding.write_head(req.method(), target.as_str(), map, &mut written);
 
             let (line, fields) = head_parts(&written);
             assert_eq!(
@@ -1414,6 +1516,28 @@ mod tests {
                 head_parts(&through_map),
                 "{uri}"
             );
+            // The same head from the client's lines as read, for a request the fast path
+            // takes (origin-form).
+            if uri.starts_with('/') {
+                let mut head = format!("GET {uri} HTTP/1.1\r\n");
+                for (n, v) in client_host
+                    .map(|h| ("Host", h))
+                    .into_iter()
+                    .chain(client_fields)
+                {
+                    head.push_str(&format!("{n}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                let lines = super::super::fast::client_fields(head.as_bytes());
+                let mut from_lines = Vec::new();
+                let lines = Fields::Lines(&lines);
+                forwarding.write_head(req.method(), target.as_str(), lines, &mut from_lines);
+                assert_eq!(
+                    head_parts(&from_lines),
+                    (line.clone(), fields.clone()),
+                    "{uri}"
+                );
+            }
             let field = |n: &str| {
                 let all: Vec<_> = fields.iter().filter(|(k, _)| k == n).collect();
                 assert_eq!(all.len(), 1, "one {n} in {fields:?}");
@@ -1439,7 +1563,10 @@ mod tests {
                 field("forwarded"),
                 format!("for=\"[2001:db8::7]\";proto={proto};host=\"{escaped}\"")
             );
-            assert!(fields.iter().all(|(n, _)| n != "keep-alive"));
+            assert!(fields
+                .iter()
+                .all(|(n, _)| n != "keep-alive" && n != "close"));
+            assert_eq!(field("te"), "trailers");
             assert_eq!(fields.iter().filter(|(n, _)| n == "cookie").count(), 2);
         }
     }
