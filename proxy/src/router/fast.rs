@@ -28,10 +28,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::h1::{self, deadline_after, offsets, slice, spare, write_fields};
+use super::h1::{self, deadline_after, offsets, slice, spare, write_field, write_fields};
 use super::request::RequestError;
 use super::routes::{join, FieldValues};
-use super::server::{handle, serve_io, Body, Conn, Shared};
+use super::server::{handle, serve_io, Body, Conn, Shared, X_REQUEST_ID};
 
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
 const MAX_HEADERS: usize = 64;
@@ -93,7 +93,7 @@ where
         let head_only = req.method() == Method::HEAD;
         // The client is read meanwhile: pipelined requests go into the buffer, and a client
         // that goes away drops its request (and the upstream exchange), as hyper does.
-        let resp = {
+        let (resp, id) = {
             let handled = handle(&shared, req.map(|()| None), Some(fields), &conn);
             tokio::pin!(handled);
             loop {
@@ -110,7 +110,7 @@ where
             }
         };
         // The head is written here; only the body is waited on.
-        let (framing, body) = answer_head(&mut out, resp, head_only, close);
+        let (framing, body) = answer_head(&mut out, resp, &id, head_only, close);
         let keep = match send_body(&mut io, &mut out, framing, body).await {
             Ok(keep) => keep && !close,
             Err(_) => return,
@@ -291,13 +291,12 @@ impl FieldValues for ClientFields {
 }
 
 thread_local! {
-    /// The `Date` value, made once a second.
-    static DATE: RefCell<(u64, HeaderValue)> = const {
-        RefCell::new((u64::MAX, HeaderValue::from_static("")))
-    };
+    /// The `Date` field's value, made once a second.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-fn date() -> HeaderValue {
+/// Writes the `Date` field of an answer made now.
+fn write_date(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -305,10 +304,9 @@ fn date() -> HeaderValue {
     DATE.with_borrow_mut(|(at, value)| {
         if *at != secs {
             *at = secs;
-            *value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-                .expect("an HTTP date is a header value");
+            *value = httpdate::fmt_http_date(now);
         }
-        value.clone()
+        write_field(header::DATE, value.as_bytes(), out);
     })
 }
 
@@ -338,10 +336,12 @@ enum Framing {
     Chunked(Vec<HeaderName>),
 }
 
-/// Writes the head of `resp` into `out`; how its body is framed, and the body.
+/// Writes the head of `resp`, with its request id, into `out`; how its body is framed, and the
+/// body.
 fn answer_head(
     out: &mut Vec<u8>,
     mut resp: Response<Body>,
+    id: &HeaderValue,
     head_only: bool,
     close: bool,
 ) -> (Framing, Body) {
@@ -353,6 +353,7 @@ fn answer_head(
     };
     let headers = resp.headers_mut();
     headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(X_REQUEST_ID);
     let bodyless =
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let declared = match &wire {
@@ -388,12 +389,7 @@ fn answer_head(
         }
     };
     let framing = if bodyless { Framing::None } else { framing };
-    if close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    if !headers.contains_key(header::DATE) && !wire.as_ref().is_some_and(|w| w.dated) {
-        headers.insert(header::DATE, date());
-    }
+    let dated = headers.contains_key(header::DATE) || wire.as_ref().is_some_and(|w| w.dated);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -404,6 +400,13 @@ fn answer_head(
         out.extend_from_slice(w.as_bytes());
     }
     write_fields(resp.headers(), out);
+    if !dated {
+        write_date(out);
+    }
+    if close {
+        write_field(header::CONNECTION, b"close", out);
+    }
+    write_field(X_REQUEST_ID, id.as_bytes(), out);
     out.extend_from_slice(b"\r\n");
     let (mut parts, body) = resp.into_parts();
     spare(std::mem::take(&mut parts.headers));

@@ -346,8 +346,8 @@ pub async fn exchange(
         conn.deadline = Some(deadline);
         let (fields, wire) = match head.fields {
             Fields::Map(map) => (map, None),
-            // Room for what the router adds to an answer.
-            Fields::Wire(wire) => (empty_map(4), Some(wire)),
+            // Its writer adds the request id, and what else it writes, without a map.
+            Fields::Wire(wire) => (HeaderMap::new(), Some(wire)),
         };
         let mut resp = Response::new(UpstreamH1Body {
             conn: Some(conn),

@@ -168,7 +168,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The part of RFC 7239's `Forwarded` that one connection fixes: the client and the scheme.
@@ -927,21 +927,21 @@ fn fill_map<B>(req: &mut Request<B>, lines: Option<ClientFields>) -> bool {
 const MALFORMED_FIELD: &str = "malformed header field";
 
 /// A 400 answered before the request reached a backend, counted with the unrouted ones.
-fn bad_request(text: &str, id: &HeaderValue, shared: &Shared, started: Instant) -> Response<Body> {
-    let mut resp = local(StatusCode::BAD_REQUEST, text);
-    resp.headers_mut().insert(X_REQUEST_ID, answer_id(id));
+fn bad_request(text: &str, shared: &Shared, started: Instant) -> Response<Body> {
     shared.unrouted.record(400, started.elapsed());
-    resp
+    local(StatusCode::BAD_REQUEST, text)
 }
 
 /// Routes and answers one request; its body is None when the request has none. A fast-path
-/// request comes with its fields kept as read (`lines`) and an empty header map.
+/// request comes with its fields kept as read (`lines`) and an empty header map. Returns the
+/// answer and the request id it carries, which the connection's writer adds (in place of any
+/// `X-Request-Id` the answer has).
 pub(super) async fn handle(
     shared: &Shared,
     req: Request<Option<Incoming>>,
     lines: Option<ClientFields>,
     conn: &Conn,
-) -> Response<Body> {
+) -> (Response<Body>, HeaderValue) {
     let started = Instant::now();
     let id = request_id(match &lines {
         Some(l) => l.request_id(),
@@ -968,7 +968,7 @@ pub(super) async fn handle(
     });
     let (host_value, rewritten) = match checked {
         Ok(c) => c,
-        Err(e) => return bad_request(&e.to_string(), &id, shared, started),
+        Err(e) => return (bad_request(&e.to_string(), shared, started), id),
     };
     let path = rewritten.as_deref().unwrap_or(req.uri().path());
     let raw_host = host_value.to_str().unwrap_or("");
@@ -1009,7 +1009,7 @@ pub(super) async fn handle(
     let cors_map = match (cors, &lines) {
         (Some(_), Some(l)) => match l.to_map() {
             Some(map) => Some(map),
-            None => return bad_request(MALFORMED_FIELD, &id, shared, started),
+            None => return (bad_request(MALFORMED_FIELD, shared, started), id),
         },
         _ => None,
     };
@@ -1109,7 +1109,6 @@ pub(super) async fn handle(
             cors.answer(origin.as_ref(), resp.headers_mut());
         }
     }
-    resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
     let took = started.elapsed();
     let status = resp.status().as_u16();
     let stats = backend.as_ref().map_or(&shared.unrouted, |b| &*b.stats);
@@ -1131,7 +1130,7 @@ pub(super) async fn handle(
         };
         super::access::record(shared.config.access_log_format, &entry);
     }
-    resp
+    (resp, id)
 }
 
 /// A `RequestRedirect` filter's answer. Unset parts come from the request; the port is left
@@ -1221,10 +1220,11 @@ where
         let shared = shared.clone();
         let conn = conn.clone();
         async move {
-            let mut resp = handle(&shared, req.map(Some), None, &conn).await;
+            let (mut resp, id) = handle(&shared, req.map(Some), None, &conn).await;
             // hyper writes the header map alone (its connections do not ask for fields kept
             // as read; this keeps any there would be).
             settle_fields(&mut resp);
+            resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
             Ok::<_, Infallible>(resp)
         }
     };
