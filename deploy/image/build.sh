@@ -8,7 +8,7 @@
 #
 # Usage: deploy/image/build.sh [BINARY]        (needs buildah; run from anywhere)
 # Prints the image name. Check it: buildah from --name t localhost/switchyard:0.1.0 &&
-#   buildah run t -- /switchyard --version
+#   buildah run --network none t -- /switchyard --version
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 project=$(cd "$here/../.." && pwd)
@@ -69,7 +69,7 @@ echo "root:x:0:" >"$root/etc/group"
 
 cp "$here/Containerfile" "$context/Containerfile"
 old=$(buildah images --quiet --no-trunc "$image" 2>/dev/null || true)
-buildah build --quiet --layers=false -f "$context/Containerfile" -t "$image" "$context" >&2
+buildah build --quiet --layers=false --network none -f "$context/Containerfile" -t "$image" "$context" >&2
 new=$(buildah images --quiet --no-trunc "$image")
 if [ -n "$old" ] && [ "$old" != "$new" ]; then
   # Left untagged by the build; kept only if a container still uses it.

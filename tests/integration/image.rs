@@ -64,9 +64,11 @@ fn container(image: &str) -> Container {
     Container(String::from_utf8_lossy(&from.stdout).trim().to_string())
 }
 
+/// Runs `args` in `container` without a network: buildah's default would set one up on the host
+/// (a bridge and firewall rules of its own).
 fn run_in(container: &str, args: &[&str]) -> String {
     let out = Command::new("buildah")
-        .args(["run", container, "--"])
+        .args(["run", "--network", "none", container, "--"])
         .args(args)
         .output()
         .unwrap();
