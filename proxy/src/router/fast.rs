@@ -408,8 +408,8 @@ fn answer_head(
     }
     write_field(X_REQUEST_ID, id.as_bytes(), out);
     out.extend_from_slice(b"\r\n");
-    let (mut parts, body) = resp.into_parts();
-    spare(std::mem::take(&mut parts.headers));
+    let (parts, body) = resp.into_parts();
+    spare(parts.headers);
     (framing, body)
 }
 

@@ -741,12 +741,21 @@ pub enum Target<'a> {
 
 /// `Host` without its port, lower-cased only when it has upper-case letters.
 pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
-    let host = if host.starts_with('[') {
+    // Found byte by byte: `:` and `]` are ASCII, so the cuts fall between characters.
+    let bytes = host.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
         // An IPv6 literal: keep the brackets, drop the port.
-        host.find(']').map_or(host, |i| &host[..=i])
+        bytes
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(bytes.len(), |i| i + 1)
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+        bytes
+            .iter()
+            .rposition(|&b| b == b':')
+            .unwrap_or(bytes.len())
     };
+    let host = &host[..end];
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
@@ -1205,6 +1214,23 @@ mod tests {
             method,
             headers,
             query,
+        }
+    }
+
+    #[test]
+    fn hosts_are_matched_without_port_trailing_dot_or_case() {
+        for (host, normal) in [
+            ("Shop.Example:8080", "shop.example"),
+            ("shop.example.", "shop.example"),
+            ("shop.example.:80", "shop.example"),
+            ("[2001:DB8::1]:443", "[2001:db8::1]"),
+            ("[::1]", "[::1]"),
+            ("[::1", "[::1"),
+            ("bücher.example:80", "bücher.example"),
+            (":80", ""),
+            ("", ""),
+        ] {
+            assert_eq!(normalize_host(host), normal, "{host}");
         }
     }
 

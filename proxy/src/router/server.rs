@@ -641,7 +641,7 @@ async fn forward(
             let head = |out: &mut Vec<u8>| forwarding.write_head(req.method(), target, fields, out);
             forward_h1(backend, req.method(), &head, version, conn.wire_answers).await
         };
-        h1::spare(std::mem::take(req.headers_mut()));
+        h1::spare(req.into_parts().0.headers);
         return answer;
     }
     if !fill_map(&mut req, lines) {
