@@ -228,14 +228,11 @@ fn line(out: &mut String, format: Format, date: &str, micros: u32, e: &Entry<'_>
 
 /// `.` and the microseconds, six digits, and `Z`.
 fn timestamp_fraction(out: &mut String, micros: u32) {
-    let mut digits = [b'0'; 6];
-    let mut n = micros % 1_000_000;
-    for d in digits.iter_mut().rev() {
-        *d += (n % 10) as u8;
-        n /= 10;
-    }
+    // A million more has seven digits: the last six are the fraction with its leading zeros.
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(micros % 1_000_000 + 1_000_000);
     out.push('.');
-    out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
+    out.push_str(&text[1..]);
     out.push('Z');
 }
 
@@ -260,8 +257,9 @@ fn upstream(out: &mut String, addr: SocketAddr) {
 /// A string as Rust's `Debug` quotes it (as tracing's text format shows string fields).
 fn quoted(out: &mut String, s: &str) {
     // Printable ASCII other than `"` and `\` stands for itself.
-    let plain = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
-    if s.bytes().all(plain) {
+    // Every byte is looked at (no early exit), which lets the check run on many at once.
+    let plain = |b: u8| (b' '..=b'~').contains(&b) & (b != b'"') & (b != b'\\');
+    if s.bytes().fold(true, |all, b| all & plain(b)) {
         out.push('"');
         out.push_str(s);
         out.push('"');
