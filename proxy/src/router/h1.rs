@@ -232,7 +232,7 @@ async fn within<T>(
 }
 
 /// The request head as it goes on the wire (origin-form target, the headers as they are).
-pub(super) fn encode(req: &Request<()>, out: &mut Vec<u8>) {
+pub(super) fn encode<B>(req: &Request<B>, out: &mut Vec<u8>) {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     write_request_line(req.method(), target, out);
     write_fields(req.headers(), out);

@@ -576,7 +576,7 @@ const RESENDS: usize = 2;
 /// bodies name the Service, never where its endpoints live.
 async fn forward(
     backend: &Backend,
-    req: Request<Option<Incoming>>,
+    mut req: Request<Option<Incoming>>,
     lines: Option<ClientFields>,
     conn: &Conn,
     to: Routed<'_>,
@@ -595,8 +595,8 @@ async fn forward(
         },
         None => None,
     };
-    let (parts, body) = req.into_parts();
-    let mut req = Request::from_parts(parts, ());
+    // The body goes its own way; the head stays where it is.
+    let body = req.body_mut().take();
     let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let version = req.version();
     let mut body = Tee::new(body);
@@ -647,7 +647,7 @@ async fn forward(
     if !fill_map(&mut req, lines) {
         return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
     }
-    let mut req = req.map(|()| body.into_body());
+    let mut req = req.map(|_| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
     edit_request(req.headers_mut(), action, backend);
     // Boxed: its state would otherwise be part of every request's future, which is moved
@@ -849,9 +849,9 @@ fn edit_request(headers: &mut HeaderMap, action: &Action, backend: &Backend) {
 
 /// Sends a copy of `req` (the client's, not yet rewritten) to a mirror backend, unless too many
 /// are in flight.
-fn mirror(
+fn mirror<B>(
     shared: &Shared,
-    req: &Request<()>,
+    req: &Request<B>,
     body: RequestBody,
     conn: &Conn,
     to: &Routed<'_>,
