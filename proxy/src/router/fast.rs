@@ -676,5 +676,13 @@ mod tests {
         };
         assert_eq!(fields.host(), Err(RequestError::ManyHosts));
         assert!(fields.request_id().is_none());
+
+        // Empty values, and the fields at the end of the head.
+        let (parsed, _) = take(b"GET / HTTP/1.1\r\nX-Request-Id:\r\nHost:\r\n\r\n");
+        let Parsed::Simple(_, fields, false) = parsed else {
+            panic!("taken")
+        };
+        assert_eq!(fields.host().unwrap().unwrap(), "");
+        assert_eq!(fields.request_id().unwrap(), "");
     }
 }
