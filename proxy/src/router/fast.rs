@@ -28,7 +28,9 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::h1::{self, deadline_after, offsets, slice, spare, write_field, write_fields};
+use super::h1::{
+    self, arm, deadline_after, offsets, poll_until, slice, spare, write_field, write_fields,
+};
 use super::request::RequestError;
 use super::routes::{join, FieldValues};
 use super::server::{handle, serve_io, Body, Conn, Shared, X_REQUEST_ID};
@@ -66,7 +68,8 @@ where
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
-        deadline.as_mut().reset(deadline_after(timeout));
+        let until = deadline_after(timeout);
+        arm(deadline.as_mut(), until);
         let (req, fields, close) = loop {
             let hyper = match take_request(&mut buf) {
                 Parsed::Simple(req, fields, close) => break (req, fields, close),
@@ -87,7 +90,7 @@ where
                     return;
                 },
                 // A head not complete in time: the connection closes, as hyper closes it.
-                () = &mut deadline => return,
+                () = std::future::poll_fn(|cx| poll_until(deadline.as_mut(), until, cx)) => return,
             }
         };
         let head_only = req.method() == Method::HEAD;

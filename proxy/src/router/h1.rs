@@ -218,17 +218,43 @@ pub(super) fn deadline_after(timeout: Duration) -> Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
-/// `io`, unless `deadline` passes first. The deadline is looked at only while `io` waits.
+/// `io`, unless `until` passes first. The deadline is looked at only while `io` waits.
 async fn within<T>(
     deadline: &mut Pin<Box<Sleep>>,
+    until: Instant,
     io: impl Future<Output = T>,
 ) -> Result<T, Error> {
     let mut io = std::pin::pin!(io);
     std::future::poll_fn(|cx| match io.as_mut().poll(cx) {
         Poll::Ready(done) => Poll::Ready(Ok(done)),
-        Poll::Pending => deadline.as_mut().poll(cx).map(|()| Err(Error::TimedOut)),
+        Poll::Pending => poll_until(deadline.as_mut(), until, cx).map(|()| Err(Error::TimedOut)),
     })
     .await
+}
+
+/// Arms `timer` for `until` when it would fire later than that. A timer that fires earlier is
+/// left as it is and moved only when it fires ([`poll_until`]): a deadline that moves later
+/// with every request costs no timer update per request.
+pub(super) fn arm(timer: Pin<&mut Sleep>, until: Instant) {
+    if timer.deadline() > until {
+        timer.reset(until);
+    }
+}
+
+/// Ready when `until` has passed; `timer` (armed by [`arm`], at or before `until`) is moved on
+/// to `until` when it fires early.
+pub(super) fn poll_until(
+    mut timer: Pin<&mut Sleep>,
+    until: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        ready!(timer.as_mut().poll(cx));
+        if Instant::now() >= until {
+            return Poll::Ready(());
+        }
+        timer.as_mut().reset(until);
+    }
 }
 
 /// The request head as it goes on the wire (origin-form target, the headers as they are).
@@ -297,7 +323,7 @@ pub async fn exchange(
     let until = deadline_after(timeout);
     let mut deadline = match conn.deadline.take() {
         Some(mut d) => {
-            d.as_mut().reset(until);
+            arm(d.as_mut(), until);
             d
         }
         None => Box::pin(tokio::time::sleep_until(until)),
@@ -305,7 +331,7 @@ pub async fn exchange(
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
     head(&mut out);
-    within(&mut deadline, conn.io.write_all(&out))
+    within(&mut deadline, until, conn.io.write_all(&out))
         .await?
         .map_err(Error::Closed)?;
     if out.capacity() <= MAX_IDLE_OUT {
@@ -322,7 +348,7 @@ pub async fn exchange(
             if conn.buf.len() >= MAX_HEAD {
                 return invalid("response head too large");
             }
-            match within(&mut deadline, conn.fill()).await? {
+            match within(&mut deadline, until, conn.fill()).await? {
                 Ok(true) => {
                     received = true;
                     continue;
@@ -1308,6 +1334,34 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|r| r.status())),
         }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_counts_from_each_exchange_on_a_pooled_connection() {
+        // The second answer comes 1 s after its request, which is sent 1.5 s after the first:
+        // within its own 2 s, past the first exchange's deadline (the timer left armed for it
+        // has to be moved on, not obeyed).
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            for delay in [0, 1000] {
+                let _ = s.read(&mut b).await;
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+        });
+        let upstream = Arc::new(Upstream::new(addr, false));
+        let timeout = std::time::Duration::from_secs(2);
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap(), addr);
+        drop(get_on(conn, Method::GET, &upstream, timeout).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let conn = Conn::pooled(addr).expect("pooled");
+        let resp = get_on(conn, Method::GET, &upstream, timeout).await;
+        assert_eq!(resp.map(|r| r.status()).ok(), Some(StatusCode::OK));
     }
 
     #[tokio::test]
