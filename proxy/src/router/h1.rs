@@ -1336,24 +1336,33 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_deadline_counts_from_each_exchange_on_a_pooled_connection() {
-        // The second answer comes 1 s after its request, which is sent 1.5 s after the first:
-        // within its own 2 s, past the first exchange's deadline (the timer left armed for it
-        // has to be moved on, not obeyed).
+    /// A backend on one connection that answers its requests (an empty 200) each after its
+    /// delay in milliseconds, then reads the next and stays silent.
+    async fn answering_after(delays: &'static [u64]) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut b = [0u8; 1024];
-            for delay in [0, 1000] {
+            for &delay in delays {
                 let _ = s.read(&mut b).await;
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                     .await
                     .unwrap();
             }
+            let _ = s.read(&mut b).await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_deadline_counts_from_each_exchange_on_a_pooled_connection() {
+        // The second answer comes 1 s after its request, which is sent 1.5 s after the first:
+        // within its own 2 s, past the first exchange's deadline (the timer left armed for it
+        // has to be moved on, not obeyed).
+        let addr = answering_after(&[0, 1000]).await;
         let upstream = Arc::new(Upstream::new(addr, false));
         let timeout = std::time::Duration::from_secs(2);
         let conn = Conn::new(TcpStream::connect(addr).await.unwrap(), addr);
@@ -1367,18 +1376,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_that_does_not_come_in_time_is_a_timeout() {
         // One answer, then silence on the same connection.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut b = [0u8; 1024];
-            let _ = s.read(&mut b).await;
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                .await
-                .unwrap();
-            let _ = s.read(&mut b).await;
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-        });
+        let addr = answering_after(&[0]).await;
         let upstream = Arc::new(Upstream::new(addr, false));
         let short = std::time::Duration::from_millis(200);
         let conn = Conn::new(TcpStream::connect(addr).await.unwrap(), addr);
