@@ -1024,8 +1024,9 @@ fn answers(text: &str) -> Vec<&str> {
     starts.iter().zip(ends).map(|(&s, e)| &text[s..e]).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn http1_framing_pipelining_and_keep_alive() {
+/// `switchyard up` routing `framing.example` to a [`framing_backend`] (answering by then), and
+/// the backend's flag.
+async fn framing_up() -> (Up, Arc<AtomicBool>) {
     let up = Up::start(&[], false);
     let client = up.client().await;
     let (backend, stall_dropped) = framing_backend().await;
@@ -1041,6 +1042,12 @@ async fn http1_framing_pipelining_and_keep_alive() {
         async move { ok.then_some(()) }
     })
     .await;
+    (up, stall_dropped)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http1_framing_pipelining_and_keep_alive() {
+    let (up, stall_dropped) = framing_up().await;
 
     // Five requests written at once on one connection, the last asking to close.
     let r = |method: &str, path: &str, extra: &str| {
@@ -1166,4 +1173,87 @@ async fn http1_framing_pipelining_and_keep_alive() {
         async move { done.then_some(()) }
     })
     .await;
+}
+
+/// One request on an HTTP/2 connection (`send`) with `body`; its status, fields, body and
+/// trailers.
+async fn h2_request(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Bytes, Option<http::HeaderMap>) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://framing.example{path}"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        collected.to_bytes(),
+        trailers,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_bodies_trailers_resets_and_prior_knowledge() {
+    let (up, stall_dropped) = framing_up().await;
+
+    // Cleartext HTTP/2 with prior knowledge, on the plain port.
+    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    let (status, headers, body, _) = h2_request(&mut send, "GET", "/length", vec![]).await;
+    assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+    assert_eq!(headers["content-length"], "5");
+    assert!(headers.contains_key("date") && headers.contains_key("x-request-id"));
+    let (status, headers, body, _) = h2_request(&mut send, "HEAD", "/length", vec![]).await;
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(headers["content-length"], "5");
+    let (status, _, body, _) = h2_request(&mut send, "GET", "/nocontent", vec![]).await;
+    assert_eq!((status, body.len()), (204, 0));
+
+    // A chunked upstream answer arrives whole, its trailer as HTTP/2 trailers.
+    let (status, headers, body, trailers) = h2_request(&mut send, "GET", "/chunked", vec![]).await;
+    assert_eq!((status, &body[..]), (200, &b"hello world"[..]));
+    assert!(!headers.contains_key("transfer-encoding"));
+    let trailers = trailers.expect("the answer's trailers");
+    assert_eq!(trailers["x-sum"], "11");
+
+    // A body larger than the windows both ways (1 MiB the router grants, 64 KiB the client's
+    // default stream window): it goes up and comes back whole.
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let echoed = h2_request(&mut send, "POST", "/echo", big.clone());
+    let (status, headers, body, _) = tokio::time::timeout(Duration::from_secs(30), echoed)
+        .await
+        .expect("the body went up and came back in time");
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], big.len().to_string().as_str());
+    assert!(body[..] == big[..], "the echoed body differs");
+
+    // A tunnel is not made.
+    let (status, _, _, _) = h2_request(&mut send, "CONNECT", "", vec![]).await;
+    assert_eq!(status, 405);
+
+    // A stream the client resets takes its upstream exchange with it; the connection goes on.
+    let stalled = h2_request(&mut send, "GET", "/stall", vec![]);
+    assert!(tokio::time::timeout(Duration::from_millis(300), stalled)
+        .await
+        .is_err());
+    eventually_async(Duration::from_secs(10), || {
+        let done = stall_dropped.load(Ordering::SeqCst);
+        async move { done.then_some(()) }
+    })
+    .await;
+    let (status, _, body, _) = h2_request(&mut send, "GET", "/length", vec![]).await;
+    assert_eq!((status, &body[..]), (200, &b"hello"[..]));
 }

@@ -1,9 +1,10 @@
 //! The router's own HTTP/1.1 server for the common request: HTTP/1.1, no body, no upgrade, no
 //! `Expect`, an origin-form target. Such a request is read and answered here, on the
 //! connection's task, without hyper's dispatcher; the first request that is anything else —
-//! a body, an upgrade, HTTP/1.0, HTTP/2's preface, a head hyper would refuse (malformed, too
-//! large, too many headers) — hands the connection, with the bytes read so far, to hyper's
-//! server for good, so every unusual case keeps hyper's behaviour and errors.
+//! a body, an upgrade, HTTP/1.0, a head hyper would refuse (malformed, too large, too many
+//! headers) — hands the connection, with the bytes read so far, to hyper's server for good, so
+//! every unusual case keeps hyper's behaviour and errors. A connection that opens with HTTP/2's
+//! preface goes to the router's HTTP/2 server ([`super::h2`]) the same way.
 //!
 //! Answers follow RFC 9112 as hyper's server writes them: no body for HEAD, 204 and 304; a
 //! `Content-Length` the response has is kept, else the body's known length is written, else the
@@ -35,6 +36,9 @@ use super::request::RequestError;
 use super::routes::{join, FieldValues};
 use super::server::{handle, serve_io, Body, Conn, Shared, X_REQUEST_ID};
 
+/// How HTTP/2's connection preface starts (RFC 9113 section 3.4): the request line and the
+/// empty line that end the head httparse refuses.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 /// Headers the fast path takes; a request with more goes to hyper (which allows 100).
 const MAX_HEADERS: usize = 64;
 /// Answers are gathered up to this size before they are written.
@@ -78,11 +82,15 @@ where
                 Parsed::Partial => buf.len() >= limit,
             };
             if hyper {
+                let h2 = buf.starts_with(H2_PREFACE);
                 let io = Prefixed {
                     prefix: buf.freeze(),
                     io,
                 };
-                return serve_io(shared, io, conn, false).await;
+                if h2 {
+                    return super::h2::serve(shared, io, conn).await;
+                }
+                return serve_io(shared, io, conn).await;
             }
             tokio::select! {
                 biased;
@@ -295,22 +303,30 @@ impl FieldValues for ClientFields {
 
 thread_local! {
     /// The `Date` field's value, made once a second.
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    static DATE: RefCell<(u64, HeaderValue)> =
+        const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
 }
 
-/// Writes the `Date` field of an answer made now.
-fn write_date(out: &mut Vec<u8>) {
+/// Calls `f` with the `Date` field's value for an answer made now.
+pub(super) fn with_date<T>(f: impl FnOnce(&HeaderValue) -> T) -> T {
     let now = SystemTime::now();
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     DATE.with_borrow_mut(|(at, value)| {
         if *at != secs {
-            *at = secs;
-            *value = httpdate::fmt_http_date(now);
+            if let Ok(v) = HeaderValue::try_from(httpdate::fmt_http_date(now)) {
+                *at = secs;
+                *value = v;
+            }
         }
-        write_field(header::DATE, value.as_bytes(), out);
+        f(value)
     })
+}
+
+/// Writes the `Date` field of an answer made now.
+fn write_date(out: &mut Vec<u8>) {
+    with_date(|value| write_field(header::DATE, value.as_bytes(), out))
 }
 
 /// Fields a trailer may not carry (RFC 9110 section 6.5.1: framing, routing, and what a

@@ -11,9 +11,11 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use super::h2::H2Body;
 use super::routes::Backend;
 use super::server::{pick, send};
 use super::upstream::UpstreamBody;
@@ -26,10 +28,14 @@ const COPY_BYTES: usize = 256 * 1024;
 /// Mirrored requests in flight per router; beyond them requests are not copied.
 pub const MAX_MIRRORS: usize = 256;
 
+/// A client's request body, as it arrives: read by hyper's HTTP/1.1 server or from an HTTP/2
+/// stream.
+pub type ClientBody = Either<Incoming, H2Body>;
+
 /// A request body on its way upstream.
 pub enum RequestBody {
     /// The client's, as it arrives.
-    Client(Incoming),
+    Client(ClientBody),
     /// The client's, copied to mirrors as it passes.
     Teed(Tee),
     /// A mirror's copy of a client's body.
@@ -47,7 +53,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Client(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Teed(t) => t.poll(cx),
             RequestBody::Copy(c) => c.poll(cx),
             RequestBody::Empty => Poll::Ready(None),
@@ -112,7 +118,7 @@ impl Feed {
 /// The client's body, handing each frame to its copies as it passes.
 pub struct Tee {
     /// None for a request without a body.
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     feeds: Vec<Feed>,
 }
 
@@ -121,7 +127,7 @@ impl Tee {
         self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
-    pub fn new(inner: Option<Incoming>) -> Tee {
+    pub fn new(inner: Option<ClientBody>) -> Tee {
         Tee {
             inner,
             feeds: Vec::new(),
@@ -172,7 +178,7 @@ impl Tee {
             None => self.finish(),
             Some(Err(_)) => self.feeds.clear(),
         }
-        Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+        Poll::Ready(polled)
     }
 
     fn finish(&mut self) {

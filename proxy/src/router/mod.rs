@@ -5,7 +5,9 @@
 //!
 //! - [`routes`]: the route table (hosts, paths, backends and their stats), built off the hot
 //!   path; [`annotations`]: the per-Ingress settings; [`upstream`]: pooled upstream connections;
-//!   `server`: the accept loops, the request path and forwarding.
+//!   `server`: the accept loops, the request path and forwarding; `fast` and `h1`: the
+//!   router's own HTTP/1.1 server and client for the common request (hyper for the rest);
+//!   `h2`: its HTTP/2 server, on the h2 crate.
 //!
 //! It reads a [`RouteTable`](routes::RouteTable) from a [`RouteSource`] once per request, so a
 //! configuration change is one pointer swap: nothing reloads, and requests in flight and
@@ -25,6 +27,7 @@ pub mod annotations;
 pub mod cors;
 mod fast;
 mod h1;
+mod h2;
 mod hop;
 mod mirror;
 mod request;

@@ -17,7 +17,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -25,7 +25,7 @@ use super::cors::Cors;
 use super::fast::ClientFields;
 use super::h1::{self, UpstreamH1Body};
 use super::hop;
-use super::mirror::{MirrorStats, RequestBody, Tee};
+use super::mirror::{ClientBody, MirrorStats, RequestBody, Tee};
 use super::request::{host_field, normalize_path, request_host, RequestError};
 use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
 use super::upstream::{now_ms, SendError, Sender, Upstream, UpstreamBody};
@@ -135,7 +135,7 @@ impl Conn {
     }
 }
 
-fn local(status: StatusCode, text: &str) -> Response<Body> {
+pub(super) fn local(status: StatusCode, text: &str) -> Response<Body> {
     let mut resp = Response::new(Body::Local(Some(Bytes::from(format!("{text}\n")))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -234,7 +234,7 @@ fn request_id(theirs: Option<HeaderValue>) -> HeaderValue {
 /// The request id as an answer carries it: marked for HTTP/2's header compression to leave
 /// out of its table. Every id is new, so indexing them would only push the fields that repeat
 /// (`server`, `content-type`) out of the table and make each answer search a chain of old ids.
-fn answer_id(id: &HeaderValue) -> HeaderValue {
+pub(super) fn answer_id(id: &HeaderValue) -> HeaderValue {
     let mut id = id.clone();
     id.set_sensitive(true);
     id
@@ -526,7 +526,7 @@ impl Routed<'_> {
 
 /// Moves an upstream answer's fields kept as read ([`h1::WireFields`]) into its header map; an
 /// answer whose fields a header map would not take becomes a 502.
-fn settle_fields(resp: &mut Response<Body>) {
+pub(super) fn settle_fields(resp: &mut Response<Body>) {
     let Body::UpstreamH1(body) = resp.body_mut() else {
         return;
     };
@@ -576,7 +576,7 @@ const RESENDS: usize = 2;
 /// bodies name the Service, never where its endpoints live.
 async fn forward(
     backend: &Backend,
-    mut req: Request<Option<Incoming>>,
+    mut req: Request<Option<ClientBody>>,
     lines: Option<ClientFields>,
     conn: &Conn,
     to: Routed<'_>,
@@ -938,7 +938,7 @@ fn bad_request(text: &str, shared: &Shared, started: Instant) -> Response<Body> 
 /// `X-Request-Id` the answer has).
 pub(super) async fn handle(
     shared: &Shared,
-    req: Request<Option<Incoming>>,
+    req: Request<Option<ClientBody>>,
     lines: Option<ClientFields>,
     conn: &Conn,
 ) -> (Response<Body>, HeaderValue) {
@@ -1194,33 +1194,24 @@ fn redirect_to_https(shared: &Shared, host: &str, uri: &Uri) -> Response<Body> {
     resp
 }
 
-fn builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .max_buf_size(config.max_header_bytes);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(config.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
-}
-
-/// Serves one connection; `h2` when it chose HTTP/2 in its TLS handshake. hyper runs each
-/// HTTP/2 stream's request as a task of its own and moves its future more than once on the way:
-/// there the future is boxed, so the moves are of a pointer.
-pub(super) async fn serve_io<I>(shared: Arc<Shared>, io: I, mut conn: Conn, h2: bool)
+/// Serves an HTTP/1 connection with hyper's server: what the router's own HTTP/1.1 server
+/// ([`super::fast`]) hands over, with the bytes it read in front.
+pub(super) async fn serve_io<I>(shared: Arc<Shared>, io: I, mut conn: Conn)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     conn.wire_answers = false;
-    let builder = builder(&shared.config);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_timeout)
+        .max_buf_size(shared.config.max_header_bytes);
     let call = move |req: Request<Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
         async move {
-            let (mut resp, id) = handle(&shared, req.map(Some), None, &conn).await;
+            let req = req.map(|b| Some(ClientBody::Left(b)));
+            let (mut resp, id) = handle(&shared, req, None, &conn).await;
             // hyper writes the header map alone (its connections do not ask for fields kept
             // as read; this keeps any there would be).
             settle_fields(&mut resp);
@@ -1228,14 +1219,11 @@ where
             Ok::<_, Infallible>(resp)
         }
     };
-    let io = TokioIo::new(io);
-    let _ = if h2 {
-        let service = hyper::service::service_fn(move |req| Box::pin(call(req)));
-        builder.http2_only().serve_connection(io, service).await
-    } else {
-        let service = hyper::service::service_fn(call);
-        builder.serve_connection_with_upgrades(io, service).await
-    };
+    let service = hyper::service::service_fn(call);
+    let _ = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
 }
 
 /// Accepts connections up to the connection limit; with `tls`, completes the handshake first.
@@ -1274,7 +1262,7 @@ pub(super) async fn accept_loop(
                     match handshake.await {
                         Ok(Ok(stream)) => {
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                serve_io(shared, stream, conn, true).await
+                                super::h2::serve(shared, stream, conn).await
                             } else {
                                 super::fast::serve(shared, stream, conn).await
                             }
