@@ -1,6 +1,7 @@
 //! The ingress router under requests an attacker or a careless client sends: paths that read
-//! two ways, two hosts, smuggled upgrades, forged forwarding headers, upstreams that fail, and
-//! Ingresses that belong to another controller. Raw requests go over TCP byte for byte, so no
+//! two ways, two hosts, smuggled upgrades, forged forwarding headers, upstreams that fail,
+//! HTTP/2 streams opened and cancelled in a flood, and Ingresses that belong to another
+//! controller. Raw requests go over TCP byte for byte, so no
 //! client normalises them first.
 
 use std::net::SocketAddr;
@@ -304,4 +305,111 @@ async fn ingresses_of_other_classes_are_left_alone_and_released() {
         lb_ips(api.get("mine").await.ok()?).is_empty().then_some(())
     })
     .await;
+}
+
+/// A backend that answers every request `ok` (requests without a body) and counts them.
+async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_opened_and_reset_at_once_end_the_connection() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    let (addr, requests) = counting_backend().await;
+    expose(&client, "counted", Some(addr), None).await;
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "flood"},
+            "spec": {"rules": [{"host": "flood.example", "http": {"paths": [
+                path("/", "Prefix", "counted")]}}]},
+        }),
+    )
+    .await;
+    let get = "GET / HTTP/1.1\r\nHost: flood.example";
+    eventually_async(Duration::from_secs(20), || async {
+        (raw(&up, get).await.0 == 200).then_some(())
+    })
+    .await;
+    let before = requests.load(Ordering::Relaxed);
+
+    // Cleartext HTTP/2, byte for byte: the preface, empty settings, then a thousand requests
+    // (GET http://flood.example/ from HPACK's static table and a literal authority), each
+    // cancelled by the client in the same write — the "rapid reset" attack.
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(4, 0, 0, &[]));
+    const STREAMS: u32 = 1000;
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        let mut block = vec![0x82, 0x86, 0x84, 0x01, 13];
+        block.extend_from_slice(b"flood.example");
+        // HEADERS with END_STREAM and END_HEADERS; RST_STREAM with CANCEL.
+        flood.extend(h2_frame(1, 0x5, id, &block));
+        flood.extend(h2_frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let _ = s.write_all(&flood).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the router ends the connection")
+        .ok();
+    // Its frames: a GOAWAY (type 7) says ENHANCE_YOUR_CALM (11).
+    let mut frames = got.as_slice();
+    let mut calm = false;
+    while frames.len() >= 9 {
+        let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+        let Some(payload) = frames.get(9..9 + len) else {
+            break;
+        };
+        calm |= frames[3] == 7 && payload.get(4..8) == Some(&11u32.to_be_bytes()[..]);
+        frames = &frames[9 + len..];
+    }
+    assert!(
+        calm,
+        "no GOAWAY with ENHANCE_YOUR_CALM in {} bytes",
+        got.len()
+    );
+    let forwarded = requests.load(Ordering::Relaxed) - before;
+    assert!(
+        forwarded < STREAMS as usize / 10,
+        "{forwarded} of {STREAMS} cancelled requests were forwarded"
+    );
+    // Everyone else is still served.
+    assert_eq!(raw(&up, get).await.0, 200);
 }
