@@ -624,6 +624,19 @@ async fn slow_and_oversized_headers_are_refused() {
         read.is_ok(),
         "the router closes a connection that never says hello"
     );
+    // An HTTP/2 connection without an open stream is told to go away after as long.
+    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://x/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 404);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the router closes an idle HTTP/2 connection");
 
     // Oversized headers: 431, and the router keeps serving.
     let big = format!("X-Big: {}", "a".repeat(100 * 1024));

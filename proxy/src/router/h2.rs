@@ -7,7 +7,8 @@
 //! time, 400 KiB buffered for sending, 1024 streams reset for the client's errors), the request
 //! head limit of HTTP/1.1 (`max_header_bytes`), the h2 crate's guard against streams opened and
 //! reset at once, and a ping every 30 s that the client must answer within 20 s. The preface and
-//! settings are awaited for as long as a request head.
+//! settings are awaited for as long as a request head, and a connection without an open stream
+//! for that long is told to go away.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -26,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::fast::with_date;
+use super::h1::{arm, deadline_after, poll_until};
 use super::hop;
 use super::mirror::ClientBody;
 use super::server::{answer_id, handle, local, settle_fields, Body, Conn, Shared, X_REQUEST_ID};
@@ -63,6 +65,11 @@ where
         Err(_) => return tracing::debug!("HTTP/2 handshake timed out"),
     };
     let mut pings = connection.ping_pong().map(KeepAlive::new);
+    // While no stream is open the connection is idle; idle for the head timeout, it is told to
+    // go away, as an idle HTTP/1.1 connection is closed. The timer moves only when it fires.
+    let timeout = config.header_timeout;
+    let mut idle = Box::pin(sleep(timeout));
+    let (mut idle_until, mut closing) = (None, false);
     let (shared, conn) = (&*shared, &conn);
     let mut streams = FuturesUnordered::new();
     poll_fn(|cx| loop {
@@ -93,6 +100,18 @@ where
                 tracing::debug!("HTTP/2 client did not answer a ping in time");
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 return Poll::Ready(());
+            }
+        }
+        if !streams.is_empty() {
+            idle_until = None;
+        } else if !closing {
+            let until = *idle_until.get_or_insert_with(|| deadline_after(timeout));
+            arm(idle.as_mut(), until);
+            if poll_until(idle.as_mut(), until, cx).is_ready() {
+                // GOAWAY; the connection ends at the next turn.
+                connection.graceful_shutdown();
+                closing = true;
+                continue;
             }
         }
         if !accepted && !finished {
