@@ -940,8 +940,8 @@ async fn the_access_log_names_each_request_in_the_log_format() {
 
 /// A backend that writes its answers by hand, so their framing is exactly what the test says:
 /// `/length` (5 bytes), `/chunked` (two chunks and trailers, one of them not announced),
-/// `/nocontent` (204), `/stall` (never: the flag is set when the router closes the connection);
-/// a request with a body gets it back.
+/// `/nocontent` (204), `/stall` (never: the flag is set when the router closes the connection),
+/// `/early` (answered at once, its body never read); a request with a body gets it back.
 async fn framing_backend() -> (SocketAddr, Arc<AtomicBool>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -966,6 +966,13 @@ async fn framing_backend() -> (SocketAddr, Arc<AtomicBool>) {
                     let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                     buf.drain(..end);
                     let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    if target == "/early" {
+                        // Answered before the body is read, and the body never is.
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                            .await;
+                        std::future::pending::<()>().await;
+                    }
                     let length: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:"))
@@ -1252,6 +1259,22 @@ async fn http2_bodies_trailers_resets_and_prior_knowledge() {
     assert_eq!(status, 200);
     assert_eq!(headers["content-length"], big.len().to_string().as_str());
     assert!(body[..] == big[..], "the echoed body differs");
+
+    // Uploads that the upstream answers without reading: once answered, the rest of each body
+    // gives its share of the connection's window back, so a body afterwards still goes through
+    // (left unread, a few of them would hold the whole window).
+    let uploads = (0..8).map(|_| {
+        let (mut send, big) = (send.clone(), big.clone());
+        async move { h2_request(&mut send, "POST", "/early", big).await }
+    });
+    for (status, _, body, _) in futures::future::join_all(uploads).await {
+        assert_eq!((status, &body[..]), (200, &b"early"[..]));
+    }
+    let echoed = h2_request(&mut send, "POST", "/echo", b"after".to_vec());
+    let (status, _, body, _) = tokio::time::timeout(Duration::from_secs(10), echoed)
+        .await
+        .expect("a body after unread ones went through");
+    assert_eq!((status, &body[..]), (200, &b"after"[..]));
 
     // A tunnel is not made.
     let (status, _, _, _) = h2_request(&mut send, "CONNECT", "", vec![]).await;

@@ -12,7 +12,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -181,8 +181,11 @@ async fn answer(
         return reply(resp, respond).await;
     }
     let (parts, recv) = req.into_parts();
-    let body =
-        (!recv.is_end_stream()).then(|| ClientBody::Right(H2Body::new(recv, &parts.headers)));
+    let recv = Unread((!recv.is_end_stream()).then(|| Arc::new(Mutex::new(Some(recv)))));
+    let body = recv
+        .0
+        .as_ref()
+        .map(|r| ClientBody::Right(H2Body::new(r.clone(), &parts.headers)));
     let mut handled = pin!(handle(shared, Request::from_parts(parts, body), None, conn));
     let answered = poll_fn(|cx| match handled.as_mut().poll(cx) {
         Poll::Ready(r) => Poll::Ready(Some(r)),
@@ -198,6 +201,22 @@ async fn answer(
     settle_fields(&mut resp);
     resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
     reply(resp, respond).await
+}
+
+/// The rest of a request's body once its stream is answered (or given up): what the client may
+/// still send is of no use (an upstream that answered first has what it wanted), and left
+/// unread it would hold the connection's flow-control window from the other streams — an
+/// upstream that answers before it reads the body, as nginx's `return` does, stalled every
+/// upload on the connection. Dropping the body gives its window back and tells the client to
+/// stop (RST_STREAM `NO_ERROR` after a complete answer); the upstream's copy ends with an error.
+struct Unread(Option<Arc<Mutex<Option<RecvStream>>>>);
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if let Some(r) = &self.0 {
+            drop(r.lock().unwrap_or_else(PoisonError::into_inner).take());
+        }
+    }
 }
 
 /// Sends an answer's head, with `Date` and its body's length when it has none, and then its
@@ -307,14 +326,15 @@ async fn room(tx: &mut SendStream<Bytes>) -> bool {
 /// A request body arriving on a stream. What is read is given back to the client's window at
 /// once: the body is read only as fast as the upstream takes it.
 pub struct H2Body {
-    recv: RecvStream,
+    /// None once the stream was answered ([`Unread`]).
+    recv: Arc<Mutex<Option<RecvStream>>>,
     /// What is left of the length its `Content-Length` declares (h2 holds the data to it).
     length: Option<u64>,
     data_done: bool,
 }
 
 impl H2Body {
-    fn new(recv: RecvStream, headers: &HeaderMap) -> H2Body {
+    fn new(recv: Arc<Mutex<Option<RecvStream>>>, headers: &HeaderMap) -> H2Body {
         let length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
@@ -335,10 +355,14 @@ impl HttpBody for H2Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let me = self.get_mut();
+        let mut slot = me.recv.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(recv) = slot.as_mut() else {
+            return Poll::Ready(Some(Err(Reason::CANCEL.into())));
+        };
         if !me.data_done {
-            match ready!(me.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    let _ = me.recv.flow_control().release_capacity(data.len());
+                    let _ = recv.flow_control().release_capacity(data.len());
                     me.length = me.length.map(|n| n.saturating_sub(data.len() as u64));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -347,14 +371,15 @@ impl HttpBody for H2Body {
             }
         }
         Poll::Ready(
-            ready!(me.recv.poll_trailers(cx))
+            ready!(recv.poll_trailers(cx))
                 .transpose()
                 .map(|t| t.map(Frame::trailers)),
         )
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        let slot = self.recv.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref().is_some_and(RecvStream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
