@@ -1,7 +1,7 @@
 //! The ingress router under requests an attacker or a careless client sends: paths that read
 //! two ways, two hosts, smuggled upgrades, forged forwarding headers, upstreams that fail,
-//! HTTP/2 streams opened and cancelled in a flood, and Ingresses that belong to another
-//! controller. Raw requests go over TCP byte for byte, so no
+//! HTTP/2 streams opened and cancelled in a flood, HTTP/2 header lists past the limits, and
+//! Ingresses that belong to another controller. Raw requests go over TCP byte for byte, so no
 //! client normalises them first.
 
 use std::net::SocketAddr;
@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -336,19 +339,10 @@ async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, requests)
 }
 
-/// One HTTP/2 frame: its 9-byte header, then `payload`.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
+const FLOOD_GET: &str = "GET / HTTP/1.1\r\nHost: flood.example";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn http2_streams_opened_and_reset_at_once_end_the_connection() {
-    let up = Up::start(&[], false);
+/// Routes `flood.example` to a [`counting_backend`] once the router serves it; its count.
+async fn counted(up: &Up) -> Arc<AtomicUsize> {
     let client = up.client().await;
     let (addr, requests) = counting_backend().await;
     expose(&client, "counted", Some(addr), None).await;
@@ -361,47 +355,80 @@ async fn http2_streams_opened_and_reset_at_once_end_the_connection() {
         }),
     )
     .await;
-    let get = "GET / HTTP/1.1\r\nHost: flood.example";
     eventually_async(Duration::from_secs(20), || async {
-        (raw(&up, get).await.0 == 200).then_some(())
+        (raw(up, FLOOD_GET).await.0 == 200).then_some(())
     })
     .await;
-    let before = requests.load(Ordering::Relaxed);
+    requests
+}
 
-    // Cleartext HTTP/2, byte for byte: the preface, empty settings, then a thousand requests
-    // (GET http://flood.example/ from HPACK's static table and a literal authority), each
-    // cancelled by the client in the same write — the "rapid reset" attack.
-    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    flood.extend(h2_frame(4, 0, 0, &[]));
-    const STREAMS: u32 = 1000;
-    for i in 0..STREAMS {
-        let id = 2 * i + 1;
-        let mut block = vec![0x82, 0x86, 0x84, 0x01, 13];
-        block.extend_from_slice(b"flood.example");
-        // HEADERS with END_STREAM and END_HEADERS; RST_STREAM with CANCEL.
-        flood.extend(h2_frame(1, 0x5, id, &block));
-        flood.extend(h2_frame(3, 0, id, &8u32.to_be_bytes()));
-    }
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Writes `bytes` to a new connection to the router's plain port and reads until the router
+/// closes it (within 10 s).
+async fn h2c_raw(up: &Up, bytes: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
-    let _ = s.write_all(&flood).await;
+    let _ = s.write_all(bytes).await;
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
         .await
         .expect("the router ends the connection")
         .ok();
-    // Its frames: a GOAWAY (type 7) says ENHANCE_YOUR_CALM (11).
-    let mut frames = got.as_slice();
-    let mut calm = false;
+    got
+}
+
+/// The error code of the first GOAWAY (type 7) among the frames in `frames`.
+fn goaway(mut frames: &[u8]) -> Option<u32> {
     while frames.len() >= 9 {
         let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
-        let Some(payload) = frames.get(9..9 + len) else {
-            break;
-        };
-        calm |= frames[3] == 7 && payload.get(4..8) == Some(&11u32.to_be_bytes()[..]);
+        let payload = frames.get(9..9 + len)?;
+        if frames[3] == 7 {
+            return Some(u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?));
+        }
         frames = &frames[9 + len..];
     }
-    assert!(
-        calm,
+    None
+}
+
+/// The preface, empty settings, and the start of a GET for `host` on stream 1 (from HPACK's
+/// static table, the authority a literal).
+fn h2c_preface_and_get(host: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut open = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    open.extend(h2_frame(4, 0, 0, &[]));
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, host.len() as u8];
+    block.extend_from_slice(host.as_bytes());
+    (open, block)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_opened_and_reset_at_once_end_the_connection() {
+    let up = Up::start(&[], false);
+    let requests = counted(&up).await;
+    let before = requests.load(Ordering::Relaxed);
+
+    // Cleartext HTTP/2, byte for byte: the preface, empty settings, then a thousand requests
+    // (GET http://flood.example/ from HPACK's static table and a literal authority), each
+    // cancelled by the client in the same write — the "rapid reset" attack.
+    let (mut flood, block) = h2c_preface_and_get("flood.example");
+    const STREAMS: u32 = 1000;
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        // HEADERS with END_STREAM and END_HEADERS; RST_STREAM with CANCEL.
+        flood.extend(h2_frame(1, 0x5, id, &block));
+        flood.extend(h2_frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    let got = h2c_raw(&up, &flood).await;
+    assert_eq!(
+        goaway(&got),
+        Some(11),
         "no GOAWAY with ENHANCE_YOUR_CALM in {} bytes",
         got.len()
     );
@@ -411,5 +438,70 @@ async fn http2_streams_opened_and_reset_at_once_end_the_connection() {
         "{forwarded} of {STREAMS} cancelled requests were forwarded"
     );
     // Everyone else is still served.
-    assert_eq!(raw(&up, get).await.0, 200);
+    assert_eq!(raw(&up, FLOOD_GET).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_header_lists_over_the_limits_are_refused() {
+    let up = Up::start(&[], false);
+    let requests = counted(&up).await;
+    let before = requests.load(Ordering::Relaxed);
+
+    // A real client's request with 70 KB of fields, over the 64 KiB the router advertises: 431
+    // on its stream, and the connection goes on.
+    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = |big: Option<&str>| {
+        let mut req = http::Request::get("http://flood.example/");
+        if let Some(big) = big {
+            req = req.header("x-big", big);
+        }
+        req.body(Empty::<Bytes>::new()).unwrap()
+    };
+    let big = "a".repeat(70_000);
+    let resp = send.send_request(request(Some(&big))).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    let resp = send.send_request(request(None)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A table bomb: one 4,000-byte field into HPACK's dynamic table, then a hundred one-byte
+    // references to it — 400 KB of fields from 4 KB on the wire.
+    let (mut bomb, mut block) = h2c_preface_and_get("flood.example");
+    // Literal with incremental indexing, new name; the length 4,000 as HPACK's 7-bit integer.
+    block.extend_from_slice(&[0x40, 6]);
+    block.extend_from_slice(b"x-bomb");
+    block.extend_from_slice(&[0x7f, 0xa1, 0x1e]);
+    block.extend(std::iter::repeat_n(b'b', 4000));
+    // Indexed field 62, the newest dynamic entry.
+    block.extend(std::iter::repeat_n(0xbe, 100));
+    bomb.extend(h2_frame(1, 0x5, 1, &block));
+    let got = h2c_raw(&up, &bomb).await;
+    assert_eq!(
+        goaway(&got),
+        Some(11),
+        "table bomb: {} bytes back",
+        got.len()
+    );
+
+    // A head that never ends: HEADERS without END_HEADERS, then empty CONTINUATION frames.
+    let (mut endless, block) = h2c_preface_and_get("flood.example");
+    endless.extend(h2_frame(1, 0x1, 1, &block));
+    for _ in 0..1000 {
+        endless.extend(h2_frame(9, 0, 1, &[]));
+    }
+    let got = h2c_raw(&up, &endless).await;
+    assert_eq!(
+        goaway(&got),
+        Some(11),
+        "CONTINUATION flood: {} bytes back",
+        got.len()
+    );
+
+    // Only the plain request reached the backend, and others are still served.
+    assert_eq!(requests.load(Ordering::Relaxed), before + 1);
+    assert_eq!(raw(&up, FLOOD_GET).await.0, 200);
 }
