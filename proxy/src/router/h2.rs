@@ -77,8 +77,9 @@ where
         let accepted = match connection.poll_accept(cx) {
             Poll::Ready(Some(Ok((req, respond)))) => {
                 // Boxed once: the set moves what it takes in more than once, and a stream's
-                // future holds its request's.
-                streams.push(Box::pin(answer(shared, conn, req, respond)));
+                // future holds its request's. Made in its box, not copied there.
+                let boxed = Box::write(Box::new_uninit(), answer(shared, conn, req, respond));
+                streams.push(Box::into_pin(boxed));
                 true
             }
             Poll::Ready(Some(Err(e))) => {
