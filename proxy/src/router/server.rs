@@ -1250,13 +1250,19 @@ pub(super) async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(peer);
         let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let conn = Conn::new(peer, local.port(), tls.is_some(), ingress);
-            match tls {
-                None => super::fast::serve(shared, tcp, conn).await,
-                Some(acceptor) => {
+        let conn = Conn::new(peer, local.port(), tls.is_some(), ingress);
+        // Two kinds of task, each as large as its own connection's state: a plain connection
+        // does not carry room for a TLS session.
+        match tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    super::fast::serve(shared, tcp, conn).await
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _permit = permit;
                     let handshake =
                         tokio::time::timeout(shared.config.header_timeout, acceptor.accept(tcp));
                     match handshake.await {
@@ -1272,9 +1278,9 @@ pub(super) async fn accept_loop(
                         }
                         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
 }
 
