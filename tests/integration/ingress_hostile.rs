@@ -1,8 +1,8 @@
 //! The ingress router under requests an attacker or a careless client sends: paths that read
 //! two ways, two hosts, smuggled upgrades, forged forwarding headers, upstreams that fail,
-//! HTTP/2 streams opened and cancelled in a flood, HTTP/2 header lists past the limits, and
-//! Ingresses that belong to another controller. Raw requests go over TCP byte for byte, so no
-//! client normalises them first.
+//! HTTP/2 streams opened and cancelled in a flood, HTTP/2 header lists past the limits, clients
+//! that ask for large answers and read none, and Ingresses that belong to another controller.
+//! Raw requests go over TCP byte for byte, so no client normalises them first.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -504,4 +504,135 @@ async fn http2_header_lists_over_the_limits_are_refused() {
     // Only the plain request reached the backend, and others are still served.
     assert_eq!(requests.load(Ordering::Relaxed), before + 1);
     assert_eq!(raw(&up, FLOOD_GET).await.0, 200);
+}
+
+/// How large each of [`endless_backend`]'s answers is.
+const ENDLESS: usize = 256 << 20;
+
+/// A backend that answers `GET /ready` with `ok` and anything else with [`ENDLESS`] bytes,
+/// written as fast as the connection takes them. Returns what it has written of those answers
+/// and how many it is still writing.
+async fn endless_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (written, writing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (w, busy) = (written.clone(), writing.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (w, busy) = (w.clone(), busy.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    if buf.starts_with(b"GET /ready ") {
+                        buf.drain(..end + 4);
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {ENDLESS}\r\n\r\n");
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    busy.fetch_add(1, Ordering::Relaxed);
+                    let zeros = vec![0u8; 64 * 1024];
+                    let mut left = ENDLESS;
+                    while left > 0 {
+                        let n = left.min(zeros.len());
+                        if s.write_all(&zeros[..n]).await.is_err() {
+                            break;
+                        }
+                        w.fetch_add(n, Ordering::Relaxed);
+                        left -= n;
+                    }
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            });
+        }
+    });
+    (addr, written, writing)
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_do_not_read_hold_the_upstream_back() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    let (addr, written, writing) = endless_backend().await;
+    expose(&client, "endless", Some(addr), None).await;
+    apply_ingress(
+        &client,
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "big"},
+            "spec": {"rules": [{"host": "big.example", "http": {"paths": [
+                path("/", "Prefix", "endless")]}}]},
+        }),
+    )
+    .await;
+    let ready = "GET /ready HTTP/1.1\r\nHost: big.example";
+    eventually_async(Duration::from_secs(20), || async {
+        (raw(&up, ready).await.0 == 200).then_some(())
+    })
+    .await;
+    let before = rss(up.pid());
+
+    // Two clients ask for a 256 MiB answer and read none of it: one over HTTP/1.1, one over
+    // cleartext HTTP/2 that never widens its stream's 64 KiB window.
+    let mut h1 = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: big.example\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut ask, block) = h2c_preface_and_get("big.example");
+    ask.extend(h2_frame(1, 0x5, 1, &block));
+    let mut h2 = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    h2.write_all(&ask).await.unwrap();
+
+    // The backend gets to write what the sockets on the way hold, and then waits.
+    let mut last = usize::MAX;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = written.load(Ordering::Relaxed);
+        if now == last && writing.load(Ordering::Relaxed) == 2 {
+            break;
+        }
+        last = now;
+    }
+    let sent = written.load(Ordering::Relaxed);
+    assert!(
+        sent < 64 << 20,
+        "the backend wrote {} MiB of two unread answers",
+        sent >> 20
+    );
+    assert_eq!(writing.load(Ordering::Relaxed), 2, "both answers under way");
+    let grown = rss(up.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 << 20,
+        "the router grew by {} MiB for two unread answers",
+        grown >> 20
+    );
+
+    // The clients go away, and with them both upstream exchanges.
+    drop((h1, h2));
+    eventually_async(Duration::from_secs(20), || async {
+        (writing.load(Ordering::Relaxed) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(raw(&up, ready).await.0, 200);
 }
