@@ -87,10 +87,12 @@ where
                     prefix: buf.freeze(),
                     io,
                 };
+                // Boxed: the other servers' states would otherwise be part of every
+                // connection's task, however few connections go to them.
                 if h2 {
-                    return super::h2::serve(shared, io, conn).await;
+                    return Box::pin(super::h2::serve(shared, io, conn)).await;
                 }
-                return serve_io(shared, io, conn).await;
+                return Box::pin(serve_io(shared, io, conn)).await;
             }
             tokio::select! {
                 biased;
