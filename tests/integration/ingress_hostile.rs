@@ -1,7 +1,8 @@
 //! The ingress router under requests an attacker or a careless client sends: paths that read
 //! two ways, two hosts, smuggled upgrades, forged forwarding headers, upstreams that fail,
-//! HTTP/2 streams opened and cancelled in a flood, HTTP/2 header lists past the limits, clients
-//! that ask for large answers and read none, and Ingresses that belong to another controller.
+//! HTTP/2 streams opened and cancelled in a flood, HTTP/2 header lists past the limits, floods of
+//! HTTP/2 frames that ask for an answer from clients that read none, clients that ask for large
+//! answers and read none, and Ingresses that belong to another controller.
 //! Raw requests go over TCP byte for byte, so no client normalises them first.
 
 use std::net::SocketAddr;
@@ -635,4 +636,56 @@ async fn clients_that_do_not_read_hold_the_upstream_back() {
     })
     .await;
     assert_eq!(raw(&up, ready).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_control_frame_floods_that_are_not_read_stop_being_read() {
+    let up = Up::start(&[], false);
+    counted(&up).await;
+    let before = rss(up.pid());
+
+    // Two cleartext HTTP/2 clients that never read: one sends PINGs (each owed a PING ACK),
+    // the other SETTINGS frames (each owed a SETTINGS ACK), 64 KiB of frames per write, for as
+    // long as the router takes them, up to 256 MiB each.
+    let flood = |frame: Vec<u8>| {
+        let mut chunk = Vec::new();
+        while chunk.len() < 64 * 1024 {
+            chunk.extend_from_slice(&frame);
+        }
+        chunk
+    };
+    let pings = flood(h2_frame(6, 0, 0, &[7; 8]));
+    let settings = flood(h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+    let mut floods = Vec::new();
+    for chunk in [pings, settings] {
+        let mut s = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
+        floods.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while sent < 256 << 20 {
+                let write = s.write_all(&chunk);
+                match tokio::time::timeout(Duration::from_secs(3), write).await {
+                    Ok(Ok(())) => sent += chunk.len(),
+                    // The router stopped reading (or closed the connection).
+                    _ => break,
+                }
+            }
+            (sent, s)
+        }));
+    }
+    for flood in floods {
+        let (sent, _still_open) = flood.await.unwrap();
+        assert!(
+            sent < 64 << 20,
+            "the router read {} MiB of control frames it could not answer",
+            sent >> 20
+        );
+    }
+    let grown = rss(up.pid()).saturating_sub(before);
+    assert!(grown < 32 << 20, "the router grew by {} MiB", grown >> 20);
+    // Others are still served.
+    assert_eq!(raw(&up, FLOOD_GET).await.0, 200);
 }
