@@ -176,32 +176,39 @@ async fn answer(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
+    // Held until the answer's body is sent: an upstream may stream its answer while it reads.
+    let mut unread = Unread(None);
     // CONNECT asks for a tunnel, which the router does not make.
-    if req.method() == Method::CONNECT {
-        let resp = local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here");
-        return reply(resp, respond).await;
-    }
-    let (parts, recv) = req.into_parts();
-    let recv = Unread((!recv.is_end_stream()).then(|| Arc::new(Mutex::new(Some(recv)))));
-    let body = recv
-        .0
-        .as_ref()
-        .map(|r| ClientBody::Right(H2Body::new(r.clone(), &parts.headers)));
-    let mut handled = pin!(handle(shared, Request::from_parts(parts, body), None, conn));
-    let answered = poll_fn(|cx| match handled.as_mut().poll(cx) {
-        Poll::Ready(r) => Poll::Ready(Some(r)),
-        Poll::Pending => match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        },
-    })
-    .await;
-    let Some((mut resp, id)) = answered else {
-        return;
+    let resp = if req.method() == Method::CONNECT {
+        local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here")
+    } else {
+        let (parts, recv) = req.into_parts();
+        unread.0 = (!recv.is_end_stream()).then(|| Arc::new(Mutex::new(Some(recv))));
+        let body = unread
+            .0
+            .as_ref()
+            .map(|r| ClientBody::Right(H2Body::new(r.clone(), &parts.headers)));
+        let mut handled = pin!(handle(shared, Request::from_parts(parts, body), None, conn));
+        let answered = poll_fn(|cx| match handled.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => match respond.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        })
+        .await;
+        let Some((mut resp, id)) = answered else {
+            return;
+        };
+        settle_fields(&mut resp);
+        resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
+        resp
     };
-    settle_fields(&mut resp);
-    resp.headers_mut().insert(X_REQUEST_ID, answer_id(&id));
-    reply(resp, respond).await
+    // The head goes out here, not in a future of its own: that future would be copied whole
+    // (more than a kilobyte) on the way to being awaited.
+    if let Some((body, tx)) = send_head(resp, &mut respond) {
+        pipe(body, tx).await;
+    }
 }
 
 /// The rest of a request's body once its stream is answered (or given up): what the client may
@@ -220,9 +227,12 @@ impl Drop for Unread {
     }
 }
 
-/// Sends an answer's head, with `Date` and its body's length when it has none, and then its
-/// body.
-async fn reply(resp: Response<Body>, mut respond: SendResponse<Bytes>) {
+/// Sends an answer's head, with `Date` and its body's length when it has none; the body and
+/// the stream to send it on, unless the head ended the stream (or could not be sent).
+fn send_head(
+    resp: Response<Body>,
+    respond: &mut SendResponse<Bytes>,
+) -> Option<(Body, SendStream<Bytes>)> {
     let (mut parts, body) = resp.into_parts();
     // Filters may have set fields that only describe an HTTP/1.1 connection.
     hop::strip(&mut parts.headers);
@@ -241,11 +251,12 @@ async fn reply(resp: Response<Body>, mut respond: SendResponse<Bytes>) {
         }
     }
     match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(tx) if !end => pipe(body, tx).await,
-        Ok(_) => {}
+        Ok(tx) if !end => Some((body, tx)),
+        Ok(_) => None,
         Err(e) => {
             tracing::debug!(error = %e, "HTTP/2 answer refused");
             respond.send_reset(Reason::INTERNAL_ERROR);
+            None
         }
     }
 }
