@@ -107,7 +107,8 @@ where
         // The client is read meanwhile: pipelined requests go into the buffer, and a client
         // that goes away drops its request (and the upstream exchange), as hyper does.
         let (resp, id) = {
-            let handled = handle(&shared, req.map(|()| None), Some(fields), &conn);
+            let mut req = req.map(|()| None);
+            let handled = handle(&shared, &mut req, Some(fields), &conn);
             tokio::pin!(handled);
             loop {
                 if buf.len() >= limit {

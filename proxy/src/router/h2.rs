@@ -188,7 +188,8 @@ async fn answer(
             .0
             .as_ref()
             .map(|r| ClientBody::Right(H2Body::new(r.clone(), &parts.headers)));
-        let mut handled = pin!(handle(shared, Request::from_parts(parts, body), None, conn));
+        let mut req = Request::from_parts(parts, body);
+        let mut handled = pin!(handle(shared, &mut req, None, conn));
         let answered = poll_fn(|cx| match handled.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             Poll::Pending => match respond.poll_reset(cx) {

@@ -576,7 +576,7 @@ const RESENDS: usize = 2;
 /// bodies name the Service, never where its endpoints live.
 async fn forward(
     backend: &Backend,
-    mut req: Request<Option<ClientBody>>,
+    req: &mut Request<Option<ClientBody>>,
     lines: Option<ClientFields>,
     conn: &Conn,
     to: Routed<'_>,
@@ -597,17 +597,17 @@ async fn forward(
     };
     // The body goes its own way; the head stays where it is.
     let body = req.body_mut().take();
-    let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut *req));
     let version = req.version();
     let mut body = Tee::new(body);
     // Mirrors and filters work on the header map.
     let mut lines = lines;
-    if !action.mirrors.is_empty() && !fill_map(&mut req, lines.take()) {
+    if !action.mirrors.is_empty() && !fill_map(req, lines.take()) {
         return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
     }
     if tunnel.is_none() {
         for m in action.mirrors.iter().filter(|m| m.chosen()) {
-            mirror(shared, &req, body.copy(), conn, &to, action, &m.backend);
+            mirror(shared, req, body.copy(), conn, &to, action, &m.backend);
         }
     }
     if !backend.h2c && tunnel.is_none() && body.is_end_stream() {
@@ -617,12 +617,12 @@ async fn forward(
                 .as_ref()
                 .is_some_and(|e| !e.request.is_empty());
         let answer = if edited {
-            if !fill_map(&mut req, lines) {
+            if !fill_map(req, lines) {
                 return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
             }
-            to_upstream(&mut req, backend, conn, &to);
+            to_upstream(req, backend, conn, &to);
             edit_request(req.headers_mut(), action, backend);
-            let head = |out: &mut Vec<u8>| h1::encode(&req, out);
+            let head = |out: &mut Vec<u8>| h1::encode(req, out);
             forward_h1(backend, req.method(), &head, version, conn.wire_answers).await
         } else {
             // No filter edits the fields: the forwarding ones go into the head as it is
@@ -641,13 +641,13 @@ async fn forward(
             let head = |out: &mut Vec<u8>| forwarding.write_head(req.method(), target, fields, out);
             forward_h1(backend, req.method(), &head, version, conn.wire_answers).await
         };
-        h1::spare(req.into_parts().0.headers);
+        h1::spare(std::mem::take(req.headers_mut()));
         return answer;
     }
-    if !fill_map(&mut req, lines) {
+    if !fill_map(req, lines) {
         return (local(StatusCode::BAD_REQUEST, MALFORMED_FIELD), None);
     }
-    let mut req = req.map(|_| body.into_body());
+    let mut req = std::mem::take(req).map(|_| body.into_body());
     to_upstream(&mut req, backend, conn, &to);
     edit_request(req.headers_mut(), action, backend);
     // Boxed: its state would otherwise be part of every request's future, which is moved
@@ -938,7 +938,7 @@ fn bad_request(text: &str, shared: &Shared, started: Instant) -> Response<Body> 
 /// `X-Request-Id` the answer has).
 pub(super) async fn handle(
     shared: &Shared,
-    req: Request<Option<ClientBody>>,
+    req: &mut Request<Option<ClientBody>>,
     lines: Option<ClientFields>,
     conn: &Conn,
 ) -> (Response<Body>, HeaderValue) {
@@ -1056,7 +1056,7 @@ pub(super) async fn handle(
                     host_value: &host_value,
                     path: new_path.as_deref().or(rewritten.as_deref()),
                     id: &id,
-                    upgrade: upgrade_protocol(&req),
+                    upgrade: upgrade_protocol(req),
                     host_rewrite: rewrite.and_then(|r| r.hostname.as_deref()),
                 };
                 // Awaited where it is made: a future kept in a local first is copied whole
@@ -1210,8 +1210,8 @@ where
         let shared = shared.clone();
         let conn = conn.clone();
         async move {
-            let req = req.map(|b| Some(ClientBody::Left(b)));
-            let (mut resp, id) = handle(&shared, req, None, &conn).await;
+            let mut req = req.map(|b| Some(ClientBody::Left(b)));
+            let (mut resp, id) = handle(&shared, &mut req, None, &conn).await;
             // hyper writes the header map alone (its connections do not ask for fields kept
             // as read; this keeps any there would be).
             settle_fields(&mut resp);
