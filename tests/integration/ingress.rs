@@ -967,10 +967,18 @@ async fn framing_backend() -> (SocketAddr, Arc<AtomicBool>) {
                     buf.drain(..end);
                     let target = head.split(' ').nth(1).unwrap_or("").to_string();
                     if target == "/early" {
-                        // Answered before the body is read, and the body never is.
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
-                            .await;
+                        // Answered before the body is read, and the body never is: as HTTP/1.1
+                        // has it, the connection is not kept for another request.
+                        let early = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly";
+                        let _ = s.write_all(early.as_bytes()).await;
+                        std::future::pending::<()>().await;
+                    }
+                    if target == "/early-full" {
+                        // The same, after the body has filled the sockets on its way, and
+                        // without saying that the connection is done.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let early = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
+                        let _ = s.write_all(early.as_bytes()).await;
                         std::future::pending::<()>().await;
                     }
                     let length: usize = head
@@ -1275,6 +1283,19 @@ async fn http2_bodies_trailers_resets_and_prior_knowledge() {
         .await
         .expect("a body after unread ones went through");
     assert_eq!((status, &body[..]), (200, &b"after"[..]));
+
+    // An upload answered while its upstream connection is stuck in the middle of it: that
+    // connection is closed, not pooled for the next request to wait on.
+    let stuck = h2_request(&mut send, "POST", "/early-full", vec![0; 64 << 20]);
+    let (status, _, body, _) = tokio::time::timeout(Duration::from_secs(20), stuck)
+        .await
+        .expect("the early answer in time");
+    assert_eq!((status, &body[..]), (200, &b"early"[..]));
+    let echoed = h2_request(&mut send, "POST", "/echo", b"again".to_vec());
+    let (status, _, body, _) = tokio::time::timeout(Duration::from_secs(10), echoed)
+        .await
+        .expect("a body after a stuck upload went through");
+    assert_eq!((status, &body[..]), (200, &b"again"[..]));
 
     // A tunnel is not made.
     let (status, _, _, _) = h2_request(&mut send, "CONNECT", "", vec![]).await;

@@ -42,6 +42,29 @@ pub enum RequestBody {
     Copy(Copied),
     /// None (the client's had ended before it was copied).
     Empty,
+    /// One of the others, going out on an HTTP/1.1 connection that learns from `sent` whether
+    /// it went out whole (see [`super::upstream::Kept`]).
+    Watched(Box<RequestBody>, Arc<AtomicBool>),
+}
+
+impl RequestBody {
+    /// `self`, telling `sent` once it has gone out whole.
+    pub fn watched(self, sent: &Arc<AtomicBool>) -> RequestBody {
+        let body = self.unwatched();
+        if body.is_end_stream() {
+            sent.store(true, Ordering::Release);
+            return body;
+        }
+        RequestBody::Watched(Box::new(body), sent.clone())
+    }
+
+    /// `self` without the watch [`RequestBody::watched`] put on it.
+    pub fn unwatched(self) -> RequestBody {
+        match self {
+            RequestBody::Watched(body, _) => *body,
+            body => body,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -57,6 +80,21 @@ impl Body for RequestBody {
             RequestBody::Teed(t) => t.poll(cx),
             RequestBody::Copy(c) => c.poll(cx),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Watched(body, sent) => {
+                let polled = Pin::new(&mut **body).poll_frame(cx);
+                let whole = match &polled {
+                    Poll::Ready(None) => true,
+                    // hyper stops at the end a body or its length declares.
+                    Poll::Ready(Some(Ok(_))) => {
+                        body.is_end_stream() || body.size_hint().exact() == Some(0)
+                    }
+                    _ => false,
+                };
+                if whole {
+                    sent.store(true, Ordering::Release);
+                }
+                polled
+            }
         }
     }
 
@@ -66,6 +104,7 @@ impl Body for RequestBody {
             RequestBody::Teed(t) => t.is_end_stream(),
             RequestBody::Copy(c) => c.ended,
             RequestBody::Empty => true,
+            RequestBody::Watched(body, _) => body.is_end_stream(),
         }
     }
 
@@ -78,6 +117,7 @@ impl Body for RequestBody {
                 .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
             RequestBody::Copy(c) => c.size,
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Watched(body, _) => body.size_hint(),
         }
     }
 }

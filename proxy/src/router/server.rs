@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use super::hop;
 use super::mirror::{ClientBody, MirrorStats, RequestBody, Tee};
 use super::request::{host_field, normalize_path, request_host, RequestError};
 use super::routes::{Action, Backend, BackendStats, Balance, Destination, Redirect, Req, Target};
-use super::upstream::{now_ms, SendError, Sender, Upstream, UpstreamBody};
+use super::upstream::{now_ms, Kept, SendError, Sender, Upstream, UpstreamBody};
 use super::{Config, RouteSource};
 
 /// What the router answers with: an upstream's body (read by hyper's client or by the lean
@@ -543,21 +543,20 @@ pub(super) fn settle_fields(resp: &mut Response<Body>) {
 pub(super) async fn send(
     sender: Sender,
     req: Request<RequestBody>,
-) -> Result<
-    (
-        Response<Incoming>,
-        Option<hyper::client::conn::http1::SendRequest<RequestBody>>,
-    ),
-    (hyper::Error, Option<Request<RequestBody>>),
-> {
+) -> Result<(Response<Incoming>, Option<Kept>), (hyper::Error, Option<Request<RequestBody>>)> {
     match sender {
-        Sender::H1 { mut sender, reused } => match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Some(sender))),
-            Err(mut e) => {
-                let unsent = e.take_message();
-                Err((e.into_error(), unsent.filter(|_| reused)))
+        Sender::H1 { mut conn, reused } => {
+            let sent = Arc::new(AtomicBool::new(false));
+            let req = req.map(|body| body.watched(&sent));
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, Some(Kept { conn, sent }))),
+                Err(mut e) => {
+                    let unsent = e.take_message().filter(|_| reused);
+                    let unsent = unsent.map(|r| r.map(RequestBody::unwatched));
+                    Err((e.into_error(), unsent))
+                }
             }
-        },
+        }
         Sender::H2(mut sender) => match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, None)),
             Err(mut e) => {

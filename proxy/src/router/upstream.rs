@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::task::AbortHandle;
 
 use super::mirror::RequestBody;
 
@@ -39,7 +40,7 @@ const SWEEP_AT: usize = 1024;
 /// This event loop's idle connections.
 #[derive(Default)]
 struct Pool {
-    h1: HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>,
+    h1: HashMap<SocketAddr, Vec<H1Conn>>,
     h2: HashMap<SocketAddr, http2::SendRequest<RequestBody>>,
 }
 
@@ -73,12 +74,27 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// An HTTP/1.1 connection: its request sender, and its task (aborting it closes the
+/// connection).
+pub struct H1Conn {
+    pub sender: http1::SendRequest<RequestBody>,
+    task: AbortHandle,
+}
+
+/// The connection an exchange went out on, to be pooled when its response has ended — if its
+/// request went out whole. A request whose answer came first (an upstream that answers before
+/// it reads the body, and may never read it) leaves the connection in the middle of a
+/// message: it is closed, instead of waiting in the pool (where the next request would wait
+/// on it) for a body that may never be taken.
+pub struct Kept {
+    pub conn: H1Conn,
+    /// Set by the request's body ([`RequestBody::watched`]) once it has gone out whole.
+    pub sent: Arc<AtomicBool>,
+}
+
 /// A connection ready for one request.
 pub enum Sender {
-    H1 {
-        sender: http1::SendRequest<RequestBody>,
-        reused: bool,
-    },
+    H1 { conn: H1Conn, reused: bool },
     H2(http2::SendRequest<RequestBody>),
 }
 
@@ -131,15 +147,12 @@ impl Upstream {
         }
         loop {
             let pooled = POOL.with_borrow_mut(|p| p.h1.get_mut(&self.addr)?.pop());
-            let Some(mut sender) = pooled else { break };
-            if sender.is_closed() {
+            let Some(mut conn) = pooled else { break };
+            if conn.sender.is_closed() {
                 continue;
             }
-            if sender.ready().await.is_ok() {
-                return Ok(Sender::H1 {
-                    sender,
-                    reused: true,
-                });
+            if conn.sender.ready().await.is_ok() {
+                return Ok(Sender::H1 { conn, reused: true });
             }
         }
         let io = TokioIo::new(self.connect(connect_timeout).await?);
@@ -147,9 +160,9 @@ impl Upstream {
             .handshake(io)
             .await
             .map_err(SendError::Exchange)?;
-        tokio::spawn(conn.with_upgrades());
+        let task = tokio::spawn(conn.with_upgrades()).abort_handle();
         Ok(Sender::H1 {
-            sender,
+            conn: H1Conn { sender, task },
             reused: false,
         })
     }
@@ -171,22 +184,22 @@ impl Upstream {
         Ok(tcp)
     }
 
-    fn release(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    fn release(&self, conn: H1Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         POOL.with_borrow_mut(|p| {
             if p.h1.len() >= SWEEP_AT && !p.h1.contains_key(&self.addr) {
                 // Endpoints come and go: forget the connections that have closed.
                 p.h1.retain(|_, idle| {
-                    idle.retain(|s| !s.is_closed());
+                    idle.retain(|c| !c.sender.is_closed());
                     !idle.is_empty()
                 });
                 p.h2.retain(|_, s| !s.is_closed());
             }
             let idle = p.h1.entry(self.addr).or_default();
             if idle.len() < MAX_IDLE {
-                idle.push(sender);
+                idle.push(conn);
             }
         });
     }
@@ -202,18 +215,15 @@ impl Drop for InFlight {
 }
 
 /// A response body from an upstream: while it streams the request stays in flight, and an
-/// HTTP/1.1 connection goes back to the pool once the body has ended.
+/// HTTP/1.1 connection goes back to the pool once the body has ended (or is closed, when its
+/// request had not gone out whole: [`Kept`]).
 pub struct UpstreamBody {
     inner: Incoming,
-    finish: Option<(InFlight, Option<http1::SendRequest<RequestBody>>)>,
+    finish: Option<(InFlight, Option<Kept>)>,
 }
 
 impl UpstreamBody {
-    pub fn new(
-        inner: Incoming,
-        in_flight: InFlight,
-        keep: Option<http1::SendRequest<RequestBody>>,
-    ) -> UpstreamBody {
+    pub fn new(inner: Incoming, in_flight: InFlight, keep: Option<Kept>) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             finish: Some((in_flight, keep)),
@@ -225,8 +235,12 @@ impl UpstreamBody {
     }
 
     fn done(&mut self) {
-        if let Some((in_flight, Some(sender))) = self.finish.take() {
-            in_flight.0.release(sender);
+        if let Some((in_flight, Some(kept))) = self.finish.take() {
+            if kept.sent.load(Ordering::Acquire) {
+                in_flight.0.release(kept.conn);
+            } else {
+                kept.conn.task.abort();
+            }
         }
     }
 }
