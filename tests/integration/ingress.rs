@@ -1205,6 +1205,18 @@ async fn http1_framing_pipelining_and_keep_alive() {
 
 /// One request on an HTTP/2 connection (`send`) with `body`; its status, fields, body and
 /// trailers.
+/// A cleartext HTTP/2 connection (prior knowledge) to the router's plain port, from hyper's
+/// client.
+pub(crate) async fn h2c(up: &Up) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 async fn h2_request(
     send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
     method: &str,
@@ -1233,12 +1245,7 @@ async fn http2_bodies_trailers_resets_and_prior_knowledge() {
     let (up, stall_dropped) = framing_up().await;
 
     // Cleartext HTTP/2 with prior knowledge, on the plain port.
-    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(&up).await;
 
     let (status, headers, body, _) = h2_request(&mut send, "GET", "/length", vec![]).await;
     assert_eq!((status, &body[..]), (200, &b"hello"[..]));

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Full;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::ingress::{apply_ingress, backend, expose, lb_ips, path, wait_for, ws_backend};
+use crate::ingress::{apply_ingress, backend, expose, h2c, lb_ips, path, wait_for, ws_backend};
 use crate::support::{eventually_async, Up};
 
 /// Sends `head` (the request line and headers, without the blank line) with `Connection: close`
@@ -450,18 +449,13 @@ async fn http2_header_lists_over_the_limits_are_refused() {
 
     // A real client's request with 70 KB of fields, over the 64 KiB the router advertises: 431
     // on its stream, and the connection goes on.
-    let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(&up).await;
     let request = |big: Option<&str>| {
         let mut req = http::Request::get("http://flood.example/");
         if let Some(big) = big {
             req = req.header("x-big", big);
         }
-        req.body(Empty::<Bytes>::new()).unwrap()
+        req.body(Full::new(Bytes::new())).unwrap()
     };
     let big = "a".repeat(70_000);
     let resp = send.send_request(request(Some(&big))).await.unwrap();
