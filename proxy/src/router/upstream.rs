@@ -85,7 +85,8 @@ pub struct H1Conn {
 /// request went out whole. A request whose answer came first (an upstream that answers before
 /// it reads the body, and may never read it) leaves the connection in the middle of a
 /// message: it is closed, instead of waiting in the pool (where the next request would wait
-/// on it) for a body that may never be taken.
+/// on it) for a body that may never be taken. nginx's upstream keepalive likewise caches no
+/// connection whose request body was not sent whole.
 pub struct Kept {
     pub conn: H1Conn,
     /// Set by the request's body ([`RequestBody::watched`]) once it has gone out whole.
