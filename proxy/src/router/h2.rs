@@ -13,7 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -183,12 +183,7 @@ async fn answer(
         local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here")
     } else {
         let (parts, recv) = req.into_parts();
-        unread.0 = (!recv.is_end_stream()).then(|| {
-            Arc::new(Mutex::new(Slot {
-                recv: Some(recv),
-                waiting: None,
-            }))
-        });
+        unread.0 = (!recv.is_end_stream()).then(|| Arc::new(Mutex::new(Some(recv))));
         let body = unread
             .0
             .as_ref()
@@ -222,40 +217,15 @@ async fn answer(
 /// unread it would hold the connection's flow-control window from the other streams — an
 /// upstream that answers before it reads the body, as nginx's `return` does, stalled every
 /// upload on the connection. Dropping the body gives its window back and tells the client to
-/// stop (RST_STREAM `NO_ERROR` after a complete answer); the upstream's copy ends with an error,
-/// and whoever waits to read it is woken to see it — else an upstream connection whose
-/// exchange waited for more of the body would wait for ever, and never be free for another.
-struct Unread(Option<Arc<Mutex<Slot>>>);
+/// stop (RST_STREAM `NO_ERROR` after a complete answer); the upstream's copy ends with an error.
+struct Unread(Option<Arc<Mutex<Option<RecvStream>>>>);
 
 impl Drop for Unread {
     fn drop(&mut self) {
-        if let Some(slot) = &self.0 {
-            let (recv, waiting) = {
-                let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                (slot.recv.take(), slot.waiting.take())
-            };
-            drop(recv);
-            if let Some(waker) = waiting {
-                waker.wake();
-            }
+        if let Some(r) = &self.0 {
+            drop(r.lock().unwrap_or_else(PoisonError::into_inner).take());
         }
     }
-}
-
-/// What a stream's request body and its [`Unread`] guard share.
-struct Slot {
-    /// None once the stream was answered.
-    recv: Option<RecvStream>,
-    /// The task that last found no data ready.
-    waiting: Option<Waker>,
-}
-
-/// Remembers `cx`'s task in `waiting` when `polled` is pending, and passes it on.
-fn wait<T>(waiting: &mut Option<Waker>, cx: &Context<'_>, polled: Poll<T>) -> Poll<T> {
-    if polled.is_pending() && !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-        *waiting = Some(cx.waker().clone());
-    }
-    polled
 }
 
 /// Sends an answer's head, with `Date` and its body's length when it has none; the body and
@@ -369,15 +339,15 @@ async fn room(tx: &mut SendStream<Bytes>) -> bool {
 /// A request body arriving on a stream. What is read is given back to the client's window at
 /// once: the body is read only as fast as the upstream takes it.
 pub struct H2Body {
-    /// The stream, until it was answered ([`Unread`]).
-    recv: Arc<Mutex<Slot>>,
+    /// None once the stream was answered ([`Unread`]).
+    recv: Arc<Mutex<Option<RecvStream>>>,
     /// What is left of the length its `Content-Length` declares (h2 holds the data to it).
     length: Option<u64>,
     data_done: bool,
 }
 
 impl H2Body {
-    fn new(recv: Arc<Mutex<Slot>>, headers: &HeaderMap) -> H2Body {
+    fn new(recv: Arc<Mutex<Option<RecvStream>>>, headers: &HeaderMap) -> H2Body {
         let length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
@@ -399,13 +369,11 @@ impl HttpBody for H2Body {
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let me = self.get_mut();
         let mut slot = me.recv.lock().unwrap_or_else(PoisonError::into_inner);
-        let Slot { recv, waiting } = &mut *slot;
-        let Some(recv) = recv.as_mut() else {
+        let Some(recv) = slot.as_mut() else {
             return Poll::Ready(Some(Err(Reason::CANCEL.into())));
         };
         if !me.data_done {
-            let polled = recv.poll_data(cx);
-            match ready!(wait(waiting, cx, polled)) {
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = recv.flow_control().release_capacity(data.len());
                     me.length = me.length.map(|n| n.saturating_sub(data.len() as u64));
@@ -415,9 +383,8 @@ impl HttpBody for H2Body {
                 None => me.data_done = true,
             }
         }
-        let polled = recv.poll_trailers(cx);
         Poll::Ready(
-            ready!(wait(waiting, cx, polled))
+            ready!(recv.poll_trailers(cx))
                 .transpose()
                 .map(|t| t.map(Frame::trailers)),
         )
@@ -425,7 +392,7 @@ impl HttpBody for H2Body {
 
     fn is_end_stream(&self) -> bool {
         let slot = self.recv.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.recv.as_ref().is_some_and(RecvStream::is_end_stream)
+        slot.as_ref().is_some_and(RecvStream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
