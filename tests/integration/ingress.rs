@@ -1206,8 +1206,12 @@ async fn http1_framing_pipelining_and_keep_alive() {
 /// One request on an HTTP/2 connection (`send`) with `body`; its status, fields, body and
 /// trailers.
 /// A cleartext HTTP/2 connection (prior knowledge) to the router's plain port, from hyper's
-/// client.
-pub(crate) async fn h2c(up: &Up) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+/// client, for request bodies of type `B`.
+pub(crate) async fn h2c<B>(up: &Up) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(("127.0.0.1", up.http)).await.unwrap();
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -1320,4 +1324,86 @@ async fn http2_bodies_trailers_resets_and_prior_knowledge() {
     .await;
     let (status, _, body, _) = h2_request(&mut send, "GET", "/length", vec![]).await;
     assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+}
+
+/// An h2c upstream that answers `early` to every request at once and tells, for each request
+/// body, whether it broke off (true: the stream was reset) or ended (false).
+async fn early_h2c() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let mut body = req.into_body();
+                        tokio::spawn(async move {
+                            let broke = loop {
+                                match body.frame().await {
+                                    Some(Ok(_)) => continue,
+                                    Some(Err(_)) => break true,
+                                    None => break false,
+                                }
+                            };
+                            let _ = tx.send(broke);
+                        });
+                        let early = Full::new(Bytes::from_static(b"early"));
+                        Ok::<_, Infallible>(http::Response::new(early))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_bodies_answered_early_end_at_an_h2c_upstream() {
+    let up = Up::start(&[], false);
+    let client = up.client().await;
+    let (addr, mut bodies) = early_h2c().await;
+    expose(&client, "early", Some(addr), Some("kubernetes.io/h2c")).await;
+    apply_ingress(&client, serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "early"},
+        "spec": {"rules": [{"host": "early.example", "http": {"paths": [path("/", "Prefix", "early")]}}]},
+    }))
+    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        let (code, body, _) = curl(&[
+            "-H",
+            "Host: early.example",
+            &format!("http://127.0.0.1:{}/", up.http),
+        ]);
+        (code == 200 && body == "early").then_some(())
+    })
+    .await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), bodies.recv()).await {}
+
+    // An HTTP/2 client sends the first part of a body and no more; the upstream answers at
+    // once. Once the router has answered, the rest of the client's body is of no use: the
+    // upstream's copy of it must end (reset), not wait for ever.
+    type Never = futures::stream::Pending<Result<hyper::body::Frame<Bytes>, Infallible>>;
+    let first = futures::stream::iter([Ok(hyper::body::Frame::data(Bytes::from_static(b"first")))]);
+    let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending() as Never));
+    let mut send = h2c(&up).await;
+    let req = http::Request::post("http://early.example/")
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&answer[..], b"early");
+    let broke = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+        .await
+        .expect("the upstream's copy of the body ended");
+    assert_eq!(broke, Some(true), "the upstream's copy broke off");
 }
