@@ -248,7 +248,7 @@ fn send_head(
             parts
                 .headers
                 .entry(header::CONTENT_LENGTH)
-                .or_insert(n.into());
+                .or_insert_with(|| n.into());
         }
     }
     match respond.send_response(Response::from_parts(parts, ()), end) {
